@@ -1,0 +1,88 @@
+//! The daemon as a child process the test owns: killed by PID on drop, its stderr collected so
+//! a test can wait for a log line and show the log when it fails.
+
+use anyhow::{Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `cmd` (usually `task-router run ...`, possibly under `ip netns exec`).
+    pub fn spawn(mut cmd: Command) -> Result<Daemon> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .context("cannot start the daemon")?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        Ok(Daemon { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far, one string.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains `needle`; fails with the log if the daemon exits first.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let what = format!("daemon log line containing {needle:?}");
+        crate::wait::until(&what, timeout, || {
+            if let Some(line) = self
+                .log
+                .lock()
+                .ok()
+                .and_then(|l| l.iter().find(|line| line.contains(needle)).cloned())
+            {
+                return Some(line);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "daemon exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            None
+        })
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).context("signal the daemon")?;
+        let status = crate::wait::until("daemon exit", Duration::from_secs(20), || {
+            self.child.try_wait().ok().flatten()
+        });
+        Ok(status)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

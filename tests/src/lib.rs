@@ -1,0 +1,38 @@
+//! Fixtures for the scenario tests: network namespaces and veth links that remove themselves
+//! (also when a test fails), running code inside a namespace, the daemon as a child process,
+//! and waiting on conditions instead of sleeping.
+
+pub mod attached;
+pub mod daemon;
+pub mod netns;
+pub mod wait;
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The `task-router` binary built by `cargo xtask test` (debug profile).
+pub fn daemon_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("debug/task-router");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// Panics with a message unless running as root (these tests load BPF and create namespaces).
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "scenario tests need root (BPF, network namespaces): run `cargo xtask test` as root"
+    );
+}

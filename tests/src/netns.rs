@@ -1,0 +1,155 @@
+//! Network namespaces and veth links owned by a test: created on construction, removed on drop.
+//!
+//! Names carry the test process's PID and a counter so parallel tests (and other sessions on
+//! the same kernel) never collide; interface names stay within 15 bytes.
+
+use anyhow::{Context, Result, bail};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process: `<prefix><pid%100000>x<n>`.
+pub fn unique(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "interface name {name} is too long");
+    name
+}
+
+fn ip(args: &[&str]) -> Result<Output> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (package iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// A network namespace, deleted (with every link inside it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Netns> {
+        let name = unique(prefix);
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command run inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs a shell-less command inside the namespace, failing on a non-zero exit.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {program} in {}", self.name))?;
+        if !out.status.success() {
+            bail!(
+                "`{program} {}` in {} failed: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it creates belong to the
+    /// namespace for their whole life, so they can be used from any thread afterwards.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+        let handle = std::thread::spawn(move || -> Result<T> {
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("setns into the test namespace")?;
+            Ok(f())
+        });
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+    }
+
+    /// Sets a sysctl inside the namespace, e.g. `net.ipv4.ip_forward=1`.
+    pub fn sysctl(&self, setting: &str) -> Result<()> {
+        self.run("sysctl", &["-qw", setting]).map(|_| ())
+    }
+
+    /// Turns checksum/segmentation offload on or off for `dev` (`ethtool -K dev tx on|off`).
+    pub fn tx_offload(&self, dev: &str, on: bool) -> Result<()> {
+        self.run("ethtool", &["-K", dev, "tx", if on { "on" } else { "off" }])
+            .map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e:#}");
+        }
+    }
+}
+
+/// One end of a veth pair as placed in a namespace.
+#[derive(Clone, Debug)]
+pub struct VethEnd {
+    pub ns: String,
+    pub dev: String,
+    pub addr: Ipv4Addr,
+}
+
+/// Links namespaces `a` and `b` with a veth pair, addresses `addr_a/24` and `addr_b/24`, both
+/// up. The pair lives inside the namespaces and goes with them.
+pub fn veth(
+    a: &Netns,
+    addr_a: Ipv4Addr,
+    b: &Netns,
+    addr_b: Ipv4Addr,
+) -> Result<(VethEnd, VethEnd)> {
+    let (dev_a, dev_b) = (unique("tva"), unique("tvb"));
+    ip(&[
+        "link", "add", &dev_a, "netns", &a.name, "type", "veth", "peer", "name", &dev_b, "netns",
+        &b.name,
+    ])?;
+    for (ns, dev, addr) in [(a, &dev_a, addr_a), (b, &dev_b, addr_b)] {
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    Ok((
+        VethEnd {
+            ns: a.name.clone(),
+            dev: dev_a,
+            addr: addr_a,
+        },
+        VethEnd {
+            ns: b.name.clone(),
+            dev: dev_b,
+            addr: addr_b,
+        },
+    ))
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
+
+mod build;
+mod cmd;
+mod prereq;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and run task-router")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces the kernel build needs (nightly rust-src, bpf-linker built
+    /// against the nightly toolchain's own LLVM). Does nothing when they are already in place.
+    Setup,
+    /// Build the kernel object (runs `setup` first when needed).
+    BuildEbpf(build::EbpfOptions),
+    /// Build the kernel object and the daemon that embeds it.
+    Build(build::BuildOptions),
+    /// Run the whole test suite: format, lints, unit, BPF_PROG_TEST_RUN and network-namespace
+    /// tests. Installs missing Debian packages and mounts bpffs (needs root).
+    Test(test::TestOptions),
+    /// Build and run the daemon: `cargo xtask run -- run --interfaces eth0`.
+    Run(build::RunOptions),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::ensure(),
+        Command::BuildEbpf(opts) => build::ebpf(&opts).map(|_| ()),
+        Command::Build(opts) => build::all(&opts).map(|_| ()),
+        Command::Test(opts) => test::run(&opts),
+        Command::Run(opts) => build::run(&opts),
+    }
+}
