@@ -5,3 +5,4 @@
 
 pub mod datapath;
 pub mod logging;
+pub mod routes;

@@ -1,0 +1,87 @@
+//! The wanted-route model: what the control plane (ClearML sync, the routes file) wants served,
+//! and the interfaces of the owners that make it so (kernel maps for TCP, nginx for HTTP).
+//!
+//! Data flows one way: sources → [`RouteSet`] → each owner's `apply` diffs it against what it
+//! has programmed → write-back. Owners are idempotent: applying the same set twice changes
+//! nothing the second time, so a missed cycle or a crash heals on the next one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+
+/// Who asked for a route: a ClearML task endpoint, or an entry of the static routes file.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct RouteOwner {
+    /// ClearML task id, or `file:<name>` for a static route.
+    pub task_id: String,
+    /// Task name, for people reading `status`.
+    pub task_name: String,
+    /// Endpoint name: empty for the default endpoint, else the `__<name>` suffix without `__`.
+    pub endpoint: String,
+}
+
+/// A TCP route: connections to the router's `port` go to `upstream`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TcpRoute {
+    pub port: u16,
+    pub upstream: SocketAddrV4,
+    pub owner: RouteOwner,
+}
+
+/// How an HTTP route is addressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// `{ROUTER_URL}/service/{key}/`, prefix stripped before proxying.
+    #[default]
+    Path,
+    /// `{key'}.{ROUTER_DOMAIN}` where key' is `task_id` or `task_id--name`.
+    Subdomain,
+}
+
+/// An HTTP route: requests under the route's prefix (or host name) go to `upstream`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HttpRoute {
+    /// `task_id` for the default endpoint, `task_id__name` for a named one. Validated
+    /// (`[A-Za-z0-9_-]`, bounded length) before it gets here.
+    pub key: String,
+    pub upstream: SocketAddrV4,
+    pub mode: HttpMode,
+    pub owner: RouteOwner,
+}
+
+/// Everything that should be served, keyed for diffing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSet {
+    pub tcp: BTreeMap<u16, TcpRoute>,
+    pub http: BTreeMap<String, HttpRoute>,
+}
+
+/// What an owner did in one `apply`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    /// Routes that could not be programmed, with the reason (the rest were applied).
+    pub failed: Vec<(String, String)>,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        self.added == 0 && self.changed == 0 && self.removed == 0 && self.failed.is_empty()
+    }
+}
+
+/// Owner of the kernel's TCP route map (or of nginx `stream` servers in the fallback datapath).
+pub trait TcpForwarder: Send {
+    /// Makes the programmed TCP routes equal `wanted`. New connections follow the new routes at
+    /// once; established connections keep their backend until they end.
+    fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> anyhow::Result<ApplyReport>;
+}
+
+/// Owner of the generated nginx HTTP configuration.
+pub trait HttpRouter: Send {
+    /// Makes the served HTTP routes equal `wanted`; one reload at most per call, none when
+    /// nothing changed. A configuration nginx rejects is never installed.
+    fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> anyhow::Result<ApplyReport>;
+}
