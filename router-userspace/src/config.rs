@@ -1359,7 +1359,14 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let secs = |d: Duration| format!("{}ms", d.as_millis());
+        let secs = |d: Duration| {
+            let ms = d.as_millis();
+            if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            }
+        };
         let interfaces = self
             .datapath
             .interfaces
