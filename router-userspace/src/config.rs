@@ -1361,7 +1361,7 @@ impl Config {
         };
         let secs = |d: Duration| {
             let ms = d.as_millis();
-            if ms % 1000 == 0 {
+            if ms.is_multiple_of(1000) {
                 format!("{}s", ms / 1000)
             } else {
                 format!("{ms}ms")

@@ -26,6 +26,9 @@ pub enum Fault {
     Pass,
 }
 
+/// Runs on a task's runtime right after `tasks.edit` stored it.
+pub type EditHook = Box<dyn FnMut(&mut Map<String, Value>) + Send>;
+
 #[derive(Default)]
 pub struct MockState {
     pub tasks: Vec<Map<String, Value>>,
@@ -36,7 +39,7 @@ pub struct MockState {
     /// Faults for the next calls (any endpoint but login), in order.
     pub faults: VecDeque<Fault>,
     /// Called after each `tasks.edit`, e.g. to simulate the task overwriting the runtime.
-    pub after_edit: Option<Box<dyn FnMut(&mut Map<String, Value>) + Send>>,
+    pub after_edit: Option<EditHook>,
 }
 
 pub type Shared = Arc<Mutex<MockState>>;
