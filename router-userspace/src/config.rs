@@ -1263,6 +1263,15 @@ impl Config {
             parse_cidrs,
         );
 
+        if admin_addr.port() != 0 && (port_start..=port_end).contains(&admin_addr.port()) {
+            r.errors.push(ConfigError::Conflict {
+                what: format!(
+                    "ROUTER_ADMIN_ADDR={admin_addr} uses a port inside the TCP range \
+                     {port_start}-{port_end}"
+                ),
+            });
+        }
+
         // The rest.
         let state_dir = PathBuf::from(r.string("ROUTER_STATE_DIR"));
         if !state_dir.is_absolute() {
@@ -1819,6 +1828,11 @@ mod tests {
         assert!(e.contains("inside the TCP range"), "{e}");
         let e = err(&[("ROUTER_HTTP_MODE", "subdomain")]);
         assert!(e.contains("ROUTER_DOMAIN is required"), "{e}");
+        let e = err(&[("ROUTER_ADMIN_ADDR", "127.0.0.1:30001")]);
+        assert!(
+            e.contains("ROUTER_ADMIN_ADDR=127.0.0.1:30001 uses a port inside"),
+            "{e}"
+        );
         let e = err(&[("ROUTER_INTERFACES", "eth0,eth0:tc")]);
         assert!(e.contains("names eth0 twice"), "{e}");
     }

@@ -755,7 +755,7 @@ impl Engine {
             match outcome {
                 Ok(WriteOutcome::Written { attempts }) => {
                     tracing::info!(
-                        task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = %wb.task_name,
+                        task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = ?wb.task_name,
                         route = %wb.route.id(), written = %endpoint, attempts,
                         "endpoint written back"
                     );
@@ -834,7 +834,7 @@ impl Engine {
         for r in refused {
             let key = EndpointKey::new(r.task_id.clone(), r.endpoint.clone());
             if self.logged_refusals.get(&key) != Some(&r.reason) {
-                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, name = %r.task_name,
+                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, name = ?r.task_name,
                     reason = %r.reason, "endpoint request refused");
             }
             now.insert(key, r.reason.clone());
@@ -975,7 +975,7 @@ impl Engine {
         for (k, r) in &wanted.http {
             let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
             let url = if r.owner.task_id.starts_with("file:") {
-                format!("{}/service/{k}/", self.settings.url)
+                reconcile::endpoint_url(&self.settings, &EndpointKey::new(k.clone(), ""), r.mode)
             } else {
                 reconcile::endpoint_url(&self.settings, &key, r.mode)
             };
