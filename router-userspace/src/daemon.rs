@@ -19,7 +19,9 @@ use crate::clearml::{ApiError, Client, WriteOutcome};
 use crate::config::{Config, DatapathKind};
 use crate::ports::{EndpointKey, PortAllocator, now_millis};
 use crate::reconcile::{self, Plan, Reconciler, Refusal, RouteRef, Settings, WriteBack};
-use crate::routes::{ApplyReport, HttpRoute, HttpRouter, RouteSet, TcpForwarder, TcpRoute};
+use crate::routes::{
+    ApplyReport, HttpRoute, HttpRouter, RouteCounters, RouteSet, TcpForwarder, TcpRoute,
+};
 use crate::routes_file::RoutesFile;
 use crate::validate::{self, UpstreamPolicy};
 use anyhow::{Context, Result, anyhow, bail};
@@ -369,6 +371,7 @@ pub struct Engine {
     routes_state: Option<PathBuf>,
     status: SharedStatus,
     was_ready: bool,
+    counters: BTreeMap<u16, RouteCounters>,
 }
 
 /// Persisted ClearML route set (`ROUTER_STATE_DIR/routes.json`): what forwards while the API
@@ -459,6 +462,7 @@ impl Engine {
             routes_state,
             status,
             was_ready: false,
+            counters: BTreeMap::new(),
             cfg,
         })
     }
@@ -561,6 +565,7 @@ impl Engine {
         self.apply().await;
         self.write_back(writes).await;
         self.save_state();
+        self.read_counters().await;
         self.last_sync_duration = started.elapsed();
         self.publish();
         outcome
@@ -694,6 +699,12 @@ impl Engine {
         self.apply_clean = clean;
         self.applied = Some(wanted);
         self.applied_at = Instant::now();
+    }
+
+    async fn read_counters(&mut self) {
+        let tcp = self.tcp.clone();
+        let read = tokio::task::spawn_blocking(move || tcp.lock().map(|f| f.counters()).ok()).await;
+        self.counters = read.ok().flatten().unwrap_or_default();
     }
 
     /// Whether `route` is programmed (its owner applied it without failure).
@@ -968,8 +979,8 @@ impl Engine {
                     &self.tcp_error,
                     &key,
                 ),
-                connections: None,
-                bytes: None,
+                connections: self.counters.get(port).map(|c| c.connections),
+                bytes: self.counters.get(port).map(|c| c.bytes),
             });
         }
         for (k, r) in &wanted.http {
@@ -1157,6 +1168,23 @@ mod tests {
             *self.programmed.lock().unwrap() = wanted.clone();
             Ok(ApplyReport::default())
         }
+
+        fn counters(&self) -> BTreeMap<u16, RouteCounters> {
+            self.programmed
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|p| {
+                    (
+                        *p,
+                        RouteCounters {
+                            connections: 1,
+                            bytes: u64::from(*p),
+                        },
+                    )
+                })
+                .collect()
+        }
     }
 
     #[derive(Clone, Default)]
@@ -1254,6 +1282,8 @@ mod tests {
                 "{:?}",
                 s.routes
             );
+            let tcp_row = s.routes.iter().find(|r| r.kind == "tcp").unwrap();
+            assert_eq!((tcp_row.connections, tcp_row.bytes), (Some(1), Some(31000)));
         }
 
         // Steady state: no write, no re-apply.
@@ -1400,5 +1430,16 @@ mod tests {
         let (mut e, _) = engine(&cfg, &tcp, &http);
         let err = format!("{:#}", e.connect_at_start().await.unwrap_err());
         assert!(err.contains("credentials refused"), "{err}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let poll = Duration::from_secs(2);
+        let b1 = backoff(poll, 1);
+        assert!(b1 >= Duration::from_millis(1800) && b1 <= Duration::from_millis(2200));
+        let b3 = backoff(poll, 3);
+        assert!(b3 >= Duration::from_millis(7200) && b3 <= Duration::from_millis(8800));
+        let b20 = backoff(poll, 20);
+        assert!(b20 <= MAX_BACKOFF.mul_f64(1.1));
     }
 }

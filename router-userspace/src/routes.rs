@@ -76,11 +76,26 @@ impl ApplyReport {
     }
 }
 
+/// Live counters of one TCP route (summed over CPUs), shown by `task-router status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteCounters {
+    /// Connections currently tracked for the route.
+    pub connections: u64,
+    /// Bytes forwarded for the route, both directions.
+    pub bytes: u64,
+}
+
 /// Owner of the kernel's TCP route map (or of nginx `stream` servers in the fallback datapath).
 pub trait TcpForwarder: Send {
     /// Makes the programmed TCP routes equal `wanted`. New connections follow the new routes at
     /// once; established connections keep their backend until they end.
     fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> anyhow::Result<ApplyReport>;
+
+    /// Counters per programmed router port, read once per sync cycle; an owner that keeps none
+    /// returns an empty map (the default).
+    fn counters(&self) -> BTreeMap<u16, RouteCounters> {
+        BTreeMap::new()
+    }
 }
 
 /// Owner of the generated nginx HTTP configuration.
