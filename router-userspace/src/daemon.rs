@@ -7,12 +7,17 @@
 //! status. A failed listing changes no route (the last good set stays in force) and the loop
 //! backs off.
 //!
+//! Start-up order (`main.rs`): config → `EXTRA_BASH_COMMAND` ([`run_extra_command`]) →
+//! [`new_status`] → [`bind_admin`] → [`open_parts`] (the factories below) → [`start`] (state,
+//! routes file, first ClearML connection, admin server, loop) → [`Running::run_until`] a signal.
+//!
 //! ## Merge points for other owners
 //! - [`open_tcp_forwarder`]: returns the TCP datapath for `cfg.datapath` (eBPF `Datapath`, or the
 //!   nginx stream fallback when `ROUTER_DATAPATH=nginx` / `auto` cannot load the programs).
-//! - [`open_http_router`]: returns the nginx HTTP router.
+//! - [`open_http_router`]: returns the nginx HTTP router; gets the bound admin address.
 //! - [`admin_extensions`]: axum routers merged into the admin endpoint (`auth::router(...)` at
 //!   `/auth`, `/metrics`); the loopback guard covers them.
+//! - [`TcpForwarder::counters`] (default: none) fills CONNS/BYTES in `status`.
 
 use crate::admin::{self, ClearmlStatus, DatapathStatus, RouteStatus, SharedStatus, Status};
 use crate::clearml::{ApiError, Client, WriteOutcome};
@@ -152,8 +157,9 @@ impl HttpRouter for NoHttpRouter {
     }
 }
 
-/// MERGE POINT: the HTTP router for `cfg`.
-pub fn open_http_router(_cfg: &Config) -> Result<Box<dyn HttpRouter>> {
+/// MERGE POINT: the HTTP router for `cfg`; `admin_addr` is where the admin endpoint really
+/// listens (nginx's `auth_request` goes there).
+pub fn open_http_router(_cfg: &Config, _admin_addr: SocketAddr) -> Result<Box<dyn HttpRouter>> {
     Ok(Box::new(NoHttpRouter))
 }
 
@@ -162,10 +168,10 @@ pub fn admin_extensions(_cfg: &Config, _status: &SharedStatus) -> Result<Vec<axu
     Ok(Vec::new())
 }
 
-/// Everything the real daemon drives, from `cfg`.
-pub fn open_parts(cfg: &Config, status: &SharedStatus) -> Result<Parts> {
+/// Everything the real daemon drives, from `cfg`; `admin_addr` from [`bind_admin`].
+pub fn open_parts(cfg: &Config, status: &SharedStatus, admin_addr: SocketAddr) -> Result<Parts> {
     let (tcp, datapath) = open_tcp_forwarder(cfg)?;
-    let http = open_http_router(cfg).context("starting the HTTP router")?;
+    let http = open_http_router(cfg, admin_addr).context("starting the HTTP router")?;
     let admin_routes = admin_extensions(cfg, status)?;
     Ok(Parts {
         tcp,
@@ -243,9 +249,24 @@ pub struct Running {
     admin: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Starts the daemon: state, routes file, ClearML client and first connection, admin endpoint,
-/// sync loop. Any problem found here fails the start (nothing keeps running).
-pub async fn start(cfg: Config, parts: Parts, status: SharedStatus) -> Result<Running> {
+/// Binds `ROUTER_ADMIN_ADDR` (before the owners open, so they know the real address even for
+/// port 0).
+pub async fn bind_admin(cfg: &Config) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(cfg.admin.addr)
+        .await
+        .with_context(|| format!("cannot listen on ROUTER_ADMIN_ADDR={}", cfg.admin.addr))?;
+    let addr = listener.local_addr().context("admin listener address")?;
+    Ok((listener, addr))
+}
+
+/// Starts the daemon: state, routes file, ClearML client and first connection, admin endpoint
+/// on `listener`, sync loop. Any problem found here fails the start (nothing keeps running).
+pub async fn start(
+    cfg: Config,
+    parts: Parts,
+    status: SharedStatus,
+    listener: tokio::net::TcpListener,
+) -> Result<Running> {
     let Parts {
         tcp,
         http,
@@ -258,9 +279,6 @@ pub async fn start(cfg: Config, parts: Parts, status: SharedStatus) -> Result<Ru
     let mut engine = Engine::new(cfg.clone(), tcp, http, status.clone())?;
     engine.connect_at_start().await?;
 
-    let listener = tokio::net::TcpListener::bind(cfg.admin.addr)
-        .await
-        .with_context(|| format!("cannot listen on ROUTER_ADMIN_ADDR={}", cfg.admin.addr))?;
     let admin_addr = listener.local_addr().context("admin listener address")?;
     tracing::info!(addr = %admin_addr, "admin endpoint listening");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);

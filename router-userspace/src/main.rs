@@ -240,8 +240,9 @@ fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
 async fn serve(cfg: Config) -> Result<()> {
     daemon::run_extra_command(&cfg)?;
     let status = daemon::new_status(&cfg);
-    let parts = daemon::open_parts(&cfg, &status)?;
-    let running = daemon::start(cfg, parts, status).await?;
+    let (admin, admin_addr) = daemon::bind_admin(&cfg).await?;
+    let parts = daemon::open_parts(&cfg, &status, admin_addr)?;
+    let running = daemon::start(cfg, parts, status, admin).await?;
     let mut signalled = Ok(());
     running
         .run_until(async {

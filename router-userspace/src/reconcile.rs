@@ -262,6 +262,7 @@ pub fn subdomain_label(task_id: &str, name: &str) -> Result<String, String> {
     };
     if label.len() > 63
         || label.starts_with('-')
+        || label.ends_with('-')
         || !label
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
