@@ -5,6 +5,7 @@
 pub mod attached;
 pub mod daemon;
 pub mod netns;
+pub mod owners;
 pub mod wait;
 
 use std::path::PathBuf;
