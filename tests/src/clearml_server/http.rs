@@ -254,6 +254,12 @@ pub async fn api(
     if method == Method::OPTIONS {
         return (StatusCode::OK, "").into_response();
     }
+    if std::env::var_os("CLEARML_TEST_SERVER_TRACE").is_some() {
+        eprintln!(
+            "clearml-test-server: {method} {uri} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
     let id = new_id();
     let trx = header_str(&headers, &["x-clearml-trx", "x-trains-trx"])
         .map(str::to_string)

@@ -44,6 +44,7 @@ pub mod client;
 pub mod error;
 mod http;
 pub mod query;
+pub mod sdk;
 pub mod services;
 pub mod store;
 

@@ -148,6 +148,12 @@ pub static ENDPOINTS: &[Endpoint] = &[
         &["task"],
         tasks::add_or_update_model,
     ),
+    ep(
+        "tasks.set_requirements",
+        (2, 1),
+        &["task", "requirements"],
+        tasks::set_requirements,
+    ),
 ];
 
 /// The highest version any endpoint serves, reported by `server.info` and the token.

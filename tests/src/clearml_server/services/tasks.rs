@@ -43,7 +43,8 @@ pub const TASKS: Collection = Collection {
     ],
 };
 
-/// Fields `tasks.edit` accepts besides `task` and `force` (`tasks.conf`, `edit`).
+/// Fields `tasks.edit` writes besides `task` and `force` (`tasks.conf`, `edit`). Other keys
+/// are ignored, as the real server does: the SDK sends `"method": "get"` in every body.
 const EDIT_FIELDS: &[&str] = &[
     "name",
     "tags",
@@ -200,20 +201,6 @@ fn check_project(state: &State, project: Option<&Value>) -> Result<(), ApiError>
     }
 }
 
-fn check_fields(call: &Call, allowed: &[&str]) -> Result<(), ApiError> {
-    let unexpected: Vec<&String> = call
-        .data
-        .keys()
-        .filter(|k| !allowed.contains(&k.as_str()) && !["task", "force"].contains(&k.as_str()))
-        .collect();
-    if let Some(k) = unexpected.first() {
-        return Err(ApiError::validation(format!(
-            "Additional properties are not allowed ('{k}' was unexpected)"
-        )));
-    }
-    Ok(())
-}
-
 fn check_types(call: &Call) -> Result<(), ApiError> {
     for (field, want_object) in [
         ("runtime", true),
@@ -250,7 +237,6 @@ fn check_types(call: &Call) -> Result<(), ApiError> {
 
 pub fn edit(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
-    check_fields(call, EDIT_FIELDS)?;
     check_types(call)?;
     if let Some(t) = call.str("type") {
         check_enum("type", t)?;
@@ -278,7 +264,6 @@ pub fn edit(state: &mut State, call: &Call) -> Result<Value, ApiError> {
 
 pub fn update(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
-    check_fields(call, UPDATE_FIELDS)?;
     check_types(call)?;
     let user = call.identity.user.clone();
     let task = existing(state, &id)?;
@@ -595,4 +580,26 @@ pub fn add_or_update_model(state: &mut State, call: &Call) -> Result<Value, ApiE
         list.push(entry);
     }
     Ok(json!({"updated": 1}))
+}
+
+/// `tasks.set_requirements`: stored as `script.requirements`, like the real server.
+pub fn set_requirements(state: &mut State, call: &Call) -> Result<Value, ApiError> {
+    let id = task_id(call)?.to_string();
+    let requirements = call
+        .data
+        .get("requirements")
+        .cloned()
+        .ok_or_else(|| ApiError::missing_required_fields(&["requirements"]))?;
+    let user = call.identity.user.clone();
+    let task = existing(state, &id)?;
+    let status = status_of(task);
+    if status != "created" && status != "in_progress" && !call.flag("force") {
+        return Err(ApiError::invalid_task_status(
+            "created or in_progress",
+            &status,
+        ));
+    }
+    set_path(task, "script.requirements", requirements);
+    touch(task, &user);
+    Ok(json!({"updated": 1, "fields": {}}))
 }
