@@ -3,6 +3,7 @@
 //! and waiting on conditions instead of sleeping.
 
 pub mod attached;
+pub mod clearml_server;
 pub mod daemon;
 pub mod netns;
 pub mod owners;

@@ -84,3 +84,50 @@ pub fn ensure_all() -> Result<()> {
     ensure_packages()?;
     ensure_bpffs()
 }
+
+/// The clearml SDK releases the tests drive (`tests/python/sdk-versions.txt`).
+pub fn sdk_versions() -> Result<Vec<String>> {
+    let path = crate::cmd::workspace_root().join("tests/python/sdk-versions.txt");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// One virtualenv per SDK release under `target/sdk-venv/<version>/`, created with
+/// `python3 -m venv` and `pip install clearml==<version>`; kept while it holds that release.
+pub fn ensure_sdk_venvs() -> Result<()> {
+    let root = crate::cmd::workspace_root().join("target/sdk-venv");
+    for version in sdk_versions()? {
+        let dir = root.join(&version);
+        let python = dir.join("bin/python");
+        let installed = output(Command::new(&python).args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('clearml'))",
+        ]));
+        if installed.as_deref().map(str::trim) == Some(version.as_str()) {
+            continue;
+        }
+        eprintln!(
+            "xtask: creating the clearml {version} SDK virtualenv in {}",
+            dir.display()
+        );
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove the stale {}", dir.display()))?;
+        }
+        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+            .context("python3 -m venv failed (Debian package python3-venv)")?;
+        cmd::run(
+            Command::new(dir.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("clearml=={version}")),
+        )
+        .with_context(|| format!("pip install clearml=={version} failed"))?;
+    }
+    Ok(())
+}

@@ -19,6 +19,7 @@ pub struct TestOptions {
 
 pub fn run(opts: &TestOptions) -> Result<()> {
     prereq::ensure_all()?;
+    prereq::ensure_sdk_venvs()?;
     let object = build::ebpf(&EbpfOptions { release: true })?;
     let root = workspace_root();
     if !opts.no_lint {
