@@ -290,7 +290,7 @@ pub fn render(s: &Status) -> String {
     }
     if !s.refused.is_empty() {
         out.push_str("\nrefused requests:\n");
-        let rows: Vec<[String; 3]> = s
+        let rows: Vec<[String; 4]> = s
             .refused
             .iter()
             .map(|r| {
@@ -299,10 +299,10 @@ pub fn render(s: &Status) -> String {
                 } else {
                     format!("{}__{}", r.task_id, r.endpoint)
                 };
-                [task, r.task_name.clone(), r.reason.clone()]
+                [task, r.task_name.clone(), r.kind.clone(), r.reason.clone()]
             })
             .collect();
-        out.push_str(&table(&["TASK", "NAME", "REASON"], &rows));
+        out.push_str(&table(&["TASK", "NAME", "KIND", "REASON"], &rows));
     }
     out
 }
@@ -371,6 +371,7 @@ mod tests {
                 task_id: "bad".into(),
                 task_name: "x".into(),
                 endpoint: String::new(),
+                kind: "tcp".into(),
                 reason: "address 127.0.0.1 is loopback".into(),
             }],
             ..Status::default()

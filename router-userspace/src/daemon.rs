@@ -23,7 +23,7 @@ use crate::admin::{self, ClearmlStatus, DatapathStatus, RouteStatus, SharedStatu
 use crate::clearml::{ApiError, Client, WriteOutcome};
 use crate::config::{Config, DatapathKind};
 use crate::ports::{EndpointKey, PortAllocator, now_millis};
-use crate::reconcile::{self, Plan, Reconciler, Refusal, RouteRef, Settings, WriteBack};
+use crate::reconcile::{self, Kind, Plan, Reconciler, Refusal, RouteRef, Settings, WriteBack};
 use crate::routes::{
     ApplyReport, HttpRoute, HttpRouter, RouteCounters, RouteSet, TcpForwarder, TcpRoute,
 };
@@ -373,9 +373,9 @@ pub struct Engine {
     tcp_error: Option<String>,
     http_error: Option<String>,
     /// Endpoints whose write-back is pending or failed, with the state to show.
-    write_state: HashMap<EndpointKey, String>,
+    write_state: HashMap<(EndpointKey, Kind), String>,
     refused: Vec<Refusal>,
-    logged_refusals: HashMap<EndpointKey, String>,
+    logged_refusals: HashMap<(EndpointKey, String), String>,
     api_state: ApiState,
     api_error: Option<String>,
     api_since: u64,
@@ -558,7 +558,7 @@ impl Engine {
             }
         }
         let mut outcome = CycleOutcome::Synced;
-        let mut writes = Vec::new();
+        let mut writes = None;
         if self.client.is_some() {
             match self.sync_clearml().await {
                 Ok(plan) => {
@@ -571,7 +571,7 @@ impl Engine {
                     self.clearml_routes = plan.routes;
                     self.clearml_synced = true;
                     self.last_sync_ms = Some(now_millis());
-                    writes = plan.writes;
+                    writes = Some(plan.writes);
                 }
                 Err(e) => {
                     self.note_api_error(&e);
@@ -737,8 +737,16 @@ impl Engine {
         }
     }
 
-    async fn write_back(&mut self, writes: Vec<WriteBack>) {
-        let live: HashSet<EndpointKey> = writes.iter().map(|w| w.key.clone()).collect();
+    /// Writes endpoints back for the routes that were programmed. `None`: no plan this cycle
+    /// (the listing failed), so the pending states stay as they are.
+    async fn write_back(&mut self, writes: Option<Vec<WriteBack>>) {
+        let Some(writes) = writes else {
+            return;
+        };
+        let live: HashSet<(EndpointKey, Kind)> = writes
+            .iter()
+            .map(|w| (w.key.clone(), w.want.kind()))
+            .collect();
         self.write_state.retain(|k, _| live.contains(k));
         let Some(client) = self.client.clone() else {
             return;
@@ -750,7 +758,7 @@ impl Engine {
         for wb in writes {
             if !self.programmed(&wb.route) {
                 self.write_state.insert(
-                    wb.key.clone(),
+                    (wb.key.clone(), wb.want.kind()),
                     "waiting for the route to be programmed".into(),
                 );
                 continue;
@@ -775,6 +783,7 @@ impl Engine {
             let Ok((wb, outcome)) = joined else {
                 continue;
             };
+            let state_key = (wb.key.clone(), wb.want.kind());
             let endpoint = wb
                 .patch
                 .iter()
@@ -788,24 +797,24 @@ impl Engine {
                         route = %wb.route.id(), written = %endpoint, attempts,
                         "endpoint written back"
                     );
-                    self.write_state.remove(&wb.key);
+                    self.write_state.remove(&state_key);
                 }
                 Ok(WriteOutcome::Unchanged) => {
-                    self.write_state.remove(&wb.key);
+                    self.write_state.remove(&state_key);
                 }
                 Ok(WriteOutcome::Skipped(reason)) => {
                     tracing::debug!(task = %wb.key.task_id, endpoint = %wb.key.endpoint, reason, "write-back skipped");
                     self.write_state
-                        .insert(wb.key, format!("writing back ({reason})"));
+                        .insert(state_key, format!("writing back ({reason})"));
                 }
                 Ok(WriteOutcome::Gone) => {
-                    self.write_state.remove(&wb.key);
+                    self.write_state.remove(&state_key);
                 }
                 Ok(WriteOutcome::Lost { attempts }) => {
                     tracing::warn!(task = %wb.key.task_id, endpoint = %wb.key.endpoint, attempts,
                         "write-back overwritten by concurrent writers; retrying next cycle");
                     self.write_state.insert(
-                        wb.key,
+                        state_key,
                         format!(
                             "write-back failed: overwritten {attempts} times by concurrent writers"
                         ),
@@ -818,7 +827,7 @@ impl Engine {
                     }
                     tracing::debug!(task = %wb.key.task_id, error = %text, "write-back failed");
                     self.write_state
-                        .insert(wb.key, format!("write-back failed: {text}"));
+                        .insert(state_key, format!("write-back failed: {text}"));
                 }
             }
         }
@@ -861,10 +870,13 @@ impl Engine {
     fn log_refusals(&mut self, refused: &[Refusal]) {
         let mut now = HashMap::new();
         for r in refused {
-            let key = EndpointKey::new(r.task_id.clone(), r.endpoint.clone());
+            let key = (
+                EndpointKey::new(r.task_id.clone(), r.endpoint.clone()),
+                r.kind.clone(),
+            );
             if self.logged_refusals.get(&key) != Some(&r.reason) {
-                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, name = ?r.task_name,
-                    reason = %r.reason, "endpoint request refused");
+                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, kind = %r.kind,
+                    name = ?r.task_name, reason = %r.reason, "endpoint request refused");
             }
             now.insert(key, r.reason.clone());
         }
@@ -972,12 +984,12 @@ impl Engine {
     fn route_status(&self) -> Vec<RouteStatus> {
         let wanted = self.applied.clone().unwrap_or_default();
         let mut out = Vec::with_capacity(wanted.tcp.len() + wanted.http.len());
-        let state = |failed: Option<&String>, error: &Option<String>, key: &EndpointKey| {
+        let state = |failed: Option<&String>, error: &Option<String>, key: (EndpointKey, Kind)| {
             if let Some(e) = error {
                 format!("failed: {e}")
             } else if let Some(reason) = failed {
                 format!("failed: {reason}")
-            } else if let Some(w) = self.write_state.get(key) {
+            } else if let Some(w) = self.write_state.get(&key) {
                 w.clone()
             } else {
                 "active".to_string()
@@ -995,7 +1007,7 @@ impl Engine {
                 state: state(
                     self.tcp_failed.get(&port.to_string()),
                     &self.tcp_error,
-                    &key,
+                    (key, Kind::Tcp),
                 ),
                 connections: self.counters.get(port).map(|c| c.connections),
                 bytes: self.counters.get(port).map(|c| c.bytes),
@@ -1015,7 +1027,7 @@ impl Engine {
                 kind: "http".into(),
                 router: url,
                 upstream: r.upstream.to_string(),
-                state: state(self.http_failed.get(k), &self.http_error, &key),
+                state: state(self.http_failed.get(k), &self.http_error, (key, Kind::Http)),
                 connections: None,
                 bytes: None,
             });

@@ -61,7 +61,26 @@ pub struct Refusal {
     pub task_id: String,
     pub task_name: String,
     pub endpoint: String,
+    /// `tcp` or `http` (empty when the kind could not be told).
+    #[serde(default)]
+    pub kind: String,
     pub reason: String,
+}
+
+/// The protocol of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Tcp,
+    Http,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Http => "http",
+        }
+    }
 }
 
 /// What one endpoint of a task asks for.
@@ -78,15 +97,26 @@ pub enum Want {
     },
 }
 
-/// One endpoint of a task, read from its runtime properties.
+impl Want {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Want::Tcp { .. } => Kind::Tcp,
+            Want::Http { .. } => Kind::Http,
+        }
+    }
+}
+
+/// One request of a task, read from its runtime properties.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
     Request {
         key: EndpointKey,
         want: Want,
     },
+    /// Refused; `kind` is `None` when the request could not be read that far.
     Refused {
         key: EndpointKey,
+        kind: Option<Kind>,
         reason: String,
     },
     /// Claimed by another router.
@@ -96,28 +126,73 @@ pub enum Parsed {
     },
 }
 
-/// The endpoint names a task's runtime mentions (`""` = default), from its `_SERVICE` keys.
+/// Runtime keys whose presence (with any suffix) makes an endpoint request. The protocol comes
+/// from the keys, not from `_SERVICE`: SDK 2.0 keeps one unsuffixed `_SERVICE`, so a task that
+/// asked for both protocols shows only the last one there.
+const REQUEST_KEYS: &[&str] = &[
+    "_SERVICE",
+    "_PORT",
+    "_ADDRESS",
+    "external_tcp_port",
+    "external_address",
+];
+
+/// The endpoint names a task's runtime mentions (`""` = default).
 fn endpoint_names(task: &Task) -> Vec<Result<String, (String, String)>> {
-    let mut names: Vec<_> = task
-        .runtime
-        .keys()
-        .filter_map(|k| {
-            if k == "_SERVICE" {
+    let mut names: Vec<Result<String, (String, String)>> = Vec::new();
+    for k in task.runtime.keys() {
+        for base in REQUEST_KEYS {
+            let name = if k == base {
                 Some(Ok(String::new()))
             } else {
-                k.strip_prefix("_SERVICE__").map(|name| {
-                    validate::endpoint_name(name)
-                        .map(str::to_string)
-                        .map_err(|e| (validate::truncate(name), e))
-                })
+                k.strip_prefix(base)
+                    .and_then(|rest| rest.strip_prefix("__"))
+                    .map(|name| {
+                        validate::endpoint_name(name)
+                            .map(str::to_string)
+                            .map_err(|e| (validate::truncate(name), e))
+                    })
+            };
+            if let Some(name) = name
+                && !names.contains(&name)
+            {
+                names.push(name);
             }
-        })
-        .collect();
+        }
+    }
     names.sort_by_key(|n| match n {
         Ok(name) => (0, name.clone()),
         Err((name, _)) => (1, name.clone()),
     });
     names
+}
+
+/// The protocols endpoint `name` asks for: by its keys, else by `_SERVICE`.
+fn requested_kinds(task: &Task, name: &str) -> Result<Vec<Kind>, String> {
+    let has = |base: &str| task.runtime.contains_key(&runtime_key(base, name));
+    let mut kinds = Vec::new();
+    if has("external_tcp_port") || has("external_address") {
+        kinds.push(Kind::Tcp);
+    }
+    if has("_PORT") || has("_ADDRESS") {
+        kinds.push(Kind::Http);
+    }
+    if kinds.is_empty() {
+        match task.runtime_str(&runtime_key("_SERVICE", name)).as_deref() {
+            Some(SERVICE_TCP) => kinds.push(Kind::Tcp),
+            Some(SERVICE_HTTP) => kinds.push(Kind::Http),
+            // An empty `_SERVICE`: a withdrawn request.
+            None => {}
+            Some(other) => {
+                return Err(format!(
+                    "{} {:?} is neither {SERVICE_HTTP} nor {SERVICE_TCP}",
+                    runtime_key("_SERVICE", name),
+                    validate::truncate(other)
+                ));
+            }
+        }
+    }
+    Ok(kinds)
 }
 
 /// Reads every endpoint request of `task`. The task must already be known to want routes
@@ -130,39 +205,67 @@ pub fn parse_task(task: &Task, s: &Settings, policy: &UpstreamPolicy) -> Vec<Par
     if let Err(reason) = validate::task_id(&task.id) {
         return vec![Parsed::Refused {
             key: EndpointKey::new(validate::truncate(&task.id), ""),
+            kind: None,
             reason,
         }];
     }
-    names
-        .into_iter()
-        .map(|name| match name {
-            Ok(name) => parse_endpoint(task, &name, s, policy),
-            Err((name, reason)) => Parsed::Refused {
-                key: EndpointKey::new(task.id.clone(), name),
+    let mut out = Vec::new();
+    for name in names {
+        let name = match name {
+            Ok(name) => name,
+            Err((name, reason)) => {
+                out.push(Parsed::Refused {
+                    key: EndpointKey::new(task.id.clone(), name),
+                    kind: None,
+                    reason,
+                });
+                continue;
+            }
+        };
+        let key = EndpointKey::new(task.id.clone(), name.as_str());
+        if let Some(router) = task.runtime_str(&runtime_key("_ROUTER_NAME", &name))
+            && router != s.router_name
+        {
+            out.push(Parsed::Foreign {
+                key,
+                router: validate::truncate(&router),
+            });
+            continue;
+        }
+        match requested_kinds(task, &name) {
+            Ok(kinds) => {
+                for kind in kinds {
+                    out.push(parse_endpoint(task, &name, kind, s, policy));
+                }
+            }
+            Err(reason) => out.push(Parsed::Refused {
+                key,
+                kind: None,
                 reason,
-            },
-        })
-        .collect()
+            }),
+        }
+    }
+    out
 }
 
-fn parse_endpoint(task: &Task, name: &str, s: &Settings, policy: &UpstreamPolicy) -> Parsed {
+/// One request of endpoint `name` of protocol `kind` (the claim was checked by the caller).
+fn parse_endpoint(
+    task: &Task,
+    name: &str,
+    kind: Kind,
+    s: &Settings,
+    policy: &UpstreamPolicy,
+) -> Parsed {
     let key = EndpointKey::new(task.id.clone(), name);
     let get = |base: &str| task.runtime_str(&runtime_key(base, name));
     let refuse = |reason: String| Parsed::Refused {
         key: key.clone(),
+        kind: Some(kind),
         reason,
     };
-    if let Some(router) = get("_ROUTER_NAME")
-        && router != s.router_name
-    {
-        return Parsed::Foreign {
-            key,
-            router: validate::truncate(&router),
-        };
-    }
-    let ours = get("_ROUTER_NAME").is_some();
-    match get("_SERVICE").as_deref() {
-        Some(SERVICE_TCP) => {
+    let ours = get("_ROUTER_NAME").as_deref() == Some(s.router_name.as_str());
+    match kind {
+        Kind::Tcp => {
             let address = get("external_address");
             let port = get("external_tcp_port");
             let routed_port = port
@@ -192,7 +295,7 @@ fn parse_endpoint(task: &Task, name: &str, s: &Settings, policy: &UpstreamPolicy
                 Err(reason) => refuse(reason),
             }
         }
-        Some(SERVICE_HTTP) => {
+        Kind::Http => {
             let (Some(address), Some(port)) = (get("_ADDRESS"), get("_PORT")) else {
                 return refuse(format!(
                     "HTTP request without {} and {}",
@@ -230,17 +333,6 @@ fn parse_endpoint(task: &Task, name: &str, s: &Settings, policy: &UpstreamPolicy
                 Err(reason) => refuse(reason),
             }
         }
-        None => Parsed::Refused {
-            // `_SERVICE__x` present but empty (a withdrawn request): nothing to serve, and
-            // nothing worth showing either; the caller drops empty reasons.
-            key,
-            reason: String::new(),
-        },
-        Some(other) => refuse(format!(
-            "{} {:?} is neither {SERVICE_HTTP} nor {SERVICE_TCP}",
-            runtime_key("_SERVICE", name),
-            validate::truncate(other)
-        )),
     }
 }
 
@@ -373,13 +465,19 @@ pub fn recheck(
             task.status
         ));
     }
-    if !endpoint_names(task).contains(&Ok(wb.key.endpoint.clone())) {
-        return Err("the task withdrew the request".into());
-    }
-    match parse_endpoint(task, &wb.key.endpoint, s, policy) {
-        Parsed::Foreign { router, .. } => Err(format!("claimed by router {router:?}")),
-        Parsed::Refused { reason, .. } => Err(format!("the request is now refused: {reason}")),
-        Parsed::Request { want, .. } => {
+    let kind = wb.want.kind();
+    let parsed = parse_task(task, s, policy).into_iter().find(|p| match p {
+        Parsed::Request { key, want } => *key == wb.key && want.kind() == kind,
+        Parsed::Refused { key, kind: k, .. } => *key == wb.key && k.is_none_or(|k| k == kind),
+        Parsed::Foreign { key, .. } => *key == wb.key,
+    });
+    match parsed {
+        None => Err("the task withdrew the request".into()),
+        Some(Parsed::Foreign { router, .. }) => Err(format!("claimed by router {router:?}")),
+        Some(Parsed::Refused { reason, .. }) => {
+            Err(format!("the request is now refused: {reason}"))
+        }
+        Some(Parsed::Request { want, .. }) => {
             let same = match (&want, &wb.want, &wb.route) {
                 (
                     Want::Tcp {
@@ -458,21 +556,18 @@ impl Reconciler {
             for parsed in parse_task(task, s, policy) {
                 match parsed {
                     Parsed::Request { key, want } => requests.push(Req { task, key, want }),
-                    Parsed::Refused { key, reason } => {
-                        if !reason.is_empty() {
-                            plan.refused.push(Refusal {
-                                task_id: key.task_id,
-                                task_name: validate::truncate(&task.name),
-                                endpoint: key.endpoint,
-                                reason,
-                            });
-                        }
-                    }
+                    Parsed::Refused { key, kind, reason } => plan.refused.push(Refusal {
+                        task_id: key.task_id,
+                        task_name: validate::truncate(&task.name),
+                        endpoint: key.endpoint,
+                        kind: kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+                        reason,
+                    }),
                     Parsed::Foreign { .. } => plan.foreign += 1,
                 }
             }
         }
-        requests.sort_by(|a, b| a.key.cmp(&b.key));
+        requests.sort_by(|a, b| (&a.key, a.want.kind()).cmp(&(&b.key, b.want.kind())));
 
         // Ports: static reservations, then the server's claims, then releases, then new ones.
         self.ports.set_reserved(static_routes.tcp.keys().copied());
@@ -511,6 +606,7 @@ impl Reconciler {
                         task_id: r.key.task_id.clone(),
                         task_name: validate::truncate(&r.task.name),
                         endpoint: r.key.endpoint.clone(),
+                        kind: Kind::Tcp.as_str().into(),
                         reason: e.to_string(),
                     }),
                 }
@@ -548,6 +644,7 @@ impl Reconciler {
                             task_id: r.key.task_id.clone(),
                             task_name: owner.task_name,
                             endpoint: r.key.endpoint.clone(),
+                            kind: Kind::Http.as_str().into(),
                             reason: format!("HTTP key {key:?} is taken by a static route"),
                         });
                         continue;
@@ -656,6 +753,38 @@ mod tests {
 
         // After the write-back the task reads as routed: same route, nothing more to write.
         write_back(&mut tasks, &p);
+        let p2 = plan(&mut r, &tasks);
+        assert_eq!(p2.routes, p.routes);
+        assert!(p2.writes.is_empty(), "{:?}", p2.writes);
+    }
+
+    #[test]
+    fn sdk_2_0_tcp_and_http_on_one_task_are_both_served() {
+        // SDK 2.0 keeps one unsuffixed _SERVICE (the last request's); the keys tell both.
+        let mut r = reconciler(30000, 30010);
+        let mut tasks = vec![task(
+            "t",
+            json!({"_SERVICE": "EXTERNAL", "external_address": "10.1.2.3", "external_tcp_port": 9000,
+                   "_ADDRESS": "10.1.2.3", "_PORT": 8080}),
+        )];
+        let p = plan(&mut r, &tasks);
+        assert_eq!(
+            p.routes.tcp[&30000].upstream,
+            "10.1.2.3:9000".parse().unwrap()
+        );
+        assert_eq!(
+            p.routes.http["t"].upstream,
+            "10.1.2.3:8080".parse().unwrap()
+        );
+        assert_eq!(p.writes.len(), 2);
+        let (s, pol) = (settings(), policy());
+        for wb in &p.writes {
+            assert_eq!(recheck(&tasks[0], wb, &s, &pol), Ok(wb.patch.clone()));
+        }
+        write_back(&mut tasks, &p);
+        for wb in &p.writes {
+            assert_eq!(recheck(&tasks[0], wb, &s, &pol), Ok(wb.patch.clone()));
+        }
         let p2 = plan(&mut r, &tasks);
         assert_eq!(p2.routes, p.routes);
         assert!(p2.writes.is_empty(), "{:?}", p2.writes);

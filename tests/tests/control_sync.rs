@@ -1,0 +1,673 @@
+//! The control plane against the ClearML test server: requests written by the SDK and by
+//! clearml-session appear as routes, are written back as the SDK expects, and go when the task
+//! ends; API faults (500s, timeouts, malformed answers, expired tokens) change nothing that was
+//! forwarding; paging, listened queues and several routers on one server.
+//!
+//! The sync engine runs in-process with recording route owners (what the kernel datapath and
+//! nginx are asked to serve); the last tests run the real daemon binary.
+
+use router_tests::clearml_server::{ClearmlServer, FaultKind, ServerOptions, TaskSpec};
+use router_tests::netns::{Netns, veth};
+use router_tests::owners::{RecordingForwarder, RecordingRouter};
+use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use router_userspace::admin::SharedStatus;
+use router_userspace::config::{Config, Sources};
+use router_userspace::daemon::{CycleOutcome, Engine, new_status};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ROUTER_ADDRESS: &str = "203.0.113.7";
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "task-router-{tag}-{}",
+            router_tests::netns::unique("s")
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(server: &ClearmlServer, state: &Path, extra: &[(&str, &str)]) -> Config {
+    let creds = server.credentials();
+    let mut env: Vec<(String, String)> = [
+        ("CLEARML_API_HOST", server.url()),
+        ("CLEARML_API_ACCESS_KEY", creds.access_key),
+        ("CLEARML_API_SECRET_KEY", creds.secret_key),
+        ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS.to_string()),
+        ("TCP_PORT_START", "30000".into()),
+        ("TCP_PORT_END", "30099".into()),
+        ("ROUTER_NAME", "edge-a".into()),
+        ("ROUTER_URL", "https://router.example.com".into()),
+        ("AUTH_ENABLED", "false".into()),
+        ("ROUTER_STATE_DIR", state.display().to_string()),
+        ("ROUTER_API_TIMEOUT", "500ms".into()),
+        ("ROUTER_POLL_INTERVAL", "200ms".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let sources = Sources::new(Vec::new(), env, None).expect("sources");
+    Config::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One router: the engine with recording owners.
+struct Router {
+    engine: Engine,
+    tcp: RecordingForwarder,
+    http: RecordingRouter,
+    status: SharedStatus,
+}
+
+impl Router {
+    async fn start(cfg: Config) -> Router {
+        let (tcp, http) = (RecordingForwarder::default(), RecordingRouter::default());
+        let status = new_status(&cfg);
+        let mut engine = Engine::new(
+            cfg,
+            Box::new(tcp.clone()),
+            Box::new(http.clone()),
+            status.clone(),
+        )
+        .expect("engine");
+        engine.connect_at_start().await.expect("connect");
+        Router {
+            engine,
+            tcp,
+            http,
+            status,
+        }
+    }
+
+    async fn cycle(&mut self) -> CycleOutcome {
+        self.engine.cycle().await
+    }
+
+    fn status(&self) -> router_userspace::admin::Status {
+        self.status.read().expect("status").clone()
+    }
+}
+
+fn running(name: &str, runtime: Value) -> TaskSpec {
+    TaskSpec::new(name)
+        .status("in_progress")
+        .system_tags(&["external_service"])
+        .runtime(runtime)
+}
+
+fn tcp_request(addr: &str, port: u16) -> Value {
+    // What `Task.request_external_endpoint(port, protocol="tcp")` writes (SDK 2.1).
+    json!({"_SERVICE": "EXTERNAL_TCP", "external_address": addr, "external_tcp_port": port,
+           "upstream_task_port": port, "CLEARML VERSION": "2.1.12"})
+}
+
+#[tokio::test]
+async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let gpu = admin.create_queue("gpu");
+    let cpu = admin.create_queue("cpu");
+    let sdk = admin.create_task(running("sdk tcp", tcp_request("10.5.0.10", 22)).queue(&gpu));
+    // clearml-session: a string port, no upstream_task_port, session bookkeeping keys.
+    let session = admin.create_task(
+        TaskSpec::new("interactive session")
+            .status("in_progress")
+            .system_tags(&["external_service", "interactive"])
+            .queue(&gpu)
+            .runtime(
+                json!({"_SERVICE": "EXTERNAL_TCP", "external_address": "10.5.0.11",
+                            "external_tcp_port": "10022", "_ssh_password": "pw",
+                            "internal_ssh_port": 10022}),
+            ),
+    );
+    // A hidden app with a default and a named HTTP endpoint.
+    let app = admin.create_task(
+        TaskSpec::new("gradio app")
+            .status("in_progress")
+            .system_tags(&["external_service", "hidden"])
+            .queue(&gpu)
+            .runtime(
+                json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.5.0.12", "_PORT": 7860,
+                            "_SERVICE__api": "EXTERNAL", "_ADDRESS__api": "10.5.0.12",
+                            "_PORT__api": "8000", "progress": "10"}),
+            ),
+    );
+    let other_queue =
+        admin.create_task(running("cpu task", tcp_request("10.5.0.13", 22)).queue(&cpu));
+    let untagged = admin.create_task(
+        TaskSpec::new("untagged")
+            .status("in_progress")
+            .queue(&gpu)
+            .runtime(tcp_request("10.5.0.14", 22)),
+    );
+    let foreign = admin.create_task(
+        running(
+            "other router's",
+            json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.5.0.15", "_PORT": 80,
+                   "_ROUTER_NAME": "edge-b", "endpoint": "https://b.example.com/service/x/"}),
+        )
+        .queue(&gpu),
+    );
+    let evil = admin.create_task(running("evil", tcp_request("127.0.0.1", 22)).queue(&gpu));
+
+    let state = TempDir::new("sync");
+    let mut r = Router::start(config(
+        &server,
+        state.path(),
+        &[("LISTEN_QUEUE_NAME", "gpu")],
+    ))
+    .await;
+    assert_eq!(r.cycle().await, CycleOutcome::Synced);
+
+    // TCP: routes programmed, then written back as the SDK waits for them.
+    let tcp = r.tcp.programmed();
+    assert_eq!(tcp.len(), 2, "{tcp:?}");
+    let port_of = |task: &str| {
+        *tcp.iter()
+            .find(|(_, route)| route.owner.task_id == task)
+            .unwrap_or_else(|| panic!("no route for {task}: {tcp:?}"))
+            .0
+    };
+    let (sdk_port, session_port) = (port_of(&sdk), port_of(&session));
+    assert_eq!(
+        tcp[&sdk_port].upstream,
+        "10.5.0.10:22".parse().expect("addr")
+    );
+    assert_eq!(
+        tcp[&session_port].upstream,
+        "10.5.0.11:10022".parse().expect("addr")
+    );
+    let rt = admin.runtime(&sdk);
+    assert_eq!(rt["external_address"], json!(ROUTER_ADDRESS));
+    assert_eq!(rt["external_tcp_port"], json!(sdk_port));
+    assert_eq!(rt["upstream_task_port"], json!(22));
+    assert_eq!(rt["upstream_task_address"], json!("10.5.0.10"));
+    assert_eq!(rt["_ROUTER_NAME"], json!("edge-a"));
+    assert_eq!(
+        rt["CLEARML VERSION"],
+        json!("2.1.12"),
+        "the task's keys are kept"
+    );
+    let rt = admin.runtime(&session);
+    assert_eq!(rt["external_address"], json!(ROUTER_ADDRESS));
+    assert_eq!(rt["external_tcp_port"], json!(session_port));
+    assert_eq!(rt["_ssh_password"], json!("pw"));
+
+    // HTTP: both endpoints of the hidden app, with the agreed URLs.
+    let http = r.http.programmed();
+    assert_eq!(http.len(), 2, "{http:?}");
+    assert_eq!(http[&app].upstream, "10.5.0.12:7860".parse().expect("addr"));
+    assert_eq!(
+        http[&format!("{app}__api")].upstream,
+        "10.5.0.12:8000".parse().expect("addr")
+    );
+    let rt = admin.runtime(&app);
+    let url = format!("https://router.example.com/service/{app}/");
+    assert_eq!(rt["endpoint"], json!(url));
+    assert_eq!(rt["browser_endpoint"], json!(url));
+    assert_eq!(
+        rt["endpoint__api"],
+        json!(format!("https://router.example.com/service/{app}__api/"))
+    );
+    assert_eq!(rt["_ROUTER_NAME__api"], json!("edge-a"));
+    assert_eq!(rt["progress"], json!("10"));
+
+    // Left alone: another queue, no tag, another router's claim. Refused with a reason: loopback.
+    for id in [&other_queue, &untagged] {
+        assert!(
+            admin.runtime(id).get("_ROUTER_NAME").is_none(),
+            "{id} touched"
+        );
+    }
+    assert_eq!(admin.runtime(&foreign)["_ROUTER_NAME"], json!("edge-b"));
+    assert_eq!(
+        admin.runtime(&foreign)["endpoint"],
+        json!("https://b.example.com/service/x/")
+    );
+    let status = r.status();
+    assert!(status.ready, "{}", status.ready_reason);
+    assert_eq!(status.clearml.foreign, 1);
+    let refusal = status
+        .refused
+        .iter()
+        .find(|f| f.task_id == evil)
+        .expect("the loopback request is refused");
+    assert!(refusal.reason.contains("loopback"), "{}", refusal.reason);
+    assert!(admin.runtime(&evil).get("_ROUTER_NAME").is_none());
+
+    // Steady state: nothing is written again.
+    let edits = admin.calls("tasks.edit");
+    r.cycle().await;
+    assert_eq!(admin.calls("tasks.edit"), edits);
+
+    // The task stops (aborted): its route goes, its port rests.
+    assert!(admin.set_status(&sdk, "stopped"));
+    r.cycle().await;
+    assert!(!r.tcp.programmed().contains_key(&sdk_port));
+    assert_eq!(r.status().ports.resting, 1);
+    // tasks.reset: runtime cleared, tag kept: no request, route gone.
+    assert!(admin.update_task(&session, json!({"runtime": {}})));
+    r.cycle().await;
+    assert!(r.tcp.programmed().is_empty());
+    // Archived, then deleted: the HTTP routes go.
+    assert!(admin.update_task(
+        &app,
+        json!({"system_tags": ["external_service", "hidden", "archived"]})
+    ));
+    r.cycle().await;
+    assert!(r.http.programmed().is_empty());
+    assert!(admin.update_task(&app, json!({"system_tags": ["external_service", "hidden"]})));
+    r.cycle().await;
+    assert_eq!(r.http.programmed().len(), 2, "unarchived: served again");
+    assert!(admin.delete_task(&app));
+    r.cycle().await;
+    assert!(r.http.programmed().is_empty());
+}
+
+#[tokio::test]
+async fn api_faults_change_nothing_that_forwards() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            admin.create_task(running(
+                &format!("t{i}"),
+                tcp_request(&format!("10.6.0.{}", 10 + i), 22),
+            ))
+        })
+        .collect();
+    let state = TempDir::new("fault");
+    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    assert_eq!(r.cycle().await, CycleOutcome::Synced);
+    let before = r.tcp.programmed();
+    assert_eq!(before.len(), 3);
+    let applies = r.tcp.applies();
+
+    let faults = [
+        (
+            "HTTP 500",
+            FaultKind::Error {
+                code: 500,
+                subcode: 102,
+                msg: "database unavailable".into(),
+            },
+        ),
+        ("a timeout", FaultKind::Delay(Duration::from_secs(2))),
+        ("a malformed answer", FaultKind::Malformed),
+        (
+            "HTTP 503",
+            FaultKind::Error {
+                code: 503,
+                subcode: 0,
+                msg: "maintenance".into(),
+            },
+        ),
+    ];
+    for (what, fault) in faults {
+        admin.inject(fault, 1, Some("tasks.get_all"));
+        assert_eq!(r.cycle().await, CycleOutcome::ApiFailed, "{what}");
+        assert_eq!(r.tcp.programmed(), before, "{what} changed the routes");
+        assert_eq!(r.tcp.applies(), applies, "{what} made the owner apply");
+        let s = r.status();
+        assert_eq!(s.clearml.state, "error", "{what}");
+        assert!(s.clearml.error.is_some());
+        assert!(s.ready, "forwarding continues: still ready");
+        assert_eq!(s.routes.len(), 3);
+    }
+    // The whole listing fails on its second page: still nothing changes.
+    admin.inject(FaultKind::Malformed, 5, None);
+    assert_eq!(r.cycle().await, CycleOutcome::ApiFailed);
+    assert_eq!(r.tcp.programmed(), before);
+    admin.clear_faults();
+
+    // An expired token: the client logs in again (the test server also refuses tokens issued
+    // within the second of the expiry, so the first cycles may fail); routes never change.
+    let logins = admin.calls("auth.login");
+    admin.expire_tokens();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.cycle().await != CycleOutcome::Synced {
+        assert_eq!(r.tcp.programmed(), before);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync after the token expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        admin.calls("auth.login") > logins,
+        "the client logged in again"
+    );
+    assert_eq!(r.tcp.programmed(), before);
+    assert_eq!(r.status().clearml.state, "ok");
+
+    // A write-back that fails is retried on the next cycle; the route stays programmed.
+    let late = admin.create_task(running("late", tcp_request("10.6.0.20", 22)));
+    admin.inject(
+        FaultKind::Error {
+            code: 500,
+            subcode: 0,
+            msg: "injected".into(),
+        },
+        1,
+        Some("tasks.edit"),
+    );
+    r.cycle().await;
+    let port = *r
+        .tcp
+        .programmed()
+        .iter()
+        .find(|(_, route)| route.owner.task_id == late)
+        .expect("route programmed before the write-back")
+        .0;
+    let s = r.status();
+    let row = s
+        .routes
+        .iter()
+        .find(|row| row.task_id == late)
+        .expect("row");
+    assert!(row.state.contains("write-back failed"), "{}", row.state);
+    r.cycle().await;
+    assert_eq!(admin.runtime(&late)["external_tcp_port"], json!(port));
+    assert!(r.status().routes.iter().all(|row| row.state == "active"));
+    for id in &ids {
+        assert_eq!(admin.runtime(id)["_ROUTER_NAME"], json!("edge-a"));
+    }
+}
+
+#[tokio::test]
+async fn paging_reads_every_task_in_few_calls() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    for i in 0..1203u32 {
+        admin.create_task(running(
+            &format!("t{i}"),
+            json!({"_SERVICE": "EXTERNAL", "_ADDRESS": format!("10.7.{}.{}", i / 250, i % 250 + 1),
+                   "_PORT": 8080}),
+        ));
+    }
+    let state = TempDir::new("page");
+    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    r.cycle().await;
+    assert_eq!(r.http.programmed().len(), 1203);
+    admin.reset_call_counts();
+    r.cycle().await;
+    assert_eq!(admin.calls("tasks.get_all"), 3, "pages of 500, 500 and 203");
+    assert_eq!(admin.calls("tasks.edit"), 0);
+}
+
+#[tokio::test]
+async fn several_routers_share_one_server_without_touching_each_others_tasks() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let (qa, qb) = (admin.create_queue("queue-a"), admin.create_queue("queue-b"));
+    let ta = admin.create_task(running("a", tcp_request("10.8.0.10", 22)).queue(&qa));
+    let tb = admin.create_task(running("b", tcp_request("10.8.0.11", 22)).queue(&qb));
+    let (sa, sb) = (TempDir::new("ra"), TempDir::new("rb"));
+    let mut a = Router::start(config(
+        &server,
+        sa.path(),
+        &[("ROUTER_NAME", "edge-a"), ("LISTEN_QUEUE_NAME", "queue-a")],
+    ))
+    .await;
+    let mut b = Router::start(config(
+        &server,
+        sb.path(),
+        &[
+            ("ROUTER_NAME", "edge-b"),
+            ("LISTEN_QUEUE_NAME", "queue-b"),
+            ("TCP_ROUTER_ADDRESS", "203.0.113.8"),
+        ],
+    ))
+    .await;
+    a.cycle().await;
+    b.cycle().await;
+    assert_eq!(admin.runtime(&ta)["_ROUTER_NAME"], json!("edge-a"));
+    assert_eq!(admin.runtime(&tb)["_ROUTER_NAME"], json!("edge-b"));
+    assert_eq!(admin.runtime(&tb)["external_address"], json!("203.0.113.8"));
+    assert_eq!(a.tcp.programmed().len(), 1);
+    assert_eq!(b.tcp.programmed().len(), 1);
+
+    // A third router listening to every queue leaves both claimed tasks alone.
+    let sc = TempDir::new("rc");
+    let mut c = Router::start(config(&server, sc.path(), &[("ROUTER_NAME", "edge-c")])).await;
+    let edits = admin.calls("tasks.edit");
+    c.cycle().await;
+    assert!(c.tcp.programmed().is_empty());
+    assert_eq!(c.status().clearml.foreign, 2);
+    assert_eq!(admin.calls("tasks.edit"), edits);
+    a.cycle().await;
+    b.cycle().await;
+    assert_eq!(a.tcp.programmed().len() + b.tcp.programmed().len(), 2);
+}
+
+#[tokio::test]
+async fn a_restarted_router_keeps_every_port() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    for i in 0..5 {
+        admin.create_task(running(
+            &format!("t{i}"),
+            tcp_request(&format!("10.9.0.{}", 10 + i), 22),
+        ));
+    }
+    let state = TempDir::new("restart");
+    let cfg = config(&server, state.path(), &[]);
+    let mut r = Router::start(cfg.clone()).await;
+    r.cycle().await;
+    let before = r.tcp.programmed();
+    assert_eq!(before.len(), 5);
+    drop(r);
+
+    // Restarted while the API fails: the last routes are re-applied at once, unchanged.
+    admin.inject(
+        FaultKind::Error {
+            code: 500,
+            subcode: 0,
+            msg: "down".into(),
+        },
+        1000,
+        None,
+    );
+    let mut r = Router::start(cfg.clone()).await;
+    assert_eq!(r.cycle().await, CycleOutcome::ApiFailed);
+    assert_eq!(r.tcp.programmed(), before);
+    assert!(r.status().ready_reason.contains("first ClearML sync"));
+    admin.clear_faults();
+    assert_eq!(r.cycle().await, CycleOutcome::Synced);
+    assert_eq!(r.tcp.programmed(), before);
+    drop(r);
+
+    // Restarted with the local state gone: the ports written on the tasks win.
+    std::fs::remove_dir_all(state.path()).expect("wipe state");
+    let mut r = Router::start(cfg).await;
+    r.cycle().await;
+    assert_eq!(r.tcp.programmed(), before);
+}
+
+// ------------------------------------------------------------------------------------------
+// The daemon binary.
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A ClearML test server listening inside `ns` on 127.0.0.1.
+fn server_in(ns: &Netns) -> ClearmlServer {
+    let listener = ns
+        .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("enter")
+        .expect("bind in namespace");
+    ClearmlServer::start_with(ServerOptions {
+        listener: Some(listener),
+        ..ServerOptions::default()
+    })
+    .expect("server")
+}
+
+fn daemon_command(
+    ns: &Netns,
+    server: &ClearmlServer,
+    iface: &str,
+    state: &Path,
+) -> std::process::Command {
+    let creds = server.credentials();
+    let mut cmd = ns.command(daemon_binary().to_str().expect("utf-8"));
+    cmd.args(["run", "--interface", iface, "--poll-interval", "200ms"])
+        .env("CLEARML_API_HOST", server.url())
+        .env("CLEARML_API_ACCESS_KEY", creds.access_key)
+        .env("CLEARML_API_SECRET_KEY", creds.secret_key)
+        .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
+        .env("ROUTER_NAME", "edge-bin")
+        .env("AUTH_ENABLED", "false")
+        .env("ROUTER_API_TIMEOUT", "500ms")
+        .env("ROUTER_STATE_DIR", state);
+    cmd
+}
+
+#[test]
+fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
+    require_root();
+    let client = Netns::new("trsc").expect("client ns");
+    let router = Netns::new("trsr").expect("router ns");
+    let (_c, r) = veth(
+        &client,
+        Ipv4Addr::new(10, 206, 0, 1),
+        &router,
+        Ipv4Addr::new(10, 206, 0, 2),
+    )
+    .expect("veth");
+    let server = server_in(&router);
+    let admin = server.admin();
+    let evil = admin.create_task(running("evil", tcp_request("169.254.169.254", 80)));
+    // Six failed listings: 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s of back-off, then it heals by itself.
+    admin.inject(
+        FaultKind::Error {
+            code: 500,
+            subcode: 0,
+            msg: "down".into(),
+        },
+        6,
+        Some("tasks.get_all"),
+    );
+    let state = TempDir::new("bin");
+    let mut daemon = Daemon::spawn(daemon_command(&router, &server, &r.dev, state.path()))
+        .expect("start daemon");
+    daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
+    daemon.wait_for_log("ClearML API unavailable", Duration::from_secs(20));
+    let admin_addr: SocketAddr = "127.0.0.1:9180".parse().expect("addr");
+    let (code, body) = router
+        .enter(move || http_get(admin_addr, "/readyz"))
+        .expect("enter")
+        .expect("readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("waiting for the first ClearML sync"),
+        "{body}"
+    );
+
+    daemon.wait_for_log("ClearML API reachable again", Duration::from_secs(30));
+    daemon.wait_for_log("ready", Duration::from_secs(10));
+    let (code, _) = router
+        .enter(move || http_get(admin_addr, "/readyz"))
+        .expect("enter")
+        .expect("readyz");
+    assert_eq!(code, 200);
+    let line = daemon.wait_for_log("endpoint request refused", Duration::from_secs(20));
+    assert!(
+        line.contains(&evil) && line.contains("link-local"),
+        "{line}"
+    );
+    let out = router
+        .command(daemon_binary().to_str().expect("utf-8"))
+        .args(["status"])
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("clearml: ok"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&evil))
+        .unwrap_or_else(|| panic!("refusal not shown:\n{table}"));
+    assert!(
+        row.contains("address 169.254.169.254 is link-local"),
+        "{row}"
+    );
+    let status = daemon
+        .stop(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    assert!(status.success());
+}
+
+#[test]
+fn an_unknown_queue_or_bad_credentials_stop_start_up() {
+    require_root();
+    let router = Netns::new("trsq").expect("router ns");
+    let client = Netns::new("trsk").expect("client ns");
+    let (_c, r) = veth(
+        &client,
+        Ipv4Addr::new(10, 207, 0, 1),
+        &router,
+        Ipv4Addr::new(10, 207, 0, 2),
+    )
+    .expect("veth");
+    let server = server_in(&router);
+    let state = TempDir::new("q");
+    let out = daemon_command(&router, &server, &r.dev, state.path())
+        .env("LISTEN_QUEUE_NAME", "gpu-queue")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("queue \"gpu-queue\""), "{stderr}");
+    assert!(!stderr.contains("admin endpoint listening"), "{stderr}");
+
+    let out = daemon_command(&router, &server, &r.dev, state.path())
+        .env("CLEARML_API_SECRET_KEY", "wrong")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("credentials refused"), "{stderr}");
+}
