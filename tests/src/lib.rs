@@ -4,7 +4,10 @@
 
 pub mod attached;
 pub mod daemon;
+pub mod http_backend;
+pub mod http_client;
 pub mod netns;
+pub mod nginx;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -157,21 +157,39 @@ impl Managed {
         self.running_pid()
     }
 
-    /// Starts nginx; returns the master's PID once it has written its PID file.
+    /// Starts nginx; returns the master's PID once it has written its PID file. Workers left
+    /// behind by a master that died (they keep its listening sockets) are told to finish their
+    /// connections and go first, so the new master can bind.
     pub fn start(&self) -> Result<u32, NginxError> {
-        let _ = std::fs::remove_file(self.pid_path());
-        let mut cmd = self.command();
-        cmd.arg("-c").arg(self.main_path());
-        let out = command::run(cmd, START_TIMEOUT)?;
-        if !out.status.success() {
-            return Err(NginxError::Start(format!(
-                "`{}` exited {}: {}",
-                self.binary.display(),
-                out.status,
-                out.output
-            )));
+        let orphans = self.orphans();
+        for &pid in &orphans {
+            tracing::warn!(
+                pid,
+                "asking a worker of a dead nginx master to finish and exit"
+            );
+            let _ = signal(pid, Signal::SIGQUIT);
         }
+        let _ = std::fs::remove_file(self.pid_path());
         let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut cmd = self.command();
+            cmd.arg("-c").arg(self.main_path());
+            let out = command::run(cmd, START_TIMEOUT)?;
+            if out.status.success() {
+                break;
+            }
+            // Orphans close their listening sockets at once on SIGQUIT, but not instantly.
+            let busy = out.output.contains("Address already in use");
+            if !(busy && !orphans.is_empty() && Instant::now() < deadline) {
+                return Err(NginxError::Start(format!(
+                    "`{}` exited {}: {}",
+                    self.binary.display(),
+                    out.status,
+                    out.output
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         loop {
             if let Some(pid) = self.running_pid() {
                 return Ok(pid);
@@ -185,6 +203,40 @@ impl Managed {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// nginx processes of this directory whose master is gone: they hold our error log open.
+    /// Called only when no master runs and no test runs (the install lock is held).
+    fn orphans(&self) -> Vec<u32> {
+        let log = self.dir.join(ERROR_LOG);
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let is_nginx = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("nginx:"));
+            if !is_nginx || pid == std::process::id() {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            if fds
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == log))
+            {
+                found.push(pid);
+            }
+        }
+        found
     }
 
     /// Graceful reload: new workers with the new files; old ones finish their connections.
