@@ -147,7 +147,7 @@ enum Mode {
 struct SlotState {
     /// Content known to be what nginx runs.
     live: Option<String>,
-    /// The last rejected candidate and nginx's words about it.
+    /// The last rejected candidate and nginx's words about it (to log a repeat only once).
     rejected: Option<(String, String)>,
 }
 
@@ -285,15 +285,6 @@ impl Nginx {
         if !st.reload_pending && s.live.as_deref() == Some(content) {
             return Ok(Installed::Unchanged);
         }
-        if let Some((bad, error)) = &s.rejected
-            && bad == content
-        {
-            // Same candidate as before: nginx would say the same; spare a test per cycle.
-            return Err(NginxError::Rejected {
-                slot: slot.name(),
-                error: error.clone(),
-            });
-        }
         let live = self.path(slot);
         let on_disk_same = std::fs::read_to_string(&live).is_ok_and(|c| c == content);
         let tmp = self.shared.dir.join(format!(".{}.tmp", slot.file_name()));
@@ -305,7 +296,17 @@ impl Nginx {
         };
         if let Err(error) = tested {
             let _ = std::fs::remove_file(&tmp);
-            tracing::error!(slot = slot.name(), %error, "nginx rejected the generated configuration; the previous one stays live");
+            // The same candidate is tested again each cycle (the cause may be outside it, in
+            // another file of a shared conf dir), but said loudly only once.
+            let repeated = st.slots[slot.index()]
+                .rejected
+                .as_ref()
+                .is_some_and(|(c, e)| c == content && *e == error);
+            if repeated {
+                tracing::debug!(slot = slot.name(), %error, "nginx still rejects the generated configuration");
+            } else {
+                tracing::error!(slot = slot.name(), %error, "nginx rejected the generated configuration; the previous one stays live");
+            }
             st.slots[slot.index()].rejected = Some((content.to_string(), error.clone()));
             set_rejection(&mut st.status, slot, Some(&error));
             return Err(NginxError::Rejected {
@@ -590,8 +591,9 @@ mod tests {
         let st = n.status();
         assert_eq!(st.rejected.len(), 1);
         assert!(!st.healthy());
-        // The same candidate again is refused without running the test.
+        // The same candidate again is tested again and refused again.
         assert!(n.install(Slot::Http, "BAD one").is_err());
+        assert_eq!(std::fs::read_to_string(&live).unwrap(), "good");
         // A good one clears the rejection.
         n.install(Slot::Http, "good 2").unwrap();
         assert!(n.status().rejected.is_empty());

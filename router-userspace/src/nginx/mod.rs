@@ -85,17 +85,25 @@ impl HttpRouter for NginxHttpRouter {
         self.nginx
             .install(Slot::Http, &rendered.text)
             .context("installing the nginx HTTP configuration (the previous one stays live)")?;
-        let report = diff(&self.programmed, &rendered.accepted, rendered.failed);
+        // Only what reaches nginx counts as a change (not the task's name, say).
+        let report = diff(
+            &self.programmed,
+            &rendered.accepted,
+            rendered.failed,
+            |a, b| a.upstream == b.upstream && a.mode == b.mode,
+        );
         self.programmed = rendered.accepted;
         Ok(report)
     }
 }
 
-/// Counts what changed between two programmed sets.
-pub(crate) fn diff<K: Ord + Display, V: PartialEq>(
+/// Counts what changed between two programmed sets; `same` says whether two versions of a route
+/// are served the same way.
+pub(crate) fn diff<K: Ord + Display, V>(
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
     failed: Vec<(String, String)>,
+    same: impl Fn(&V, &V) -> bool,
 ) -> ApplyReport {
     let mut report = ApplyReport {
         failed,
@@ -104,7 +112,7 @@ pub(crate) fn diff<K: Ord + Display, V: PartialEq>(
     for (k, v) in new {
         match old.get(k) {
             None => report.added += 1,
-            Some(o) if o != v => report.changed += 1,
+            Some(o) if !same(o, v) => report.changed += 1,
             Some(_) => {}
         }
     }
@@ -120,8 +128,8 @@ mod tests {
     fn diff_counts_added_changed_removed() {
         let old: BTreeMap<String, u8> = [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)].into();
         let new: BTreeMap<String, u8> = [("a".into(), 1), ("b".into(), 2), ("d".into(), 1)].into();
-        let r = diff(&old, &new, vec![]);
+        let r = diff(&old, &new, vec![], |a, b| a == b);
         assert_eq!((r.added, r.changed, r.removed), (1, 1, 1));
-        assert!(diff(&new, &new, vec![]).is_noop());
+        assert!(diff(&new, &new, vec![], |a, b| a == b).is_noop());
     }
 }

@@ -105,7 +105,12 @@ impl TcpForwarder for NginxStreamForwarder {
         self.nginx
             .install(Slot::Stream, &rendered.text)
             .context("installing the nginx stream configuration (the previous one stays live)")?;
-        let report = super::diff(&self.programmed, &rendered.accepted, rendered.failed);
+        let report = super::diff(
+            &self.programmed,
+            &rendered.accepted,
+            rendered.failed,
+            |a, b| a.upstream == b.upstream,
+        );
         self.programmed = rendered.accepted;
         Ok(report)
     }
