@@ -68,7 +68,8 @@ impl Servers {
     }
 
     /// An app named `name`: `/ws` echoes WebSocket messages, `/stream` sends `first` then waits
-    /// for [`Backend::release`] before `second`, anything else answers an [`Echo`] as JSON.
+    /// for [`Backend::release`] before `second`, `/bench` answers `ok` (the cheapest reply, for
+    /// load tests), anything else answers an [`Echo`] as JSON.
     pub fn backend(&self, name: &str) -> Result<Backend> {
         let release = Arc::new(Notify::new());
         let state = AppState {
@@ -78,6 +79,7 @@ impl Servers {
         let router = axum::Router::new()
             .route("/ws", get(ws))
             .route("/stream", get(stream))
+            .route("/bench", get(|| async { "ok" }))
             .fallback(any(echo))
             .with_state(state);
         let addr = match self.serve(router)? {

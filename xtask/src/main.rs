@@ -1,5 +1,6 @@
 //! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
 
+mod bench_http;
 mod build;
 mod cmd;
 mod prereq;
@@ -30,6 +31,8 @@ enum Command {
     Test(test::TestOptions),
     /// Build and run the daemon: `cargo xtask run -- run --interfaces eth0`.
     Run(build::RunOptions),
+    /// HTTP routes benchmark: generated vs hand-written nginx config, apply-to-routed time.
+    BenchHttp(bench_http::BenchHttpOptions),
 }
 
 fn main() -> Result<()> {
@@ -39,5 +42,6 @@ fn main() -> Result<()> {
         Command::Build(opts) => build::all(&opts).map(|_| ()),
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
+        Command::BenchHttp(opts) => bench_http::run(&opts),
     }
 }
