@@ -216,3 +216,25 @@ fn injection_attempts_through_task_fields_change_nothing() {
         assert_eq!(r.echo().unwrap().backend, "A");
     });
 }
+
+#[test]
+fn managed_nginx_starts_over_files_it_no_longer_accepts() {
+    in_netns("thsc", || {
+        let dir = router_tests::nginx::ManagedDir::new().expect("dir");
+        // Left by an earlier daemon, unusable now (a directive this nginx lacks, say).
+        std::fs::write(
+            dir.path().join(Slot::Http.file_name()),
+            "no_such_directive on;\n",
+        )
+        .expect("stale file");
+        let nginx = Nginx::managed(&dir.config()).expect("starts anyway");
+        assert_eq!(nginx.status().running, Some(true));
+        let servers = Servers::new().expect("servers");
+        let a = servers.backend("A").expect("backend");
+        let mut router = NginxHttpRouter::with_settings(nginx.clone(), settings(None));
+        router
+            .apply(&wanted(&[route("taska", a.addr, HttpMode::Path)]))
+            .expect("apply");
+        wait_served_by("/service/taska/", "A");
+    });
+}

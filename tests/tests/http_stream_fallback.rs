@@ -66,7 +66,10 @@ fn stream_fallback_forwards_tcp_and_follows_the_wanted_set() {
         assert!(!text.contains("server { listen 1;") && !text.contains("$remote_addr"));
 
         let expected = b"ping through nginx stream".to_vec();
-        assert_eq!(until("port 10022 forwards", WAIT, || echo_via(10022)), expected);
+        assert_eq!(
+            until("port 10022 forwards", WAIT, || echo_via(10022)),
+            expected
+        );
         assert_eq!(echo_via(10023), Some(expected.clone()));
 
         // An established connection keeps its backend when its route is removed; new

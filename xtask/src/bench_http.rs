@@ -15,7 +15,7 @@ pub struct BenchHttpOptions {
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// Alternating rounds (generated, hand-written) per figure; medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: u32,
     /// Concurrent connections of the load generator (wrk).
     #[arg(long, default_value_t = 32)]

@@ -211,7 +211,20 @@ impl Nginx {
             let Mode::Managed(m) = &nginx.shared.mode else {
                 unreachable!("constructed as managed")
             };
-            let main_changed = m.install_main(&nginx.shared.dir)?;
+            let main_changed = match m.install_main(&nginx.shared.dir) {
+                Ok(changed) => changed,
+                Err(NginxError::Rejected { error, .. }) => {
+                    // Files a previous daemon left that this nginx no longer accepts (a package
+                    // upgrade, say): start from empty ones; the first apply fills them again.
+                    tracing::warn!(%error, "the generated files left in NGINX_CONF_DIR are rejected; starting from empty ones");
+                    for slot in [Slot::Http, Slot::Stream] {
+                        let path = nginx.path(slot);
+                        write_synced(&path, managed::EMPTY_SLOT).map_err(io("write", &path))?;
+                    }
+                    m.install_main(&nginx.shared.dir)?
+                }
+                Err(e) => return Err(e),
+            };
             match m.adopt() {
                 Some(pid) => {
                     tracing::info!(pid, "adopted the running managed nginx");
@@ -291,7 +304,7 @@ impl Nginx {
         write_synced(&tmp, content).map_err(io("write", &tmp))?;
 
         let tested = match &self.shared.mode {
-            Mode::Managed(m) => self.test_managed(m, slot, &tmp, &live),
+            Mode::Managed(m) => self.test_managed(m, slot, &tmp),
             Mode::External { test_cmd, .. } => self.test_external(test_cmd, &tmp, &live),
         };
         if let Err(error) = tested {
@@ -369,14 +382,7 @@ impl Nginx {
         lock(&self.shared)
     }
 
-    fn test_managed(
-        &self,
-        m: &managed::Managed,
-        slot: Slot,
-        tmp: &Path,
-        live: &Path,
-    ) -> Result<(), String> {
-        let _ = live;
+    fn test_managed(&self, m: &managed::Managed, slot: Slot, tmp: &Path) -> Result<(), String> {
         let (http, stream) = match slot {
             Slot::Http => (tmp.to_path_buf(), self.path(Slot::Stream)),
             Slot::Stream => (self.path(Slot::Http), tmp.to_path_buf()),

@@ -74,7 +74,7 @@ impl Managed {
         self.dir.join(PID_FILE)
     }
 
-    /// Writes the main configuration after testing it with the live slots; `false` when it
+    /// Tests the main configuration with the slot files on disk and writes it; `false` when it
     /// was already in place.
     pub fn install_main(&self, dir: &Path) -> Result<bool, NginxError> {
         let main = render_main(
@@ -84,9 +84,7 @@ impl Managed {
             &self.stream,
         )?;
         let path = self.main_path();
-        if std::fs::read_to_string(&path).is_ok_and(|c| c == main) {
-            return Ok(false);
-        }
+        // Tested even when unchanged: the slot files beside it may be stale.
         self.test_with(
             dir,
             &dir.join(Slot::Http.file_name()),
@@ -96,6 +94,9 @@ impl Managed {
             slot: "main",
             error: e,
         })?;
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == main) {
+            return Ok(false);
+        }
         let tmp = dir.join(format!(".{MAIN_FILE}.tmp"));
         write_synced(&tmp, &main).map_err(|source| NginxError::Io {
             op: "write",

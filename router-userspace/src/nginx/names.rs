@@ -32,6 +32,8 @@ pub enum NameError {
     Upstream(SocketAddrV4),
     #[error("listen port 0 is not a usable port")]
     Port,
+    #[error("ROUTER_HTTP_MODE=subdomain needs ROUTER_DOMAIN")]
+    NoDomain,
     #[error(
         "{what} {value:?} has characters nginx cannot quote (quotes, backslash, '$', ';', braces, control characters)"
     )]

@@ -2,7 +2,8 @@
 //! this in release): requests/s and p99 latency through the generated nginx configuration
 //! versus the same nginx with a hand-written equivalent configuration, and the time from a
 //! route apply to the endpoint answering. Everything runs inside a network namespace of its
-//! own: the echo app, both nginx instances and `wrk` (Debian package) as the load generator.
+//! own: the app (an nginx answering `ok`, so the proxies set the pace), both proxying nginx
+//! instances and `wrk` (Debian package) as the load generator.
 //!
 //! Both nginx instances run at once, on ports 8080 (generated) and 8081 (hand-written), and are
 //! measured in alternation, so background load (other builds on this machine) hits both alike.
@@ -13,7 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use router_tests::http_backend::Servers;
 use router_tests::http_client::get;
 use router_tests::nginx::{ExternalNginx, ManagedDir, in_netns, route, settings};
 use router_userspace::nginx::{Nginx, NginxHttpRouter};
@@ -30,7 +30,7 @@ struct Options {
 fn options() -> Result<Options> {
     let mut o = Options {
         seconds: 5,
-        rounds: 3,
+        rounds: 5,
         connections: 32,
         routes: 100,
         json: None,
@@ -72,7 +72,10 @@ fn wrk(url: &str, o: &Options) -> Result<Load> {
         .context("run wrk (Debian package wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("wrk failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
         bail!("wrk saw errors ({line}) against {url}:\n{text}");
@@ -110,22 +113,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The hand-written configuration an operator would write for the same route: the same
-/// forwarding headers, WebSocket upgrade, streaming and keep-alive, prefix stripped by nginx.
-fn hand_written(upstream: SocketAddrV4, key: &str) -> String {
-    format!(
-        r#"upstream app {{
-    server {upstream};
-    keepalive 16;
-}}
-map $http_upgrade $connection_upgrade {{
-    default upgrade;
-    "" "";
-}}
-server {{
-    listen 8081;
-    location /service/{key}/ {{
-        proxy_pass http://app/;
+/// The hand-written configuration an operator would write for the same routes: per route an
+/// upstream with keep-alive and a location with the same forwarding headers, WebSocket upgrade
+/// and streaming, the prefix stripped by nginx.
+fn hand_written(routes: &BTreeMap<String, HttpRoute>) -> String {
+    let mut t = String::from(
+        "map $http_upgrade $connection_upgrade {\n    default upgrade;\n    \"\" \"\";\n}\n",
+    );
+    for (key, r) in routes {
+        t.push_str(&format!(
+            "upstream app_{key} {{\n    server {};\n    keepalive 16;\n}}\n",
+            r.upstream
+        ));
+    }
+    t.push_str("server {\n    listen 8081;\n");
+    for key in routes.keys() {
+        t.push_str(&format!(
+            r#"    location /service/{key}/ {{
+        proxy_pass http://app_{key}/;
         proxy_http_version 1.1;
         proxy_set_header Host $http_host;
         proxy_set_header Upgrade $http_upgrade;
@@ -140,9 +145,26 @@ server {{
         proxy_read_timeout 86400s;
         proxy_send_timeout 86400s;
     }}
-}}
 "#
-    )
+        ));
+    }
+    t.push_str("}\n");
+    t
+}
+
+/// The app behind every route: nginx answering `ok`, so the proxies, not the app, set the pace.
+fn app() -> Result<(ExternalNginx, SocketAddrV4)> {
+    let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9000);
+    let nginx = ExternalNginx::start(|conf_d| {
+        std::fs::write(
+            conf_d.join("app.conf"),
+            format!(
+                "server {{\n    listen {addr};\n    keepalive_requests 1000000;\n    location / {{\n        return 200 \"ok\";\n    }}\n}}\n"
+            ),
+        )?;
+        Ok(())
+    })?;
+    Ok((nginx, addr))
 }
 
 #[derive(serde::Serialize)]
@@ -162,8 +184,7 @@ struct Results {
 }
 
 fn bench(o: &Options) -> Result<Results> {
-    let servers = Servers::new()?;
-    let app = servers.backend("bench")?;
+    let (app_nginx, app_addr) = app()?;
     let key = "bench0000000000000000000000000000";
 
     // The generated configuration, with `routes` routes like a busy router.
@@ -173,14 +194,15 @@ fn bench(o: &Options) -> Result<Results> {
     let mut wanted: BTreeMap<String, HttpRoute> = (0..o.routes.saturating_sub(1))
         .map(|i| {
             let k = format!("{i:032x}");
-            (k.clone(), route(&k, app.addr, HttpMode::Path))
+            (k.clone(), route(&k, app_addr, HttpMode::Path))
         })
         .collect();
-    wanted.insert(key.into(), route(key, app.addr, HttpMode::Path));
+    wanted.insert(key.into(), route(key, app_addr, HttpMode::Path));
     router.apply(&wanted)?;
 
+    let hand_config = hand_written(&wanted);
     let ext = ExternalNginx::start(|conf_d| {
-        std::fs::write(conf_d.join("bench.conf"), hand_written(app.addr, key))?;
+        std::fs::write(conf_d.join("bench.conf"), hand_config)?;
         Ok(())
     })?;
     let gen_url = format!("http://127.0.0.1:8080/service/{key}/bench");
@@ -192,7 +214,12 @@ fn bench(o: &Options) -> Result<Results> {
             .and_then(|u| u.split_once('/'))
             .context("url")?;
         let addr = addr.parse()?;
-        while get(addr, &format!("/{path}"), &[]).map(|r| r.text()).ok().as_deref() != Some("ok") {
+        while get(addr, &format!("/{path}"), &[])
+            .map(|r| r.text())
+            .ok()
+            .as_deref()
+            != Some("ok")
+        {
             if Instant::now() > ready {
                 bail!("{url} does not answer");
             }
@@ -230,7 +257,7 @@ fn bench(o: &Options) -> Result<Results> {
     let addr = "127.0.0.1:8080".parse()?;
     for i in 0..10 {
         let k = format!("new{i:029x}");
-        wanted.insert(k.clone(), route(&k, app.addr, HttpMode::Path));
+        wanted.insert(k.clone(), route(&k, app_addr, HttpMode::Path));
         let t0 = Instant::now();
         router.apply(&wanted)?;
         apply_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -250,6 +277,7 @@ fn bench(o: &Options) -> Result<Results> {
     nginx.stop(false, Duration::from_secs(5))?;
     drop(ext);
     drop(dir);
+    drop(app_nginx);
 
     let g_rps = median(generated.iter().map(|l| l.rps).collect());
     let h_rps = median(hand.iter().map(|l| l.rps).collect());
