@@ -12,10 +12,10 @@ use clap::Args;
 #[derive(Args, Clone, Debug)]
 pub struct BenchHttpOptions {
     /// Seconds per load run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub seconds: u64,
     /// Alternating rounds (generated, hand-written) per figure; medians are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     pub rounds: u32,
     /// Concurrent connections of the load generator (wrk).
     #[arg(long, default_value_t = 32)]

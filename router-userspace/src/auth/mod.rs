@@ -217,7 +217,10 @@ impl Authenticator {
             req.authorization.map(str::to_string)
         };
 
-        let from_cookie = cookie_tokens.iter().find_map(|t| self.verify(t).ok());
+        let mut refusal: Option<AuthError> = None;
+        let from_cookie = cookie_tokens
+            .iter()
+            .find_map(|t| self.verify(t).map_err(|e| refusal = Some(e)).ok());
         let mut decision = Decision {
             identity: None,
             via: None,
@@ -229,11 +232,16 @@ impl Authenticator {
         if let Some((id, _)) = from_cookie {
             decision.identity = Some(id);
             decision.via = Some(Via::Cookie);
-        } else if let (Some(token), Some(Ok((id, exp)))) = (bearer, bearer_result) {
-            decision.set_cookie = self.session_cookie(token, exp);
-            decision.identity = Some(id);
+        } else if let (Some(token), Some(Ok((id, exp)))) = (bearer, &bearer_result) {
+            decision.set_cookie = self.session_cookie(token, *exp);
+            decision.identity = Some(id.clone());
             decision.via = Some(Via::Bearer);
         } else {
+            let reason = match (&refusal, &bearer_result) {
+                (_, Some(Err(e))) | (Some(e), _) => crate::datapath::error_chain(e),
+                _ => "no ClearML token in the cookie or Authorization header".to_string(),
+            };
+            tracing::debug!(uri = req.uri.unwrap_or_default(), %reason, "routed HTTP request refused");
             decision.login = self.login_for(req);
         }
         let counter = if decision.allowed() {
