@@ -38,7 +38,10 @@ fn routes_appear_and_disappear_as_the_wanted_set_changes() {
         let ra = route("taska", a.addr, HttpMode::Path);
         let rb = route("taskb", b.addr, HttpMode::Path);
 
-        let report = rig.router.apply(&wanted(&[ra.clone()])).expect("apply a");
+        let report = rig
+            .router
+            .apply(&wanted(std::slice::from_ref(&ra)))
+            .expect("apply a");
         assert_eq!((report.added, report.removed), (1, 0));
         wait_served_by(&rig, "/service/taska/", "A");
         assert_eq!(get(rig.addr(), "/service/taskb/", &[]).unwrap().status, 404);
@@ -50,14 +53,20 @@ fn routes_appear_and_disappear_as_the_wanted_set_changes() {
         assert_eq!((report.added, report.removed), (1, 0));
         wait_served_by(&rig, "/service/taskb/", "B");
 
-        let report = rig.router.apply(&wanted(&[rb.clone()])).expect("apply b");
+        let report = rig
+            .router
+            .apply(&wanted(std::slice::from_ref(&rb)))
+            .expect("apply b");
         assert_eq!((report.added, report.removed), (0, 1));
         wait_status(&rig, "/service/taska/", 404);
         wait_served_by(&rig, "/service/taskb/", "B");
 
         // The same set again changes nothing and reloads nothing.
         let reloads = rig.nginx.status().reloads;
-        let report = rig.router.apply(&wanted(&[rb.clone()])).expect("same set");
+        let report = rig
+            .router
+            .apply(&wanted(std::slice::from_ref(&rb)))
+            .expect("same set");
         assert!(report.is_noop(), "{report:?}");
         assert_eq!(rig.nginx.status().reloads, reloads);
 

@@ -34,7 +34,9 @@ fn a_config_nginx_rejects_never_replaces_the_working_one() {
         let mut router = NginxHttpRouter::with_settings(nginx.clone(), settings(None));
         let ra = route("taska", a.addr, HttpMode::Path);
         let rb = route("taskb", b.addr, HttpMode::Path);
-        router.apply(&wanted(&[ra.clone()])).expect("apply a");
+        router
+            .apply(&wanted(std::slice::from_ref(&ra)))
+            .expect("apply a");
         wait_served_by("/service/taska/", "A");
         let live = std::fs::read_to_string(nginx.path(Slot::Http)).expect("installed file");
         let reloads = nginx.status().reloads;
