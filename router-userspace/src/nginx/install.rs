@@ -255,6 +255,13 @@ impl Nginx {
     pub fn external(cfg: &NginxConfig) -> Result<Nginx, NginxError> {
         let dir = cfg.conf_dir.clone();
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        // An nginx.conf naming the files explicitly needs them before the first route.
+        for slot in [Slot::Http, Slot::Stream] {
+            let path = dir.join(slot.file_name());
+            if !path.exists() {
+                write_synced(&path, managed::EMPTY_SLOT).map_err(io("write", &path))?;
+            }
+        }
         Ok(Nginx {
             shared: Arc::new(Shared {
                 dir,
@@ -607,11 +614,16 @@ mod tests {
     }
 
     #[test]
-    fn first_rejected_candidate_leaves_no_file() {
+    fn first_rejected_candidate_leaves_the_placeholder() {
         let dir = tempfile::tempdir().unwrap();
         let n = external(dir.path(), "false", "true");
+        let placeholder = std::fs::read_to_string(n.path(Slot::Stream)).unwrap();
+        assert_eq!(placeholder, managed::EMPTY_SLOT);
         assert!(n.install(Slot::Stream, "x").is_err());
-        assert!(!n.path(Slot::Stream).exists());
+        assert_eq!(
+            std::fs::read_to_string(n.path(Slot::Stream)).unwrap(),
+            placeholder
+        );
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //! candidate never installed). Everything a task controls is validated ([`names`]) and never
 //! quoted into the text.
 //!
+//! Files in `NGINX_CONF_DIR`: `task-router-http.conf` (for an `http {}` context; a packaged
+//! nginx's `include conf.d/*.conf;` picks it up) and `task-router-stream.inc` (for a `stream {}`
+//! context: an existing nginx needs `stream { include <NGINX_CONF_DIR>/task-router-stream.inc; }`
+//! at the top level of its nginx.conf for the nginx TCP datapath). A managed nginx also keeps
+//! its main file `task-router-nginx.main`, `nginx.pid`, `error.log` and `tmp/` there, so give it
+//! a directory of its own (not a system nginx's conf.d).
+//!
 //! Wiring (daemon): one [`Nginx`] from [`Nginx::from_config`]; an [`NginxHttpRouter`] on it for
 //! HTTP routes; on the nginx datapath an [`NginxStreamForwarder`] on the same handle; and
 //! [`crate::auth::router`] merged into the admin server when authentication is on.
