@@ -6,11 +6,13 @@
 //! `routes_file`, `validate` (untrusted input), `admin` (health/status) and `daemon` (wiring).
 
 pub mod admin;
+pub mod auth;
 pub mod clearml;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod logging;
+pub mod nginx;
 pub mod ports;
 pub mod reconcile;
 pub mod routes;

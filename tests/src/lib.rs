@@ -5,7 +5,10 @@
 pub mod attached;
 pub mod clearml_server;
 pub mod daemon;
+pub mod http_backend;
+pub mod http_client;
 pub mod netns;
+pub mod nginx;
 pub mod owners;
 pub mod wait;
 

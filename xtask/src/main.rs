@@ -1,6 +1,7 @@
 //! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
 
 mod bench_control;
+mod bench_http;
 mod build;
 mod cmd;
 mod prereq;
@@ -33,6 +34,8 @@ enum Command {
     Run(build::RunOptions),
     /// Control-plane benchmark: a 10,000-task sync cycle, request-to-endpoint time.
     BenchControl(bench_control::BenchControlOptions),
+    /// HTTP routes benchmark: generated vs hand-written nginx config, apply-to-routed time.
+    BenchHttp(bench_http::BenchHttpOptions),
 }
 
 fn main() -> Result<()> {
@@ -43,5 +46,6 @@ fn main() -> Result<()> {
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
         Command::BenchControl(opts) => bench_control::run(&opts),
+        Command::BenchHttp(opts) => bench_http::run(&opts),
     }
 }

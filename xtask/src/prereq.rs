@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("iperf3", "/usr/bin/iperf3"),
     ("python3-venv", "/usr/share/doc/python3-venv"),
+    // Load generator of `cargo xtask bench-http`.
+    ("wrk", "/usr/bin/wrk"),
 ];
 
 pub fn is_root() -> bool {
