@@ -2,6 +2,7 @@
 
 mod build;
 mod cmd;
+mod demo;
 mod prereq;
 mod setup;
 mod test;
@@ -30,6 +31,10 @@ enum Command {
     Test(test::TestOptions),
     /// Build and run the daemon: `cargo xtask run -- run --interfaces eth0`.
     Run(build::RunOptions),
+    /// The whole system on one machine: namespaces for a client, the router and two task hosts,
+    /// the ClearML test server, the daemon and nginx, two SDK tasks (TCP and HTTP) and real
+    /// traffic through their endpoints; removed when done or on Ctrl-C (`--keep` to explore).
+    Demo(demo::DemoOptions),
 }
 
 fn main() -> Result<()> {
@@ -39,5 +44,6 @@ fn main() -> Result<()> {
         Command::Build(opts) => build::all(&opts).map(|_| ()),
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
+        Command::Demo(opts) => demo::run(&opts),
     }
 }
