@@ -78,11 +78,27 @@ fn run() -> Result<()> {
     })
     .context("setting up failed")?;
     println!(
-        "    ClearML test server: {} (in the router namespace {})",
-        bed.server.url(),
-        bed.router.name
+        "    ClearML test server: port {} in the router namespace {} (the daemon uses \
+         127.0.0.1, the task hosts {})",
+        bed.server.addr().port(),
+        bed.router.name,
+        bed.sdk_env(1).api_host
     );
+    let result = demo(&bed, &mut steps, keep, &sdk);
+    if result.is_err() {
+        let log = bed.daemon_log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("\ndemo: the daemon's last log lines:");
+        for line in &lines[lines.len().saturating_sub(15)..] {
+            eprintln!("  {line}");
+        }
+    }
+    println!("[done] removing namespaces, daemon, nginx and the server");
+    drop(bed);
+    result
+}
 
+fn demo(bed: &Testbed, steps: &mut Steps, keep: bool, sdk: &str) -> Result<()> {
     let _echo = steps.run("task host 1: a TCP echo server on 10.77.2.2:9000", || {
         ServerThread::echo(&bed.host1, (HOST1, 9000).into())
     })?;
@@ -92,7 +108,7 @@ fn run() -> Result<()> {
 
     let mut tcp_task = steps.run(
         &format!("TCP task (clearml {sdk}) on host 1: request_external_endpoint(9000, tcp)"),
-        || bed.sdk_task(&sdk, 1, "demo tcp echo"),
+        || bed.sdk_task(sdk, 1, "demo tcp echo"),
     )?;
     let tcp = steps.run("waiting for the router's TCP endpoint", || {
         tcp_task.request(9000, "tcp", true, None)?;
@@ -108,7 +124,7 @@ fn run() -> Result<()> {
 
     let mut http_task = steps.run(
         &format!("HTTP task (clearml {sdk}) on host 2: request_external_endpoint(8080, http)"),
-        || bed.sdk_task(&sdk, 2, "demo web app"),
+        || bed.sdk_task(sdk, 2, "demo web app"),
     )?;
     let url = steps.run("waiting for the router's HTTP endpoint", || {
         let got = http_task.request(8080, "http", true, None)?;
@@ -181,8 +197,5 @@ fn run() -> Result<()> {
         }
         println!("    {tcp} no longer answers");
         Ok(())
-    })?;
-    println!("[done] removing namespaces, daemon, nginx and the server");
-    drop(bed);
-    Ok(())
+    })
 }
