@@ -6,10 +6,10 @@
 //! `result_code`. Faults set by the admin are served right after the path is parsed.
 
 use super::Shared;
-use super::auth::{self, Identity, ServerClaims};
+use super::auth::{self, Identity};
 use super::error::ApiError;
 use super::services::{self, Call, MAX_API_VERSION};
-use super::store::{FaultKind, new_id, now_secs};
+use super::store::{FaultKind, new_id};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -225,7 +225,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<Auth, ApiError> {
     let state = shared.lock();
     match scheme {
         "Bearer" => {
-            let claims = auth::verify_token(&state.token_secret, data, state.tokens_valid_from)?;
+            let claims = auth::verify_token(&state.token_secret, data, &state.expired_sessions)?;
             Ok(Auth::Identity(claims.identity))
         }
         "Basic" => {
@@ -364,18 +364,7 @@ pub async fn api(
             .filter(|s| *s > 0)
             .unwrap_or(state.token_lifetime_secs)
             .min(MAX_EXPIRATION_SECS);
-        let token = auth::issue_token(
-            &state.token_secret,
-            &identity,
-            now_secs(),
-            lifetime,
-            &ServerClaims {
-                api_version: MAX_API_VERSION,
-                server_version: services::SERVER_VERSION,
-                server_build: services::SERVER_BUILD,
-                feature_set: &state.feature_set,
-            },
-        );
+        let token = state.issue_token(&identity, lifetime);
         drop(state);
         let mut resp = envelope(&meta, Ok(json!({"token": token})));
         let cookie = format!("{AUTH_COOKIE}={token}; Max-Age={lifetime}; Path=/; HttpOnly");

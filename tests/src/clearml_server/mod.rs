@@ -59,7 +59,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use store::{Fault, State, now_iso, now_secs, set_path};
+use store::{Fault, State, now_iso, set_path};
 
 /// State shared by the HTTP handlers and the admin handle.
 pub struct Shared {
@@ -457,9 +457,7 @@ impl Admin {
     /// Every token issued until now is refused with 401/30 from now on; clients must log in
     /// again.
     pub fn expire_tokens(&self) {
-        // Tokens carry whole seconds: refuse this second's too, so a token issued just before
-        // the call cannot slip through.
-        self.shared.lock().tokens_valid_from = now_secs() + 1;
+        self.shared.lock().expire_tokens();
     }
 
     /// How many calls reached `endpoint` (`service.action`), faults and errors included.
@@ -478,19 +476,9 @@ impl Admin {
     /// A valid token for the server's user, e.g. to put in a browser cookie. `lifetime` may be
     /// zero or short to get an (about to be) expired one.
     pub fn issue_token(&self, lifetime: Duration) -> String {
-        let state = self.shared.lock();
-        auth::issue_token(
-            &state.token_secret,
-            &state.identity(),
-            now_secs(),
-            lifetime.as_secs() as i64,
-            &auth::ServerClaims {
-                api_version: services::MAX_API_VERSION,
-                server_version: services::SERVER_VERSION,
-                server_build: services::SERVER_BUILD,
-                feature_set: &state.feature_set,
-            },
-        )
+        let mut state = self.shared.lock();
+        let identity = state.identity();
+        state.issue_token(&identity, lifetime.as_secs() as i64)
     }
 
     /// The HMAC key tokens are signed with (what `AUTH_BASE64_JWKS_KEY` carries, base64url).

@@ -4,7 +4,7 @@
 
 use super::auth::{Credential, Identity};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A 32-hex-digit id, the form the real server's ids take.
@@ -94,8 +94,10 @@ pub struct State {
     pub token_secret: Vec<u8>,
     pub feature_set: String,
     pub token_lifetime_secs: i64,
-    /// Tokens issued before this second are refused (admin "expire all tokens").
-    pub tokens_valid_from: i64,
+    /// Session ids of every token issued so far.
+    pub sessions: Vec<String>,
+    /// Sessions whose tokens are refused as expired (admin "expire all tokens").
+    pub expired_sessions: HashSet<String>,
     pub tasks: Vec<Value>,
     pub queues: Vec<Value>,
     pub projects: Vec<Value>,
@@ -118,7 +120,8 @@ impl State {
             token_secret,
             feature_set,
             token_lifetime_secs,
-            tokens_valid_from: 0,
+            sessions: Vec::new(),
+            expired_sessions: HashSet::new(),
             tasks: Vec::new(),
             queues: Vec::new(),
             projects: Vec::new(),
@@ -131,6 +134,31 @@ impl State {
         // `Task.enqueue` look up.
         s.add_queue("default", &["default"]);
         s
+    }
+
+    /// A token for `identity` living `lifetime_secs`, its session recorded.
+    pub fn issue_token(&mut self, identity: &Identity, lifetime_secs: i64) -> String {
+        let session = new_id();
+        let token = super::auth::issue_token(
+            &self.token_secret,
+            identity,
+            &session,
+            now_secs(),
+            lifetime_secs,
+            &super::auth::ServerClaims {
+                api_version: super::services::MAX_API_VERSION,
+                server_version: super::services::SERVER_VERSION,
+                server_build: super::services::SERVER_BUILD,
+                feature_set: &self.feature_set,
+            },
+        );
+        self.sessions.push(session);
+        token
+    }
+
+    /// Every token issued so far is refused from now on.
+    pub fn expire_tokens(&mut self) {
+        self.expired_sessions.extend(self.sessions.drain(..));
     }
 
     pub fn identity(&self) -> Identity {
