@@ -747,3 +747,40 @@ fn the_admin_http_api_and_the_binary() {
     });
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn an_edit_hook_plays_a_concurrent_writer() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let client = logged_in(&server);
+    let id = admin.create_task(TaskSpec::new("racy").status("in_progress"));
+    // The task rewrites its request right after the router's write: the router's key is lost.
+    admin.after_edit(|_, runtime| {
+        runtime.remove("endpoint");
+        runtime.insert("_PORT".into(), json!(9999));
+    });
+    let data = client
+        .ok(
+            "tasks.edit",
+            &json!({"task": id, "force": true, "runtime": {"endpoint": "e", "_PORT": 1}}),
+        )
+        .unwrap();
+    assert_eq!(
+        data["fields"]["runtime"]["endpoint"], "e",
+        "the answer shows what was sent"
+    );
+    let now = client.ok("tasks.get_by_id", &json!({"task": id})).unwrap();
+    assert_eq!(
+        now["task"]["runtime"],
+        json!({"_PORT": 9999}),
+        "a re-read shows the loss"
+    );
+    admin.clear_after_edit();
+    client
+        .ok(
+            "tasks.edit",
+            &json!({"task": id, "force": true, "runtime": {"endpoint": "e"}}),
+        )
+        .unwrap();
+    assert_eq!(admin.runtime(&id)["endpoint"], "e");
+}

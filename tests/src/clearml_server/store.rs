@@ -88,6 +88,9 @@ pub struct Fault {
     pub endpoint: Option<String>,
 }
 
+/// Runs right after `tasks.edit` stored a task's runtime: (task id, the stored runtime).
+pub type EditHook = Box<dyn FnMut(&str, &mut Map<String, Value>) + Send>;
+
 /// Everything the server knows; behind one mutex, held only for short, non-async sections.
 pub struct State {
     pub credentials: Vec<Credential>,
@@ -106,6 +109,7 @@ pub struct State {
     pub scrolls: HashMap<String, usize>,
     pub faults: VecDeque<Fault>,
     pub calls: BTreeMap<String, u64>,
+    pub after_edit: Option<EditHook>,
 }
 
 impl State {
@@ -129,6 +133,7 @@ impl State {
             scrolls: HashMap::new(),
             faults: VecDeque::new(),
             calls: BTreeMap::new(),
+            after_edit: None,
         };
         // A fresh real server has a default queue (tagged `default`), which agents and
         // `Task.enqueue` look up.
