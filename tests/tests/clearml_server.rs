@@ -784,3 +784,43 @@ fn an_edit_hook_plays_a_concurrent_writer() {
         .unwrap();
     assert_eq!(admin.runtime(&id)["endpoint"], "e");
 }
+
+#[test]
+fn large_answers_are_gzipped_for_clients_that_accept_it() {
+    let server = ClearmlServer::start().expect("server");
+    let client = logged_in(&server);
+    for i in 0..20 {
+        server
+            .admin()
+            .create_task(TaskSpec::new(&format!("task {i}")));
+    }
+    let raw = reqwest::blocking::Client::builder()
+        .no_gzip()
+        .build()
+        .unwrap();
+    let send = |accept: Option<&str>| {
+        let mut req = raw
+            .post(format!("{}/v2.31/tasks.get_all", server.url()))
+            .bearer_auth(client.token.as_deref().unwrap())
+            .json(&json!({}));
+        if let Some(a) = accept {
+            req = req.header("Accept-Encoding", a);
+        }
+        req.send().unwrap()
+    };
+    let r = send(Some("gzip, deflate"));
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&r.bytes().unwrap()[..]),
+        &mut text,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"]["tasks"].as_array().unwrap().len(), 20);
+    let r = send(None);
+    assert!(r.headers().get("content-encoding").is_none());
+    // The usual client (reqwest with gzip, like the daemon's) reads it transparently.
+    let all = client.ok("tasks.get_all", &json!({})).unwrap();
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 20);
+}

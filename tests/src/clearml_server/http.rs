@@ -29,6 +29,9 @@ static PATH: LazyLock<regex::Regex> = LazyLock::new(|| {
 });
 
 struct Meta {
+    /// The client accepts gzip: large answers are compressed, as the real server's
+    /// flask-compress does (`CLEARML_COMPRESS_RESP`, 500-byte minimum).
+    gzip: bool,
     id: String,
     trx: String,
     endpoint: String,
@@ -52,12 +55,25 @@ fn envelope(meta: &Meta, result: Result<Value, ApiError>) -> Response {
         "data": data,
     });
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    let text = body.to_string();
+    if meta.gzip && text.len() >= 500 {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if std::io::Write::write_all(&mut enc, text.as_bytes()).is_ok()
+            && let Ok(zipped) = enc.finish()
+        {
+            return (
+                status,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "Accept-Encoding"),
+                ],
+                zipped,
+            )
+                .into_response();
+        }
+    }
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 /// Versions below 2.1 are printed as floats, later ones as strings (`make_version_number`).
@@ -264,7 +280,10 @@ pub async fn api(
     let trx = header_str(&headers, &["x-clearml-trx", "x-trains-trx"])
         .map(str::to_string)
         .unwrap_or_else(|| id.clone());
+    let gzip = header_str(&headers, &["accept-encoding"])
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     let mut meta = Meta {
+        gzip,
         id,
         trx,
         endpoint: String::new(),
