@@ -47,6 +47,9 @@ pub struct TestbedOptions {
     /// `ROUTER_DATAPATH`; `auto` picks TC on the veths.
     pub datapath: String,
     pub log_level: String,
+    /// Start the daemon (false: only the network, the server and the hosts, e.g. to test the
+    /// harness itself).
+    pub daemon: bool,
 }
 
 impl Default for TestbedOptions {
@@ -56,6 +59,7 @@ impl Default for TestbedOptions {
             port_grace: "2s".into(),
             datapath: "auto".into(),
             log_level: "info".into(),
+            daemon: true,
         }
     }
 }
@@ -113,9 +117,11 @@ impl Testbed {
             dir,
         };
 
-        step("task-router daemon (and its nginx) in the router namespace");
-        bed.daemon = Some(bed.start_daemon(opts)?);
-        bed.wait_ready(Duration::from_secs(60))?;
+        if opts.daemon {
+            step("task-router daemon (and its nginx) in the router namespace");
+            bed.daemon = Some(bed.start_daemon(opts)?);
+            bed.wait_ready(Duration::from_secs(60))?;
+        }
         Ok(bed)
     }
 

@@ -205,3 +205,44 @@ fn e2e_clearml_session_way_reaches_sshd_stand_in() {
     let back = echo_through(&bed.client, addr, b"hello").expect("through the router");
     assert_eq!(back, b"SSH-2.0-stand-in\r\nhello");
 }
+
+/// The harness without the daemon (runs today): SDK tasks on the host namespaces reach the
+/// ClearML server in the router namespace, their requests land on the server, and the task
+/// servers answer from the router namespace (where the daemon will forward from).
+#[test]
+fn e2e_harness_sdk_tasks_on_hosts_reach_the_server_and_their_servers_answer() {
+    require_root();
+    let bed = Testbed::up(
+        &TestbedOptions {
+            daemon: false,
+            ..TestbedOptions::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let _echo = ServerThread::echo(&bed.host1, (HOST1, 9000).into()).expect("echo server");
+    let _web = ServerThread::web(&bed.host2, (HOST2, 8080).into(), "web").expect("web app");
+    let mut task = bed
+        .sdk_task(newest(), 2, "harness")
+        .expect("SDK task on host2");
+    task.request(8080, "http", false, None)
+        .expect("request http");
+    let rt = bed.server.admin().runtime(&task.task_id);
+    assert_eq!(
+        rt["_ADDRESS"],
+        HOST2.to_string(),
+        "the task reports its host's address"
+    );
+    assert_eq!(rt["_PORT"], 8080);
+    let back =
+        echo_through(&bed.router, (HOST1, 9000).into(), b"hi").expect("echo from the router");
+    assert_eq!(back, b"hi");
+    let page = router_tests::e2e::http_request(&bed.router, (HOST2, 8080).into(), "GET", "/x", &[])
+        .expect("GET from the router");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("request: GET /x HTTP/1.1"),
+        "{}",
+        page.text()
+    );
+}
