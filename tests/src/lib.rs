@@ -5,6 +5,7 @@
 pub mod attached;
 pub mod clearml_server;
 pub mod daemon;
+pub mod e2e;
 pub mod http_backend;
 pub mod http_client;
 pub mod netns;

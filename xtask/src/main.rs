@@ -4,6 +4,7 @@ mod bench_control;
 mod bench_http;
 mod build;
 mod cmd;
+mod demo;
 mod prereq;
 mod setup;
 mod test;
@@ -36,6 +37,10 @@ enum Command {
     BenchControl(bench_control::BenchControlOptions),
     /// HTTP routes benchmark: generated vs hand-written nginx config, apply-to-routed time.
     BenchHttp(bench_http::BenchHttpOptions),
+    /// The whole system on one machine: namespaces for a client, the router and two task hosts,
+    /// the ClearML test server, the daemon and nginx, two SDK tasks (TCP and HTTP) and real
+    /// traffic through their endpoints; removed when done or on Ctrl-C (`--keep` to explore).
+    Demo(demo::DemoOptions),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +52,6 @@ fn main() -> Result<()> {
         Command::Run(opts) => build::run(&opts),
         Command::BenchControl(opts) => bench_control::run(&opts),
         Command::BenchHttp(opts) => bench_http::run(&opts),
+        Command::Demo(opts) => demo::run(&opts),
     }
 }
