@@ -2,71 +2,221 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use router_userspace::datapath::{self, AttachMode};
+use router_userspace::config::{self, Config, ENV_VARS, Sources};
 use router_userspace::logging::{self, LogFormat};
+use router_userspace::{admin, daemon};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "task-router",
     version,
     about = "Gives ClearML tasks reachable endpoints: TCP forwarded by eBPF, HTTP through nginx",
-    long_about = None
+    long_about = "Gives ClearML tasks reachable endpoints: TCP forwarded by eBPF, HTTP through \
+                  nginx.\n\nConfiguration comes from environment variables (ClearML's runtime.env \
+                  names), an optional --env-file in the same KEY=value format, and command-line \
+                  flags; flags win over the environment, which wins over the file. \
+                  `task-router check-config --help` lists every variable."
 )]
 struct Cli {
-    /// Log level or tracing filter (`info`, `debug`, `task_router=trace`). `RUST_LOG` wins.
-    #[arg(long, env = "LOGGER_LEVEL", default_value = "info", global = true)]
-    log_level: String,
-    /// Log format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    log_format: LogFormat,
+    /// Log level (`debug`, `info`, `warning`, `error`) or a tracing filter (`task_router=trace`);
+    /// sets LOGGER_LEVEL. `RUST_LOG` wins over both.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format; sets LOG_FORMAT.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the kernel programs, attach them and serve until SIGINT/SIGTERM.
-    Run(RunArgs),
+    /// Attach the datapath, sync routes from ClearML (and/or a routes file), write endpoints back
+    /// and serve until SIGINT/SIGTERM.
+    #[command(after_long_help = variables_help())]
+    Run(ConfigArgs),
+    /// Validate the whole configuration and print the effective values (secrets masked) with
+    /// where each comes from. Exits 2 when something is wrong.
+    #[command(after_long_help = variables_help())]
+    CheckConfig(ConfigArgs),
+    /// Show the running daemon's routes, refusals and health, read from its admin endpoint.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ConfigArgs {
+    /// Read variables from FILE (runtime.env format: KEY=value lines, # comments, blank lines).
+    /// Real environment variables win over it.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// Interface to attach to, optionally with its mode: `eth0` or `eth0:tc`. Repeat for several.
+    /// Modes: auto (native XDP on physical NICs, TC on veth/bridges), xdp, xdp-generic, tc.
+    /// Sets ROUTER_INTERFACES.
+    #[arg(long = "interface", short = 'i', value_name = "IFACE[:MODE]", value_parser = config::parse_interface)]
+    interfaces: Vec<(String, Option<router_userspace::datapath::AttachMode>)>,
+    /// Datapath, and the mode of interfaces given without one: auto, xdp, xdp-generic, tc, nginx.
+    /// Sets ROUTER_DATAPATH.
+    #[arg(long, alias = "datapath", value_name = "MODE")]
+    mode: Option<String>,
+    /// Static routes file (TOML: [[tcp]] port/upstream, [[http]] name/upstream), reloaded on
+    /// change. Sets ROUTER_ROUTES_FILE.
+    #[arg(long, value_name = "FILE")]
+    routes_file: Option<PathBuf>,
+    /// Where port allocations and the last route set are kept. Sets ROUTER_STATE_DIR.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Admin endpoint address (health, status, metrics, auth check). Sets ROUTER_ADMIN_ADDR.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_addr: Option<String>,
+    /// How often tasks are synced (`2s`, `500ms`). Sets ROUTER_POLL_INTERVAL.
+    #[arg(long, value_name = "DURATION")]
+    poll_interval: Option<String>,
+    /// Set any variable (see the list below); wins over the environment. Repeatable.
+    #[arg(long = "set", value_name = "VAR=VALUE", value_parser = parse_assignment)]
+    set: Vec<(String, String)>,
 }
 
 #[derive(Args)]
-struct RunArgs {
-    /// Interface to attach to, optionally with its mode: `eth0` or `eth0:tc`. Repeat for
-    /// several. Modes: auto (native XDP on physical NICs, TC on veth/bridges), xdp, xdp-generic, tc.
-    #[arg(long = "interface", short = 'i', required = true, value_parser = parse_interface)]
-    interfaces: Vec<(String, Option<AttachMode>)>,
-    /// Mode for interfaces given without one.
-    #[arg(long, value_enum, default_value = "auto")]
-    mode: AttachMode,
+struct StatusArgs {
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's admin address (default: ROUTER_ADMIN_ADDR from the environment or
+    /// --env-file, else 127.0.0.1:9180).
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_addr: Option<String>,
+    /// Read ROUTER_ADMIN_ADDR from this file too.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
 }
 
-fn parse_interface(s: &str) -> Result<(String, Option<AttachMode>), String> {
-    let (name, mode) = match s.split_once(':') {
-        Some((name, mode)) => {
-            let mode = <AttachMode as clap::ValueEnum>::from_str(mode, true).map_err(|_| {
-                format!("unknown mode {mode:?} for {name}: expected auto, xdp, xdp-generic or tc")
-            })?;
-            (name, Some(mode))
-        }
-        None => (s, None),
-    };
-    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
-        return Err(format!("{name:?} is not a valid interface name"));
+fn parse_assignment(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not VAR=VALUE"))?;
+    if config::env_var(k).is_none() {
+        return Err(format!("{k} is not a variable task-router reads"));
     }
-    Ok((name.to_string(), mode))
+    Ok((k.to_string(), v.to_string()))
 }
 
-fn main() -> std::process::ExitCode {
+fn variables_help() -> String {
+    let mut out = String::from("Variables (default in brackets):\n");
+    for v in ENV_VARS {
+        let default = if v.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", v.default)
+        };
+        out.push_str(&format!("  {}{default}\n      {}\n", v.name, v.help));
+    }
+    out
+}
+
+impl ConfigArgs {
+    /// The flags as `(VARIABLE, value)` pairs.
+    fn flags(&self, cli: &Cli) -> Vec<(String, String)> {
+        let mut flags = Vec::new();
+        let mut add = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                flags.push((k.to_string(), v));
+            }
+        };
+        add("LOGGER_LEVEL", cli.log_level.clone());
+        add(
+            "LOG_FORMAT",
+            cli.log_format.map(|f| match f {
+                LogFormat::Text => "text".to_string(),
+                LogFormat::Json => "json".to_string(),
+            }),
+        );
+        if !self.interfaces.is_empty() {
+            let list = self
+                .interfaces
+                .iter()
+                .map(|(name, mode)| match mode {
+                    Some(m) => format!("{name}:{}", config::attach_mode_name(*m)),
+                    None => name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            add("ROUTER_INTERFACES", Some(list));
+        }
+        add("ROUTER_DATAPATH", self.mode.clone());
+        add(
+            "ROUTER_ROUTES_FILE",
+            self.routes_file.as_ref().map(|p| p.display().to_string()),
+        );
+        add(
+            "ROUTER_STATE_DIR",
+            self.state_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        add("ROUTER_ADMIN_ADDR", self.admin_addr.clone());
+        add("ROUTER_POLL_INTERVAL", self.poll_interval.clone());
+        flags.extend(self.set.iter().cloned());
+        flags
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(&cli.log_level, cli.log_format) {
+    match &cli.command {
+        Command::Run(args) => run(&cli, args.clone()),
+        Command::CheckConfig(args) => check_config(&cli, args),
+        Command::Status(args) => status(args),
+    }
+}
+
+/// Loads the configuration or says why not (exit 2).
+fn load(cli: &Cli, args: &ConfigArgs) -> Result<(Config, Sources), ExitCode> {
+    Config::load(args.flags(cli), args.env_file.as_deref()).map_err(|e| {
+        eprintln!("task-router: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(cli: &Cli, args: &ConfigArgs) -> ExitCode {
+    let (cfg, sources) = match load(cli, args) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    for w in &sources.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(path) = &cfg.routes_file {
+        let policy = router_userspace::validate::UpstreamPolicy::new(
+            cfg.tcp.allowed_upstreams.clone(),
+            cfg.datapath.router_addresses.clone(),
+        );
+        if let Err(e) = router_userspace::routes_file::RoutesFile::load(
+            path,
+            &policy,
+            cfg.http.domain.is_some(),
+        ) {
+            eprintln!(
+                "task-router: {}",
+                router_userspace::datapath::error_chain(&e)
+            );
+            return ExitCode::from(2);
+        }
+    }
+    print!("{}", cfg.render(&sources));
+    ExitCode::SUCCESS
+}
+
+fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
+    let (cfg, sources) = match load(cli, &args) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if let Err(e) = logging::init(&cfg.log_level, cfg.log_format) {
         eprintln!("task-router: {e:#}");
-        return std::process::ExitCode::from(2);
+        return ExitCode::from(2);
+    }
+    for w in &sources.warnings {
+        tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,43 +225,31 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run(args).await,
-        }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match runtime.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: RunArgs) -> Result<()> {
-    let mut ebpf = datapath::load().context("starting the datapath")?;
-    let _kernel_log = datapath::kernel_log::spawn(&mut ebpf);
-    for (interface, mode) in &args.interfaces {
-        let attached = datapath::attach::attach(&mut ebpf, interface, mode.unwrap_or(args.mode))
-            .map_err(|e| anyhow::anyhow!(datapath::error_chain(&e)))?;
-        tracing::info!(interface = %attached.interface, mode = %attached.mode, "attached");
-    }
-    tracing::info!("ready");
-    wait_for_shutdown().await?;
-    for (reason, value) in datapath::stats::read_all(&ebpf)? {
-        tracing::info!(
-            reason = reason.name(),
-            packets = value.packets,
-            bytes = value.bytes,
-            "counter"
-        );
-    }
-    drop(ebpf);
-    tracing::info!("detached, exiting");
+async fn serve(cfg: Config) -> Result<()> {
+    daemon::run_extra_command(&cfg)?;
+    let status = daemon::new_status(&cfg);
+    let parts = daemon::open_parts(&cfg, &status)?;
+    let running = daemon::start(cfg, parts, status).await?;
+    let mut signalled = Ok(());
+    running
+        .run_until(async {
+            signalled = wait_for_shutdown().await;
+        })
+        .await?;
+    signalled?;
+    tracing::info!("exiting");
     Ok(())
 }
 
@@ -124,4 +262,68 @@ async fn wait_for_shutdown() -> Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+fn status(args: &StatusArgs) -> ExitCode {
+    match fetch_status(args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("task-router status: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fetch_status(args: &StatusArgs) -> Result<String> {
+    let flags = args
+        .admin_addr
+        .clone()
+        .map(|a| vec![("ROUTER_ADMIN_ADDR".to_string(), a)])
+        .unwrap_or_default();
+    let sources = Sources::from_process(flags, args.env_file.as_deref())?;
+    let raw = sources
+        .get("ROUTER_ADMIN_ADDR")
+        .map(|(v, _)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9180".to_string());
+    let mut addr: std::net::SocketAddr = raw
+        .parse()
+        .with_context(|| format!("ROUTER_ADMIN_ADDR={raw:?} is not an address:port"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let body = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        let url = format!("http://{addr}/status");
+        let response = client.get(&url).send().await.with_context(|| {
+            format!(
+                "cannot reach the daemon at {url} (is `task-router run` running? ROUTER_ADMIN_ADDR)"
+            )
+        })?;
+        let code = response.status();
+        let text = response.text().await.context("reading the status")?;
+        anyhow::ensure!(code.is_success(), "{url} answered {code}: {}", text.trim());
+        Ok::<_, anyhow::Error>(text)
+    })?;
+    if args.json {
+        return Ok(body + "\n");
+    }
+    let status: admin::Status =
+        serde_json::from_str(&body).context("the daemon's status is not what this build reads")?;
+    Ok(admin::render(&status))
 }

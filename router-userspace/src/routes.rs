@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 /// Who asked for a route: a ClearML task endpoint, or an entry of the static routes file.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct RouteOwner {
     /// ClearML task id, or `file:<name>` for a static route.
     pub task_id: String,
@@ -20,7 +22,7 @@ pub struct RouteOwner {
 }
 
 /// A TCP route: connections to the router's `port` go to `upstream`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpRoute {
     pub port: u16,
     pub upstream: SocketAddrV4,
@@ -39,7 +41,7 @@ pub enum HttpMode {
 }
 
 /// An HTTP route: requests under the route's prefix (or host name) go to `upstream`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HttpRoute {
     /// `task_id` for the default endpoint, `task_id__name` for a named one. Validated
     /// (`[A-Za-z0-9_-]`, bounded length) before it gets here.
@@ -62,7 +64,9 @@ pub struct ApplyReport {
     pub added: usize,
     pub changed: usize,
     pub removed: usize,
-    /// Routes that could not be programmed, with the reason (the rest were applied).
+    /// Routes that could not be programmed, with the reason (the rest were applied). A TCP
+    /// route is named by its port in decimal (`"30001"`), an HTTP route by its `key`: the
+    /// control plane matches these ids to hold back the write-back of routes not programmed.
     pub failed: Vec<(String, String)>,
 }
 

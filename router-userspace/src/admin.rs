@@ -1,0 +1,397 @@
+//! The admin endpoint (`ROUTER_ADMIN_ADDR`): `/healthz`, `/readyz`, `/status`, plus whatever
+//! other owners merge in (the nginx `auth_request` check at `/auth`, `/metrics`).
+//!
+//! Only loopback callers (and `ROUTER_ADMIN_ALLOW` CIDRs) are served; the guard wraps merged
+//! routers too. [`Status`] is also what `task-router status` reads and renders.
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use crate::reconcile::Refusal;
+
+/// Everything `status` shows; the daemon keeps it current.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub router_name: String,
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub ready: bool,
+    /// Why not ready (empty when ready).
+    pub ready_reason: String,
+    /// When the sync loop last went round (liveness).
+    pub heartbeat_ms: u64,
+    /// The longest the loop may stay silent before `/healthz` fails.
+    pub heartbeat_limit_ms: u64,
+    pub datapath: DatapathStatus,
+    pub clearml: ClearmlStatus,
+    pub routes_file: Option<RoutesFileStatus>,
+    pub ports: crate::ports::PortStats,
+    pub routes: Vec<RouteStatus>,
+    pub refused: Vec<Refusal>,
+    /// The TCP forwarder's last `apply` error, if it failed as a whole.
+    pub tcp_error: Option<String>,
+    /// The HTTP router's last `apply` error (e.g. nginx refused the config).
+    pub http_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DatapathStatus {
+    /// `ROUTER_DATAPATH` as resolved.
+    pub kind: String,
+    /// `interface mode` for each attached interface.
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClearmlStatus {
+    pub enabled: bool,
+    /// `disabled`, `connecting`, `ok` or `error`.
+    pub state: String,
+    pub error: Option<String>,
+    /// Since when the state holds.
+    pub since_ms: u64,
+    pub last_sync_ms: Option<u64>,
+    pub last_sync_duration_ms: u64,
+    /// Tasks asking for routes in the last listing.
+    pub tasks: usize,
+    /// Endpoints claimed by other routers.
+    pub foreign: usize,
+    pub cycles: u64,
+    pub failed_cycles: u64,
+    pub api_calls: u64,
+    pub api_failures: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RoutesFileStatus {
+    pub path: String,
+    pub routes: usize,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    pub task_id: String,
+    pub task_name: String,
+    pub endpoint: String,
+    /// `tcp` or `http`.
+    pub kind: String,
+    /// The router port (TCP) or URL (HTTP).
+    pub router: String,
+    pub upstream: String,
+    /// `active`, `writing back`, `write-back failed: ...` or `failed: ...`.
+    pub state: String,
+    /// Filled by the datapath's counters when available.
+    pub connections: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+pub type SharedStatus = Arc<RwLock<Status>>;
+
+/// The admin routes, with `extra` routers (auth, metrics) merged in.
+pub fn router(status: SharedStatus, extra: Vec<Router>) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
+        .with_state(status);
+    for r in extra {
+        app = app.merge(r);
+    }
+    app
+}
+
+/// Serves `app` on `listener` until `shutdown`, refusing callers that are neither loopback nor
+/// inside `allow`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    allow: Vec<Ipv4Net>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.layer(middleware::from_fn_with_state(Arc::new(allow), guard));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Whether `peer` may call the admin endpoint.
+pub fn caller_allowed(peer: IpAddr, allow: &[Ipv4Net]) -> bool {
+    let v4 = match peer {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    peer.is_loopback()
+        || v4.is_some_and(|a| a.is_loopback() || allow.iter().any(|n| n.contains(&a)))
+}
+
+async fn guard(
+    State(allow): State<Arc<Vec<Ipv4Net>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if caller_allowed(peer.ip(), &allow) {
+        next.run(request).await
+    } else {
+        tracing::debug!(%peer, "admin call refused");
+        (
+            StatusCode::FORBIDDEN,
+            "the admin endpoint serves loopback and ROUTER_ADMIN_ALLOW only\n",
+        )
+            .into_response()
+    }
+}
+
+async fn healthz(State(status): State<SharedStatus>) -> Response {
+    let (beat, limit) = status
+        .read()
+        .map(|s| (s.heartbeat_ms, s.heartbeat_limit_ms))
+        .unwrap_or((0, 0));
+    let silent = crate::ports::now_millis().saturating_sub(beat);
+    if beat == 0 || limit == 0 || silent <= limit {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the sync loop has been silent for {silent} ms\n"),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(status): State<SharedStatus>) -> Response {
+    let (ready, reason) = status
+        .read()
+        .map(|s| (s.ready, s.ready_reason.clone()))
+        .unwrap_or((false, "status unavailable".into()));
+    if ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response()
+    }
+}
+
+async fn status_json(State(status): State<SharedStatus>) -> Response {
+    match status.read() {
+        Ok(s) => axum::Json(s.clone()).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "status unavailable\n").into_response(),
+    }
+}
+
+/// The human-readable form of `status`.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let ready = if s.ready {
+        "ready".to_string()
+    } else {
+        format!("NOT READY: {}", s.ready_reason)
+    };
+    out.push_str(&format!(
+        "task-router {} ({}), pid {}: {ready}\n",
+        s.version, s.router_name, s.pid
+    ));
+    out.push_str(&format!(
+        "datapath: {}{}\n",
+        s.datapath.kind,
+        if s.datapath.interfaces.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", s.datapath.interfaces.join(", "))
+        }
+    ));
+    let c = &s.clearml;
+    if c.enabled {
+        out.push_str(&format!(
+            "clearml: {}{}; {} tasks, {} endpoints of other routers; {} cycles ({} failed)\n",
+            c.state,
+            c.error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            c.tasks,
+            c.foreign,
+            c.cycles,
+            c.failed_cycles
+        ));
+    } else {
+        out.push_str("clearml: disabled\n");
+    }
+    if let Some(f) = &s.routes_file {
+        out.push_str(&format!(
+            "routes file: {} ({} routes){}\n",
+            f.path,
+            f.routes,
+            f.error
+                .as_ref()
+                .map(|e| format!(", last reload failed: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "ports: {} of {} assigned, {} resting, {} reserved\n",
+        s.ports.assigned, s.ports.range_size, s.ports.resting, s.ports.reserved
+    ));
+    for (what, e) in [
+        ("tcp datapath", &s.tcp_error),
+        ("http router", &s.http_error),
+    ] {
+        if let Some(e) = e {
+            out.push_str(&format!("{what} error: {e}\n"));
+        }
+    }
+    out.push('\n');
+    let rows: Vec<[String; 8]> = s
+        .routes
+        .iter()
+        .map(|r| {
+            let task = if r.endpoint.is_empty() {
+                r.task_id.clone()
+            } else {
+                format!("{}__{}", r.task_id, r.endpoint)
+            };
+            let count = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            [
+                task,
+                r.task_name.clone(),
+                r.kind.clone(),
+                r.router.clone(),
+                r.upstream.clone(),
+                r.state.clone(),
+                count(r.connections),
+                count(r.bytes),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "TASK", "NAME", "KIND", "ROUTER", "UPSTREAM", "STATE", "CONNS", "BYTES",
+        ],
+        &rows,
+    ));
+    if s.routes.is_empty() {
+        out.push_str("(no routes)\n");
+    }
+    if !s.refused.is_empty() {
+        out.push_str("\nrefused requests:\n");
+        let rows: Vec<[String; 3]> = s
+            .refused
+            .iter()
+            .map(|r| {
+                let task = if r.endpoint.is_empty() {
+                    r.task_id.clone()
+                } else {
+                    format!("{}__{}", r.task_id, r.endpoint)
+                };
+                [task, r.task_name.clone(), r.reason.clone()]
+            })
+            .collect();
+        out.push_str(&table(&["TASK", "NAME", "REASON"], &rows));
+    }
+    out
+}
+
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut width = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+            if i + 1 == N {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_and_allowed_callers() {
+        let allow: Vec<Ipv4Net> = vec!["10.1.0.0/16".parse().unwrap()];
+        assert!(caller_allowed("127.0.0.1".parse().unwrap(), &[]));
+        assert!(caller_allowed("127.5.0.1".parse().unwrap(), &[]));
+        assert!(caller_allowed("::1".parse().unwrap(), &[]));
+        assert!(caller_allowed("::ffff:127.0.0.1".parse().unwrap(), &[]));
+        assert!(!caller_allowed("10.1.2.3".parse().unwrap(), &[]));
+        assert!(caller_allowed("10.1.2.3".parse().unwrap(), &allow));
+        assert!(caller_allowed("::ffff:10.1.2.3".parse().unwrap(), &allow));
+        assert!(!caller_allowed("10.2.0.1".parse().unwrap(), &allow));
+        assert!(!caller_allowed("2001:db8::1".parse().unwrap(), &allow));
+    }
+
+    #[test]
+    fn render_shows_routes_and_refusals() {
+        let s = Status {
+            version: "0.1.0".into(),
+            router_name: "r1".into(),
+            ready: true,
+            routes: vec![RouteStatus {
+                task_id: "abc".into(),
+                task_name: "notebook".into(),
+                endpoint: "ssh".into(),
+                kind: "tcp".into(),
+                router: "30001".into(),
+                upstream: "10.0.0.5:22".into(),
+                state: "active".into(),
+                connections: Some(2),
+                bytes: None,
+            }],
+            refused: vec![Refusal {
+                task_id: "bad".into(),
+                task_name: "x".into(),
+                endpoint: String::new(),
+                reason: "address 127.0.0.1 is loopback".into(),
+            }],
+            ..Status::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("ready"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("abc__ssh"))
+            .expect(&text);
+        for cell in [
+            "notebook",
+            "tcp",
+            "30001",
+            "10.0.0.5:22",
+            "active",
+            "2",
+            "-",
+        ] {
+            assert!(row.contains(cell), "{row}");
+        }
+        assert!(text.contains("address 127.0.0.1 is loopback"), "{text}");
+    }
+}

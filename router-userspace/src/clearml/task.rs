@@ -1,0 +1,175 @@
+//! A task as the router sees it: the few fields it asks for, read leniently (a task is untrusted
+//! input; one odd task must not stop the others from being served).
+
+use serde_json::{Map, Value};
+
+/// The system tag a task carries to be routed.
+pub const EXTERNAL_SERVICE_TAG: &str = "external_service";
+/// The system tag of archived tasks (their routes go).
+pub const ARCHIVED_TAG: &str = "archived";
+/// The status of a running task.
+pub const IN_PROGRESS: &str = "in_progress";
+
+/// The projection sent as `only_fields`.
+pub const ONLY_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "system_tags",
+    "execution.queue",
+    "runtime",
+];
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub system_tags: Vec<String>,
+    /// `execution.queue`: the id of the queue the task was last enqueued to.
+    pub queue: Option<String>,
+    /// `runtime`: free-form; values may be strings or numbers.
+    pub runtime: Map<String, Value>,
+}
+
+impl Task {
+    /// Reads one entry of `data.tasks`. Only a missing `id` is an error; other odd fields read as
+    /// absent.
+    pub fn from_json(v: &Value) -> Result<Task, String> {
+        let obj = v.as_object().ok_or("a task entry is not a JSON object")?;
+        let id = obj
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("a task entry has no string id")?
+            .to_string();
+        let text = |k: &str| {
+            obj.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        let system_tags = obj
+            .get("system_tags")
+            .and_then(Value::as_array)
+            .map(|tags| {
+                tags.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let queue = obj
+            .get("execution")
+            .and_then(|e| e.get("queue"))
+            .and_then(Value::as_str)
+            .filter(|q| !q.is_empty())
+            .map(str::to_string);
+        let runtime = obj
+            .get("runtime")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Task {
+            id,
+            name: text("name"),
+            status: text("status"),
+            system_tags,
+            queue,
+            runtime,
+        })
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.system_tags.iter().any(|t| t == tag)
+    }
+
+    /// A runtime value as text: strings as they are, numbers printed; anything else is absent.
+    pub fn runtime_str(&self, key: &str) -> Option<String> {
+        runtime_str(&self.runtime, key)
+    }
+
+    /// Whether this task wants routes from a router listening on `queue_ids` (empty = all):
+    /// running, tagged, not archived, in one of the queues.
+    pub fn wants_routes(&self, queue_ids: &[String]) -> bool {
+        self.status == IN_PROGRESS
+            && self.has_tag(EXTERNAL_SERVICE_TAG)
+            && !self.has_tag(ARCHIVED_TAG)
+            && (queue_ids.is_empty()
+                || self
+                    .queue
+                    .as_ref()
+                    .is_some_and(|q| queue_ids.iter().any(|id| id == q)))
+    }
+}
+
+/// `runtime[key]` as text (strings trimmed, integers printed); empty strings read as absent.
+pub fn runtime_str(runtime: &Map<String, Value>, key: &str) -> Option<String> {
+    match runtime.get(key)? {
+        Value::String(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The runtime key `base` for endpoint `name` (`""` = the default endpoint): `base__name`.
+pub fn runtime_key(base: &str, name: &str) -> String {
+    if name.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}__{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_a_task_leniently() {
+        let t = Task::from_json(&json!({
+            "id": "abc", "name": "app", "status": "in_progress",
+            "system_tags": ["external_service", 7],
+            "execution": {"queue": "q1"},
+            "runtime": {"_PORT": 7860, "_ADDRESS": " 10.0.0.5 ", "x": [1], "e": ""}
+        }))
+        .unwrap();
+        assert_eq!(t.id, "abc");
+        assert_eq!(t.system_tags, ["external_service"]);
+        assert_eq!(t.queue.as_deref(), Some("q1"));
+        assert_eq!(t.runtime_str("_PORT").as_deref(), Some("7860"));
+        assert_eq!(t.runtime_str("_ADDRESS").as_deref(), Some("10.0.0.5"));
+        assert_eq!(t.runtime_str("x"), None);
+        assert_eq!(t.runtime_str("e"), None);
+        let odd =
+            Task::from_json(&json!({"id": "x", "runtime": "str", "system_tags": "t"})).unwrap();
+        assert!(odd.runtime.is_empty() && odd.system_tags.is_empty());
+        assert!(Task::from_json(&json!({"name": "no id"})).is_err());
+        assert!(Task::from_json(&json!(5)).is_err());
+    }
+
+    #[test]
+    fn wants_routes_checks_status_tag_archive_and_queue() {
+        let mut t = Task {
+            id: "a".into(),
+            status: "in_progress".into(),
+            system_tags: vec!["external_service".into()],
+            queue: Some("q1".into()),
+            ..Task::default()
+        };
+        assert!(t.wants_routes(&[]));
+        assert!(t.wants_routes(&["q1".into()]));
+        assert!(!t.wants_routes(&["q2".into()]));
+        t.system_tags.push("archived".into());
+        assert!(!t.wants_routes(&[]));
+        t.system_tags = vec!["external_service".into()];
+        t.status = "stopped".into();
+        assert!(!t.wants_routes(&[]));
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(runtime_key("_PORT", ""), "_PORT");
+        assert_eq!(runtime_key("_PORT", "api"), "_PORT__api");
+    }
+}

@@ -1,0 +1,1145 @@
+//! `task-router run`: the wiring of sources, reconciler, owners, write-back and admin.
+//!
+//! Every cycle (`ROUTER_POLL_INTERVAL`): reload the routes file if it changed; list the ClearML
+//! tasks that asked for endpoints; plan the wanted routes; apply the merged set through the
+//! [`TcpForwarder`] and [`HttpRouter`] (only when it changed, after a failure, or once a minute
+//! to heal drift); write endpoints back for routes that were programmed; persist; publish the
+//! status. A failed listing changes no route (the last good set stays in force) and the loop
+//! backs off.
+//!
+//! ## Merge points for other owners
+//! - [`open_tcp_forwarder`]: returns the TCP datapath for `cfg.datapath` (eBPF `Datapath`, or the
+//!   nginx stream fallback when `ROUTER_DATAPATH=nginx` / `auto` cannot load the programs).
+//! - [`open_http_router`]: returns the nginx HTTP router.
+//! - [`admin_extensions`]: axum routers merged into the admin endpoint (`auth::router(...)` at
+//!   `/auth`, `/metrics`); the loopback guard covers them.
+
+use crate::admin::{self, ClearmlStatus, DatapathStatus, RouteStatus, SharedStatus, Status};
+use crate::clearml::{ApiError, Client, WriteOutcome};
+use crate::config::{Config, DatapathKind};
+use crate::ports::{EndpointKey, PortAllocator, now_millis};
+use crate::reconcile::{self, Plan, Reconciler, Refusal, RouteRef, Settings, WriteBack};
+use crate::routes::{ApplyReport, HttpRoute, HttpRouter, RouteSet, TcpForwarder, TcpRoute};
+use crate::routes_file::RoutesFile;
+use crate::validate::{self, UpstreamPolicy};
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Write-backs in flight at once.
+const WRITE_CONCURRENCY: usize = 16;
+/// Apply the whole set at least this often, even unchanged, so drift heals.
+const REAPPLY_EVERY: Duration = Duration::from_secs(60);
+/// The longest back-off between failed syncs.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Log routes one by one up to this many changes per cycle; a summary above.
+const LOG_EACH_UP_TO: usize = 50;
+
+/// What the daemon drives, built by the factories below (or by a test).
+pub struct Parts {
+    pub tcp: Box<dyn TcpForwarder>,
+    pub http: Box<dyn HttpRouter>,
+    pub datapath: DatapathStatus,
+    /// Routers merged into the admin endpoint.
+    pub admin_routes: Vec<axum::Router>,
+}
+
+// ------------------------------------------------------------------------------------------
+// Factories (merge points).
+
+/// The eBPF programs loaded and attached to `ROUTER_INTERFACES`, without a route-map writer:
+/// that is `datapath::Datapath` (datapath branch), which replaces this at merge. Until then
+/// every TCP route is reported failed with that reason, never pretended programmed.
+struct AttachedPrograms {
+    ebpf: aya::Ebpf,
+    _kernel_log: Option<tokio::task::JoinHandle<()>>,
+}
+
+const NO_TCP_WRITER: &str = "this build attaches the programs but has no route-map writer \
+                             (datapath::Datapath is not merged)";
+
+impl TcpForwarder for AttachedPrograms {
+    fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> Result<ApplyReport> {
+        Ok(ApplyReport {
+            failed: wanted
+                .keys()
+                .map(|p| (p.to_string(), NO_TCP_WRITER.to_string()))
+                .collect(),
+            ..ApplyReport::default()
+        })
+    }
+}
+
+impl Drop for AttachedPrograms {
+    fn drop(&mut self) {
+        if let Ok(counters) = crate::datapath::stats::read_all(&self.ebpf) {
+            for (reason, value) in counters {
+                tracing::info!(
+                    reason = reason.name(),
+                    packets = value.packets,
+                    bytes = value.bytes,
+                    "counter"
+                );
+            }
+        }
+        tracing::info!("detached");
+    }
+}
+
+/// MERGE POINT: the TCP datapath for `cfg`. Must run inside the tokio runtime.
+pub fn open_tcp_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, DatapathStatus)> {
+    let DatapathKind::Ebpf(default_mode) = cfg.datapath.kind else {
+        bail!(
+            "ROUTER_DATAPATH=nginx: the nginx stream datapath is not part of this build \
+             (nginx::StreamForwarder is not merged)"
+        );
+    };
+    if cfg.datapath.interfaces.is_empty() {
+        bail!(
+            "ROUTER_INTERFACES (or --interface) is empty: the eBPF datapath needs at least one \
+             interface to attach to"
+        );
+    }
+    let mut ebpf = crate::datapath::load()
+        .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))
+        .context("starting the datapath")?;
+    let kernel_log = crate::datapath::kernel_log::spawn(&mut ebpf);
+    let mut status = DatapathStatus {
+        kind: cfg.datapath.kind.to_string(),
+        interfaces: Vec::new(),
+    };
+    for (interface, mode) in &cfg.datapath.interfaces {
+        let attached =
+            crate::datapath::attach::attach(&mut ebpf, interface, mode.unwrap_or(default_mode))
+                .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))?;
+        tracing::info!(interface = %attached.interface, mode = %attached.mode, "attached");
+        status
+            .interfaces
+            .push(format!("{} {}", attached.interface, attached.mode));
+    }
+    Ok((
+        Box::new(AttachedPrograms {
+            ebpf,
+            _kernel_log: kernel_log,
+        }),
+        status,
+    ))
+}
+
+/// Serves no HTTP route: `nginx::HttpRouter` (http branch) replaces this at merge.
+struct NoHttpRouter;
+
+impl HttpRouter for NoHttpRouter {
+    fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> Result<ApplyReport> {
+        Ok(ApplyReport {
+            failed: wanted
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        "this build has no nginx HTTP router (nginx::HttpRouter is not merged)"
+                            .to_string(),
+                    )
+                })
+                .collect(),
+            ..ApplyReport::default()
+        })
+    }
+}
+
+/// MERGE POINT: the HTTP router for `cfg`.
+pub fn open_http_router(_cfg: &Config) -> Result<Box<dyn HttpRouter>> {
+    Ok(Box::new(NoHttpRouter))
+}
+
+/// MERGE POINT: routers merged into the admin endpoint (auth check at `/auth`, `/metrics`).
+pub fn admin_extensions(_cfg: &Config, _status: &SharedStatus) -> Result<Vec<axum::Router>> {
+    Ok(Vec::new())
+}
+
+/// Everything the real daemon drives, from `cfg`.
+pub fn open_parts(cfg: &Config, status: &SharedStatus) -> Result<Parts> {
+    let (tcp, datapath) = open_tcp_forwarder(cfg)?;
+    let http = open_http_router(cfg).context("starting the HTTP router")?;
+    let admin_routes = admin_extensions(cfg, status)?;
+    Ok(Parts {
+        tcp,
+        http,
+        datapath,
+        admin_routes,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Start-up.
+
+/// Runs `EXTRA_BASH_COMMAND` once; its failure stops start-up with its output.
+pub fn run_extra_command(cfg: &Config) -> Result<()> {
+    let Some(cmd) = &cfg.extra_bash_command else {
+        return Ok(());
+    };
+    tracing::info!(command = %cmd, "running EXTRA_BASH_COMMAND");
+    let out = std::process::Command::new("bash")
+        .args(["-c", cmd])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run EXTRA_BASH_COMMAND with bash")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!(
+            "EXTRA_BASH_COMMAND failed ({}); its output:\n{}",
+            out.status,
+            text.trim_end()
+        );
+    }
+    for line in text.lines() {
+        tracing::info!(output = line, "EXTRA_BASH_COMMAND");
+    }
+    Ok(())
+}
+
+/// A fresh status for `cfg`.
+pub fn new_status(cfg: &Config) -> SharedStatus {
+    Arc::new(RwLock::new(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        router_name: cfg.router.name.clone(),
+        pid: std::process::id(),
+        started_at_ms: now_millis(),
+        ready_reason: "starting".into(),
+        heartbeat_limit_ms: (cfg.clearml.poll_interval.max(MAX_BACKOFF) * 4
+            + cfg.clearml.request_timeout * 8)
+            .as_millis() as u64,
+        clearml: ClearmlStatus {
+            enabled: cfg.clearml_enabled(),
+            state: if cfg.clearml_enabled() {
+                "connecting"
+            } else {
+                "disabled"
+            }
+            .into(),
+            since_ms: now_millis(),
+            ..ClearmlStatus::default()
+        },
+        ..Status::default()
+    }))
+}
+
+/// The daemon, started.
+pub struct Running {
+    /// Where the admin endpoint listens (the port is known even for `:0`).
+    pub admin_addr: SocketAddr,
+    pub status: SharedStatus,
+    stop: tokio::sync::watch::Sender<bool>,
+    sync: tokio::task::JoinHandle<Result<()>>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts the daemon: state, routes file, ClearML client and first connection, admin endpoint,
+/// sync loop. Any problem found here fails the start (nothing keeps running).
+pub async fn start(cfg: Config, parts: Parts, status: SharedStatus) -> Result<Running> {
+    let Parts {
+        tcp,
+        http,
+        datapath,
+        admin_routes,
+    } = parts;
+    if let Ok(mut s) = status.write() {
+        s.datapath = datapath;
+    }
+    let mut engine = Engine::new(cfg.clone(), tcp, http, status.clone())?;
+    engine.connect_at_start().await?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.admin.addr)
+        .await
+        .with_context(|| format!("cannot listen on ROUTER_ADMIN_ADDR={}", cfg.admin.addr))?;
+    let admin_addr = listener.local_addr().context("admin listener address")?;
+    tracing::info!(addr = %admin_addr, "admin endpoint listening");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut admin_stop = stop_rx.clone();
+    let app = admin::router(status.clone(), admin_routes);
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        app,
+        cfg.admin.allow.clone(),
+        async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let sync = tokio::spawn(engine.run(stop_rx));
+    Ok(Running {
+        admin_addr,
+        status,
+        stop,
+        sync,
+        admin,
+    })
+}
+
+impl Running {
+    /// Stops the loop (routes stay as programmed; the owners are dropped) and the admin endpoint.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let sync = self.sync.await.context("the sync loop panicked")?;
+        let _ = self.admin.await;
+        sync
+    }
+
+    /// Runs until `shutdown` completes (then stops cleanly) or the loop ends on its own (an
+    /// error).
+    pub async fn run_until(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::select! {
+            () = shutdown => self.stop().await,
+            ended = &mut self.sync => {
+                let _ = self.stop.send(true);
+                let _ = self.admin.await;
+                match ended {
+                    Ok(Ok(())) => Err(anyhow!("the sync loop ended unexpectedly")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow!("the sync loop panicked: {e}")),
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The engine.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ApiState {
+    Connecting,
+    Ok,
+    Error { class: String },
+}
+
+/// One sync cycle's outcome, for the loop's pacing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CycleOutcome {
+    /// Everything went through (write-back failures aside).
+    Synced,
+    /// The ClearML API failed: back off.
+    ApiFailed,
+}
+
+pub struct Engine {
+    cfg: Config,
+    settings: Settings,
+    policy: UpstreamPolicy,
+    reconciler: Reconciler,
+    client: Option<Arc<Client>>,
+    connected: bool,
+    tcp: Arc<Mutex<Box<dyn TcpForwarder>>>,
+    http: Arc<Mutex<Box<dyn HttpRouter>>>,
+    routes_file: Option<RoutesFile>,
+    /// The last good ClearML route set (seeded from local state at start).
+    clearml_routes: RouteSet,
+    clearml_synced: bool,
+    /// What the owners were last given, and whether they took all of it.
+    applied: Option<RouteSet>,
+    apply_clean: bool,
+    applied_at: Instant,
+    tcp_failed: HashMap<String, String>,
+    http_failed: HashMap<String, String>,
+    tcp_error: Option<String>,
+    http_error: Option<String>,
+    /// Endpoints whose write-back is pending or failed, with the state to show.
+    write_state: HashMap<EndpointKey, String>,
+    refused: Vec<Refusal>,
+    logged_refusals: HashMap<EndpointKey, String>,
+    api_state: ApiState,
+    api_error: Option<String>,
+    api_since: u64,
+    failures_in_row: u32,
+    tasks: usize,
+    foreign: usize,
+    cycles: u64,
+    failed_cycles: u64,
+    last_sync_ms: Option<u64>,
+    last_sync_duration: Duration,
+    routes_state: Option<PathBuf>,
+    status: SharedStatus,
+    was_ready: bool,
+}
+
+/// Persisted ClearML route set (`ROUTER_STATE_DIR/routes.json`): what forwards while the API
+/// is unreachable after a restart.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct PersistedRoutes {
+    tcp: Vec<TcpRoute>,
+    http: Vec<HttpRoute>,
+}
+
+impl Engine {
+    pub fn new(
+        cfg: Config,
+        tcp: Box<dyn TcpForwarder>,
+        http: Box<dyn HttpRouter>,
+        status: SharedStatus,
+    ) -> Result<Engine> {
+        let mut policy = UpstreamPolicy::new(cfg.tcp.allowed_upstreams.clone(), []);
+        policy.set_own(own_addresses(&cfg));
+        let settings = Settings::from_config(&cfg);
+        let routes_file = match &cfg.routes_file {
+            Some(path) => Some(
+                RoutesFile::load(path, &policy, cfg.http.domain.is_some())
+                    .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))?,
+            ),
+            None => None,
+        };
+        let (ports, routes_state, seeded) = if cfg.clearml_enabled() {
+            std::fs::create_dir_all(&cfg.state_dir).with_context(|| {
+                format!("cannot create ROUTER_STATE_DIR={}", cfg.state_dir.display())
+            })?;
+            let ports_path = cfg.state_dir.join("ports.json");
+            let ports = open_ports(&cfg, &ports_path)?;
+            let routes_path = cfg.state_dir.join("routes.json");
+            let seeded = load_routes(&routes_path, &policy);
+            (ports, Some(routes_path), seeded)
+        } else {
+            (
+                PortAllocator::in_memory(cfg.tcp.port_start, cfg.tcp.port_end, cfg.tcp.port_grace),
+                None,
+                RouteSet::default(),
+            )
+        };
+        if !seeded.tcp.is_empty() || !seeded.http.is_empty() {
+            tracing::info!(
+                tcp = seeded.tcp.len(),
+                http = seeded.http.len(),
+                "routes of the previous run kept until the first ClearML sync"
+            );
+        }
+        let client = match &cfg.clearml.api_host {
+            Some(_) => Some(Arc::new(
+                Client::new(&cfg.clearml).context("setting up the ClearML client")?,
+            )),
+            None => None,
+        };
+        Ok(Engine {
+            settings,
+            policy,
+            reconciler: Reconciler::new(ports),
+            client,
+            connected: false,
+            tcp: Arc::new(Mutex::new(tcp)),
+            http: Arc::new(Mutex::new(http)),
+            routes_file,
+            clearml_routes: seeded,
+            clearml_synced: false,
+            applied: None,
+            apply_clean: false,
+            applied_at: Instant::now(),
+            tcp_failed: HashMap::new(),
+            http_failed: HashMap::new(),
+            tcp_error: None,
+            http_error: None,
+            write_state: HashMap::new(),
+            refused: Vec::new(),
+            logged_refusals: HashMap::new(),
+            api_state: ApiState::Connecting,
+            api_error: None,
+            api_since: now_millis(),
+            failures_in_row: 0,
+            tasks: 0,
+            foreign: 0,
+            cycles: 0,
+            failed_cycles: 0,
+            last_sync_ms: None,
+            last_sync_duration: Duration::ZERO,
+            routes_state,
+            status,
+            was_ready: false,
+            cfg,
+        })
+    }
+
+    /// The first login and queue resolution. Answers that will not change by themselves (bad
+    /// credentials, an unknown queue) fail the start; an unreachable server does not (the
+    /// routes of the previous run keep forwarding while the loop retries).
+    pub async fn connect_at_start(&mut self) -> Result<()> {
+        match self.connect().await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_transient() => {
+                self.note_api_error(&e);
+                Ok(())
+            }
+            Err(e) => Err(anyhow!(crate::datapath::error_chain(&e)))
+                .context("connecting to the ClearML API server"),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), ApiError> {
+        let Some(client) = self.client.clone() else {
+            return Ok(());
+        };
+        if self.connected {
+            return Ok(());
+        }
+        client.login().await?;
+        let ids = client.queue_ids(&self.cfg.clearml.listen_queues).await?;
+        if !self.cfg.clearml.listen_queues.is_empty() {
+            tracing::info!(
+                queues = %self.cfg.clearml.listen_queues.join(","),
+                ids = %ids.join(","),
+                "listening to queues"
+            );
+        }
+        self.settings.queue_ids = ids;
+        self.connected = true;
+        Ok(())
+    }
+
+    /// The loop: a cycle now, then every poll interval (backing off while the API fails),
+    /// until `stop` turns true.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        loop {
+            let outcome = self.cycle().await;
+            let delay = match outcome {
+                CycleOutcome::Synced => self.cfg.clearml.poll_interval,
+                CycleOutcome::ApiFailed => {
+                    backoff(self.cfg.clearml.poll_interval, self.failures_in_row)
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        self.save_state();
+        tracing::info!("sync loop stopped; routes stay as programmed");
+        Ok(())
+    }
+
+    /// One cycle: sources → plan → apply → write-back → persist → status.
+    pub async fn cycle(&mut self) -> CycleOutcome {
+        let started = Instant::now();
+        self.cycles += 1;
+        self.policy.set_own(own_addresses(&self.cfg));
+        if let Some(file) = &mut self.routes_file {
+            match file.reload(&self.policy) {
+                Ok(true) => tracing::info!(path = %file.path().display(), "routes file reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    error = %crate::datapath::error_chain(&e),
+                    "routes file not reloaded; its previous routes stay"
+                ),
+            }
+        }
+        let mut outcome = CycleOutcome::Synced;
+        let mut writes = Vec::new();
+        if self.client.is_some() {
+            match self.sync_clearml().await {
+                Ok(plan) => {
+                    self.note_api_ok();
+                    self.log_route_changes(&plan.routes);
+                    self.tasks = plan.tasks;
+                    self.foreign = plan.foreign;
+                    self.log_refusals(&plan.refused);
+                    self.refused = plan.refused;
+                    self.clearml_routes = plan.routes;
+                    self.clearml_synced = true;
+                    self.last_sync_ms = Some(now_millis());
+                    writes = plan.writes;
+                }
+                Err(e) => {
+                    self.note_api_error(&e);
+                    self.failed_cycles += 1;
+                    outcome = CycleOutcome::ApiFailed;
+                }
+            }
+        }
+        self.apply().await;
+        self.write_back(writes).await;
+        self.save_state();
+        self.last_sync_duration = started.elapsed();
+        self.publish();
+        outcome
+    }
+
+    async fn sync_clearml(&mut self) -> Result<Plan, ApiError> {
+        self.connect().await?;
+        let client = self.client.clone().ok_or_else(|| ApiError::Malformed {
+            call: "sync".into(),
+            reason: "no client".into(),
+        })?;
+        let (mut tasks, skipped) = client
+            .tasks_requesting_endpoints(&self.settings.queue_ids)
+            .await?;
+        if skipped > 0 {
+            tracing::debug!(skipped, "task entries without an id skipped");
+        }
+        // A task that had a route but is missing from the listing is looked up by id before
+        // its route goes: paging over a changing list can skip an entry.
+        let listed: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let mut missing: Vec<String> = self
+            .clearml_routes
+            .tcp
+            .values()
+            .map(|r| &r.owner.task_id)
+            .chain(self.clearml_routes.http.values().map(|r| &r.owner.task_id))
+            .filter(|id| !listed.contains(id.as_str()))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            let found = client.tasks_by_id(&missing).await?;
+            tasks.extend(
+                found
+                    .into_iter()
+                    .filter(|t| t.wants_routes(&self.settings.queue_ids)),
+            );
+        }
+        let statics = self
+            .routes_file
+            .as_ref()
+            .map(|f| f.routes().clone())
+            .unwrap_or_default();
+        Ok(self
+            .reconciler
+            .plan(&tasks, &statics, &self.settings, &self.policy, now_millis()))
+    }
+
+    /// The set the owners should serve: static routes, then ClearML routes (ports and keys of
+    /// static routes are never planned for tasks, so nothing is overwritten).
+    fn wanted(&self) -> RouteSet {
+        let mut set = self.clearml_routes.clone();
+        if let Some(file) = &self.routes_file {
+            for (port, r) in &file.routes().tcp {
+                set.tcp.insert(*port, r.clone());
+            }
+            for (key, r) in &file.routes().http {
+                set.http.insert(key.clone(), r.clone());
+            }
+        }
+        set
+    }
+
+    async fn apply(&mut self) {
+        let wanted = self.wanted();
+        let due = !self.apply_clean
+            || self.applied.as_ref() != Some(&wanted)
+            || self.applied_at.elapsed() >= REAPPLY_EVERY;
+        if !due {
+            return;
+        }
+        let tcp = self.tcp.clone();
+        let http = self.http.clone();
+        let tcp_routes = wanted.tcp.clone();
+        let http_routes = wanted.http.clone();
+        // The owners may block (map updates, nginx -t and reload): off the async threads.
+        let joined = tokio::task::spawn_blocking(move || {
+            let t = tcp
+                .lock()
+                .map_err(|_| anyhow!("the TCP forwarder panicked earlier"))
+                .and_then(|mut f| f.apply(&tcp_routes));
+            let h = http
+                .lock()
+                .map_err(|_| anyhow!("the HTTP router panicked earlier"))
+                .and_then(|mut r| r.apply(&http_routes));
+            (t, h)
+        })
+        .await;
+        let (t, h) = match joined {
+            Ok(pair) => pair,
+            Err(e) => (
+                Err(anyhow!("applying routes panicked: {e}")),
+                Err(anyhow!("applying routes panicked: {e}")),
+            ),
+        };
+        let mut clean = true;
+        let mut note = |kind: &str,
+                        result: Result<ApplyReport>,
+                        failed: &mut HashMap<String, String>,
+                        error: &mut Option<String>| {
+            match result {
+                Ok(report) => {
+                    if !report.is_noop() {
+                        tracing::debug!(kind, ?report, "applied");
+                    }
+                    let now: HashMap<String, String> = report.failed.into_iter().collect();
+                    for (id, reason) in &now {
+                        if failed.get(id) != Some(reason) {
+                            tracing::warn!(kind, route = %id, reason = %reason, "route not programmed");
+                        }
+                    }
+                    clean &= now.is_empty();
+                    *failed = now;
+                    if error.take().is_some() {
+                        tracing::info!(kind, "routes applied again");
+                    }
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if error.as_deref() != Some(text.as_str()) {
+                        tracing::error!(kind, error = %text, "applying routes failed; the previous ones stay");
+                    }
+                    clean = false;
+                    *error = Some(text);
+                }
+            }
+        };
+        note("tcp", t, &mut self.tcp_failed, &mut self.tcp_error);
+        note("http", h, &mut self.http_failed, &mut self.http_error);
+        self.apply_clean = clean;
+        self.applied = Some(wanted);
+        self.applied_at = Instant::now();
+    }
+
+    /// Whether `route` is programmed (its owner applied it without failure).
+    fn programmed(&self, route: &RouteRef) -> bool {
+        match route {
+            RouteRef::Tcp(_) => {
+                self.tcp_error.is_none() && !self.tcp_failed.contains_key(&route.id())
+            }
+            RouteRef::Http(_) => {
+                self.http_error.is_none() && !self.http_failed.contains_key(&route.id())
+            }
+        }
+    }
+
+    async fn write_back(&mut self, writes: Vec<WriteBack>) {
+        let live: HashSet<EndpointKey> = writes.iter().map(|w| w.key.clone()).collect();
+        self.write_state.retain(|k, _| live.contains(k));
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let settings = Arc::new(self.settings.clone());
+        let policy = Arc::new(self.policy.clone());
+        let gate = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
+        let mut jobs = tokio::task::JoinSet::new();
+        for wb in writes {
+            if !self.programmed(&wb.route) {
+                self.write_state.insert(
+                    wb.key.clone(),
+                    "waiting for the route to be programmed".into(),
+                );
+                continue;
+            }
+            let (client, settings, policy, gate) = (
+                client.clone(),
+                settings.clone(),
+                policy.clone(),
+                gate.clone(),
+            );
+            jobs.spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let outcome = client
+                    .update_runtime(&wb.key.task_id, |task| {
+                        reconcile::recheck(task, &wb, &settings, &policy)
+                    })
+                    .await;
+                (wb, outcome)
+            });
+        }
+        while let Some(joined) = jobs.join_next().await {
+            let Ok((wb, outcome)) = joined else {
+                continue;
+            };
+            let endpoint = wb
+                .patch
+                .iter()
+                .find(|(k, _)| k.starts_with("endpoint") || k.starts_with("external_tcp_port"))
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            match outcome {
+                Ok(WriteOutcome::Written { attempts }) => {
+                    tracing::info!(
+                        task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = %wb.task_name,
+                        route = %wb.route.id(), written = %endpoint, attempts,
+                        "endpoint written back"
+                    );
+                    self.write_state.remove(&wb.key);
+                }
+                Ok(WriteOutcome::Unchanged) => {
+                    self.write_state.remove(&wb.key);
+                }
+                Ok(WriteOutcome::Skipped(reason)) => {
+                    tracing::debug!(task = %wb.key.task_id, endpoint = %wb.key.endpoint, reason, "write-back skipped");
+                    self.write_state
+                        .insert(wb.key, format!("writing back ({reason})"));
+                }
+                Ok(WriteOutcome::Gone) => {
+                    self.write_state.remove(&wb.key);
+                }
+                Ok(WriteOutcome::Lost { attempts }) => {
+                    tracing::warn!(task = %wb.key.task_id, endpoint = %wb.key.endpoint, attempts,
+                        "write-back overwritten by concurrent writers; retrying next cycle");
+                    self.write_state.insert(
+                        wb.key,
+                        format!(
+                            "write-back failed: overwritten {attempts} times by concurrent writers"
+                        ),
+                    );
+                }
+                Err(e) => {
+                    let text = crate::datapath::error_chain(&e);
+                    if e.is_transient() {
+                        self.note_api_error(&e);
+                    }
+                    tracing::debug!(task = %wb.key.task_id, error = %text, "write-back failed");
+                    self.write_state
+                        .insert(wb.key, format!("write-back failed: {text}"));
+                }
+            }
+        }
+    }
+
+    fn note_api_ok(&mut self) {
+        if self.api_state != ApiState::Ok {
+            if matches!(self.api_state, ApiState::Error { .. }) {
+                tracing::info!("ClearML API reachable again");
+            } else {
+                tracing::info!("ClearML API connected");
+            }
+            self.api_state = ApiState::Ok;
+            self.api_since = now_millis();
+        }
+        self.api_error = None;
+        self.failures_in_row = 0;
+    }
+
+    fn note_api_error(&mut self, e: &ApiError) {
+        let class = e.class();
+        let text = crate::datapath::error_chain(e);
+        if matches!(
+            e,
+            ApiError::Unauthorized { .. } | ApiError::UnknownQueue { .. }
+        ) {
+            // Log in and resolve queues again on the next attempt.
+            self.connected = false;
+        }
+        let state = ApiState::Error { class };
+        if self.api_state != state {
+            tracing::warn!(error = %text, "ClearML API unavailable; routes stay as they are, retrying with back-off");
+            self.api_state = state;
+            self.api_since = now_millis();
+        }
+        self.api_error = Some(text);
+        self.failures_in_row = self.failures_in_row.saturating_add(1);
+    }
+
+    fn log_refusals(&mut self, refused: &[Refusal]) {
+        let mut now = HashMap::new();
+        for r in refused {
+            let key = EndpointKey::new(r.task_id.clone(), r.endpoint.clone());
+            if self.logged_refusals.get(&key) != Some(&r.reason) {
+                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, name = %r.task_name,
+                    reason = %r.reason, "endpoint request refused");
+            }
+            now.insert(key, r.reason.clone());
+        }
+        self.logged_refusals = now;
+    }
+
+    fn log_route_changes(&self, new: &RouteSet) {
+        let old = &self.clearml_routes;
+        let mut lines = Vec::new();
+        for (port, r) in &new.tcp {
+            match old.tcp.get(port) {
+                None => lines.push(format!(
+                    "+ tcp {port} -> {} ({})",
+                    r.upstream,
+                    owner_text(&r.owner)
+                )),
+                Some(o) if o != r => lines.push(format!(
+                    "~ tcp {port} -> {} ({})",
+                    r.upstream,
+                    owner_text(&r.owner)
+                )),
+                _ => {}
+            }
+        }
+        for (port, r) in &old.tcp {
+            if !new.tcp.contains_key(port) {
+                lines.push(format!("- tcp {port} ({})", owner_text(&r.owner)));
+            }
+        }
+        for (key, r) in &new.http {
+            match old.http.get(key) {
+                None => lines.push(format!("+ http {key} -> {}", r.upstream)),
+                Some(o) if o != r => lines.push(format!("~ http {key} -> {}", r.upstream)),
+                _ => {}
+            }
+        }
+        for key in old.http.keys() {
+            if !new.http.contains_key(key) {
+                lines.push(format!("- http {key}"));
+            }
+        }
+        if lines.len() <= LOG_EACH_UP_TO {
+            for l in lines {
+                tracing::info!(change = %l, "route");
+            }
+        } else {
+            tracing::info!(
+                changes = lines.len(),
+                tcp = new.tcp.len(),
+                http = new.http.len(),
+                "routes changed"
+            );
+        }
+    }
+
+    fn save_state(&mut self) {
+        if let Err(e) = self.reconciler.ports.save() {
+            tracing::warn!(error = %crate::datapath::error_chain(&e), "port state not saved");
+        }
+        let Some(path) = &self.routes_state else {
+            return;
+        };
+        if !self.clearml_synced {
+            return;
+        }
+        let persisted = PersistedRoutes {
+            tcp: self.clearml_routes.tcp.values().cloned().collect(),
+            http: self.clearml_routes.http.values().cloned().collect(),
+        };
+        let result = serde_json::to_vec(&persisted)
+            .map_err(std::io::Error::other)
+            .and_then(|data| {
+                let unchanged = std::fs::read(path).is_ok_and(|old| old == data);
+                if unchanged {
+                    Ok(())
+                } else {
+                    crate::ports::write_atomic(path, &data)
+                }
+            });
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "route state not saved");
+        }
+    }
+
+    /// The readiness and its reason.
+    fn readiness(&self) -> (bool, String) {
+        if let Some(e) = &self.tcp_error {
+            return (false, format!("the TCP datapath failed: {e}"));
+        }
+        if self.client.is_some() && !self.clearml_synced {
+            return (
+                false,
+                match &self.api_error {
+                    Some(e) => format!("waiting for the first ClearML sync: {e}"),
+                    None => "waiting for the first ClearML sync".into(),
+                },
+            );
+        }
+        if self.applied.is_none() {
+            return (false, "routes not applied yet".into());
+        }
+        (true, String::new())
+    }
+
+    fn route_status(&self) -> Vec<RouteStatus> {
+        let wanted = self.applied.clone().unwrap_or_default();
+        let mut out = Vec::with_capacity(wanted.tcp.len() + wanted.http.len());
+        let state = |failed: Option<&String>, error: &Option<String>, key: &EndpointKey| {
+            if let Some(e) = error {
+                format!("failed: {e}")
+            } else if let Some(reason) = failed {
+                format!("failed: {reason}")
+            } else if let Some(w) = self.write_state.get(key) {
+                w.clone()
+            } else {
+                "active".to_string()
+            }
+        };
+        for (port, r) in &wanted.tcp {
+            let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
+            out.push(RouteStatus {
+                task_id: r.owner.task_id.clone(),
+                task_name: r.owner.task_name.clone(),
+                endpoint: r.owner.endpoint.clone(),
+                kind: "tcp".into(),
+                router: port.to_string(),
+                upstream: r.upstream.to_string(),
+                state: state(
+                    self.tcp_failed.get(&port.to_string()),
+                    &self.tcp_error,
+                    &key,
+                ),
+                connections: None,
+                bytes: None,
+            });
+        }
+        for (k, r) in &wanted.http {
+            let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
+            let url = if r.owner.task_id.starts_with("file:") {
+                format!("{}/service/{k}/", self.settings.url)
+            } else {
+                reconcile::endpoint_url(&self.settings, &key, r.mode)
+            };
+            out.push(RouteStatus {
+                task_id: r.owner.task_id.clone(),
+                task_name: r.owner.task_name.clone(),
+                endpoint: r.owner.endpoint.clone(),
+                kind: "http".into(),
+                router: url,
+                upstream: r.upstream.to_string(),
+                state: state(self.http_failed.get(k), &self.http_error, &key),
+                connections: None,
+                bytes: None,
+            });
+        }
+        out
+    }
+
+    fn publish(&mut self) {
+        let (ready, reason) = self.readiness();
+        if ready && !self.was_ready {
+            tracing::info!(
+                tcp = self.applied.as_ref().map(|s| s.tcp.len()).unwrap_or(0),
+                http = self.applied.as_ref().map(|s| s.http.len()).unwrap_or(0),
+                "ready"
+            );
+        }
+        self.was_ready |= ready;
+        let routes = self.route_status();
+        let api_stats = self.client.as_ref().map(|c| {
+            (
+                c.stats.calls.load(std::sync::atomic::Ordering::Relaxed),
+                c.stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
+        let Ok(mut s) = self.status.write() else {
+            return;
+        };
+        s.ready = ready;
+        s.ready_reason = reason;
+        s.heartbeat_ms = now_millis();
+        s.clearml.state = match (&self.client, &self.api_state) {
+            (None, _) => "disabled",
+            (_, ApiState::Connecting) => "connecting",
+            (_, ApiState::Ok) => "ok",
+            (_, ApiState::Error { .. }) => "error",
+        }
+        .into();
+        s.clearml.error = self.api_error.clone();
+        s.clearml.since_ms = self.api_since;
+        s.clearml.last_sync_ms = self.last_sync_ms;
+        s.clearml.last_sync_duration_ms = self.last_sync_duration.as_millis() as u64;
+        s.clearml.tasks = self.tasks;
+        s.clearml.foreign = self.foreign;
+        s.clearml.cycles = self.cycles;
+        s.clearml.failed_cycles = self.failed_cycles;
+        if let Some((calls, failures)) = api_stats {
+            s.clearml.api_calls = calls;
+            s.clearml.api_failures = failures;
+        }
+        s.routes_file = self.routes_file.as_ref().map(|f| admin::RoutesFileStatus {
+            path: f.path().display().to_string(),
+            routes: f.routes().tcp.len() + f.routes().http.len(),
+            error: f.error.clone(),
+        });
+        s.ports = self.reconciler.ports.stats();
+        s.routes = routes;
+        s.refused = self.refused.clone();
+        s.tcp_error = self.tcp_error.clone();
+        s.http_error = self.http_error.clone();
+    }
+}
+
+fn owner_text(o: &crate::routes::RouteOwner) -> String {
+    if o.endpoint.is_empty() {
+        format!("{} {:?}", o.task_id, o.task_name)
+    } else {
+        format!("{}__{} {:?}", o.task_id, o.endpoint, o.task_name)
+    }
+}
+
+/// `poll × 2^(n-1)`, capped, with ±10 % jitter so several routers do not retry in step.
+fn backoff(poll: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(10);
+    let base = poll.saturating_mul(1 << exp).min(MAX_BACKOFF.max(poll));
+    let jitter: f64 = rand::random_range(0.9..1.1);
+    base.mul_f64(jitter)
+}
+
+/// The router's own addresses: configured, discovered, and `TCP_ROUTER_ADDRESS` if it is one.
+fn own_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+    let mut own = cfg.datapath.router_addresses.clone();
+    own.extend(validate::local_addresses());
+    if let Ok(IpAddr::V4(a)) = cfg.tcp.router_address.parse::<IpAddr>() {
+        own.push(a);
+    }
+    own
+}
+
+fn open_ports(cfg: &Config, path: &Path) -> Result<PortAllocator> {
+    let (start, end, grace) = (cfg.tcp.port_start, cfg.tcp.port_end, cfg.tcp.port_grace);
+    match PortAllocator::open(start, end, grace, path) {
+        Ok(p) => Ok(p),
+        Err(e @ crate::ports::PortsError::Corrupt { .. }) => {
+            // The server holds the truth (ports are written on the tasks): start over, keeping
+            // the bad file for a person to look at.
+            let aside = path.with_extension("json.corrupt");
+            tracing::warn!(
+                error = %crate::datapath::error_chain(&e),
+                moved_to = %aside.display(),
+                "port state unreadable; rebuilding it from the tasks"
+            );
+            std::fs::rename(path, &aside)
+                .with_context(|| format!("moving {} aside", path.display()))?;
+            let mut p = PortAllocator::open(start, end, grace, path)?;
+            p.save()?;
+            Ok(p)
+        }
+        Err(e) => Err(anyhow!(crate::datapath::error_chain(&e))),
+    }
+}
+
+fn load_routes(path: &Path, policy: &UpstreamPolicy) -> RouteSet {
+    let Ok(data) = std::fs::read(path) else {
+        return RouteSet::default();
+    };
+    let persisted: PersistedRoutes = match serde_json::from_slice(&data) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "route state unreadable; ignored");
+            return RouteSet::default();
+        }
+    };
+    let mut set = RouteSet::default();
+    let ok = |u: &std::net::SocketAddrV4| {
+        policy
+            .upstream(&u.ip().to_string(), &u.port().to_string())
+            .is_ok()
+    };
+    for r in persisted.tcp {
+        if ok(&r.upstream) {
+            set.tcp.insert(r.port, r);
+        }
+    }
+    for r in persisted.http {
+        if ok(&r.upstream) && validate::task_id(&r.key.replace("__", "_")).is_ok() {
+            set.http.insert(r.key.clone(), r);
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let poll = Duration::from_secs(2);
+        let b1 = backoff(poll, 1);
+        assert!(b1 >= Duration::from_millis(1800) && b1 <= Duration::from_millis(2200));
+        let b3 = backoff(poll, 3);
+        assert!(b3 >= Duration::from_millis(7200) && b3 <= Duration::from_millis(8800));
+        let b20 = backoff(poll, 20);
+        assert!(b20 <= MAX_BACKOFF.mul_f64(1.1));
+    }
+}

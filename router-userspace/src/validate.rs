@@ -1,0 +1,239 @@
+//! Untrusted input from tasks (and the routes file): upstream addresses, ports, ids and names.
+//!
+//! A task may write anything into its runtime properties. Only a valid IPv4 address inside the
+//! allowed CIDRs, never loopback, link-local, multicast, broadcast, unspecified or one of the
+//! router's own addresses, and a port 1-65535 become an upstream; ids and names that reach the
+//! maps, nginx or a URL are restricted to `[A-Za-z0-9_-]`.
+
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Which upstreams tasks may be forwarded to.
+#[derive(Clone, Debug)]
+pub struct UpstreamPolicy {
+    allowed: Vec<Ipv4Net>,
+    own: BTreeSet<Ipv4Addr>,
+}
+
+impl UpstreamPolicy {
+    pub fn new(allowed: Vec<Ipv4Net>, own: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        UpstreamPolicy {
+            allowed,
+            own: own.into_iter().collect(),
+        }
+    }
+
+    /// Replaces the router's own addresses (they change when interfaces do).
+    pub fn set_own(&mut self, own: impl IntoIterator<Item = Ipv4Addr>) {
+        self.own = own.into_iter().collect();
+    }
+
+    pub fn own(&self) -> &BTreeSet<Ipv4Addr> {
+        &self.own
+    }
+
+    /// Checks an address as written by a task.
+    pub fn address(&self, raw: &str) -> Result<Ipv4Addr, String> {
+        let raw = raw.trim();
+        let addr: Ipv4Addr = raw
+            .parse()
+            .map_err(|_| format!("address {raw:?} is not an IPv4 address"))?;
+        let class = if addr.is_loopback() {
+            Some("loopback")
+        } else if addr.is_link_local() {
+            Some("link-local")
+        } else if addr.is_multicast() {
+            Some("multicast")
+        } else if addr.is_broadcast() {
+            Some("broadcast")
+        } else if addr.is_unspecified() {
+            Some("unspecified")
+        } else {
+            None
+        };
+        if let Some(class) = class {
+            return Err(format!("address {addr} is {class}"));
+        }
+        if self.own.contains(&addr) {
+            return Err(format!(
+                "address {addr} is one of the router's own addresses"
+            ));
+        }
+        if !self.allowed.iter().any(|net| net.contains(&addr)) {
+            return Err(format!(
+                "address {addr} is outside ROUTER_ALLOWED_UPSTREAMS ({})",
+                self.allowed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// Checks an address and a port together.
+    pub fn upstream(&self, address: &str, port: &str) -> Result<SocketAddrV4, String> {
+        let addr = self.address(address)?;
+        let port = port_number(port)?;
+        Ok(SocketAddrV4::new(addr, port))
+    }
+}
+
+/// A port as a task wrote it (an int or a string of one): 1-65535.
+pub fn port_number(raw: &str) -> Result<u16, String> {
+    let raw = raw.trim();
+    match raw.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(format!("port {raw:?} is not a port 1-65535")),
+    }
+}
+
+/// A ClearML task id (or a routes-file name): `[A-Za-z0-9_-]`, 1-64 bytes.
+pub fn task_id(raw: &str) -> Result<&str, String> {
+    if ident(raw, 64) {
+        Ok(raw)
+    } else {
+        Err(format!(
+            "task id {:?} is not 1-64 characters of A-Z a-z 0-9 _ -",
+            truncate(raw)
+        ))
+    }
+}
+
+/// An endpoint name (the `__<name>` suffix): `[A-Za-z0-9_-]`, 1-32 bytes.
+pub fn endpoint_name(raw: &str) -> Result<&str, String> {
+    if ident(raw, 32) {
+        Ok(raw)
+    } else {
+        Err(format!(
+            "endpoint name {:?} is not 1-32 characters of A-Z a-z 0-9 _ -",
+            truncate(raw)
+        ))
+    }
+}
+
+fn ident(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Shortens untrusted text for a log line or a status entry.
+pub fn truncate(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The IPv4 addresses of this network namespace's interfaces.
+pub fn local_addresses() -> Vec<Ipv4Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Ipv4Addr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| a.as_sockaddr_in().map(|s| s.ip()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> UpstreamPolicy {
+        let allowed = crate::config::DEFAULT_ALLOWED_UPSTREAMS
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        UpstreamPolicy::new(allowed, [Ipv4Addr::new(10, 0, 0, 1)])
+    }
+
+    #[test]
+    fn accepts_private_addresses_and_ports() {
+        let p = policy();
+        assert_eq!(
+            p.upstream("10.1.2.3", "8888"),
+            Ok("10.1.2.3:8888".parse().unwrap())
+        );
+        assert_eq!(
+            p.upstream(" 192.168.0.9 ", "1"),
+            Ok("192.168.0.9:1".parse().unwrap())
+        );
+        assert!(p.upstream("172.31.255.254", "65535").is_ok());
+        assert!(p.upstream("100.64.0.1", "22").is_ok());
+    }
+
+    #[test]
+    fn refuses_dangerous_addresses_with_a_reason() {
+        let p = policy();
+        for (addr, why) in [
+            ("127.0.0.1", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("0.0.0.0", "unspecified"),
+            ("10.0.0.1", "router's own"),
+            ("8.8.8.8", "outside ROUTER_ALLOWED_UPSTREAMS"),
+            ("172.32.0.1", "outside"),
+            ("::1", "not an IPv4"),
+            ("example.com", "not an IPv4"),
+            ("10.0.0.1; rm -rf /", "not an IPv4"),
+            ("10.1.2.3\n", "ok"),
+        ] {
+            match p.address(addr) {
+                Ok(_) => assert_eq!(why, "ok", "{addr:?} accepted"),
+                Err(e) => assert!(e.contains(why), "{addr:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ports() {
+        for port in ["0", "65536", "-1", "22a", "", "1e3", "99999999999"] {
+            let e = port_number(port).unwrap_err();
+            assert!(e.contains("not a port 1-65535"), "{port}: {e}");
+        }
+        assert_eq!(port_number("65535"), Ok(65535));
+        assert_eq!(port_number(" 22 "), Ok(22));
+    }
+
+    #[test]
+    fn ids_and_names() {
+        assert!(task_id("4f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99").is_ok());
+        assert!(task_id("file_my-route").is_ok());
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "a;b",
+            "x}",
+            "a\nb",
+            "../etc",
+            "$x",
+            &"a".repeat(65),
+        ] {
+            assert!(task_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(endpoint_name("api").is_ok());
+        assert!(endpoint_name("my_app-2").is_ok());
+        assert!(endpoint_name(&"n".repeat(33)).is_err());
+        assert!(endpoint_name("a.b").is_err());
+    }
+
+    #[test]
+    fn own_addresses_are_discovered() {
+        // Every namespace has loopback; discovery must see at least that.
+        assert!(local_addresses().contains(&Ipv4Addr::LOCALHOST));
+    }
+}
