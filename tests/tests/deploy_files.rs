@@ -247,6 +247,11 @@ fn every_variable_the_daemon_reads_is_in_runtime_env_example_and_compose() {
         missing.is_empty(),
         "not in runtime.env.example: {missing:?}"
     );
+    let unknown: Vec<_> = listed.difference(&daemon).collect();
+    assert!(
+        unknown.is_empty(),
+        "in runtime.env.example but not read by the daemon: {unknown:?}"
+    );
 
     let compose = compose();
     let env = router_environment(&compose);
@@ -265,6 +270,20 @@ fn every_variable_the_daemon_reads_is_in_runtime_env_example_and_compose() {
         unknown.is_empty(),
         "compose interpolates unknown variables: {unknown:?}"
     );
+}
+
+#[test]
+fn runtime_env_example_shows_the_daemons_defaults() {
+    // A commented-out `#NAME=value` line shows the default in force: it must be the daemon's.
+    for l in env_example().iter().filter(|l| !l.active) {
+        let var = router_userspace::config::env_var(&l.name);
+        let default = var.map_or("", |v| v.default);
+        assert_eq!(
+            l.value, default,
+            "line {}: {} shows a default the daemon does not have",
+            l.line, l.name
+        );
+    }
 }
 
 #[test]

@@ -116,37 +116,13 @@ pub fn env_example() -> Vec<EnvLine> {
 /// filter). Each must really be read: `read_outside_the_table` checks the source says so.
 pub const READ_OUTSIDE_THE_TABLE: &[&str] = &["RUST_LOG"];
 
-/// Every variable the daemon reads.
-///
-/// Until `router_userspace::config::ENV_VARS` (the control plane's table: name, default, help) is
-/// on this branch, the names come from where the daemon's sources declare them: the
-/// configuration's doc comments name each variable in backticks, and clap's `env = "..."`.
-/// This is a lower bound (a table entry without a doc comment is missed), so the test that uses
-/// it checks one direction only until the switch.
+/// Every variable the daemon reads: its table (`config::ENV_VARS`) and the few read elsewhere.
 pub fn daemon_variables() -> BTreeSet<String> {
-    let src = workspace_root().join("router-userspace/src");
-    let mut names = BTreeSet::new();
-    for file in ["config.rs", "main.rs"] {
-        let text = read(&src.join(file));
-        for line in text.lines() {
-            let line = line.trim();
-            if let Some(doc) = line.strip_prefix("///") {
-                for (i, part) in doc.split('`').enumerate() {
-                    // Odd parts are inside backticks.
-                    if i % 2 == 1 && is_var_name(part) && part.contains('_') {
-                        names.insert(part.to_string());
-                    }
-                }
-            }
-            if let Some(rest) = line.split("env = \"").nth(1) {
-                if let Some(name) = rest.split('"').next() {
-                    names.insert(name.to_string());
-                }
-            }
-        }
-    }
-    names.extend(READ_OUTSIDE_THE_TABLE.iter().map(|s| s.to_string()));
-    names
+    router_userspace::config::ENV_VARS
+        .iter()
+        .map(|v| v.name.to_string())
+        .chain(READ_OUTSIDE_THE_TABLE.iter().map(|s| s.to_string()))
+        .collect()
 }
 
 /// The names `${NAME...}` refers to in `text` (compose interpolation; `$$` is a literal `$`).
