@@ -13,9 +13,12 @@ set -eu
 stamp="${TASK_ROUTER_RELOAD_STAMP:-/etc/nginx/conf.d/.reload}"
 interval="${TASK_ROUTER_RELOAD_INTERVAL:-0.5}"
 
+# This shell's PID becomes nginx's (exec below); the watcher ends when nginx does.
+nginx_pid=$$
+
 watch_stamp() {
     seen=$(cat "$stamp" 2>/dev/null || true)
-    while sleep "$interval"; do
+    while sleep "$interval" && kill -0 "$nginx_pid" 2>/dev/null; do
         now=$(cat "$stamp" 2>/dev/null || true)
         [ "$now" = "$seen" ] && continue
         seen=$now
