@@ -341,6 +341,7 @@ fn sample_value(name: &str) -> &'static str {
         "CLEARML_API_SECRET_KEY" => "example-secret-key",
         "TCP_ROUTER_ADDRESS" => "192.0.2.10",
         "AUTH_BASE64_JWKS_KEY" => "ZXhhbXBsZS1obWFjLWtleS1mb3ItdGVzdHM",
+        "ROUTER_INTERFACES" => "eth0",
         other => panic!("no sample value for {other}: add one when the example asks for it"),
     }
 }
