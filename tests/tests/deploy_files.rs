@@ -447,7 +447,10 @@ fn the_image_builds_with_the_project_recipe() {
     // That is the build every developer and CI run: `cargo xtask` is what .ci/run calls, and
     // the xtask binary has a `build --release`.
     assert!(read(&workspace_root().join(".ci/run")).contains("cargo xtask"));
-    let xtask = workspace_root().join("target/debug/xtask");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let xtask = target.join("debug/xtask");
     let help = Command::new(&xtask)
         .args(["build", "--help"])
         .output()

@@ -35,10 +35,10 @@ impl BpffsDir {
 
 impl Drop for BpffsDir {
     fn drop(&mut self) {
-        if self.0.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.0) {
-                eprintln!("cleanup {}: {e}", self.0.display());
-            }
+        if self.0.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.0)
+        {
+            eprintln!("cleanup {}: {e}", self.0.display());
         }
     }
 }

@@ -155,12 +155,11 @@ pub fn unit_values(unit: &str, section: &str, key: &str) -> Vec<String> {
         let line = line.trim();
         if line.starts_with('[') && line.ends_with(']') {
             current = line[1..line.len() - 1].to_string();
-        } else if current == section {
-            if let Some((k, v)) = line.split_once('=') {
-                if k.trim() == key {
-                    values.push(v.trim().to_string());
-                }
-            }
+        } else if current == section
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            values.push(v.trim().to_string());
         }
     }
     values
