@@ -1263,6 +1263,15 @@ impl Config {
             parse_cidrs,
         );
 
+        if admin_addr.port() != 0 && (port_start..=port_end).contains(&admin_addr.port()) {
+            r.errors.push(ConfigError::Conflict {
+                what: format!(
+                    "ROUTER_ADMIN_ADDR={admin_addr} uses a port inside the TCP range \
+                     {port_start}-{port_end}"
+                ),
+            });
+        }
+
         // The rest.
         let state_dir = PathBuf::from(r.string("ROUTER_STATE_DIR"));
         if !state_dir.is_absolute() {
@@ -1359,7 +1368,14 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let secs = |d: Duration| format!("{}ms", d.as_millis());
+        let secs = |d: Duration| {
+            let ms = d.as_millis();
+            if ms.is_multiple_of(1000) {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            }
+        };
         let interfaces = self
             .datapath
             .interfaces
@@ -1812,6 +1828,11 @@ mod tests {
         assert!(e.contains("inside the TCP range"), "{e}");
         let e = err(&[("ROUTER_HTTP_MODE", "subdomain")]);
         assert!(e.contains("ROUTER_DOMAIN is required"), "{e}");
+        let e = err(&[("ROUTER_ADMIN_ADDR", "127.0.0.1:30001")]);
+        assert!(
+            e.contains("ROUTER_ADMIN_ADDR=127.0.0.1:30001 uses a port inside"),
+            "{e}"
+        );
         let e = err(&[("ROUTER_INTERFACES", "eth0,eth0:tc")]);
         assert!(e.contains("names eth0 twice"), "{e}");
     }

@@ -755,7 +755,7 @@ impl Engine {
             match outcome {
                 Ok(WriteOutcome::Written { attempts }) => {
                     tracing::info!(
-                        task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = %wb.task_name,
+                        task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = ?wb.task_name,
                         route = %wb.route.id(), written = %endpoint, attempts,
                         "endpoint written back"
                     );
@@ -834,7 +834,7 @@ impl Engine {
         for r in refused {
             let key = EndpointKey::new(r.task_id.clone(), r.endpoint.clone());
             if self.logged_refusals.get(&key) != Some(&r.reason) {
-                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, name = %r.task_name,
+                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, name = ?r.task_name,
                     reason = %r.reason, "endpoint request refused");
             }
             now.insert(key, r.reason.clone());
@@ -975,7 +975,7 @@ impl Engine {
         for (k, r) in &wanted.http {
             let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
             let url = if r.owner.task_id.starts_with("file:") {
-                format!("{}/service/{k}/", self.settings.url)
+                reconcile::endpoint_url(&self.settings, &EndpointKey::new(k.clone(), ""), r.mode)
             } else {
                 reconcile::endpoint_url(&self.settings, &key, r.mode)
             };
@@ -1131,15 +1131,274 @@ fn load_routes(path: &Path, policy: &UpstreamPolicy) -> RouteSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clearml::mock::{Fault, MockServer};
+    use serde_json::json;
 
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let poll = Duration::from_secs(2);
-        let b1 = backoff(poll, 1);
-        assert!(b1 >= Duration::from_millis(1800) && b1 <= Duration::from_millis(2200));
-        let b3 = backoff(poll, 3);
-        assert!(b3 >= Duration::from_millis(7200) && b3 <= Duration::from_millis(8800));
-        let b20 = backoff(poll, 20);
-        assert!(b20 <= MAX_BACKOFF.mul_f64(1.1));
+    /// A TCP forwarder that records what it was given; `fail` makes it refuse routes.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        programmed: Arc<Mutex<BTreeMap<u16, TcpRoute>>>,
+        applies: Arc<Mutex<usize>>,
+        fail: Arc<Mutex<Option<String>>>,
+    }
+
+    impl TcpForwarder for Recorder {
+        fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> Result<ApplyReport> {
+            *self.applies.lock().unwrap() += 1;
+            if let Some(reason) = self.fail.lock().unwrap().clone() {
+                return Ok(ApplyReport {
+                    failed: wanted
+                        .keys()
+                        .map(|p| (p.to_string(), reason.clone()))
+                        .collect(),
+                    ..ApplyReport::default()
+                });
+            }
+            *self.programmed.lock().unwrap() = wanted.clone();
+            Ok(ApplyReport::default())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct HttpRecorder {
+        programmed: Arc<Mutex<BTreeMap<String, HttpRoute>>>,
+    }
+
+    impl HttpRouter for HttpRecorder {
+        fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> Result<ApplyReport> {
+            *self.programmed.lock().unwrap() = wanted.clone();
+            Ok(ApplyReport::default())
+        }
+    }
+
+    fn config(api: &str, state: &Path) -> Config {
+        let env = [
+            ("CLEARML_API_HOST", api.to_string()),
+            ("CLEARML_API_ACCESS_KEY", "ak".into()),
+            ("CLEARML_API_SECRET_KEY", "sk".into()),
+            ("TCP_ROUTER_ADDRESS", "203.0.113.7".into()),
+            ("TCP_PORT_START", "31000".into()),
+            ("TCP_PORT_END", "31009".into()),
+            ("ROUTER_NAME", "r1".into()),
+            ("ROUTER_URL", "https://router.example.com".into()),
+            ("AUTH_ENABLED", "false".into()),
+            ("ROUTER_STATE_DIR", state.display().to_string()),
+            ("ROUTER_API_TIMEOUT", "300ms".into()),
+            ("ROUTER_PORT_GRACE", "0s".into()),
+        ];
+        let sources = crate::config::Sources::new(
+            Vec::new(),
+            env.iter().map(|(k, v)| (k.to_string(), v.clone())),
+            None,
+        )
+        .unwrap();
+        Config::from_sources(&sources).unwrap()
+    }
+
+    fn engine(cfg: &Config, tcp: &Recorder, http: &HttpRecorder) -> (Engine, SharedStatus) {
+        let status = new_status(cfg);
+        let e = Engine::new(
+            cfg.clone(),
+            Box::new(tcp.clone()),
+            Box::new(http.clone()),
+            status.clone(),
+        )
+        .unwrap();
+        (e, status)
+    }
+
+    fn ssh_request(addr: &str) -> serde_json::Value {
+        json!({"_SERVICE": "EXTERNAL_TCP", "external_address": addr, "external_tcp_port": 22,
+               "upstream_task_port": 22, "progress": "1"})
+    }
+
+    #[tokio::test]
+    async fn requests_are_served_written_back_and_removed() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        api.add_task("t1", ssh_request("10.1.0.5"));
+        api.add_task(
+            "h1",
+            json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.1.0.6", "_PORT": 7860}),
+        );
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        let cfg = config(&api.url, state.path());
+        let (mut e, status) = engine(&cfg, &tcp, &http);
+        e.connect_at_start().await.unwrap();
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+
+        let programmed = tcp.programmed.lock().unwrap().clone();
+        assert_eq!(programmed.len(), 1);
+        assert_eq!(programmed[&31000].upstream, "10.1.0.5:22".parse().unwrap());
+        let rt = api.task("t1")["runtime"].clone();
+        assert_eq!(rt["external_address"], json!("203.0.113.7"));
+        assert_eq!(rt["external_tcp_port"], json!(31000));
+        assert_eq!(rt["upstream_task_address"], json!("10.1.0.5"));
+        assert_eq!(rt["_ROUTER_NAME"], json!("r1"));
+        assert_eq!(rt["progress"], json!("1"), "other keys kept");
+        assert_eq!(
+            http.programmed.lock().unwrap()["h1"].upstream,
+            "10.1.0.6:7860".parse().unwrap()
+        );
+        assert_eq!(
+            api.task("h1")["runtime"]["endpoint"],
+            json!("https://router.example.com/service/h1/")
+        );
+        {
+            let s = status.read().unwrap();
+            assert!(s.ready, "{}", s.ready_reason);
+            assert_eq!(s.clearml.state, "ok");
+            assert_eq!(s.routes.len(), 2);
+            assert!(
+                s.routes.iter().all(|r| r.state == "active"),
+                "{:?}",
+                s.routes
+            );
+        }
+
+        // Steady state: no write, no re-apply.
+        let (edits, applies) = (api.calls("tasks.edit"), *tcp.applies.lock().unwrap());
+        e.cycle().await;
+        assert_eq!(api.calls("tasks.edit"), edits);
+        assert_eq!(*tcp.applies.lock().unwrap(), applies);
+
+        // The task stops: its route goes.
+        api.set("t1", "status", json!("stopped"));
+        e.cycle().await;
+        assert!(tcp.programmed.lock().unwrap().is_empty());
+        assert_eq!(status.read().unwrap().ports.resting, 1);
+        // Deleted: gone too.
+        api.state.lock().unwrap().tasks.retain(|t| t["id"] != "h1");
+        e.cycle().await;
+        assert!(http.programmed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn api_faults_change_nothing_that_forwards() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        api.add_task("t1", ssh_request("10.1.0.5"));
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        let cfg = config(&api.url, state.path());
+        let (mut e, status) = engine(&cfg, &tcp, &http);
+        e.connect_at_start().await.unwrap();
+        e.cycle().await;
+        let before = tcp.programmed.lock().unwrap().clone();
+        assert_eq!(before.len(), 1);
+        let applies = *tcp.applies.lock().unwrap();
+
+        for fault in [
+            Fault::Status500,
+            Fault::Garbage,
+            Fault::Hang(Duration::from_secs(2)),
+        ] {
+            api.fault(fault.clone());
+            assert_eq!(e.cycle().await, CycleOutcome::ApiFailed, "{fault:?}");
+            assert_eq!(*tcp.programmed.lock().unwrap(), before, "{fault:?}");
+            assert_eq!(*tcp.applies.lock().unwrap(), applies, "{fault:?}");
+            let s = status.read().unwrap();
+            assert_eq!(s.clearml.state, "error");
+            assert!(s.ready, "still ready: forwarding continues");
+            assert_eq!(s.routes.len(), 1);
+        }
+        // The task vanishes from the listing and the by-id confirmation fails: kept.
+        let hidden = api.task("t1");
+        api.state.lock().unwrap().tasks.retain(|t| t["id"] != "t1");
+        api.fault(Fault::Pass);
+        api.fault(Fault::Status500);
+        assert_eq!(e.cycle().await, CycleOutcome::ApiFailed);
+        assert_eq!(*tcp.programmed.lock().unwrap(), before);
+        // An expired token is refreshed within the cycle; the confirmation now says the task
+        // is gone, so its route goes.
+        api.fault(Fault::Expired);
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+        assert!(tcp.programmed.lock().unwrap().is_empty());
+        // Back: routed again, on its old port (it is written on the task).
+        api.state.lock().unwrap().tasks.push(hidden);
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+        assert_eq!(*tcp.programmed.lock().unwrap(), before);
+        assert_eq!(status.read().unwrap().clearml.state, "ok");
+    }
+
+    #[tokio::test]
+    async fn routes_not_programmed_are_not_written_back() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        api.add_task("t1", ssh_request("10.1.0.5"));
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        *tcp.fail.lock().unwrap() = Some("map full".into());
+        let cfg = config(&api.url, state.path());
+        let (mut e, status) = engine(&cfg, &tcp, &http);
+        e.cycle().await;
+        assert_eq!(api.calls("tasks.edit"), 0);
+        assert_eq!(
+            api.task("t1")["runtime"]["external_address"],
+            json!("10.1.0.5")
+        );
+        assert!(status.read().unwrap().routes[0].state.contains("map full"));
+        // Fixed: programmed on the next cycle (the failed apply is retried), then written.
+        *tcp.fail.lock().unwrap() = None;
+        e.cycle().await;
+        assert_eq!(api.task("t1")["runtime"]["external_tcp_port"], json!(31000));
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_ports_and_forwards_while_the_api_is_down() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            api.add_task(&format!("t{i}"), ssh_request(&format!("10.1.0.{}", 10 + i)));
+        }
+        let cfg = config(&api.url, state.path());
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        let (mut e, _) = engine(&cfg, &tcp, &http);
+        e.cycle().await;
+        let before = tcp.programmed.lock().unwrap().clone();
+        assert_eq!(before.len(), 3);
+        drop(e);
+
+        // Restart against an unreachable API: the last routes are applied at once.
+        let down = config("http://127.0.0.1:1", state.path());
+        let (tcp2, http2) = (Recorder::default(), HttpRecorder::default());
+        let (mut e, status) = engine(&down, &tcp2, &http2);
+        e.connect_at_start().await.unwrap();
+        assert_eq!(e.cycle().await, CycleOutcome::ApiFailed);
+        assert_eq!(*tcp2.programmed.lock().unwrap(), before);
+        assert!(!status.read().unwrap().ready);
+        assert!(
+            status
+                .read()
+                .unwrap()
+                .ready_reason
+                .contains("first ClearML sync")
+        );
+        drop(e);
+
+        // Restart with the API up and the local state lost: the ports written on the tasks win.
+        std::fs::remove_file(state.path().join("ports.json")).unwrap();
+        let (tcp3, http3) = (Recorder::default(), HttpRecorder::default());
+        let (mut e, _) = engine(&cfg, &tcp3, &http3);
+        e.cycle().await;
+        assert_eq!(*tcp3.programmed.lock().unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn unknown_queue_and_bad_credentials_stop_the_start() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        let mut cfg = config(&api.url, state.path());
+        cfg.clearml.listen_queues = vec!["gpu".into()];
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        let (mut e, _) = engine(&cfg, &tcp, &http);
+        let err = format!("{:#}", e.connect_at_start().await.unwrap_err());
+        assert!(err.contains("queue \"gpu\""), "{err}");
+        api.state.lock().unwrap().queues = vec![("qid".into(), "gpu".into())];
+        let (mut e, _) = engine(&cfg, &tcp, &http);
+        e.connect_at_start().await.unwrap();
+        assert_eq!(e.settings.queue_ids, ["qid"]);
+        cfg.clearml.secret_key = "wrong".into();
+        let (mut e, _) = engine(&cfg, &tcp, &http);
+        let err = format!("{:#}", e.connect_at_start().await.unwrap_err());
+        assert!(err.contains("credentials refused"), "{err}");
     }
 }

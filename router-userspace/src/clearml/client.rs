@@ -599,4 +599,187 @@ mod tests {
         assert_eq!(regex_escape("gpu.queue+1"), "gpu\\.queue\\+1");
         assert_eq!(regex_escape("plain_name"), "plain_name");
     }
+
+    use crate::clearml::mock::{Fault, MockServer};
+
+    fn config(url: &str) -> ClearmlConfig {
+        ClearmlConfig {
+            api_host: Some(url.to_string()),
+            access_key: "ak".into(),
+            secret_key: "sk".into(),
+            ssl_verify: true,
+            listen_queues: Vec::new(),
+            poll_interval: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_every_page_with_few_calls() {
+        let server = MockServer::start().await;
+        for i in 0..1203 {
+            server.add_task(&format!("t{i:05}"), json!({"_SERVICE": "EXTERNAL"}));
+        }
+        // A task of another status is not listed.
+        server.add_task("stopped", json!({}));
+        server.set("stopped", "status", json!("stopped"));
+        let client = Client::new(&config(&server.url)).unwrap();
+        let (tasks, skipped) = client.tasks_requesting_endpoints(&[]).await.unwrap();
+        assert_eq!(tasks.len(), 1203);
+        assert_eq!(skipped, 0);
+        assert_eq!(server.calls("tasks.get_all"), 3, "500 + 500 + 203");
+        assert_eq!(server.calls("auth.login"), 1);
+        let client = client.with_page_size(100);
+        let (tasks, _) = client.tasks_requesting_endpoints(&[]).await.unwrap();
+        assert_eq!(tasks.len(), 1203);
+        assert_eq!(server.calls("tasks.get_all"), 3 + 13);
+        // by id: existing ones only, whatever their status.
+        let found = client
+            .tasks_by_id(&["t00001".into(), "stopped".into(), "deleted".into()])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_refreshed_once() {
+        let server = MockServer::start().await;
+        server.add_task("a", json!({}));
+        let client = Client::new(&config(&server.url)).unwrap();
+        client.login().await.unwrap();
+        server.fault(Fault::Expired);
+        assert!(client.get_task("a").await.unwrap().is_some());
+        assert_eq!(server.calls("auth.login"), 2);
+        // Refused twice in a row: the error comes out after one retry, no loop.
+        server.fault(Fault::Expired);
+        server.fault(Fault::Expired);
+        let e = client.get_task("a").await.unwrap_err();
+        assert!(matches!(e, ApiError::Unauthorized { .. }), "{e}");
+        assert_eq!(server.calls("auth.login"), 3);
+    }
+
+    #[tokio::test]
+    async fn faults_are_typed() {
+        let server = MockServer::start().await;
+        let client = Client::new(&config(&server.url)).unwrap();
+        server.fault(Fault::Status500);
+        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApiError::Server {
+                    status: 500,
+                    code: 500,
+                    subcode: 102,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.is_transient());
+        server.fault(Fault::Garbage);
+        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        assert!(matches!(e, ApiError::Malformed { .. }), "{e}");
+        server.fault(Fault::Hang(Duration::from_secs(3)));
+        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        assert!(matches!(e, ApiError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("tasks.get_all"), "{e}");
+        assert!(client.get_task("nope").await.unwrap().is_none());
+        let down = Client::new(&config("http://127.0.0.1:1")).unwrap();
+        let e = down.login().await.unwrap_err();
+        assert!(
+            matches!(e, ApiError::Transport { .. }) && e.is_transient(),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_requests_are_not_transient() {
+        let server = MockServer::start().await;
+        let client = Client::new(&config(&server.url)).unwrap();
+        let e = client.call("no.such", &json!({})).await.unwrap_err();
+        assert!(matches!(e, ApiError::Server { status: 400, .. }), "{e}");
+        assert!(!e.is_transient(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn read_merge_write_keeps_other_keys_and_rechecks() {
+        let server = MockServer::start().await;
+        server.add_task(
+            "a",
+            json!({"_SERVICE": "EXTERNAL", "progress": "5", "CLI": "x"}),
+        );
+        let client = Client::new(&config(&server.url)).unwrap();
+        let patch = BTreeMap::from([("endpoint".to_string(), json!("http://r/service/a/"))]);
+        let want = |_: &Task| Ok(patch.clone());
+        assert_eq!(
+            client.update_runtime("a", want).await.unwrap(),
+            WriteOutcome::Written { attempts: 1 }
+        );
+        let rt = server.task("a")["runtime"].clone();
+        assert_eq!(rt["endpoint"], json!("http://r/service/a/"));
+        assert_eq!(rt["progress"], json!("5"));
+        assert_eq!(rt["CLI"], json!("x"));
+        // Nothing to change: no edit at all.
+        let edits = server.calls("tasks.edit");
+        assert_eq!(
+            client.update_runtime("a", want).await.unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(server.calls("tasks.edit"), edits);
+
+        // The task overwrites the dict right after our first write (lost update): retried.
+        server.add_task("b", json!({"_SERVICE": "EXTERNAL"}));
+        let mut left = 1;
+        server.state.lock().unwrap().after_edit = Some(Box::new(move |rt| {
+            if left > 0 {
+                left -= 1;
+                rt.remove("endpoint");
+            }
+        }));
+        assert_eq!(
+            client.update_runtime("b", want).await.unwrap(),
+            WriteOutcome::Written { attempts: 2 }
+        );
+        // Always overwritten: bounded.
+        server.add_task("c", json!({"_SERVICE": "EXTERNAL"}));
+        server.state.lock().unwrap().after_edit = Some(Box::new(|rt| {
+            rt.remove("endpoint");
+        }));
+        assert_eq!(
+            client.update_runtime("c", want).await.unwrap(),
+            WriteOutcome::Lost {
+                attempts: WRITE_ATTEMPTS
+            }
+        );
+        server.state.lock().unwrap().after_edit = None;
+        // The request changed: nothing written.
+        let skip = |_: &Task| Err("changed".to_string());
+        assert_eq!(
+            client.update_runtime("c", skip).await.unwrap(),
+            WriteOutcome::Skipped("changed".into())
+        );
+        assert_eq!(
+            client.update_runtime("zz", want).await.unwrap(),
+            WriteOutcome::Gone
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_names_resolve_or_fail_by_name() {
+        let server = MockServer::start().await;
+        server.state.lock().unwrap().queues =
+            vec![("id1".into(), "gpu.a".into()), ("id2".into(), "cpu".into())];
+        let client = Client::new(&config(&server.url)).unwrap();
+        assert_eq!(
+            client
+                .queue_ids(&["gpu.a".into(), "cpu".into()])
+                .await
+                .unwrap(),
+            ["id1", "id2"]
+        );
+        let e = client.queue_ids(&["nope".into()]).await.unwrap_err();
+        assert!(matches!(e, ApiError::UnknownQueue { .. }));
+        assert!(e.to_string().contains("\"nope\""), "{e}");
+    }
 }

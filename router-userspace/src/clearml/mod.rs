@@ -6,6 +6,9 @@ pub mod client;
 pub mod error;
 pub mod task;
 
+#[cfg(test)]
+pub(crate) mod mock;
+
 pub use client::{Client, WriteOutcome};
 pub use error::ApiError;
 pub use task::Task;

@@ -1,0 +1,374 @@
+//! The control plane as an operator meets it: `check-config`, start-up refusals, the admin
+//! endpoint (`/healthz`, `/readyz`, `/status`, its loopback guard), `task-router status`, and a
+//! routes file reloaded on change. No ClearML server involved.
+
+use router_tests::netns::{Netns, veth};
+use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "task-router-{tag}-{}",
+            router_tests::netns::unique("d")
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The daemon binary with a clean environment (only PATH), so the caller's variables never
+/// leak into what is being tested.
+fn task_router(args: &[&str]) -> Command {
+    let mut cmd = Command::new(daemon_binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .args(args);
+    cmd
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_shows_effective_values_masked_with_their_origin() {
+    let dir = TempDir::new("cc");
+    let env_file = dir.path().join("runtime.env");
+    std::fs::write(
+        &env_file,
+        "# ClearML router settings\n\
+         CLEARML_API_HOST=http://clearml.example:8008\n\
+         CLEARML_API_ACCESS_KEY=ACCESS123\n\
+         CLEARML_API_SECRET_KEY=very-secret-value\n\
+         TCP_ROUTER_ADDRESS=203.0.113.9\n\
+         TCP_PORT_START=40000\n\
+         TCP_PORT_END=40100\n\
+         LISTEN_QUEUE_NAME=gpu cpu\n\
+         AUTH_BASE64_JWKS_KEY=c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2\n\
+         ROUTER_NAME=from-file\n",
+    )
+    .expect("write env file");
+    let out = task_router(&[
+        "check-config",
+        "--env-file",
+        env_file.to_str().expect("utf-8"),
+        "--poll-interval",
+        "750ms",
+    ])
+    .env("ROUTER_NAME", "from-env")
+    .env("TCP_PORT_START", "40001")
+    .output()
+    .expect("run check-config");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{stdout}"))
+            .to_string()
+    };
+    assert!(line("ROUTER_NAME").contains("from-env"));
+    assert!(line("ROUTER_NAME").contains("# environment"));
+    assert!(line("TCP_PORT_START").starts_with("TCP_PORT_START=40001"));
+    assert!(line("TCP_PORT_END").starts_with("TCP_PORT_END=40100"));
+    assert!(line("TCP_PORT_END").contains("runtime.env:7"));
+    assert!(line("ROUTER_POLL_INTERVAL").starts_with("ROUTER_POLL_INTERVAL=750ms"));
+    assert!(line("ROUTER_POLL_INTERVAL").contains("# command line"));
+    assert!(line("LISTEN_QUEUE_NAME").starts_with("LISTEN_QUEUE_NAME=gpu,cpu"));
+    assert!(line("ROUTER_URL").starts_with("ROUTER_URL=http://203.0.113.9:8080"));
+    assert!(line("SSL_VERIFY").contains("# default"));
+    assert!(
+        !stdout.contains("very-secret-value"),
+        "secret shown:\n{stdout}"
+    );
+    assert!(!stdout.contains("c2VjcmV0"), "key shown:\n{stdout}");
+    assert!(line("CLEARML_API_SECRET_KEY").contains("***"));
+    assert!(line("AUTH_BASE64_JWKS_KEY").contains("***"));
+}
+
+#[test]
+fn bad_values_are_refused_naming_variable_value_and_expectation() {
+    let out = task_router(&["check-config"])
+        .env("TCP_PORT_END", "70000")
+        .env("ROUTER_DATAPATH", "dpdk")
+        .env("ROUTER_ALLOWED_UPSTREAMS", "10.0.0.0/8,not-a-cidr")
+        .output()
+        .expect("run check-config");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "3 problems",
+        "TCP_PORT_END=\"70000\" (from environment) is invalid: expected a port 1-65535",
+        "ROUTER_DATAPATH=\"dpdk\"",
+        "auto, xdp, xdp-generic, tc or nginx",
+        "\"not-a-cidr\" is not an IPv4 CIDR",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing:\n{stderr}");
+    }
+    // `run` refuses the same way, before touching anything.
+    let out = task_router(&["run", "--interface", "lo"])
+        .env("SSL_VERIFY", "perhaps")
+        .output()
+        .expect("run");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SSL_VERIFY=\"perhaps\""), "{stderr}");
+}
+
+#[test]
+fn help_explains_every_variable() {
+    let out = task_router(&["check-config", "--help"])
+        .output()
+        .expect("help");
+    let (stdout, _) = text(&out);
+    for v in router_userspace::config::ENV_VARS {
+        assert!(stdout.contains(v.name), "{} missing from --help", v.name);
+        assert!(stdout.contains(v.help), "help of {} missing", v.name);
+    }
+    let out = task_router(&["run", "--help"]).output().expect("help");
+    let (stdout, _) = text(&out);
+    for flag in [
+        "--env-file",
+        "--interface",
+        "--mode",
+        "--routes-file",
+        "--state-dir",
+        "--admin-addr",
+        "--poll-interval",
+        "--set",
+    ] {
+        assert!(stdout.contains(flag), "{flag} missing from run --help");
+    }
+}
+
+#[test]
+fn a_failing_extra_bash_command_stops_start_up_with_its_output() {
+    require_root();
+    let router = Netns::new("trxc").expect("router ns");
+    let mut cmd = router.command(daemon_binary().to_str().expect("utf-8"));
+    cmd.args(["run", "--interface", "lo"]).env(
+        "EXTRA_BASH_COMMAND",
+        "echo preparing-things; echo broken-step >&2; exit 3",
+    );
+    let out = cmd.output().expect("run daemon");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("EXTRA_BASH_COMMAND failed"), "{stderr}");
+    assert!(stderr.contains("exit status: 3"), "{stderr}");
+    assert!(stderr.contains("preparing-things"), "{stderr}");
+    assert!(stderr.contains("broken-step"), "{stderr}");
+    assert!(
+        !stderr.contains("attached"),
+        "nothing may start after the command failed:\n{stderr}"
+    );
+}
+
+/// One HTTP/1.1 GET; returns the status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[test]
+fn admin_endpoint_status_command_and_routes_file_reload() {
+    require_root();
+    let client = Netns::new("trac").expect("client ns");
+    let router = Netns::new("trar").expect("router ns");
+    let (_c1, r1) = veth(
+        &client,
+        Ipv4Addr::new(10, 204, 0, 1),
+        &router,
+        Ipv4Addr::new(10, 204, 0, 2),
+    )
+    .expect("veth 1");
+    let (_c2, r2) = veth(
+        &client,
+        Ipv4Addr::new(10, 205, 0, 1),
+        &router,
+        Ipv4Addr::new(10, 205, 0, 2),
+    )
+    .expect("veth 2");
+    let dir = TempDir::new("adm");
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        "[[tcp]]\nport = 30001\nupstream = \"10.204.0.1:8888\"\nname = \"echo\"\n\
+         [[http]]\nname = \"grafana\"\nupstream = \"10.204.0.1:3000\"\n",
+    )
+    .expect("write routes");
+    let binary = daemon_binary();
+    let binary = binary.to_str().expect("utf-8");
+    let mut cmd = router.command(binary);
+    cmd.args([
+        "run",
+        "--interface",
+        &r1.dev,
+        "--routes-file",
+        routes.to_str().expect("utf-8"),
+        "--admin-addr",
+        "0.0.0.0:9180",
+        "--poll-interval",
+        "200ms",
+    ])
+    .env("ROUTER_ADMIN_ALLOW", "10.205.0.0/24")
+    .env("AUTH_ENABLED", "false")
+    .env("ROUTER_STATE_DIR", dir.path().join("state"));
+    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+    daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
+    daemon.wait_for_log("ready", Duration::from_secs(20));
+
+    // Loopback inside the router namespace is served.
+    let (code, body) = router
+        .enter(|| http_get("127.0.0.1:9180".parse().expect("addr"), "/healthz"))
+        .expect("enter")
+        .expect("healthz");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = router
+        .enter(|| http_get("127.0.0.1:9180".parse().expect("addr"), "/readyz"))
+        .expect("enter")
+        .expect("readyz");
+    assert_eq!((code, body.trim()), (200, "ready"));
+    // From another host: refused unless inside ROUTER_ADMIN_ALLOW.
+    let not_allowed = SocketAddr::from((r1.addr, 9180));
+    let (code, _) = client
+        .enter(move || http_get(not_allowed, "/status"))
+        .expect("enter")
+        .expect("status from 10.204.0.1");
+    assert_eq!(code, 403, "a caller outside ROUTER_ADMIN_ALLOW is refused");
+    let allowed = SocketAddr::from((r2.addr, 9180));
+    let (code, body) = client
+        .enter(move || http_get(allowed, "/status"))
+        .expect("enter")
+        .expect("status from 10.205.0.1");
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(json["ready"], true);
+    assert_eq!(json["clearml"]["state"], "disabled");
+    assert_eq!(json["routes"].as_array().map(Vec::len), Some(2), "{json}");
+
+    // `task-router status` renders the table from the same endpoint.
+    let status = |json: bool| {
+        let mut args = vec!["status", "--admin-addr", "127.0.0.1:9180"];
+        if json {
+            args.push("--json");
+        }
+        let out = router.command(binary).args(&args).output().expect("status");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        stdout
+    };
+    let table = status(false);
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("TASK"))
+        .unwrap_or_else(|| panic!("no table:\n{table}"));
+    for column in [
+        "NAME", "KIND", "ROUTER", "UPSTREAM", "STATE", "CONNS", "BYTES",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("file:echo"))
+        .unwrap_or_else(|| panic!("no echo row:\n{table}"));
+    assert!(row.contains("tcp") && row.contains("30001") && row.contains("10.204.0.1:8888"));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("file:grafana"))
+        .unwrap_or_else(|| panic!("no grafana row:\n{table}"));
+    assert!(
+        row.contains("http") && row.contains("/service/grafana/"),
+        "{row}"
+    );
+    let raw: serde_json::Value = serde_json::from_str(&status(true)).expect("--json is JSON");
+    assert_eq!(raw["router_name"], json["router_name"]);
+
+    // The file changes: the new route appears, the removed one goes.
+    std::fs::write(
+        &routes,
+        "[[tcp]]\nport = 30002\nupstream = \"10.204.0.1:9999\"\n",
+    )
+    .expect("rewrite routes");
+    router_tests::wait::until(
+        "the reloaded route in status",
+        Duration::from_secs(10),
+        || {
+            let t = status(false);
+            (t.contains("30002") && !t.contains("30001") && !t.contains("grafana")).then_some(())
+        },
+    );
+    // A broken file keeps the last good routes and says so.
+    std::fs::write(
+        &routes,
+        "[[tcp]]\nport = 30003\nupstream = \"127.0.0.1:22\"\n",
+    )
+    .expect("break routes");
+    let t = router_tests::wait::until(
+        "the reload error in status",
+        Duration::from_secs(10),
+        || {
+            let t = status(false);
+            t.contains("last reload failed").then_some(t)
+        },
+    );
+    assert!(t.contains("loopback"), "{t}");
+    assert!(t.contains("30002") && !t.contains("30003"), "{t}");
+
+    let log = daemon.log();
+    let status = daemon
+        .stop(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    assert!(status.success(), "exit {status}; log:\n{log}");
+}
+
+#[test]
+fn status_without_a_daemon_says_what_is_wrong() {
+    require_root();
+    let ns = Netns::new("trsn").expect("ns");
+    let out = ns
+        .command(daemon_binary().to_str().expect("utf-8"))
+        .args(["status", "--admin-addr", "127.0.0.1:9180"])
+        .output()
+        .expect("status");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot reach the daemon"), "{stderr}");
+}
