@@ -20,6 +20,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     // Load generator of `cargo xtask bench-http`.
     ("wrk", "/usr/bin/wrk"),
+    // `systemd-analyze verify` checks deploy/task-router.service.
+    ("systemd", "/usr/bin/systemd-analyze"),
 ];
 
 pub fn is_root() -> bool {
@@ -79,11 +81,47 @@ pub fn ensure_bpffs() -> Result<()> {
         .context("mounting bpffs at /sys/fs/bpf failed")
 }
 
+/// The npm packages the deploy tests run (dclint with the Compose specification schema, yaml),
+/// installed from `tests/deploy/package-lock.json` into `tests/deploy/node_modules`. A copy of
+/// the lock file inside node_modules records what is installed, so a second run does nothing.
+pub fn ensure_node_packages() -> Result<()> {
+    let dir = crate::cmd::workspace_root().join("tests/deploy");
+    let lock_path = dir.join("package-lock.json");
+    let lock = std::fs::read(&lock_path)
+        .with_context(|| format!("cannot read {}", lock_path.display()))?;
+    let stamp = dir.join("node_modules/.task-router-installed-lock.json");
+    if std::fs::read(&stamp).is_ok_and(|installed| installed == lock) {
+        return Ok(());
+    }
+    let node = output(Command::new("node").arg("--version")).context(
+        "node is missing: the deploy tests need Node.js 20.19 or newer with npm (the machine \
+         image ships them)",
+    )?;
+    let mut parts = node.trim().trim_start_matches('v').split('.');
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (20, 19) {
+        bail!(
+            "node {} is too old for the deploy tests' dclint: Node.js 20.19 or newer is needed",
+            node.trim()
+        );
+    }
+    eprintln!("xtask: installing the deploy tests' npm packages (tests/deploy)");
+    cmd::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir),
+    )
+    .context("npm ci in tests/deploy failed")?;
+    std::fs::write(&stamp, &lock).with_context(|| format!("cannot write {}", stamp.display()))
+}
+
 pub fn ensure_all() -> Result<()> {
     if !is_root() {
         bail!("the test suite loads BPF programs and creates network namespaces: run it as root");
     }
     ensure_packages()?;
+    ensure_node_packages()?;
     ensure_bpffs()
 }
 
