@@ -5,6 +5,7 @@
 pub mod attached;
 pub mod clearml_server;
 pub mod daemon;
+pub mod e2e;
 pub mod netns;
 pub mod owners;
 pub mod wait;

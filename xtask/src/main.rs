@@ -3,6 +3,7 @@
 mod bench_control;
 mod build;
 mod cmd;
+mod demo;
 mod prereq;
 mod setup;
 mod test;
@@ -33,6 +34,10 @@ enum Command {
     Run(build::RunOptions),
     /// Control-plane benchmark: a 10,000-task sync cycle, request-to-endpoint time.
     BenchControl(bench_control::BenchControlOptions),
+    /// The whole system on one machine: namespaces for a client, the router and two task hosts,
+    /// the ClearML test server, the daemon and nginx, two SDK tasks (TCP and HTTP) and real
+    /// traffic through their endpoints; removed when done or on Ctrl-C (`--keep` to explore).
+    Demo(demo::DemoOptions),
 }
 
 fn main() -> Result<()> {
@@ -43,5 +48,6 @@ fn main() -> Result<()> {
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
         Command::BenchControl(opts) => bench_control::run(&opts),
+        Command::Demo(opts) => demo::run(&opts),
     }
 }

@@ -51,6 +51,7 @@ pub struct ServerClaims<'a> {
 pub fn issue_token(
     secret: &[u8],
     identity: &Identity,
+    session_id: &str,
     iat: i64,
     lifetime_secs: i64,
     server: &ServerClaims<'_>,
@@ -60,7 +61,7 @@ pub fn issue_token(
         iat,
         exp: iat + lifetime_secs,
         env: "<unknown>".into(),
-        session_id: super::store::new_id(),
+        session_id: session_id.into(),
         api_version: server.api_version.into(),
         server_version: server.server_version.into(),
         server_build: server.server_build.into(),
@@ -78,9 +79,13 @@ pub fn issue_token(
 }
 
 /// Verifies signature (HS256 only) and expiry (no leeway, like PyJWT) of a bearer token.
-/// `not_before_iat`: tokens issued before this second are refused as expired (the admin's
-/// "expire every token" fault).
-pub fn verify_token(secret: &[u8], token: &str, not_before_iat: i64) -> Result<Claims, ApiError> {
+/// Tokens of the `expired` sessions are refused as expired (the admin's "expire every token"
+/// fault; the real server revokes by `session_id` too).
+pub fn verify_token(
+    secret: &[u8],
+    token: &str,
+    expired: &std::collections::HashSet<String>,
+) -> Result<Claims, ApiError> {
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.leeway = 0;
     validation.validate_aud = false;
@@ -99,7 +104,7 @@ pub fn verify_token(secret: &[u8], token: &str, not_before_iat: i64) -> Result<C
         };
         ApiError::invalid_token("invalid jwt token", &reason)
     })?;
-    if data.claims.iat < not_before_iat {
+    if expired.contains(&data.claims.session_id) {
         return Err(ApiError::invalid_token(
             "invalid jwt token",
             "Signature has expired",
@@ -143,16 +148,18 @@ mod tests {
     #[test]
     fn token_round_trip_and_refusals() {
         let now = super::super::store::now_secs();
-        let t = issue_token(b"k", &identity(), now, 60, &SERVER);
-        let c = verify_token(b"k", &t, 0).expect("valid token");
+        let none = std::collections::HashSet::new();
+        let t = issue_token(b"k", &identity(), "s1", now, 60, &SERVER);
+        let c = verify_token(b"k", &t, &none).expect("valid token");
         assert_eq!(c.identity, identity());
         assert_eq!(c.feature_set, "advanced");
-        let e = verify_token(b"other", &t, 0).expect_err("wrong key");
+        let e = verify_token(b"other", &t, &none).expect_err("wrong key");
         assert_eq!((e.code, e.subcode), (401, 30));
-        let old = issue_token(b"k", &identity(), now - 100, 10, &SERVER);
-        let e = verify_token(b"k", &old, 0).expect_err("expired");
+        let old = issue_token(b"k", &identity(), "s2", now - 100, 10, &SERVER);
+        let e = verify_token(b"k", &old, &none).expect_err("expired");
         assert!(e.msg.contains("Signature has expired"), "{}", e.msg);
-        let e = verify_token(b"k", &t, now + 1).expect_err("revoked by expire-all");
+        let expired = std::collections::HashSet::from(["s1".to_string()]);
+        let e = verify_token(b"k", &t, &expired).expect_err("expired by the admin");
         assert_eq!((e.code, e.subcode), (401, 30));
     }
 

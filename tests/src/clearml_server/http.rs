@@ -6,10 +6,10 @@
 //! `result_code`. Faults set by the admin are served right after the path is parsed.
 
 use super::Shared;
-use super::auth::{self, Identity, ServerClaims};
+use super::auth::{self, Identity};
 use super::error::ApiError;
 use super::services::{self, Call, MAX_API_VERSION};
-use super::store::{FaultKind, new_id, now_secs};
+use super::store::{FaultKind, new_id};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -29,6 +29,9 @@ static PATH: LazyLock<regex::Regex> = LazyLock::new(|| {
 });
 
 struct Meta {
+    /// The client accepts gzip: large answers are compressed, as the real server's
+    /// flask-compress does (`CLEARML_COMPRESS_RESP`, 500-byte minimum).
+    gzip: bool,
     id: String,
     trx: String,
     endpoint: String,
@@ -52,12 +55,25 @@ fn envelope(meta: &Meta, result: Result<Value, ApiError>) -> Response {
         "data": data,
     });
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    let text = body.to_string();
+    if meta.gzip && text.len() >= 500 {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if std::io::Write::write_all(&mut enc, text.as_bytes()).is_ok()
+            && let Ok(zipped) = enc.finish()
+        {
+            return (
+                status,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "Accept-Encoding"),
+                ],
+                zipped,
+            )
+                .into_response();
+        }
+    }
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 /// Versions below 2.1 are printed as floats, later ones as strings (`make_version_number`).
@@ -225,7 +241,7 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<Auth, ApiError> {
     let state = shared.lock();
     match scheme {
         "Bearer" => {
-            let claims = auth::verify_token(&state.token_secret, data, state.tokens_valid_from)?;
+            let claims = auth::verify_token(&state.token_secret, data, &state.expired_sessions)?;
             Ok(Auth::Identity(claims.identity))
         }
         "Basic" => {
@@ -264,7 +280,10 @@ pub async fn api(
     let trx = header_str(&headers, &["x-clearml-trx", "x-trains-trx"])
         .map(str::to_string)
         .unwrap_or_else(|| id.clone());
+    let gzip = header_str(&headers, &["accept-encoding"])
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     let mut meta = Meta {
+        gzip,
         id,
         trx,
         endpoint: String::new(),
@@ -364,18 +383,7 @@ pub async fn api(
             .filter(|s| *s > 0)
             .unwrap_or(state.token_lifetime_secs)
             .min(MAX_EXPIRATION_SECS);
-        let token = auth::issue_token(
-            &state.token_secret,
-            &identity,
-            now_secs(),
-            lifetime,
-            &ServerClaims {
-                api_version: MAX_API_VERSION,
-                server_version: services::SERVER_VERSION,
-                server_build: services::SERVER_BUILD,
-                feature_set: &state.feature_set,
-            },
-        );
+        let token = state.issue_token(&identity, lifetime);
         drop(state);
         let mut resp = envelope(&meta, Ok(json!({"token": token})));
         let cookie = format!("{AUTH_COOKIE}={token}; Max-Age={lifetime}; Path=/; HttpOnly");

@@ -20,6 +20,39 @@
 //!   `clearml_token_basic` cookie; other calls take `Authorization: Bearer`, the cookie, or Basic.
 //! - Services: see [`services::ENDPOINTS`].
 //!
+//! # Use from a test
+//! ```no_run
+//! use router_tests::clearml_server::{ClearmlServer, FaultKind, TaskSpec};
+//! use serde_json::json;
+//! use std::time::Duration;
+//!
+//! let server = ClearmlServer::start()?; // 127.0.0.1, ephemeral port, fresh key pair
+//! let url = server.url(); // CLEARML_API_HOST
+//! let keys = server.credentials(); // CLEARML_API_ACCESS_KEY / _SECRET_KEY
+//! let admin = server.admin();
+//! let gpu = admin.create_queue("gpu");
+//! let id = admin.create_task(
+//!     TaskSpec::new("app")
+//!         .status("in_progress")
+//!         .queue(&gpu)
+//!         .system_tags(&["external_service"])
+//!         .runtime(json!({"_SERVICE": "EXTERNAL_TCP", "external_address": "10.0.0.5",
+//!                         "external_tcp_port": 8888})),
+//! );
+//! admin.fail_next(3, Some("tasks.get_all")); // 500/0 on the next 3 get_all calls
+//! admin.inject(FaultKind::Delay(Duration::from_secs(15)), 1, None); // a hanging call
+//! admin.inject(FaultKind::Malformed, 1, None); // 200 with a body that is not JSON
+//! admin.expire_tokens(); // 401/30 until the client logs in again
+//! admin.set_status(&id, "stopped");
+//! let runtime = admin.runtime(&id); // what the router wrote back
+//! let polls = admin.calls("tasks.get_all");
+//! # let _ = (url, keys, runtime, polls);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//! Inside a network namespace: bind the listener there (`netns.enter(|| TcpListener::bind(..))`)
+//! and pass it as [`ServerOptions::listener`]. The real SDK as a task: [`sdk::SdkTask`].
+//! `CLEARML_TEST_SERVER_TRACE=1` prints every call with its body on stderr.
+//!
 //! # The admin side
 //! In-process tests use [`Admin`] (from [`ClearmlServer::admin`]). Out of process (the demo, a
 //! server started with the `clearml-test-server` binary), the same under `/_admin/`, JSON in
@@ -59,7 +92,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use store::{Fault, State, now_iso, now_secs, set_path};
+use store::{Fault, State, now_iso, set_path};
 
 /// State shared by the HTTP handlers and the admin handle.
 pub struct Shared {
@@ -454,12 +487,21 @@ impl Admin {
         self.shared.lock().faults.clear();
     }
 
+    /// Runs `hook` right after every `tasks.edit` that writes a runtime, on the stored dict
+    /// (e.g. to play a task that overwrites the router's keys at the same moment); the edit's
+    /// answer is unchanged, so only a re-read shows it.
+    pub fn after_edit(&self, hook: impl FnMut(&str, &mut Map<String, Value>) + Send + 'static) {
+        self.shared.lock().after_edit = Some(Box::new(hook));
+    }
+
+    pub fn clear_after_edit(&self) {
+        self.shared.lock().after_edit = None;
+    }
+
     /// Every token issued until now is refused with 401/30 from now on; clients must log in
     /// again.
     pub fn expire_tokens(&self) {
-        // Tokens carry whole seconds: refuse this second's too, so a token issued just before
-        // the call cannot slip through.
-        self.shared.lock().tokens_valid_from = now_secs() + 1;
+        self.shared.lock().expire_tokens();
     }
 
     /// How many calls reached `endpoint` (`service.action`), faults and errors included.
@@ -478,19 +520,9 @@ impl Admin {
     /// A valid token for the server's user, e.g. to put in a browser cookie. `lifetime` may be
     /// zero or short to get an (about to be) expired one.
     pub fn issue_token(&self, lifetime: Duration) -> String {
-        let state = self.shared.lock();
-        auth::issue_token(
-            &state.token_secret,
-            &state.identity(),
-            now_secs(),
-            lifetime.as_secs() as i64,
-            &auth::ServerClaims {
-                api_version: services::MAX_API_VERSION,
-                server_version: services::SERVER_VERSION,
-                server_build: services::SERVER_BUILD,
-                feature_set: &state.feature_set,
-            },
-        )
+        let mut state = self.shared.lock();
+        let identity = state.identity();
+        state.issue_token(&identity, lifetime.as_secs() as i64)
     }
 
     /// The HMAC key tokens are signed with (what `AUTH_BASE64_JWKS_KEY` carries, base64url).

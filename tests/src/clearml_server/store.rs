@@ -4,7 +4,7 @@
 
 use super::auth::{Credential, Identity};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A 32-hex-digit id, the form the real server's ids take.
@@ -88,14 +88,19 @@ pub struct Fault {
     pub endpoint: Option<String>,
 }
 
+/// Runs right after `tasks.edit` stored a task's runtime: (task id, the stored runtime).
+pub type EditHook = Box<dyn FnMut(&str, &mut Map<String, Value>) + Send>;
+
 /// Everything the server knows; behind one mutex, held only for short, non-async sections.
 pub struct State {
     pub credentials: Vec<Credential>,
     pub token_secret: Vec<u8>,
     pub feature_set: String,
     pub token_lifetime_secs: i64,
-    /// Tokens issued before this second are refused (admin "expire all tokens").
-    pub tokens_valid_from: i64,
+    /// Session ids of every token issued so far.
+    pub sessions: Vec<String>,
+    /// Sessions whose tokens are refused as expired (admin "expire all tokens").
+    pub expired_sessions: HashSet<String>,
     pub tasks: Vec<Value>,
     pub queues: Vec<Value>,
     pub projects: Vec<Value>,
@@ -104,6 +109,7 @@ pub struct State {
     pub scrolls: HashMap<String, usize>,
     pub faults: VecDeque<Fault>,
     pub calls: BTreeMap<String, u64>,
+    pub after_edit: Option<EditHook>,
 }
 
 impl State {
@@ -118,7 +124,8 @@ impl State {
             token_secret,
             feature_set,
             token_lifetime_secs,
-            tokens_valid_from: 0,
+            sessions: Vec::new(),
+            expired_sessions: HashSet::new(),
             tasks: Vec::new(),
             queues: Vec::new(),
             projects: Vec::new(),
@@ -126,11 +133,37 @@ impl State {
             scrolls: HashMap::new(),
             faults: VecDeque::new(),
             calls: BTreeMap::new(),
+            after_edit: None,
         };
         // A fresh real server has a default queue (tagged `default`), which agents and
         // `Task.enqueue` look up.
         s.add_queue("default", &["default"]);
         s
+    }
+
+    /// A token for `identity` living `lifetime_secs`, its session recorded.
+    pub fn issue_token(&mut self, identity: &Identity, lifetime_secs: i64) -> String {
+        let session = new_id();
+        let token = super::auth::issue_token(
+            &self.token_secret,
+            identity,
+            &session,
+            now_secs(),
+            lifetime_secs,
+            &super::auth::ServerClaims {
+                api_version: super::services::MAX_API_VERSION,
+                server_version: super::services::SERVER_VERSION,
+                server_build: super::services::SERVER_BUILD,
+                feature_set: &self.feature_set,
+            },
+        );
+        self.sessions.push(session);
+        token
+    }
+
+    /// Every token issued so far is refused from now on.
+    pub fn expire_tokens(&mut self) {
+        self.expired_sessions.extend(self.sessions.drain(..));
     }
 
     pub fn identity(&self) -> Identity {

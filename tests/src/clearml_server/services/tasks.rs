@@ -259,6 +259,16 @@ pub fn edit(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let now = touch(task, &user);
     fields.insert("last_change".into(), json!(now));
     fields.insert("last_changed_by".into(), json!(user));
+    if call.data.contains_key("runtime")
+        && let Some(hook) = state.after_edit.as_mut()
+        && let Some(Value::Object(runtime)) = state
+            .tasks
+            .iter_mut()
+            .find(|t| t["id"] == id.as_str())
+            .and_then(|t| t.get_mut("runtime"))
+    {
+        hook(&id, runtime);
+    }
     Ok(json!({"updated": 1, "fields": fields}))
 }
 
