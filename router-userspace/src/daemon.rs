@@ -982,7 +982,8 @@ impl Engine {
     }
 
     fn route_status(&self) -> Vec<RouteStatus> {
-        let wanted = self.applied.clone().unwrap_or_default();
+        let empty = RouteSet::default();
+        let wanted = self.applied.as_ref().unwrap_or(&empty);
         let mut out = Vec::with_capacity(wanted.tcp.len() + wanted.http.len());
         let state = |failed: Option<&String>, error: &Option<String>, key: (EndpointKey, Kind)| {
             if let Some(e) = error {

@@ -305,7 +305,9 @@ fn run(o: &Options, state: &Path) -> Result<()> {
     let p50 = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
     let max = sorted.last().copied().unwrap_or(0.0);
     let target = o.poll.as_secs_f64() * 1000.0 + 100.0;
-    println!("control-plane benchmark (debug noise: other builds may share the CPUs)");
+    println!(
+        "control-plane benchmark (release build; a shared 2-core machine: other developers' builds may share the CPUs)"
+    );
     println!(
         "sync cycle, {} tasks   wall ms   CPU ms   RSS before MB   peak RSS MB   peak growth MB",
         o.tasks
