@@ -2,8 +2,13 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use router_userspace::datapath::{self, AttachMode};
+use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::{self, AttachMode, Datapath};
 use router_userspace::logging::{self, LogFormat};
+use router_userspace::routes::{RouteOwner, TcpRoute};
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +49,23 @@ struct RunArgs {
     /// Mode for interfaces given without one.
     #[arg(long, value_enum, default_value = "auto")]
     mode: AttachMode,
+    /// A static TCP route: connections to the router's PORT go to IP:PORT (`10000=10.0.0.5:22`).
+    /// Repeat for several.
+    #[arg(long = "route", value_parser = parse_route)]
+    routes: Vec<(u16, SocketAddrV4)>,
+}
+
+fn parse_route(s: &str) -> Result<(u16, SocketAddrV4), String> {
+    let (port, upstream) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PORT=IP:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    let upstream: SocketAddrV4 = upstream
+        .parse()
+        .map_err(|_| format!("{upstream:?} is not an IPv4 address with a port"))?;
+    Ok((port, upstream))
 }
 
 fn parse_interface(s: &str) -> Result<(String, Option<AttachMode>), String> {
@@ -93,24 +115,75 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let mut ebpf = datapath::load().context("starting the datapath")?;
-    let _kernel_log = datapath::kernel_log::spawn(&mut ebpf);
-    for (interface, mode) in &args.interfaces {
-        let attached = datapath::attach::attach(&mut ebpf, interface, mode.unwrap_or(args.mode))
-            .map_err(|e| anyhow::anyhow!(datapath::error_chain(&e)))?;
+    let cfg = DatapathConfig {
+        kind: DatapathKind::Ebpf(args.mode),
+        interfaces: args.interfaces.clone(),
+        bpffs: "/sys/fs/bpf/task-router".into(),
+        max_connections: 262_144,
+        router_addresses: Vec::new(),
+        nat_source_ports: datapath::DEFAULT_NAT_SOURCE_PORTS,
+    };
+    let mut dp = Datapath::open(&cfg)
+        .map_err(|e| anyhow::anyhow!(datapath::error_chain(&e)))
+        .context("starting the datapath")?;
+    let _kernel_log = dp.spawn_kernel_log();
+    for attached in dp.attached() {
         tracing::info!(interface = %attached.interface, mode = %attached.mode, "attached");
     }
+    let wanted: BTreeMap<u16, TcpRoute> = args
+        .routes
+        .iter()
+        .map(|&(port, upstream)| {
+            let owner = RouteOwner {
+                task_id: format!("cli:{port}"),
+                task_name: "command line".into(),
+                endpoint: String::new(),
+            };
+            (
+                port,
+                TcpRoute {
+                    port,
+                    upstream,
+                    owner,
+                },
+            )
+        })
+        .collect();
+    if !wanted.is_empty() {
+        let report = dp
+            .apply_routes(&wanted)
+            .map_err(|e| anyhow::anyhow!(datapath::error_chain(&e)))?;
+        for (route, reason) in &report.failed {
+            tracing::error!(route, reason, "route not programmed");
+        }
+        tracing::info!(added = report.added, "routes programmed");
+    }
+    let dp = Arc::new(Mutex::new(dp));
+    let sweeper = datapath::sweeper::Sweeper::spawn(
+        Arc::clone(&dp),
+        datapath::sweeper::DEFAULT_INTERVAL,
+        |_| {},
+    )
+    .context("starting the conntrack sweeper")?;
     tracing::info!("ready");
     wait_for_shutdown().await?;
-    for (reason, value) in datapath::stats::read_all(&ebpf)? {
-        tracing::info!(
-            reason = reason.name(),
-            packets = value.packets,
-            bytes = value.bytes,
-            "counter"
-        );
+    drop(sweeper);
+    let dp = Arc::try_unwrap(dp)
+        .map_err(|_| anyhow::anyhow!("the datapath is still shared at shutdown"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("the datapath lock was poisoned"))?;
+    for (hook, reason, value) in dp.stats()? {
+        if value.packets > 0 {
+            tracing::info!(
+                hook = hook.name(),
+                reason = reason.name(),
+                packets = value.packets,
+                bytes = value.bytes,
+                "counter"
+            );
+        }
     }
-    drop(ebpf);
+    drop(dp);
     tracing::info!("detached, exiting");
     Ok(())
 }
