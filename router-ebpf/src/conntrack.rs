@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use router_common::{
     config::{CT_COUNT_SIZE, CT_CREATED, CT_REMOVED},
-    conntrack::{CtKey4, CtValue4},
+    conntrack::{CtKey4, CtValue4, TCP_FIN, TCP_RST},
 };
 
 /// Sized by the daemon at load time (`2 * max_connections` plus headroom for the LRU's per-CPU
@@ -42,6 +42,20 @@ pub fn remove_pair(key: &CtKey4, value: *const CtValue4) {
     let partner = CtKey4::partner_of(unsafe { &*value });
     remove(&partner);
     remove(key);
+}
+
+/// Whether either direction of the connection of entry `value` saw a FIN or a RST (or its
+/// partner is gone). Only asked for a SYN on an existing entry, which is rare.
+#[inline(always)]
+pub fn has_ended(value: &CtValue4) -> bool {
+    if value.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        return true;
+    }
+    match lookup(&CtKey4::partner_of(value)) {
+        // SAFETY: a map value pointer from the look-up, read once.
+        Some(partner) => unsafe { (*partner).tcp_flags & (TCP_FIN | TCP_RST) != 0 },
+        None => true,
+    }
 }
 
 /// Connections created minus removed (by the daemon's sweeper).

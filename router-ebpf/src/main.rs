@@ -183,9 +183,7 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
         let v = unsafe { &*entry };
         // A new SYN on a connection that ended (the client reuses its port): start afresh, so
         // it follows the current route.
-        let reopen =
-            !v.to_client() && handshake == TCP_SYN && v.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        if !reopen {
+        if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
             return nat::forward(p, ip, tcp, entry, flags);
         }
         conntrack::remove_pair(&key, entry);

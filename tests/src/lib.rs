@@ -5,6 +5,9 @@
 pub mod attached;
 pub mod daemon;
 pub mod netns;
+pub mod packet;
+pub mod topology;
+pub mod traffic;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -310,7 +310,7 @@ impl Conntrack {
                 ConnState::Established => self.timeouts.established,
                 ConnState::Closing => self.timeouts.closing,
             };
-            if idle > limit {
+            if idle >= limit {
                 remove.push((*p.fwd_key, p.rev_key, p.fwd.route_id, *p.fwd, *p.rev));
                 continue;
             }
