@@ -19,7 +19,7 @@ pub struct Settings {
 }
 crate::assert_layout!(Settings, size = 16, align = 4);
 
-/// Tries (the client's own port, then this many from a random start) before `DropNoSourcePort`.
+/// Tries (the client's own port, then this many random ones) before `DropNoSourcePort`.
 pub const NAT_PORT_PROBES: u32 = 16;
 
 /// `PORT_FLAGS` is an array of `u64` words: bit `p % 64` of word `p / 64` is set for router

@@ -168,13 +168,14 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     };
     let mut reserved = reserve_reply(&mut out, &client_side, route.route_id, now, key.sport);
     if !reserved {
+        // Independent random tries: sequential probing from one random start would walk into
+        // the clusters earlier allocations leave, and fail long before the range is full.
         let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
         let span = if max >= min { max - min + 1 } else { 1 };
-        // SAFETY: a helper without arguments.
-        let start = unsafe { bpf_get_prandom_u32() } % span;
         let mut i = 0;
         while i < NAT_PORT_PROBES {
-            let port = (min + (start + i) % span) as u16;
+            // SAFETY: a helper without arguments.
+            let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
             if reserve_reply(&mut out, &client_side, route.route_id, now, port.to_be()) {
                 reserved = true;
                 break;

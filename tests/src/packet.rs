@@ -131,7 +131,7 @@ pub fn ipv4_frame(
     options: &[u8],
     body: &[u8],
 ) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let ihl = 5 + options.len() / 4;
     let mut ip = Vec::with_capacity(ihl * 4 + body.len());
     ip.push(0x40 | ihl as u8);

@@ -173,13 +173,13 @@ impl Env {
     }
 
     /// A client packet to the router port.
-    fn from_client(&self, sport: u16, flags: u8) -> Tcp4 {
+    fn client_packet(&self, sport: u16, flags: u8) -> Tcp4 {
         Tcp4::new(self.net.client, sport, self.net.router, PORT, flags)
             .macs(self.net.client_mac, self.net.client_dev_mac)
     }
 
     /// A backend packet to the NAT source.
-    fn from_backend(&self, dport: u16, flags: u8) -> Tcp4 {
+    fn backend_packet(&self, dport: u16, flags: u8) -> Tcp4 {
         Tcp4::new(
             self.net.backend,
             BACKEND_PORT,
@@ -193,7 +193,7 @@ impl Env {
     /// Sends a client SYN and checks it leaves translated toward the backend; returns the
     /// translated frame.
     fn open(&mut self, sport: u16) -> Vec<u8> {
-        let syn = self.from_client(sport, TCP_SYN).build();
+        let syn = self.client_packet(sport, TCP_SYN).build();
         let out = self.run(&syn, true);
         assert_eq!(out.retval, self.redirected(), "SYN verdict");
         out.frame
@@ -315,7 +315,7 @@ fn new_connection_is_translated_and_tracked(program: Program) {
 fn established_connection_is_translated_both_ways(program: Program) {
     with_env(program, Opts::default(), |env| {
         env.open(40000);
-        let synack = env.from_backend(40000, TCP_SYN | TCP_ACK).build();
+        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         let out = env.run(&synack, false);
         assert_eq!(out.retval, env.redirected(), "SYN-ACK verdict");
         let p = parse(&out.frame).expect("parses");
@@ -329,7 +329,7 @@ fn established_connection_is_translated_both_ways(program: Program) {
 
         let data = payload(1001);
         let seg = env
-            .from_client(40000, TCP_ACK | TCP_PSH)
+            .client_packet(40000, TCP_ACK | TCP_PSH)
             .payload(&data)
             .build();
         let out = env.run(&seg, true);
@@ -342,7 +342,7 @@ fn established_connection_is_translated_both_ways(program: Program) {
 
         let answer = payload(777);
         let seg = env
-            .from_backend(40000, TCP_ACK | TCP_PSH)
+            .backend_packet(40000, TCP_ACK | TCP_PSH)
             .payload(&answer)
             .build();
         let out = env.run(&seg, false);
@@ -383,7 +383,7 @@ fn rst_and_stray_segments_never_create_connections(program: Program) {
             TCP_SYN | TCP_ACK,
             TCP_FIN | TCP_ACK,
         ] {
-            let frame = env.from_client(41000, flags).build();
+            let frame = env.client_packet(41000, flags).build();
             let out = env.run(&frame, true);
             assert_eq!(out.retval, env.passed(), "flags {flags:#x}");
             assert_eq!(out.frame, frame, "passed untouched");
@@ -399,22 +399,22 @@ fn fin_and_rst_close_and_the_sweeper_expires_them(program: Program) {
     with_env(program, Opts::default(), |env| {
         // Connection 1 ends with FINs both ways.
         env.open(40000);
-        let synack = env.from_backend(40000, TCP_SYN | TCP_ACK).build();
+        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         assert_eq!(env.run(&synack, false).retval, env.redirected());
-        let ack = env.from_client(40000, TCP_ACK).build();
+        let ack = env.client_packet(40000, TCP_ACK).build();
         assert_eq!(env.run(&ack, true).retval, env.redirected());
-        let fin = env.from_client(40000, FIN | TCP_ACK).build();
+        let fin = env.client_packet(40000, FIN | TCP_ACK).build();
         assert_eq!(env.run(&fin, true).retval, env.redirected());
         let state = |env: &mut Env| env.dp.connections().expect("connections")[0].state;
         assert_eq!(state(env), ConnState::Established, "half-closed stays open");
-        let fin = env.from_backend(40000, FIN | TCP_ACK).build();
+        let fin = env.backend_packet(40000, FIN | TCP_ACK).build();
         assert_eq!(env.run(&fin, false).retval, env.redirected());
         assert_eq!(state(env), ConnState::Closing);
         assert_ne!(env.entry(&env.forward_key(40000)).tcp_flags & TCP_FIN, 0);
 
         // Connection 2 is reset by the backend; the RST is forwarded.
         env.open(40001);
-        let rst = env.from_backend(40001, TCP_RST | TCP_ACK).build();
+        let rst = env.backend_packet(40001, TCP_RST | TCP_ACK).build();
         let out = env.run(&rst, false);
         assert_eq!(out.retval, env.redirected());
         assert_eq!(parse(&out.frame).expect("parses").flags, TCP_RST | TCP_ACK);
@@ -470,17 +470,17 @@ fn syn_without_route_passes_to_the_stack(program: Program) {
         )]);
         let report = env.dp.apply_routes(&kept).expect("apply");
         assert_eq!(report.removed, 1);
-        let syn = env.from_client(40001, TCP_SYN).build();
+        let syn = env.client_packet(40001, TCP_SYN).build();
         let out = env.run(&syn, true);
         assert_eq!(out.retval, env.passed());
         assert_eq!(out.frame, syn);
         assert_eq!(env.count(StatReason::PassNoRoute), 1);
         let data = env
-            .from_client(40000, TCP_ACK)
+            .client_packet(40000, TCP_ACK)
             .payload(b"still here")
             .build();
         assert_eq!(env.run(&data, true).retval, env.redirected());
-        let synack = env.from_backend(40000, TCP_SYN | TCP_ACK).build();
+        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         assert_eq!(env.run(&synack, false).retval, env.redirected());
     });
 }
@@ -494,14 +494,14 @@ fn route_change_affects_new_connections_only(program: Program) {
         ]);
         let report = env.dp.apply_routes(&moved).expect("apply");
         assert_eq!(report.changed, 1, "{report:?}");
-        let old = env.from_client(40000, TCP_ACK).build();
+        let old = env.client_packet(40000, TCP_ACK).build();
         let out = env.run(&old, true);
         assert_eq!(parse(&out.frame).expect("parses").dport, BACKEND_PORT);
         let new = env.open(40001);
         assert_eq!(parse(&new).expect("parses").dport, 9090);
         assert_checksums(&new);
         // Replies of the old connection still come back from the old backend port.
-        let reply = env.from_backend(40000, TCP_ACK).build();
+        let reply = env.backend_packet(40000, TCP_ACK).build();
         assert_eq!(env.run(&reply, false).retval, env.redirected());
     });
 }
@@ -514,14 +514,14 @@ fn full_table_is_a_counted_drop(program: Program) {
     with_env(program, opts, |env| {
         env.open(40000);
         env.open(40001);
-        let syn = env.from_client(40002, TCP_SYN).build();
+        let syn = env.client_packet(40002, TCP_SYN).build();
         let out = env.run(&syn, true);
         assert_eq!(out.retval, env.dropped());
         assert_eq!(env.count(StatReason::DropTableFull), 1);
         assert!(env.dp.conntrack_entry(&env.forward_key(40002)).is_none());
         assert_eq!(env.dp.fill().expect("fill"), (2, 2));
         // Room again once the sweeper expired a connection.
-        let rst = env.from_client(40000, TCP_RST).build();
+        let rst = env.client_packet(40000, TCP_RST).build();
         assert_eq!(env.run(&rst, true).retval, env.redirected());
         env.dp.set_timeouts(Timeouts {
             closing: Duration::ZERO,
@@ -564,7 +564,7 @@ fn taken_source_port_is_probed_and_exhaustion_counted(program: Program) {
 
 fn truncated_and_malformed_headers_pass_untouched(program: Program) {
     with_env(program, Opts::default(), |env| {
-        let good = env.from_client(40000, TCP_SYN).build();
+        let good = env.client_packet(40000, TCP_SYN).build();
         let mut cases: Vec<(&str, Vec<u8>, StatReason)> = Vec::new();
         let mut not_ip = good[..14].to_vec();
         not_ip[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
@@ -593,7 +593,7 @@ fn truncated_and_malformed_headers_pass_untouched(program: Program) {
         let mut doff = good.clone();
         doff[14 + 20 + 12] = 2 << 4;
         cases.push(("TCP data offset 2", doff, StatReason::PassMalformed));
-        let mut opts = env.from_client(40000, TCP_SYN);
+        let mut opts = env.client_packet(40000, TCP_SYN);
         opts.ip_options = vec![1, 1, 1, 0];
         cases.push(("IP options", opts.build(), StatReason::PassIpOptions));
         let mut opts_cut = opts.build();
@@ -606,10 +606,10 @@ fn truncated_and_malformed_headers_pass_untouched(program: Program) {
             opts_other.build(),
             StatReason::PassNotForRange,
         ));
-        let mut more = env.from_client(40000, TCP_SYN);
+        let mut more = env.client_packet(40000, TCP_SYN);
         more.frag = 0x2000;
         cases.push(("first fragment", more.build(), StatReason::PassFragment));
-        let mut later = env.from_client(40000, TCP_SYN);
+        let mut later = env.client_packet(40000, TCP_SYN);
         later.frag = 0x0010;
         cases.push(("later fragment", later.build(), StatReason::PassFragment));
         let icmp_cut = packet::ipv4_frame(
@@ -624,7 +624,7 @@ fn truncated_and_malformed_headers_pass_untouched(program: Program) {
             &[3, 4, 0, 0],
         );
         cases.push(("ICMP header cut", icmp_cut, StatReason::PassMalformed));
-        let quoted = env.from_client(40000, TCP_SYN).build();
+        let quoted = env.client_packet(40000, TCP_SYN).build();
         let mut icmp_short_quote =
             packet::icmp_error(env.net.backend, env.net.nat_source, 3, 4, 1400, &quoted, 0);
         icmp_short_quote.truncate(icmp_short_quote.len() - 6);
@@ -820,7 +820,7 @@ fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
             ..Opts::default()
         };
         with_env(program, opts, |env| {
-            let syn = env.from_client(40000, TCP_SYN).build();
+            let syn = env.client_packet(40000, TCP_SYN).build();
             let out = env.run(&syn, true);
             assert_eq!(out.retval, env.passed());
             assert_eq!(out.frame, syn);
@@ -831,14 +831,14 @@ fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
 
 fn ttl_that_would_expire_is_dropped(program: Program) {
     with_env(program, Opts::default(), |env| {
-        let mut syn = env.from_client(40000, TCP_SYN);
+        let mut syn = env.client_packet(40000, TCP_SYN);
         syn.ttl = 1;
         let out = env.run(&syn.build(), true);
         assert_eq!(out.retval, env.dropped());
         assert_eq!(env.count(StatReason::DropTtlExceeded), 1);
         assert!(env.dp.connections().expect("connections").is_empty());
         env.open(40000);
-        let mut seg = env.from_client(40000, TCP_ACK);
+        let mut seg = env.client_packet(40000, TCP_ACK);
         seg.ttl = 1;
         assert_eq!(env.run(&seg.build(), true).retval, env.dropped());
         assert_eq!(env.count(StatReason::DropTtlExceeded), 2);
@@ -849,7 +849,7 @@ fn oversized_frames_are_not_forwarded_blindly(program: Program) {
     with_env(program, Opts::default(), |env| {
         env.open(40000);
         let big = env
-            .from_client(40000, TCP_ACK)
+            .client_packet(40000, TCP_ACK)
             .payload(&payload(1600))
             .build();
         let out = env.run(&big, true);
@@ -862,7 +862,7 @@ fn oversized_frames_are_not_forwarded_blindly(program: Program) {
             assert_eq!(env.count(StatReason::DropTooBig), 1);
         }
         let fits = env
-            .from_client(40000, TCP_ACK)
+            .client_packet(40000, TCP_ACK)
             .payload(&payload(1460))
             .build();
         assert_eq!(env.run(&fits, true).retval, env.redirected());

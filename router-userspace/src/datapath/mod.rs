@@ -290,6 +290,11 @@ impl Datapath {
         attach::add_xdp_target(&mut self.ebpf, ifindex)
     }
 
+    /// The settings the kernel reads now.
+    pub fn settings(&self) -> router_common::config::Settings {
+        self.settings.current()
+    }
+
     /// The connection-table entry at `key`, if any.
     pub fn conntrack_entry(&self, key: &CtKey4) -> Option<CtValue4> {
         self.conntrack.get(key)
