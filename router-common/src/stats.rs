@@ -1,38 +1,146 @@
-//! Per-CPU packet counters: one slot per reason a program passed, forwarded or dropped a packet.
+//! Per-CPU verdict counters: every packet a program sees ends under exactly one reason, per hook,
+//! so the sum over a hook's reasons is what that hook saw.
 
-/// Index into the `STATS` per-CPU array. Every verdict a program reaches is counted under one.
+/// The program a counter belongs to.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    Xdp = 0,
+    Tc = 1,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// Why a program forwarded, passed or dropped a packet. `Pass*` hand the packet to the host
+/// stack untouched, `Drop*` drop it, `Xdp*` hand it on to the TC program on the same interface.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StatReason {
-    /// Packets seen by an XDP program.
-    XdpSeen = 0,
-    /// Packets seen by a TC program.
-    TcSeen = 1,
-    /// Packets handed to the host stack because they were not for the routed port range.
-    PassNotForRange = 2,
+    /// Translated and redirected, for an existing connection.
+    Forwarded = 0,
+    /// A SYN that created a connection, translated and redirected.
+    NewConnection = 1,
+    /// An ICMP error about a tracked connection, translated and redirected.
+    IcmpTranslated = 2,
+    /// Not TCP/ICMP for the routed ports or a tracked connection: the host's own traffic.
+    PassNotForRange = 3,
+    /// A SYN to a router port that has no route (any more): the host stack answers (RST).
+    PassNoRoute = 4,
+    /// A non-SYN packet to a router port with no tracked connection (RST never creates one).
+    PassNoConnection = 5,
+    /// A TCP IPv4 fragment: handed to the stack, which reassembles.
+    PassFragment = 6,
+    /// An IPv4 header with options, for the routed ports.
+    PassIpOptions = 7,
+    /// A truncated or malformed IPv4/TCP/ICMP header.
+    PassMalformed = 8,
+    /// No route toward the backend or client (`bpf_fib_lookup` failed).
+    PassFibFailed = 9,
+    /// XDP: the next hop has no neighbour entry yet; TC resolves it (`bpf_redirect_neigh`).
+    XdpToTcNoNeigh = 10,
+    /// XDP: the egress interface cannot take XDP redirects (not in the TX port map).
+    XdpToTcNotXdpTarget = 11,
+    /// XDP: the frame is larger than the egress MTU.
+    XdpToTcTooBig = 12,
+    /// The connection table is full: the SYN is dropped (the client retries).
+    DropTableFull = 13,
+    /// No free NAT source port toward the backend after the bounded probing.
+    DropNoSourcePort = 14,
+    /// TTL would reach zero.
+    DropTtlExceeded = 15,
+    /// Inserting the connection's entries failed.
+    DropConntrackInsert = 16,
+    /// TC: larger than the egress MTU and not a GSO packet.
+    DropTooBig = 17,
+    /// The checksum helper refused a translated packet (cannot be handed on half-rewritten).
+    DropRewriteFailed = 18,
 }
 
 impl StatReason {
-    pub const ALL: [StatReason; 3] = [
-        StatReason::XdpSeen,
-        StatReason::TcSeen,
+    pub const ALL: [StatReason; 19] = [
+        StatReason::Forwarded,
+        StatReason::NewConnection,
+        StatReason::IcmpTranslated,
         StatReason::PassNotForRange,
+        StatReason::PassNoRoute,
+        StatReason::PassNoConnection,
+        StatReason::PassFragment,
+        StatReason::PassIpOptions,
+        StatReason::PassMalformed,
+        StatReason::PassFibFailed,
+        StatReason::XdpToTcNoNeigh,
+        StatReason::XdpToTcNotXdpTarget,
+        StatReason::XdpToTcTooBig,
+        StatReason::DropTableFull,
+        StatReason::DropNoSourcePort,
+        StatReason::DropTtlExceeded,
+        StatReason::DropConntrackInsert,
+        StatReason::DropTooBig,
+        StatReason::DropRewriteFailed,
     ];
 
     /// Stable metric label for the reason.
     pub const fn name(self) -> &'static str {
         match self {
-            StatReason::XdpSeen => "xdp_seen",
-            StatReason::TcSeen => "tc_seen",
+            StatReason::Forwarded => "forwarded",
+            StatReason::NewConnection => "new_connection",
+            StatReason::IcmpTranslated => "icmp_translated",
             StatReason::PassNotForRange => "pass_not_for_range",
+            StatReason::PassNoRoute => "pass_no_route",
+            StatReason::PassNoConnection => "pass_no_connection",
+            StatReason::PassFragment => "pass_fragment",
+            StatReason::PassIpOptions => "pass_ip_options",
+            StatReason::PassMalformed => "pass_malformed",
+            StatReason::PassFibFailed => "pass_fib_failed",
+            StatReason::XdpToTcNoNeigh => "xdp_to_tc_no_neigh",
+            StatReason::XdpToTcNotXdpTarget => "xdp_to_tc_not_xdp_target",
+            StatReason::XdpToTcTooBig => "xdp_to_tc_too_big",
+            StatReason::DropTableFull => "drop_table_full",
+            StatReason::DropNoSourcePort => "drop_no_source_port",
+            StatReason::DropTtlExceeded => "drop_ttl_exceeded",
+            StatReason::DropConntrackInsert => "drop_conntrack_insert",
+            StatReason::DropTooBig => "drop_too_big",
+            StatReason::DropRewriteFailed => "drop_rewrite_failed",
         }
+    }
+
+    /// Whether the packet was dropped (rather than forwarded or passed on).
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            StatReason::DropTableFull
+                | StatReason::DropNoSourcePort
+                | StatReason::DropTtlExceeded
+                | StatReason::DropConntrackInsert
+                | StatReason::DropTooBig
+                | StatReason::DropRewriteFailed
+        )
     }
 }
 
-/// Number of slots in the `STATS` array (room to add reasons without a layout change).
-pub const STAT_SLOTS: u32 = 64;
+/// Slots per hook in the `STATS` array (room to add reasons without a layout change).
+pub const REASON_SLOTS: u32 = 32;
+/// Number of slots in the `STATS` array: one block of [`REASON_SLOTS`] per hook.
+pub const STAT_SLOTS: u32 = 2 * REASON_SLOTS;
 
-/// One counter slot: packets and bytes.
+const _: () = assert!(StatReason::ALL.len() as u32 <= REASON_SLOTS);
+
+/// The `STATS` index of `reason` counted by `hook`.
+#[inline(always)]
+pub const fn slot(hook: Hook, reason: StatReason) -> u32 {
+    hook as u32 * REASON_SLOTS + reason as u32
+}
+
+/// One counter slot: packets and bytes (frame bytes, Ethernet header included).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatValue {

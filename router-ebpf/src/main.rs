@@ -1,39 +1,200 @@
-//! task-router kernel programs.
+//! task-router kernel programs: full-NAT TCP forwarding of the router's port range.
 //!
-//! One module per concern, after Cilium's `bpf/lib/`: `stats` counts every verdict; the
-//! forwarding concerns (parse, conntrack, nat, csum, redirect) build on it.
+//! One module per concern, after Cilium's `bpf/lib/`: `parse` (bounds-checked packet access),
+//! `ctx` (what differs between XDP and TC), `config` (settings and filters from the daemon),
+//! `conntrack` (the connection table), `nat` (translation and opening connections), `redirect`
+//! (next hops and the redirect itself), `icmp` (errors about tracked connections), `stats`
+//! (one counted reason per packet), `clock`.
+//!
+//! Both entry points run the same logic. Every packet that is not TCP for a router port or a
+//! tracked connection leaves as it came, after a filter of two array look-ups.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod clock;
+mod config;
+mod conntrack;
+mod ctx;
+mod icmp;
+mod nat;
+mod parse;
+mod redirect;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use aya_log_ebpf::debug;
-use router_common::stats::StatReason;
+use router_common::{
+    conntrack::{CtKey4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::StatReason,
+};
 
-/// Entry point on interfaces where native XDP serves (physical NICs, or veth when asked).
+use ctx::Packet;
+use parse::{
+    ETH_LEN, ETH_P_IP, IP_DADDR, IP_FRAG, IP_LEN, IP_PROTO, IP_SADDR, IPPROTO_ICMP, IPPROTO_TCP,
+    TCP_DOFF, TCP_FLAGS, TCP_LEN, load8, load16, load32, ptr_at,
+};
+use redirect::Verdict;
+
+/// Entry point on interfaces where native XDP serves (physical NICs, or veth when asked). What
+/// it cannot deliver itself it passes untouched to the TC program on the same interface.
 #[xdp]
 pub fn task_router_xdp(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    stats::count(StatReason::XdpSeen, len);
-    if len == 0 {
-        debug!(&ctx, "empty frame");
+    ctx::xdp_action(handle(&ctx))
+}
+
+/// Entry point on the TC ingress hook (veth, bridges, and behind XDP).
+#[classifier]
+pub fn task_router_tc(ctx: TcContext) -> i32 {
+    // Headers the programs read must be in the linear part of the skb.
+    let need = (ETH_LEN + IP_LEN + 8 + IP_LEN + 8) as u32;
+    if ctx.data() + need as usize > ctx.data_end()
+        && ctx.len() > (ctx.data_end() - ctx.data()) as u32
+    {
+        let want = if ctx.len() < need { ctx.len() } else { need };
+        let _ = ctx.pull_data(want);
     }
-    stats::count(StatReason::PassNotForRange, len);
+    ctx::tc_action(handle(&ctx))
+}
+
+/// Stores the kernel's jiffies where the daemon reads them (run by the daemon through
+/// BPF_PROG_TEST_RUN; never attached).
+#[xdp]
+pub fn task_router_clock(_ctx: XdpContext) -> u32 {
+    clock::publish();
     xdp_action::XDP_PASS
 }
 
-/// Entry point on the TC ingress hook (veth, bridges, and the task-facing side).
+/// Baselines for per-packet cost measurements (never attached).
+#[xdp]
+pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[classifier]
-pub fn task_router_tc(ctx: TcContext) -> i32 {
-    let len = ctx.len() as u64;
-    stats::count(StatReason::TcSeen, len);
-    stats::count(StatReason::PassNotForRange, len);
-    TC_ACT_OK
+pub fn bench_empty_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// Counts `reason` and lets the packet go on untouched.
+#[inline(always)]
+pub(crate) fn pass<P: Packet>(p: &P, reason: StatReason) -> Verdict {
+    stats::count(P::HOOK, reason, p.frame_len());
+    Verdict::Pass
+}
+
+/// Counts `reason` and drops the packet.
+#[inline(always)]
+pub(crate) fn drop<P: Packet>(p: &P, reason: StatReason) -> Verdict {
+    stats::count(P::HOOK, reason, p.frame_len());
+    Verdict::Drop
+}
+
+#[inline(always)]
+fn handle<P: Packet>(p: &P) -> Verdict {
+    let (start, end) = (p.start(), p.end());
+    let Some(eth) = ptr_at(start, end, 0, ETH_LEN) else {
+        return pass(p, StatReason::PassNotForRange);
+    };
+    if load16(eth + 12) != ETH_P_IP.to_be() {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    let Some(ip) = ptr_at(start, end, ETH_LEN, IP_LEN) else {
+        return pass(p, StatReason::PassMalformed);
+    };
+    let vihl = load8(ip);
+    let proto = load8(ip + IP_PROTO);
+    if proto != IPPROTO_TCP && proto != IPPROTO_ICMP {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    if vihl != 0x45 {
+        return unusual_header(p, ip, vihl, proto);
+    }
+    if load16(ip + IP_FRAG) & 0x3fffu16.to_be() != 0 {
+        return fragment(p, proto);
+    }
+    if proto == IPPROTO_ICMP {
+        return icmp::handle(p, ip);
+    }
+    let Some(tcp) = ptr_at(start, end, ETH_LEN + IP_LEN, TCP_LEN) else {
+        return pass(p, StatReason::PassMalformed);
+    };
+    handle_tcp(p, ip, tcp)
+}
+
+#[inline(always)]
+fn fragment<P: Packet>(p: &P, proto: u8) -> Verdict {
+    if proto == IPPROTO_TCP {
+        pass(p, StatReason::PassFragment)
+    } else {
+        pass(p, StatReason::PassNotForRange)
+    }
+}
+
+/// Not a plain 20-byte IPv4 header: counted and left to the stack.
+#[inline(never)]
+fn unusual_header<P: Packet>(p: &P, ip: usize, vihl: u8, proto: u8) -> Verdict {
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 != 4 || ihl < 5 {
+        return pass(p, StatReason::PassMalformed);
+    }
+    if load16(ip + IP_FRAG) & 0x3fffu16.to_be() != 0 {
+        return fragment(p, proto);
+    }
+    if proto != IPPROTO_TCP {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    let Some(ports) = ptr_at(p.start(), p.end(), ETH_LEN + ihl * 4, 4) else {
+        return pass(p, StatReason::PassMalformed);
+    };
+    let (sport, dport) = (u16::from_be(load16(ports)), u16::from_be(load16(ports + 2)));
+    if config::is_router_port(dport) || config::is_backend_port(sport) {
+        pass(p, StatReason::PassIpOptions)
+    } else {
+        pass(p, StatReason::PassNotForRange)
+    }
+}
+
+#[inline(always)]
+fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
+    let (sport, dport) = (load16(tcp), load16(tcp + 2));
+    let router_port = u16::from_be(dport);
+    let to_router = config::is_router_port(router_port);
+    if !to_router && !config::is_backend_port(u16::from_be(sport)) {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    if load8(tcp + TCP_DOFF) >> 4 < 5 {
+        return pass(p, StatReason::PassMalformed);
+    }
+    let flags = load8(tcp + TCP_FLAGS);
+    let key = CtKey4 {
+        saddr: load32(ip + IP_SADDR),
+        daddr: load32(ip + IP_DADDR),
+        sport,
+        dport,
+    };
+    let handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    if let Some(entry) = conntrack::lookup(&key) {
+        // SAFETY: a map value pointer from the look-up.
+        let v = unsafe { &*entry };
+        // A new SYN on a connection that ended (the client reuses its port): start afresh, so
+        // it follows the current route.
+        if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
+            return nat::forward(p, ip, tcp, entry, flags);
+        }
+        conntrack::remove_pair(&key, entry);
+    }
+    if !to_router {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    if handshake != TCP_SYN {
+        return pass(p, StatReason::PassNoConnection);
+    }
+    nat::open(p, ip, tcp, &key, router_port)
 }
 
 #[cfg(not(test))]

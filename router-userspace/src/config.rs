@@ -125,9 +125,14 @@ pub struct DatapathConfig {
     pub bpffs: PathBuf,
     /// `ROUTER_MAX_CONNECTIONS` (default 262144): connection-table size.
     pub max_connections: u32,
-    /// `ROUTER_ADDRESSES`: the router's own addresses, used as the NAT source toward tasks and
-    /// never accepted as an upstream; discovered from the interfaces when empty.
+    /// `ROUTER_ADDRESSES`: the router's own addresses, on which router ports accept
+    /// connections; discovered from the interfaces when empty. (The NAT source toward a task is
+    /// the address the kernel picks for that task's route.)
     pub router_addresses: Vec<Ipv4Addr>,
+    /// `ROUTER_NAT_SOURCE_PORTS` (default `61000-65535`,
+    /// `datapath::DEFAULT_NAT_SOURCE_PORTS`): source ports toward tasks, probed when a client's
+    /// own port is taken toward the same task.
+    pub nat_source_ports: (u16, u16),
 }
 
 /// HTTP routes through nginx.
@@ -1327,6 +1332,7 @@ impl Config {
                 bpffs,
                 max_connections,
                 router_addresses,
+                nat_source_ports: crate::datapath::DEFAULT_NAT_SOURCE_PORTS,
             },
             http: HttpConfig {
                 server_port,

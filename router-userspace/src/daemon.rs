@@ -55,123 +55,202 @@ pub struct Parts {
 }
 
 // ------------------------------------------------------------------------------------------
-// Factories (merge points).
+// Factories: the owners the daemon drives.
 
-/// The eBPF programs loaded and attached to `ROUTER_INTERFACES`, without a route-map writer:
-/// that is `datapath::Datapath` (datapath branch), which replaces this at merge. Until then
-/// every TCP route is reported failed with that reason, never pretended programmed.
-struct AttachedPrograms {
-    ebpf: aya::Ebpf,
+/// The eBPF datapath with its conntrack sweeper: the [`TcpForwarder`] of `auto|xdp|tc`.
+struct KernelForwarder {
+    datapath: Arc<Mutex<crate::datapath::Datapath>>,
+    _sweeper: crate::datapath::sweeper::Sweeper,
     _kernel_log: Option<tokio::task::JoinHandle<()>>,
 }
 
-const NO_TCP_WRITER: &str = "this build attaches the programs but has no route-map writer \
-                             (datapath::Datapath is not merged)";
-
-impl TcpForwarder for AttachedPrograms {
+impl TcpForwarder for KernelForwarder {
     fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> Result<ApplyReport> {
-        Ok(ApplyReport {
-            failed: wanted
-                .keys()
-                .map(|p| (p.to_string(), NO_TCP_WRITER.to_string()))
+        let mut dp = self
+            .datapath
+            .lock()
+            .map_err(|_| anyhow!("the datapath lock was poisoned"))?;
+        dp.apply(wanted)
+    }
+
+    fn counters(&self) -> BTreeMap<u16, RouteCounters> {
+        match self.datapath.lock() {
+            Ok(dp) => dp
+                .route_counters()
+                .into_iter()
+                .map(|(port, (_, c))| {
+                    let counters = RouteCounters {
+                        connections: c.active,
+                        bytes: c.to_backend.bytes + c.to_client.bytes,
+                    };
+                    (port, counters)
+                })
                 .collect(),
-            ..ApplyReport::default()
-        })
-    }
-}
-
-impl Drop for AttachedPrograms {
-    fn drop(&mut self) {
-        if let Ok(counters) = crate::datapath::stats::read_all(&self.ebpf) {
-            for (reason, value) in counters {
-                tracing::info!(
-                    reason = reason.name(),
-                    packets = value.packets,
-                    bytes = value.bytes,
-                    "counter"
-                );
-            }
+            Err(_) => BTreeMap::new(),
         }
-        tracing::info!("detached");
     }
 }
 
-/// MERGE POINT: the TCP datapath for `cfg`. Must run inside the tokio runtime.
-pub fn open_tcp_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, DatapathStatus)> {
-    let DatapathKind::Ebpf(default_mode) = cfg.datapath.kind else {
-        bail!(
-            "ROUTER_DATAPATH=nginx: the nginx stream datapath is not part of this build \
-             (nginx::StreamForwarder is not merged)"
-        );
-    };
+/// Loads and attaches the kernel programs for `cfg.datapath`.
+fn open_kernel_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, DatapathStatus)> {
     if cfg.datapath.interfaces.is_empty() {
         bail!(
             "ROUTER_INTERFACES (or --interface) is empty: the eBPF datapath needs at least one \
              interface to attach to"
         );
     }
-    let mut ebpf = crate::datapath::load()
+    let mut dp = crate::datapath::Datapath::open(&cfg.datapath)
         .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))
-        .context("starting the datapath")?;
-    let kernel_log = crate::datapath::kernel_log::spawn(&mut ebpf);
+        .context("starting the eBPF datapath")?;
+    let kernel_log = dp.spawn_kernel_log();
     let mut status = DatapathStatus {
         kind: cfg.datapath.kind.to_string(),
         interfaces: Vec::new(),
     };
-    for (interface, mode) in &cfg.datapath.interfaces {
-        let attached =
-            crate::datapath::attach::attach(&mut ebpf, interface, mode.unwrap_or(default_mode))
-                .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))?;
+    for attached in dp.attached() {
         tracing::info!(interface = %attached.interface, mode = %attached.mode, "attached");
         status
             .interfaces
             .push(format!("{} {}", attached.interface, attached.mode));
     }
+    let datapath = Arc::new(Mutex::new(dp));
+    let sweeper = crate::datapath::sweeper::Sweeper::spawn(
+        Arc::clone(&datapath),
+        crate::datapath::sweeper::DEFAULT_INTERVAL,
+        |_| {},
+    )
+    .context("starting the conntrack sweeper")?;
     Ok((
-        Box::new(AttachedPrograms {
-            ebpf,
+        Box::new(KernelForwarder {
+            datapath,
+            _sweeper: sweeper,
             _kernel_log: kernel_log,
         }),
         status,
     ))
 }
 
-/// Serves no HTTP route: `nginx::HttpRouter` (http branch) replaces this at merge.
-struct NoHttpRouter;
+/// nginx `stream` servers: the fallback [`TcpForwarder`].
+fn open_stream_forwarder(nginx: &crate::nginx::Nginx) -> Result<Box<dyn TcpForwarder>> {
+    Ok(Box::new(
+        crate::nginx::NginxStreamForwarder::new(nginx.clone())
+            .context("starting the nginx stream datapath")?,
+    ))
+}
 
-impl HttpRouter for NoHttpRouter {
-    fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> Result<ApplyReport> {
-        Ok(ApplyReport {
-            failed: wanted
-                .keys()
-                .map(|k| {
-                    (
-                        k.clone(),
-                        "this build has no nginx HTTP router (nginx::HttpRouter is not merged)"
-                            .to_string(),
-                    )
-                })
-                .collect(),
-            ..ApplyReport::default()
-        })
+/// The TCP datapath for `cfg.datapath`: the kernel programs, or nginx `stream` servers when
+/// asked (`ROUTER_DATAPATH=nginx`) or when `auto` cannot load the programs (loudly: a warning
+/// and `datapath.kind = "nginx (fallback)"` in status). Returns the nginx handle it opened, so
+/// the HTTP router shares it.
+pub fn open_tcp_forwarder(
+    cfg: &Config,
+) -> Result<(
+    Box<dyn TcpForwarder>,
+    DatapathStatus,
+    Option<crate::nginx::Nginx>,
+)> {
+    let nginx_status = |kind: &str| DatapathStatus {
+        kind: kind.to_string(),
+        interfaces: Vec::new(),
+    };
+    match cfg.datapath.kind {
+        DatapathKind::Nginx => {
+            let nginx = crate::nginx::Nginx::from_config(&cfg.nginx).context("starting nginx")?;
+            let tcp = open_stream_forwarder(&nginx)?;
+            Ok((tcp, nginx_status("nginx"), Some(nginx)))
+        }
+        DatapathKind::Ebpf(crate::datapath::AttachMode::Auto) => match open_kernel_forwarder(cfg) {
+            Ok((tcp, status)) => Ok((tcp, status, None)),
+            Err(e) if !cfg.datapath.interfaces.is_empty() => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "the eBPF datapath cannot load: FALLING BACK to nginx stream servers \
+                     for TCP routes (slower; fix the cause to get line-rate forwarding)"
+                );
+                let nginx =
+                    crate::nginx::Nginx::from_config(&cfg.nginx).context("starting nginx")?;
+                let tcp = open_stream_forwarder(&nginx)
+                    .with_context(|| format!("and the eBPF datapath failed: {e:#}"))?;
+                Ok((tcp, nginx_status("nginx (fallback)"), Some(nginx)))
+            }
+            Err(e) => Err(e),
+        },
+        DatapathKind::Ebpf(_) => {
+            let (tcp, status) = open_kernel_forwarder(cfg)?;
+            Ok((tcp, status, None))
+        }
     }
 }
 
-/// MERGE POINT: the HTTP router for `cfg`; `admin_addr` is where the admin endpoint really
-/// listens (nginx's `auth_request` goes there).
-pub fn open_http_router(_cfg: &Config, _admin_addr: SocketAddr) -> Result<Box<dyn HttpRouter>> {
-    Ok(Box::new(NoHttpRouter))
+/// The nginx HTTP router, opened on the first non-empty route set so a TCP-only router never
+/// touches an nginx it has no business with.
+struct LazyHttpRouter {
+    cfg: Config,
+    admin_addr: SocketAddr,
+    nginx: Option<crate::nginx::Nginx>,
+    router: Option<crate::nginx::NginxHttpRouter>,
 }
 
-/// MERGE POINT: routers merged into the admin endpoint (auth check at `/auth`, `/metrics`).
-pub fn admin_extensions(_cfg: &Config, _status: &SharedStatus) -> Result<Vec<axum::Router>> {
-    Ok(Vec::new())
+impl HttpRouter for LazyHttpRouter {
+    fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> Result<ApplyReport> {
+        if self.router.is_none() {
+            if wanted.is_empty() {
+                return Ok(ApplyReport::default());
+            }
+            let nginx = match &self.nginx {
+                Some(n) => n.clone(),
+                None => {
+                    let n = crate::nginx::Nginx::from_config(&self.cfg.nginx)
+                        .context("starting nginx for HTTP routes")?;
+                    self.nginx = Some(n.clone());
+                    n
+                }
+            };
+            self.router = Some(crate::nginx::NginxHttpRouter::new(
+                nginx,
+                &self.cfg.http,
+                &self.cfg.auth,
+                &self.cfg.router,
+                self.admin_addr,
+            )?);
+        }
+        match self.router.as_mut() {
+            Some(router) => router.apply(wanted),
+            None => Err(anyhow!("the HTTP router is not open")),
+        }
+    }
+}
+
+/// The HTTP router for `cfg`; `admin_addr` is where the admin endpoint really listens (nginx's
+/// `auth_request` goes there).
+pub fn open_http_router(
+    cfg: &Config,
+    nginx: Option<crate::nginx::Nginx>,
+    admin_addr: SocketAddr,
+) -> Result<Box<dyn HttpRouter>> {
+    Ok(Box::new(LazyHttpRouter {
+        cfg: cfg.clone(),
+        admin_addr,
+        nginx,
+        router: None,
+    }))
+}
+
+/// Routers merged into the admin endpoint: the auth check nginx's `auth_request` calls.
+pub fn admin_extensions(cfg: &Config, _status: &SharedStatus) -> Result<Vec<axum::Router>> {
+    if cfg.auth.enabled && cfg.auth.hmac_key.is_empty() {
+        // No key means no HTTP route can be served (config refuses HTTP sources without it).
+        return Ok(Vec::new());
+    }
+    let auth = crate::auth::Authenticator::shared(&cfg.auth)
+        .map_err(|e| anyhow!("AUTH_* settings: {e}"))?;
+    Ok(vec![crate::auth::router(auth)])
 }
 
 /// Everything the real daemon drives, from `cfg`; `admin_addr` from [`bind_admin`].
 pub fn open_parts(cfg: &Config, status: &SharedStatus, admin_addr: SocketAddr) -> Result<Parts> {
-    let (tcp, datapath) = open_tcp_forwarder(cfg)?;
-    let http = open_http_router(cfg, admin_addr).context("starting the HTTP router")?;
+    let (tcp, datapath, nginx) = open_tcp_forwarder(cfg)?;
+    let http = open_http_router(cfg, nginx, admin_addr).context("starting the HTTP router")?;
     let admin_routes = admin_extensions(cfg, status)?;
     Ok(Parts {
         tcp,

@@ -11,6 +11,9 @@ pub mod http_client;
 pub mod netns;
 pub mod nginx;
 pub mod owners;
+pub mod packet;
+pub mod topology;
+pub mod traffic;
 pub mod wait;
 
 use std::path::PathBuf;

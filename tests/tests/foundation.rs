@@ -1,7 +1,7 @@
 //! The programs load, pass the verifier on this kernel, attach in each mode, count real TCP
 //! traffic without disturbing it, and the daemon detaches cleanly on SIGTERM.
 
-use router_common::stats::StatReason;
+use router_common::stats::{Hook, StatReason};
 use router_tests::netns::{Netns, veth};
 use router_tests::{daemon::Daemon, daemon_binary, require_root};
 use router_userspace::datapath::{self, AttachMode, ResolvedMode};
@@ -48,7 +48,7 @@ fn echo_through(client: &Netns, server: &Netns, server_addr: Ipv4Addr, len: usiz
     assert!(back == data, "echoed data differs from what was sent");
 }
 
-fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, seen: StatReason) {
+fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, hook: Hook) {
     require_root();
     let client = Netns::new("trfc").expect("client ns");
     let router = Netns::new("trfr").expect("router ns");
@@ -70,35 +70,35 @@ fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, seen: StatReason) {
         .expect("enter router ns");
     let (ebpf, attached) = ebpf.expect("load and attach (verifier accepted the programs)");
     assert_eq!(attached.mode, expect);
-    let before = datapath::stats::read(&ebpf, seen).expect("read counters");
+    let before = datapath::stats::seen(&ebpf, hook).expect("read counters");
     echo_through(&client, &router, r_end.addr, 1 << 20);
-    let after = datapath::stats::read(&ebpf, seen).expect("read counters");
+    let after = datapath::stats::seen(&ebpf, hook).expect("read counters");
     assert!(
         after.packets > before.packets + 10,
-        "{} counter did not move with 1 MiB of TCP: {before:?} -> {after:?}",
-        seen.name()
+        "{} counters did not move with 1 MiB of TCP: {before:?} -> {after:?}",
+        hook.name()
     );
     assert!(
         after.bytes > before.bytes + (1 << 20) / 2,
         "bytes counted: {after:?}"
     );
-    let passed = datapath::stats::read(&ebpf, StatReason::PassNotForRange).expect("counters");
+    let passed = datapath::stats::read(&ebpf, hook, StatReason::PassNotForRange).expect("counters");
     assert!(passed.packets >= after.packets - before.packets);
 }
 
 #[test]
 fn tc_program_counts_tcp_and_passes_it() {
-    counts_traffic_in(AttachMode::Tc, ResolvedMode::Tc, StatReason::TcSeen);
+    counts_traffic_in(AttachMode::Tc, ResolvedMode::Tc, Hook::Tc);
 }
 
 #[test]
 fn native_xdp_program_counts_tcp_and_passes_it() {
-    counts_traffic_in(AttachMode::Xdp, ResolvedMode::Xdp, StatReason::XdpSeen);
+    counts_traffic_in(AttachMode::Xdp, ResolvedMode::Xdp, Hook::Xdp);
 }
 
 #[test]
 fn auto_mode_picks_tc_on_veth() {
-    counts_traffic_in(AttachMode::Auto, ResolvedMode::Tc, StatReason::TcSeen);
+    counts_traffic_in(AttachMode::Auto, ResolvedMode::Tc, Hook::Tc);
 }
 
 /// Names of the programs the kernel shows attached to `dev` in `ns` (bpftool's view).

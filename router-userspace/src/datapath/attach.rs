@@ -4,9 +4,11 @@
 //! XDP cannot; `shared/kernel-notes.md`), so `auto` picks TC there and native XDP on physical
 //! NICs whose driver supports it, falling back to TC when the driver refuses.
 
-use super::object::{DatapathError, TC_PROGRAM, XDP_PROGRAM};
+use super::object::maps::TX_PORTS;
+use super::object::{DatapathError, TC_PROGRAM, XDP_PROGRAM, tc_program, xdp_program};
 use aya::Ebpf;
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::maps::DevMapHash;
+use aya::programs::{TcAttachType, XdpMode};
 use std::fmt;
 
 /// The mode asked for an interface.
@@ -149,15 +151,19 @@ fn driver_info(interface: &str) -> Option<(String, String)> {
     Some((text(&info.driver), text(&info.bus_info)))
 }
 
-/// Attaches to `interface` in `mode`; returns the mode it got.
+/// Attaches to `interface` in `mode`; returns the mode it got. In the XDP modes the TC
+/// program is attached too: XDP passes it what XDP cannot deliver (no neighbour entry yet, an
+/// egress that takes no XDP redirects, an oversized frame) untouched. Interfaces in native XDP
+/// mode become XDP redirect targets (`TX_PORTS`); a veth there needs an XDP program or GRO on
+/// its peer, or redirected frames are lost.
 pub fn attach(
     ebpf: &mut Ebpf,
     interface: &str,
     mode: AttachMode,
 ) -> Result<Attached, DatapathError> {
-    if interface_index(interface).is_none() {
+    let Some(ifindex) = interface_index(interface) else {
         return Err(DatapathError::NoSuchInterface(interface.to_string()));
-    }
+    };
     let mode = match mode {
         AttachMode::Xdp => attach_xdp(ebpf, interface, XdpMode::Driver)?,
         AttachMode::XdpGeneric => attach_xdp(ebpf, interface, XdpMode::Skb)?,
@@ -177,10 +183,39 @@ pub fn attach(
         }
         AttachMode::Auto => attach_tc(ebpf, interface)?,
     };
+    if mode != ResolvedMode::Tc {
+        attach_tc(ebpf, interface)?;
+    }
+    if mode == ResolvedMode::Xdp {
+        add_xdp_target(ebpf, ifindex)?;
+    }
     Ok(Attached {
         interface: interface.to_string(),
         mode,
     })
+}
+
+/// Lets XDP redirect to `ifindex` (an interface whose driver takes redirected frames).
+pub fn add_xdp_target(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), DatapathError> {
+    let map = ebpf
+        .map_mut(TX_PORTS)
+        .ok_or(DatapathError::MissingMap(TX_PORTS))?;
+    let mut devmap: DevMapHash<_> =
+        DevMapHash::try_from(map).map_err(|source| DatapathError::MapRead {
+            map: TX_PORTS,
+            source: Box::new(source),
+        })?;
+    devmap
+        .insert(ifindex, ifindex, None, 0)
+        .map_err(|source| DatapathError::XdpTarget {
+            ifindex,
+            source: Box::new(source),
+        })
+}
+
+/// The index of `interface` in the calling thread's network namespace.
+pub fn ifindex(interface: &str) -> Result<u32, DatapathError> {
+    interface_index(interface).ok_or_else(|| DatapathError::NoSuchInterface(interface.to_string()))
 }
 
 fn attach_xdp(
@@ -192,20 +227,7 @@ fn attach_xdp(
         XdpMode::Skb => ("xdp-generic", ResolvedMode::XdpGeneric),
         _ => ("xdp", ResolvedMode::Xdp),
     };
-    let program: &mut Xdp = ebpf
-        .program_mut(XDP_PROGRAM)
-        .ok_or(DatapathError::MissingProgram(XDP_PROGRAM))?
-        .try_into()
-        .map_err(|source| DatapathError::Verify {
-            source: Box::new(source),
-            name: XDP_PROGRAM,
-        })?;
-    if program.fd().is_err() {
-        program.load().map_err(|source| DatapathError::Verify {
-            source: Box::new(source),
-            name: XDP_PROGRAM,
-        })?;
-    }
+    let program = xdp_program(ebpf, XDP_PROGRAM)?;
     program
         .attach(interface, mode)
         .map_err(|source| DatapathError::Attach {
@@ -218,20 +240,7 @@ fn attach_xdp(
 }
 
 fn attach_tc(ebpf: &mut Ebpf, interface: &str) -> Result<ResolvedMode, DatapathError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .ok_or(DatapathError::MissingProgram(TC_PROGRAM))?
-        .try_into()
-        .map_err(|source| DatapathError::Verify {
-            source: Box::new(source),
-            name: TC_PROGRAM,
-        })?;
-    if program.fd().is_err() {
-        program.load().map_err(|source| DatapathError::Verify {
-            source: Box::new(source),
-            name: TC_PROGRAM,
-        })?;
-    }
+    let program = tc_program(ebpf, TC_PROGRAM)?;
     program
         .attach(interface, TcAttachType::Ingress)
         .map_err(|source| DatapathError::Attach {

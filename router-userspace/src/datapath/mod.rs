@@ -1,13 +1,50 @@
-//! The kernel side as the daemon sees it: the embedded object, attaching its programs, and one
-//! module per map owner.
+//! The kernel side as the daemon sees it: [`Datapath`] loads the embedded object (in one place,
+//! [`object`]), attaches it, and owns its maps through one module each: routes
+//! ([`route_map`]), the port filter ([`port_flags`]), connections and their sweeper
+//! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), settings
+//! ([`settings`]), counters ([`stats`]).
+//!
+//! The daemon's part: `Datapath::open(&cfg.datapath)`, report `attached()`, hand it to the
+//! reconciler as the [`TcpForwarder`], run a [`sweeper::Sweeper`], read `stats()`,
+//! `route_counters()` and `fill()` for metrics.
 
+pub mod addresses;
 pub mod attach;
+pub mod clock;
+pub mod conntrack;
 pub mod kernel_log;
 pub mod object;
+pub mod port_flags;
+pub mod route_map;
+pub mod settings;
 pub mod stats;
+pub mod sweeper;
+mod sys;
+pub mod test_run;
 
 pub use attach::{AttachMode, Attached, ResolvedMode};
+pub use conntrack::{ConnState, Connection, Counters, RouteCounters, SweepReport, Timeouts};
 pub use object::{DatapathError, load};
+pub use route_map::Programmed;
+pub use test_run::{Program, RunOutput};
+
+use crate::config::{DatapathConfig, DatapathKind};
+use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
+use aya::Ebpf;
+use aya::maps::Map;
+use object::maps;
+use router_common::conntrack::{CtKey4, CtValue4};
+use router_common::stats::{Hook, StatReason, StatValue};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+/// NAT source ports probed when a client's own port is taken toward a backend. Above Linux's
+/// default ephemeral range (32768-60999), so they rarely meet the router host's own connections.
+pub const DEFAULT_NAT_SOURCE_PORTS: (u16, u16) = (61000, 65535);
+/// A removed route's ports stay in the kernel filter until a sweep that started this long after
+/// the removal found no connection on them.
+const PORT_LINGER: Duration = Duration::from_secs(1);
 
 /// An error with its sources, one line: what a user reads in the log.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -20,3 +57,274 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// The loaded, attached datapath and the owners of its maps. Dropping it detaches everything.
+pub struct Datapath {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+    settings: settings::SettingsMap,
+    routes: route_map::RouteMap,
+    ports: port_flags::PortFlags,
+    conntrack: conntrack::Conntrack,
+    addresses: addresses::LocalAddresses,
+    clock: clock::KernelClock,
+    /// Ports of removed routes, kept in the filter until a sweep shows no connection uses them.
+    lingering_router_ports: BTreeMap<u16, Instant>,
+    lingering_backend_ports: BTreeMap<u16, Instant>,
+    last_sweep: Option<SweepReport>,
+    /// The network namespace the datapath serves (the sweeper's thread joins it).
+    netns: Option<OwnedFd>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+}
+
+impl Datapath {
+    /// Loads the programs with maps sized from `cfg`, verifies them, programs the router's
+    /// addresses and attaches every configured interface (in the calling thread's network
+    /// namespace).
+    pub fn open(cfg: &DatapathConfig) -> Result<Datapath, DatapathError> {
+        let default_mode = match cfg.kind {
+            DatapathKind::Ebpf(mode) => mode,
+            DatapathKind::Nginx => {
+                return Err(DatapathError::Config(
+                    "the nginx datapath has no kernel programs to open".into(),
+                ));
+            }
+        };
+        let mut ebpf = object::load_with(&object::LoadOptions {
+            max_connections: cfg.max_connections,
+        })?;
+        object::verify_all(&mut ebpf)?;
+        let settings = settings::SettingsMap::new(
+            take(&mut ebpf, maps::CONFIG)?,
+            cfg.max_connections,
+            cfg.nat_source_ports,
+        )?;
+        let routes = route_map::RouteMap::new(take(&mut ebpf, maps::ROUTES)?)?;
+        let ports = port_flags::PortFlags::new(take(&mut ebpf, maps::PORT_FLAGS)?)?;
+        let conntrack = conntrack::Conntrack::new(
+            take(&mut ebpf, maps::CT4)?,
+            take(&mut ebpf, maps::CT_COUNT)?,
+            cfg.max_connections,
+        )?;
+        let addresses = addresses::LocalAddresses::new(
+            take(&mut ebpf, maps::LOCAL_ADDRS)?,
+            &cfg.router_addresses,
+        )?;
+        let clock = clock::KernelClock::new(&mut ebpf)?;
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map(OwnedFd::from)
+            .ok();
+        let mut dp = Datapath {
+            ebpf,
+            attached: Vec::new(),
+            settings,
+            routes,
+            ports,
+            conntrack,
+            addresses,
+            clock,
+            lingering_router_ports: BTreeMap::new(),
+            lingering_backend_ports: BTreeMap::new(),
+            last_sweep: None,
+            netns,
+        };
+        for (interface, mode) in &cfg.interfaces {
+            let attached = attach::attach(&mut dp.ebpf, interface, mode.unwrap_or(default_mode))?;
+            dp.attached.push(attached);
+        }
+        Ok(dp)
+    }
+
+    /// Each configured interface with the mode it got.
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    /// The router addresses new connections are accepted on.
+    pub fn router_addresses(&self) -> &BTreeSet<std::net::Ipv4Addr> {
+        self.addresses.addresses()
+    }
+
+    /// Re-reads the interface addresses when they are not configured. Call it from the network
+    /// namespace the datapath serves (the sweeper does).
+    pub fn refresh_addresses(&mut self) -> Result<(), DatapathError> {
+        self.addresses.refresh()
+    }
+
+    /// Starts forwarding the kernel programs' log records into the daemon's log.
+    pub fn spawn_kernel_log(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        kernel_log::spawn(&mut self.ebpf)
+    }
+
+    /// Makes the route map equal `wanted`. New connections follow at once; established ones
+    /// keep their backend until they end.
+    pub fn apply_routes(
+        &mut self,
+        wanted: &BTreeMap<u16, TcpRoute>,
+    ) -> Result<ApplyReport, DatapathError> {
+        let before = self.routes.programmed().clone();
+        let report = self.routes.apply(wanted);
+        let now = Instant::now();
+        let after = self.routes.programmed();
+        for (port, old) in &before {
+            match after.get(port) {
+                Some(new) if new.upstream == old.upstream => {}
+                Some(_) => {
+                    self.lingering_backend_ports
+                        .insert(old.upstream.port(), now);
+                }
+                None => {
+                    self.lingering_router_ports.insert(*port, now);
+                    self.lingering_backend_ports
+                        .insert(old.upstream.port(), now);
+                }
+            }
+        }
+        self.sync_ports()?;
+        Ok(report)
+    }
+
+    /// The routes as programmed, by router port.
+    pub fn routes(&self) -> &BTreeMap<u16, Programmed> {
+        self.routes.programmed()
+    }
+
+    fn sync_ports(&mut self) -> Result<(), DatapathError> {
+        let programmed = self.routes.programmed();
+        let mut router: BTreeSet<u16> = programmed.keys().copied().collect();
+        let mut backend: BTreeSet<u16> = programmed.values().map(|p| p.upstream.port()).collect();
+        router.extend(self.lingering_router_ports.keys());
+        backend.extend(self.lingering_backend_ports.keys());
+        if let Some(sweep) = &self.last_sweep {
+            router.extend(&sweep.router_ports);
+            backend.extend(&sweep.backend_ports);
+        }
+        self.ports.sync(router, backend)
+    }
+
+    /// Sets the idle timeouts the sweeper enforces.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.conntrack.set_timeouts(timeouts);
+    }
+
+    /// One sweep of the connection table: expires idle connections, removes half-pairs,
+    /// corrects the kernel's live count, refreshes next hops and the port filter.
+    pub fn sweep(&mut self) -> Result<SweepReport, DatapathError> {
+        let started = Instant::now();
+        let now = self.clock.now(&mut self.ebpf)?;
+        let report = self.conntrack.sweep(now, &self.clock)?;
+        self.settings.bump_epoch()?;
+        self.lingering_router_ports
+            .retain(|_, removed| started < *removed + PORT_LINGER);
+        self.lingering_backend_ports
+            .retain(|_, removed| started < *removed + PORT_LINGER);
+        self.last_sweep = Some(report.clone());
+        self.sync_ports()?;
+        Ok(report)
+    }
+
+    /// The last sweep's report.
+    pub fn last_sweep(&self) -> Option<&SweepReport> {
+        self.last_sweep.as_ref()
+    }
+
+    /// Connections in the table (as the kernel counts them) and the configured capacity.
+    pub fn fill(&self) -> Result<(u64, u64), DatapathError> {
+        Ok((
+            self.conntrack.counted_live()?,
+            self.conntrack.capacity() as u64,
+        ))
+    }
+
+    /// Per programmed route (by router port): live connections and traffic, as of the last
+    /// sweep.
+    pub fn route_counters(&self) -> BTreeMap<u16, (Programmed, RouteCounters)> {
+        self.routes
+            .programmed()
+            .iter()
+            .map(|(port, p)| {
+                let counters = self
+                    .last_sweep
+                    .as_ref()
+                    .and_then(|s| s.routes.get(&p.route_id).copied())
+                    .unwrap_or_default();
+                (*port, (p.clone(), counters))
+            })
+            .collect()
+    }
+
+    /// The tracked connections now (reads the whole table).
+    pub fn connections(&mut self) -> Result<Vec<Connection>, DatapathError> {
+        let now = self.clock.now(&mut self.ebpf)?;
+        self.conntrack.connections(now, &self.clock)
+    }
+
+    /// Verdict counters of every hook and reason.
+    pub fn stats(&self) -> Result<Vec<(Hook, StatReason, StatValue)>, DatapathError> {
+        stats::read_all(&self.ebpf)
+    }
+
+    /// One verdict counter.
+    pub fn stat(&self, hook: Hook, reason: StatReason) -> Result<StatValue, DatapathError> {
+        stats::read(&self.ebpf, hook, reason)
+    }
+
+    /// Runs a program on `frame` through BPF_PROG_TEST_RUN (tests and the cost benchmark).
+    pub fn test_run(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+        ifindex: Option<u32>,
+    ) -> Result<RunOutput, DatapathError> {
+        test_run::run(&mut self.ebpf, program, frame, repeat, ifindex)
+    }
+
+    /// Lets XDP redirect to `interface` without attaching to it (tests and benchmarks that
+    /// drive the programs through BPF_PROG_TEST_RUN).
+    pub fn add_xdp_target(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let ifindex = attach::ifindex(interface)?;
+        attach::add_xdp_target(&mut self.ebpf, ifindex)
+    }
+
+    /// The settings the kernel reads now.
+    pub fn settings(&self) -> router_common::config::Settings {
+        self.settings.current()
+    }
+
+    /// The connection-table entry at `key`, if any.
+    pub fn conntrack_entry(&self, key: &CtKey4) -> Option<CtValue4> {
+        self.conntrack.get(key)
+    }
+
+    /// Writes a connection-table entry directly. Only for BPF_PROG_TEST_RUN benchmarks that
+    /// need a looping pair of entries; the kernel creates real connections itself.
+    pub fn insert_conntrack_entry(
+        &mut self,
+        key: CtKey4,
+        value: CtValue4,
+    ) -> Result<(), DatapathError> {
+        self.conntrack.insert(key, value)
+    }
+
+    /// The network namespace the datapath was opened in.
+    pub(crate) fn netns(&self) -> Option<&OwnedFd> {
+        self.netns.as_ref()
+    }
+}
+
+impl TcpForwarder for Datapath {
+    fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> anyhow::Result<ApplyReport> {
+        self.apply_routes(wanted)
+            .map_err(|e| anyhow::anyhow!("programming the TCP routes: {}", error_chain(&e)))
+    }
+}
+
+// The daemon moves the datapath into its reconciler task.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Datapath>();
+};

@@ -1,5 +1,7 @@
-//! The kernel object, embedded at build time so one binary is all a host needs.
+//! The kernel object, embedded at build time so one binary is all a host needs, and the one
+//! place it is loaded (maps sized from the configuration, programs verified).
 
+use aya::programs::{ProgramError, SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
 /// The `router-ebpf` object, aligned for the ELF parser.
@@ -8,6 +10,24 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Names of the programs in [`OBJECT`].
 pub const XDP_PROGRAM: &str = "task_router_xdp";
 pub const TC_PROGRAM: &str = "task_router_tc";
+/// Publishes the kernel's jiffies (run through BPF_PROG_TEST_RUN, never attached).
+pub const CLOCK_PROGRAM: &str = "task_router_clock";
+/// Empty programs: the floor of per-packet cost measurements.
+pub const EMPTY_XDP_PROGRAM: &str = "bench_empty_xdp";
+pub const EMPTY_TC_PROGRAM: &str = "bench_empty_tc";
+
+/// Names of the maps, as pinned later under `bpffs` (each at most 15 bytes).
+pub mod maps {
+    pub const STATS: &str = "STATS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const PORT_FLAGS: &str = "PORT_FLAGS";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const ROUTES: &str = "ROUTES";
+    pub const CT4: &str = "CT4";
+    pub const CT_COUNT: &str = "CT_COUNT";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const CLOCK: &str = "CLOCK";
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -39,11 +59,127 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("writing map {map} failed")]
+    MapWrite {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("making interface {ifindex} an XDP redirect target failed")]
+    XdpTarget {
+        ifindex: u32,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
+    #[error("{operation} on map {map} failed")]
+    MapSyscall {
+        operation: &'static str,
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running program {program} through BPF_PROG_TEST_RUN failed")]
+    TestRun {
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("listing the host's interface addresses failed")]
+    Addresses(#[source] std::io::Error),
+    #[error("entering the datapath's network namespace failed")]
+    Netns(#[source] std::io::Error),
+    #[error("invalid datapath configuration: {0}")]
+    Config(String),
 }
 
-/// Loads the embedded object into the kernel (maps created, programs not yet verified).
+/// Sizes and options of a load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Connections the table must hold (two entries each).
+    pub max_connections: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_connections: 262_144,
+        }
+    }
+}
+
+/// Entries of the `CT4` LRU map for `max_connections`: two per connection, plus room for the
+/// LRU's per-CPU free lists, so it never evicts a live entry before the kernel's count says the
+/// table is full (which is a counted drop instead).
+pub fn conntrack_entries(max_connections: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get()) as u32;
+    max_connections
+        .saturating_mul(2)
+        .saturating_add(cpus.saturating_mul(256))
+        .saturating_add(1024)
+}
+
+/// Loads the embedded object with the default sizes (programs not yet verified).
 pub fn load() -> Result<Ebpf, DatapathError> {
+    load_with(&LoadOptions::default())
+}
+
+/// Loads the embedded object into the kernel: maps created with their configured sizes,
+/// programs not yet verified (see [`verify_all`]).
+pub fn load_with(opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
+    if opts.max_connections == 0 {
+        return Err(DatapathError::Config(
+            "max_connections must be at least 1".into(),
+        ));
+    }
     EbpfLoader::new()
+        .map_max_entries(maps::CT4, conntrack_entries(opts.max_connections))
         .load(OBJECT)
         .map_err(|e| DatapathError::Load(Box::new(e)))
+}
+
+fn verify_error(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Verify {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Loads (verifies) an XDP program of the object unless already loaded.
+pub fn xdp_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DatapathError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(verify_error(name))?;
+    if program.fd().is_err() {
+        program.load().map_err(verify_error(name))?;
+    }
+    Ok(program)
+}
+
+/// Loads (verifies) a TC program of the object unless already loaded.
+pub fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(verify_error(name))?;
+    if program.fd().is_err() {
+        program.load().map_err(verify_error(name))?;
+    }
+    Ok(program)
+}
+
+/// Verifies every program the daemon runs, so a kernel that rejects one fails at start-up.
+pub fn verify_all(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    xdp_program(ebpf, XDP_PROGRAM)?;
+    tc_program(ebpf, TC_PROGRAM)?;
+    xdp_program(ebpf, CLOCK_PROGRAM)?;
+    Ok(())
 }

@@ -1,0 +1,149 @@
+//! The connection table (`CT4`, an LRU hash): two entries per connection, one per direction,
+//! each keyed by the tuple its packets arrive with and holding the translation to apply.
+//!
+//! Client `C:c -> R:P` is forwarded as `R':s -> B:b`; the backend's replies `B:b -> R':s` go
+//! back as `R:P -> C:c`. The forward entry is keyed `(C, R, c, P)`, the reply entry
+//! `(B, R', b, s)`. Each entry's rewritten tuple, swapped, is its partner's key.
+
+use crate::csum;
+
+/// Key of `CT4`: the IPv4 TCP tuple of an arriving packet, network byte order. Twelve bytes, no
+/// padding: one jhash round. IPv6 gets its own map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+crate::assert_layout!(CtKey4, size = 12, align = 4);
+
+/// `CtValue4::flags`, next-hop cache part: the cached `nh_*` fields are valid for `nh_epoch`.
+pub const NH_VALID: u8 = 0x01;
+/// XDP checked whether the egress interface takes XDP redirects (result in `NH_XDP_OK`).
+pub const NH_XDP_CHECKED: u8 = 0x02;
+/// The egress interface is in `TX_PORTS`.
+pub const NH_XDP_OK: u8 = 0x04;
+/// The bits a next-hop refresh resets.
+pub const NH_MASK: u8 = NH_VALID | NH_XDP_CHECKED | NH_XDP_OK;
+/// `CtValue4::flags`: the entry matches the backend's packets (replies); clear = the client's.
+pub const F_TO_CLIENT: u8 = 0x08;
+/// `CtValue4::flags`: leave the TTL alone. Only for BPF_PROG_TEST_RUN benchmarks, which replay
+/// one buffer through a pair of entries; `l3_csum` must match.
+pub const F_KEEP_TTL: u8 = 0x10;
+
+/// `CtValue4::tcp_flags`: the union of these TCP flags over the direction's packets.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_TRACKED: u8 = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK;
+
+/// One direction of a connection: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue4 {
+    /// The tuple written into matching packets, network order.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// Folded checksum deltas: IP header (addresses and TTL), TCP pseudo-header (addresses),
+    /// TCP ports.
+    pub l3_csum: u16,
+    pub l4_pseudo_csum: u16,
+    pub l4_port_csum: u16,
+    /// Cached next hop: IP MTU of the egress interface, the interface, Ethernet addresses;
+    /// valid per `flags & NH_VALID` and `nh_epoch`.
+    pub nh_mtu: u16,
+    pub nh_ifindex: u32,
+    pub nh_smac: [u8; 6],
+    pub nh_dmac: [u8; 6],
+    pub nh_epoch: u16,
+    /// `NH_*` and `F_*` bits.
+    pub flags: u8,
+    /// `TCP_*` bits seen in this direction.
+    pub tcp_flags: u8,
+    /// The route the connection was opened through (`RouteValue::route_id`).
+    pub route_id: u32,
+    /// Kernel jiffies of the last packet, low 32 bits.
+    pub last_seen: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+crate::assert_layout!(CtValue4, size = 64, align = 8);
+
+impl CtValue4 {
+    /// An entry that rewrites packets arriving as `from` into `to`, with its checksum deltas;
+    /// `flags` are `F_*` bits. Next hop, state and counters start empty.
+    #[inline(always)]
+    pub fn rewrite(from: &CtKey4, to: &CtKey4, flags: u8) -> CtValue4 {
+        let addr = csum::delta32(csum::delta32(0, from.saddr, to.saddr), from.daddr, to.daddr);
+        let ports = csum::delta16(csum::delta16(0, from.sport, to.sport), from.dport, to.dport);
+        let ttl = if flags & F_KEEP_TTL != 0 {
+            0
+        } else {
+            csum::TTL_DEC_DELTA as u32
+        };
+        CtValue4 {
+            saddr: to.saddr,
+            daddr: to.daddr,
+            sport: to.sport,
+            dport: to.dport,
+            l3_csum: csum::fold(addr + ttl),
+            l4_pseudo_csum: csum::fold(addr),
+            l4_port_csum: csum::fold(ports),
+            flags,
+            ..CtValue4::default()
+        }
+    }
+
+    /// The tuple packets carry after the rewrite.
+    #[inline(always)]
+    pub const fn rewritten(&self) -> CtKey4 {
+        CtKey4 {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+        }
+    }
+
+    /// Whether this entry matches the backend's packets.
+    #[inline(always)]
+    pub const fn to_client(&self) -> bool {
+        self.flags & F_TO_CLIENT != 0
+    }
+}
+
+impl CtKey4 {
+    /// The tuple of the opposite direction.
+    #[inline(always)]
+    pub const fn swapped(&self) -> CtKey4 {
+        CtKey4 {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+
+    /// The key of the partner entry of an entry with this value: its rewritten tuple, swapped.
+    #[inline(always)]
+    pub const fn partner_of(v: &CtValue4) -> CtKey4 {
+        CtKey4 {
+            saddr: v.daddr,
+            daddr: v.saddr,
+            sport: v.dport,
+            dport: v.sport,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, `repr(C)`, no padding.
+unsafe impl aya::Pod for CtKey4 {}
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, `repr(C)`, no padding.
+unsafe impl aya::Pod for CtValue4 {}

@@ -1,0 +1,236 @@
+//! Full NAT of TCP: translating a packet by its connection entry, and opening a connection
+//! (route look-up, NAT source address and port, both entries).
+
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
+use router_common::{
+    config::NAT_PORT_PROBES,
+    conntrack::{
+        CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, NH_XDP_CHECKED, NH_XDP_OK, TCP_SYN, TCP_TRACKED,
+    },
+    route::{FAMILY_IPV4, ROUTE_MAP_SIZE, RouteKey, RouteValue},
+    stats::{Hook, StatReason},
+};
+
+use crate::clock;
+use crate::config;
+use crate::conntrack;
+use crate::ctx::Packet;
+use crate::parse::{
+    ETH_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TTL, TCP_CHECK, TCP_DPORT, TCP_SPORT, load8,
+    load16, store_mac, store8, store16, store32,
+};
+use crate::redirect::{self, Fib, Out, Verdict};
+use crate::{drop, pass};
+
+#[map(name = "ROUTES")]
+static ROUTES: HashMap<RouteKey, RouteValue> =
+    HashMap::with_max_entries(ROUTE_MAP_SIZE, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Frame offset of the TCP checksum (IPv4 without options).
+const TCP_CHECK_OFF: usize = ETH_LEN + IP_LEN + TCP_CHECK;
+
+/// Writes the entry's tuple, TTL and checksums into the IPv4/TCP headers at `ip`/`tcp` (both
+/// already bounds-checked), and its cached Ethernet addresses when `l2`. The TCP checksum comes
+/// last: on TC it may move the packet.
+#[inline(always)]
+fn rewrite<P: Packet>(p: &P, ip: usize, tcp: usize, v: &CtValue4, l2: bool) -> bool {
+    if v.flags & F_KEEP_TTL == 0 {
+        store8(ip + IP_TTL, load8(ip + IP_TTL) - 1);
+    }
+    store32(ip + IP_SADDR, v.saddr);
+    store32(ip + IP_DADDR, v.daddr);
+    store16(
+        ip + IP_CHECK,
+        router_common::csum::apply(load16(ip + IP_CHECK), v.l3_csum),
+    );
+    store16(tcp + TCP_SPORT, v.sport);
+    store16(tcp + TCP_DPORT, v.dport);
+    if l2 {
+        let eth = ip - ETH_LEN;
+        store_mac(eth, &v.nh_dmac);
+        store_mac(eth + 6, &v.nh_smac);
+    }
+    p.tcp_csum(TCP_CHECK_OFF, v.l4_pseudo_csum, v.l4_port_csum)
+}
+
+/// The TTL after translation would be zero.
+#[inline(always)]
+pub fn ttl_expires(ip: usize, flags: u8) -> bool {
+    let dec = if flags & F_KEEP_TTL != 0 { 0 } else { 1 };
+    load8(ip + IP_TTL) <= dec
+}
+
+/// Translates and sends on a packet of a tracked connection; `tcp_flags` are the packet's.
+#[inline(always)]
+pub fn forward<P: Packet>(
+    p: &P,
+    ip: usize,
+    tcp: usize,
+    entry: *mut CtValue4,
+    tcp_flags: u8,
+) -> Verdict {
+    // SAFETY: a map value pointer from the conntrack look-up.
+    let v = unsafe { &mut *entry };
+    let epoch = match config::settings() {
+        Some(s) => s.nh_epoch,
+        None => 0,
+    };
+    let out = redirect::next_hop(p, v, epoch);
+    if let Out::Stop(reason) = out {
+        return pass(p, reason);
+    }
+    if ttl_expires(ip, v.flags) {
+        return drop(p, StatReason::DropTtlExceeded);
+    }
+    if let Out::Cached = out {
+        let tot_len = u16::from_be(load16(ip + 2));
+        if v.nh_mtu != 0 && tot_len > v.nh_mtu && !p.is_gso() {
+            return if P::HOOK == Hook::Xdp {
+                pass(p, StatReason::XdpToTcTooBig)
+            } else {
+                drop(p, StatReason::DropTooBig)
+            };
+        }
+    }
+    let seen = tcp_flags & TCP_TRACKED;
+    if v.tcp_flags | seen != v.tcp_flags {
+        v.tcp_flags |= seen;
+    }
+    let now = clock::now();
+    if v.last_seen != now {
+        v.last_seen = now;
+    }
+    v.packets += p.segments();
+    v.bytes += p.frame_len();
+    let cached = matches!(out, Out::Cached);
+    let (ifindex, l2) = (v.nh_ifindex, cached);
+    if !rewrite(p, ip, tcp, v, l2) {
+        return drop(p, StatReason::DropRewriteFailed);
+    }
+    crate::stats::count(P::HOOK, StatReason::Forwarded, p.frame_len());
+    match out {
+        Out::Neigh(ifindex, nh) => Verdict::RedirectNeigh(ifindex, nh),
+        _ => Verdict::Redirect(ifindex),
+    }
+}
+
+/// Opens a connection for a SYN (`key` is its tuple, `port` the router port in host order).
+#[inline(always)]
+pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) -> Verdict {
+    if !config::is_local(key.daddr) {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    let Some(route) = ROUTES.get_ptr(RouteKey::tcp(port)) else {
+        return pass(p, StatReason::PassNoRoute);
+    };
+    // SAFETY: a map value pointer; copied out at once.
+    let route = unsafe { *route };
+    if route.family != FAMILY_IPV4 {
+        return pass(p, StatReason::PassNoRoute);
+    }
+    let Some(settings) = config::settings() else {
+        return pass(p, StatReason::PassNoRoute);
+    };
+    if ttl_expires(ip, 0) {
+        return drop(p, StatReason::DropTtlExceeded);
+    }
+    if conntrack::live() >= settings.max_connections as u64 {
+        return drop(p, StatReason::DropTableFull);
+    }
+    let backend = route.ipv4_raw();
+    // The next hop toward the backend, and the source address the kernel would use there (R').
+    let (found, neigh) = match redirect::fib(p, 0, backend, true) {
+        Fib::Found(found) => (found, None),
+        Fib::NoNeigh(ifindex, nh, found) => {
+            if P::HOOK == Hook::Xdp {
+                return pass(p, StatReason::XdpToTcNoNeigh);
+            }
+            (found, Some((ifindex, nh)))
+        }
+        Fib::Failed => return pass(p, StatReason::PassFibFailed),
+    };
+    // SAFETY: union member written by the kernel for BPF_FIB_LOOKUP_SRC.
+    let nat_src = unsafe { found.__bindgen_anon_3.ipv4_src };
+    if nat_src == 0 {
+        return pass(p, StatReason::PassFibFailed);
+    }
+    if P::HOOK == Hook::Xdp && !redirect::is_xdp_target(found.ifindex) {
+        return pass(p, StatReason::XdpToTcNotXdpTarget);
+    }
+    let now = clock::now();
+    let client_side = key.swapped();
+    // The tuple the connection has toward the backend; its source port is allocated below.
+    let mut out = CtKey4 {
+        saddr: nat_src,
+        daddr: backend,
+        sport: key.sport,
+        dport: route.port_be,
+    };
+    let mut reserved = reserve_reply(&mut out, &client_side, route.route_id, now, key.sport);
+    if !reserved {
+        // Independent random tries: sequential probing from one random start would walk into
+        // the clusters earlier allocations leave, and fail long before the range is full.
+        let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
+        let span = if max >= min { max - min + 1 } else { 1 };
+        let mut i = 0;
+        while i < NAT_PORT_PROBES {
+            // SAFETY: a helper without arguments.
+            let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
+            if reserve_reply(&mut out, &client_side, route.route_id, now, port.to_be()) {
+                reserved = true;
+                break;
+            }
+            i += 1;
+        }
+    }
+    if !reserved {
+        return drop(p, StatReason::DropNoSourcePort);
+    }
+    let mut fwd = CtValue4::rewrite(key, &out, 0);
+    fwd.route_id = route.route_id;
+    fwd.tcp_flags = TCP_SYN;
+    fwd.last_seen = now;
+    fwd.packets = p.segments();
+    fwd.bytes = p.frame_len();
+    if neigh.is_none() {
+        redirect::cache(&mut fwd, &found, settings.nh_epoch);
+        if P::HOOK == Hook::Xdp {
+            fwd.flags |= NH_XDP_CHECKED | NH_XDP_OK;
+        }
+    }
+    if !conntrack::insert_new(key, &fwd) {
+        conntrack::remove(&out.swapped());
+        // Another CPU opened the same connection (a retransmitted SYN) a moment ago.
+        return match conntrack::lookup(key) {
+            Some(existing) => forward(p, ip, tcp, existing, TCP_SYN),
+            None => drop(p, StatReason::DropConntrackInsert),
+        };
+    }
+    conntrack::count_created();
+    if !rewrite(p, ip, tcp, &fwd, neigh.is_none()) {
+        return drop(p, StatReason::DropRewriteFailed);
+    }
+    crate::stats::count(P::HOOK, StatReason::NewConnection, p.frame_len());
+    match neigh {
+        Some((ifindex, nh)) => Verdict::RedirectNeigh(ifindex, nh),
+        None => Verdict::Redirect(found.ifindex),
+    }
+}
+
+/// Claims source port `sport` (network order) for the connection's backend side by inserting
+/// its reply entry; fails when another connection to the same backend has it.
+#[inline(always)]
+fn reserve_reply(
+    out: &mut CtKey4,
+    client_side: &CtKey4,
+    route_id: u32,
+    now: u32,
+    sport: u16,
+) -> bool {
+    out.sport = sport;
+    let reply_key = out.swapped();
+    let mut reply = CtValue4::rewrite(&reply_key, client_side, F_TO_CLIENT);
+    reply.route_id = route_id;
+    reply.last_seen = now;
+    conntrack::insert_new(&reply_key, &reply)
+}

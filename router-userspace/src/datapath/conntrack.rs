@@ -1,0 +1,408 @@
+//! Owner of the connection table (`CT4`) and its count (`CT_COUNT`): the sweeper that enforces
+//! idle timeouts by TCP state, removes half-pairs, keeps the kernel's live count honest, and
+//! exports the fill level and per-route counters.
+
+use super::DatapathError;
+use super::clock::KernelClock;
+use super::object::maps::{CT_COUNT, CT4};
+use super::sys;
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
+use router_common::config::{CT_CREATED, CT_REMOVED};
+use router_common::conntrack::{CtKey4, CtValue4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// Entries read per batch syscall.
+const SCAN_CHUNK: usize = 4096;
+/// A half-pair younger than this may be a connection being opened right now.
+const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// Idle timeouts by connection state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Handshake complete, or half-closed (one FIN): a long-lived, possibly quiet connection.
+    pub established: Duration,
+    /// SYN seen, handshake not complete.
+    pub opening: Duration,
+    /// Both FINs or a RST seen.
+    pub closing: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            established: Duration::from_secs(6 * 3600),
+            opening: Duration::from_secs(60),
+            closing: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    Opening,
+    Established,
+    Closing,
+}
+
+/// The state of a connection from the TCP flags seen toward the backend and toward the client.
+pub fn state(to_backend: u8, to_client: u8) -> ConnState {
+    if (to_backend | to_client) & TCP_RST != 0 || to_backend & to_client & TCP_FIN != 0 {
+        ConnState::Closing
+    } else if to_backend & TCP_ACK != 0 && to_client & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        ConnState::Established
+    } else {
+        ConnState::Opening
+    }
+}
+
+/// Packets and bytes (frames, Ethernet header included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counters {
+    fn add(&mut self, v: &CtValue4) {
+        self.packets += v.packets;
+        self.bytes += v.bytes;
+    }
+
+    fn add_counters(&mut self, c: &Counters) {
+        self.packets += c.packets;
+        self.bytes += c.bytes;
+    }
+}
+
+/// Per-route totals: connections in the table now, and traffic of live and ended ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RouteCounters {
+    /// Connections in the table that are not closing.
+    pub active: u64,
+    /// Connections in the table.
+    pub connections: u64,
+    pub to_backend: Counters,
+    pub to_client: Counters,
+}
+
+/// One tracked connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Connection {
+    pub client: SocketAddrV4,
+    pub router: SocketAddrV4,
+    pub nat_source: SocketAddrV4,
+    pub backend: SocketAddrV4,
+    pub route_id: u32,
+    pub state: ConnState,
+    pub idle: Duration,
+    pub to_backend: Counters,
+    pub to_client: Counters,
+}
+
+/// What one sweep found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Connections in the table after the sweep.
+    pub live: u64,
+    /// Connections the table is configured for.
+    pub capacity: u64,
+    /// Connections removed for idleness in this sweep.
+    pub expired: u64,
+    /// Half-pairs removed in this sweep.
+    pub orphans: u64,
+    /// Per route id: live connections and traffic since the datapath was opened.
+    pub routes: BTreeMap<u32, RouteCounters>,
+    /// Router ports and backend ports with connections in the table.
+    pub router_ports: BTreeSet<u16>,
+    pub backend_ports: BTreeSet<u16>,
+    pub took: Duration,
+}
+
+impl SweepReport {
+    /// Fill level of the connection table, 0.0 to 1.0.
+    pub fn fill(&self) -> f64 {
+        if self.capacity == 0 {
+            return 0.0;
+        }
+        self.live as f64 / self.capacity as f64
+    }
+}
+
+pub struct Conntrack {
+    table: HashMap<MapData, CtKey4, CtValue4>,
+    count: Array<MapData, u64>,
+    capacity: u32,
+    removed: u64,
+    retired: BTreeMap<u32, RouteCounters>,
+    timeouts: Timeouts,
+}
+
+fn ip(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn sock(raw_ip: u32, raw_port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip(raw_ip), u16::from_be(raw_port))
+}
+
+/// A complete pair: the client's entry (`to_backend`) and the backend's (`to_client`).
+struct Pair<'a> {
+    fwd_key: &'a CtKey4,
+    fwd: &'a CtValue4,
+    rev_key: CtKey4,
+    rev: &'a CtValue4,
+}
+
+impl Conntrack {
+    pub fn new(table: Map, count: Map, capacity: u32) -> Result<Conntrack, DatapathError> {
+        let table = HashMap::try_from(table).map_err(|source| DatapathError::MapRead {
+            map: CT4,
+            source: Box::new(source),
+        })?;
+        let count = Array::try_from(count).map_err(|source| DatapathError::MapRead {
+            map: CT_COUNT,
+            source: Box::new(source),
+        })?;
+        Ok(Conntrack {
+            table,
+            count,
+            capacity,
+            removed: 0,
+            retired: BTreeMap::new(),
+            timeouts: Timeouts::default(),
+        })
+    }
+
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn get(&self, key: &CtKey4) -> Option<CtValue4> {
+        self.table.get(key, 0).ok()
+    }
+
+    pub fn insert(&mut self, key: CtKey4, value: CtValue4) -> Result<(), DatapathError> {
+        self.table
+            .insert(key, value, 0)
+            .map_err(|source| DatapathError::MapWrite {
+                map: CT4,
+                source: Box::new(source),
+            })
+    }
+
+    /// Every entry of the table.
+    pub fn scan(&self) -> Result<std::collections::HashMap<CtKey4, CtValue4>, DatapathError> {
+        let mut entries = std::collections::HashMap::new();
+        sys::for_each_entry::<CtKey4, CtValue4>(
+            self.table.map().fd().as_fd(),
+            SCAN_CHUNK,
+            |k, v| {
+                entries.insert(*k, *v);
+            },
+        )
+        .map_err(|source| DatapathError::MapSyscall {
+            operation: "batch look-up",
+            map: CT4,
+            source,
+        })?;
+        Ok(entries)
+    }
+
+    fn created(&self) -> Result<u64, DatapathError> {
+        self.count
+            .get(&CT_CREATED, 0)
+            .map_err(|source| DatapathError::MapRead {
+                map: CT_COUNT,
+                source: Box::new(source),
+            })
+    }
+
+    /// Connections the kernel counts as live (created minus removed).
+    pub fn counted_live(&self) -> Result<u64, DatapathError> {
+        Ok(self.created()?.saturating_sub(self.removed))
+    }
+
+    fn pairs<'a>(
+        entries: &'a std::collections::HashMap<CtKey4, CtValue4>,
+    ) -> (Vec<Pair<'a>>, Vec<(&'a CtKey4, &'a CtValue4)>) {
+        let mut pairs = Vec::new();
+        let mut orphans = Vec::new();
+        for (key, value) in entries {
+            let partner = CtKey4::partner_of(value);
+            match entries.get(&partner) {
+                Some(other) if value.to_client() == other.to_client() => {
+                    orphans.push((key, value));
+                }
+                Some(other) if !value.to_client() => pairs.push(Pair {
+                    fwd_key: key,
+                    fwd: value,
+                    rev_key: partner,
+                    rev: other,
+                }),
+                Some(_) => {}
+                None => orphans.push((key, value)),
+            }
+        }
+        (pairs, orphans)
+    }
+
+    /// The tracked connections now.
+    pub fn connections(
+        &self,
+        now: u64,
+        clock: &KernelClock,
+    ) -> Result<Vec<Connection>, DatapathError> {
+        let entries = self.scan()?;
+        let (pairs, _) = Self::pairs(&entries);
+        let mut out: Vec<Connection> = pairs
+            .iter()
+            .map(|p| Connection {
+                client: sock(p.fwd_key.saddr, p.fwd_key.sport),
+                router: sock(p.fwd_key.daddr, p.fwd_key.dport),
+                nat_source: sock(p.fwd.saddr, p.fwd.sport),
+                backend: sock(p.fwd.daddr, p.fwd.dport),
+                route_id: p.fwd.route_id,
+                state: state(p.fwd.tcp_flags, p.rev.tcp_flags),
+                idle: clock
+                    .since(now, p.fwd.last_seen)
+                    .min(clock.since(now, p.rev.last_seen)),
+                to_backend: Counters {
+                    packets: p.fwd.packets,
+                    bytes: p.fwd.bytes,
+                },
+                to_client: Counters {
+                    packets: p.rev.packets,
+                    bytes: p.rev.bytes,
+                },
+            })
+            .collect();
+        out.sort_by_key(|c| (c.router, c.client));
+        Ok(out)
+    }
+
+    /// Removes idle connections and half-pairs, corrects the live count and reports.
+    pub fn sweep(&mut self, now: u64, clock: &KernelClock) -> Result<SweepReport, DatapathError> {
+        let started = Instant::now();
+        let created_before = self.created()?;
+        let entries = self.scan()?;
+        let (pairs, orphans) = Self::pairs(&entries);
+        let mut report = SweepReport {
+            capacity: self.capacity as u64,
+            ..SweepReport::default()
+        };
+        let mut remove = Vec::new();
+        let mut routes = self.retired.clone();
+        for p in &pairs {
+            let st = state(p.fwd.tcp_flags, p.rev.tcp_flags);
+            let idle = clock
+                .since(now, p.fwd.last_seen)
+                .min(clock.since(now, p.rev.last_seen));
+            let limit = match st {
+                ConnState::Opening => self.timeouts.opening,
+                ConnState::Established => self.timeouts.established,
+                ConnState::Closing => self.timeouts.closing,
+            };
+            if idle >= limit {
+                remove.push((*p.fwd_key, p.rev_key, p.fwd.route_id, *p.fwd, *p.rev));
+                continue;
+            }
+            report.live += 1;
+            let r = routes.entry(p.fwd.route_id).or_default();
+            r.connections += 1;
+            if st != ConnState::Closing {
+                r.active += 1;
+            }
+            r.to_backend.add(p.fwd);
+            r.to_client.add(p.rev);
+            report.router_ports.insert(u16::from_be(p.fwd_key.dport));
+            report.backend_ports.insert(u16::from_be(p.rev_key.sport));
+        }
+        for (fwd_key, rev_key, route_id, fwd, rev) in remove {
+            // A failed removal means the kernel or the LRU removed it first.
+            let _ = self.table.remove(&fwd_key);
+            let _ = self.table.remove(&rev_key);
+            let retired = self.retired.entry(route_id).or_default();
+            retired.to_backend.add(&fwd);
+            retired.to_client.add(&rev);
+            let r = routes.entry(route_id).or_default();
+            r.to_backend.add(&fwd);
+            r.to_client.add(&rev);
+            self.removed += 1;
+            report.expired += 1;
+        }
+        for (key, value) in orphans {
+            if clock.since(now, value.last_seen) < ORPHAN_GRACE {
+                // Possibly being opened: still counts against the table and keeps its ports.
+                if !value.to_client() {
+                    report.live += 1;
+                    report.router_ports.insert(u16::from_be(key.dport));
+                } else {
+                    report.backend_ports.insert(u16::from_be(key.sport));
+                }
+                continue;
+            }
+            let _ = self.table.remove(key);
+            let retired = self.retired.entry(value.route_id).or_default();
+            let counters = if value.to_client() {
+                &mut retired.to_client
+            } else {
+                &mut retired.to_backend
+            };
+            counters.add_counters(&Counters {
+                packets: value.packets,
+                bytes: value.bytes,
+            });
+            if !value.to_client() {
+                self.removed += 1;
+            }
+            report.orphans += 1;
+        }
+        // Connections the kernel removed itself (a SYN reopening a closed one) or the LRU
+        // evicted never pass through here: every connection counted before the scan and not
+        // found in it is gone, so the removed count is at least that.
+        self.removed = self.removed.max(created_before.saturating_sub(report.live));
+        self.count
+            .set(CT_REMOVED, self.removed, 0)
+            .map_err(|source| DatapathError::MapWrite {
+                map: CT_COUNT,
+                source: Box::new(source),
+            })?;
+        report.routes = routes;
+        report.took = started.elapsed();
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_follows_the_flags_of_both_directions() {
+        assert_eq!(state(TCP_SYN, 0), ConnState::Opening);
+        assert_eq!(state(TCP_SYN, TCP_SYN | TCP_ACK), ConnState::Opening);
+        assert_eq!(
+            state(TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK),
+            ConnState::Established
+        );
+        // Half-closed stays established: the other side may still send for a long time.
+        assert_eq!(
+            state(TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK),
+            ConnState::Established
+        );
+        assert_eq!(
+            state(TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK | TCP_FIN),
+            ConnState::Closing
+        );
+        assert_eq!(state(TCP_SYN | TCP_RST, 0), ConnState::Closing);
+        assert_eq!(state(TCP_SYN, TCP_RST | TCP_ACK), ConnState::Closing);
+    }
+}

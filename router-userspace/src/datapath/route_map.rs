@@ -1,0 +1,189 @@
+//! Owner of `ROUTES` (router port → backend): diffs the wanted TCP routes against what it
+//! programmed. The kernel reads the map only when a SYN opens a connection, so a change or a
+//! removal affects new connections at once and established ones never.
+
+use super::DatapathError;
+use super::object::maps::ROUTES;
+use crate::routes::{ApplyReport, RouteOwner, TcpRoute};
+use aya::maps::{HashMap, Map, MapData};
+use router_common::route::{FAMILY_IPV4, RouteKey, RouteValue};
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+
+/// A route as programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Programmed {
+    pub upstream: SocketAddrV4,
+    pub owner: RouteOwner,
+    /// Stable while the same owner holds the port; counters are kept per id.
+    pub route_id: u32,
+    /// Bumped when the owner's backend changes.
+    pub version: u32,
+}
+
+pub struct RouteMap {
+    map: HashMap<MapData, RouteKey, RouteValue>,
+    programmed: BTreeMap<u16, Programmed>,
+    next_id: u32,
+}
+
+/// Why a route cannot be programmed, if it cannot.
+pub fn invalid_reason(port: u16, route: &TcpRoute) -> Option<String> {
+    let ip = route.upstream.ip();
+    if route.port != port {
+        Some(format!("route keyed {port} names port {}", route.port))
+    } else if port == 0 {
+        Some("router port 0".into())
+    } else if route.upstream.port() == 0 {
+        Some("upstream port 0".into())
+    } else if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        Some(format!(
+            "upstream {ip} is not a unicast address another host can be"
+        ))
+    } else {
+        None
+    }
+}
+
+impl RouteMap {
+    pub fn new(map: Map) -> Result<RouteMap, DatapathError> {
+        let map = HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
+            map: ROUTES,
+            source: Box::new(source),
+        })?;
+        Ok(RouteMap {
+            map,
+            programmed: BTreeMap::new(),
+            next_id: 1,
+        })
+    }
+
+    pub fn programmed(&self) -> &BTreeMap<u16, Programmed> {
+        &self.programmed
+    }
+
+    fn write(&mut self, port: u16, p: &Programmed) -> Result<(), DatapathError> {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&p.upstream.ip().octets());
+        let value = RouteValue {
+            addr,
+            port_be: p.upstream.port().to_be(),
+            family: FAMILY_IPV4,
+            _pad: 0,
+            route_id: p.route_id,
+            version: p.version,
+            _pad2: 0,
+        };
+        self.map
+            .insert(RouteKey::tcp(port), value, 0)
+            .map_err(|source| DatapathError::MapWrite {
+                map: ROUTES,
+                source: Box::new(source),
+            })
+    }
+
+    /// Makes the map equal `wanted`; routes that fail validation or the map write are reported
+    /// and left out (the previous route at that port, if any, is removed).
+    pub fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut invalid = Vec::new();
+        for (&port, route) in wanted {
+            if let Some(reason) = invalid_reason(port, route) {
+                report.failed.push((format!("tcp port {port}"), reason));
+                invalid.push(port);
+            }
+        }
+        let stale: Vec<u16> = self
+            .programmed
+            .keys()
+            .copied()
+            .filter(|port| !wanted.contains_key(port) || invalid.contains(port))
+            .collect();
+        for port in stale {
+            match self.map.remove(&RouteKey::tcp(port)) {
+                Ok(()) => {
+                    self.programmed.remove(&port);
+                    report.removed += 1;
+                }
+                Err(e) => report.failed.push((
+                    format!("tcp port {port}"),
+                    format!("removing it from {ROUTES}: {e}"),
+                )),
+            }
+        }
+        for (&port, route) in wanted {
+            if invalid.contains(&port) {
+                continue;
+            }
+            let (next, changed) = match self.programmed.get(&port) {
+                Some(p) if p.upstream == route.upstream && p.owner == route.owner => continue,
+                Some(p) if p.owner == route.owner => (
+                    Programmed {
+                        upstream: route.upstream,
+                        owner: route.owner.clone(),
+                        route_id: p.route_id,
+                        version: p.version.wrapping_add(1),
+                    },
+                    true,
+                ),
+                other => {
+                    let id = self.next_id;
+                    self.next_id = self.next_id.wrapping_add(1).max(1);
+                    (
+                        Programmed {
+                            upstream: route.upstream,
+                            owner: route.owner.clone(),
+                            route_id: id,
+                            version: 1,
+                        },
+                        other.is_some(),
+                    )
+                }
+            };
+            match self.write(port, &next) {
+                Ok(()) => {
+                    self.programmed.insert(port, next);
+                    if changed {
+                        report.changed += 1;
+                    } else {
+                        report.added += 1;
+                    }
+                }
+                Err(e) => report
+                    .failed
+                    .push((format!("tcp port {port}"), super::error_chain(&e))),
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn route(port: u16, ip: [u8; 4], upstream_port: u16) -> TcpRoute {
+        TcpRoute {
+            port,
+            upstream: SocketAddrV4::new(Ipv4Addr::from(ip), upstream_port),
+            owner: RouteOwner {
+                task_id: "t".into(),
+                task_name: "n".into(),
+                endpoint: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn rejects_routes_no_backend_can_serve() {
+        assert!(invalid_reason(10000, &route(10000, [10, 0, 0, 2], 80)).is_none());
+        assert!(invalid_reason(10001, &route(10000, [10, 0, 0, 2], 80)).is_some());
+        assert!(invalid_reason(0, &route(0, [10, 0, 0, 2], 80)).is_some());
+        assert!(invalid_reason(10000, &route(10000, [10, 0, 0, 2], 0)).is_some());
+        assert!(invalid_reason(10000, &route(10000, [0, 0, 0, 0], 80)).is_some());
+        assert!(invalid_reason(10000, &route(10000, [127, 0, 0, 1], 80)).is_some());
+        assert!(invalid_reason(10000, &route(10000, [224, 0, 0, 1], 80)).is_some());
+        assert!(invalid_reason(10000, &route(10000, [255, 255, 255, 255], 80)).is_some());
+    }
+}

@@ -1,0 +1,81 @@
+//! The conntrack sweeper: a thread that sweeps the shared [`Datapath`] at an interval, in the
+//! network namespace the datapath serves, until dropped.
+
+use super::{Datapath, SweepReport, error_chain};
+use std::os::fd::AsFd;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Sweeps often enough that closing connections (10 s) go within seconds of their timeout.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Sweeper {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sweeper {
+    /// Starts sweeping `datapath` every `every`; `on_sweep` sees each report (metrics).
+    pub fn spawn(
+        datapath: Arc<Mutex<Datapath>>,
+        every: Duration,
+        mut on_sweep: impl FnMut(&SweepReport) + Send + 'static,
+    ) -> std::io::Result<Sweeper> {
+        let netns = match datapath.lock() {
+            Ok(dp) => dp.netns().map(|fd| fd.try_clone()).transpose()?,
+            Err(_) => None,
+        };
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("conntrack-sweeper".into())
+            .spawn(move || {
+                if let Some(ns) = netns
+                    && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                {
+                    tracing::error!(error = %e, "sweeper cannot enter the datapath's network namespace");
+                    return;
+                }
+                loop {
+                    match stopped.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    let Ok(mut dp) = datapath.lock() else {
+                        return;
+                    };
+                    match dp.sweep() {
+                        Ok(report) => {
+                            tracing::debug!(
+                                live = report.live,
+                                capacity = report.capacity,
+                                expired = report.expired,
+                                orphans = report.orphans,
+                                took_ms = report.took.as_millis() as u64,
+                                "conntrack sweep"
+                            );
+                            on_sweep(&report);
+                        }
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack sweep failed"),
+                    }
+                    if let Err(e) = dp.refresh_addresses() {
+                        tracing::warn!(error = %error_chain(&e), "refreshing router addresses failed");
+                    }
+                }
+            })?;
+        Ok(Sweeper {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

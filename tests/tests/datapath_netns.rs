@@ -1,0 +1,419 @@
+//! Real TCP through the datapath: client ns — router ns — backend ns(s), random data echoed and
+//! checked byte for byte, in each attach mode and offload setting, with many connections, a
+//! route change and a route removal mid-transfer, and a container-like backend behind a bridge
+//! on the router host.
+
+use router_common::stats::{Hook, StatReason};
+use router_tests::netns::Netns;
+use router_tests::topology::Topology;
+use router_tests::traffic::{Client, EchoServer};
+use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::{
+    AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, ResolvedMode, Timeouts,
+};
+use router_userspace::routes::{RouteOwner, TcpRoute};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+const PORT: u16 = 20000;
+const BACKEND_PORT: u16 = 8080;
+const MIB: usize = 1 << 20;
+
+fn routes(list: &[(u16, Ipv4Addr, u16)]) -> BTreeMap<u16, TcpRoute> {
+    list.iter()
+        .map(|&(port, ip, backend_port)| {
+            (
+                port,
+                TcpRoute {
+                    port,
+                    upstream: SocketAddrV4::new(ip, backend_port),
+                    owner: RouteOwner {
+                        task_id: format!("task-{port}"),
+                        task_name: "netns test".into(),
+                        endpoint: String::new(),
+                    },
+                },
+            )
+        })
+        .collect()
+}
+
+/// Opens the datapath in the router namespace on `interfaces`.
+fn open(router: &Netns, interfaces: &[(&str, AttachMode)], router_addr: Ipv4Addr) -> Datapath {
+    let cfg = DatapathConfig {
+        kind: DatapathKind::Ebpf(AttachMode::Auto),
+        interfaces: interfaces
+            .iter()
+            .map(|(dev, mode)| (dev.to_string(), Some(*mode)))
+            .collect(),
+        bpffs: std::env::temp_dir(),
+        max_connections: 4096,
+        router_addresses: vec![router_addr],
+        nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
+    };
+    router
+        .enter(move || Datapath::open(&cfg))
+        .expect("enter the router namespace")
+        .expect("open and attach the datapath")
+}
+
+fn modes(dp: &Datapath) -> Vec<ResolvedMode> {
+    dp.attached().iter().map(|a| a.mode).collect()
+}
+
+fn router_port(t: &Topology) -> SocketAddrV4 {
+    SocketAddrV4::new(t.router_addr(), PORT)
+}
+
+/// One connection through the router to the first backend, `len` random bytes echoed.
+fn forward_and_check(t: &Topology, dp: &mut Datapath, hook: Hook, len: usize) {
+    let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("echo server");
+    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(t)).expect("connect");
+    assert_eq!(client.banner, "backend1");
+    client.echo_random(len, 64 * 1024, |_| {}).expect("echo");
+    let conns = dp.connections().expect("connections");
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].backend, server.addr);
+    assert_eq!(conns[0].nat_source.ip(), &t.router_backend.addr);
+    assert_eq!(*conns[0].client.ip(), t.client_end.addr);
+    assert!(conns[0].to_backend.bytes as usize > len);
+    client.finish().expect("close");
+    assert_eq!(server.accepted(), 1);
+    assert_eq!(
+        dp.stat(hook, StatReason::NewConnection)
+            .expect("stats")
+            .packets,
+        1
+    );
+    let forwarded = dp.stat(hook, StatReason::Forwarded).expect("stats");
+    assert!(
+        forwarded.bytes as usize > 2 * len,
+        "{} forwarded only {forwarded:?} of 2 x {len} bytes",
+        hook.name()
+    );
+}
+
+#[test]
+fn tc_forwards_tcp_with_offload_on() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Auto),
+            (&t.router_backend.dev, AttachMode::Auto),
+        ],
+        t.router_addr(),
+    );
+    assert_eq!(
+        modes(&dp),
+        [ResolvedMode::Tc, ResolvedMode::Tc],
+        "auto on veth"
+    );
+    forward_and_check(&t, &mut dp, Hook::Tc, 8 * MIB);
+}
+
+#[test]
+fn tc_forwards_tcp_with_offload_off() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    for (ns, dev) in t.senders() {
+        ns.tx_offload(dev, false).expect("tx off");
+    }
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Tc),
+            (&t.router_backend.dev, AttachMode::Tc),
+        ],
+        t.router_addr(),
+    );
+    forward_and_check(&t, &mut dp, Hook::Tc, 4 * MIB);
+}
+
+#[test]
+fn xdp_forwards_tcp_with_senders_offload_off() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    t.prepare_for_xdp().expect("prepare the veth peers");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Xdp),
+            (&t.router_backend.dev, AttachMode::Xdp),
+        ],
+        t.router_addr(),
+    );
+    assert_eq!(modes(&dp), [ResolvedMode::Xdp, ResolvedMode::Xdp]);
+    let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("echo server");
+    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    for _ in 0..3 {
+        let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+        assert_eq!(client.banner, "backend1");
+        client
+            .echo_random(2 * MIB, 32 * 1024, |_| {})
+            .expect("echo");
+        client.finish().expect("close");
+    }
+    assert_eq!(server.accepted(), 3);
+    // Once the neighbours are known, XDP carries the bulk; TC only what XDP handed over.
+    let xdp = dp.stat(Hook::Xdp, StatReason::Forwarded).expect("stats");
+    let tc = dp.stat(Hook::Tc, StatReason::Forwarded).expect("stats");
+    assert!(
+        xdp.bytes > 4 * MIB as u64,
+        "XDP forwarded {xdp:?}, TC {tc:?}"
+    );
+    assert!(
+        xdp.packets > 10 * tc.packets,
+        "XDP forwarded {xdp:?}, TC {tc:?}"
+    );
+}
+
+#[test]
+fn many_concurrent_connections_to_two_backends() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Tc),
+            (&t.router_backend.dev, AttachMode::Tc),
+            (&t.router_backend2.dev, AttachMode::Tc),
+        ],
+        t.router_addr(),
+    );
+    let s1 = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("server 1");
+    let s2 = EchoServer::start(&t.backend2, t.backend2_end.addr, BACKEND_PORT, "backend2")
+        .expect("server 2");
+    dp.apply_routes(&routes(&[
+        (PORT, t.backend_end.addr, BACKEND_PORT),
+        (PORT + 1, t.backend2_end.addr, BACKEND_PORT),
+    ]))
+    .expect("routes");
+    const N: usize = 48;
+    let mut clients = Vec::new();
+    for i in 0..N {
+        let port = PORT + (i % 2) as u16;
+        let c = Client::connect(&t.client, SocketAddrV4::new(t.router_addr(), port))
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let want = if i % 2 == 0 { "backend1" } else { "backend2" };
+        assert_eq!(c.banner, want, "connection {i}");
+        clients.push(c);
+    }
+    assert_eq!(dp.fill().expect("fill").0, N as u64);
+    let workers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                c.echo_random(256 * 1024, 16 * 1024, |_| {})
+                    .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+                c.finish()
+                    .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a connection failed (see above)");
+    }
+    assert_eq!((s1.accepted(), s2.accepted()), (N as u64 / 2, N as u64 / 2));
+    let sweep = dp.sweep().expect("sweep");
+    let counters = dp.route_counters();
+    assert_eq!(
+        counters[&PORT].1.connections + counters[&(PORT + 1)].1.connections,
+        sweep.live
+    );
+    assert!(counters[&PORT].1.to_client.bytes > (N / 2 * 256 * 1024) as u64);
+    // Closed connections go with the closing timeout.
+    dp.set_timeouts(Timeouts {
+        closing: Duration::ZERO,
+        ..Timeouts::default()
+    });
+    let sweep = dp.sweep().expect("sweep");
+    assert_eq!(sweep.live, 0, "{sweep:?}");
+    assert_eq!(dp.fill().expect("fill").0, 0);
+}
+
+#[test]
+fn route_change_mid_transfer_moves_only_new_connections() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Tc),
+            (&t.router_backend.dev, AttachMode::Tc),
+            (&t.router_backend2.dev, AttachMode::Tc),
+        ],
+        t.router_addr(),
+    );
+    let s1 = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("server 1");
+    let s2 =
+        EchoServer::start(&t.backend2, t.backend2_end.addr, 9090, "backend2").expect("server 2");
+    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut old = Client::connect(&t.client, router_port(&t)).expect("connect");
+    assert_eq!(old.banner, "backend1");
+    let mut moved = None;
+    old.echo_random(4 * MIB, 64 * 1024, |chunk| {
+        if chunk == 20 && moved.is_none() {
+            let report = dp
+                .apply_routes(&routes(&[(PORT, t.backend2_end.addr, 9090)]))
+                .expect("change the route");
+            assert_eq!(report.changed, 1);
+            let new = Client::connect(&t.client, router_port(&t)).expect("connect anew");
+            moved = Some(new);
+        }
+    })
+    .expect("the established connection keeps its backend");
+    let mut new = moved.expect("the route was changed mid-transfer");
+    assert_eq!(
+        new.banner, "backend2",
+        "new connections follow the new route"
+    );
+    new.echo_random(MIB, 64 * 1024, |_| {}).expect("echo");
+    old.finish().expect("close");
+    new.finish().expect("close");
+    assert_eq!((s1.accepted(), s2.accepted()), (1, 1));
+}
+
+#[test]
+fn route_removal_keeps_established_and_refuses_new() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Tc),
+            (&t.router_backend.dev, AttachMode::Tc),
+        ],
+        t.router_addr(),
+    );
+    let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("server");
+    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+    client.echo_random(MIB, 64 * 1024, |_| {}).expect("echo");
+    let report = dp.apply_routes(&BTreeMap::new()).expect("remove the route");
+    assert_eq!(report.removed, 1);
+    // The sweeper sees the connection and keeps the port in the kernel's filter.
+    dp.sweep().expect("sweep");
+    let refused = Client::connect(&t.client, router_port(&t));
+    let err = refused
+        .err()
+        .expect("a new connection must fail without a route");
+    assert!(
+        err.chain().any(|e| e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)),
+        "expected the host to refuse (RST): {err:#}"
+    );
+    assert!(
+        dp.stat(Hook::Tc, StatReason::PassNoRoute)
+            .expect("stats")
+            .packets
+            >= 1
+    );
+    client
+        .echo_random(2 * MIB, 64 * 1024, |_| {})
+        .expect("the established connection carries on");
+    client.finish().expect("close");
+}
+
+#[test]
+fn backend_behind_a_bridge_on_the_router_host() {
+    require_root();
+    let mut t = Topology::new().expect("topology");
+    let bridged = t.add_bridged_backend().expect("bridged backend");
+    let (bridge, addr) = (bridged.bridge.clone(), bridged.addr);
+    let server = EchoServer::start(&bridged.ns, addr, BACKEND_PORT, "container").expect("server");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Auto),
+            (&bridge, AttachMode::Auto),
+        ],
+        t.router_addr(),
+    );
+    assert_eq!(
+        modes(&dp),
+        [ResolvedMode::Tc, ResolvedMode::Tc],
+        "auto picks TC on bridges"
+    );
+    dp.apply_routes(&routes(&[(PORT, addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+    assert_eq!(client.banner, "container");
+    client
+        .echo_random(4 * MIB, 64 * 1024, |_| {})
+        .expect("echo");
+    client.finish().expect("close");
+    assert_eq!(server.accepted(), 1);
+    let conns = dp.connections().expect("connections");
+    assert_eq!(conns[0].nat_source.ip(), &Ipv4Addr::new(10, 81, 4, 1));
+}
+
+#[test]
+fn daemon_forwards_a_route_from_its_routes_file() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("server");
+    let mut cmd = t
+        .router
+        .command(daemon_binary().to_str().expect("utf-8 path"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "[[tcp]]\nport = {PORT}\nupstream = \"{}:{BACKEND_PORT}\"\n",
+            t.backend_end.addr
+        ),
+    )
+    .expect("write routes file");
+    let state = dir.path().join("state");
+    cmd.args([
+        "run",
+        "--interface",
+        &t.router_client.dev,
+        "--interface",
+        &format!("{}:tc", t.router_backend.dev),
+        "--routes-file",
+        routes.to_str().expect("utf-8 path"),
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--set",
+        &format!("TCP_PORT_START={PORT}"),
+        "--set",
+        &format!("TCP_PORT_END={PORT}"),
+        "--set",
+        "AUTH_ENABLED=false",
+    ]);
+    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+    daemon.wait_for_log("ready", Duration::from_secs(20));
+    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+    assert_eq!(client.banner, "backend1");
+    client
+        .echo_random(2 * MIB, 64 * 1024, |_| {})
+        .expect("echo");
+    client.finish().expect("close");
+    assert_eq!(server.accepted(), 1);
+    let log = daemon.log();
+    let status = daemon
+        .stop(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+}
