@@ -91,6 +91,9 @@ impl TcpForwarder for KernelForwarder {
     }
 }
 
+/// Context marking an error as "the kernel cannot take the programs" (fallback allowed).
+const CANNOT_LOAD: &str = "the kernel cannot load the task-router programs";
+
 /// Loads and attaches the kernel programs for `cfg.datapath`.
 fn open_kernel_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, DatapathStatus)> {
     if cfg.datapath.interfaces.is_empty() {
@@ -99,9 +102,21 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, Datapat
              interface to attach to"
         );
     }
-    let mut dp = crate::datapath::Datapath::open(&cfg.datapath)
-        .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))
-        .context("starting the eBPF datapath")?;
+    let mut dp = crate::datapath::Datapath::open(&cfg.datapath).map_err(|e| {
+        use crate::datapath::DatapathError as E;
+        // Only a kernel that cannot take the programs justifies the nginx fallback; a wrong
+        // interface name or an attach refusal is the operator's to fix.
+        let cannot_load = matches!(
+            e,
+            E::Load(_) | E::Verify { .. } | E::MissingProgram(_) | E::MissingMap(_)
+        );
+        let err = anyhow!(crate::datapath::error_chain(&e)).context("starting the eBPF datapath");
+        if cannot_load {
+            err.context(CANNOT_LOAD)
+        } else {
+            err
+        }
+    })?;
     let kernel_log = dp.spawn_kernel_log();
     let mut status = DatapathStatus {
         kind: cfg.datapath.kind.to_string(),
@@ -161,7 +176,7 @@ pub fn open_tcp_forwarder(
         }
         DatapathKind::Ebpf(crate::datapath::AttachMode::Auto) => match open_kernel_forwarder(cfg) {
             Ok((tcp, status)) => Ok((tcp, status, None)),
-            Err(e) if !cfg.datapath.interfaces.is_empty() => {
+            Err(e) if e.chain().any(|c| c.to_string() == CANNOT_LOAD) => {
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     "the eBPF datapath cannot load: FALLING BACK to nginx stream servers \

@@ -250,7 +250,12 @@ fn admin_endpoint_status_command_and_routes_file_reload() {
     ])
     .env("ROUTER_ADMIN_ALLOW", "10.205.0.0/24")
     .env("AUTH_ENABLED", "false")
-    .env("ROUTER_STATE_DIR", dir.path().join("state"));
+    .env("ROUTER_STATE_DIR", dir.path().join("state"))
+    // The HTTP route goes to a config dir of the test's own, never the host's nginx; this test
+    // is about the admin endpoint, so installing is enough (nginx itself: tests/tests/http_*).
+    .env("NGINX_CONF_DIR", dir.path().join("nginx"))
+    .env("NGINX_TEST_CMD", "true")
+    .env("NGINX_RELOAD_CMD", "true");
     let mut daemon = Daemon::spawn(cmd).expect("start daemon");
     daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
     daemon.wait_for_log("ready", Duration::from_secs(20));
