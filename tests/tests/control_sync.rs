@@ -57,7 +57,8 @@ fn config(server: &ClearmlServer, state: &Path, extra: &[(&str, &str)]) -> Confi
         ("ROUTER_URL", "https://router.example.com".into()),
         ("AUTH_ENABLED", "false".into()),
         ("ROUTER_STATE_DIR", state.display().to_string()),
-        ("ROUTER_API_TIMEOUT", "500ms".into()),
+        // Generous: the whole suite runs in parallel on two shared cores.
+        ("ROUTER_API_TIMEOUT", "3s".into()),
         ("ROUTER_POLL_INTERVAL", "200ms".into()),
     ]
     .into_iter()
@@ -312,7 +313,7 @@ async fn api_faults_change_nothing_that_forwards() {
                 msg: "database unavailable".into(),
             },
         ),
-        ("a timeout", FaultKind::Delay(Duration::from_secs(2))),
+        ("a timeout", FaultKind::Delay(Duration::from_secs(5))),
         ("a malformed answer", FaultKind::Malformed),
         (
             "HTTP 503",
@@ -453,7 +454,7 @@ async fn paging_reads_every_task_in_few_calls() {
     }
     let state = TempDir::new("page");
     let mut r = Router::start(config(&server, state.path(), &[])).await;
-    r.cycle().await;
+    assert_eq!(r.cycle().await, CycleOutcome::Synced);
     assert_eq!(r.http.programmed().len(), 1203);
     admin.reset_call_counts();
     r.cycle().await;
@@ -602,7 +603,7 @@ fn daemon_command(
         .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
         .env("ROUTER_NAME", "edge-bin")
         .env("AUTH_ENABLED", "false")
-        .env("ROUTER_API_TIMEOUT", "500ms")
+        .env("ROUTER_API_TIMEOUT", "3s")
         .env("ROUTER_STATE_DIR", state);
     cmd
 }
