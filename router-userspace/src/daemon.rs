@@ -1336,7 +1336,7 @@ mod tests {
             ("ROUTER_URL", "https://router.example.com".into()),
             ("AUTH_ENABLED", "false".into()),
             ("ROUTER_STATE_DIR", state.display().to_string()),
-            ("ROUTER_API_TIMEOUT", "300ms".into()),
+            ("ROUTER_API_TIMEOUT", "1s".into()),
             ("ROUTER_PORT_GRACE", "0s".into()),
         ];
         let sources = crate::config::Sources::new(
@@ -1445,7 +1445,7 @@ mod tests {
         for fault in [
             Fault::Status500,
             Fault::Garbage,
-            Fault::Hang(Duration::from_secs(2)),
+            Fault::Hang(Duration::from_secs(3)),
         ] {
             api.fault(fault.clone());
             assert_eq!(e.cycle().await, CycleOutcome::ApiFailed, "{fault:?}");

@@ -610,7 +610,7 @@ mod tests {
             ssl_verify: true,
             listen_queues: Vec::new(),
             poll_interval: Duration::from_millis(100),
-            request_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(2),
         }
     }
 
