@@ -146,19 +146,20 @@ fn tcp_and_http_through_the_router(version: &str) {
 }
 
 #[test]
-#[ignore = "needs the control plane, datapath and nginx merged into main"]
+#[ignore = "open (issue 6): the HTTP task stays in_progress on the test server after the \
+            driver's stop, so the last step (endpoints gone) times out; TCP and HTTP through \
+            the router pass"]
 fn e2e_newest_sdk_tcp_and_http_through_the_router() {
     tcp_and_http_through_the_router(newest());
 }
 
 #[test]
-#[ignore = "needs the control plane, datapath and nginx merged into main"]
+#[ignore = "open (issue 6): see e2e_newest_sdk_tcp_and_http_through_the_router"]
 fn e2e_sdk_2_0_tcp_and_http_through_the_router() {
     tcp_and_http_through_the_router(last_2_0());
 }
 
 #[test]
-#[ignore = "needs the control plane, datapath and nginx merged into main"]
 fn e2e_named_second_endpoint_reaches_its_own_server() {
     let bed = testbed();
     let _a = ServerThread::banner_echo(&bed.host1, (HOST1, 9000).into(), "A\n").expect("A");
@@ -183,7 +184,6 @@ fn e2e_named_second_endpoint_reaches_its_own_server() {
 }
 
 #[test]
-#[ignore = "needs the control plane, datapath and nginx merged into main"]
 fn e2e_clearml_session_way_reaches_sshd_stand_in() {
     let bed = testbed();
     let _sshd =
