@@ -5,8 +5,17 @@
 //! Markdown table and writes JSON with the raw rounds.
 
 mod costs;
+mod throughput;
 
 use anyhow::Result;
+
+/// The number after `flag`, if given.
+fn arg(args: &[String], flag: &str) -> Option<u64> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
 
 fn main() -> Result<()> {
     router_tests::require_root();
@@ -23,6 +32,27 @@ fn main() -> Result<()> {
                     c.path, c.program, c.median_ns, c.empty_ns, c.cost_ns
                 );
             }
+            Ok(())
+        }
+        "throughput" => {
+            let rounds = arg(&args, "--rounds").unwrap_or(3);
+            let seconds = arg(&args, "--seconds").unwrap_or(5);
+            let tx_off_group = !args.iter().any(|a| a == "--no-tx-off");
+            let results = throughput::run(throughput::Options {
+                rounds: rounds as usize,
+                seconds,
+                tx_off_group,
+            })?;
+            let dir = throughput::output_path();
+            std::fs::create_dir_all(&dir)?;
+            let raw: Vec<_> = results
+                .iter()
+                .map(|(peer, s)| serde_json::json!({"peer": peer.name(), "rounds": s}))
+                .collect();
+            let file = dir.join("datapath-throughput.json");
+            std::fs::write(&file, serde_json::to_string_pretty(&raw)?)?;
+            println!("{}", throughput::table(&results));
+            eprintln!("raw rounds: {}", file.display());
             Ok(())
         }
         other => anyhow::bail!("unknown section {other:?}: expected costs or throughput"),
