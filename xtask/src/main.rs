@@ -1,5 +1,6 @@
 //! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
 
+mod bench;
 mod build;
 mod cmd;
 mod prereq;
@@ -30,6 +31,8 @@ enum Command {
     Test(test::TestOptions),
     /// Build and run the daemon: `cargo xtask run -- run --interfaces eth0`.
     Run(build::RunOptions),
+    /// Benchmarks (root): `bench datapath`, or `bench` for every section.
+    Bench(bench::BenchOptions),
 }
 
 fn main() -> Result<()> {
@@ -39,5 +42,6 @@ fn main() -> Result<()> {
         Command::Build(opts) => build::all(&opts).map(|_| ()),
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

@@ -24,14 +24,33 @@ fn main() -> Result<()> {
     match what {
         "costs" => {
             let costs = costs::measure(200_000, 7, 4000)?;
-            println!("| path | program | median ns | empty ns | program cost ns |");
-            println!("|---|---|---:|---:|---:|");
+            let target = |path: &str, program: &str| match (program, path) {
+                ("xdp", p) if p.starts_with("not for") => "≤ 15",
+                ("xdp", p) if p.starts_with("established") => "≤ 67",
+                ("tc", p) if p.starts_with("established") => "≤ 150",
+                _ => "",
+            };
+            println!(
+                "| path | program | median ns/run | empty program ns/run | program cost ns | target |"
+            );
+            println!("|---|---|---:|---:|---:|---|");
             for c in &costs {
                 println!(
-                    "| {} | {} | {:.0} | {:.0} | {:.0} |",
-                    c.path, c.program, c.median_ns, c.empty_ns, c.cost_ns
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                    c.path,
+                    c.program,
+                    c.median_ns,
+                    c.empty_ns,
+                    c.cost_ns,
+                    target(c.path, c.program)
                 );
             }
+            let dir = throughput::output_path();
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join("datapath-costs.json"),
+                serde_json::to_string_pretty(&costs)?,
+            )?;
             Ok(())
         }
         "throughput" => {
