@@ -3,12 +3,12 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use router_userspace::config::{DatapathConfig, DatapathKind};
-use router_userspace::datapath::{self, AttachMode, Datapath};
+use router_userspace::datapath::{self, AttachMode, Datapath, SharedDatapath};
 use router_userspace::logging::{self, LogFormat};
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -158,17 +158,14 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         tracing::info!(added = report.added, "routes programmed");
     }
-    let dp = Arc::new(Mutex::new(dp));
-    let sweeper = datapath::sweeper::Sweeper::spawn(
-        Arc::clone(&dp),
-        datapath::sweeper::DEFAULT_INTERVAL,
-        |_| {},
-    )
-    .context("starting the conntrack sweeper")?;
+    let dp = SharedDatapath::new(dp);
+    let sweeper =
+        datapath::sweeper::Sweeper::spawn(dp.clone(), datapath::sweeper::DEFAULT_INTERVAL, |_| {})
+            .context("starting the conntrack sweeper")?;
     tracing::info!("ready");
     wait_for_shutdown().await?;
     drop(sweeper);
-    let dp = Arc::try_unwrap(dp)
+    let dp = Arc::try_unwrap(dp.0)
         .map_err(|_| anyhow::anyhow!("the datapath is still shared at shutdown"))?
         .into_inner()
         .map_err(|_| anyhow::anyhow!("the datapath lock was poisoned"))?;

@@ -11,15 +11,15 @@ use router_tests::topology::Topology;
 use router_tests::wait;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
-use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath};
+use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, SharedDatapath};
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Each peer gets its own ports (base + its index), router side and backend side: TIME_WAIT
@@ -154,7 +154,7 @@ enum Running {
     Proc(#[allow(dead_code)] Proc),
     Datapath(
         #[allow(dead_code)] Sweeper,
-        #[allow(dead_code)] Arc<Mutex<Datapath>>,
+        #[allow(dead_code)] SharedDatapath,
     ),
 }
 
@@ -443,8 +443,8 @@ impl Bench {
                         })
                         .collect();
                 dp.apply_routes(&routes)?;
-                let dp = Arc::new(Mutex::new(dp));
-                let sweeper = Sweeper::spawn(Arc::clone(&dp), DEFAULT_INTERVAL, |_| {})?;
+                let dp = SharedDatapath::new(dp);
+                let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
                 Ok(Running::Datapath(sweeper, dp))
             }
         }
