@@ -396,3 +396,40 @@ fn daemon_forwards_a_route_given_on_the_command_line() {
         .expect("stop");
     assert!(status.success(), "daemon exit {status}; log:\n{log}");
 }
+
+#[test]
+fn xdp_generic_mode_hands_forwarding_to_the_tc_program_behind_it() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::XdpGeneric),
+            (&t.router_backend.dev, AttachMode::XdpGeneric),
+        ],
+        t.router_addr(),
+    );
+    assert_eq!(
+        modes(&dp),
+        [ResolvedMode::XdpGeneric, ResolvedMode::XdpGeneric]
+    );
+    let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("server");
+    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+    client
+        .echo_random(2 * MIB, 64 * 1024, |_| {})
+        .expect("echo");
+    client.finish().expect("close");
+    // Generic XDP only redirects to native-XDP interfaces: here TC forwards everything.
+    let handed = dp
+        .stat(Hook::Xdp, StatReason::XdpToTcNotXdpTarget)
+        .expect("stats");
+    let forwarded = dp.stat(Hook::Tc, StatReason::Forwarded).expect("stats");
+    assert!(handed.packets > 10, "XDP handed over {handed:?}");
+    assert!(
+        forwarded.bytes > 4 * MIB as u64,
+        "TC forwarded {forwarded:?}"
+    );
+}
