@@ -33,6 +33,11 @@ pub const F_TO_CLIENT: u8 = 0x08;
 /// one buffer through a pair of entries; `l3_csum` must match.
 pub const F_KEEP_TTL: u8 = 0x10;
 
+/// `CtValue4::flags`: the reply entry of a connection that ended, kept only to reserve its NAT
+/// tuple while the backend may hold it in TIME_WAIT (a SYN from another client on that tuple
+/// would meet PAWS there). Packets never match it; the daemon's sweeper writes and removes it.
+pub const F_TOMBSTONE: u8 = 0x20;
+
 /// `CtValue4::tcp_flags`: the union of these TCP flags over the direction's packets.
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -114,6 +119,12 @@ impl CtValue4 {
     #[inline(always)]
     pub const fn to_client(&self) -> bool {
         self.flags & F_TO_CLIENT != 0
+    }
+
+    /// Whether this entry only reserves the tuple of an ended connection.
+    #[inline(always)]
+    pub const fn is_tombstone(&self) -> bool {
+        self.flags & F_TOMBSTONE != 0
     }
 }
 

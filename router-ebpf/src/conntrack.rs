@@ -53,7 +53,9 @@ pub fn has_ended(value: &CtValue4) -> bool {
     }
     match lookup(&CtKey4::partner_of(value)) {
         // SAFETY: a map value pointer from the look-up, read once.
-        Some(partner) => unsafe { (*partner).tcp_flags & (TCP_FIN | TCP_RST) != 0 },
+        Some(partner) => unsafe {
+            (*partner).tcp_flags & (TCP_FIN | TCP_RST) != 0 || (*partner).is_tombstone()
+        },
         None => true,
     }
 }

@@ -50,6 +50,10 @@ pub fn handle<P: Packet>(p: &P, ip: usize) -> Verdict {
     let Some(entry) = conntrack::lookup(&key) else {
         return pass(p, StatReason::PassNotForRange);
     };
+    // SAFETY: a map value pointer from the conntrack look-up.
+    if unsafe { &*entry }.is_tombstone() {
+        return pass(p, StatReason::PassNotForRange);
+    }
     let outer_src = load32(ip + IP_SADDR);
     let outer_dst = load32(ip + IP_DADDR);
     if outer_dst != q_saddr {

@@ -178,8 +178,11 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
         dport,
     };
     let handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
-    if let Some(entry) = conntrack::lookup(&key) {
+    if let Some(entry) = conntrack::lookup(&key)
         // SAFETY: a map value pointer from the look-up.
+        && !unsafe { &*entry }.is_tombstone()
+    {
+        // SAFETY: as above.
         let v = unsafe { &*entry };
         // A new SYN on a connection that ended (the client reuses its port): start afresh, so
         // it follows the current route.

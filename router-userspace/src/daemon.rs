@@ -59,18 +59,14 @@ pub struct Parts {
 
 /// The eBPF datapath with its conntrack sweeper: the [`TcpForwarder`] of `auto|xdp|tc`.
 struct KernelForwarder {
-    datapath: Arc<Mutex<crate::datapath::Datapath>>,
+    datapath: crate::datapath::SharedDatapath,
     _sweeper: crate::datapath::sweeper::Sweeper,
     _kernel_log: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TcpForwarder for KernelForwarder {
     fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> Result<ApplyReport> {
-        let mut dp = self
-            .datapath
-            .lock()
-            .map_err(|_| anyhow!("the datapath lock was poisoned"))?;
-        dp.apply(wanted)
+        self.datapath.apply(wanted)
     }
 
     fn counters(&self) -> BTreeMap<u16, RouteCounters> {
@@ -128,9 +124,9 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, Datapat
             .interfaces
             .push(format!("{} {}", attached.interface, attached.mode));
     }
-    let datapath = Arc::new(Mutex::new(dp));
+    let datapath = crate::datapath::SharedDatapath::new(dp);
     let sweeper = crate::datapath::sweeper::Sweeper::spawn(
-        Arc::clone(&datapath),
+        crate::datapath::SharedDatapath(Arc::clone(&datapath.0)),
         crate::datapath::sweeper::DEFAULT_INTERVAL,
         |_| {},
     )

@@ -4,7 +4,7 @@
 //! on the router host.
 
 use router_common::stats::{Hook, StatReason};
-use router_tests::netns::Netns;
+use router_tests::netns::{Netns, veth};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::{daemon::Daemon, daemon_binary, require_root};
@@ -416,4 +416,107 @@ fn daemon_forwards_a_route_from_its_routes_file() {
         .stop(nix::sys::signal::Signal::SIGTERM)
         .expect("stop");
     assert!(status.success(), "daemon exit {status}; log:\n{log}");
+}
+
+#[test]
+fn xdp_generic_mode_hands_forwarding_to_the_tc_program_behind_it() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::XdpGeneric),
+            (&t.router_backend.dev, AttachMode::XdpGeneric),
+        ],
+        t.router_addr(),
+    );
+    assert_eq!(
+        modes(&dp),
+        [ResolvedMode::XdpGeneric, ResolvedMode::XdpGeneric]
+    );
+    let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("server");
+    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+    client
+        .echo_random(2 * MIB, 64 * 1024, |_| {})
+        .expect("echo");
+    client.finish().expect("close");
+    // Generic XDP only redirects to native-XDP interfaces: here TC forwards everything.
+    let handed = dp
+        .stat(Hook::Xdp, StatReason::XdpToTcNotXdpTarget)
+        .expect("stats");
+    let forwarded = dp.stat(Hook::Tc, StatReason::Forwarded).expect("stats");
+    assert!(handed.packets > 10, "XDP handed over {handed:?}");
+    assert!(
+        forwarded.bytes > 4 * MIB as u64,
+        "TC forwarded {forwarded:?}"
+    );
+}
+
+/// client — router — hop1 =(MTU 1200)= hop2 — backend: every end has MTU 1500, so both sides
+/// announce a 1460-byte MSS and the client's full-size segments only get through once it
+/// learns the path MTU from hop1's "fragmentation needed", which the router must translate
+/// back to it (the error is addressed to the NAT source and quotes the translated packet).
+#[test]
+fn path_mtu_discovery_works_through_the_nat() {
+    require_root();
+    let client = Netns::new("trpc").expect("ns");
+    let router = Netns::new("trpr").expect("ns");
+    let hop1 = Netns::new("trph").expect("ns");
+    let hop2 = Netns::new("trph").expect("ns");
+    let backend = Netns::new("trpb").expect("ns");
+    let ip = Ipv4Addr::new;
+    let (_c, r_client) = veth(&client, ip(10, 90, 1, 2), &router, ip(10, 90, 1, 1)).expect("veth");
+    let (r_hop, _h1) = veth(&router, ip(10, 90, 2, 1), &hop1, ip(10, 90, 2, 2)).expect("veth");
+    let (h1_narrow, h2_narrow) =
+        veth(&hop1, ip(10, 90, 3, 1), &hop2, ip(10, 90, 3, 2)).expect("veth");
+    let (_h2, b_end) = veth(&hop2, ip(10, 90, 4, 1), &backend, ip(10, 90, 4, 2)).expect("veth");
+    hop1.ip(&["link", "set", &h1_narrow.dev, "mtu", "1200"])
+        .expect("mtu");
+    hop2.ip(&["link", "set", &h2_narrow.dev, "mtu", "1200"])
+        .expect("mtu");
+    for ns in [&router, &hop1, &hop2] {
+        ns.sysctl("net.ipv4.ip_forward=1").expect("forwarding");
+    }
+    router
+        .ip(&["route", "add", "10.90.4.0/24", "via", "10.90.2.2"])
+        .expect("route");
+    hop1.ip(&["route", "add", "10.90.4.0/24", "via", "10.90.3.2"])
+        .expect("route");
+    hop2.ip(&["route", "add", "10.90.2.0/24", "via", "10.90.3.1"])
+        .expect("route");
+    backend
+        .ip(&["route", "add", "default", "via", "10.90.4.1"])
+        .expect("route");
+    let mut dp = open(
+        &router,
+        &[
+            (&r_client.dev, AttachMode::Tc),
+            (&r_hop.dev, AttachMode::Tc),
+        ],
+        r_client.addr,
+    );
+    let _server =
+        EchoServer::start(&backend, b_end.addr, BACKEND_PORT, "far").expect("echo server");
+    dp.apply_routes(&routes(&[(PORT, b_end.addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut c = Client::connect(&client, SocketAddrV4::new(r_client.addr, PORT)).expect("connect");
+    assert_eq!(c.banner, "far");
+    c.echo_random(MIB, 64 * 1024, |_| {})
+        .expect("large segments get through once the path MTU is known");
+    c.finish().expect("close");
+    let translated = dp
+        .stat(Hook::Tc, StatReason::IcmpTranslated)
+        .expect("stats");
+    assert!(translated.packets >= 1, "no ICMP error was translated");
+    let route = client
+        .run("ip", &["route", "get", &r_client.addr.to_string()])
+        .expect("ip route get");
+    let text = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        text.contains("mtu 1200"),
+        "the client did not learn the path MTU: {text}"
+    );
 }

@@ -258,6 +258,7 @@ both_hooks!(
     unresolved_neighbour_goes_through_the_neighbour_path,
     ttl_that_would_expire_is_dropped,
     oversized_frames_are_not_forwarded_blindly,
+    closed_connections_keep_their_tuple_through_time_wait,
 );
 
 fn new_connection_is_translated_and_tracked(program: Program) {
@@ -866,5 +867,69 @@ fn oversized_frames_are_not_forwarded_blindly(program: Program) {
             .payload(&payload(1460))
             .build();
         assert_eq!(env.run(&fits, true).retval, env.redirected());
+    });
+}
+
+fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
+    with_env(program, Opts::default(), |env| {
+        env.open(40000);
+        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        assert_eq!(env.run(&synack, false).retval, env.redirected());
+        let fin = env.client_packet(40000, FIN | TCP_ACK).build();
+        assert_eq!(env.run(&fin, true).retval, env.redirected());
+        let fin = env.backend_packet(40000, FIN | TCP_ACK).build();
+        assert_eq!(env.run(&fin, false).retval, env.redirected());
+        env.dp.set_timeouts(Timeouts {
+            closing: Duration::ZERO,
+            ..Timeouts::default()
+        });
+        let report = env.dp.sweep().expect("sweep");
+        assert_eq!((report.expired, report.live, report.tombstones), (1, 0, 1));
+        assert!(env.dp.conntrack_entry(&env.forward_key(40000)).is_none());
+        let reply_key = CtKey4 {
+            saddr: raw(env.net.backend),
+            daddr: raw(env.net.nat_source),
+            sport: BACKEND_PORT.to_be(),
+            dport: 40000u16.to_be(),
+        };
+        assert!(env.entry(&reply_key).is_tombstone());
+        assert!(env.dp.connections().expect("connections").is_empty());
+
+        // The backend's late segments on the tuple are not translated any more.
+        let late = env.backend_packet(40000, FIN | TCP_ACK).build();
+        let out = env.run(&late, false);
+        assert_eq!(out.retval, env.passed());
+        assert_eq!(out.frame, late);
+
+        // New connections on the same client port get another NAT source port meanwhile.
+        for client in [Ipv4Addr::new(10, 70, 1, 3), env.net.client] {
+            let syn = Tcp4::new(client, 40000, env.net.router, PORT, TCP_SYN)
+                .macs(env.net.client_mac, env.net.client_dev_mac)
+                .build();
+            let out = env.run(&syn, true);
+            assert_eq!(out.retval, env.redirected());
+            let sport = parse(&out.frame).expect("parses").sport;
+            assert!((61000..=65535).contains(&sport), "{client}: port {sport}");
+        }
+
+        // After TIME_WAIT the tuple is free again.
+        env.dp.set_timeouts(Timeouts {
+            time_wait: Duration::ZERO,
+            ..Timeouts::default()
+        });
+        let report = env.dp.sweep().expect("sweep");
+        assert_eq!(report.tombstones, 0, "{report:?}");
+        assert!(env.dp.conntrack_entry(&reply_key).is_none());
+        let syn = Tcp4::new(
+            Ipv4Addr::new(10, 70, 1, 4),
+            40000,
+            env.net.router,
+            PORT,
+            TCP_SYN,
+        )
+        .macs(env.net.client_mac, env.net.client_dev_mac)
+        .build();
+        let out = env.run(&syn, true);
+        assert_eq!(parse(&out.frame).expect("parses").sport, 40000);
     });
 }

@@ -2,6 +2,7 @@
 
 mod bench_control;
 mod bench_http;
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -41,6 +42,8 @@ enum Command {
     /// the ClearML test server, the daemon and nginx, two SDK tasks (TCP and HTTP) and real
     /// traffic through their endpoints; removed when done or on Ctrl-C (`--keep` to explore).
     Demo(demo::DemoOptions),
+    /// Benchmarks (root): `bench datapath`, or `bench` for every section.
+    Bench(bench::BenchOptions),
 }
 
 fn main() -> Result<()> {
@@ -53,5 +56,6 @@ fn main() -> Result<()> {
         Command::BenchControl(opts) => bench_control::run(&opts),
         Command::BenchHttp(opts) => bench_http::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

@@ -28,9 +28,31 @@ pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }
 
+/// Debian packages `cargo xtask bench` drives on top of the test ones: the peers the datapath
+/// is compared with (nftables NAT, haproxy as the userspace proxy; nginx and iperf3 above).
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "/usr/sbin/nft"),
+    ("haproxy", "/usr/sbin/haproxy"),
+];
+
 /// Installs every missing package with apt-get (one `update`, one `install`).
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+/// What the benchmarks need: the test prerequisites plus [`BENCH_PACKAGES`].
+pub fn ensure_bench() -> Result<()> {
+    ensure_all()?;
+    install_missing(BENCH_PACKAGES)?;
+    // The Debian haproxy package starts a system haproxy; the benchmark runs its own.
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "haproxy"])
+        .status();
+    Ok(())
+}
+
+fn install_missing(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, path)| !Path::new(path).exists())
         .map(|(pkg, _)| *pkg)

@@ -8,7 +8,7 @@ use super::object::maps::{CT_COUNT, CT4};
 use super::sys;
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use router_common::config::{CT_CREATED, CT_REMOVED};
-use router_common::conntrack::{CtKey4, CtValue4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use router_common::conntrack::{CtKey4, CtValue4, F_TOMBSTONE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
@@ -28,6 +28,10 @@ pub struct Timeouts {
     pub opening: Duration,
     /// Both FINs or a RST seen.
     pub closing: Duration,
+    /// How long a closed connection's NAT tuple stays reserved (a tombstone reply entry):
+    /// the backend keeps it in TIME_WAIT for 60 s, and another client's SYN on it with another
+    /// timestamp clock would be refused there (PAWS) and stall for a retransmission.
+    pub time_wait: Duration,
 }
 
 impl Default for Timeouts {
@@ -36,6 +40,7 @@ impl Default for Timeouts {
             established: Duration::from_secs(6 * 3600),
             opening: Duration::from_secs(60),
             closing: Duration::from_secs(10),
+            time_wait: Duration::from_secs(60),
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct SweepReport {
     pub expired: u64,
     /// Half-pairs removed in this sweep.
     pub orphans: u64,
+    /// Tuples of closed connections still reserved (see [`Timeouts::time_wait`]).
+    pub tombstones: u64,
     /// Per route id: live connections and traffic since the datapath was opened.
     pub routes: BTreeMap<u32, RouteCounters>,
     /// Router ports and backend ports with connections in the table.
@@ -230,15 +237,26 @@ impl Conntrack {
         Ok(self.created()?.saturating_sub(self.removed))
     }
 
+    /// Splits the table into complete pairs, half-pairs and tombstones.
+    #[allow(clippy::type_complexity)]
     fn pairs<'a>(
         entries: &'a std::collections::HashMap<CtKey4, CtValue4>,
-    ) -> (Vec<Pair<'a>>, Vec<(&'a CtKey4, &'a CtValue4)>) {
+    ) -> (
+        Vec<Pair<'a>>,
+        Vec<(&'a CtKey4, &'a CtValue4)>,
+        Vec<(&'a CtKey4, &'a CtValue4)>,
+    ) {
         let mut pairs = Vec::new();
         let mut orphans = Vec::new();
+        let mut tombstones = Vec::new();
         for (key, value) in entries {
+            if value.is_tombstone() {
+                tombstones.push((key, value));
+                continue;
+            }
             let partner = CtKey4::partner_of(value);
             match entries.get(&partner) {
-                Some(other) if value.to_client() == other.to_client() => {
+                Some(other) if value.to_client() == other.to_client() || other.is_tombstone() => {
                     orphans.push((key, value));
                 }
                 Some(other) if !value.to_client() => pairs.push(Pair {
@@ -251,7 +269,7 @@ impl Conntrack {
                 None => orphans.push((key, value)),
             }
         }
-        (pairs, orphans)
+        (pairs, orphans, tombstones)
     }
 
     /// The tracked connections now.
@@ -261,7 +279,7 @@ impl Conntrack {
         clock: &KernelClock,
     ) -> Result<Vec<Connection>, DatapathError> {
         let entries = self.scan()?;
-        let (pairs, _) = Self::pairs(&entries);
+        let (pairs, _, _) = Self::pairs(&entries);
         let mut out: Vec<Connection> = pairs
             .iter()
             .map(|p| Connection {
@@ -293,7 +311,7 @@ impl Conntrack {
         let started = Instant::now();
         let created_before = self.created()?;
         let entries = self.scan()?;
-        let (pairs, orphans) = Self::pairs(&entries);
+        let (pairs, orphans, tombstones) = Self::pairs(&entries);
         let mut report = SweepReport {
             capacity: self.capacity as u64,
             ..SweepReport::default()
@@ -311,7 +329,14 @@ impl Conntrack {
                 ConnState::Closing => self.timeouts.closing,
             };
             if idle >= limit {
-                remove.push((*p.fwd_key, p.rev_key, p.fwd.route_id, *p.fwd, *p.rev));
+                remove.push((
+                    *p.fwd_key,
+                    p.rev_key,
+                    p.fwd.route_id,
+                    *p.fwd,
+                    *p.rev,
+                    st == ConnState::Closing,
+                ));
                 continue;
             }
             report.live += 1;
@@ -325,10 +350,22 @@ impl Conntrack {
             report.router_ports.insert(u16::from_be(p.fwd_key.dport));
             report.backend_ports.insert(u16::from_be(p.rev_key.sport));
         }
-        for (fwd_key, rev_key, route_id, fwd, rev) in remove {
+        let mut tombstoned = 0u64;
+        for (fwd_key, rev_key, route_id, fwd, rev, closed) in remove {
             // A failed removal means the kernel or the LRU removed it first.
             let _ = self.table.remove(&fwd_key);
-            let _ = self.table.remove(&rev_key);
+            // A closed connection's reply entry stays as a tombstone reserving the tuple.
+            let tombstone = CtValue4 {
+                flags: rev.flags | F_TOMBSTONE,
+                packets: 0,
+                bytes: 0,
+                ..rev
+            };
+            if !closed || self.table.insert(rev_key, tombstone, 0).is_err() {
+                let _ = self.table.remove(&rev_key);
+            } else {
+                tombstoned += 1;
+            }
             let retired = self.retired.entry(route_id).or_default();
             retired.to_backend.add(&fwd);
             retired.to_client.add(&rev);
@@ -365,6 +402,26 @@ impl Conntrack {
             }
             report.orphans += 1;
         }
+        // Tombstones go after TIME_WAIT, and early (oldest first) when they would crowd the
+        // room the table keeps for live connections.
+        let mut kept: Vec<(&CtKey4, Duration)> = Vec::new();
+        for (key, value) in tombstones {
+            let idle = clock.since(now, value.last_seen);
+            if idle >= self.timeouts.time_wait {
+                let _ = self.table.remove(key);
+            } else {
+                kept.push((key, idle));
+            }
+        }
+        let room = 2 * (self.capacity as u64).saturating_sub(report.live);
+        if kept.len() as u64 > room {
+            kept.sort_by_key(|(_, idle)| std::cmp::Reverse(*idle));
+            let excess = kept.len() - room as usize;
+            for (key, _) in kept.drain(..excess) {
+                let _ = self.table.remove(key);
+            }
+        }
+        report.tombstones = kept.len() as u64 + tombstoned;
         // Connections the kernel removed itself (a SYN reopening a closed one) or the LRU
         // evicted never pass through here: every connection counted before the scan and not
         // found in it is gone, so the removed count is at least that.

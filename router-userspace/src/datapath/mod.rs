@@ -4,9 +4,17 @@
 //! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), settings
 //! ([`settings`]), counters ([`stats`]).
 //!
-//! The daemon's part: `Datapath::open(&cfg.datapath)`, report `attached()`, hand it to the
-//! reconciler as the [`TcpForwarder`], run a [`sweeper::Sweeper`], read `stats()`,
-//! `route_counters()` and `fill()` for metrics.
+//! The daemon's part: `Datapath::open(&cfg.datapath)`, report `attached()`, wrap it in a
+//! [`SharedDatapath`] (the reconciler's [`TcpForwarder`]), run a [`sweeper::Sweeper`] on it,
+//! read `stats()`, `route_counters()`, `fill()` and the sweep reports for metrics.
+//!
+//! Behaviour worth knowing (details in `router-ebpf`): a SYN for a router port without a route
+//! is passed to the host stack, which answers RST (nothing listens in the range) and counts
+//! `pass_no_route`; established connections keep their backend when a route changes or goes;
+//! the NAT source toward a task is the address the kernel would use to reach it
+//! (`bpf_fib_lookup` with `BPF_FIB_LOOKUP_SRC`, kernel 6.7+), the source port the client's own
+//! when free there, else one of `nat_source_ports`; forwarding must be enabled
+//! (`net.ipv4.ip_forward=1`) for the kernel's next-hop look-ups to answer.
 
 pub mod addresses;
 pub mod attach;
@@ -76,6 +84,21 @@ pub struct Datapath {
     netns: Option<OwnedFd>,
 }
 
+/// The kernel answers next-hop look-ups for packets arriving on an interface only when it
+/// forwards there; without it every new connection is passed to the host (`pass_fib_failed`).
+fn warn_if_not_forwarding(interface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    if let Ok(v) = std::fs::read_to_string(&path)
+        && v.trim() == "0"
+    {
+        tracing::warn!(
+            interface,
+            "IPv4 forwarding is off here: new connections cannot be forwarded \
+             (set net.ipv4.ip_forward=1)"
+        );
+    }
+}
+
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
     ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
 }
@@ -133,6 +156,7 @@ impl Datapath {
         };
         for (interface, mode) in &cfg.interfaces {
             let attached = attach::attach(&mut dp.ebpf, interface, mode.unwrap_or(default_mode))?;
+            warn_if_not_forwarding(interface);
             dp.attached.push(attached);
         }
         Ok(dp)
@@ -320,6 +344,30 @@ impl TcpForwarder for Datapath {
     fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> anyhow::Result<ApplyReport> {
         self.apply_routes(wanted)
             .map_err(|e| anyhow::anyhow!("programming the TCP routes: {}", error_chain(&e)))
+    }
+}
+
+/// The datapath shared between the reconciler (as its [`TcpForwarder`]), the
+/// [`sweeper::Sweeper`] and the metrics reader.
+#[derive(Clone)]
+pub struct SharedDatapath(pub std::sync::Arc<std::sync::Mutex<Datapath>>);
+
+impl SharedDatapath {
+    pub fn new(dp: Datapath) -> SharedDatapath {
+        SharedDatapath(std::sync::Arc::new(std::sync::Mutex::new(dp)))
+    }
+
+    /// Locks the datapath; a poisoned lock (a panic while held) is an error, not a panic.
+    pub fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Datapath>> {
+        self.0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the datapath lock was poisoned by a panic"))
+    }
+}
+
+impl TcpForwarder for SharedDatapath {
+    fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> anyhow::Result<ApplyReport> {
+        self.lock()?.apply(wanted)
     }
 }
 

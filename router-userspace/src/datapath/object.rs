@@ -111,7 +111,11 @@ impl Default for LoadOptions {
 /// LRU's per-CPU free lists, so it never evicts a live entry before the kernel's count says the
 /// table is full (which is a counted drop instead).
 pub fn conntrack_entries(max_connections: u32) -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get()) as u32;
+    // The LRU keeps free lists per possible CPU, which may be more than this process may use.
+    // SAFETY: sysconf has no preconditions.
+    let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    let usable = std::thread::available_parallelism().map_or(64, |n| n.get());
+    let cpus = (configured.max(0) as usize).max(usable) as u32;
     max_connections
         .saturating_mul(2)
         .saturating_add(cpus.saturating_mul(256))

@@ -1,10 +1,9 @@
-//! The conntrack sweeper: a thread that sweeps the shared [`Datapath`] at an interval, in the
+//! The conntrack sweeper: a thread that sweeps the shared datapath at an interval, in the
 //! network namespace the datapath serves, until dropped.
 
-use super::{Datapath, SweepReport, error_chain};
+use super::{SharedDatapath, SweepReport, error_chain};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,11 +18,11 @@ pub struct Sweeper {
 impl Sweeper {
     /// Starts sweeping `datapath` every `every`; `on_sweep` sees each report (metrics).
     pub fn spawn(
-        datapath: Arc<Mutex<Datapath>>,
+        datapath: SharedDatapath,
         every: Duration,
         mut on_sweep: impl FnMut(&SweepReport) + Send + 'static,
     ) -> std::io::Result<Sweeper> {
-        let netns = match datapath.lock() {
+        let netns = match datapath.0.lock() {
             Ok(dp) => dp.netns().map(|fd| fd.try_clone()).transpose()?,
             Err(_) => None,
         };
@@ -42,7 +41,7 @@ impl Sweeper {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    let Ok(mut dp) = datapath.lock() else {
+                    let Ok(mut dp) = datapath.0.lock() else {
                         return;
                     };
                     match dp.sweep() {

@@ -132,7 +132,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
         backend_dev_mac: t.backend_dev_mac,
     };
     let (client_dev, backend_dev) = (t.client_dev.clone(), t.backend_dev.clone());
-    let result = t.ns.enter(move || -> Result<Vec<Cost>> {
+    let costs = t.ns.enter(move || -> Result<Vec<Cost>> {
         let cfg = DatapathConfig {
             kind: DatapathKind::Ebpf(AttachMode::Tc),
             interfaces: Vec::new(),
@@ -282,6 +282,6 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
             });
         }
         Ok(costs)
-    })?;
-    result
+    })??;
+    Ok(costs)
 }

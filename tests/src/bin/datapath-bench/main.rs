@@ -5,8 +5,17 @@
 //! Markdown table and writes JSON with the raw rounds.
 
 mod costs;
+mod throughput;
 
 use anyhow::Result;
+
+/// The number after `flag`, if given.
+fn arg(args: &[String], flag: &str) -> Option<u64> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
 
 fn main() -> Result<()> {
     router_tests::require_root();
@@ -15,14 +24,54 @@ fn main() -> Result<()> {
     match what {
         "costs" => {
             let costs = costs::measure(200_000, 7, 4000)?;
-            println!("| path | program | median ns | empty ns | program cost ns |");
-            println!("|---|---|---:|---:|---:|");
+            let target = |path: &str, program: &str| match (program, path) {
+                ("xdp", p) if p.starts_with("not for") => "≤ 15",
+                ("xdp", p) if p.starts_with("established") => "≤ 67",
+                ("tc", p) if p.starts_with("established") => "≤ 150",
+                _ => "",
+            };
+            println!(
+                "| path | program | median ns/run | empty program ns/run | program cost ns | target |"
+            );
+            println!("|---|---|---:|---:|---:|---|");
             for c in &costs {
                 println!(
-                    "| {} | {} | {:.0} | {:.0} | {:.0} |",
-                    c.path, c.program, c.median_ns, c.empty_ns, c.cost_ns
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                    c.path,
+                    c.program,
+                    c.median_ns,
+                    c.empty_ns,
+                    c.cost_ns,
+                    target(c.path, c.program)
                 );
             }
+            let dir = throughput::output_path();
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join("datapath-costs.json"),
+                serde_json::to_string_pretty(&costs)?,
+            )?;
+            Ok(())
+        }
+        "throughput" => {
+            let rounds = arg(&args, "--rounds").unwrap_or(3);
+            let seconds = arg(&args, "--seconds").unwrap_or(5);
+            let tx_off_group = !args.iter().any(|a| a == "--no-tx-off");
+            let results = throughput::run(throughput::Options {
+                rounds: rounds as usize,
+                seconds,
+                tx_off_group,
+            })?;
+            let dir = throughput::output_path();
+            std::fs::create_dir_all(&dir)?;
+            let raw: Vec<_> = results
+                .iter()
+                .map(|(peer, s)| serde_json::json!({"peer": peer.name(), "rounds": s}))
+                .collect();
+            let file = dir.join("datapath-throughput.json");
+            std::fs::write(&file, serde_json::to_string_pretty(&raw)?)?;
+            println!("{}", throughput::table(&results));
+            eprintln!("raw rounds: {}", file.display());
             Ok(())
         }
         other => anyhow::bail!("unknown section {other:?}: expected costs or throughput"),

@@ -1,0 +1,768 @@
+//! Forwarding peers compared in one veth topology (client ns — router ns — backend ns), in
+//! interleaved rounds: plain IP forwarding without NAT (the ceiling), nftables DNAT +
+//! masquerade, nginx `stream`, haproxy (a userspace proxy) and this datapath (`auto`: TC on
+//! veth); then, with the sending ends' tx offload off as a NIC delivers, the ceiling, nftables
+//! and the datapath in native XDP. Metrics: bulk throughput (iperf3, 1 and 4 streams), new
+//! connections per second, request/response latency (p50/p99), and router CPU per GB.
+
+use anyhow::{Context, Result, bail};
+use router_tests::netns::Netns;
+use router_tests::topology::Topology;
+use router_tests::wait;
+use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
+use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, SharedDatapath};
+use router_userspace::routes::{RouteOwner, TcpRoute};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Each peer gets its own ports (base + its index), router side and backend side: TIME_WAIT
+/// sockets one peer leaves on the backend carry another TCP timestamp clock than the next
+/// peer's connections on the same tuple would, and PAWS would refuse those SYNs.
+const PORT_BULK: u16 = 20000;
+const PORT_RR: u16 = 21000;
+const IPERF_PORT: u16 = 5201;
+const RR_PORT: u16 = 7000;
+const RR_MESSAGE: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Peer {
+    /// Kernel IP forwarding, no NAT: the client talks to the backend's own address.
+    Ceiling,
+    Nftables,
+    NginxStream,
+    Haproxy,
+    /// This datapath, `auto` mode (TC on veth).
+    Datapath,
+    /// Sending ends' tx offload off (no TSO, full checksums) — as frames from a NIC.
+    CeilingTxOff,
+    NftablesTxOff,
+    /// This datapath in native XDP (peers with GRO on so XDP redirects into veth land).
+    DatapathXdpTxOff,
+}
+
+impl Peer {
+    pub const DEFAULT_GROUP: [Peer; 5] = [
+        Peer::Ceiling,
+        Peer::Nftables,
+        Peer::NginxStream,
+        Peer::Haproxy,
+        Peer::Datapath,
+    ];
+    pub const TX_OFF_GROUP: [Peer; 3] = [
+        Peer::CeilingTxOff,
+        Peer::NftablesTxOff,
+        Peer::DatapathXdpTxOff,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Ceiling => "no-NAT forwarding (ceiling)",
+            Peer::Nftables => "nftables DNAT+masquerade",
+            Peer::NginxStream => "nginx stream",
+            Peer::Haproxy => "haproxy (userspace proxy)",
+            Peer::Datapath => "task-router eBPF (auto: TC)",
+            Peer::CeilingTxOff => "no-NAT forwarding, tx off",
+            Peer::NftablesTxOff => "nftables, tx off",
+            Peer::DatapathXdpTxOff => "task-router eBPF XDP, tx off",
+        }
+    }
+
+    pub const ALL: [Peer; 8] = [
+        Peer::Ceiling,
+        Peer::Nftables,
+        Peer::NginxStream,
+        Peer::Haproxy,
+        Peer::Datapath,
+        Peer::CeilingTxOff,
+        Peer::NftablesTxOff,
+        Peer::DatapathXdpTxOff,
+    ];
+
+    fn index(self) -> u16 {
+        Peer::ALL.iter().position(|p| *p == self).unwrap_or(0) as u16
+    }
+
+    /// (router bulk, router RR, backend iperf3, backend RR) ports.
+    fn ports(self) -> (u16, u16, u16, u16) {
+        let i = self.index();
+        (PORT_BULK + i, PORT_RR + i, IPERF_PORT + i, RR_PORT + i)
+    }
+
+    fn tx_off(self) -> bool {
+        Peer::TX_OFF_GROUP.contains(&self)
+    }
+
+    fn ceiling(self) -> Peer {
+        if self.tx_off() {
+            Peer::CeilingTxOff
+        } else {
+            Peer::Ceiling
+        }
+    }
+}
+
+/// One round's figures for one peer.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    pub bulk1_gbps: f64,
+    pub bulk4_gbps: f64,
+    pub conn_per_s: f64,
+    pub rr_p50_us: f64,
+    pub rr_p99_us: f64,
+    /// CPU seconds on the machine outside the iperf3 processes, per GB moved (1 stream).
+    pub cpu_s_per_gb: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub tx_off_group: bool,
+}
+
+/// Processes the benchmark started, stopped by PID on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running peer: whatever must stay alive, torn down on drop.
+enum Running {
+    Nothing,
+    /// An nftables table in the router namespace (named by the namespace).
+    Nft(String),
+    Proc(#[allow(dead_code)] Proc),
+    Datapath(
+        #[allow(dead_code)] Sweeper,
+        #[allow(dead_code)] SharedDatapath,
+    ),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Running::Nft(ns) = self {
+            let _ = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "nft", "delete", "table", "ip", "trbench",
+                ])
+                .status();
+        }
+    }
+}
+
+struct Bench {
+    t: Topology,
+    dir: tempdir::Dir,
+    opts: Options,
+    stop: Arc<AtomicBool>,
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed on drop.
+    pub struct Dir(pub PathBuf);
+
+    impl Dir {
+        pub fn new() -> std::io::Result<Dir> {
+            let p = std::env::temp_dir().join(format!("trbench-{}", std::process::id()));
+            std::fs::create_dir_all(&p)?;
+            Ok(Dir(p))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn ns_cmd(ns: &Netns, program: &str) -> Command {
+    ns.command(program)
+}
+
+fn listening(ns: &Netns, port: u16) -> bool {
+    ns.run("ss", &["-Hltn", &format!("sport = :{port}")])
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
+fn wait_listening(ns: &Netns, port: u16, what: &str) {
+    wait::until(
+        &format!("{what} listening on port {port}"),
+        Duration::from_secs(15),
+        || listening(ns, port).then_some(()),
+    );
+}
+
+/// Busy CPU time of the whole machine, seconds.
+fn machine_busy() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4);
+    let ticks: u64 = busy.map(|(_, x)| *x).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Waits for a child and returns its CPU time (user + system, seconds).
+fn wait_cpu(child: &mut Child, timeout: Duration) -> Result<(std::process::ExitStatus, f64)> {
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: all-zero is a valid rusage.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child, out-pointers valid.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            let cpu = usage.ru_utime.tv_sec as f64
+                + usage.ru_utime.tv_usec as f64 / 1e6
+                + usage.ru_stime.tv_sec as f64
+                + usage.ru_stime.tv_usec as f64 / 1e6;
+            use std::os::unix::process::ExitStatusExt;
+            return Ok((std::process::ExitStatus::from_raw(status), cpu));
+        }
+        if rc < 0 {
+            bail!("wait4 {pid}: {}", std::io::Error::last_os_error());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process {pid} did not finish in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl Bench {
+    fn new(opts: Options) -> Result<Bench> {
+        let t = Topology::new()?;
+        // The ceiling talks to the backend directly, routed by the router namespace.
+        t.client
+            .ip(&["route", "add", "10.81.2.0/24", "via", "10.81.1.1"])?;
+        t.backend
+            .ip(&["route", "add", "10.81.1.0/24", "via", "10.81.2.1"])?;
+        Ok(Bench {
+            t,
+            dir: tempdir::Dir::new()?,
+            opts,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn router(&self) -> Ipv4Addr {
+        self.t.router_addr()
+    }
+
+    fn backend(&self) -> Ipv4Addr {
+        self.t.backend_end.addr
+    }
+
+    /// Where the client connects for the bulk and the RR routes.
+    fn targets(&self, peer: Peer) -> (SocketAddrV4, SocketAddrV4) {
+        let (bulk, rr, iperf, backend_rr) = peer.ports();
+        if peer == peer.ceiling() {
+            (
+                SocketAddrV4::new(self.backend(), iperf),
+                SocketAddrV4::new(self.backend(), backend_rr),
+            )
+        } else {
+            (
+                SocketAddrV4::new(self.router(), bulk),
+                SocketAddrV4::new(self.router(), rr),
+            )
+        }
+    }
+
+    fn set_tx_off(&self, off: bool) -> Result<()> {
+        for (ns, dev) in self.t.senders() {
+            ns.tx_offload(dev, !off)?;
+            ns.run(
+                "ethtool",
+                &["-K", dev, "gro", if off { "on" } else { "off" }],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn start(&self, peer: Peer) -> Result<Running> {
+        let (r, b) = (self.router(), self.backend());
+        let (bulk_port, rr_port, iperf_port, backend_rr_port) = peer.ports();
+        match peer {
+            Peer::Ceiling | Peer::CeilingTxOff => Ok(Running::Nothing),
+            Peer::Nftables | Peer::NftablesTxOff => {
+                let rules = format!(
+                    "table ip trbench {{\n\
+                     chain pre {{ type nat hook prerouting priority dstnat; \
+                     ip daddr {r} tcp dport {bulk_port} dnat to {b}:{iperf_port}; \
+                     ip daddr {r} tcp dport {rr_port} dnat to {b}:{backend_rr_port}; }}\n\
+                     chain post {{ type nat hook postrouting priority srcnat; \
+                     ip daddr {b} masquerade; }}\n}}\n"
+                );
+                let file = self.dir.path().join("nft.conf");
+                std::fs::write(&file, rules)?;
+                self.t
+                    .router
+                    .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
+                Ok(Running::Nft(self.t.router.name.clone()))
+            }
+            Peer::NginxStream => {
+                let dir = self.dir.path().join("nginx");
+                std::fs::create_dir_all(&dir)?;
+                let conf = format!(
+                    "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+                     daemon off; master_process on; worker_processes 2;\n\
+                     pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+                     events {{ worker_connections 16384; }}\n\
+                     stream {{\n\
+                     server {{ listen {r}:{bulk_port} reuseport; proxy_pass {b}:{iperf_port}; }}\n\
+                     server {{ listen {r}:{rr_port} reuseport; proxy_pass {b}:{backend_rr_port}; }}\n\
+                     }}\n",
+                    d = dir.display()
+                );
+                let file = dir.join("nginx.conf");
+                std::fs::write(&file, conf)?;
+                let child = ns_cmd(&self.t.router, "nginx")
+                    .args(["-e", &dir.join("error.log").display().to_string()])
+                    .args(["-p", &dir.display().to_string(), "-c"])
+                    .arg(&file)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("start nginx")?;
+                let proc = Proc(child);
+                wait_listening(&self.t.router, rr_port, "nginx");
+                wait_listening(&self.t.router, bulk_port, "nginx");
+                Ok(Running::Proc(proc))
+            }
+            Peer::Haproxy => {
+                let conf = format!(
+                    "global\n  maxconn 8000\n  nbthread 2\n\
+                     defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+                     frontend bulk\n  bind {r}:{bulk_port}\n  default_backend bulk\n\
+                     backend bulk\n  server s {b}:{iperf_port}\n\
+                     frontend rr\n  bind {r}:{rr_port}\n  default_backend rr\n\
+                     backend rr\n  server s {b}:{backend_rr_port}\n"
+                );
+                let file = self.dir.path().join("haproxy.cfg");
+                std::fs::write(&file, conf)?;
+                let child = ns_cmd(&self.t.router, "haproxy")
+                    .args(["-db", "-f"])
+                    .arg(&file)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("start haproxy")?;
+                let proc = Proc(child);
+                wait_listening(&self.t.router, rr_port, "haproxy");
+                wait_listening(&self.t.router, bulk_port, "haproxy");
+                Ok(Running::Proc(proc))
+            }
+            Peer::Datapath | Peer::DatapathXdpTxOff => {
+                let mode = if peer == Peer::Datapath {
+                    AttachMode::Auto
+                } else {
+                    AttachMode::Xdp
+                };
+                let cfg = DatapathConfig {
+                    kind: DatapathKind::Ebpf(mode),
+                    interfaces: vec![
+                        (self.t.router_client.dev.clone(), None),
+                        (self.t.router_backend.dev.clone(), None),
+                    ],
+                    bpffs: self.dir.path().to_path_buf(),
+                    max_connections: 262_144,
+                    router_addresses: vec![r],
+                    nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
+                };
+                let mut dp = self
+                    .t
+                    .router
+                    .enter(move || Datapath::open(&cfg))?
+                    .context("open the datapath")?;
+                let owner = RouteOwner {
+                    task_id: "bench".into(),
+                    task_name: "bench".into(),
+                    endpoint: String::new(),
+                };
+                let routes: BTreeMap<u16, TcpRoute> =
+                    [(bulk_port, iperf_port), (rr_port, backend_rr_port)]
+                        .into_iter()
+                        .map(|(port, up)| {
+                            (
+                                port,
+                                TcpRoute {
+                                    port,
+                                    upstream: SocketAddrV4::new(b, up),
+                                    owner: owner.clone(),
+                                },
+                            )
+                        })
+                        .collect();
+                dp.apply_routes(&routes)?;
+                let dp = SharedDatapath::new(dp);
+                let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
+                Ok(Running::Datapath(sweeper, dp))
+            }
+        }
+    }
+
+    /// iperf3 with `streams` streams: Gbit/s received, and CPU seconds outside iperf3.
+    fn bulk(&self, peer: Peer, target: SocketAddrV4, streams: u32) -> Result<(f64, f64, f64)> {
+        let iperf_port = peer.ports().2;
+        let mut server = ns_cmd(&self.t.backend, "iperf3")
+            .args(["-s", "-1", "-B", &self.backend().to_string()])
+            .args(["-p", &iperf_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 server")?;
+        wait_listening(&self.t.backend, iperf_port, "iperf3");
+        let out = self.dir.path().join("iperf.json");
+        let busy0 = machine_busy()?;
+        let mut client = ns_cmd(&self.t.client, "iperf3")
+            .args([
+                "-c",
+                &target.ip().to_string(),
+                "-p",
+                &target.port().to_string(),
+            ])
+            .args([
+                "-t",
+                &self.opts.seconds.to_string(),
+                "-P",
+                &streams.to_string(),
+            ])
+            .arg("-J")
+            .stdout(Stdio::from(
+                std::fs::File::create(&out).context("iperf3 output file")?,
+            ))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 client")?;
+        let limit = Duration::from_secs(self.opts.seconds + 30);
+        let (status, client_cpu) = wait_cpu(&mut client, limit)?;
+        let (_, server_cpu) = wait_cpu(&mut server, Duration::from_secs(10))?;
+        let busy = machine_busy()? - busy0;
+        let text = std::fs::read_to_string(&out).context("iperf3 output")?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("iperf3 JSON ({status}): {text}"))?;
+        if !status.success() {
+            bail!("iperf3 failed ({status}): {}", json["error"]);
+        }
+        let bps = json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 reported no received rate")?;
+        let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+        let other_cpu = (busy - client_cpu - server_cpu).max(0.0);
+        Ok((bps / 1e9, other_cpu, bytes))
+    }
+
+    /// New connections per second: 4 clients connect, exchange a byte and see the server close.
+    fn conn_rate(&self, target: SocketAddrV4) -> Result<f64> {
+        let secs = self.opts.seconds;
+        let done = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let client = &self.t.client;
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+                    scope.spawn(move || {
+                        client.enter(move || {
+                            let end = Instant::now() + Duration::from_secs(secs);
+                            while Instant::now() < end {
+                                match one_connection(target) {
+                                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                                };
+                            }
+                        })
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("connection worker panicked"))??;
+            }
+            Ok(())
+        })?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let failed = failed.load(Ordering::Relaxed);
+        let done = done.load(Ordering::Relaxed);
+        if failed > done / 100 {
+            bail!("{failed} of {} connections failed", done + failed);
+        }
+        Ok(done as f64 / elapsed)
+    }
+
+    /// Request/response round trips on one connection: p50 and p99 in µs.
+    fn rr(&self, target: SocketAddrV4) -> Result<(f64, f64)> {
+        let secs = self.opts.seconds;
+        let mut samples = self.t.client.enter(move || -> Result<Vec<f64>> {
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(5))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"r")?;
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack)?;
+            let msg = [0x42u8; RR_MESSAGE];
+            let mut back = [0u8; RR_MESSAGE];
+            let mut out = Vec::new();
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                s.write_all(&msg)?;
+                s.read_exact(&mut back)?;
+                out.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok(out)
+        })??;
+        samples.sort_by(f64::total_cmp);
+        Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+    }
+
+    fn measure(&self, peer: Peer) -> Result<Sample> {
+        let _running = self.start(peer)?;
+        let (bulk_target, rr_target) = self.targets(peer);
+        let (bulk1, cpu, bytes) = self.bulk(peer, bulk_target, 1).context("bulk, 1 stream")?;
+        let (bulk4, _, _) = self.bulk(peer, bulk_target, 4).context("bulk, 4 streams")?;
+        let (conn, p50, p99) = if peer.tx_off() {
+            (f64::NAN, f64::NAN, f64::NAN)
+        } else {
+            let conn = self.conn_rate(rr_target).context("connection rate")?;
+            let (p50, p99) = self.rr(rr_target).context("request/response")?;
+            (conn, p50, p99)
+        };
+        Ok(Sample {
+            bulk1_gbps: bulk1,
+            bulk4_gbps: bulk4,
+            conn_per_s: conn,
+            rr_p50_us: p50,
+            rr_p99_us: p99,
+            cpu_s_per_gb: if bytes > 0.0 {
+                cpu / (bytes / 1e9)
+            } else {
+                f64::NAN
+            },
+        })
+    }
+}
+
+fn one_connection(target: SocketAddrV4) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"c")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    // The server closes first, so the client's ports never sit in TIME_WAIT.
+    let mut rest = [0u8; 1];
+    let n = s.read(&mut rest)?;
+    if n != 0 {
+        return Err(std::io::Error::other("expected EOF"));
+    }
+    Ok(())
+}
+
+/// The backend's server for connection-rate and RR tests: threads blocking in accept. A
+/// connection starting with `c` gets one byte and is closed; one starting with `r` is acked and
+/// echoes fixed-size messages until EOF.
+fn start_server(
+    ns: &Netns,
+    addr: Ipv4Addr,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    for peer in Peer::ALL {
+        let port = peer.ports().3;
+        let listener = ns.enter(move || {
+            let l = TcpListener::bind((addr, port))?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })??;
+        let listener = Arc::new(listener);
+        for _ in 0..4 {
+            let (l, stop) = (Arc::clone(&listener), Arc::clone(&stop));
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((conn, _)) => serve(conn),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+    }
+    Ok(threads)
+}
+
+fn serve(mut conn: TcpStream) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut first = [0u8; 1];
+    if conn.read_exact(&mut first).is_err() {
+        return;
+    }
+    if first[0] == b'c' {
+        let _ = conn.write_all(b"k");
+        return;
+    }
+    if conn.write_all(b"k").is_err() {
+        return;
+    }
+    let mut buf = [0u8; RR_MESSAGE];
+    while conn.read_exact(&mut buf).is_ok() {
+        if conn.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
+
+/// All rounds, interleaved: each round measures every peer once, in order.
+pub fn run(opts: Options) -> Result<BTreeMap<Peer, Vec<Sample>>> {
+    let bench = Bench::new(opts.clone())?;
+    let server = start_server(&bench.t.backend, bench.backend(), Arc::clone(&bench.stop))?;
+    let mut results: BTreeMap<Peer, Vec<Sample>> = BTreeMap::new();
+    for round in 1..=opts.rounds {
+        let mut groups = vec![(false, Peer::DEFAULT_GROUP.to_vec())];
+        if opts.tx_off_group {
+            groups.push((true, Peer::TX_OFF_GROUP.to_vec()));
+        }
+        for (tx_off, peers) in groups {
+            bench.set_tx_off(tx_off)?;
+            for peer in peers {
+                eprintln!("round {round}/{}: {}", opts.rounds, peer.name());
+                let sample = bench
+                    .measure(peer)
+                    .with_context(|| format!("round {round}, {}", peer.name()))?;
+                eprintln!("  {sample:?}");
+                results.entry(peer).or_default().push(sample);
+            }
+        }
+        bench.set_tx_off(false)?;
+    }
+    bench.stop.store(true, Ordering::Relaxed);
+    for t in server {
+        let _ = t.join();
+    }
+    Ok(results)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Medians per peer.
+pub fn medians(results: &BTreeMap<Peer, Vec<Sample>>) -> BTreeMap<Peer, Sample> {
+    results
+        .iter()
+        .map(|(peer, s)| {
+            let m = |f: fn(&Sample) -> f64| median(s.iter().map(f).collect());
+            (
+                *peer,
+                Sample {
+                    bulk1_gbps: m(|x| x.bulk1_gbps),
+                    bulk4_gbps: m(|x| x.bulk4_gbps),
+                    conn_per_s: m(|x| x.conn_per_s),
+                    rr_p50_us: m(|x| x.rr_p50_us),
+                    rr_p99_us: m(|x| x.rr_p99_us),
+                    cpu_s_per_gb: m(|x| x.cpu_s_per_gb),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The Markdown table: medians with ratios to the ceiling of the same offload setting.
+pub fn table(results: &BTreeMap<Peer, Vec<Sample>>) -> String {
+    let med = medians(results);
+    let mut out = String::new();
+    out.push_str(
+        "| peer | bulk 1 stream Gbit/s | bulk 4 streams Gbit/s | conn/s | RR p50 µs | RR p99 µs | CPU s/GB |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let fmt = |v: f64, base: Option<f64>, digits: usize| -> String {
+        if v.is_nan() {
+            return "–".into();
+        }
+        match base {
+            Some(b) if b > 0.0 && !b.is_nan() => format!("{v:.digits$} ({:.2}×)", v / b),
+            _ => format!("{v:.digits$}"),
+        }
+    };
+    for (peer, s) in &med {
+        let c = med.get(&peer.ceiling());
+        let is_ceiling = *peer == peer.ceiling();
+        let base = |f: fn(&Sample) -> f64| if is_ceiling { None } else { c.map(f) };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            peer.name(),
+            fmt(s.bulk1_gbps, base(|x| x.bulk1_gbps), 2),
+            fmt(s.bulk4_gbps, base(|x| x.bulk4_gbps), 2),
+            fmt(s.conn_per_s, base(|x| x.conn_per_s), 0),
+            fmt(s.rr_p50_us, base(|x| x.rr_p50_us), 1),
+            fmt(s.rr_p99_us, base(|x| x.rr_p99_us), 1),
+            fmt(s.cpu_s_per_gb, None, 2),
+        ));
+    }
+    out
+}
+
+/// Where the raw rounds are written.
+pub fn output_path() -> PathBuf {
+    router_tests::workspace_root().join("target/bench")
+}

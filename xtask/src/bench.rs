@@ -1,0 +1,118 @@
+//! `cargo xtask bench [SECTION]`: benchmarks, never timed tests. Each section is a driver
+//! binary run as root after the kernel object is built; `bench` alone runs every section.
+//! Sections so far: `datapath` (per-packet program costs through BPF_PROG_TEST_RUN, and the
+//! datapath against its peers in a veth topology). Results: Markdown on stdout and in
+//! `target/bench/<section>.md`, raw rounds as JSON next to it.
+
+use crate::build::{self, EbpfOptions};
+use crate::cmd::{self, workspace_root};
+use crate::prereq;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    /// The kernel datapath: program costs and forwarding peers.
+    Datapath,
+}
+
+impl Section {
+    const ALL: [Section; 1] = [Section::Datapath];
+}
+
+#[derive(Args)]
+pub struct BenchOptions {
+    /// Which benchmark to run; every section when omitted.
+    pub section: Option<Section>,
+    /// Interleaved rounds per peer (medians and raw rounds are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// Only the per-packet costs (quick; no peers).
+    #[arg(long)]
+    pub costs_only: bool,
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn run(opts: &BenchOptions) -> Result<()> {
+    prereq::ensure_bench()?;
+    let object = build::ebpf(&EbpfOptions { release: true })?;
+    let sections = match opts.section {
+        Some(s) => vec![s],
+        None => Section::ALL.to_vec(),
+    };
+    for section in sections {
+        match section {
+            Section::Datapath => datapath(&object, opts)?,
+        }
+    }
+    Ok(())
+}
+
+fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
+    cmd::run(build::host_cargo(object).args([
+        "build",
+        "--package",
+        "router-tests",
+        "--bin",
+        "datapath-bench",
+    ]))
+    .context("building the datapath benchmark driver failed")?;
+    let bin = target_dir().join("debug/datapath-bench");
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut report = String::from("# Datapath benchmark\n\n");
+    let command = if opts.costs_only {
+        "cargo xtask bench datapath --costs-only".to_string()
+    } else {
+        format!(
+            "cargo xtask bench datapath --rounds {} --seconds {}",
+            opts.rounds, opts.seconds
+        )
+    };
+    report.push_str(&format!("Command: `{command}` (as root)\n\n"));
+    let costs = capture(Command::new(&bin).arg("costs")).context("per-packet costs")?;
+    report.push_str("## Per-packet program cost (BPF_PROG_TEST_RUN)\n\n");
+    report.push_str(&costs);
+    if !opts.costs_only {
+        let table = capture(Command::new(&bin).args([
+            "throughput",
+            "--rounds",
+            &opts.rounds.to_string(),
+            "--seconds",
+            &opts.seconds.to_string(),
+        ]))
+        .context("peer comparison")?;
+        report.push_str("\n## Forwarding peers (veth topology, medians)\n\n");
+        report.push_str(&table);
+    }
+    let file = out_dir.join("datapath.md");
+    std::fs::write(&file, &report)?;
+    println!("{report}");
+    eprintln!("xtask: report written to {}", file.display());
+    Ok(())
+}
+
+/// Runs `cmd` with stderr passed through and returns its stdout.
+fn capture(cmd: &mut Command) -> Result<String> {
+    eprintln!("xtask: $ {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not start the benchmark driver")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "benchmark driver failed ({})",
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
