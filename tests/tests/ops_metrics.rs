@@ -147,6 +147,7 @@ fn metrics_show_a_route_s_traffic_verdicts_and_modes() {
         "{during}"
     );
     assert!(sample(&during, "task_router_sync_cycles_total").is_some_and(|n| n >= 1.0));
+    dashboard_queries_exist(&during);
     client.finish().expect("close");
     assert_eq!(server.accepted(), 1);
 
@@ -155,4 +156,42 @@ fn metrics_show_a_route_s_traffic_verdicts_and_modes() {
         .stop(nix::sys::signal::Signal::SIGTERM)
         .expect("stop");
     assert!(status.success(), "daemon exit {status}; log:\n{log}");
+}
+
+/// Every metric `deploy/grafana-dashboard.json` queries is in a real scrape.
+fn dashboard_queries_exist(scrape: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).expect("read the dashboard");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut queried = Vec::new();
+    for panel in json["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("task_router_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(
+        queried.len() >= 8,
+        "the dashboard queries too little: {queried:?}"
+    );
+    for name in queried {
+        let present = scrape
+            .lines()
+            .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")));
+        assert!(
+            present,
+            "the dashboard queries {name}, absent from /metrics:\n{scrape}"
+        );
+    }
 }
