@@ -16,7 +16,8 @@
 //!   nginx stream fallback when `ROUTER_DATAPATH=nginx` / `auto` cannot load the programs).
 //! - [`open_http_router`]: returns the nginx HTTP router; gets the bound admin address.
 //! - [`admin_extensions`]: axum routers merged into the admin endpoint (`auth::router(...)` at
-//!   `/auth`, `/metrics`); the loopback guard covers them.
+//!   `/auth`); the loopback guard covers them. [`open_parts`] adds `metrics::router` at
+//!   `/metrics`, reading the kernel datapath, nginx and the status when scraped.
 //! - [`TcpForwarder::counters`] (default: none) fills CONNS/BYTES in `status`.
 
 use crate::admin::{self, ClearmlStatus, DatapathStatus, RouteStatus, SharedStatus, Status};
@@ -91,7 +92,7 @@ impl TcpForwarder for KernelForwarder {
 const CANNOT_LOAD: &str = "the kernel cannot load the task-router programs";
 
 /// Loads and attaches the kernel programs for `cfg.datapath`.
-fn open_kernel_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, DatapathStatus)> {
+fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
     if cfg.datapath.interfaces.is_empty() {
         bail!(
             "ROUTER_INTERFACES (or --interface) is empty: the eBPF datapath needs at least one \
@@ -131,14 +132,16 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<(Box<dyn TcpForwarder>, Datapat
         |_| {},
     )
     .context("starting the conntrack sweeper")?;
-    Ok((
-        Box::new(KernelForwarder {
-            datapath,
+    Ok(TcpParts {
+        tcp: Box::new(KernelForwarder {
+            datapath: crate::datapath::SharedDatapath(Arc::clone(&datapath.0)),
             _sweeper: sweeper,
             _kernel_log: kernel_log,
         }),
         status,
-    ))
+        nginx: None,
+        kernel: Some(datapath.0),
+    })
 }
 
 /// nginx `stream` servers: the fallback [`TcpForwarder`].
@@ -149,29 +152,38 @@ fn open_stream_forwarder(nginx: &crate::nginx::Nginx) -> Result<Box<dyn TcpForwa
     ))
 }
 
+/// What [`open_tcp_forwarder`] opened.
+pub struct TcpParts {
+    pub tcp: Box<dyn TcpForwarder>,
+    pub status: DatapathStatus,
+    /// The nginx it opened (the stream datapath), for the HTTP router to share.
+    pub nginx: Option<crate::nginx::Nginx>,
+    /// The kernel datapath, for `/metrics` and `uninstall`.
+    pub kernel: Option<Arc<Mutex<crate::datapath::Datapath>>>,
+}
+
 /// The TCP datapath for `cfg.datapath`: the kernel programs, or nginx `stream` servers when
 /// asked (`ROUTER_DATAPATH=nginx`) or when `auto` cannot load the programs (loudly: a warning
 /// and `datapath.kind = "nginx (fallback)"` in status). Returns the nginx handle it opened, so
 /// the HTTP router shares it.
-pub fn open_tcp_forwarder(
-    cfg: &Config,
-) -> Result<(
-    Box<dyn TcpForwarder>,
-    DatapathStatus,
-    Option<crate::nginx::Nginx>,
-)> {
-    let nginx_status = |kind: &str| DatapathStatus {
-        kind: kind.to_string(),
-        interfaces: Vec::new(),
+pub fn open_tcp_forwarder(cfg: &Config) -> Result<TcpParts> {
+    let nginx_parts = |tcp, kind: &str, nginx| TcpParts {
+        tcp,
+        status: DatapathStatus {
+            kind: kind.to_string(),
+            interfaces: Vec::new(),
+        },
+        nginx: Some(nginx),
+        kernel: None,
     };
     match cfg.datapath.kind {
         DatapathKind::Nginx => {
             let nginx = crate::nginx::Nginx::from_config(&cfg.nginx).context("starting nginx")?;
             let tcp = open_stream_forwarder(&nginx)?;
-            Ok((tcp, nginx_status("nginx"), Some(nginx)))
+            Ok(nginx_parts(tcp, "nginx", nginx))
         }
         DatapathKind::Ebpf(crate::datapath::AttachMode::Auto) => match open_kernel_forwarder(cfg) {
-            Ok((tcp, status)) => Ok((tcp, status, None)),
+            Ok(parts) => Ok(parts),
             Err(e) if e.chain().any(|c| c.to_string() == CANNOT_LOAD) => {
                 tracing::warn!(
                     error = %format!("{e:#}"),
@@ -182,14 +194,11 @@ pub fn open_tcp_forwarder(
                     crate::nginx::Nginx::from_config(&cfg.nginx).context("starting nginx")?;
                 let tcp = open_stream_forwarder(&nginx)
                     .with_context(|| format!("and the eBPF datapath failed: {e:#}"))?;
-                Ok((tcp, nginx_status("nginx (fallback)"), Some(nginx)))
+                Ok(nginx_parts(tcp, "nginx (fallback)", nginx))
             }
             Err(e) => Err(e),
         },
-        DatapathKind::Ebpf(_) => {
-            let (tcp, status) = open_kernel_forwarder(cfg)?;
-            Ok((tcp, status, None))
-        }
+        DatapathKind::Ebpf(_) => open_kernel_forwarder(cfg),
     }
 }
 
@@ -200,6 +209,8 @@ struct LazyHttpRouter {
     admin_addr: SocketAddr,
     nginx: Option<crate::nginx::Nginx>,
     router: Option<crate::nginx::NginxHttpRouter>,
+    /// Where `/metrics` finds nginx once it is opened.
+    opened: Arc<std::sync::OnceLock<crate::nginx::Nginx>>,
 }
 
 impl HttpRouter for LazyHttpRouter {
@@ -214,6 +225,7 @@ impl HttpRouter for LazyHttpRouter {
                     let n = crate::nginx::Nginx::from_config(&self.cfg.nginx)
                         .context("starting nginx for HTTP routes")?;
                     self.nginx = Some(n.clone());
+                    let _ = self.opened.set(n.clone());
                     n
                 }
             };
@@ -234,16 +246,22 @@ impl HttpRouter for LazyHttpRouter {
 
 /// The HTTP router for `cfg`; `admin_addr` is where the admin endpoint really listens (nginx's
 /// `auth_request` goes there).
+/// `opened` gets the nginx handle once there is one (for `/metrics`).
 pub fn open_http_router(
     cfg: &Config,
     nginx: Option<crate::nginx::Nginx>,
     admin_addr: SocketAddr,
+    opened: Arc<std::sync::OnceLock<crate::nginx::Nginx>>,
 ) -> Result<Box<dyn HttpRouter>> {
+    if let Some(n) = &nginx {
+        let _ = opened.set(n.clone());
+    }
     Ok(Box::new(LazyHttpRouter {
         cfg: cfg.clone(),
         admin_addr,
         nginx,
         router: None,
+        opened,
     }))
 }
 
@@ -260,9 +278,21 @@ pub fn admin_extensions(cfg: &Config, _status: &SharedStatus) -> Result<Vec<axum
 
 /// Everything the real daemon drives, from `cfg`; `admin_addr` from [`bind_admin`].
 pub fn open_parts(cfg: &Config, status: &SharedStatus, admin_addr: SocketAddr) -> Result<Parts> {
-    let (tcp, datapath, nginx) = open_tcp_forwarder(cfg)?;
-    let http = open_http_router(cfg, nginx, admin_addr).context("starting the HTTP router")?;
-    let admin_routes = admin_extensions(cfg, status)?;
+    let TcpParts {
+        tcp,
+        status: datapath,
+        nginx,
+        kernel,
+    } = open_tcp_forwarder(cfg)?;
+    let metrics = crate::metrics::Sources {
+        status: status.clone(),
+        datapath: kernel,
+        nginx: Arc::default(),
+    };
+    let http = open_http_router(cfg, nginx, admin_addr, Arc::clone(&metrics.nginx))
+        .context("starting the HTTP router")?;
+    let mut admin_routes = admin_extensions(cfg, status)?;
+    admin_routes.push(crate::metrics::router(metrics));
     Ok(Parts {
         tcp,
         http,

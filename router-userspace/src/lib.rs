@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod logging;
+pub mod metrics;
 pub mod nginx;
 pub mod ports;
 pub mod reconcile;

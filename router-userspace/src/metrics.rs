@@ -1,0 +1,470 @@
+//! Prometheus `/metrics` on the admin endpoint.
+//!
+//! Nothing is counted per packet here: every value is read when scraped, from the datapath's
+//! maps (verdict counters, per-route counters of the last sweep, the connection count), the
+//! daemon's shared [`Status`] (sync loop, ClearML, datapath modes) and nginx's own status.
+
+use crate::admin::{SharedStatus, Status};
+use crate::datapath::Datapath;
+use crate::nginx::Nginx;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The content type of the text exposition format.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Where the metrics come from. Every source but the status is optional: the nginx datapath has
+/// no kernel maps, and nginx is opened only when the first HTTP route (or the stream fallback)
+/// needs it.
+#[derive(Clone, Default)]
+pub struct Sources {
+    pub status: SharedStatus,
+    pub datapath: Option<Arc<Mutex<Datapath>>>,
+    /// Filled when nginx is opened.
+    pub nginx: Arc<OnceLock<Nginx>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("datapath", &self.datapath.is_some())
+            .field("nginx", &self.nginx.get().is_some())
+            .finish()
+    }
+}
+
+/// The `/metrics` router.
+pub fn router(sources: Sources) -> Router {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(sources));
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Arc::new(registry))
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
+    // Reading the maps is a few syscalls per route and reason; keep them off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).map(|()| out)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Writes one metric family: `name` with one sample per label set.
+fn family<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+            _ => ConstGauge::new(value).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+/// One sample without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(metric),
+        _ => ConstGauge::new(value).encode(metric),
+    }
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self
+            .status
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| Status::default());
+        encode_status(&mut encoder, &status)?;
+        if let Some(datapath) = &self.datapath
+            && let Ok(dp) = datapath.lock()
+        {
+            encode_datapath(&mut encoder, &dp)?;
+        }
+        if let Some(nginx) = self.nginx.get() {
+            let s = nginx.status();
+            single(
+                &mut encoder,
+                "task_router_nginx_reloads",
+                "nginx reloads done since start",
+                MetricType::Counter,
+                s.reloads as f64,
+            )?;
+            single(
+                &mut encoder,
+                "task_router_nginx_restarts",
+                "times a managed nginx that had died was started again",
+                MetricType::Counter,
+                s.restarts as f64,
+            )?;
+            family(
+                &mut encoder,
+                "task_router_nginx_rejected_configs",
+                "nginx configurations rejected and not yet replaced by a good one, per slot",
+                MetricType::Gauge,
+                s.rejected
+                    .iter()
+                    .map(|r| ([("slot", r.slot.to_string())], 1.0)),
+            )?;
+            single(
+                &mut encoder,
+                "task_router_nginx_failing",
+                "1 while the last nginx reload or start failed",
+                MetricType::Gauge,
+                if s.last_error.is_some() { 1.0 } else { 0.0 },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The `interface mode` entries of the status as label pairs.
+fn interface_modes(status: &Status) -> Vec<(String, String)> {
+    status
+        .datapath
+        .interfaces
+        .iter()
+        .filter_map(|entry| {
+            let (interface, mode) = entry.rsplit_once(' ')?;
+            Some((interface.to_string(), mode.to_string()))
+        })
+        .collect()
+}
+
+fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    single(
+        encoder,
+        "task_router_ready",
+        "1 when programs are attached and the first sync is done",
+        MetricType::Gauge,
+        if s.ready { 1.0 } else { 0.0 },
+    )?;
+    family(
+        encoder,
+        "task_router_datapath_kind",
+        "the TCP datapath in use (ebpf mode, nginx or nginx (fallback))",
+        MetricType::Gauge,
+        [([("kind", s.datapath.kind.clone())], 1.0)],
+    )?;
+    family(
+        encoder,
+        "task_router_datapath_mode",
+        "the hook the kernel programs run at, per attached interface",
+        MetricType::Gauge,
+        interface_modes(s)
+            .into_iter()
+            .map(|(interface, mode)| ([("interface", interface), ("mode", mode)], 1.0)),
+    )?;
+    let c = &s.clearml;
+    single(
+        encoder,
+        "task_router_sync_cycles",
+        "sync cycles run",
+        MetricType::Counter,
+        c.cycles as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_sync_failed_cycles",
+        "sync cycles that failed (the last good route set stayed in force)",
+        MetricType::Counter,
+        c.failed_cycles as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_sync_last_duration_seconds",
+        "how long the last sync cycle took",
+        MetricType::Gauge,
+        c.last_sync_duration_ms as f64 / 1000.0,
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_api_calls",
+        "ClearML API calls made",
+        MetricType::Counter,
+        c.api_calls as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_api_failures",
+        "ClearML API calls that failed",
+        MetricType::Counter,
+        c.api_failures as f64,
+    )?;
+    family(
+        encoder,
+        "task_router_clearml_state",
+        "the ClearML connection state (disabled, connecting, ok or error)",
+        MetricType::Gauge,
+        [([("state", c.state.clone())], 1.0)],
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_tasks",
+        "tasks asking for routes in the last listing",
+        MetricType::Gauge,
+        c.tasks as f64,
+    )?;
+    family(
+        encoder,
+        "task_router_routes",
+        "routes in the status, by kind and state",
+        MetricType::Gauge,
+        route_states(s),
+    )?;
+    single(
+        encoder,
+        "task_router_refused_routes",
+        "routes refused by validation or port allocation",
+        MetricType::Gauge,
+        s.refused.len() as f64,
+    )?;
+    Ok(())
+}
+
+/// Route counts by (kind, state), with states reduced to their first word so a failure's
+/// message does not become a label value.
+fn route_states(s: &Status) -> Vec<([(&'static str, String); 2], f64)> {
+    let mut counts = std::collections::BTreeMap::<(String, String), f64>::new();
+    for r in &s.routes {
+        let state = r
+            .state
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        *counts.entry((r.kind.clone(), state)).or_default() += 1.0;
+    }
+    counts
+        .into_iter()
+        .map(|((kind, state), n)| ([("kind", kind), ("state", state)], n))
+        .collect()
+}
+
+fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
+    let routes = dp.route_counters();
+    let label = |port: &u16, upstream: &std::net::SocketAddrV4| {
+        [
+            ("port", port.to_string()),
+            ("upstream", upstream.to_string()),
+        ]
+    };
+    family(
+        encoder,
+        "task_router_route_active_connections",
+        "connections of a route that are not closing, as of the last sweep",
+        MetricType::Gauge,
+        routes
+            .iter()
+            .map(|(port, (p, c))| (label(port, &p.upstream), c.active as f64)),
+    )?;
+    for (direction, help) in [
+        ("to_backend", "toward the backend"),
+        ("to_client", "toward the client"),
+    ] {
+        let pick = |c: &crate::datapath::RouteCounters| match direction {
+            "to_backend" => c.to_backend,
+            _ => c.to_client,
+        };
+        family(
+            encoder,
+            &format!("task_router_route_{direction}_bytes"),
+            &format!("bytes forwarded {help} on a route, as of the last sweep"),
+            MetricType::Counter,
+            routes
+                .iter()
+                .map(|(port, (p, c))| (label(port, &p.upstream), pick(c).bytes as f64)),
+        )?;
+        family(
+            encoder,
+            &format!("task_router_route_{direction}_packets"),
+            &format!("packets forwarded {help} on a route, as of the last sweep"),
+            MetricType::Counter,
+            routes
+                .iter()
+                .map(|(port, (p, c))| (label(port, &p.upstream), pick(c).packets as f64)),
+        )?;
+    }
+    match dp.stats() {
+        Ok(stats) => {
+            let samples = |bytes: bool| {
+                stats
+                    .iter()
+                    .map(move |(hook, reason, v)| {
+                        (
+                            [
+                                ("hook", hook.name().to_string()),
+                                ("reason", reason.name().to_string()),
+                            ],
+                            if bytes { v.bytes } else { v.packets } as f64,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            family(
+                encoder,
+                "task_router_verdict_packets",
+                "packets by hook and verdict reason (forwarded, pass_*, drop_*)",
+                MetricType::Counter,
+                samples(false),
+            )?;
+            family(
+                encoder,
+                "task_router_verdict_bytes",
+                "bytes by hook and verdict reason (forwarded, pass_*, drop_*)",
+                MetricType::Counter,
+                samples(true),
+            )?;
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::datapath::error_chain(&e), "reading the verdict counters for /metrics")
+        }
+    }
+    match dp.fill() {
+        Ok((live, capacity)) => {
+            single(
+                encoder,
+                "task_router_conntrack_entries",
+                "connections in the kernel's table",
+                MetricType::Gauge,
+                live as f64,
+            )?;
+            single(
+                encoder,
+                "task_router_conntrack_capacity",
+                "connections the kernel's table is sized for",
+                MetricType::Gauge,
+                capacity as f64,
+            )?;
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::datapath::error_chain(&e), "reading the conntrack fill for /metrics")
+        }
+    }
+    if let Some(sweep) = dp.last_sweep() {
+        single(
+            encoder,
+            "task_router_conntrack_last_sweep_expired",
+            "idle connections the last sweep removed",
+            MetricType::Gauge,
+            sweep.expired as f64,
+        )?;
+        single(
+            encoder,
+            "task_router_conntrack_last_sweep_seconds",
+            "how long the last conntrack sweep took",
+            MetricType::Gauge,
+            sweep.took.as_secs_f64(),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{DatapathStatus, RouteStatus};
+    use std::sync::RwLock;
+
+    fn scrape_text(sources: Sources) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(sources));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn status_facts_become_metrics() {
+        let mut status = Status {
+            ready: true,
+            datapath: DatapathStatus {
+                kind: "auto".into(),
+                interfaces: vec!["veth-a tc".into(), "eth0 xdp".into()],
+            },
+            ..Status::default()
+        };
+        status.clearml.cycles = 7;
+        status.clearml.failed_cycles = 2;
+        status.clearml.state = "ok".into();
+        status.clearml.last_sync_duration_ms = 1500;
+        status.routes = vec![
+            RouteStatus {
+                kind: "tcp".into(),
+                state: "failed: no port".into(),
+                ..RouteStatus::default()
+            },
+            RouteStatus {
+                kind: "tcp".into(),
+                state: "active".into(),
+                ..RouteStatus::default()
+            },
+        ];
+        let text = scrape_text(Sources {
+            status: Arc::new(RwLock::new(status)),
+            ..Sources::default()
+        });
+        for (series, value) in [
+            ("task_router_ready", 1.0),
+            (
+                "task_router_datapath_mode{interface=\"veth-a\",mode=\"tc\"}",
+                1.0,
+            ),
+            (
+                "task_router_datapath_mode{interface=\"eth0\",mode=\"xdp\"}",
+                1.0,
+            ),
+            ("task_router_sync_cycles_total", 7.0),
+            ("task_router_sync_failed_cycles_total", 2.0),
+            ("task_router_sync_last_duration_seconds", 1.5),
+            ("task_router_clearml_state{state=\"ok\"}", 1.0),
+            ("task_router_routes{kind=\"tcp\",state=\"failed\"}", 1.0),
+            ("task_router_routes{kind=\"tcp\",state=\"active\"}", 1.0),
+        ] {
+            let found = text.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            });
+            assert_eq!(found, Some(value), "{series} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
