@@ -1,6 +1,6 @@
 //! `cargo xtask bench [SECTION]`: benchmarks, never timed tests. Each section is a driver
 //! binary run as root after the kernel object is built; `bench` alone runs every section.
-//! Sections so far: `datapath` (per-packet program costs through BPF_PROG_TEST_RUN, and the
+//! Sections: `control` and `http` (their own modules), `datapath` (per-packet program costs through BPF_PROG_TEST_RUN, and the
 //! datapath against its peers in a veth topology). Results: Markdown on stdout and in
 //! `target/bench/<section>.md`, raw rounds as JSON next to it.
 
@@ -16,10 +16,16 @@ use std::process::Command;
 pub enum Section {
     /// The kernel datapath: program costs and forwarding peers.
     Datapath,
+    /// The control plane: a 10,000-task sync cycle, request-to-endpoint time
+    /// (`cargo xtask bench-control` takes its own options).
+    Control,
+    /// HTTP routes: generated vs hand-written nginx config, apply-to-routed time
+    /// (`cargo xtask bench-http` takes its own options).
+    Http,
 }
 
 impl Section {
-    const ALL: [Section; 1] = [Section::Datapath];
+    const ALL: [Section; 3] = [Section::Datapath, Section::Control, Section::Http];
 }
 
 #[derive(Args)]
@@ -53,6 +59,19 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     for section in sections {
         match section {
             Section::Datapath => datapath(&object, opts)?,
+            Section::Control => {
+                crate::bench_control::run(&crate::bench_control::BenchControlOptions {
+                    tasks: 10_000,
+                    requests: 20,
+                    poll_interval: "2s".into(),
+                })?
+            }
+            Section::Http => crate::bench_http::run(&crate::bench_http::BenchHttpOptions {
+                seconds: 3,
+                rounds: 9,
+                connections: 32,
+                routes: 100,
+            })?,
         }
     }
     Ok(())

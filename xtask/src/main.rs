@@ -1,8 +1,8 @@
 //! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
 
+mod bench;
 mod bench_control;
 mod bench_http;
-mod bench;
 mod build;
 mod cmd;
 mod demo;
