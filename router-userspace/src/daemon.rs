@@ -127,14 +127,14 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
     }
     let datapath = crate::datapath::SharedDatapath::new(dp);
     let sweeper = crate::datapath::sweeper::Sweeper::spawn(
-        crate::datapath::SharedDatapath(Arc::clone(&datapath.0)),
+        datapath.clone(),
         crate::datapath::sweeper::DEFAULT_INTERVAL,
         |_| {},
     )
     .context("starting the conntrack sweeper")?;
     Ok(TcpParts {
         tcp: Box::new(KernelForwarder {
-            datapath: crate::datapath::SharedDatapath(Arc::clone(&datapath.0)),
+            datapath: datapath.clone(),
             _sweeper: sweeper,
             _kernel_log: kernel_log,
         }),

@@ -6,31 +6,17 @@ use router_tests::netns::{Netns, veth};
 use router_tests::{daemon::Daemon, daemon_binary, require_root};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "task-router-{tag}-{}",
-            router_tests::netns::unique("d")
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temporary directory of the test's own, removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("task-router-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// The daemon binary with a clean environment (only PATH), so the caller's variables never
@@ -53,7 +39,7 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn check_config_shows_effective_values_masked_with_their_origin() {
-    let dir = TempDir::new("cc");
+    let dir = temp_dir("cc");
     let env_file = dir.path().join("runtime.env");
     std::fs::write(
         &env_file,
@@ -226,7 +212,7 @@ fn admin_endpoint_status_command_and_routes_file_reload() {
         Ipv4Addr::new(10, 205, 0, 2),
     )
     .expect("veth 2");
-    let dir = TempDir::new("adm");
+    let dir = temp_dir("adm");
     let routes = dir.path().join("routes.toml");
     std::fs::write(
         &routes,

@@ -16,32 +16,18 @@ use router_userspace::daemon::{CycleOutcome, Engine, new_status};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const ROUTER_ADDRESS: &str = "203.0.113.7";
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "task-router-{tag}-{}",
-            router_tests::netns::unique("s")
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temporary directory of the test's own, removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("task-router-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 fn config(server: &ClearmlServer, state: &Path, extra: &[(&str, &str)]) -> Config {
@@ -171,7 +157,7 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     );
     let evil = admin.create_task(running("evil", tcp_request("127.0.0.1", 22)).queue(&gpu));
 
-    let state = TempDir::new("sync");
+    let state = temp_dir("sync");
     let mut r = Router::start(config(
         &server,
         state.path(),
@@ -297,7 +283,7 @@ async fn api_faults_change_nothing_that_forwards() {
             ))
         })
         .collect();
-    let state = TempDir::new("fault");
+    let state = temp_dir("fault");
     let mut r = Router::start(config(&server, state.path(), &[])).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
     let before = r.tcp.programmed();
@@ -398,7 +384,7 @@ async fn a_task_writing_its_runtime_at_the_same_moment_loses_nothing() {
             *runtime = theirs;
         }
     });
-    let state = TempDir::new("race");
+    let state = temp_dir("race");
     let mut r = Router::start(config(&server, state.path(), &[])).await;
     let edits = admin.calls("tasks.edit");
     r.cycle().await;
@@ -452,7 +438,7 @@ async fn paging_reads_every_task_in_few_calls() {
                    "_PORT": 8080}),
         ));
     }
-    let state = TempDir::new("page");
+    let state = temp_dir("page");
     let mut r = Router::start(config(&server, state.path(), &[])).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
     assert_eq!(r.http.programmed().len(), 1203);
@@ -469,7 +455,7 @@ async fn several_routers_share_one_server_without_touching_each_others_tasks() {
     let (qa, qb) = (admin.create_queue("queue-a"), admin.create_queue("queue-b"));
     let ta = admin.create_task(running("a", tcp_request("10.8.0.10", 22)).queue(&qa));
     let tb = admin.create_task(running("b", tcp_request("10.8.0.11", 22)).queue(&qb));
-    let (sa, sb) = (TempDir::new("ra"), TempDir::new("rb"));
+    let (sa, sb) = (temp_dir("ra"), temp_dir("rb"));
     let mut a = Router::start(config(
         &server,
         sa.path(),
@@ -495,7 +481,7 @@ async fn several_routers_share_one_server_without_touching_each_others_tasks() {
     assert_eq!(b.tcp.programmed().len(), 1);
 
     // A third router listening to every queue leaves both claimed tasks alone.
-    let sc = TempDir::new("rc");
+    let sc = temp_dir("rc");
     let mut c = Router::start(config(&server, sc.path(), &[("ROUTER_NAME", "edge-c")])).await;
     let edits = admin.calls("tasks.edit");
     c.cycle().await;
@@ -517,7 +503,7 @@ async fn a_restarted_router_keeps_every_port() {
             tcp_request(&format!("10.9.0.{}", 10 + i), 22),
         ));
     }
-    let state = TempDir::new("restart");
+    let state = temp_dir("restart");
     let cfg = config(&server, state.path(), &[]);
     let mut r = Router::start(cfg.clone()).await;
     r.cycle().await;
@@ -633,7 +619,7 @@ fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
         6,
         Some("tasks.get_all"),
     );
-    let state = TempDir::new("bin");
+    let state = temp_dir("bin");
     let mut daemon = Daemon::spawn(daemon_command(&router, &server, &r.dev, state.path()))
         .expect("start daemon");
     daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
@@ -700,7 +686,7 @@ fn an_unknown_queue_or_bad_credentials_stop_start_up() {
     )
     .expect("veth");
     let server = server_in(&router);
-    let state = TempDir::new("q");
+    let state = temp_dir("q");
     let out = daemon_command(&router, &server, &r.dev, state.path())
         .env("LISTEN_QUEUE_NAME", "gpu-queue")
         .output()

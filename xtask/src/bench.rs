@@ -135,3 +135,31 @@ fn capture(cmd: &mut Command) -> Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Builds and runs the tests crate's release benchmark binary `bin` with `args`, adding
+/// `--json target/bench/<bin>.json` for its machine-readable figures.
+pub fn run_tests_binary(bin: &str, args: &[String]) -> Result<()> {
+    let object = build::ebpf(&EbpfOptions { release: true })?;
+    let json = workspace_root()
+        .join("target/bench")
+        .join(format!("{bin}.json"));
+    if let Some(dir) = json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    cmd::run(
+        build::host_cargo(&object)
+            .args([
+                "run",
+                "--release",
+                "--package",
+                "router-tests",
+                "--bin",
+                bin,
+                "--",
+            ])
+            .args(args)
+            .arg("--json")
+            .arg(&json),
+    )
+    .with_context(|| format!("the {bin} benchmark failed"))
+}

@@ -4,9 +4,7 @@
 //! request to its endpoint written and its route programmed. The lead may fold this under
 //! `cargo xtask bench control`: call [`run`].
 
-use crate::build::{self, EbpfOptions};
-use crate::cmd::{self, workspace_root};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 #[derive(Args, Clone, Debug)]
@@ -23,27 +21,15 @@ pub struct BenchControlOptions {
 }
 
 pub fn run(opts: &BenchControlOptions) -> Result<()> {
-    let object = build::ebpf(&EbpfOptions { release: true })?;
-    let json = workspace_root().join("target/bench/control.json");
-    if let Some(dir) = json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    cmd::run(build::host_cargo(&object).args([
-        "run",
-        "--release",
-        "--package",
-        "router-tests",
-        "--bin",
+    crate::bench::run_tests_binary(
         "bench_control",
-        "--",
-        "--tasks",
-        &opts.tasks.to_string(),
-        "--requests",
-        &opts.requests.to_string(),
-        "--poll-interval",
-        &opts.poll_interval,
-        "--json",
-        &json.to_string_lossy(),
-    ]))
-    .context("the control-plane benchmark failed")
+        &[
+            "--tasks".to_string(),
+            opts.tasks.to_string(),
+            "--requests".to_string(),
+            opts.requests.to_string(),
+            "--poll-interval".to_string(),
+            opts.poll_interval.clone(),
+        ],
+    )
 }

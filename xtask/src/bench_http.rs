@@ -3,10 +3,8 @@
 //! versus a hand-written equivalent, and the time from a route apply to a routed endpoint.
 //! The lead may fold this under `cargo xtask bench http`: call [`run`].
 
-use crate::build::{self, EbpfOptions};
-use crate::cmd::{self, workspace_root};
 use crate::prereq;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 #[derive(Args, Clone, Debug)]
@@ -27,29 +25,17 @@ pub struct BenchHttpOptions {
 
 pub fn run(opts: &BenchHttpOptions) -> Result<()> {
     prereq::ensure_all()?;
-    let object = build::ebpf(&EbpfOptions { release: true })?;
-    let json = workspace_root().join("target/bench/http.json");
-    if let Some(dir) = json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    cmd::run(build::host_cargo(&object).args([
-        "run",
-        "--release",
-        "--package",
-        "router-tests",
-        "--bin",
+    crate::bench::run_tests_binary(
         "bench_http",
-        "--",
-        "--seconds",
-        &opts.seconds.to_string(),
-        "--rounds",
-        &opts.rounds.to_string(),
-        "--connections",
-        &opts.connections.to_string(),
-        "--routes",
-        &opts.routes.to_string(),
-        "--json",
-        &json.to_string_lossy(),
-    ]))
-    .context("the HTTP benchmark failed")
+        &[
+            "--seconds".to_string(),
+            opts.seconds.to_string(),
+            "--rounds".to_string(),
+            opts.rounds.to_string(),
+            "--connections".to_string(),
+            opts.connections.to_string(),
+            "--routes".to_string(),
+            opts.routes.to_string(),
+        ],
+    )
 }
