@@ -4,9 +4,6 @@
 //! eBPF datapath, HTTP GET with the ClearML cookie through nginx. Stopping a task removes its
 //! endpoints and releases its port. Run with the newest SDK and the last 2.0.x, plus a named
 //! second endpoint and the clearml-session way.
-//!
-//! These need the control plane, datapath and nginx work merged into main (the daemon must
-//! serve ClearML requests); until then they are ignored: `cargo xtask test -- --ignored e2e_`.
 
 use router_tests::clearml_server::sdk::sdk_versions;
 use router_tests::e2e::{
@@ -90,7 +87,8 @@ fn tcp_and_http_through_the_router(version: &str) {
         url,
         format!("{}/service/{}/", bed.router_url, http_task.task_id)
     );
-    let refused = http_get_url(&bed.client, &format!("{url}hello"), &[]).expect("GET");
+    let refused = http_get_url(&bed.client, &format!("{url}hello"), &[])
+        .unwrap_or_else(|e| panic!("GET {url}: {e:#}\ndaemon log:\n{}", bed.daemon_log()));
     assert!(
         [401, 302, 303].contains(&refused.status),
         "no cookie must not reach the app: {} {}",
@@ -146,15 +144,11 @@ fn tcp_and_http_through_the_router(version: &str) {
 }
 
 #[test]
-#[ignore = "open (issue 6): the HTTP task stays in_progress on the test server after the \
-            driver's stop, so the last step (endpoints gone) times out; TCP and HTTP through \
-            the router pass"]
 fn e2e_newest_sdk_tcp_and_http_through_the_router() {
     tcp_and_http_through_the_router(newest());
 }
 
 #[test]
-#[ignore = "open (issue 6): see e2e_newest_sdk_tcp_and_http_through_the_router"]
 fn e2e_sdk_2_0_tcp_and_http_through_the_router() {
     tcp_and_http_through_the_router(last_2_0());
 }

@@ -284,3 +284,44 @@ fn an_unreachable_auth_endpoint_lets_nothing_through() {
         assert!(r.echo().is_err());
     });
 }
+
+/// With authentication on, removing the last route must leave a configuration nginx accepts:
+/// the route's URL stops serving (404), and a later route is served again. (The 401 location
+/// reads a variable only the route locations define; a server without routes must not keep it,
+/// or nginx refuses the file and the removed route stays live.)
+#[test]
+fn removing_the_last_route_with_auth_on_stops_serving_it() {
+    in_netns("thad", || {
+        let mut rig = Rig::managed(Some(auth_config())).expect("rig");
+        let a = rig.servers.backend("A").expect("backend");
+        let cookie = format!("{COOKIE}={}", valid());
+        let served_at = |path: &str| {
+            get(http_addr(), path, &[("Cookie", &cookie)])
+                .ok()
+                .filter(served)
+        };
+        rig.router
+            .apply(&wanted(&[route("taska", a.addr, HttpMode::Path)]))
+            .expect("apply one route");
+        until("the route is served", Duration::from_secs(15), || {
+            served_at("/service/taska/")
+        });
+
+        rig.router
+            .apply(&wanted(&[]))
+            .expect("nginx accepts the configuration without routes");
+        let gone = until("the route stops serving", Duration::from_secs(15), || {
+            get(http_addr(), "/service/taska/", &[("Cookie", &cookie)])
+                .ok()
+                .filter(|r| !served(r))
+        });
+        assert_eq!(gone.status, 404, "{}", gone.text());
+
+        rig.router
+            .apply(&wanted(&[route("taskb", a.addr, HttpMode::Path)]))
+            .expect("apply a route again");
+        until("the new route is served", Duration::from_secs(15), || {
+            served_at("/service/taskb/")
+        });
+    });
+}

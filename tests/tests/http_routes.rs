@@ -364,3 +364,35 @@ fn a_restarted_daemon_adopts_nginx_without_dropping_connections() {
         assert_eq!(rig.dir.pid(), None);
     });
 }
+
+/// `apply` returns only once nginx serves the new configuration: the daemon writes an endpoint
+/// back right after it, and the SDK's first request must not be refused. A reload nginx cannot
+/// take (its port is held by someone else; `nginx -t` does not bind, so only the reload fails)
+/// is an error, not a silent success, and the next apply after the port is free serves.
+#[test]
+fn apply_returns_when_nginx_serves_and_reports_a_reload_it_could_not_take() {
+    in_netns("thrr", || {
+        let mut rig = Rig::managed(None).expect("rig");
+        let a = rig.servers.backend("A").expect("backend");
+
+        let blocker = std::net::TcpListener::bind(rig.addr()).expect("hold the HTTP port");
+        let err = rig
+            .router
+            .apply(&wanted(&[route("taska", a.addr, HttpMode::Path)]))
+            .expect_err("nginx cannot bind its port: the reload must fail");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("did not take the new configuration"),
+            "{text}"
+        );
+        drop(blocker);
+
+        rig.router
+            .apply(&wanted(&[route("taska", a.addr, HttpMode::Path)]))
+            .expect("apply once the port is free");
+        // No waiting: served at once.
+        let r = get(rig.addr(), "/service/taska/x", &[]).expect("GET right after apply");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.echo().expect("echo").backend, "A");
+    });
+}

@@ -184,7 +184,7 @@ pub fn render(settings: &HttpSettings, wanted: &BTreeMap<String, HttpRoute>) -> 
     }
 
     let _ = writeln!(t, "server {{\n    listen {};", settings.listen_port);
-    server_common(t, settings);
+    server_common(t, settings, !path_routes.is_empty());
     t.push_str("    location / {\n        return 404;\n    }\n");
     for route in &path_routes {
         let key = &route.key;
@@ -212,7 +212,7 @@ pub fn render(settings: &HttpSettings, wanted: &BTreeMap<String, HttpRoute>) -> 
             "\nserver {{\n    listen {};\n    server_name {label}.{domain};",
             settings.listen_port
         );
-        server_common(t, settings);
+        server_common(t, settings, true);
         t.push_str("    location / {\n");
         proxy(
             t,
@@ -263,8 +263,10 @@ fn upstream_name(key: &str) -> String {
 
 /// Directives every generated server has: relative redirects (the router sits behind a load
 /// balancer whose port nginx does not know), no slash merging (`//service/x/` names no route),
-/// and the authentication locations.
-fn server_common(t: &mut String, settings: &HttpSettings) {
+/// and the authentication locations. `proxies` says whether the server has route locations:
+/// the 401 location reads `$task_router_login`, which only their `auth_request_set` defines, so
+/// nginx refuses a server that has the one without the other.
+fn server_common(t: &mut String, settings: &HttpSettings, proxies: bool) {
     t.push_str("    absolute_redirect off;\n    merge_slashes off;\n");
     if settings.auth_upstream.is_none() {
         return;
@@ -275,6 +277,9 @@ fn server_common(t: &mut String, settings: &HttpSettings) {
         "    location = {AUTH_LOCATION} {{\n        internal;\n        proxy_pass http://task_router_auth{};\n        proxy_pass_request_body off;\n        proxy_http_version 1.1;\n        proxy_set_header Connection \"\";\n        proxy_set_header Upgrade \"\";\n        proxy_set_header Content-Length \"\";\n        proxy_set_header X-Original-URI $request_uri;\n        proxy_set_header X-Original-Method $request_method;\n        proxy_set_header X-Forwarded-Host $http_host;\n        proxy_set_header X-Forwarded-Proto {proto};\n        proxy_connect_timeout 2s;\n        proxy_read_timeout 10s;\n    }}",
         crate::auth::AUTH_PATH
     );
+    if !proxies {
+        return;
+    }
     // Browsers sent to the login page when the auth endpoint names one; others get a 401 that
     // says what is missing.
     t.push_str(

@@ -76,6 +76,8 @@ pub enum NginxError {
     Reload { slot: &'static str, error: String },
     #[error("starting nginx failed: {0}")]
     Start(String),
+    #[error("nginx master {pid} did not take the new configuration: {reason}")]
+    ReloadNotTaken { pid: u32, reason: String },
     #[error("{0} has no stream module (Debian: libnginx-mod-stream)")]
     NoStream(String),
     #[error("nginx configuration value")]

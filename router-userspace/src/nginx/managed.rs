@@ -24,6 +24,8 @@ const TEST_FILE: &str = ".task-router-nginx-test.main";
 const PID_FILE: &str = "nginx.pid";
 const ERROR_LOG: &str = "error.log";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reload may take to fork its new workers (it parses the files and binds first).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the binary can serve `stream` servers, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,8 +244,38 @@ impl Managed {
     }
 
     /// Graceful reload: new workers with the new files; old ones finish their connections.
+    ///
+    /// Returns once the master runs a worker forked after the signal. nginx applies a reload
+    /// asynchronously; it opens the new configuration's listening sockets before it forks the
+    /// new workers, so from then on a client of a new route is accepted. Without this wait an
+    /// endpoint could be written back before its port listens (the SDK's first request refused),
+    /// and a reload the master gave up on (a port it could not bind) would pass for done.
     pub fn reload(&self, pid: u32) -> Result<(), NginxError> {
-        signal(pid, Signal::SIGHUP)
+        let before = children_of(pid);
+        signal(pid, Signal::SIGHUP)?;
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        loop {
+            if children_of(pid).iter().any(|c| !before.contains(c)) {
+                return Ok(());
+            }
+            if self.running_pid() != Some(pid) {
+                return Err(NginxError::ReloadNotTaken {
+                    pid,
+                    reason: "the master exited while reloading".into(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(NginxError::ReloadNotTaken {
+                    pid,
+                    reason: format!(
+                        "no new worker within {RELOAD_TIMEOUT:?} (it keeps the previous \
+                         configuration); see {}",
+                        self.dir.join(ERROR_LOG).display()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Stops the master: SIGQUIT (graceful) or SIGTERM, then SIGKILL after `timeout`.
@@ -266,6 +298,28 @@ impl Managed {
         }
         Ok(())
     }
+}
+
+/// The processes whose parent is `pid` (nginx workers and cache helpers of a master).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|stat| parent_in_stat(&stat) == Some(pid))
+        })
+        .collect()
+}
+
+/// The parent PID from a `/proc/<pid>/stat` line: the second field after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn signal(pid: u32, sig: Signal) -> Result<(), NginxError> {
@@ -344,6 +398,20 @@ pub fn render_main(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_pid_is_read_after_the_command_name() {
+        assert_eq!(
+            parent_in_stat("4242 (nginx: a (b) c) S 17 4242 4242 0 -1"),
+            Some(17)
+        );
+        assert_eq!(parent_in_stat("garbage"), None);
+        let me = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+        assert_eq!(
+            parent_in_stat(&me),
+            Some(std::os::unix::process::parent_id())
+        );
+    }
 
     #[test]
     fn finds_the_stream_module() {

@@ -196,6 +196,17 @@ fn demo(bed: &Testbed, steps: &mut Steps, keep: bool, sdk: &str) -> Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         }
         println!("    {tcp} no longer answers");
+        loop {
+            let r = http_get_url(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)])?;
+            if r.status != 200 {
+                println!("    {url} now answers HTTP {}", r.status);
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{url} still serves the app 30 s after its task stopped");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Ok(())
     })
 }
