@@ -18,6 +18,7 @@ mod config;
 mod conntrack;
 mod ctx;
 mod icmp;
+mod mss;
 mod nat;
 mod parse;
 mod redirect;

@@ -15,6 +15,7 @@ use crate::clock;
 use crate::config;
 use crate::conntrack;
 use crate::ctx::Packet;
+use crate::mss;
 use crate::parse::{
     ETH_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TTL, TCP_CHECK, TCP_DPORT, TCP_SPORT, load8,
     load16, store_mac, store8, store16, store32,
@@ -30,10 +31,11 @@ static ROUTES: HashMap<RouteKey, RouteValue> =
 const TCP_CHECK_OFF: usize = ETH_LEN + IP_LEN + TCP_CHECK;
 
 /// Writes the entry's tuple, TTL and checksums into the IPv4/TCP headers at `ip`/`tcp` (both
-/// already bounds-checked), and its cached Ethernet addresses when `l2`. The TCP checksum comes
-/// last: on TC it may move the packet.
+/// already bounds-checked), and its cached Ethernet addresses when `l2`; `extra` is the folded
+/// checksum delta of other TCP header changes (a clamped MSS). The TCP checksum comes last: on
+/// TC it may move the packet.
 #[inline(always)]
-fn rewrite<P: Packet>(p: &P, ip: usize, tcp: usize, v: &CtValue4, l2: bool) -> bool {
+fn rewrite<P: Packet>(p: &P, ip: usize, tcp: usize, v: &CtValue4, l2: bool, extra: u16) -> bool {
     if v.flags & F_KEEP_TTL == 0 {
         store8(ip + IP_TTL, load8(ip + IP_TTL) - 1);
     }
@@ -50,7 +52,41 @@ fn rewrite<P: Packet>(p: &P, ip: usize, tcp: usize, v: &CtValue4, l2: bool) -> b
         store_mac(eth, &v.nh_dmac);
         store_mac(eth + 6, &v.nh_smac);
     }
-    p.tcp_csum(TCP_CHECK_OFF, v.l4_pseudo_csum, v.l4_port_csum)
+    let l4 = if extra == 0 {
+        v.l4_port_csum
+    } else {
+        router_common::csum::fold(v.l4_port_csum as u32 + extra as u32)
+    };
+    p.tcp_csum(TCP_CHECK_OFF, v.l4_pseudo_csum, l4)
+}
+
+/// The MSS clamp of a handshake packet on a tracked connection: a SYN (retransmitted) to the
+/// link toward the backend, a SYN-ACK to both links (the forward entry knows the backend's).
+#[inline(always)]
+fn clamp_handshake<P: Packet>(p: &P, tcp: usize, v: &CtValue4, out: &Out) -> u16 {
+    let mut mtu = match out {
+        // Not cached yet (no neighbour entry): the device's MTU.
+        Out::Neigh(ifindex, _) => redirect::dev_mtu(p, *ifindex),
+        _ => v.nh_mtu,
+    };
+    if v.flags & F_TO_CLIENT != 0 {
+        // The reply entry translates to (router:port -> client:port); the forward entry is
+        // keyed by the client's tuple.
+        let forward_key = CtKey4 {
+            saddr: v.daddr,
+            daddr: v.saddr,
+            sport: v.dport,
+            dport: v.sport,
+        };
+        if let Some(fwd) = conntrack::lookup(&forward_key) {
+            // SAFETY: a map value pointer from the look-up; one field read.
+            mtu = mss::min_mtu(mtu, unsafe { (*fwd).nh_mtu });
+        }
+    }
+    if mtu == 0 {
+        return 0;
+    }
+    mss::clamp(p, tcp, mtu)
 }
 
 /// The TTL after translation would be zero.
@@ -104,7 +140,12 @@ pub fn forward<P: Packet>(
     v.bytes += p.frame_len();
     let cached = matches!(out, Out::Cached);
     let (ifindex, l2) = (v.nh_ifindex, cached);
-    if !rewrite(p, ip, tcp, v, l2) {
+    let extra = if tcp_flags & TCP_SYN != 0 {
+        clamp_handshake(p, tcp, v, &out)
+    } else {
+        0
+    };
+    if !rewrite(p, ip, tcp, v, l2, extra) {
         return drop(p, StatReason::DropRewriteFailed);
     }
     crate::stats::count(P::HOOK, StatReason::Forwarded, p.frame_len());
@@ -192,11 +233,15 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     fwd.last_seen = now;
     fwd.packets = p.segments();
     fwd.bytes = p.frame_len();
-    if neigh.is_none() {
-        redirect::cache(&mut fwd, &found, settings.nh_epoch);
-        if P::HOOK == Hook::Xdp {
-            fwd.flags |= NH_XDP_CHECKED | NH_XDP_OK;
+    match neigh {
+        None => {
+            redirect::cache(&mut fwd, &found, settings.nh_epoch);
+            if P::HOOK == Hook::Xdp {
+                fwd.flags |= NH_XDP_CHECKED | NH_XDP_OK;
+            }
         }
+        // The next hop is not cached, but the SYN-ACK's MSS clamp reads the link's MTU here.
+        Some((ifindex, _)) => fwd.nh_mtu = redirect::dev_mtu(p, ifindex),
     }
     if !conntrack::insert_new(key, &fwd) {
         conntrack::remove(&out.swapped());
@@ -207,7 +252,8 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         };
     }
     conntrack::count_created();
-    if !rewrite(p, ip, tcp, &fwd, neigh.is_none()) {
+    let extra = mss::clamp(p, tcp, fwd.nh_mtu);
+    if !rewrite(p, ip, tcp, &fwd, neigh.is_none(), extra) {
         return drop(p, StatReason::DropRewriteFailed);
     }
     crate::stats::count(P::HOOK, StatReason::NewConnection, p.frame_len());

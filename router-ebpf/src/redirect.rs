@@ -7,7 +7,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup,
         xdp_action,
     },
-    helpers::bpf_fib_lookup as fib_lookup_helper,
+    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup_helper},
     macros::map,
     maps::DevMapHash,
 };
@@ -142,6 +142,16 @@ pub fn next_hop<P: Packet>(p: &P, v: &mut CtValue4, epoch: u16) -> Out {
         }
     }
     Out::Cached
+}
+
+/// The MTU of device `ifindex` (0 if there is none), for when no fib answer gave it.
+#[inline(always)]
+pub fn dev_mtu<P: Packet>(p: &P, ifindex: u32) -> u16 {
+    let mut mtu: u32 = 0;
+    // SAFETY: `mtu` lives on the stack for the call; the context is the program's own. With
+    // `*mtu_len == 0` the helper checks the packet's own length and always writes the MTU.
+    unsafe { bpf_check_mtu(p.raw(), ifindex, &mut mtu, 0, 0) };
+    mtu.min(u16::MAX as u32) as u16
 }
 
 /// Whether XDP can redirect to `ifindex`.

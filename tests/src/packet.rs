@@ -46,6 +46,8 @@ pub struct Tcp4 {
     pub ip_options: Vec<u8>,
     /// The IPv4 flags/fragment-offset field (host order), e.g. `0x4000` for DF.
     pub frag: u16,
+    /// TCP options (a multiple of 4 bytes).
+    pub tcp_options: Vec<u8>,
     pub payload: Vec<u8>,
 }
 
@@ -64,8 +66,18 @@ impl Tcp4 {
             ttl: 64,
             ip_options: Vec::new(),
             frag: 0x4000,
+            tcp_options: Vec::new(),
             payload: Vec::new(),
         }
+    }
+
+    /// Adds an MSS option (as the first option, where stacks put it).
+    pub fn mss(mut self, mss: u16) -> Tcp4 {
+        let mut opts = vec![2, 4];
+        opts.extend_from_slice(&mss.to_be_bytes());
+        opts.extend_from_slice(&self.tcp_options);
+        self.tcp_options = opts;
+        self
     }
 
     pub fn payload(mut self, payload: &[u8]) -> Tcp4 {
@@ -86,10 +98,11 @@ impl Tcp4 {
         tcp.extend_from_slice(&self.dport.to_be_bytes());
         tcp.extend_from_slice(&self.seq.to_be_bytes());
         tcp.extend_from_slice(&self.ack.to_be_bytes());
-        tcp.push(5 << 4);
+        tcp.push(((5 + self.tcp_options.len() / 4) as u8) << 4);
         tcp.push(self.flags);
         tcp.extend_from_slice(&64240u16.to_be_bytes());
         tcp.extend_from_slice(&[0, 0, 0, 0]);
+        tcp.extend_from_slice(&self.tcp_options);
         tcp.extend_from_slice(&self.payload);
         let c = checksum(&pseudo_then(self.saddr, self.daddr, 6, &tcp));
         tcp[16..18].copy_from_slice(&c.to_be_bytes());

@@ -520,3 +520,37 @@ fn path_mtu_discovery_works_through_the_nat() {
         "the client did not learn the path MTU: {text}"
     );
 }
+
+/// The router's link toward the backend carries only 1400-byte packets while both ends have
+/// 1500-byte links (an overlay or tunnel in the path): without help the client's full-size
+/// segments would be dropped at the router (it cannot fragment them, and the kernel's
+/// "fragmentation needed" would go to the NAT address), and the backend's would not fit the
+/// link. The handshake's MSS is clamped, so a transfer with full-checksum, unsegmented frames
+/// (as a NIC delivers) completes and nothing is dropped as too big.
+#[test]
+fn transfer_completes_over_a_narrow_link_toward_the_backend() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    for (ns, dev) in t.senders() {
+        ns.tx_offload(dev, false).expect("tx off");
+    }
+    t.router
+        .ip(&["link", "set", &t.router_backend.dev, "mtu", "1400"])
+        .expect("narrow the router's link toward the backend");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Tc),
+            (&t.router_backend.dev, AttachMode::Tc),
+        ],
+        t.router_addr(),
+    );
+    forward_and_check(&t, &mut dp, Hook::Tc, 2 * MIB);
+    assert_eq!(
+        dp.stat(Hook::Tc, StatReason::DropTooBig)
+            .expect("stats")
+            .packets,
+        0,
+        "segments dropped as too big"
+    );
+}

@@ -259,6 +259,7 @@ both_hooks!(
     ttl_that_would_expire_is_dropped,
     oversized_frames_are_not_forwarded_blindly,
     closed_connections_keep_their_tuple_through_time_wait,
+    handshake_mss_is_clamped_to_the_links,
 );
 
 fn new_connection_is_translated_and_tracked(program: Program) {
@@ -931,5 +932,88 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         .build();
         let out = env.run(&syn, true);
         assert_eq!(parse(&out.frame).expect("parses").sport, 40000);
+    });
+}
+
+/// The MSS option a translated handshake packet carries (first option), if any.
+fn mss_of(frame: &[u8]) -> Option<u16> {
+    let p = parse(frame)?;
+    let doff = (p.l4.get(12)? >> 4) as usize * 4;
+    let opts = p.l4.get(20..doff)?;
+    (opts.len() >= 4 && opts[0] == 2 && opts[1] == 4)
+        .then(|| u16::from_be_bytes([opts[2], opts[3]]))
+}
+
+/// With a 1400-byte link toward the backend, a client SYN asking for MSS 1460 leaves asking for
+/// 1360, and so does the backend's SYN-ACK toward the client: no end sends a segment the router's
+/// links cannot carry (it could not fragment it, and the kernel's "fragmentation needed" would
+/// go to the NAT address). Smaller MSS values pass unchanged; checksums stay valid.
+fn handshake_mss_is_clamped_to_the_links(program: Program) {
+    with_env(program, Opts::default(), |env| {
+        let set_mtu = std::process::Command::new("ip")
+            .args(["link", "set", "dev", &env.net.backend_dev, "mtu", "1400"])
+            .status()
+            .expect("run ip");
+        assert!(set_mtu.success(), "ip link set mtu 1400");
+
+        let syn = env.client_packet(40000, TCP_SYN).mss(1460).build();
+        let out = env.run(&syn, true);
+        assert_eq!(out.retval, env.redirected(), "SYN verdict");
+        assert_eq!(mss_of(&out.frame), Some(1360), "SYN MSS toward the backend");
+        assert_checksums(&out.frame);
+
+        let synack = env
+            .backend_packet(40000, TCP_SYN | TCP_ACK)
+            .mss(1460)
+            .build();
+        let out = env.run(&synack, false);
+        assert_eq!(out.retval, env.redirected(), "SYN-ACK verdict");
+        assert_eq!(
+            mss_of(&out.frame),
+            Some(1360),
+            "SYN-ACK MSS toward the client: the backend link is the smaller"
+        );
+        assert_checksums(&out.frame);
+
+        // No neighbour entry for the backend yet: TC sends the SYN through the neighbour
+        // path, clamped to the device's MTU; XDP hands it to TC untouched.
+        let syn = Tcp4::new(
+            env.net.client,
+            40002,
+            env.net.router,
+            PORT_UNRESOLVED,
+            TCP_SYN,
+        )
+        .macs(env.net.client_mac, env.net.client_dev_mac)
+        .mss(1460)
+        .build();
+        let out = env.run(&syn, true);
+        if env.hook() == Hook::Tc {
+            assert_eq!(out.retval, env.redirected(), "SYN verdict (neighbour path)");
+            assert_eq!(mss_of(&out.frame), Some(1360), "SYN MSS, neighbour path");
+            assert_checksums(&out.frame);
+        } else {
+            assert_eq!(out.retval, env.passed());
+            assert_eq!(out.frame, syn);
+        }
+
+        // Already small enough: untouched.
+        let syn = env.client_packet(40001, TCP_SYN).mss(1200).build();
+        let out = env.run(&syn, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_eq!(mss_of(&out.frame), Some(1200));
+        assert_checksums(&out.frame);
+        // Data segments are never touched even if their first bytes look like an MSS option.
+        let ack = env
+            .client_packet(40001, TCP_ACK)
+            .payload(&[2, 4, 0x05, 0xb4])
+            .build();
+        let out = env.run(&ack, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_eq!(
+            &parse(&out.frame).expect("parses").l4[20..24],
+            &[2, 4, 0x05, 0xb4]
+        );
+        assert_checksums(&out.frame);
     });
 }
