@@ -311,6 +311,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         "the router's own IPv4 addresses (NAT source, never an upstream); empty = discovered",
     ),
     var(
+        "ROUTER_NAT_SOURCE_PORTS",
+        "61000-65535",
+        "source ports toward tasks when a client's own port is taken; outside the TCP range",
+    ),
+    var(
         "ROUTER__WEBSERVER__SERVER_PORT",
         "8080",
         "port nginx listens on for HTTP routes",
@@ -770,6 +775,23 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// `first-last`, both 1024-65535, at least 64 ports (the kernel probes a bounded number of
+/// random ports; a tiny range would fail connections long before it is in use).
+fn parse_nat_ports(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} has no `-`"))?;
+    let port = |p: &str| match p.trim().parse::<u32>() {
+        Ok(n @ 1024..=65535) => Ok(n as u16),
+        _ => Err(format!("{:?} is not a port 1024-65535", p.trim())),
+    };
+    let (first, last) = (port(a)?, port(b)?);
+    if last < first || last - first < 63 {
+        return Err(format!("{first}-{last} holds fewer than 64 ports"));
+    }
+    Ok((first, last))
+}
+
 /// Items separated by commas and/or whitespace.
 pub fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split(|c: char| c == ',' || c.is_whitespace())
@@ -1195,6 +1217,24 @@ impl Config {
             },
         );
 
+        let nat_source_ports = r.parse(
+            "ROUTER_NAT_SOURCE_PORTS",
+            "a port range `first-last` of at least 64 ports, 1024-65535",
+            crate::datapath::DEFAULT_NAT_SOURCE_PORTS,
+            parse_nat_ports,
+        );
+        // A NAT source port inside the router's range would make a task's replies look like
+        // new connections to a router port.
+        if nat_source_ports.0 <= port_end && port_start <= nat_source_ports.1 {
+            r.errors.push(ConfigError::Conflict {
+                what: format!(
+                    "ROUTER_NAT_SOURCE_PORTS={}-{} overlaps the TCP range \
+                     TCP_PORT_START-TCP_PORT_END={port_start}-{port_end}",
+                    nat_source_ports.0, nat_source_ports.1
+                ),
+            });
+        }
+
         // Auth.
         let enabled = r.boolean("AUTH_ENABLED");
         let cookie_name = r.parse(
@@ -1332,7 +1372,7 @@ impl Config {
                 bpffs,
                 max_connections,
                 router_addresses,
-                nat_source_ports: crate::datapath::DEFAULT_NAT_SOURCE_PORTS,
+                nat_source_ports,
             },
             http: HttpConfig {
                 server_port,
@@ -1426,6 +1466,13 @@ impl Config {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(","),
+            ),
+            (
+                "ROUTER_NAT_SOURCE_PORTS",
+                format!(
+                    "{}-{}",
+                    self.datapath.nat_source_ports.0, self.datapath.nat_source_ports.1
+                ),
             ),
             (
                 "ROUTER__WEBSERVER__SERVER_PORT",
@@ -1790,6 +1837,17 @@ mod tests {
             ("ROUTER_BPFFS", "relative/dir", "absolute path"),
             ("ROUTER_MAX_CONNECTIONS", "10", "between 1024 and 16777216"),
             ("ROUTER_ADDRESSES", "10.0.0.300", "IPv4 addresses"),
+            ("ROUTER_NAT_SOURCE_PORTS", "61000", "has no `-`"),
+            (
+                "ROUTER_NAT_SOURCE_PORTS",
+                "80-2000",
+                "not a port 1024-65535",
+            ),
+            (
+                "ROUTER_NAT_SOURCE_PORTS",
+                "62000-62010",
+                "fewer than 64 ports",
+            ),
             ("ROUTER__WEBSERVER__SERVER_PORT", "http", "port 1-65535"),
             ("ROUTER_HTTP_MODE", "host", "path or subdomain"),
             ("ROUTER_DOMAIN", "-bad-.example", "DNS domain"),
@@ -1821,6 +1879,19 @@ mod tests {
         let e = err(&[("AUTH_BASE64_JWKS_KEY", "%%%not-base64-secret%%%")]);
         assert!(e.contains("AUTH_BASE64_JWKS_KEY"), "{e}");
         assert!(!e.contains("not-base64-secret"), "{e}");
+    }
+
+    #[test]
+    fn nat_source_ports_default_set_and_kept_out_of_the_tcp_range() {
+        let c = ok(&[]);
+        assert_eq!(c.datapath.nat_source_ports, (61000, 65535));
+        let c = ok(&[("ROUTER_NAT_SOURCE_PORTS", "40000 - 40999")]);
+        assert_eq!(c.datapath.nat_source_ports, (40000, 40999));
+        let e = err(&[("ROUTER_NAT_SOURCE_PORTS", "30900-31100")]);
+        assert!(
+            e.contains("ROUTER_NAT_SOURCE_PORTS=30900-31100 overlaps the TCP range"),
+            "{e}"
+        );
     }
 
     #[test]
