@@ -366,7 +366,9 @@ pub fn subdomain_label(task_id: &str, name: &str) -> Result<String, String> {
     Ok(label)
 }
 
-/// The URL written as `endpoint` / `browser_endpoint`.
+/// The URL written as `endpoint` / `browser_endpoint` (the one place it is built): path mode
+/// `{ROUTER_URL}/service/{key}/`; subdomain mode `{scheme}://{label}.{ROUTER_DOMAIN}[:port]/`
+/// with the scheme and port of `ROUTER_URL`.
 pub fn endpoint_url(s: &Settings, key: &EndpointKey, mode: HttpMode) -> String {
     match (mode, &s.domain) {
         (HttpMode::Subdomain, Some(domain)) => {

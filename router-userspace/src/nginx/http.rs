@@ -96,33 +96,6 @@ fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The URL written back for a route (`endpoint`, `browser_endpoint`): path mode
-/// `{ROUTER_URL}/service/{key}/`; subdomain mode `{scheme}://{label}.{ROUTER_DOMAIN}[:port]/`
-/// with the scheme and port of `ROUTER_URL`.
-pub fn endpoint_url(
-    router_url: &str,
-    domain: Option<&str>,
-    route: &HttpRoute,
-) -> Result<String, NameError> {
-    let key = names::route_key(&route.key)?;
-    let base = router_url.trim().trim_end_matches('/');
-    match route.mode {
-        HttpMode::Path => Ok(format!("{base}{SERVICE_PREFIX}{key}/")),
-        HttpMode::Subdomain => {
-            let domain = names::domain(domain.unwrap_or_default())?;
-            let label = names::host_label(key)?;
-            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-            let authority = rest.split('/').next().unwrap_or_default();
-            let port = authority
-                .rsplit_once(':')
-                .filter(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .map(|(_, p)| format!(":{p}"))
-                .unwrap_or_default();
-            Ok(format!("{scheme}://{label}.{domain}{port}/"))
-        }
-    }
-}
-
 /// A rendered configuration and what went into it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RenderedHttp {
@@ -444,21 +417,6 @@ mod tests {
         let r = render(&settings(true), &wanted);
         assert_eq!(r.failed.len(), bad_keys.len() + 1);
         assert_eq!(r.text, plain.text);
-    }
-
-    #[test]
-    fn endpoint_urls_follow_the_mode() {
-        let p = route("aabb", HttpMode::Path);
-        assert_eq!(
-            endpoint_url("https://r.example.com/", None, &p).unwrap(),
-            "https://r.example.com/service/aabb/"
-        );
-        let s = route("aabb__api", HttpMode::Subdomain);
-        assert_eq!(
-            endpoint_url("https://r.example.com:8443", Some("Apps.Example.com"), &s).unwrap(),
-            "https://aabb--api.apps.example.com:8443/"
-        );
-        assert!(endpoint_url("https://r", None, &s).is_err());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use crate::config::{AuthConfig, HttpConfig, RouterConfig};
 use crate::routes::{ApplyReport, HttpRoute, HttpRouter};
 
-pub use http::{HttpSettings, endpoint_url};
+pub use http::HttpSettings;
 pub use install::{Installed, Nginx, NginxError, NginxStatus, Rejection, Slot};
 pub use stream::NginxStreamForwarder;
 
