@@ -240,6 +240,41 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Gauge,
         c.tasks as f64,
     )?;
+    single(
+        encoder,
+        "task_router_clearml_removals_held",
+        "routed tasks the last ClearML answer dropped at once, kept until the next answer agrees",
+        MetricType::Gauge,
+        c.held_removals as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_held_cycles",
+        "sync cycles whose answer the mass-removal guard held",
+        MetricType::Counter,
+        c.held_cycles as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_concurrent_writes",
+        "task writes seen between the router's read and its write-back (merged, never dropped)",
+        MetricType::Counter,
+        c.concurrent_writes as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_state_save_failing",
+        "1 while the state files in ROUTER_STATE_DIR cannot be saved",
+        MetricType::Gauge,
+        if s.state_error.is_some() { 1.0 } else { 0.0 },
+    )?;
+    single(
+        encoder,
+        "task_router_degraded",
+        "reasons the router is degraded while it forwards (see /readyz)",
+        MetricType::Gauge,
+        s.degraded.len() as f64,
+    )?;
     family(
         encoder,
         "task_router_routes",
