@@ -520,10 +520,11 @@ pub struct Engine {
 }
 
 /// One bad answer must not tear down all routes: a listing (after the by-id confirmation of
-/// missing tasks) that would remove the routes of half or more of the routed tasks is held (the
-/// routes in force stay, nothing is planned) until the next cycle's answer drops the same tasks
-/// (or a subset of them). A server that lost its database, a wrong company, or a proxy answering
-/// an empty list thus costs nothing; a real mass stop costs one poll interval.
+/// missing tasks) whose plan would remove every route of half or more of the routed tasks is
+/// held (the routes in force and the port allocator stay as they were, the plan is dropped)
+/// until the next cycle's answer drops the same tasks (or a subset of them). A server that lost
+/// its database, a wrong company, or a proxy answering an empty list thus costs nothing; a real
+/// mass stop costs one poll interval.
 #[derive(Debug, Default)]
 struct MassRemovalGuard {
     /// The tasks a held answer dropped; the next answer must drop no others to be believed.
@@ -542,12 +543,13 @@ enum GuardVerdict {
 }
 
 impl MassRemovalGuard {
-    /// `routed`: tasks with ClearML routes in force; `wanting`: tasks the answer (after the by-id
-    /// confirmation) says still want routes.
-    fn check(&mut self, routed: &HashSet<String>, wanting: &HashSet<&str>) -> GuardVerdict {
+    /// `routed`: tasks with ClearML routes in force; `kept`: tasks that still have a route in
+    /// the plan made from the answer (after the by-id confirmation of missing tasks). A task
+    /// counts as dropped whether the answer lost it, stopped it or emptied its runtime.
+    fn check(&mut self, routed: &HashSet<String>, kept: &HashSet<&str>) -> GuardVerdict {
         let gone: HashSet<String> = routed
             .iter()
-            .filter(|id| !wanting.contains(id.as_str()))
+            .filter(|id| !kept.contains(id.as_str()))
             .cloned()
             .collect();
         let (num, den) = MASS_REMOVAL_SHARE;
@@ -830,38 +832,29 @@ impl Engine {
                     .filter(|t| t.wants_routes(&self.settings.queue_ids)),
             );
         }
-        let routed: HashSet<String> = self
-            .clearml_routes
-            .tcp
-            .values()
-            .map(|r| r.owner.task_id.clone())
-            .chain(
-                self.clearml_routes
-                    .http
-                    .values()
-                    .map(|r| r.owner.task_id.clone()),
-            )
-            .collect();
-        let wanting: HashSet<&str> = tasks
-            .iter()
-            .filter(|t| t.wants_routes(&self.settings.queue_ids))
-            .map(|t| t.id.as_str())
-            .collect();
-        if let GuardVerdict::Hold { gone, routed } = self.guard.check(&routed, &wanting) {
-            return Ok(Synced::Held { gone, routed });
-        }
+        let routed = route_owners(&self.clearml_routes);
         let statics = self
             .routes_file
             .as_ref()
             .map(|f| f.routes().clone())
             .unwrap_or_default();
-        Ok(Synced::Plan(self.reconciler.plan(
+        // Planning moves ports (releases, new claims): keep the allocator as it was in case the
+        // guard does not believe this answer.
+        let ports_before = self.reconciler.ports.clone();
+        let plan = self.reconciler.plan(
             &tasks,
             &statics,
             &self.settings,
             &self.policy,
             now_millis(),
-        )))
+        );
+        let kept = route_owners(&plan.routes);
+        let kept: HashSet<&str> = kept.iter().map(String::as_str).collect();
+        if let GuardVerdict::Hold { gone, routed } = self.guard.check(&routed, &kept) {
+            self.reconciler.ports = ports_before;
+            return Ok(Synced::Held { gone, routed });
+        }
+        Ok(Synced::Plan(plan))
     }
 
     /// The set the owners should serve: static routes, then ClearML routes (ports and keys of
@@ -985,7 +978,9 @@ impl Engine {
         let settings = Arc::new(self.settings.clone());
         let policy = Arc::new(self.policy.clone());
         let gate = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
-        let mut jobs = tokio::task::JoinSet::new();
+        // One job per task, its endpoints written one after the other: two concurrent
+        // read-merge-writes of the same runtime dict would each drop the other's keys.
+        let mut by_task: BTreeMap<String, Vec<WriteBack>> = BTreeMap::new();
         for wb in writes {
             if !self.programmed(&wb.route) {
                 self.write_state.insert(
@@ -994,6 +989,10 @@ impl Engine {
                 );
                 continue;
             }
+            by_task.entry(wb.key.task_id.clone()).or_default().push(wb);
+        }
+        let mut jobs = tokio::task::JoinSet::new();
+        for (task_id, wbs) in by_task {
             let (client, settings, policy, gate) = (
                 client.clone(),
                 settings.clone(),
@@ -1002,18 +1001,25 @@ impl Engine {
             );
             jobs.spawn(async move {
                 let _permit = gate.acquire_owned().await;
-                let outcome = client
-                    .update_runtime(&wb.key.task_id, |task| {
-                        reconcile::recheck(task, &wb, &settings, &policy)
-                    })
-                    .await;
-                (wb, outcome)
+                let mut done = Vec::with_capacity(wbs.len());
+                for wb in wbs {
+                    let outcome = client
+                        .update_runtime(&task_id, |task| {
+                            reconcile::recheck(task, &wb, &settings, &policy)
+                        })
+                        .await;
+                    done.push((wb, outcome));
+                }
+                done
             });
         }
+        let mut finished = Vec::new();
         while let Some(joined) = jobs.join_next().await {
-            let Ok((wb, outcome)) = joined else {
-                continue;
-            };
+            if let Ok(done) = joined {
+                finished.extend(done);
+            }
+        }
+        for (wb, outcome) in finished {
             let state_key = (wb.key.clone(), wb.want.kind());
             let endpoint = wb
                 .patch
@@ -1369,6 +1375,15 @@ impl Engine {
         s.http_error = self.http_error.clone();
         s.state_error = self.state_error.clone();
     }
+}
+
+/// The tasks that own at least one route of `set`.
+fn route_owners(set: &RouteSet) -> HashSet<String> {
+    set.tcp
+        .values()
+        .map(|r| r.owner.task_id.clone())
+        .chain(set.http.values().map(|r| r.owner.task_id.clone()))
+        .collect()
 }
 
 fn owner_text(o: &crate::routes::RouteOwner) -> String {
@@ -1794,7 +1809,7 @@ mod tests {
             g.check(&routed, &["a", "c", "d"].into()),
             GuardVerdict::Proceed
         );
-        assert_eq!(g.held_total, 3);
+        assert_eq!(g.held_total, 4);
         // Nothing routed: nothing to guard.
         assert_eq!(
             g.check(&HashSet::new(), &HashSet::new()),

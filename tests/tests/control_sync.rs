@@ -252,21 +252,28 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     r.cycle().await;
     assert!(!r.tcp.programmed().contains_key(&sdk_port));
     assert_eq!(r.status().ports.resting, 1);
-    // tasks.reset: runtime cleared, tag kept: no request, route gone.
+    // tasks.reset: runtime cleared, tag kept: no request, route gone. One of the two routed
+    // tasks is half of them: the mass-removal guard wants a second answer that agrees.
     assert!(admin.update_task(&session, json!({"runtime": {}})));
     r.cycle().await;
+    assert_eq!(r.tcp.programmed().len(), 1, "held for one cycle");
+    assert_eq!(r.status().clearml.held_removals, 1);
+    r.cycle().await;
     assert!(r.tcp.programmed().is_empty());
-    // Archived, then deleted: the HTTP routes go.
+    // Archived, then deleted: the HTTP routes go (the only routed task: two answers).
     assert!(admin.update_task(
         &app,
         json!({"system_tags": ["external_service", "hidden", "archived"]})
     ));
+    r.cycle().await;
     r.cycle().await;
     assert!(r.http.programmed().is_empty());
     assert!(admin.update_task(&app, json!({"system_tags": ["external_service", "hidden"]})));
     r.cycle().await;
     assert_eq!(r.http.programmed().len(), 2, "unarchived: served again");
     assert!(admin.delete_task(&app));
+    r.cycle().await;
+    assert_eq!(r.http.programmed().len(), 2, "held for one cycle");
     r.cycle().await;
     assert!(r.http.programmed().is_empty());
 }
