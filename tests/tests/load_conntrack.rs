@@ -28,12 +28,16 @@ const LONG: usize = 64;
 const STORM_WORKERS: usize = 4;
 const STORM_PER_WORKER: usize = 1000;
 const KIB: usize = 1 << 10;
-/// The daemon's peak resident set (debug build, as the tests run it) must stay under this.
-const RSS_BOUND_KIB: u64 = 96 * 1024;
-/// The kernel maps' memory (as `bpftool` reports it for the daemon's maps) must stay under
-/// this at `ROUTER_MAX_CONNECTIONS=1024`: a fixed part (routes, stats, settings) plus the
-/// connection table.
-const MAPS_BOUND_BYTES: u64 = 16 << 20;
+/// The daemon's peak resident set (debug build, as the tests run it) must stay under this
+/// (measured 2026-11-30: 32.2 MiB peak, 23 MiB after the storm).
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+/// The kernel memory of the daemon's maps (`memlock` in their fdinfo) must stay under this at
+/// `ROUTER_MAX_CONNECTIONS=1024` (measured: 1.54 MiB — about 1.1 MiB fixed, the connection
+/// table 0.5 MiB). It is allocated at load time, so load cannot grow it.
+const MAPS_BOUND_BYTES: u64 = 2 << 20;
+/// The connection table is sized `2 × ROUTER_MAX_CONNECTIONS` plus per-CPU LRU headroom; never
+/// more than this many entries per configured connection.
+const CT_ENTRIES_PER_CONNECTION: u64 = 4;
 
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
@@ -60,30 +64,49 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} missing in /proc/{pid}/status"))
 }
 
-/// Bytes of kernel memory of the maps `pid` holds, per `bpftool map show` (`bytes_memlock`).
-fn maps_bytes(pid: u32) -> (u64, Vec<String>) {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "show"])
-        .output()
-        .expect("run bpftool");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    let mut total = 0;
-    let mut names = Vec::new();
-    for m in maps.as_array().expect("a list") {
-        let ours = m["pids"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["pid"].as_u64() == Some(u64::from(pid))));
-        if ours {
-            total += m["bytes_memlock"].as_u64().unwrap_or(0);
-            names.push(format!(
-                "{} {}",
-                m["name"].as_str().unwrap_or("?"),
-                m["bytes_memlock"]
-            ));
+/// Bytes of kernel memory of the maps `pid` holds open (`memlock:` of each map fd's
+/// `/proc/PID/fdinfo`, once per map id), the largest `max_entries` of an LRU hash (type 9, the
+/// connection table), and `id type max_entries memlock` per map.
+fn maps_bytes(pid: u32) -> (u64, u64, Vec<String>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon fds") {
+        let Ok(entry) = entry else { continue };
+        let is_map = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
         }
+        let fdinfo = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = std::fs::read_to_string(fdinfo) else { continue };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let id: u64 = field("map_id:").parse().unwrap_or(0);
+        let memlock: u64 = field("memlock:").parse().unwrap_or(0);
+        let lru_entries = if field("map_type:") == "9" {
+            field("max_entries:").parse().unwrap_or(0)
+        } else {
+            0
+        };
+        seen.insert(
+            id,
+            (
+                memlock,
+                lru_entries,
+                format!(
+                    "id {id} type {} max_entries {} memlock {memlock}",
+                    field("map_type:"),
+                    field("max_entries:")
+                ),
+            ),
+        );
     }
-    (total, names)
+    let total = seen.values().map(|(m, _, _)| m).sum();
+    let lru = seen.values().map(|(_, e, _)| *e).max().unwrap_or(0);
+    (total, lru, seen.into_values().map(|(_, _, d)| d).collect())
 }
 
 /// One short connection: connect (a dropped SYN times out), banner, one byte echoed, close.
@@ -217,6 +240,13 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     assert!(ok >= MAX_CONNECTIONS - LONG as u64, "only {ok} short connections served");
     assert!(refused > 0, "the storm never filled the table");
     assert!(full >= 1.0, "table-full drops not counted:\n{after}");
+    // Each refused attempt is one SYN (300 ms connect timeout, before the first retransmit)
+    // dropped at a full table; allow a few lost to other causes on a loaded machine.
+    assert!(
+        full >= (refused * 9 / 10) as f64,
+        "{refused} refused, {full} counted as table-full"
+    );
+    assert!(peak_entries <= capacity, "{peak_entries} live of {capacity}");
     assert!(rounds >= 1);
 
     // After the storm: every long connection intact, with a bigger transfer.
@@ -237,11 +267,15 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     let pid = daemon.pid();
     let hwm = proc_status_kib(pid, "VmHWM:");
     let rss = proc_status_kib(pid, "VmRSS:");
-    let (maps, names) = maps_bytes(pid);
+    let (maps, ct_entries, names) = maps_bytes(pid);
     eprintln!("daemon VmHWM {hwm} KiB, VmRSS {rss} KiB; maps {maps} bytes: {names:?}");
     assert!(hwm <= RSS_BOUND_KIB, "peak RSS {hwm} KiB over {RSS_BOUND_KIB} KiB");
     assert!(maps > 0, "no maps found for pid {pid}: {names:?}");
     assert!(maps <= MAPS_BOUND_BYTES, "maps {maps} bytes: {names:?}");
+    assert!(
+        (2 * MAX_CONNECTIONS..=CT_ENTRIES_PER_CONNECTION * MAX_CONNECTIONS).contains(&ct_entries),
+        "connection table of {ct_entries} entries: {names:?}"
+    );
 
     for (i, c) in long.into_iter().enumerate() {
         c.finish().unwrap_or_else(|e| panic!("close long {i}: {e:#}"));
