@@ -193,7 +193,10 @@ async fn readyz(State(status): State<SharedStatus>) -> Response {
         .read()
         .map(|s| (s.ready, s.ready_reason.clone()))
         .unwrap_or((false, "status unavailable".into()));
-    let degraded = status.read().map(|s| s.degraded.clone()).unwrap_or_default();
+    let degraded = status
+        .read()
+        .map(|s| s.degraded.clone())
+        .unwrap_or_default();
     if ready && degraded.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else if ready {

@@ -585,7 +585,10 @@ impl MassRemovalGuard {
 enum Synced {
     Plan(Plan),
     /// The mass-removal guard held the answer.
-    Held { gone: usize, routed: usize },
+    Held {
+        gone: usize,
+        routed: usize,
+    },
 }
 
 /// Persisted ClearML route set (`ROUTER_STATE_DIR/routes.json`): what forwards while the API
@@ -841,13 +844,9 @@ impl Engine {
         // Planning moves ports (releases, new claims): keep the allocator as it was in case the
         // guard does not believe this answer.
         let ports_before = self.reconciler.ports.clone();
-        let plan = self.reconciler.plan(
-            &tasks,
-            &statics,
-            &self.settings,
-            &self.policy,
-            now_millis(),
-        );
+        let plan =
+            self.reconciler
+                .plan(&tasks, &statics, &self.settings, &self.policy, now_millis());
         let kept = route_owners(&plan.routes);
         let kept: HashSet<&str> = kept.iter().map(String::as_str).collect();
         if let GuardVerdict::Hold { gone, routed } = self.guard.check(&routed, &kept) {
@@ -1172,10 +1171,7 @@ impl Engine {
     fn save_state(&mut self) {
         let mut errors = Vec::new();
         if let Err(e) = self.reconciler.ports.save() {
-            errors.push(format!(
-                "port state: {}",
-                crate::datapath::error_chain(&e)
-            ));
+            errors.push(format!("port state: {}", crate::datapath::error_chain(&e)));
         }
         if let Some(path) = &self.routes_state
             && self.clearml_synced
@@ -1843,7 +1839,9 @@ mod tests {
             assert_eq!(s.clearml.held_removals, 4);
             assert_eq!(s.clearml.held_cycles, 1);
             assert!(
-                s.degraded.iter().any(|d| d.contains("drops 4 routed tasks")),
+                s.degraded
+                    .iter()
+                    .any(|d| d.contains("drops 4 routed tasks")),
                 "{:?}",
                 s.degraded
             );

@@ -226,7 +226,10 @@ mod tests {
     /// classes that make a router an SSRF relay.
     #[test]
     fn a_wide_allow_list_still_refuses_the_dangerous_classes() {
-        let p = UpstreamPolicy::new(vec!["0.0.0.0/0".parse().unwrap()], [Ipv4Addr::new(203, 0, 113, 7)]);
+        let p = UpstreamPolicy::new(
+            vec!["0.0.0.0/0".parse().unwrap()],
+            [Ipv4Addr::new(203, 0, 113, 7)],
+        );
         for (addr, why) in [
             ("127.0.0.53", "loopback"),
             ("169.254.169.254", "link-local"),

@@ -459,8 +459,16 @@ async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
     let rt = admin.runtime(&t);
     let port = *r.tcp.programmed().keys().next().expect("route");
     assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
-    assert_eq!(rt["_PORT__ui"], json!(7000), "the task's request was dropped: {rt:?}");
-    assert_eq!(admin.calls("tasks.edit"), edits + 1, "one write, from the newer dict");
+    assert_eq!(
+        rt["_PORT__ui"],
+        json!(7000),
+        "the task's request was dropped: {rt:?}"
+    );
+    assert_eq!(
+        admin.calls("tasks.edit"),
+        edits + 1,
+        "one write, from the newer dict"
+    );
     assert!(r.status().clearml.concurrent_writes >= 1);
     // The kept request is served on the next cycle.
     r.cycle().await;
@@ -487,7 +495,11 @@ async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
     let n = bumps.load(std::sync::atomic::Ordering::SeqCst);
     assert!(n >= 2, "the hook ran {n} times");
     let rt = admin.runtime(&u);
-    assert_eq!(rt["progress"], json!(n), "a write of the task was lost: {rt:?}");
+    assert_eq!(
+        rt["progress"],
+        json!(n),
+        "a write of the task was lost: {rt:?}"
+    );
     let s = r.status();
     let row = s.routes.iter().find(|row| row.task_id == u).expect("row");
     assert!(row.state.contains("keeps changing"), "{}", row.state);

@@ -46,9 +46,8 @@ fn scrape(t: &Topology) -> String {
 }
 
 fn active(t: &Topology, port: u16, upstream: SocketAddrV4) -> f64 {
-    let series = format!(
-        "task_router_route_active_connections{{port=\"{port}\",upstream=\"{upstream}\"}}"
-    );
+    let series =
+        format!("task_router_route_active_connections{{port=\"{port}\",upstream=\"{upstream}\"}}");
     sample(&scrape(t), &series).unwrap_or(0.0)
 }
 
@@ -77,11 +76,8 @@ fn abortable_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> mpsc::Sender<()> {
                     l_onoff: 1,
                     l_linger: 0,
                 };
-                let _ = nix::sys::socket::setsockopt(
-                    &conn,
-                    nix::sys::socket::sockopt::Linger,
-                    &linger,
-                );
+                let _ =
+                    nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger);
                 drop(conn);
                 return;
             }
@@ -188,7 +184,11 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     wait::until("A's entry to go after the reset", WAIT, || {
         (active(&t, PORT_A, upstream_a) == 0.0).then_some(())
     });
-    assert_eq!(active(&t, PORT_B, upstream_b), 1.0, "B's connection is untouched");
+    assert_eq!(
+        active(&t, PORT_B, upstream_b),
+        1.0,
+        "B's connection is untouched"
+    );
     b.echo_random(32 << 10, 8 << 10, |_| {})
         .expect("B echoes after A's backend died");
 
@@ -206,7 +206,9 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     a.stream
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("read timeout");
-    a.stream.write_all(b"anyone there?").expect("send into the void");
+    a.stream
+        .write_all(b"anyone there?")
+        .expect("send into the void");
     let err = a
         .stream
         .read(&mut buf)

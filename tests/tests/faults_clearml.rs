@@ -174,8 +174,11 @@ impl Rig {
     }
 
     fn connect(&self, port: u16) -> Client {
-        let c = Client::connect(&self.t.client, SocketAddrV4::new(self.t.router_addr(), port))
-            .unwrap_or_else(|e| panic!("connect through router port {port}: {e:#}"));
+        let c = Client::connect(
+            &self.t.client,
+            SocketAddrV4::new(self.t.router_addr(), port),
+        )
+        .unwrap_or_else(|e| panic!("connect through router port {port}: {e:#}"));
         assert_eq!(c.banner, "backend");
         c
     }
@@ -241,9 +244,17 @@ fn assert_forwarding_and_degraded(
     assert!(metric(&rig.t, "task_router_degraded") >= 1.0, "{reason}");
     let admin = rig.server.admin();
     for (id, before) in runtimes {
-        assert_eq!(&admin.runtime(id), before, "{reason}: written endpoint changed");
+        assert_eq!(
+            &admin.runtime(id),
+            before,
+            "{reason}: written endpoint changed"
+        );
     }
-    assert_eq!(admin.calls("tasks.edit"), edits, "{reason}: a write was sent");
+    assert_eq!(
+        admin.calls("tasks.edit"),
+        edits,
+        "{reason}: a write was sent"
+    );
 }
 
 fn wait_healed(rig: &Rig, what: &str) {
@@ -286,11 +297,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
             FaultKind::Delay(Duration::from_millis(2500)),
             "",
         ),
-        (
-            "bodies that are not JSON",
-            FaultKind::Malformed,
-            "not JSON",
-        ),
+        ("bodies that are not JSON", FaultKind::Malformed, "not JSON"),
     ];
     for (what, fault, in_error) in faults {
         let before = failed_cycles(&status(&rig.t));
@@ -317,7 +324,11 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     let s = rig.wait_status("a sync after the new login", |s| {
         s["clearml"]["state"] == "ok" && s["clearml"]["cycles"].as_u64() > Some(0)
     });
-    assert_eq!(failed_cycles(&s), failed, "the expired token failed a cycle");
+    assert_eq!(
+        failed_cycles(&s),
+        failed,
+        "the expired token failed a cycle"
+    );
     assert_eq!(admin.calls("tasks.edit"), edits);
 
     // The server gone (connection refused) for many cycles.
@@ -326,7 +337,10 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     let s = rig.wait_status("6 failed cycles with the server down", |s| {
         failed_cycles(s) >= before + 6
     });
-    let error = s["clearml"]["error"].as_str().unwrap_or_default().to_string();
+    let error = s["clearml"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         error.to_lowercase().contains("connect"),
         "server down: error {error:?}"
@@ -337,14 +351,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         "asked during the outage",
         tcp_request(rig.t.backend_end.addr, BACKEND_PORT),
     ));
-    assert_forwarding_and_degraded(
-        &rig,
-        &mut long,
-        &ports,
-        &runtimes,
-        edits,
-        "the server down",
-    );
+    assert_forwarding_and_degraded(&rig, &mut long, &ports, &runtimes, edits, "the server down");
     let listener = rig
         .t
         .router
@@ -357,7 +364,9 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     rig.server.come_back(Some(listener)).expect("server back");
     wait_healed(&rig, "the server came back");
     let late_port = rig.written_port(&late);
-    rig.connect(late_port).finish().expect("the late task's route");
+    rig.connect(late_port)
+        .finish()
+        .expect("the late task's route");
 
     long.echo_random(64 * KIB, 16 * KIB, |_| {})
         .expect("the open connection outlived every fault");
@@ -402,10 +411,7 @@ fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
         s["clearml"]["held_cycles"].as_u64() == Some(1)
             && s["clearml"]["held_removals"].as_u64() == Some(0)
     });
-    assert_eq!(
-        metric(&rig.t, "task_router_clearml_held_cycles_total"),
-        1.0
-    );
+    assert_eq!(metric(&rig.t, "task_router_clearml_held_cycles_total"), 1.0);
     long.echo_random(64 * KIB, 16 * KIB, |_| {})
         .expect("the open connection survived the empty answer");
     for port in &ports {

@@ -32,7 +32,13 @@ impl Tmpfs {
             .expect("mount point");
         let path = dir.path().to_path_buf();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(&path)
             .output()
             .expect("run mount");

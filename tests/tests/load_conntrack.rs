@@ -60,7 +60,14 @@ fn scrape(t: &Topology) -> String {
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     text.lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("{field} missing in /proc/{pid}/status"))
 }
 
@@ -77,7 +84,9 @@ fn maps_bytes(pid: u32) -> (u64, u64, Vec<String>) {
             continue;
         }
         let fdinfo = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
-        let Ok(info) = std::fs::read_to_string(fdinfo) else { continue };
+        let Ok(info) = std::fs::read_to_string(fdinfo) else {
+            continue;
+        };
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
@@ -198,7 +207,8 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
             let netns = std::fs::File::open(format!("/run/netns/{}", t.client.name))
                 .expect("open the client namespace");
             std::thread::spawn(move || {
-                nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns");
                 for _ in 0..STORM_PER_WORKER {
                     if short_connection(target) {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +247,10 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         STORM_WORKERS * STORM_PER_WORKER
     );
     assert_eq!(ok + refused, (STORM_WORKERS * STORM_PER_WORKER) as u64);
-    assert!(ok >= MAX_CONNECTIONS - LONG as u64, "only {ok} short connections served");
+    assert!(
+        ok >= MAX_CONNECTIONS - LONG as u64,
+        "only {ok} short connections served"
+    );
     assert!(refused > 0, "the storm never filled the table");
     assert!(full >= 1.0, "table-full drops not counted:\n{after}");
     // Each refused attempt is one SYN (300 ms connect timeout, before the first retransmit)
@@ -246,7 +259,10 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         full >= (refused * 9 / 10) as f64,
         "{refused} refused, {full} counted as table-full"
     );
-    assert!(peak_entries <= capacity, "{peak_entries} live of {capacity}");
+    assert!(
+        peak_entries <= capacity,
+        "{peak_entries} live of {capacity}"
+    );
     assert!(rounds >= 1);
 
     // After the storm: every long connection intact, with a bigger transfer.
@@ -256,20 +272,30 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     }
     // Forwarding of new connections resumes once closed ones are swept.
     let resumed = Instant::now();
-    wait::until("a new connection after the storm", Duration::from_secs(150), || {
-        t.client
-            .enter(move || short_connection(SocketAddr::V4(to)))
-            .ok()
-            .filter(|ok| *ok)
-    });
-    eprintln!("new connections served again {:?} after the storm", resumed.elapsed());
+    wait::until(
+        "a new connection after the storm",
+        Duration::from_secs(150),
+        || {
+            t.client
+                .enter(move || short_connection(SocketAddr::V4(to)))
+                .ok()
+                .filter(|ok| *ok)
+        },
+    );
+    eprintln!(
+        "new connections served again {:?} after the storm",
+        resumed.elapsed()
+    );
 
     let pid = daemon.pid();
     let hwm = proc_status_kib(pid, "VmHWM:");
     let rss = proc_status_kib(pid, "VmRSS:");
     let (maps, ct_entries, names) = maps_bytes(pid);
     eprintln!("daemon VmHWM {hwm} KiB, VmRSS {rss} KiB; maps {maps} bytes: {names:?}");
-    assert!(hwm <= RSS_BOUND_KIB, "peak RSS {hwm} KiB over {RSS_BOUND_KIB} KiB");
+    assert!(
+        hwm <= RSS_BOUND_KIB,
+        "peak RSS {hwm} KiB over {RSS_BOUND_KIB} KiB"
+    );
     assert!(maps > 0, "no maps found for pid {pid}: {names:?}");
     assert!(maps <= MAPS_BOUND_BYTES, "maps {maps} bytes: {names:?}");
     assert!(
@@ -278,7 +304,8 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     );
 
     for (i, c) in long.into_iter().enumerate() {
-        c.finish().unwrap_or_else(|e| panic!("close long {i}: {e:#}"));
+        c.finish()
+            .unwrap_or_else(|e| panic!("close long {i}: {e:#}"));
     }
     let log = daemon.log();
     let status = daemon

@@ -21,7 +21,11 @@ const PATHS: [&str; 4] = ["/status", "/readyz", "/healthz", "/merged"];
 async fn serve_in(
     ns: &Netns,
     allow: Vec<Ipv4Net>,
-) -> (u16, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = ns
         .enter(|| std::net::TcpListener::bind("0.0.0.0:0"))
         .expect("enter")
@@ -113,8 +117,11 @@ async fn the_admin_endpoint_serves_loopback_and_allowed_callers_only() {
 /// at all (the guard is the second line).
 #[test]
 fn the_admin_endpoint_listens_on_loopback_by_default() {
-    let env = [("TCP_ROUTER_ADDRESS", "203.0.113.7"), ("AUTH_ENABLED", "false")]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let env = [
+        ("TCP_ROUTER_ADDRESS", "203.0.113.7"),
+        ("AUTH_ENABLED", "false"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
     let sources = Sources::new(Vec::new(), env, None).expect("sources");
     let cfg = Config::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.admin.addr.ip().is_loopback(), "{}", cfg.admin.addr);
