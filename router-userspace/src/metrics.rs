@@ -459,6 +459,11 @@ mod tests {
         status.clearml.failed_cycles = 2;
         status.clearml.state = "ok".into();
         status.clearml.last_sync_duration_ms = 1500;
+        status.clearml.held_removals = 3;
+        status.clearml.held_cycles = 2;
+        status.clearml.concurrent_writes = 5;
+        status.state_error = Some("No space left on device".into());
+        status.degraded = vec!["state not saved: ...".into(), "held".into()];
         status.routes = vec![
             RouteStatus {
                 kind: "tcp".into(),
@@ -491,6 +496,11 @@ mod tests {
             ("task_router_clearml_state{state=\"ok\"}", 1.0),
             ("task_router_routes{kind=\"tcp\",state=\"failed\"}", 1.0),
             ("task_router_routes{kind=\"tcp\",state=\"active\"}", 1.0),
+            ("task_router_clearml_removals_held", 3.0),
+            ("task_router_clearml_held_cycles_total", 2.0),
+            ("task_router_clearml_concurrent_writes_total", 5.0),
+            ("task_router_state_save_failing", 1.0),
+            ("task_router_degraded", 2.0),
         ] {
             let found = text.lines().find_map(|l| {
                 l.strip_prefix(series)?
