@@ -27,6 +27,10 @@ pub struct Status {
     pub ready: bool,
     /// Why not ready (empty when ready).
     pub ready_reason: String,
+    /// While ready: what is wrong even though forwarding continues (the ClearML API failing,
+    /// a removal held by the mass-removal guard, state not saved). `/readyz` prints them.
+    #[serde(default)]
+    pub degraded: Vec<String>,
     /// When the sync loop last went round (liveness).
     pub heartbeat_ms: u64,
     /// The longest the loop may stay silent before `/healthz` fails.
@@ -41,6 +45,9 @@ pub struct Status {
     pub tcp_error: Option<String>,
     /// The HTTP router's last `apply` error (e.g. nginx refused the config).
     pub http_error: Option<String>,
+    /// The last failure to save `ROUTER_STATE_DIR` (`None` once a save succeeds).
+    #[serde(default)]
+    pub state_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -69,6 +76,15 @@ pub struct ClearmlStatus {
     pub failed_cycles: u64,
     pub api_calls: u64,
     pub api_failures: u64,
+    /// Routed tasks a held answer dropped (removal waits for the next answer to agree).
+    #[serde(default)]
+    pub held_removals: usize,
+    /// Cycles whose answer the mass-removal guard held.
+    #[serde(default)]
+    pub held_cycles: u64,
+    /// Task writes seen between the router's reads and its write-back (merged or repaired).
+    #[serde(default)]
+    pub concurrent_writes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -177,8 +193,19 @@ async fn readyz(State(status): State<SharedStatus>) -> Response {
         .read()
         .map(|s| (s.ready, s.ready_reason.clone()))
         .unwrap_or((false, "status unavailable".into()));
-    if ready {
+    let degraded = status
+        .read()
+        .map(|s| s.degraded.clone())
+        .unwrap_or_default();
+    if ready && degraded.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if ready {
+        // Still forwarding: a load balancer must keep sending traffic; a person sees why.
+        let mut body = String::from("ready (degraded)\n");
+        for d in degraded {
+            body.push_str(&format!("degraded: {d}\n"));
+        }
+        (StatusCode::OK, body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -232,6 +259,9 @@ pub fn render(s: &Status) -> String {
         ));
     } else {
         out.push_str("clearml: disabled\n");
+    }
+    for d in &s.degraded {
+        out.push_str(&format!("degraded: {d}\n"));
     }
     if let Some(f) = &s.routes_file {
         out.push_str(&format!(

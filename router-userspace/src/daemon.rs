@@ -45,6 +45,10 @@ const REAPPLY_EVERY: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Log routes one by one up to this many changes per cycle; a summary above.
 const LOG_EACH_UP_TO: usize = 50;
+/// The mass-removal guard: one ClearML answer that would remove the routes of at least this
+/// share (numerator, denominator) of the routed tasks is not believed until the next answer
+/// agrees (see [`MassRemovalGuard`]).
+const MASS_REMOVAL_SHARE: (usize, usize) = (1, 2);
 
 /// What the daemon drives, built by the factories below (or by a test).
 pub struct Parts {
@@ -510,6 +514,81 @@ pub struct Engine {
     status: SharedStatus,
     was_ready: bool,
     counters: BTreeMap<u16, RouteCounters>,
+    guard: MassRemovalGuard,
+    /// The last failure to save the state files (`None` once a save succeeds).
+    state_error: Option<String>,
+}
+
+/// One bad answer must not tear down all routes: a listing (after the by-id confirmation of
+/// missing tasks) whose plan would remove every route of half or more of the routed tasks is
+/// held (the routes in force and the port allocator stay as they were, the plan is dropped)
+/// until the next cycle's answer drops the same tasks (or a subset of them). A server that lost
+/// its database, a wrong company, or a proxy answering an empty list thus costs nothing; a real
+/// mass stop costs one poll interval.
+#[derive(Debug, Default)]
+struct MassRemovalGuard {
+    /// The tasks a held answer dropped; the next answer must drop no others to be believed.
+    pending: Option<HashSet<String>>,
+    /// Cycles held so far (the `task_router_clearml_removals_held_total` counter).
+    held_total: u64,
+}
+
+/// What [`MassRemovalGuard::check`] decided.
+#[derive(Debug, PartialEq, Eq)]
+enum GuardVerdict {
+    /// Believe the answer: plan from it.
+    Proceed,
+    /// Do not believe it yet: keep the routes in force.
+    Hold { gone: usize, routed: usize },
+}
+
+impl MassRemovalGuard {
+    /// `routed`: tasks with ClearML routes in force; `kept`: tasks that still have a route in
+    /// the plan made from the answer (after the by-id confirmation of missing tasks). A task
+    /// counts as dropped whether the answer lost it, stopped it or emptied its runtime.
+    fn check(&mut self, routed: &HashSet<String>, kept: &HashSet<&str>) -> GuardVerdict {
+        let gone: HashSet<String> = routed
+            .iter()
+            .filter(|id| !kept.contains(id.as_str()))
+            .cloned()
+            .collect();
+        let (num, den) = MASS_REMOVAL_SHARE;
+        let mass = !gone.is_empty() && gone.len() * den >= routed.len() * num;
+        if !mass {
+            self.pending = None;
+            return GuardVerdict::Proceed;
+        }
+        let confirmed = self
+            .pending
+            .as_ref()
+            .is_some_and(|pending| gone.is_subset(pending));
+        if confirmed {
+            self.pending = None;
+            return GuardVerdict::Proceed;
+        }
+        let verdict = GuardVerdict::Hold {
+            gone: gone.len(),
+            routed: routed.len(),
+        };
+        self.pending = Some(gone);
+        self.held_total += 1;
+        verdict
+    }
+
+    /// How many routed tasks a held answer dropped (0 when nothing is held).
+    fn held(&self) -> usize {
+        self.pending.as_ref().map_or(0, HashSet::len)
+    }
+}
+
+/// What one ClearML sync produced.
+enum Synced {
+    Plan(Plan),
+    /// The mass-removal guard held the answer.
+    Held {
+        gone: usize,
+        routed: usize,
+    },
 }
 
 /// Persisted ClearML route set (`ROUTER_STATE_DIR/routes.json`): what forwards while the API
@@ -601,6 +680,8 @@ impl Engine {
             status,
             was_ready: false,
             counters: BTreeMap::new(),
+            guard: MassRemovalGuard::default(),
+            state_error: None,
             cfg,
         })
     }
@@ -681,7 +762,18 @@ impl Engine {
         let mut writes = None;
         if self.client.is_some() {
             match self.sync_clearml().await {
-                Ok(plan) => {
+                Ok(Synced::Held { gone, routed }) => {
+                    self.note_api_ok();
+                    tracing::warn!(
+                        gone,
+                        routed,
+                        held_cycles = self.guard.held_total,
+                        "ClearML's answer drops the routes of {gone} of {routed} routed tasks at \
+                         once; keeping them until the next answer agrees"
+                    );
+                    self.last_sync_ms = Some(now_millis());
+                }
+                Ok(Synced::Plan(plan)) => {
                     self.note_api_ok();
                     self.log_route_changes(&plan.routes);
                     self.tasks = plan.tasks;
@@ -709,7 +801,7 @@ impl Engine {
         outcome
     }
 
-    async fn sync_clearml(&mut self) -> Result<Plan, ApiError> {
+    async fn sync_clearml(&mut self) -> Result<Synced, ApiError> {
         self.connect().await?;
         let client = self.client.clone().ok_or_else(|| ApiError::Malformed {
             call: "sync".into(),
@@ -743,14 +835,25 @@ impl Engine {
                     .filter(|t| t.wants_routes(&self.settings.queue_ids)),
             );
         }
+        let routed = route_owners(&self.clearml_routes);
         let statics = self
             .routes_file
             .as_ref()
             .map(|f| f.routes().clone())
             .unwrap_or_default();
-        Ok(self
-            .reconciler
-            .plan(&tasks, &statics, &self.settings, &self.policy, now_millis()))
+        // Planning moves ports (releases, new claims): keep the allocator as it was in case the
+        // guard does not believe this answer.
+        let ports_before = self.reconciler.ports.clone();
+        let plan =
+            self.reconciler
+                .plan(&tasks, &statics, &self.settings, &self.policy, now_millis());
+        let kept = route_owners(&plan.routes);
+        let kept: HashSet<&str> = kept.iter().map(String::as_str).collect();
+        if let GuardVerdict::Hold { gone, routed } = self.guard.check(&routed, &kept) {
+            self.reconciler.ports = ports_before;
+            return Ok(Synced::Held { gone, routed });
+        }
+        Ok(Synced::Plan(plan))
     }
 
     /// The set the owners should serve: static routes, then ClearML routes (ports and keys of
@@ -874,7 +977,9 @@ impl Engine {
         let settings = Arc::new(self.settings.clone());
         let policy = Arc::new(self.policy.clone());
         let gate = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
-        let mut jobs = tokio::task::JoinSet::new();
+        // One job per task, its endpoints written one after the other: two concurrent
+        // read-merge-writes of the same runtime dict would each drop the other's keys.
+        let mut by_task: BTreeMap<String, Vec<WriteBack>> = BTreeMap::new();
         for wb in writes {
             if !self.programmed(&wb.route) {
                 self.write_state.insert(
@@ -883,6 +988,10 @@ impl Engine {
                 );
                 continue;
             }
+            by_task.entry(wb.key.task_id.clone()).or_default().push(wb);
+        }
+        let mut jobs = tokio::task::JoinSet::new();
+        for (task_id, wbs) in by_task {
             let (client, settings, policy, gate) = (
                 client.clone(),
                 settings.clone(),
@@ -891,18 +1000,25 @@ impl Engine {
             );
             jobs.spawn(async move {
                 let _permit = gate.acquire_owned().await;
-                let outcome = client
-                    .update_runtime(&wb.key.task_id, |task| {
-                        reconcile::recheck(task, &wb, &settings, &policy)
-                    })
-                    .await;
-                (wb, outcome)
+                let mut done = Vec::with_capacity(wbs.len());
+                for wb in wbs {
+                    let outcome = client
+                        .update_runtime(&task_id, |task| {
+                            reconcile::recheck(task, &wb, &settings, &policy)
+                        })
+                        .await;
+                    done.push((wb, outcome));
+                }
+                done
             });
         }
+        let mut finished = Vec::new();
         while let Some(joined) = jobs.join_next().await {
-            let Ok((wb, outcome)) = joined else {
-                continue;
-            };
+            if let Ok(done) = joined {
+                finished.extend(done);
+            }
+        }
+        for (wb, outcome) in finished {
             let state_key = (wb.key.clone(), wb.want.kind());
             let endpoint = wb
                 .patch
@@ -1053,32 +1169,42 @@ impl Engine {
     }
 
     fn save_state(&mut self) {
+        let mut errors = Vec::new();
         if let Err(e) = self.reconciler.ports.save() {
-            tracing::warn!(error = %crate::datapath::error_chain(&e), "port state not saved");
+            errors.push(format!("port state: {}", crate::datapath::error_chain(&e)));
         }
-        let Some(path) = &self.routes_state else {
-            return;
-        };
-        if !self.clearml_synced {
-            return;
+        if let Some(path) = &self.routes_state
+            && self.clearml_synced
+        {
+            let persisted = PersistedRoutes {
+                tcp: self.clearml_routes.tcp.values().cloned().collect(),
+                http: self.clearml_routes.http.values().cloned().collect(),
+            };
+            // Written whole to a temporary file, synced and renamed over the old one: a full or
+            // read-only disk leaves the previous file intact, never a torn one.
+            let result = serde_json::to_vec(&persisted)
+                .map_err(std::io::Error::other)
+                .and_then(|data| {
+                    let unchanged = std::fs::read(path).is_ok_and(|old| old == data);
+                    if unchanged {
+                        Ok(())
+                    } else {
+                        crate::ports::write_atomic(path, &data)
+                    }
+                });
+            if let Err(e) = result {
+                errors.push(format!("route state {}: {e}", path.display()));
+            }
         }
-        let persisted = PersistedRoutes {
-            tcp: self.clearml_routes.tcp.values().cloned().collect(),
-            http: self.clearml_routes.http.values().cloned().collect(),
-        };
-        let result = serde_json::to_vec(&persisted)
-            .map_err(std::io::Error::other)
-            .and_then(|data| {
-                let unchanged = std::fs::read(path).is_ok_and(|old| old == data);
-                if unchanged {
-                    Ok(())
-                } else {
-                    crate::ports::write_atomic(path, &data)
-                }
-            });
-        if let Err(e) = result {
-            tracing::warn!(path = %path.display(), error = %e, "route state not saved");
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        match (&self.state_error, &error) {
+            (None, Some(e)) => {
+                tracing::warn!(error = %e, "state not saved; forwarding continues, retrying every cycle")
+            }
+            (Some(_), None) => tracing::info!("state saved again"),
+            _ => {}
         }
+        self.state_error = error;
     }
 
     /// The readiness and its reason.
@@ -1099,6 +1225,33 @@ impl Engine {
             return (false, "routes not applied yet".into());
         }
         (true, String::new())
+    }
+
+    /// What is wrong while forwarding continues (shown by `/readyz` and `status`).
+    fn degraded(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.clearml_synced
+            && let (ApiState::Error { .. }, Some(e)) = (&self.api_state, &self.api_error)
+        {
+            let since = now_millis().saturating_sub(self.api_since) / 1000;
+            out.push(format!(
+                "ClearML API failing for {since} s (routes of the last good sync stay in force): {e}"
+            ));
+        }
+        let held = self.guard.held();
+        if held > 0 {
+            out.push(format!(
+                "ClearML's last answer drops {held} routed tasks at once; their routes stay until \
+                 the next answer agrees"
+            ));
+        }
+        if let Some(e) = &self.state_error {
+            out.push(format!("state not saved: {e}"));
+        }
+        if let Some(e) = &self.http_error {
+            out.push(format!("the HTTP router failed: {e}"));
+        }
+        out
     }
 
     fn route_status(&self) -> Vec<RouteStatus> {
@@ -1171,13 +1324,18 @@ impl Engine {
             (
                 c.stats.calls.load(std::sync::atomic::Ordering::Relaxed),
                 c.stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+                c.stats
+                    .concurrent_writes
+                    .load(std::sync::atomic::Ordering::Relaxed),
             )
         });
+        let degraded = self.degraded();
         let Ok(mut s) = self.status.write() else {
             return;
         };
         s.ready = ready;
         s.ready_reason = reason;
+        s.degraded = degraded;
         s.heartbeat_ms = now_millis();
         s.clearml.state = match (&self.client, &self.api_state) {
             (None, _) => "disabled",
@@ -1194,9 +1352,12 @@ impl Engine {
         s.clearml.foreign = self.foreign;
         s.clearml.cycles = self.cycles;
         s.clearml.failed_cycles = self.failed_cycles;
-        if let Some((calls, failures)) = api_stats {
+        s.clearml.held_removals = self.guard.held();
+        s.clearml.held_cycles = self.guard.held_total;
+        if let Some((calls, failures, concurrent)) = api_stats {
             s.clearml.api_calls = calls;
             s.clearml.api_failures = failures;
+            s.clearml.concurrent_writes = concurrent;
         }
         s.routes_file = self.routes_file.as_ref().map(|f| admin::RoutesFileStatus {
             path: f.path().display().to_string(),
@@ -1208,7 +1369,17 @@ impl Engine {
         s.refused = self.refused.clone();
         s.tcp_error = self.tcp_error.clone();
         s.http_error = self.http_error.clone();
+        s.state_error = self.state_error.clone();
     }
+}
+
+/// The tasks that own at least one route of `set`.
+fn route_owners(set: &RouteSet) -> HashSet<String> {
+    set.tcp
+        .values()
+        .map(|r| r.owner.task_id.clone())
+        .chain(set.http.values().map(|r| r.owner.task_id.clone()))
+        .collect()
 }
 
 fn owner_text(o: &crate::routes::RouteOwner) -> String {
@@ -1443,13 +1614,17 @@ mod tests {
         assert_eq!(api.calls("tasks.edit"), edits);
         assert_eq!(*tcp.applies.lock().unwrap(), applies);
 
-        // The task stops: its route goes.
+        // The task stops: its route goes once a second answer agrees (one of two routed tasks
+        // is half of them: the mass-removal guard holds the first answer).
         api.set("t1", "status", json!("stopped"));
+        e.cycle().await;
+        assert_eq!(tcp.programmed.lock().unwrap().len(), 1, "held");
         e.cycle().await;
         assert!(tcp.programmed.lock().unwrap().is_empty());
         assert_eq!(status.read().unwrap().ports.resting, 1);
         // Deleted: gone too.
         api.state.lock().unwrap().tasks.retain(|t| t["id"] != "h1");
+        e.cycle().await;
         e.cycle().await;
         assert!(http.programmed.lock().unwrap().is_empty());
     }
@@ -1492,6 +1667,8 @@ mod tests {
         // An expired token is refreshed within the cycle; the confirmation now says the task
         // is gone, so its route goes.
         api.fault(Fault::Expired);
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+        assert_eq!(*tcp.programmed.lock().unwrap(), before, "held: one answer");
         assert_eq!(e.cycle().await, CycleOutcome::Synced);
         assert!(tcp.programmed.lock().unwrap().is_empty());
         // Back: routed again, on its old port (it is written on the task).
@@ -1581,6 +1758,110 @@ mod tests {
         let (mut e, _) = engine(&cfg, &tcp, &http);
         let err = format!("{:#}", e.connect_at_start().await.unwrap_err());
         assert!(err.contains("credentials refused"), "{err}");
+    }
+
+    fn ids(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_mass_removal_guard_wants_two_agreeing_answers() {
+        let mut g = MassRemovalGuard::default();
+        let routed = ids(&["a", "b", "c", "d"]);
+        // One of four going: believed at once.
+        assert_eq!(
+            g.check(&routed, &["a", "b", "c"].into()),
+            GuardVerdict::Proceed
+        );
+        // Every task missing: held, then believed when the next answer agrees.
+        assert_eq!(
+            g.check(&routed, &HashSet::new()),
+            GuardVerdict::Hold { gone: 4, routed: 4 }
+        );
+        assert_eq!(g.held(), 4);
+        assert_eq!(g.check(&routed, &HashSet::new()), GuardVerdict::Proceed);
+        assert_eq!(g.held(), 0);
+        // Half going, then the answer recovers: nothing goes, the pending drop is forgotten.
+        assert_eq!(
+            g.check(&routed, &["a", "b"].into()),
+            GuardVerdict::Hold { gone: 2, routed: 4 }
+        );
+        assert_eq!(
+            g.check(&routed, &["a", "b", "c", "d"].into()),
+            GuardVerdict::Proceed
+        );
+        assert_eq!(g.held(), 0);
+        assert_eq!(
+            g.check(&routed, &["a", "b"].into()),
+            GuardVerdict::Hold { gone: 2, routed: 4 }
+        );
+        // A second answer dropping others than the first: held again, on the new set.
+        assert_eq!(
+            g.check(&routed, &["c", "d"].into()),
+            GuardVerdict::Hold { gone: 2, routed: 4 }
+        );
+        // A subset of what was held: believed.
+        assert_eq!(
+            g.check(&routed, &["a", "c", "d"].into()),
+            GuardVerdict::Proceed
+        );
+        assert_eq!(g.held_total, 4);
+        // Nothing routed: nothing to guard.
+        assert_eq!(
+            g.check(&HashSet::new(), &HashSet::new()),
+            GuardVerdict::Proceed
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_drops_every_task_is_held_until_confirmed() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            api.add_task(&format!("t{i}"), ssh_request(&format!("10.1.0.{}", 10 + i)));
+        }
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        let cfg = config(&api.url, state.path());
+        let (mut e, status) = engine(&cfg, &tcp, &http);
+        e.connect_at_start().await.unwrap();
+        e.cycle().await;
+        let before = tcp.programmed.lock().unwrap().clone();
+        assert_eq!(before.len(), 4);
+
+        // The server loses every task (an empty database behind it): the listing and the
+        // by-id confirmation both say so. One answer: held, and every surface says why.
+        let saved = std::mem::take(&mut api.state.lock().unwrap().tasks);
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+        assert_eq!(*tcp.programmed.lock().unwrap(), before);
+        {
+            let s = status.read().unwrap();
+            assert!(s.ready);
+            assert_eq!(s.clearml.held_removals, 4);
+            assert_eq!(s.clearml.held_cycles, 1);
+            assert!(
+                s.degraded
+                    .iter()
+                    .any(|d| d.contains("drops 4 routed tasks")),
+                "{:?}",
+                s.degraded
+            );
+        }
+        // The tasks come back: nothing was lost, nothing rewritten.
+        api.state.lock().unwrap().tasks = saved.clone();
+        let edits = api.calls("tasks.edit");
+        e.cycle().await;
+        assert_eq!(*tcp.programmed.lock().unwrap(), before);
+        assert_eq!(api.calls("tasks.edit"), edits);
+        assert_eq!(status.read().unwrap().clearml.held_removals, 0);
+        assert!(status.read().unwrap().degraded.is_empty());
+
+        // Gone for real: two agreeing answers remove every route.
+        api.state.lock().unwrap().tasks.clear();
+        e.cycle().await;
+        assert_eq!(*tcp.programmed.lock().unwrap(), before);
+        e.cycle().await;
+        assert!(tcp.programmed.lock().unwrap().is_empty());
+        assert_eq!(status.read().unwrap().clearml.held_cycles, 2);
     }
 
     #[test]

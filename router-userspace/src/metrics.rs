@@ -240,6 +240,41 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Gauge,
         c.tasks as f64,
     )?;
+    single(
+        encoder,
+        "task_router_clearml_removals_held",
+        "routed tasks the last ClearML answer dropped at once, kept until the next answer agrees",
+        MetricType::Gauge,
+        c.held_removals as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_held_cycles",
+        "sync cycles whose answer the mass-removal guard held",
+        MetricType::Counter,
+        c.held_cycles as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_clearml_concurrent_writes",
+        "task writes seen between the router's read and its write-back (merged, never dropped)",
+        MetricType::Counter,
+        c.concurrent_writes as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_state_save_failing",
+        "1 while the state files in ROUTER_STATE_DIR cannot be saved",
+        MetricType::Gauge,
+        if s.state_error.is_some() { 1.0 } else { 0.0 },
+    )?;
+    single(
+        encoder,
+        "task_router_degraded",
+        "reasons the router is degraded while it forwards (see /readyz)",
+        MetricType::Gauge,
+        s.degraded.len() as f64,
+    )?;
     family(
         encoder,
         "task_router_routes",
@@ -424,6 +459,11 @@ mod tests {
         status.clearml.failed_cycles = 2;
         status.clearml.state = "ok".into();
         status.clearml.last_sync_duration_ms = 1500;
+        status.clearml.held_removals = 3;
+        status.clearml.held_cycles = 2;
+        status.clearml.concurrent_writes = 5;
+        status.state_error = Some("No space left on device".into());
+        status.degraded = vec!["state not saved: ...".into(), "held".into()];
         status.routes = vec![
             RouteStatus {
                 kind: "tcp".into(),
@@ -456,6 +496,11 @@ mod tests {
             ("task_router_clearml_state{state=\"ok\"}", 1.0),
             ("task_router_routes{kind=\"tcp\",state=\"failed\"}", 1.0),
             ("task_router_routes{kind=\"tcp\",state=\"active\"}", 1.0),
+            ("task_router_clearml_removals_held", 3.0),
+            ("task_router_clearml_held_cycles_total", 2.0),
+            ("task_router_clearml_concurrent_writes_total", 5.0),
+            ("task_router_state_save_failing", 1.0),
+            ("task_router_degraded", 2.0),
         ] {
             let found = text.lines().find_map(|l| {
                 l.strip_prefix(series)?

@@ -117,7 +117,8 @@ pub struct PortStats {
     pub reserved: usize,
 }
 
-#[derive(Debug)]
+/// `Clone`: the sync engine snapshots it to undo a plan it decides not to believe.
+#[derive(Clone, Debug)]
 pub struct PortAllocator {
     start: u16,
     end: u16,

@@ -1,13 +1,24 @@
 //! Untrusted input from tasks (and the routes file): upstream addresses, ports, ids and names.
 //!
 //! A task may write anything into its runtime properties. Only a valid IPv4 address inside the
-//! allowed CIDRs, never loopback, link-local, multicast, broadcast, unspecified or one of the
-//! router's own addresses, and a port 1-65535 become an upstream; ids and names that reach the
-//! maps, nginx or a URL are restricted to `[A-Za-z0-9_-]`.
+//! allowed CIDRs, never loopback, link-local (169.254/16, the usual cloud metadata service),
+//! multicast, broadcast, "this network" (0/8), reserved (240/4), a known cloud metadata address
+//! outside link-local, or one of the router's own addresses, and a port 1-65535 become an
+//! upstream — whatever `ROUTER_ALLOWED_UPSTREAMS` says; ids and names that reach the maps, nginx
+//! or a URL are restricted to `[A-Za-z0-9_-]`.
 
 use ipnet::Ipv4Net;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Cloud metadata and host-agent services reachable outside link-local, never an upstream (a
+/// task that could reach them through the router would read the host's credentials):
+/// Alibaba Cloud's metadata service (inside 100.64/10, which the default allow-list has) and
+/// Azure's WireServer.
+pub const METADATA_ADDRESSES: &[Ipv4Addr] = &[
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(168, 63, 129, 16),
+];
 
 /// Which upstreams tasks may be forwarded to.
 #[derive(Clone, Debug)]
@@ -49,6 +60,12 @@ impl UpstreamPolicy {
             Some("broadcast")
         } else if addr.is_unspecified() {
             Some("unspecified")
+        } else if addr.octets()[0] == 0 {
+            Some("in \"this network\" (0.0.0.0/8)")
+        } else if addr.octets()[0] >= 240 {
+            Some("reserved (240.0.0.0/4)")
+        } else if METADATA_ADDRESSES.contains(&addr) {
+            Some("a cloud metadata service")
         } else {
             None
         };
@@ -190,12 +207,45 @@ mod tests {
             ("example.com", "not an IPv4"),
             ("10.0.0.1; rm -rf /", "not an IPv4"),
             ("10.1.2.3\n", "ok"),
+            ("169.254.170.2", "link-local"),
+            ("100.100.100.200", "cloud metadata"),
+            ("0x7f.1", "not an IPv4"),
+            ("2130706433", "not an IPv4"),
+            ("127.1", "not an IPv4"),
+            ("010.0.0.1", "not an IPv4"),
+            ("10.0.0.1.", "not an IPv4"),
         ] {
             match p.address(addr) {
                 Ok(_) => assert_eq!(why, "ok", "{addr:?} accepted"),
                 Err(e) => assert!(e.contains(why), "{addr:?}: {e}"),
             }
         }
+    }
+
+    /// An operator who widens `ROUTER_ALLOWED_UPSTREAMS` to everything still never gets the
+    /// classes that make a router an SSRF relay.
+    #[test]
+    fn a_wide_allow_list_still_refuses_the_dangerous_classes() {
+        let p = UpstreamPolicy::new(
+            vec!["0.0.0.0/0".parse().unwrap()],
+            [Ipv4Addr::new(203, 0, 113, 7)],
+        );
+        for (addr, why) in [
+            ("127.0.0.53", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("100.100.100.200", "cloud metadata"),
+            ("168.63.129.16", "cloud metadata"),
+            ("239.255.255.250", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "this network"),
+            ("240.0.0.1", "reserved"),
+            ("203.0.113.7", "router's own"),
+        ] {
+            let e = p.address(addr).unwrap_err();
+            assert!(e.contains(why), "{addr}: {e}");
+        }
+        assert!(p.address("8.8.8.8").is_ok());
     }
 
     #[test]

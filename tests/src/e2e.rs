@@ -166,6 +166,15 @@ impl Testbed {
         Daemon::spawn(cmd)
     }
 
+    /// The PID of the managed nginx master the daemon started (from its pid file), if running.
+    pub fn nginx_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("nginx").join("nginx.pid")).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then_some(pid)
+    }
+
     /// The daemon's log so far.
     pub fn daemon_log(&self) -> String {
         self.daemon.as_ref().map(Daemon::log).unwrap_or_default()

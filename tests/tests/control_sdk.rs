@@ -182,22 +182,22 @@ fn sdk_newest_named_endpoints_each_get_their_own_route() {
     let server = ClearmlServer::start().expect("server");
     let router = RouterLoop::start(&server);
     let mut task = SdkTask::start(newest(), &env(&server), None, "named").expect("SDK task");
-    // Each request is served before the next is made: the SDK and the router both
-    // read-modify-write the task's whole runtime dict and the API has no compare-and-set, so a
-    // request written in the instant between the router's read and its write can be lost
-    // (contract file, section 1; the router narrows that window but cannot close it).
+    // The three requests back to back, while the router polls every 200 ms: the SDK and the
+    // router both read-modify-write the task's whole runtime dict (no compare-and-set), so the
+    // router reads twice before it writes and starts over when the runtime moved in between
+    // (`Client::update_runtime`); none of the three requests may be lost.
     task.request(9000, "tcp", false, None).expect("default tcp");
+    task.request(9001, "tcp", false, None)
+        .expect("numbered tcp");
+    task.request(7000, "http", false, Some("ui"))
+        .expect("named http");
     let first = task
         .poll("tcp", None, &format!("{ROUTER_ADDRESS}:"), WAIT)
         .expect("default");
-    task.request(9001, "tcp", false, None)
-        .expect("numbered tcp");
     let second = task
         .poll("tcp", Some("1"), &format!("{ROUTER_ADDRESS}:"), WAIT)
         .expect("__1");
     assert_ne!(first["endpoint"], second["endpoint"]);
-    task.request(7000, "http", false, Some("ui"))
-        .expect("named http");
     let ui = format!("{ROUTER_URL}/service/{}__ui/", task.task_id);
     task.poll("http", Some("ui"), &ui, WAIT).expect("__ui");
     let tcp = router.tcp.programmed();

@@ -252,21 +252,28 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     r.cycle().await;
     assert!(!r.tcp.programmed().contains_key(&sdk_port));
     assert_eq!(r.status().ports.resting, 1);
-    // tasks.reset: runtime cleared, tag kept: no request, route gone.
+    // tasks.reset: runtime cleared, tag kept: no request, route gone. One of the two routed
+    // tasks is half of them: the mass-removal guard wants a second answer that agrees.
     assert!(admin.update_task(&session, json!({"runtime": {}})));
     r.cycle().await;
+    assert_eq!(r.tcp.programmed().len(), 1, "held for one cycle");
+    assert_eq!(r.status().clearml.held_removals, 1);
+    r.cycle().await;
     assert!(r.tcp.programmed().is_empty());
-    // Archived, then deleted: the HTTP routes go.
+    // Archived, then deleted: the HTTP routes go (the only routed task: two answers).
     assert!(admin.update_task(
         &app,
         json!({"system_tags": ["external_service", "hidden", "archived"]})
     ));
+    r.cycle().await;
     r.cycle().await;
     assert!(r.http.programmed().is_empty());
     assert!(admin.update_task(&app, json!({"system_tags": ["external_service", "hidden"]})));
     r.cycle().await;
     assert_eq!(r.http.programmed().len(), 2, "unarchived: served again");
     assert!(admin.delete_task(&app));
+    r.cycle().await;
+    assert_eq!(r.http.programmed().len(), 2, "held for one cycle");
     r.cycle().await;
     assert!(r.http.programmed().is_empty());
 }
@@ -425,6 +432,82 @@ async fn a_task_writing_its_runtime_at_the_same_moment_loses_nothing() {
     r.cycle().await;
     assert_eq!(admin.runtime(&u)["_ROUTER_NAME"], json!("edge-a"));
     assert!(r.status().routes.iter().all(|row| row.state == "active"));
+}
+
+/// The lost update the other way round: the task's own read-modify-write lands between the
+/// router's read of the task and the router's write (a second endpoint request, written as the
+/// SDK writes it). A write built from the older read would drop the request; the router reads
+/// the task again right before writing, sees the runtime moved, and starts over from the newer
+/// dict, so the request is kept and served on the next cycle.
+#[tokio::test]
+async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let t = admin.create_task(running("sdk", tcp_request("10.6.2.10", 22)));
+    let mut once = true;
+    admin.after_read(move |_, runtime| {
+        if std::mem::take(&mut once) {
+            runtime.insert("_SERVICE__ui".into(), json!("EXTERNAL"));
+            runtime.insert("_ADDRESS__ui".into(), json!("10.6.2.10"));
+            runtime.insert("_PORT__ui".into(), json!(7000));
+        }
+    });
+    let state = temp_dir("lost");
+    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    let edits = admin.calls("tasks.edit");
+    r.cycle().await;
+    let rt = admin.runtime(&t);
+    let port = *r.tcp.programmed().keys().next().expect("route");
+    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
+    assert_eq!(
+        rt["_PORT__ui"],
+        json!(7000),
+        "the task's request was dropped: {rt:?}"
+    );
+    assert_eq!(
+        admin.calls("tasks.edit"),
+        edits + 1,
+        "one write, from the newer dict"
+    );
+    assert!(r.status().clearml.concurrent_writes >= 1);
+    // The kept request is served on the next cycle.
+    r.cycle().await;
+    assert_eq!(
+        admin.runtime(&t)["endpoint__ui"],
+        json!(format!("https://router.example.com/service/{t}__ui/"))
+    );
+    assert!(r.http.programmed().contains_key(&format!("{t}__ui")));
+
+    // A task that writes between every read and write (a counter bumped on each of our reads):
+    // the router gives up for this cycle without writing, so not one of its writes is lost;
+    // the next cycle, once it is quiet, writes.
+    let u = admin.create_task(running("busy", tcp_request("10.6.2.11", 22)));
+    let target = u.clone();
+    let bumps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = bumps.clone();
+    admin.after_read(move |id, runtime| {
+        if id == target {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            runtime.insert("progress".into(), json!(n));
+        }
+    });
+    r.cycle().await;
+    let n = bumps.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 2, "the hook ran {n} times");
+    let rt = admin.runtime(&u);
+    assert_eq!(
+        rt["progress"],
+        json!(n),
+        "a write of the task was lost: {rt:?}"
+    );
+    let s = r.status();
+    let row = s.routes.iter().find(|row| row.task_id == u).expect("row");
+    assert!(row.state.contains("keeps changing"), "{}", row.state);
+    admin.clear_after_read();
+    r.cycle().await;
+    let rt = admin.runtime(&u);
+    assert_eq!(rt["_ROUTER_NAME"], json!("edge-a"));
+    assert_eq!(rt["progress"], json!(n));
 }
 
 #[tokio::test]

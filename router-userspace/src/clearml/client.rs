@@ -15,6 +15,12 @@ pub const API_VERSION: &str = "2.31";
 pub const MAX_PAGE_SIZE: usize = 500;
 /// Attempts of one read-merge-write before giving up until the next cycle.
 pub const WRITE_ATTEMPTS: u32 = 3;
+/// The pause between the two reads before a write: a task writing its runtime in a burst (the SDK
+/// requesting several endpoints) shows as a runtime that moved between them.
+pub const SETTLE: Duration = Duration::from_millis(100);
+/// How many times a write starts over because the task's runtime moved before giving up until
+/// the next cycle.
+pub const SETTLE_ROUNDS: u32 = 5;
 /// A token is refreshed when less than this remains (the SDK's default threshold).
 const REFRESH_THRESHOLD: Duration = Duration::from_secs(60);
 
@@ -31,6 +37,9 @@ pub struct ApiStats {
     pub failures: AtomicU64,
     pub logins: AtomicU64,
     pub last_latency_us: AtomicU64,
+    /// Writes of the task seen between our reads and our write (each one handled: merged or
+    /// repaired), for status and metrics.
+    pub concurrent_writes: AtomicU64,
 }
 
 /// What a read-merge-write did.
@@ -308,9 +317,21 @@ impl Client {
     }
 
     /// Read-merge-write of runtime keys. `want` looks at the freshly read task and returns the
-    /// keys to set (or why not to write any more). The whole dict is sent back with only those
-    /// keys changed, then re-read; if a concurrent writer lost our keys, it is tried again, up
-    /// to [`WRITE_ATTEMPTS`] writes.
+    /// keys to set (or why not to write any more).
+    ///
+    /// The API has no compare-and-set and the server replaces the runtime dict whole, so a task
+    /// (the SDK also does read-modify-write) and the router can each lose the other's keys:
+    /// - keys the task writes *after our read and before our write* would be dropped by our
+    ///   write. So the task is read twice, [`SETTLE`] apart, right before writing; if its runtime
+    ///   moved between the two reads the task is writing now, and we start over from the newer
+    ///   read (at most [`SETTLE_ROUNDS`] times, then skip to the next cycle) — we never send a
+    ///   dict older than the last one we saw.
+    /// - keys we write can be dropped by a task writing right after us from an older read. So
+    ///   the task is re-read after the write and, if our keys are gone, only our keys are put
+    ///   back on top of what the task wrote (its keys stay), up to [`WRITE_ATTEMPTS`] writes.
+    ///
+    /// What remains is a task write landing in the one round trip between our last read and
+    /// our `tasks.edit`; no client of this API can close that window.
     pub async fn update_runtime(
         &self,
         task_id: &str,
@@ -320,6 +341,7 @@ impl Client {
             return Ok(WriteOutcome::Gone);
         };
         let mut attempts = 0;
+        let mut settle_rounds = 0;
         loop {
             let patch = match want(&current) {
                 Ok(p) => p,
@@ -335,14 +357,36 @@ impl Client {
             if attempts == WRITE_ATTEMPTS {
                 return Ok(WriteOutcome::Lost { attempts });
             }
+            // The pre-write read: the runtime must not have moved since the read we merge into.
+            tokio::time::sleep(SETTLE).await;
+            let fresh = match self.get_task(task_id).await? {
+                Some(t) => t,
+                None => return Ok(WriteOutcome::Gone),
+            };
+            if fresh.runtime != current.runtime {
+                settle_rounds += 1;
+                self.stats.concurrent_writes.fetch_add(1, Ordering::Relaxed);
+                if settle_rounds > SETTLE_ROUNDS {
+                    return Ok(WriteOutcome::Skipped(
+                        "the task keeps changing its runtime; writing on the next cycle".into(),
+                    ));
+                }
+                current = fresh;
+                continue;
+            }
             attempts += 1;
-            let mut runtime = current.runtime.clone();
+            let mut runtime = fresh.runtime;
             runtime.extend(patch);
             self.edit_runtime(task_id, &runtime).await?;
+            // The post-write read: a writer that lost our keys is repaired on the next round,
+            // on top of what it wrote.
             current = match self.get_task(task_id).await? {
                 Some(t) => t,
                 None => return Ok(WriteOutcome::Gone),
             };
+            if current.runtime != runtime {
+                self.stats.concurrent_writes.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

@@ -333,6 +333,9 @@ pub async fn api(
             )
                 .into_response();
         }
+        Some(FaultKind::Empty) => {
+            return envelope(&meta, Ok(json!({"tasks": [], "total": 0})));
+        }
         Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }

@@ -42,6 +42,7 @@
 //! admin.fail_next(3, Some("tasks.get_all")); // 500/0 on the next 3 get_all calls
 //! admin.inject(FaultKind::Delay(Duration::from_secs(15)), 1, None); // a hanging call
 //! admin.inject(FaultKind::Malformed, 1, None); // 200 with a body that is not JSON
+//! admin.inject(FaultKind::Empty, 2, Some("tasks.get_all")); // "there are no tasks"
 //! admin.expire_tokens(); // 401/30 until the client logs in again
 //! admin.set_status(&id, "stopped");
 //! let runtime = admin.runtime(&id); // what the router wrote back
@@ -189,54 +190,43 @@ impl ClearmlServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
         });
-        let app = axum::Router::new()
-            .nest("/_admin", admin::router())
-            .fallback(http::api)
-            .with_state(Arc::clone(&shared));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let thread = std::thread::Builder::new()
-            .name("clearml-test-server".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e).context("tokio runtime"));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e).context("tokio listener"));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        eprintln!("clearml test server: {e}");
-                    }
-                });
-            })
-            .context("spawn the server thread")?;
-        ready_rx
-            .recv()
-            .context("the server thread died before it was ready")??;
+        let (shutdown, thread) = serve(listener, Arc::clone(&shared))?;
         Ok(ClearmlServer {
             addr,
             shared,
             credentials: opts.credentials,
-            shutdown: Some(tx),
+            shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// The server goes away as if its process died: the listener closes (connecting is
+    /// refused) and open connections are dropped. Its state is kept for [`Self::come_back`].
+    pub fn go_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Answers again on the same address with the same state, from `listener` (bind it inside
+    /// the namespace the server lived in) or a new one bound on the old address.
+    pub fn come_back(&mut self, listener: Option<std::net::TcpListener>) -> Result<()> {
+        self.go_down();
+        let listener = match listener {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(self.addr)
+                .with_context(|| format!("cannot listen on {} again", self.addr))?,
+        };
+        listener
+            .set_nonblocking(true)
+            .context("set the listener non-blocking")?;
+        let (shutdown, thread) = serve(listener, Arc::clone(&self.shared))?;
+        self.shutdown = Some(shutdown);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// `http://ADDR:PORT`, the value for `CLEARML_API_HOST`.
@@ -257,6 +247,64 @@ impl ClearmlServer {
             shared: Arc::clone(&self.shared),
         }
     }
+}
+
+/// Serves the API and the admin side on `listener` from a thread of its own; the sender stops
+/// it (the listener closes, connections are dropped).
+fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> Result<(
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+)> {
+    let app = axum::Router::new()
+        .nest("/_admin", admin::router())
+        .fallback(http::api)
+        .with_state(shared);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let thread = std::thread::Builder::new()
+        .name("clearml-test-server".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e).context("tokio runtime"));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e).context("tokio listener"));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // Not a graceful shutdown: a dead server does not finish its answers, and
+                // dropping the runtime below closes every connection it held.
+                tokio::select! {
+                    served = axum::serve(listener, app) => {
+                        if let Err(e) = served {
+                            eprintln!("clearml test server: {e}");
+                        }
+                    }
+                    _ = rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        })
+        .context("spawn the server thread")?;
+    ready_rx
+        .recv()
+        .context("the server thread died before it was ready")??;
+    Ok((tx, thread))
 }
 
 impl Drop for ClearmlServer {
@@ -324,7 +372,7 @@ impl TaskSpec {
 /// A fault to inject, as the admin HTTP API takes it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FaultSpec {
-    /// `error` (default code 500), `delay`, or `malformed`.
+    /// `error` (default code 500), `delay`, `malformed`, or `empty` (no tasks).
     pub kind: String,
     #[serde(default = "one")]
     pub count: u32,
@@ -354,8 +402,9 @@ impl FaultSpec {
                 self.delay_ms.unwrap_or(1000),
             ))),
             "malformed" => Ok(FaultKind::Malformed),
+            "empty" => Ok(FaultKind::Empty),
             other => Err(format!(
-                "unknown fault kind {other:?}: expected error, delay or malformed"
+                "unknown fault kind {other:?}: expected error, delay, malformed or empty"
             )),
         }
     }
@@ -496,6 +545,18 @@ impl Admin {
 
     pub fn clear_after_edit(&self) {
         self.shared.lock().after_edit = None;
+    }
+
+    /// Runs `hook` right after every `tasks.get_by_id` answered, on the stored runtime of the
+    /// task read (its `last_update` moves if the hook changed it): a task whose own
+    /// read-modify-write lands between a client's read and that client's write. The answer is
+    /// the runtime as it was before the hook.
+    pub fn after_read(&self, hook: impl FnMut(&str, &mut Map<String, Value>) + Send + 'static) {
+        self.shared.lock().after_read = Some(Box::new(hook));
+    }
+
+    pub fn clear_after_read(&self) {
+        self.shared.lock().after_read = None;
     }
 
     /// Every token issued until now is refused with 401/30 from now on; clients must log in

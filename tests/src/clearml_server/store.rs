@@ -77,6 +77,9 @@ pub enum FaultKind {
     Delay(Duration),
     /// Answer 200 with a body that is not JSON.
     Malformed,
+    /// Answer 200 as if no task existed (`data.tasks` = `[]`): a server that lost its database,
+    /// or a proxy in front of it answering for another one.
+    Empty,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +113,9 @@ pub struct State {
     pub faults: VecDeque<Fault>,
     pub calls: BTreeMap<String, u64>,
     pub after_edit: Option<EditHook>,
+    /// Runs right after `tasks.get_by_id` answered, on the stored runtime of the task it read:
+    /// a writer landing between a client's read and its write.
+    pub after_read: Option<EditHook>,
 }
 
 impl State {
@@ -134,6 +140,7 @@ impl State {
             faults: VecDeque::new(),
             calls: BTreeMap::new(),
             after_edit: None,
+            after_read: None,
         };
         // A fresh real server has a default queue (tagged `default`), which agents and
         // `Task.enqueue` look up.

@@ -149,7 +149,19 @@ pub fn get_by_id(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let task = state
         .task(id)
         .ok_or_else(|| ApiError::invalid_task_id(id))?;
-    Ok(json!({"task": task}))
+    let answer = json!({"task": task});
+    if let Some(hook) = state.after_read.as_mut()
+        && let Some(Value::Object(task)) = state.tasks.iter_mut().find(|t| t["id"] == id)
+    {
+        let before = task.get("runtime").cloned();
+        if let Some(Value::Object(runtime)) = task.get_mut("runtime") {
+            hook(id, runtime);
+        }
+        if task.get("runtime") != before.as_ref() {
+            task.insert("last_update".into(), json!(now_iso()));
+        }
+    }
+    Ok(answer)
 }
 
 pub fn create(state: &mut State, call: &Call) -> Result<Value, ApiError> {

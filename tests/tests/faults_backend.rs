@@ -1,0 +1,246 @@
+//! A backend vanishing mid-connection, with the real daemon in namespaces: route A to a server
+//! in `backend`, route B to an echo server in `backend2`, one open connection through each.
+//!
+//! Expected:
+//! - the server of route A dies abruptly (its socket reset, as a killed process with unread data
+//!   or an aborting one does): the client gets a reset, not a hang; the connection's conntrack
+//!   entry goes (`task_router_route_active_connections` of A drops to 0 within the closing
+//!   timeout plus a sweep) while route B's connection stays counted and keeps echoing;
+//! - the backend host of route A goes away without a word (its link down, as when a container's
+//!   namespace dies): the client's data gets no answer and its read times out; when the client
+//!   gives up (reset), the entry goes the same way; route B is untouched throughout, and a new
+//!   connection through A, once the backend is back, is served.
+
+use router_tests::http_client;
+use router_tests::netns::Netns;
+use router_tests::topology::Topology;
+use router_tests::traffic::{BANNER_LEN, Client, EchoServer};
+use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const PORT_A: u16 = 20300;
+const PORT_B: u16 = 20301;
+const BACKEND_PORT: u16 = 8080;
+const ADMIN_PORT: u16 = 9113;
+const WAIT: Duration = Duration::from_secs(40);
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+fn scrape(t: &Topology) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+    let r = t
+        .router
+        .enter(move || http_client::get(addr, "/metrics", &[]))
+        .expect("enter")
+        .expect("GET /metrics");
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+fn active(t: &Topology, port: u16, upstream: SocketAddrV4) -> f64 {
+    let series =
+        format!("task_router_route_active_connections{{port=\"{port}\",upstream=\"{upstream}\"}}");
+    sample(&scrape(t), &series).unwrap_or(0.0)
+}
+
+/// A server for one connection in `ns`: sends a banner, echoes, and on a message resets the
+/// connection (linger 0, then close), as a process dying abruptly would.
+fn abortable_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> mpsc::Sender<()> {
+    let listener = ns
+        .enter(move || TcpListener::bind((ip, port)))
+        .expect("enter")
+        .expect("bind the backend");
+    let (abort_tx, abort_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut banner = [b' '; BANNER_LEN];
+        banner[..5].copy_from_slice(b"dying");
+        if conn.write_all(&banner).is_err() {
+            return;
+        }
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(20)));
+        let mut buf = [0u8; 4096];
+        loop {
+            if abort_rx.try_recv().is_ok() {
+                let linger = nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                let _ =
+                    nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger);
+                drop(conn);
+                return;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    abort_tx
+}
+
+/// Closes `stream` with a reset (linger 0), as a client giving up does.
+fn reset(stream: TcpStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &linger);
+    drop(stream);
+}
+
+#[test]
+fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let upstream_a = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT);
+    let upstream_b = SocketAddrV4::new(t.backend2_end.addr, BACKEND_PORT);
+    let _echo_b = EchoServer::start(&t.backend2, t.backend2_end.addr, BACKEND_PORT, "B")
+        .expect("echo server B");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "[[tcp]]\nport = {PORT_A}\nupstream = \"{upstream_a}\"\n\n\
+             [[tcp]]\nport = {PORT_B}\nupstream = \"{upstream_b}\"\n"
+        ),
+    )
+    .expect("routes file");
+    let pins = format!("/sys/fs/bpf/{}", router_tests::netns::unique("trback"));
+    struct RemovePins(String);
+    impl Drop for RemovePins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _pins = RemovePins(pins.clone());
+    let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
+    cmd.args([
+        "run",
+        "--interface",
+        &format!("{}:tc", t.router_client.dev),
+        "--interface",
+        &format!("{}:tc", t.router_backend.dev),
+        "--interface",
+        &format!("{}:tc", t.router_backend2.dev),
+        "--routes-file",
+        routes.to_str().expect("utf-8"),
+        "--state-dir",
+        dir.path().join("state").to_str().expect("utf-8"),
+        "--admin-addr",
+        &format!("127.0.0.1:{ADMIN_PORT}"),
+        "--set",
+        &format!("TCP_PORT_START={PORT_A}"),
+        "--set",
+        &format!("TCP_PORT_END={PORT_B}"),
+        "--set",
+        "AUTH_ENABLED=false",
+        "--set",
+        &format!("ROUTER_BPFFS={pins}"),
+    ]);
+    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+    daemon.wait_for_log("ready", WAIT);
+    let to_a = SocketAddrV4::new(t.router_addr(), PORT_A);
+    let to_b = SocketAddrV4::new(t.router_addr(), PORT_B);
+
+    // Route B's connection, kept open through everything below.
+    let mut b = Client::connect(&t.client, to_b).expect("connect B");
+    assert_eq!(b.banner, "B");
+    b.echo_random(32 << 10, 8 << 10, |_| {}).expect("echo B");
+
+    // 1. The server of A dies abruptly mid-connection.
+    let abort = abortable_server(&t.backend, t.backend_end.addr, BACKEND_PORT);
+    let mut a = Client::connect(&t.client, to_a).expect("connect A");
+    assert_eq!(a.banner, "dying");
+    a.echo_random(16 << 10, 4 << 10, |_| {}).expect("echo A");
+    wait::until("A's connection counted", WAIT, || {
+        (active(&t, PORT_A, upstream_a) >= 1.0).then_some(())
+    });
+    abort.send(()).expect("abort the backend");
+    let mut buf = [0u8; 16];
+    let err = a
+        .stream
+        .read(&mut buf)
+        .expect_err("the client must see the reset, not data or EOF");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    wait::until("A's entry to go after the reset", WAIT, || {
+        (active(&t, PORT_A, upstream_a) == 0.0).then_some(())
+    });
+    assert_eq!(
+        active(&t, PORT_B, upstream_b),
+        1.0,
+        "B's connection is untouched"
+    );
+    b.echo_random(32 << 10, 8 << 10, |_| {})
+        .expect("B echoes after A's backend died");
+
+    // 2. A's backend host goes away silently (its link down): no reset, no answer.
+    let _echo_a = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "A")
+        .expect("echo server A");
+    let mut a = Client::connect(&t.client, to_a).expect("connect A again");
+    a.echo_random(16 << 10, 4 << 10, |_| {}).expect("echo A");
+    wait::until("A's second connection counted", WAIT, || {
+        (active(&t, PORT_A, upstream_a) >= 1.0).then_some(())
+    });
+    t.backend
+        .ip(&["link", "set", "dev", &t.backend_end.dev, "down"])
+        .expect("A's backend link down");
+    a.stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    a.stream
+        .write_all(b"anyone there?")
+        .expect("send into the void");
+    let err = a
+        .stream
+        .read(&mut buf)
+        .expect_err("no answer from a vanished backend");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    // New connections through B keep being forwarded meanwhile.
+    let mut b2 = Client::connect(&t.client, to_b).expect("a new connection through B");
+    b2.echo_random(8 << 10, 4 << 10, |_| {}).expect("echo B2");
+    b2.finish().expect("close B2");
+    // The client gives up: its reset reaches the router, the entry goes.
+    reset(a.stream);
+    wait::until("A's entry to go after the client's reset", WAIT, || {
+        (active(&t, PORT_A, upstream_a) == 0.0).then_some(())
+    });
+    // Back: A is served again.
+    t.backend
+        .ip(&["link", "set", "dev", &t.backend_end.dev, "up"])
+        .expect("A's backend link up");
+    let a = wait::until("A served again", WAIT, || {
+        Client::connect(&t.client, to_a).ok()
+    });
+    assert_eq!(a.banner, "A");
+    a.finish().expect("close A");
+    b.echo_random(32 << 10, 8 << 10, |_| {})
+        .expect("B's connection outlived everything");
+    b.finish().expect("close B");
+    let log = daemon.log();
+    let status = daemon
+        .stop(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+}
