@@ -425,4 +425,18 @@ mod tests {
         }
         assert!(text.contains("address 127.0.0.1 is loopback"), "{text}");
     }
+
+    #[test]
+    fn render_shows_why_it_is_degraded() {
+        let s = Status {
+            ready: true,
+            degraded: vec!["ClearML API failing for 12 s (...): connection refused".into()],
+            ..Status::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("degraded: ClearML API failing for 12 s"),
+            "{text}"
+        );
+    }
 }

@@ -6,10 +6,15 @@
 //!   or an aborting one does): the client gets a reset, not a hang; the connection's conntrack
 //!   entry goes (`task_router_route_active_connections` of A drops to 0 within the closing
 //!   timeout plus a sweep) while route B's connection stays counted and keeps echoing;
-//! - the backend host of route A goes away without a word (its link down, as when a container's
-//!   namespace dies): the client's data gets no answer and its read times out; when the client
-//!   gives up (reset), the entry goes the same way; route B is untouched throughout, and a new
-//!   connection through A, once the backend is back, is served.
+//! - the backend host of route A goes away without a word (its link down): the client's data
+//!   gets no answer and its read times out; when the client gives up (reset), the entry goes the
+//!   same way; route B is untouched throughout, and a new connection through A, once the
+//!   backend is back, is served;
+//! - route C's backend is a container behind a bridge on the router host, and its network
+//!   namespace dies mid-connection (its veth pair is destroyed, as the kernel does when the last
+//!   process of a container's namespace exits): the same as a silent host — a read timeout, B
+//!   untouched, the entry gone after the client's reset — and the daemon keeps running with a
+//!   bridge that lost a port.
 
 use router_tests::http_client;
 use router_tests::netns::Netns;
@@ -23,6 +28,7 @@ use std::time::Duration;
 
 const PORT_A: u16 = 20300;
 const PORT_B: u16 = 20301;
+const PORT_C: u16 = 20302;
 const BACKEND_PORT: u16 = 8080;
 const ADMIN_PORT: u16 = 9113;
 const WAIT: Duration = Duration::from_secs(40);
@@ -96,6 +102,21 @@ fn abortable_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> mpsc::Sender<()> {
     abort_tx
 }
 
+/// The (only) port of `bridge` in `ns`: the router end of the container's veth pair.
+fn bridge_port(ns: &Netns, bridge: &str) -> String {
+    let out = ns
+        .ip(&["-o", "link", "show", "master", bridge])
+        .expect("list the bridge's ports");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().expect("the bridge has a port");
+    // `5: tvp123@if4: <...> ...`
+    line.split(':')
+        .nth(1)
+        .and_then(|name| name.trim().split('@').next())
+        .expect("a port name")
+        .to_string()
+}
+
 /// Closes `stream` with a reset (linger 0), as a client giving up does.
 fn reset(stream: TcpStream) {
     let linger = nix::libc::linger {
@@ -109,7 +130,12 @@ fn reset(stream: TcpStream) {
 #[test]
 fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() {
     require_root();
-    let t = Topology::new().expect("topology");
+    let mut t = Topology::new().expect("topology");
+    let bridged = t.add_bridged_backend().expect("bridged backend");
+    let bridge = bridged.bridge.clone();
+    let upstream_c = SocketAddrV4::new(bridged.addr, BACKEND_PORT);
+    let _echo_c =
+        EchoServer::start(&bridged.ns, bridged.addr, BACKEND_PORT, "C").expect("echo server C");
     let upstream_a = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT);
     let upstream_b = SocketAddrV4::new(t.backend2_end.addr, BACKEND_PORT);
     let _echo_b = EchoServer::start(&t.backend2, t.backend2_end.addr, BACKEND_PORT, "B")
@@ -120,7 +146,8 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
         &routes,
         format!(
             "[[tcp]]\nport = {PORT_A}\nupstream = \"{upstream_a}\"\n\n\
-             [[tcp]]\nport = {PORT_B}\nupstream = \"{upstream_b}\"\n"
+             [[tcp]]\nport = {PORT_B}\nupstream = \"{upstream_b}\"\n\n\
+             [[tcp]]\nport = {PORT_C}\nupstream = \"{upstream_c}\"\n"
         ),
     )
     .expect("routes file");
@@ -141,6 +168,8 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
         &format!("{}:tc", t.router_backend.dev),
         "--interface",
         &format!("{}:tc", t.router_backend2.dev),
+        "--interface",
+        &format!("{bridge}:tc"),
         "--routes-file",
         routes.to_str().expect("utf-8"),
         "--state-dir",
@@ -150,7 +179,7 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
         "--set",
         &format!("TCP_PORT_START={PORT_A}"),
         "--set",
-        &format!("TCP_PORT_END={PORT_B}"),
+        &format!("TCP_PORT_END={PORT_C}"),
         "--set",
         "AUTH_ENABLED=false",
         "--set",
@@ -235,6 +264,40 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     });
     assert_eq!(a.banner, "A");
     a.finish().expect("close A");
+
+    // 3. The container behind the bridge dies: its veth pair goes with its namespace.
+    let to_c = SocketAddrV4::new(t.router_addr(), PORT_C);
+    let mut c = Client::connect(&t.client, to_c).expect("connect C");
+    assert_eq!(c.banner, "C");
+    c.echo_random(16 << 10, 4 << 10, |_| {}).expect("echo C");
+    wait::until("C's connection counted", WAIT, || {
+        (active(&t, PORT_C, upstream_c) >= 1.0).then_some(())
+    });
+    let port_dev = bridge_port(&t.router, &bridge);
+    t.router
+        .ip(&["link", "del", "dev", &port_dev])
+        .expect("destroy the container's veth pair");
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    c.stream
+        .write_all(b"still there?")
+        .expect("send into the void");
+    let err = c
+        .stream
+        .read(&mut buf)
+        .expect_err("no answer from a dead container");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    b.echo_random(32 << 10, 8 << 10, |_| {})
+        .expect("B echoes after the container died");
+    reset(c.stream);
+    wait::until("C's entry to go after the client's reset", WAIT, || {
+        (active(&t, PORT_C, upstream_c) == 0.0).then_some(())
+    });
+
     b.echo_random(32 << 10, 8 << 10, |_| {})
         .expect("B's connection outlived everything");
     b.finish().expect("close B");
