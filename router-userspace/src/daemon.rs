@@ -202,6 +202,16 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
     })
 }
 
+/// Whether an earlier daemon's datapath is pinned (and so forwarding) under `ROUTER_BPFFS`.
+fn pinned_datapath_exists(cfg: &Config) -> bool {
+    cfg.datapath
+        .bpffs
+        .join(crate::datapath::pins::layout_dir_name(
+            router_common::LAYOUT_VERSION,
+        ))
+        .exists()
+}
+
 /// nginx `stream` servers: the fallback [`TcpForwarder`].
 fn open_stream_forwarder(nginx: &crate::nginx::Nginx) -> Result<Box<dyn TcpForwarder>> {
     Ok(Box::new(
@@ -242,7 +252,12 @@ pub fn open_tcp_forwarder(cfg: &Config) -> Result<TcpParts> {
         }
         DatapathKind::Ebpf(crate::datapath::AttachMode::Auto) => match open_kernel_forwarder(cfg) {
             Ok(parts) => Ok(parts),
-            Err(e) if e.chain().any(|c| c.to_string() == CANNOT_LOAD) => {
+            // A pinned datapath is forwarding: the kernel did take programs, so a build whose
+            // programs it refuses must not replace it with nginx (nor be half-applied).
+            Err(e)
+                if e.chain().any(|c| c.to_string() == CANNOT_LOAD)
+                    && !pinned_datapath_exists(cfg) =>
+            {
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     "the eBPF datapath cannot load: FALLING BACK to nginx stream servers \

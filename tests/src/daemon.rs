@@ -61,10 +61,18 @@ impl Daemon {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    /// Waits until a log line contains `needle`; fails with the log if the daemon exits first.
+    /// Waits until a log line contains `needle`; fails with the log if the daemon exits first
+    /// or the time runs out.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
         let what = format!("daemon log line containing {needle:?}");
-        crate::wait::until(&what, timeout, || {
+        let deadline = std::time::Instant::now() + timeout;
+        crate::wait::until(&what, timeout + Duration::from_secs(1), || {
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; the log:\n{}",
+                    self.log()
+                );
+            }
             if let Some(line) = self
                 .log
                 .lock()

@@ -308,6 +308,9 @@ pub fn uninstall(root: &Path) -> Result<Vec<String>, DatapathError> {
     Ok(done)
 }
 
+/// `BPF_F_RDONLY_PROG | BPF_F_WRONLY_PROG`: set by the kernel on some map types.
+const KERNEL_SET_FLAGS: u32 = (1 << 7) | (1 << 8);
+
 /// A pinned map's shape that differs from this build's object, if any (`None`: adoptable).
 /// `min_entries` replaces an exact entry count for maps sized at load time (the connection
 /// table).
@@ -338,7 +341,10 @@ pub fn shape_mismatch(
             expected.value_size()
         ));
     }
-    if pinned.map_flags() != expected.map_flags() {
+    // The kernel adds program-access flags to some map types itself (a devmap is read-only
+    // for programs): compare what the object asks for.
+    let pinned_flags = pinned.map_flags() & !KERNEL_SET_FLAGS | expected.map_flags() & KERNEL_SET_FLAGS;
+    if pinned_flags != expected.map_flags() {
         differences.push(format!(
             "flags {:#x} (expected {:#x})",
             pinned.map_flags(),
