@@ -69,6 +69,9 @@ pub struct ClearmlStatus {
     pub failed_cycles: u64,
     pub api_calls: u64,
     pub api_failures: u64,
+    /// Latency histograms of the API calls, by endpoint and status.
+    #[serde(default)]
+    pub api_latency: Vec<crate::clearml::client::ApiCallStats>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -71,7 +71,9 @@ struct KernelForwarder {
 impl Drop for KernelForwarder {
     fn drop(&mut self) {
         if !self.detach_on_exit {
-            tracing::info!("leaving the datapath attached and pinned: forwarding goes on until the next daemon adopts it");
+            tracing::info!(
+                "leaving the datapath attached and pinned: forwarding goes on until the next daemon adopts it"
+            );
             return;
         }
         match self.datapath.lock().map(|mut dp| dp.unpin_all()) {
@@ -80,7 +82,9 @@ impl Drop for KernelForwarder {
                     tracing::info!(removed = %what, "detach on exit");
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %crate::datapath::error_chain(&e), "detaching on exit failed"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %crate::datapath::error_chain(&e), "detaching on exit failed")
+            }
             Err(e) => tracing::error!(error = %e, "detaching on exit failed"),
         }
     }
@@ -90,7 +94,10 @@ impl Drop for KernelForwarder {
 fn log_adoption(dp: &crate::datapath::Datapath) {
     use crate::datapath::LinkChange;
     let adoption = dp.adoption();
-    let dir = dp.pin_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let dir = dp
+        .pin_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     if adoption.adopted() {
         tracing::info!(
             pins = %dir,
@@ -107,7 +114,12 @@ fn log_adoption(dp: &crate::datapath::Datapath) {
             LinkChange::Attached { kind, program_id } => tracing::info!(
                 %interface, hook = kind.as_str(), program_id, "attached and pinned"
             ),
-            LinkChange::Replaced { kind, link_id, old_program_id, new_program_id } => tracing::info!(
+            LinkChange::Replaced {
+                kind,
+                link_id,
+                old_program_id,
+                new_program_id,
+            } => tracing::info!(
                 %interface, hook = kind.as_str(), link_id, old_program_id, new_program_id,
                 "replaced the program in the pinned link"
             ),
@@ -1270,6 +1282,9 @@ impl Engine {
         if let Some((calls, failures)) = api_stats {
             s.clearml.api_calls = calls;
             s.clearml.api_failures = failures;
+        }
+        if let Some(c) = &self.client {
+            s.clearml.api_latency = c.stats.latency();
         }
         s.routes_file = self.routes_file.as_ref().map(|f| admin::RoutesFileStatus {
             path: f.path().display().to_string(),

@@ -226,6 +226,7 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Counter,
         c.api_failures as f64,
     )?;
+    encode_api_latency(encoder, &c.api_latency)?;
     family(
         encoder,
         "task_router_clearml_state",
@@ -254,6 +255,42 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Gauge,
         s.refused.len() as f64,
     )?;
+    Ok(())
+}
+
+/// `task_router_clearml_api_request_duration_seconds{endpoint, status}`: one histogram per
+/// API endpoint and outcome (its `_count` is the calls by endpoint and status).
+fn encode_api_latency(
+    encoder: &mut DescriptorEncoder,
+    calls: &[crate::clearml::client::ApiCallStats],
+) -> Result<(), std::fmt::Error> {
+    use crate::clearml::client::LATENCY_BUCKETS;
+    let mut metric = encoder.encode_descriptor(
+        "task_router_clearml_api_request_duration_seconds",
+        "ClearML API call latency by endpoint and status (HTTP code, or timeout/unreachable/malformed)",
+        None,
+        MetricType::Histogram,
+    )?;
+    for call in calls {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(call.buckets.iter().copied().chain(std::iter::repeat(0)))
+            .collect();
+        let labels = [
+            ("endpoint", call.endpoint.clone()),
+            ("status", call.status.clone()),
+        ];
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                call.sum_seconds,
+                call.count,
+                &buckets,
+                None,
+            )?;
+    }
     Ok(())
 }
 
@@ -424,6 +461,16 @@ mod tests {
         status.clearml.failed_cycles = 2;
         status.clearml.state = "ok".into();
         status.clearml.last_sync_duration_ms = 1500;
+        let mut buckets = vec![0; crate::clearml::client::LATENCY_BUCKETS.len() + 1];
+        buckets[1] = 2; // <= 10 ms
+        buckets[12] = 1; // > 30 s
+        status.clearml.api_latency = vec![crate::clearml::client::ApiCallStats {
+            endpoint: "tasks.get_all_ex".into(),
+            status: "200".into(),
+            count: 3,
+            sum_seconds: 31.5,
+            buckets,
+        }];
         status.routes = vec![
             RouteStatus {
                 kind: "tcp".into(),
@@ -456,6 +503,26 @@ mod tests {
             ("task_router_clearml_state{state=\"ok\"}", 1.0),
             ("task_router_routes{kind=\"tcp\",state=\"failed\"}", 1.0),
             ("task_router_routes{kind=\"tcp\",state=\"active\"}", 1.0),
+            (
+                "task_router_clearml_api_request_duration_seconds_count{endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                3.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"0.005\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                0.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"0.01\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                2.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"30.0\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                2.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"+Inf\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                3.0,
+            ),
         ] {
             let found = text.lines().find_map(|l| {
                 l.strip_prefix(series)?

@@ -44,9 +44,10 @@ impl PinRoot {
 
     /// The directory of the current layout's pins.
     pub fn layout_dir(&self) -> PathBuf {
-        self.root.join(router_userspace::datapath::pins::layout_dir_name(
-            router_common::LAYOUT_VERSION,
-        ))
+        self.root
+            .join(router_userspace::datapath::pins::layout_dir_name(
+                router_common::LAYOUT_VERSION,
+            ))
     }
 }
 

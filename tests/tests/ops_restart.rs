@@ -79,8 +79,8 @@ fn map_keys(path: &Path) -> Vec<Value> {
 /// feature (programs that do the same with other instructions), which `cargo xtask test`
 /// builds next to the one the daemon embeds.
 fn rebuilt_object() -> PathBuf {
-    let path = workspace_root()
-        .join("target/ebpf-upgrade-test/bpfel-unknown-none/release/router-ebpf");
+    let path =
+        workspace_root().join("target/ebpf-upgrade-test/bpfel-unknown-none/release/router-ebpf");
     assert!(
         path.exists(),
         "{} is missing: `cargo xtask test` builds it",
@@ -239,7 +239,10 @@ impl Bulk {
                 for (i, b) in buf[..n].iter().enumerate() {
                     let at = ((got + i as u64) % p.len() as u64) as usize;
                     if *b != p[at] {
-                        return Err(format!("byte {} differs from what was sent", got + i as u64));
+                        return Err(format!(
+                            "byte {} differs from what was sent",
+                            got + i as u64
+                        ));
                     }
                 }
                 got += n as u64;
@@ -390,7 +393,11 @@ fn connections_survive_sigterm_sigkill_gaps_restarts_and_an_upgrade() {
     for key in &connections {
         assert!(kept.contains(key), "connection entry {key} kept");
     }
-    assert_eq!(map_keys(&s.pin("ROUTES")).len(), 1, "the route is still there");
+    assert_eq!(
+        map_keys(&s.pin("ROUTES")).len(),
+        1,
+        "the route is still there"
+    );
     let fresh = Client::connect(&s.t.client, s.router()).expect("a new connection");
     assert_eq!(fresh.banner, "backend1");
     fresh.finish().expect("close the new connection");
@@ -499,13 +506,12 @@ fn detach_on_exit_and_uninstall_leave_nothing_behind() {
 /// No program of ours on the test interfaces (as `bpftool net` sees them in the router
 /// namespace) and the programs that ran there are gone from the kernel.
 fn assert_nothing_attached(s: &Setup, programs: &[u64]) {
-    let out = s
-        .t
-        .router
-        .command("bpftool")
-        .args(["-j", "net", "show"])
-        .output()
-        .expect("bpftool net show");
+    let out =
+        s.t.router
+            .command("bpftool")
+            .args(["-j", "net", "show"])
+            .output()
+            .expect("bpftool net show");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("task_router"), "still attached: {text}");
@@ -513,7 +519,11 @@ fn assert_nothing_attached(s: &Setup, programs: &[u64]) {
         wait::until(
             &format!("program {id} to be freed"),
             Duration::from_secs(10),
-            || bpftool(&["prog", "show", "id", &id.to_string()]).is_err().then_some(()),
+            || {
+                bpftool(&["prog", "show", "id", &id.to_string()])
+                    .is_err()
+                    .then_some(())
+            },
         );
     }
 }
@@ -528,7 +538,9 @@ fn an_incompatible_pinned_layout_is_refused_untouched() {
     let old_map = old.join("ROUTES");
     let created = Command::new("bpftool")
         .args(["map", "create", &old_map.to_string_lossy()])
-        .args(["type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES"])
+        .args([
+            "type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES",
+        ])
         .status()
         .expect("bpftool map create");
     assert!(created.success());
@@ -546,7 +558,10 @@ fn an_incompatible_pinned_layout_is_refused_untouched() {
         assert!(stderr.contains(needle), "{needle:?} in:\n{stderr}");
     }
     assert_eq!(map_id(&old_map), id, "the pinned map is untouched");
-    assert!(!s.pins.layout_dir().exists(), "nothing of this layout created");
+    assert!(
+        !s.pins.layout_dir().exists(),
+        "nothing of this layout created"
+    );
 
     // The right version number but a map of another shape: refused too.
     std::fs::create_dir_all(s.pins.layout_dir()).expect("layout dir");
@@ -555,7 +570,9 @@ fn an_incompatible_pinned_layout_is_refused_untouched() {
     let wrong = s.pin("ROUTES");
     let created = Command::new("bpftool")
         .args(["map", "create", &wrong.to_string_lossy()])
-        .args(["type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES"])
+        .args([
+            "type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES",
+        ])
         .status()
         .expect("bpftool map create");
     assert!(created.success());

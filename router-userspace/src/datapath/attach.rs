@@ -318,8 +318,8 @@ fn replace_pinned(
     interface: &str,
 ) -> Result<Option<LinkChange>, DatapathError> {
     let path = pins.link_path(kind, interface);
-    let pinned =
-        PinnedLink::from_pin(&path).map_err(|e| link_error("opening", kind, interface)(boxed(e)))?;
+    let pinned = PinnedLink::from_pin(&path)
+        .map_err(|e| link_error("opening", kind, interface)(boxed(e)))?;
     let fd_link = FdLink::from(pinned);
     let info = fd_link
         .info()
@@ -363,7 +363,11 @@ fn replace_pinned(
         }
     };
     let Some(link) = updated else {
-        tracing::warn!(interface, kind = kind.as_str(), "the pinned link's interface is gone; attaching anew");
+        tracing::warn!(
+            interface,
+            kind = kind.as_str(),
+            "the pinned link's interface is gone; attaching anew"
+        );
         std::fs::remove_file(&path)
             .map_err(|e| link_error("unpinning", kind, interface)(boxed(e)))?;
         return Ok(None);

@@ -188,13 +188,14 @@ impl Conntrack {
     /// removed stay removed.
     pub fn adopt(table: Map, count: Map, capacity: u32) -> Result<Conntrack, DatapathError> {
         let mut owner = Conntrack::new(table, count, capacity)?;
-        owner.removed = owner
-            .count
-            .get(&CT_REMOVED, 0)
-            .map_err(|source| DatapathError::MapRead {
-                map: CT_COUNT,
-                source: Box::new(source),
-            })?;
+        owner.removed =
+            owner
+                .count
+                .get(&CT_REMOVED, 0)
+                .map_err(|source| DatapathError::MapRead {
+                    map: CT_COUNT,
+                    source: Box::new(source),
+                })?;
         Ok(owner)
     }
 

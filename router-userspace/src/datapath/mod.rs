@@ -124,7 +124,9 @@ fn check_pinned_shapes(
             path: path.clone(),
             source: std::io::Error::other(error_chain(&e)),
         })?;
-        let expected = definitions.get(name).ok_or(DatapathError::MissingMap(name))?;
+        let expected = definitions
+            .get(name)
+            .ok_or(DatapathError::MissingMap(name))?;
         let min_entries = (name == maps::CT4).then(|| object::conntrack_entries(max_connections));
         let mismatch = |difference| DatapathError::PinnedMapMismatch {
             dir: pins.dir().to_path_buf(),
@@ -226,7 +228,10 @@ impl Datapath {
         } else {
             port_flags::PortFlags::new(take(&mut ebpf, maps::PORT_FLAGS)?)?
         };
-        let (table, count) = (take(&mut ebpf, maps::CT4)?, take(&mut ebpf, maps::CT_COUNT)?);
+        let (table, count) = (
+            take(&mut ebpf, maps::CT4)?,
+            take(&mut ebpf, maps::CT_COUNT)?,
+        );
         let conntrack = if adopting(maps::CT_COUNT) {
             conntrack::Conntrack::adopt(table, count, cfg.max_connections)?
         } else {

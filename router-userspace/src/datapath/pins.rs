@@ -19,7 +19,9 @@
 //! (each daemon reads the records of the programs it loaded).
 
 use super::DatapathError;
-use super::object::maps::{CONFIG, CT_COUNT, CT4, LOCAL_ADDRS, PORT_FLAGS, ROUTES, STATS, TX_PORTS};
+use super::object::maps::{
+    CONFIG, CT_COUNT, CT4, LOCAL_ADDRS, PORT_FLAGS, ROUTES, STATS, TX_PORTS,
+};
 use super::sys;
 use std::path::{Path, PathBuf};
 
@@ -343,7 +345,8 @@ pub fn shape_mismatch(
     }
     // The kernel adds program-access flags to some map types itself (a devmap is read-only
     // for programs): compare what the object asks for.
-    let pinned_flags = pinned.map_flags() & !KERNEL_SET_FLAGS | expected.map_flags() & KERNEL_SET_FLAGS;
+    let pinned_flags =
+        pinned.map_flags() & !KERNEL_SET_FLAGS | expected.map_flags() & KERNEL_SET_FLAGS;
     if pinned_flags != expected.map_flags() {
         differences.push(format!(
             "flags {:#x} (expected {:#x})",

@@ -84,7 +84,8 @@ impl RouteMap {
             if value.family != FAMILY_IPV4 {
                 continue;
             }
-            let ip = std::net::Ipv4Addr::new(value.addr[0], value.addr[1], value.addr[2], value.addr[3]);
+            let ip =
+                std::net::Ipv4Addr::new(value.addr[0], value.addr[1], value.addr[2], value.addr[3]);
             owner.programmed.insert(
                 key.port,
                 Programmed {

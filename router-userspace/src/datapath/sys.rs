@@ -14,14 +14,7 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live `repr(C)` prefix of `union bpf_attr` for `cmd`, and the size
     // passed is its own; the kernel zero-extends shorter attributes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>(),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
