@@ -52,6 +52,16 @@ pub fn router(sources: Sources) -> Router {
         .with_state(Arc::new(registry))
 }
 
+/// The text a `/metrics` scrape of `sources` returns, without the HTTP server (the
+/// observability benchmark renders it on its own schedule).
+pub fn render(sources: &Sources) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(sources.clone()));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
     // Reading the maps is a few syscalls per route and reason; keep them off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {

@@ -183,6 +183,10 @@ impl Datapath {
     /// atomically, routes kept until the first `apply` reconciles them); a pinned layout of
     /// another version is refused untouched (see [`pins`]).
     pub fn open_pinned(cfg: &DatapathConfig) -> Result<Datapath, DatapathError> {
+        // A missing interface is the operator's first problem to hear about.
+        for (interface, _) in &cfg.interfaces {
+            attach::ifindex(interface)?;
+        }
         let object = object::daemon_object()?;
         let pins = pins::PinDir::prepare(&cfg.bpffs, router_common::LAYOUT_VERSION)?;
         let pinned = pins.pinned_maps();
