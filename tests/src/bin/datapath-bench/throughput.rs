@@ -674,6 +674,9 @@ pub struct ObservabilitySample {
     pub scraped: bool,
     /// Renders done during the round.
     pub scrapes: u64,
+    /// Mean wall time of one render, in milliseconds (its CPU share at one scrape a second is
+    /// this over 1000).
+    pub render_ms: f64,
     pub bulk1_gbps: f64,
     pub conn_per_s: f64,
 }
@@ -715,14 +718,22 @@ pub fn observability(opts: Options) -> Result<Vec<ObservabilitySample>> {
             );
             let stop = Arc::new(AtomicBool::new(false));
             let scrapes = Arc::new(AtomicU64::new(0));
+            let render_ns = Arc::new(AtomicU64::new(0));
             let scraper = scraped.then(|| {
-                let (stop, scrapes, sources) =
-                    (Arc::clone(&stop), Arc::clone(&scrapes), sources.clone());
+                let (stop, scrapes, render_ns, sources) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&scrapes),
+                    Arc::clone(&render_ns),
+                    sources.clone(),
+                );
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let next = Instant::now() + Duration::from_secs(1);
+                        let started = Instant::now();
+                        let next = started + Duration::from_secs(1);
                         if router_userspace::metrics::render(&sources).is_ok() {
                             scrapes.fetch_add(1, Ordering::Relaxed);
+                            render_ns
+                                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                         }
                         // The scrape interval, in steps so the end of a round stops it.
                         while Instant::now() < next && !stop.load(Ordering::Relaxed) {
@@ -743,9 +754,15 @@ pub fn observability(opts: Options) -> Result<Vec<ObservabilitySample>> {
                 let _ = t.join();
             }
             let (bulk1, conn) = measured.with_context(|| format!("round {round}"))?;
+            let done = scrapes.load(Ordering::Relaxed);
             let sample = ObservabilitySample {
                 scraped,
-                scrapes: scrapes.load(Ordering::Relaxed),
+                scrapes: done,
+                render_ms: if done > 0 {
+                    render_ns.load(Ordering::Relaxed) as f64 / done as f64 / 1e6
+                } else {
+                    f64::NAN
+                },
                 bulk1_gbps: bulk1,
                 conn_per_s: conn,
             };
@@ -801,6 +818,12 @@ pub fn observability_table(samples: &[ObservabilitySample]) -> String {
         "| difference | {:+.1} % | {:+.1} % | | |\n",
         diff(|s| s.bulk1_gbps),
         diff(|s| s.conn_per_s)
+    ));
+    let render = med(true, |s| s.render_ms);
+    out.push_str(&format!(
+        "\nOne render of `/metrics` took {render:.2} ms (median of the rounds' means): at one scrape \
+         a second, {:.3} % of one CPU.\n",
+        render / 10.0
     ));
     out
 }
