@@ -615,3 +615,90 @@ fn a_pin_directory_outside_bpffs_is_a_clear_error() {
     assert!(stderr.contains("mount -t bpf"), "{stderr}");
     assert!(stderr.contains(unmounted), "{stderr}");
 }
+
+#[test]
+fn a_restart_reconciles_the_pinned_routes_instead_of_rebuilding_them() {
+    require_root();
+    let s = Setup::new();
+    let (b1, b2) = (s.t.backend_end.addr, s.t.backend2_end.addr);
+    let _server2 =
+        EchoServer::start(&s.t.backend2, b2, BACKEND_PORT, "backend2").expect("server 2");
+    let routes = |entries: &[(u16, std::net::Ipv4Addr)]| {
+        let text: String = entries
+            .iter()
+            .map(|(port, ip)| {
+                format!("[[tcp]]\nport = {port}\nupstream = \"{ip}:{BACKEND_PORT}\"\n\n")
+            })
+            .collect();
+        std::fs::write(s.dir.path().join("routes.toml"), text).expect("write routes file");
+    };
+    let (kept, removed, added) = (PORT, PORT + 1, PORT + 2);
+    let start = |s: &Setup| {
+        let mut cmd = s.command("run");
+        cmd.args(["--set", &format!("TCP_PORT_END={}", PORT + 2)]);
+        let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+        daemon.wait_for_log("ready", READY);
+        daemon
+    };
+    routes(&[(kept, b1), (removed, b1)]);
+    let daemon = start(&s);
+    let entry = |port: u16| -> Option<Value> {
+        let v = bpftool(&["map", "dump", "pinned", &s.pin("ROUTES").to_string_lossy()])
+            .expect("dump ROUTES");
+        v.as_array()?.iter().find_map(|e| {
+            let key = e["key"].as_array()?;
+            let lo =
+                u16::from_str_radix(key.first()?.as_str()?.trim_start_matches("0x"), 16).ok()?;
+            let hi =
+                u16::from_str_radix(key.get(1)?.as_str()?.trim_start_matches("0x"), 16).ok()?;
+            (lo | hi << 8 == port).then(|| e["value"].clone())
+        })
+    };
+    let kept_before = entry(kept).expect("the kept route is programmed");
+    assert!(entry(removed).is_some());
+    let status = daemon.stop(Signal::SIGTERM).expect("SIGTERM");
+    assert!(status.success());
+
+    // While no daemon runs the operator edits the routes.
+    routes(&[(kept, b1), (added, b1)]);
+    let mut daemon = start(&s);
+    let line = daemon.wait_for_log("adopted the pinned datapath", READY);
+    assert!(line.contains("routes=2"), "{line}");
+    wait::until("the routes reconciled", Duration::from_secs(20), || {
+        (entry(removed).is_none() && entry(added).is_some()).then_some(())
+    });
+    // The unchanged route was taken as it was: same route id and version, not rewritten.
+    assert_eq!(entry(kept), Some(kept_before));
+    let c = Client::connect(&s.t.client, SocketAddrV4::new(s.t.router_addr(), added))
+        .expect("connect to the added route");
+    assert_eq!(c.banner, "backend1");
+    c.finish().expect("close");
+    let c = Client::connect(&s.t.client, s.router()).expect("connect to the kept route");
+    assert_eq!(c.banner, "backend1");
+    c.finish().expect("close");
+}
+
+#[test]
+fn a_pinned_connection_table_too_small_for_the_configuration_is_refused() {
+    require_root();
+    let s = Setup::new();
+    let daemon = s.start(&[]);
+    let status = daemon.stop(Signal::SIGTERM).expect("SIGTERM");
+    assert!(status.success());
+    let ct4 = map_id(&s.pin("CT4"));
+    let mut cmd = s.command("run");
+    cmd.args(["--set", "ROUTER_MAX_CONNECTIONS=65536"]);
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("ROUTER_MAX_CONNECTIONS=65536"), "{stderr}");
+    assert!(stderr.contains("task-router uninstall"), "{stderr}");
+    assert_eq!(map_id(&s.pin("CT4")), ct4, "the pinned table is untouched");
+    // A smaller limit fits in the pinned table: adopted.
+    let mut cmd = s.command("run");
+    cmd.args(["--set", "ROUTER_MAX_CONNECTIONS=1024"]);
+    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+    daemon.wait_for_log("adopted the pinned datapath", READY);
+    daemon.wait_for_log("ready", READY);
+    assert_eq!(map_id(&s.pin("CT4")), ct4);
+}
