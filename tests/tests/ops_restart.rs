@@ -503,18 +503,16 @@ fn detach_on_exit_and_uninstall_leave_nothing_behind() {
     assert!(text.contains("nothing pinned"), "{text}");
 }
 
-/// No program of ours on the test interfaces (as `bpftool net` sees them in the router
-/// namespace) and the programs that ran there are gone from the kernel.
+/// No program of ours on the test interfaces (XDP and TCX hooks, asked of the kernel in the
+/// router namespace) and the programs that ran there are gone from the kernel.
 fn assert_nothing_attached(s: &Setup, programs: &[u64]) {
-    let out =
-        s.t.router
-            .command("bpftool")
-            .args(["-j", "net", "show"])
-            .output()
-            .expect("bpftool net show");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(!text.contains("task_router"), "still attached: {text}");
+    for dev in [&s.t.router_client.dev, &s.t.router_backend.dev] {
+        let names = router_tests::attached::program_names(&s.t.router, dev).expect("programs");
+        assert!(
+            !names.iter().any(|n| n.contains("task_router")),
+            "still attached to {dev}: {names:?}"
+        );
+    }
     for id in programs {
         wait::until(
             &format!("program {id} to be freed"),

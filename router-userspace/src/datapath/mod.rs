@@ -4,9 +4,12 @@
 //! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), settings
 //! ([`settings`]), counters ([`stats`]).
 //!
-//! The daemon's part: `Datapath::open(&cfg.datapath)`, report `attached()`, wrap it in a
-//! [`SharedDatapath`] (the reconciler's [`TcpForwarder`]), run a [`sweeper::Sweeper`] on it,
-//! read `stats()`, `route_counters()`, `fill()` and the sweep reports for metrics.
+//! The daemon's part: `Datapath::open_pinned(&cfg.datapath)` (maps and links pinned under
+//! `ROUTER_BPFFS` and adopted from an earlier daemon, see [`pins`]), report `attached()` and
+//! `adoption()`, wrap it in a [`SharedDatapath`] (the reconciler's [`TcpForwarder`]), run a
+//! [`sweeper::Sweeper`] on it, read `stats()`, `route_counters()`, `fill()` and the sweep
+//! reports for metrics; `unpin_all()` for `--detach-on-exit`. Tests and benchmarks use
+//! `Datapath::open` (nothing pinned, all gone with the process).
 //!
 //! Behaviour worth knowing (details in `router-ebpf`): a SYN for a router port without a route
 //! is passed to the host stack, which answers RST (nothing listens in the range) and counts
