@@ -45,12 +45,27 @@ use redirect::Verdict;
 /// it cannot deliver itself it passes untouched to the TC program on the same interface.
 #[xdp]
 pub fn task_router_xdp(ctx: XdpContext) -> u32 {
+    upgrade_test_mark();
     ctx::xdp_action(handle(&ctx))
+}
+
+/// The `upgrade-test` build (`cargo xtask test` builds it for the hitless-upgrade test) reads
+/// one more constant per packet, so its programs differ from the normal build's (another
+/// program tag) while doing the same. Nothing in the normal build.
+#[inline(always)]
+fn upgrade_test_mark() {
+    #[cfg(feature = "upgrade-test")]
+    {
+        static UPGRADE_TEST_MARK: u32 = 1;
+        // SAFETY: reading a valid static.
+        let _ = unsafe { core::ptr::read_volatile(&UPGRADE_TEST_MARK) };
+    }
 }
 
 /// Entry point on the TC ingress hook (veth, bridges, and behind XDP).
 #[classifier]
 pub fn task_router_tc(ctx: TcContext) -> i32 {
+    upgrade_test_mark();
     // Headers the programs read must be in the linear part of the skb.
     let need = (ETH_LEN + IP_LEN + 8 + IP_LEN + 8) as u32;
     if ctx.data() + need as usize > ctx.data_end()

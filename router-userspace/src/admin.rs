@@ -85,6 +85,9 @@ pub struct ClearmlStatus {
     /// Task writes seen between the router's reads and its write-back (merged or repaired).
     #[serde(default)]
     pub concurrent_writes: u64,
+    /// Latency histograms of the API calls, by endpoint and status.
+    #[serde(default)]
+    pub api_latency: Vec<crate::clearml::client::ApiCallStats>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -39,6 +39,10 @@ pub struct Config {
     pub log_level: String,
     /// `LOG_FORMAT` (`text|json`, default `text`).
     pub log_format: crate::logging::LogFormat,
+    /// `ROUTER_DETACH_ON_EXIT` / `--detach-on-exit` (default false): on exit, detach the
+    /// programs and unpin every map and link. By default they stay pinned and forwarding goes
+    /// on while no daemon runs; the next daemon adopts them.
+    pub detach_on_exit: bool,
 }
 
 /// How to reach the ClearML API server.
@@ -299,6 +303,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ROUTER_BPFFS",
         "/sys/fs/bpf/task-router",
         "bpffs directory where maps and links are pinned",
+    ),
+    var(
+        "ROUTER_DETACH_ON_EXIT",
+        "false",
+        "on exit, detach the programs and unpin everything (default: keep forwarding)",
     ),
     var(
         "ROUTER_MAX_CONNECTIONS",
@@ -1194,6 +1203,7 @@ impl Config {
                 expected: "an absolute path under a bpffs mount".into(),
             });
         }
+        let detach_on_exit = r.boolean("ROUTER_DETACH_ON_EXIT");
         let max_connections = r.parse(
             "ROUTER_MAX_CONNECTIONS",
             "a number between 1024 and 16777216",
@@ -1403,6 +1413,7 @@ impl Config {
             extra_bash_command,
             log_level,
             log_format,
+            detach_on_exit,
         })
     }
 
@@ -1454,6 +1465,7 @@ impl Config {
             ("ROUTER_DATAPATH", self.datapath.kind.to_string()),
             ("ROUTER_INTERFACES", interfaces),
             ("ROUTER_BPFFS", self.datapath.bpffs.display().to_string()),
+            ("ROUTER_DETACH_ON_EXIT", self.detach_on_exit.to_string()),
             (
                 "ROUTER_MAX_CONNECTIONS",
                 self.datapath.max_connections.to_string(),

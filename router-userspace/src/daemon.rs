@@ -63,10 +63,78 @@ pub struct Parts {
 // Factories: the owners the daemon drives.
 
 /// The eBPF datapath with its conntrack sweeper: the [`TcpForwarder`] of `auto|xdp|tc`.
+/// Its maps and links are pinned: dropping it leaves forwarding in place (hitless restart)
+/// unless `detach_on_exit`.
 struct KernelForwarder {
     datapath: crate::datapath::SharedDatapath,
     _sweeper: crate::datapath::sweeper::Sweeper,
     _kernel_log: Option<tokio::task::JoinHandle<()>>,
+    detach_on_exit: bool,
+}
+
+impl Drop for KernelForwarder {
+    fn drop(&mut self) {
+        if !self.detach_on_exit {
+            tracing::info!(
+                "leaving the datapath attached and pinned: forwarding goes on until the next daemon adopts it"
+            );
+            return;
+        }
+        match self.datapath.lock().map(|mut dp| dp.unpin_all()) {
+            Ok(Ok(removed)) => {
+                for what in removed {
+                    tracing::info!(removed = %what, "detach on exit");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %crate::datapath::error_chain(&e), "detaching on exit failed")
+            }
+            Err(e) => tracing::error!(error = %e, "detaching on exit failed"),
+        }
+    }
+}
+
+/// Logs what the datapath took over from an earlier daemon's pins.
+fn log_adoption(dp: &crate::datapath::Datapath) {
+    use crate::datapath::LinkChange;
+    let adoption = dp.adoption();
+    let dir = dp
+        .pin_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    if adoption.adopted() {
+        tracing::info!(
+            pins = %dir,
+            maps = %adoption.maps.join(","),
+            routes = adoption.routes,
+            connections = adoption.connections,
+            "adopted the pinned datapath"
+        );
+    } else {
+        tracing::info!(pins = %dir, "pinned a new datapath");
+    }
+    for (interface, change) in &adoption.links {
+        match change {
+            LinkChange::Attached { kind, program_id } => tracing::info!(
+                %interface, hook = kind.as_str(), program_id, "attached and pinned"
+            ),
+            LinkChange::Replaced {
+                kind,
+                link_id,
+                old_program_id,
+                new_program_id,
+            } => tracing::info!(
+                %interface, hook = kind.as_str(), link_id, old_program_id, new_program_id,
+                "replaced the program in the pinned link"
+            ),
+            LinkChange::Removed { kind } => tracing::info!(
+                %interface, hook = kind.as_str(), "detached the pinned link of another mode"
+            ),
+        }
+    }
+    for (interface, kind) in &adoption.removed_links {
+        tracing::info!(%interface, hook = kind.as_str(), "detached the pinned link of an interface no longer configured");
+    }
 }
 
 impl TcpForwarder for KernelForwarder {
@@ -103,7 +171,7 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
              interface to attach to"
         );
     }
-    let mut dp = crate::datapath::Datapath::open(&cfg.datapath).map_err(|e| {
+    let mut dp = crate::datapath::Datapath::open_pinned(&cfg.datapath).map_err(|e| {
         use crate::datapath::DatapathError as E;
         // Only a kernel that cannot take the programs justifies the nginx fallback; a wrong
         // interface name or an attach refusal is the operator's to fix.
@@ -118,6 +186,7 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
             err
         }
     })?;
+    log_adoption(&dp);
     let kernel_log = dp.spawn_kernel_log();
     let mut status = DatapathStatus {
         kind: cfg.datapath.kind.to_string(),
@@ -141,11 +210,22 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
             datapath: datapath.clone(),
             _sweeper: sweeper,
             _kernel_log: kernel_log,
+            detach_on_exit: cfg.detach_on_exit,
         }),
         status,
         nginx: None,
         kernel: Some(datapath.0),
     })
+}
+
+/// Whether an earlier daemon's datapath is pinned (and so forwarding) under `ROUTER_BPFFS`.
+fn pinned_datapath_exists(cfg: &Config) -> bool {
+    cfg.datapath
+        .bpffs
+        .join(crate::datapath::pins::layout_dir_name(
+            router_common::LAYOUT_VERSION,
+        ))
+        .exists()
 }
 
 /// nginx `stream` servers: the fallback [`TcpForwarder`].
@@ -188,7 +268,12 @@ pub fn open_tcp_forwarder(cfg: &Config) -> Result<TcpParts> {
         }
         DatapathKind::Ebpf(crate::datapath::AttachMode::Auto) => match open_kernel_forwarder(cfg) {
             Ok(parts) => Ok(parts),
-            Err(e) if e.chain().any(|c| c.to_string() == CANNOT_LOAD) => {
+            // A pinned datapath is forwarding: the kernel did take programs, so a build whose
+            // programs it refuses must not replace it with nginx (nor be half-applied).
+            Err(e)
+                if e.chain().any(|c| c.to_string() == CANNOT_LOAD)
+                    && !pinned_datapath_exists(cfg) =>
+            {
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     "the eBPF datapath cannot load: FALLING BACK to nginx stream servers \
@@ -1358,6 +1443,9 @@ impl Engine {
             s.clearml.api_calls = calls;
             s.clearml.api_failures = failures;
             s.clearml.concurrent_writes = concurrent;
+        }
+        if let Some(c) = &self.client {
+            s.clearml.api_latency = c.stats.latency();
         }
         s.routes_file = self.routes_file.as_ref().map(|f| admin::RoutesFileStatus {
             path: f.path().display().to_string(),

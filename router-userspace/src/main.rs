@@ -43,6 +43,12 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Show the running daemon's routes, refusals and health, read from its admin endpoint.
     Status(StatusArgs),
+    /// Remove everything `run` left in place: detach the programs, unpin every link and map
+    /// under ROUTER_BPFFS (of any layout version) and remove the nginx files it generated
+    /// (stopping a managed nginx). Cuts the connections it forwards. Stop the daemon first;
+    /// give it the configuration the daemon ran with. Safe to repeat.
+    #[command(after_long_help = variables_help())]
+    Uninstall(ConfigArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -73,6 +79,10 @@ struct ConfigArgs {
     /// How often tasks are synced (`2s`, `500ms`). Sets ROUTER_POLL_INTERVAL.
     #[arg(long, value_name = "DURATION")]
     poll_interval: Option<String>,
+    /// On exit, detach the programs and unpin everything, as `uninstall` does (default: leave
+    /// them forwarding for the next daemon to adopt). Sets ROUTER_DETACH_ON_EXIT.
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Set any variable (see the list below); wins over the environment. Repeatable.
     #[arg(long = "set", value_name = "VAR=VALUE", value_parser = parse_assignment)]
     set: Vec<(String, String)>,
@@ -155,6 +165,10 @@ impl ConfigArgs {
         );
         add("ROUTER_ADMIN_ADDR", self.admin_addr.clone());
         add("ROUTER_POLL_INTERVAL", self.poll_interval.clone());
+        add(
+            "ROUTER_DETACH_ON_EXIT",
+            self.detach_on_exit.then(|| "true".to_string()),
+        );
         flags.extend(self.set.iter().cloned());
         flags
     }
@@ -166,6 +180,50 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&cli, args.clone()),
         Command::CheckConfig(args) => check_config(&cli, args),
         Command::Status(args) => status(args),
+        Command::Uninstall(args) => uninstall(&cli, args),
+    }
+}
+
+fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
+    let (cfg, _) = match load(cli, args) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if let Err(e) = logging::init(&cfg.log_level, cfg.log_format) {
+        eprintln!("task-router: {e:#}");
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    let bpffs = &cfg.datapath.bpffs;
+    match router_userspace::datapath::pins::uninstall(bpffs) {
+        Ok(done) if done.is_empty() => println!("nothing pinned under {}", bpffs.display()),
+        Ok(done) => done.iter().for_each(|line| println!("{line}")),
+        Err(e) => {
+            eprintln!(
+                "task-router uninstall: {}",
+                router_userspace::datapath::error_chain(&e)
+            );
+            failed = true;
+        }
+    }
+    match router_userspace::nginx::uninstall(&cfg.nginx) {
+        Ok(done) if done.is_empty() => println!(
+            "no nginx files of task-router in {}",
+            cfg.nginx.conf_dir.display()
+        ),
+        Ok(done) => done.iter().for_each(|line| println!("{line}")),
+        Err(e) => {
+            eprintln!(
+                "task-router uninstall: {}",
+                router_userspace::datapath::error_chain(&e)
+            );
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

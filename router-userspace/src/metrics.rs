@@ -52,6 +52,16 @@ pub fn router(sources: Sources) -> Router {
         .with_state(Arc::new(registry))
 }
 
+/// The text a `/metrics` scrape of `sources` returns, without the HTTP server (the
+/// observability benchmark renders it on its own schedule).
+pub fn render(sources: &Sources) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(sources.clone()));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
     // Reading the maps is a few syscalls per route and reason; keep them off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
@@ -226,6 +236,7 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Counter,
         c.api_failures as f64,
     )?;
+    encode_api_latency(encoder, &c.api_latency)?;
     family(
         encoder,
         "task_router_clearml_state",
@@ -289,6 +300,42 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Gauge,
         s.refused.len() as f64,
     )?;
+    Ok(())
+}
+
+/// `task_router_clearml_api_request_duration_seconds{endpoint, status}`: one histogram per
+/// API endpoint and outcome (its `_count` is the calls by endpoint and status).
+fn encode_api_latency(
+    encoder: &mut DescriptorEncoder,
+    calls: &[crate::clearml::client::ApiCallStats],
+) -> Result<(), std::fmt::Error> {
+    use crate::clearml::client::LATENCY_BUCKETS;
+    let mut metric = encoder.encode_descriptor(
+        "task_router_clearml_api_request_duration_seconds",
+        "ClearML API call latency by endpoint and status (HTTP code, or timeout/unreachable/malformed)",
+        None,
+        MetricType::Histogram,
+    )?;
+    for call in calls {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(call.buckets.iter().copied().chain(std::iter::repeat(0)))
+            .collect();
+        let labels = [
+            ("endpoint", call.endpoint.clone()),
+            ("status", call.status.clone()),
+        ];
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                call.sum_seconds,
+                call.count,
+                &buckets,
+                None,
+            )?;
+    }
     Ok(())
 }
 
@@ -464,6 +511,16 @@ mod tests {
         status.clearml.concurrent_writes = 5;
         status.state_error = Some("No space left on device".into());
         status.degraded = vec!["state not saved: ...".into(), "held".into()];
+        let mut buckets = vec![0; crate::clearml::client::LATENCY_BUCKETS.len() + 1];
+        buckets[1] = 2; // <= 10 ms
+        buckets[12] = 1; // > 30 s
+        status.clearml.api_latency = vec![crate::clearml::client::ApiCallStats {
+            endpoint: "tasks.get_all_ex".into(),
+            status: "200".into(),
+            count: 3,
+            sum_seconds: 31.5,
+            buckets,
+        }];
         status.routes = vec![
             RouteStatus {
                 kind: "tcp".into(),
@@ -501,6 +558,26 @@ mod tests {
             ("task_router_clearml_concurrent_writes_total", 5.0),
             ("task_router_state_save_failing", 1.0),
             ("task_router_degraded", 2.0),
+            (
+                "task_router_clearml_api_request_duration_seconds_count{endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                3.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"0.005\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                0.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"0.01\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                2.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"30.0\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                2.0,
+            ),
+            (
+                "task_router_clearml_api_request_duration_seconds_bucket{le=\"+Inf\",endpoint=\"tasks.get_all_ex\",status=\"200\"}",
+                3.0,
+            ),
         ] {
             let found = text.lines().find_map(|l| {
                 l.strip_prefix(series)?

@@ -10,11 +10,23 @@ use std::time::Duration;
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// The pin directory given when the test named none (dropped after the child is killed).
+    _pins: Option<crate::pins::PinRoot>,
 }
 
 impl Daemon {
-    /// Starts `cmd` (usually `task-router run ...`, possibly under `ip netns exec`).
+    /// Starts `cmd` (usually `task-router run ...`, possibly under `ip netns exec`). Unless the
+    /// command names a `ROUTER_BPFFS` (in its environment or a `--set`), the daemon pins into a
+    /// directory of this test's own, removed when the `Daemon` is dropped.
     pub fn spawn(mut cmd: Command) -> Result<Daemon> {
+        let named = cmd.get_envs().any(|(k, _)| k == "ROUTER_BPFFS")
+            || cmd
+                .get_args()
+                .any(|a| a.to_string_lossy().starts_with("ROUTER_BPFFS="));
+        let pins = (!named).then(|| crate::pins::PinRoot::new("trpin"));
+        if let Some(p) = &pins {
+            cmd.env("ROUTER_BPFFS", p.path());
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -33,7 +45,11 @@ impl Daemon {
                 }
             }
         });
-        Ok(Daemon { child, log })
+        Ok(Daemon {
+            child,
+            log,
+            _pins: pins,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -45,10 +61,18 @@ impl Daemon {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    /// Waits until a log line contains `needle`; fails with the log if the daemon exits first.
+    /// Waits until a log line contains `needle`; fails with the log if the daemon exits first
+    /// or the time runs out.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
         let what = format!("daemon log line containing {needle:?}");
-        crate::wait::until(&what, timeout, || {
+        let deadline = std::time::Instant::now() + timeout;
+        crate::wait::until(&what, timeout + Duration::from_secs(1), || {
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; the log:\n{}",
+                    self.log()
+                );
+            }
             if let Some(line) = self
                 .log
                 .lock()

@@ -15,7 +15,7 @@
 use crate::clearml_server::sdk::{SdkEnv, SdkTask};
 use crate::clearml_server::{ClearmlServer, ServerOptions};
 use crate::daemon::Daemon;
-use crate::netns::{Netns, VethEnd, unique, veth};
+use crate::netns::{Netns, VethEnd, veth};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use std::io::{Read, Write};
@@ -74,7 +74,8 @@ pub struct Testbed {
     /// Router-side ends of the links: to the client, host1, host2.
     pub router_ends: Vec<VethEnd>,
     pub router_url: String,
-    bpffs: std::path::PathBuf,
+    /// A bpffs of its own for the daemon's pins (`ip netns exec` hides the host's).
+    bpffs: crate::pins::PinRoot,
     dir: tempfile::TempDir,
 }
 
@@ -102,7 +103,7 @@ impl Testbed {
         })?;
 
         let dir = tempfile::tempdir().context("temporary directory")?;
-        let bpffs = std::path::PathBuf::from("/sys/fs/bpf").join(unique("e2e"));
+        let bpffs = crate::pins::PinRoot::new("e2e");
         let router_url = format!("http://{ROUTER_PUBLIC}:{WEB_PORT}");
         let mut bed = Testbed {
             daemon: None,
@@ -153,7 +154,7 @@ impl Testbed {
             .env("ROUTER_PORT_GRACE", &opts.port_grace)
             .env("ROUTER_DATAPATH", &opts.datapath)
             .env("ROUTER_INTERFACES", interfaces.join(","))
-            .env("ROUTER_BPFFS", &self.bpffs)
+            .env("ROUTER_BPFFS", self.bpffs.path())
             .env("ROUTER_STATE_DIR", &state)
             .env("ROUTER_ADMIN_ADDR", ADMIN.to_string())
             .env("ROUTER__WEBSERVER__SERVER_PORT", WEB_PORT.to_string())
@@ -282,11 +283,6 @@ impl Drop for Testbed {
         // Whatever still runs in our namespaces was started by this testbed (nginx, SDK tasks).
         for ns in [&self.router, &self.host1, &self.host2, &self.client] {
             kill_all_in(ns);
-        }
-        if self.bpffs.exists()
-            && let Err(e) = std::fs::remove_dir_all(&self.bpffs)
-        {
-            eprintln!("cleanup: {}: {e}", self.bpffs.display());
         }
     }
 }

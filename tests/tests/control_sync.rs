@@ -770,7 +770,10 @@ fn an_unknown_queue_or_bad_credentials_stop_start_up() {
     .expect("veth");
     let server = server_in(&router);
     let state = temp_dir("q");
+    // Run to completion here, not through `Daemon`: the pins need a bpffs of this test's own.
+    let pins = router_tests::pins::PinRoot::new("trsq");
     let out = daemon_command(&router, &server, &r.dev, state.path())
+        .env("ROUTER_BPFFS", pins.path())
         .env("LISTEN_QUEUE_NAME", "gpu-queue")
         .output()
         .expect("run");
@@ -780,6 +783,7 @@ fn an_unknown_queue_or_bad_credentials_stop_start_up() {
     assert!(!stderr.contains("admin endpoint listening"), "{stderr}");
 
     let out = daemon_command(&router, &server, &r.dev, state.path())
+        .env("ROUTER_BPFFS", pins.path())
         .env("CLEARML_API_SECRET_KEY", "wrong")
         .output()
         .expect("run");

@@ -7,7 +7,7 @@
 mod deploy_support;
 
 use deploy_support::*;
-use router_tests::netns::{Netns, unique, veth};
+use router_tests::netns::{Netns, veth};
 use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -25,23 +25,8 @@ fn show(out: &Output) -> String {
 }
 
 /// A directory on the host's bpffs for one test's pins, removed with its contents on drop.
-struct BpffsDir(PathBuf);
-
-impl BpffsDir {
-    fn new() -> BpffsDir {
-        BpffsDir(Path::new("/sys/fs/bpf").join(unique("trdep")))
-    }
-}
-
-impl Drop for BpffsDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = std::fs::remove_dir_all(&self.0)
-        {
-            eprintln!("cleanup {}: {e}", self.0.display());
-        }
-    }
-}
+/// The pins of a daemon under test: a bpffs of the test's own (see `router_tests::pins`).
+type BpffsDir = router_tests::pins::PinRoot;
 
 /// `task-router run` in `ns` on `dev`, as root with only `caps`, the eBPF datapath forced (no
 /// silent fallback to nginx), its pins and state in test-owned places.
@@ -59,7 +44,7 @@ fn daemon_with_caps(
     }
     cmd.env("ROUTER_INTERFACES", dev)
         .env("ROUTER_DATAPATH", "tc")
-        .env("ROUTER_BPFFS", bpffs.0.join("task-router"))
+        .env("ROUTER_BPFFS", bpffs.path())
         .env("ROUTER_STATE_DIR", state);
     cmd
 }
@@ -78,7 +63,7 @@ fn daemon_starts_and_is_healthy_with_only_the_compose_capabilities() {
         Ipv4Addr::new(10, 211, 0, 2),
     )
     .expect("veth");
-    let bpffs = BpffsDir::new();
+    let bpffs = BpffsDir::new("trdep");
     let state = tempfile::tempdir().expect("state dir");
     let mut daemon = Daemon::spawn(daemon_with_caps(
         &router,
@@ -139,7 +124,7 @@ fn without_cap_bpf_the_daemon_refuses_to_start() {
         ])
         .expect("veth");
     router.ip(&["link", "set", "tdhv0", "up"]).expect("up");
-    let bpffs = BpffsDir::new();
+    let bpffs = BpffsDir::new("trdep");
     let state = tempfile::tempdir().expect("state dir");
     let out = daemon_with_caps(&router, "tdhv0", &caps, &bpffs, state.path())
         .output()

@@ -134,11 +134,19 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
         &format!("{}:xdp", r1.dev),
         "--interface",
         &r2.dev,
+        // The default leaves the programs attached for the next daemon (see ops_restart).
+        "--detach-on-exit",
     ]);
     let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-    let line = daemon.wait_for_log(&format!("interface={}", r1.dev), Duration::from_secs(20));
+    let line = daemon.wait_for_log(
+        &format!("attached interface={}", r1.dev),
+        Duration::from_secs(20),
+    );
     assert!(line.contains("mode=xdp"), "xdp interface line: {line}");
-    let line = daemon.wait_for_log(&format!("interface={}", r2.dev), Duration::from_secs(20));
+    let line = daemon.wait_for_log(
+        &format!("attached interface={}", r2.dev),
+        Duration::from_secs(20),
+    );
     assert!(
         line.contains("mode=tc"),
         "auto on veth must pick tc: {line}"

@@ -1,7 +1,8 @@
 //! `cargo xtask bench [SECTION]`: benchmarks, never timed tests. Each section is a driver
 //! binary run as root after the kernel object is built; `bench` alone runs every section.
 //! Sections: `control` and `http` (their own modules), `datapath` (per-packet program costs through BPF_PROG_TEST_RUN, and the
-//! datapath against its peers in a veth topology). Results: Markdown on stdout and in
+//! datapath against its peers in a veth topology), `observability` (the datapath with and
+//! without `/metrics` scraped every second). Results: Markdown on stdout and in
 //! `target/bench/<section>.md`, raw rounds as JSON next to it.
 
 use crate::build::{self, EbpfOptions};
@@ -22,10 +23,18 @@ pub enum Section {
     /// HTTP routes: generated vs hand-written nginx config, apply-to-routed time
     /// (`cargo xtask bench-http` takes its own options).
     Http,
+    /// Cost of observability: datapath throughput and connection rate with `/metrics`
+    /// scraped every second versus not (target: under 2 % difference).
+    Observability,
 }
 
 impl Section {
-    const ALL: [Section; 3] = [Section::Datapath, Section::Control, Section::Http];
+    const ALL: [Section; 4] = [
+        Section::Datapath,
+        Section::Control,
+        Section::Http,
+        Section::Observability,
+    ];
 }
 
 #[derive(Args)]
@@ -59,6 +68,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     for section in sections {
         match section {
             Section::Datapath => datapath(&object, opts)?,
+            Section::Observability => observability(&object, opts)?,
             Section::Control => {
                 crate::bench_control::run(&crate::bench_control::BenchControlOptions {
                     tasks: 10_000,
@@ -115,6 +125,40 @@ fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
         report.push_str(&table);
     }
     let file = out_dir.join("datapath.md");
+    std::fs::write(&file, &report)?;
+    println!("{report}");
+    eprintln!("xtask: report written to {}", file.display());
+    Ok(())
+}
+
+fn observability(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
+    cmd::run(build::host_cargo(object).args([
+        "build",
+        "--package",
+        "router-tests",
+        "--bin",
+        "datapath-bench",
+    ]))
+    .context("building the datapath benchmark driver failed")?;
+    let bin = target_dir().join("debug/datapath-bench");
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let table = capture(Command::new(&bin).args([
+        "observability",
+        "--rounds",
+        &opts.rounds.to_string(),
+        "--seconds",
+        &opts.seconds.to_string(),
+    ]))
+    .context("observability cost")?;
+    let report = format!(
+        "# Cost of observability\n\nCommand: `cargo xtask bench observability --rounds {} --seconds {}` \
+         (as root). The datapath (auto: TC) in the benchmark's veth topology, 1-stream iperf3 and \
+         the connection rate, with the daemon's `/metrics` text rendered from the live datapath \
+         every second versus not, interleaved rounds (medians; target: under 2 % difference).\n\n{table}",
+        opts.rounds, opts.seconds
+    );
+    let file = out_dir.join("observability.md");
     std::fs::write(&file, &report)?;
     println!("{report}");
     eprintln!("xtask: report written to {}", file.display());

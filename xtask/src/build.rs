@@ -78,6 +78,44 @@ pub fn ebpf(opts: &EbpfOptions) -> Result<PathBuf> {
     Ok(object)
 }
 
+/// The `upgrade-test` variant of the kernel object (release profile, in a target dir of its
+/// own so it never invalidates the normal build): what the hitless-upgrade test upgrades to.
+pub fn ebpf_upgrade_variant() -> Result<PathBuf> {
+    setup::ensure()?;
+    let root = workspace_root();
+    let target_dir = root.join("target/ebpf-upgrade-test");
+    let mut cargo = cmd::cargo_for(Some(NIGHTLY));
+    cargo
+        .current_dir(root.join("router-ebpf"))
+        .args([
+            "build",
+            "--release",
+            "--features",
+            "upgrade-test",
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-Cdebuginfo=2 -Clink-arg=--btf",
+        );
+    cmd::run(&mut cargo).context("building the upgrade-test kernel object failed")?;
+    let object = target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join("router-ebpf");
+    anyhow::ensure!(
+        object.exists(),
+        "the build did not produce {}",
+        object.display()
+    );
+    Ok(object)
+}
+
 /// Host cargo with the embedded object's path set for `router-userspace`'s build script.
 pub fn host_cargo(object: &std::path::Path) -> Command {
     let mut cargo = Command::new("cargo");

@@ -21,6 +21,8 @@ pub fn run(opts: &TestOptions) -> Result<()> {
     prereq::ensure_all()?;
     prereq::ensure_sdk_venvs()?;
     let object = build::ebpf(&EbpfOptions { release: true })?;
+    // The hitless-upgrade test (`ops_restart`) upgrades a running datapath to this one.
+    build::ebpf_upgrade_variant()?;
     let root = workspace_root();
     if !opts.no_lint {
         cmd::run(

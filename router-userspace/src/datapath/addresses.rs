@@ -32,14 +32,25 @@ fn key(ip: Ipv4Addr) -> u32 {
 }
 
 impl LocalAddresses {
+    /// Takes the map (a pinned one with an earlier daemon's addresses, or a new one) and
+    /// programs the wanted addresses.
     pub fn new(map: Map, fixed: &[Ipv4Addr]) -> Result<LocalAddresses, DatapathError> {
-        let map = HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
-            map: LOCAL_ADDRS,
-            source: Box::new(source),
-        })?;
+        let map: HashMap<MapData, u32, u32> =
+            HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
+                map: LOCAL_ADDRS,
+                source: Box::new(source),
+            })?;
+        let mut programmed = BTreeSet::new();
+        for key in map.keys() {
+            let key = key.map_err(|source| DatapathError::MapRead {
+                map: LOCAL_ADDRS,
+                source: Box::new(source),
+            })?;
+            programmed.insert(Ipv4Addr::from(key.to_ne_bytes()));
+        }
         let mut owner = LocalAddresses {
             map,
-            programmed: BTreeSet::new(),
+            programmed,
             fixed: fixed.to_vec(),
         };
         owner.refresh()?;

@@ -251,3 +251,267 @@ fn attach_tc(ebpf: &mut Ebpf, interface: &str) -> Result<ResolvedMode, DatapathE
         })?;
     Ok(ResolvedMode::Tc)
 }
+
+// ------------------------------------------------------------------------------------------
+// Pinned links: attached once, then kept by their pin; a later daemon replaces the program in
+// them atomically (BPF_LINK_UPDATE through aya's `attach_to_link`), so no packet meets an
+// interface without a program.
+
+use super::pins::{LinkKind, PinDir};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::xdp::XdpLink;
+
+/// What happened to one link of an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// Newly attached and pinned.
+    Attached { kind: LinkKind, program_id: u32 },
+    /// Pinned by an earlier daemon; now runs this daemon's program.
+    Replaced {
+        kind: LinkKind,
+        link_id: u32,
+        old_program_id: u32,
+        new_program_id: u32,
+    },
+    /// Pinned, but no longer wanted (another mode configured): detached and unpinned.
+    Removed { kind: LinkKind },
+}
+
+fn link_error(
+    operation: &'static str,
+    kind: LinkKind,
+    interface: &str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> DatapathError {
+    let interface = interface.to_string();
+    move |source| DatapathError::Link {
+        operation,
+        kind: kind.as_str(),
+        interface,
+        source,
+    }
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(
+    e: E,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+fn program_id_of(link: &FdLink, kind: LinkKind, interface: &str) -> Result<u32, DatapathError> {
+    link.info()
+        .map(|i| i.program_id())
+        .map_err(|e| link_error("reading", kind, interface)(boxed(e)))
+}
+
+/// Whether a link update failed because the link's interface is gone (the link is defunct).
+fn is_defunct(e: &aya::programs::ProgramError) -> bool {
+    matches!(e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOLINK))
+}
+
+/// Puts this object's program into the pinned link of `kind` on `interface`. `Ok(None)` when
+/// the link is defunct (its interface was deleted since); it is unpinned then.
+fn replace_pinned(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    kind: LinkKind,
+    interface: &str,
+) -> Result<Option<LinkChange>, DatapathError> {
+    let path = pins.link_path(kind, interface);
+    let pinned = PinnedLink::from_pin(&path)
+        .map_err(|e| link_error("opening", kind, interface)(boxed(e)))?;
+    let fd_link = FdLink::from(pinned);
+    let info = fd_link
+        .info()
+        .map_err(|e| link_error("reading", kind, interface)(boxed(e)))?;
+    let updated = match kind {
+        LinkKind::Tc => {
+            let link = SchedClassifierLink::try_from(fd_link)
+                .map_err(|e| link_error("adopting", kind, interface)(boxed(e)))?;
+            let program = tc_program(ebpf, TC_PROGRAM)?;
+            match program.attach_to_link(link) {
+                Ok(id) => {
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
+                    Some(
+                        FdLink::try_from(link)
+                            .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?,
+                    )
+                }
+                Err(e) if is_defunct(&e) => None,
+                Err(e) => return Err(link_error("updating", kind, interface)(boxed(e))),
+            }
+        }
+        LinkKind::Xdp | LinkKind::XdpGeneric => {
+            let link = XdpLink::try_from(fd_link)
+                .map_err(|e| link_error("adopting", kind, interface)(boxed(e)))?;
+            let program = xdp_program(ebpf, XDP_PROGRAM)?;
+            match program.attach_to_link(link) {
+                Ok(id) => {
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
+                    Some(
+                        FdLink::try_from(link)
+                            .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?,
+                    )
+                }
+                Err(e) if is_defunct(&e) => None,
+                Err(e) => return Err(link_error("updating", kind, interface)(boxed(e))),
+            }
+        }
+    };
+    let Some(link) = updated else {
+        tracing::warn!(
+            interface,
+            kind = kind.as_str(),
+            "the pinned link's interface is gone; attaching anew"
+        );
+        std::fs::remove_file(&path)
+            .map_err(|e| link_error("unpinning", kind, interface)(boxed(e)))?;
+        return Ok(None);
+    };
+    let new_program_id = program_id_of(&link, kind, interface)?;
+    // The pin keeps the link attached; this process's handle is not needed.
+    drop(link);
+    Ok(Some(LinkChange::Replaced {
+        kind,
+        link_id: info.id(),
+        old_program_id: info.program_id(),
+        new_program_id,
+    }))
+}
+
+/// Attaches the program of `kind` to `interface` and pins the link.
+fn attach_and_pin(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    kind: LinkKind,
+    interface: &str,
+) -> Result<LinkChange, DatapathError> {
+    let path = pins.link_path(kind, interface);
+    let link: FdLink = match kind {
+        LinkKind::Tc => {
+            let program = tc_program(ebpf, TC_PROGRAM)?;
+            let id = program
+                .attach(interface, TcAttachType::Ingress)
+                .map_err(|source| DatapathError::Attach {
+                    source: Box::new(source),
+                    program: TC_PROGRAM,
+                    interface: interface.to_string(),
+                    mode: "tc",
+                })?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
+            FdLink::try_from(link).map_err(|e| link_error("taking", kind, interface)(boxed(e)))?
+        }
+        LinkKind::Xdp | LinkKind::XdpGeneric => {
+            let (mode, label) = if kind == LinkKind::Xdp {
+                (XdpMode::Driver, "xdp")
+            } else {
+                (XdpMode::Skb, "xdp-generic")
+            };
+            let program = xdp_program(ebpf, XDP_PROGRAM)?;
+            let id = program
+                .attach(interface, mode)
+                .map_err(|source| DatapathError::Attach {
+                    source: Box::new(source),
+                    program: XDP_PROGRAM,
+                    interface: interface.to_string(),
+                    mode: label,
+                })?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
+            FdLink::try_from(link).map_err(|e| link_error("taking", kind, interface)(boxed(e)))?
+        }
+    };
+    let program_id = program_id_of(&link, kind, interface)?;
+    link.pin(&path)
+        .map_err(|e| link_error("pinning", kind, interface)(boxed(e)))?;
+    Ok(LinkChange::Attached { kind, program_id })
+}
+
+/// Detaches and unpins the pinned link of `kind` on `interface`.
+pub fn remove_pinned(pins: &PinDir, kind: LinkKind, interface: &str) -> Result<(), DatapathError> {
+    let path = pins.link_path(kind, interface);
+    if let Err(e) = super::sys::detach_pinned_link(&path) {
+        tracing::debug!(link = %path.display(), error = %e, "detaching before unpinning");
+    }
+    std::fs::remove_file(&path).map_err(|e| link_error("unpinning", kind, interface)(boxed(e)))
+}
+
+/// [`attach`] with pinned links: adopts (replaces the program in) the links an earlier daemon
+/// pinned for `interface` in the mode asked, attaches and pins the missing ones, and removes
+/// pinned links of another mode. `auto` keeps the XDP-or-TC choice a pinned link records.
+pub fn attach_pinned(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    pinned: &[LinkKind],
+    interface: &str,
+    mode: AttachMode,
+) -> Result<(Attached, Vec<LinkChange>), DatapathError> {
+    let Some(ifindex) = interface_index(interface) else {
+        return Err(DatapathError::NoSuchInterface(interface.to_string()));
+    };
+    let has = |k: LinkKind| pinned.contains(&k);
+    let xdp_kind = match mode {
+        AttachMode::Tc => None,
+        AttachMode::Xdp => Some(LinkKind::Xdp),
+        AttachMode::XdpGeneric => Some(LinkKind::XdpGeneric),
+        AttachMode::Auto if has(LinkKind::Xdp) => Some(LinkKind::Xdp),
+        AttachMode::Auto if has(LinkKind::Tc) => None,
+        AttachMode::Auto if is_physical(interface) => Some(LinkKind::Xdp),
+        AttachMode::Auto => None,
+    };
+    let mut changes = Vec::new();
+    for &kind in pinned {
+        if kind != LinkKind::Tc && Some(kind) != xdp_kind {
+            remove_pinned(pins, kind, interface)?;
+            changes.push(LinkChange::Removed { kind });
+        }
+    }
+    let mut wanted = vec![LinkKind::Tc];
+    wanted.extend(xdp_kind);
+    let mut resolved = ResolvedMode::Tc;
+    for kind in wanted {
+        let adopted = if has(kind) {
+            replace_pinned(ebpf, pins, kind, interface)?
+        } else {
+            None
+        };
+        let change = match adopted {
+            Some(change) => change,
+            None => match attach_and_pin(ebpf, pins, kind, interface) {
+                Ok(change) => change,
+                Err(e) if mode == AttachMode::Auto && kind == LinkKind::Xdp => {
+                    tracing::warn!(
+                        interface,
+                        error = %crate::datapath::error_chain(&e),
+                        "native XDP unavailable, using TC"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        changes.push(change);
+        resolved = match kind {
+            LinkKind::Tc => resolved,
+            LinkKind::Xdp => ResolvedMode::Xdp,
+            LinkKind::XdpGeneric => ResolvedMode::XdpGeneric,
+        };
+    }
+    if resolved == ResolvedMode::Xdp {
+        add_xdp_target(ebpf, ifindex)?;
+    }
+    Ok((
+        Attached {
+            interface: interface.to_string(),
+            mode: resolved,
+        },
+        changes,
+    ))
+}

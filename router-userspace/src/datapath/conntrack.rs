@@ -184,6 +184,21 @@ impl Conntrack {
         })
     }
 
+    /// Takes over a pinned table and count: the connections an earlier daemon counted as
+    /// removed stay removed.
+    pub fn adopt(table: Map, count: Map, capacity: u32) -> Result<Conntrack, DatapathError> {
+        let mut owner = Conntrack::new(table, count, capacity)?;
+        owner.removed =
+            owner
+                .count
+                .get(&CT_REMOVED, 0)
+                .map_err(|source| DatapathError::MapRead {
+                    map: CT_COUNT,
+                    source: Box::new(source),
+                })?;
+        Ok(owner)
+    }
+
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timeouts = timeouts;
     }

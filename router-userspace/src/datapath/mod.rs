@@ -4,9 +4,12 @@
 //! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), settings
 //! ([`settings`]), counters ([`stats`]).
 //!
-//! The daemon's part: `Datapath::open(&cfg.datapath)`, report `attached()`, wrap it in a
-//! [`SharedDatapath`] (the reconciler's [`TcpForwarder`]), run a [`sweeper::Sweeper`] on it,
-//! read `stats()`, `route_counters()`, `fill()` and the sweep reports for metrics.
+//! The daemon's part: `Datapath::open_pinned(&cfg.datapath)` (maps and links pinned under
+//! `ROUTER_BPFFS` and adopted from an earlier daemon, see [`pins`]), report `attached()` and
+//! `adoption()`, wrap it in a [`SharedDatapath`] (the reconciler's [`TcpForwarder`]), run a
+//! [`sweeper::Sweeper`] on it, read `stats()`, `route_counters()`, `fill()` and the sweep
+//! reports for metrics; `unpin_all()` for `--detach-on-exit`. Tests and benchmarks use
+//! `Datapath::open` (nothing pinned, all gone with the process).
 //!
 //! Behaviour worth knowing (details in `router-ebpf`): a SYN for a router port without a route
 //! is passed to the host stack, which answers RST (nothing listens in the range) and counts
@@ -22,6 +25,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod kernel_log;
 pub mod object;
+pub mod pins;
 pub mod port_flags;
 pub mod route_map;
 pub mod settings;
@@ -30,7 +34,7 @@ pub mod sweeper;
 mod sys;
 pub mod test_run;
 
-pub use attach::{AttachMode, Attached, ResolvedMode};
+pub use attach::{AttachMode, Attached, LinkChange, ResolvedMode};
 pub use conntrack::{ConnState, Connection, Counters, RouteCounters, SweepReport, Timeouts};
 pub use object::{DatapathError, load};
 pub use route_map::Programmed;
@@ -82,6 +86,72 @@ pub struct Datapath {
     last_sweep: Option<SweepReport>,
     /// The network namespace the datapath serves (the sweeper's thread joins it).
     netns: Option<OwnedFd>,
+    /// Where maps and links are pinned (`None`: nothing pinned, all gone with the process).
+    pins: Option<pins::PinDir>,
+    adoption: Adoption,
+}
+
+/// What [`Datapath::open_pinned`] found and did with an earlier daemon's pins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// State maps taken over from the pins (empty: a fresh start).
+    pub maps: Vec<&'static str>,
+    /// Routes found in the pinned route map.
+    pub routes: usize,
+    /// Connections found in the pinned connection table (as of the first sweep).
+    pub connections: u64,
+    /// Per interface, what happened to its links.
+    pub links: Vec<(String, LinkChange)>,
+    /// Pinned links of interfaces no longer configured: detached and unpinned.
+    pub removed_links: Vec<(String, pins::LinkKind)>,
+}
+
+impl Adoption {
+    pub fn adopted(&self) -> bool {
+        !self.maps.is_empty()
+    }
+}
+
+/// Refuses pinned maps this build's object does not define the same way (see [`pins`]).
+fn check_pinned_shapes(
+    pins: &pins::PinDir,
+    pinned: &[&'static str],
+    object_bytes: &[u8],
+    max_connections: u32,
+) -> Result<(), DatapathError> {
+    let definitions = object::map_definitions(object_bytes)?;
+    for &name in pinned {
+        let path = pins.map_path(name);
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| DatapathError::Pin {
+            operation: "opening",
+            path: path.clone(),
+            source: std::io::Error::other(error_chain(&e)),
+        })?;
+        let expected = definitions
+            .get(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let min_entries = (name == maps::CT4).then(|| object::conntrack_entries(max_connections));
+        let mismatch = |difference| DatapathError::PinnedMapMismatch {
+            dir: pins.dir().to_path_buf(),
+            map: name,
+            difference,
+            version: router_common::LAYOUT_VERSION,
+        };
+        if let Some(difference) = pins::shape_mismatch(&info, expected, min_entries) {
+            return Err(mismatch(difference));
+        }
+        if let Some(needed) = min_entries
+            && info.max_entries() < needed
+        {
+            return Err(DatapathError::ConntrackTooSmall {
+                dir: pins.dir().to_path_buf(),
+                pinned: info.max_entries(),
+                needed,
+                max_connections,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The kernel answers next-hop look-ups for packets arriving on an interface only when it
@@ -106,8 +176,34 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
 impl Datapath {
     /// Loads the programs with maps sized from `cfg`, verifies them, programs the router's
     /// addresses and attaches every configured interface (in the calling thread's network
-    /// namespace).
+    /// namespace). Nothing is pinned: everything goes with the process (tests, benchmarks).
     pub fn open(cfg: &DatapathConfig) -> Result<Datapath, DatapathError> {
+        Datapath::open_with(cfg, None, object::OBJECT)
+    }
+
+    /// [`Datapath::open`] with maps and links pinned under `cfg.bpffs` (the daemon): what an
+    /// earlier daemon pinned there is adopted (maps reused, programs replaced in the links
+    /// atomically, routes kept until the first `apply` reconciles them); a pinned layout of
+    /// another version is refused untouched (see [`pins`]).
+    pub fn open_pinned(cfg: &DatapathConfig) -> Result<Datapath, DatapathError> {
+        // A missing interface is the operator's first problem to hear about.
+        for (interface, _) in &cfg.interfaces {
+            attach::ifindex(interface)?;
+        }
+        let object = object::daemon_object()?;
+        let pins = pins::PinDir::prepare(&cfg.bpffs, router_common::LAYOUT_VERSION)?;
+        let pinned = pins.pinned_maps();
+        if !pinned.is_empty() {
+            check_pinned_shapes(&pins, &pinned, &object, cfg.max_connections)?;
+        }
+        Datapath::open_with(cfg, Some(pins), &object)
+    }
+
+    fn open_with(
+        cfg: &DatapathConfig,
+        pins: Option<pins::PinDir>,
+        object_bytes: &[u8],
+    ) -> Result<Datapath, DatapathError> {
         let default_mode = match cfg.kind {
             DatapathKind::Ebpf(mode) => mode,
             DatapathKind::Nginx => {
@@ -116,8 +212,12 @@ impl Datapath {
                 ));
             }
         };
+        let adopted_maps = pins.as_ref().map(|p| p.pinned_maps()).unwrap_or_default();
+        let adopting = |name: &str| adopted_maps.contains(&name);
         let mut ebpf = object::load_with(&object::LoadOptions {
             max_connections: cfg.max_connections,
+            pins: pins.as_ref(),
+            object: object_bytes,
         })?;
         object::verify_all(&mut ebpf)?;
         let settings = settings::SettingsMap::new(
@@ -125,13 +225,25 @@ impl Datapath {
             cfg.max_connections,
             cfg.nat_source_ports,
         )?;
-        let routes = route_map::RouteMap::new(take(&mut ebpf, maps::ROUTES)?)?;
-        let ports = port_flags::PortFlags::new(take(&mut ebpf, maps::PORT_FLAGS)?)?;
-        let conntrack = conntrack::Conntrack::new(
+        let routes = if adopting(maps::ROUTES) {
+            route_map::RouteMap::adopt(take(&mut ebpf, maps::ROUTES)?)?
+        } else {
+            route_map::RouteMap::new(take(&mut ebpf, maps::ROUTES)?)?
+        };
+        let ports = if adopting(maps::PORT_FLAGS) {
+            port_flags::PortFlags::adopt(take(&mut ebpf, maps::PORT_FLAGS)?)?
+        } else {
+            port_flags::PortFlags::new(take(&mut ebpf, maps::PORT_FLAGS)?)?
+        };
+        let (table, count) = (
             take(&mut ebpf, maps::CT4)?,
             take(&mut ebpf, maps::CT_COUNT)?,
-            cfg.max_connections,
-        )?;
+        );
+        let conntrack = if adopting(maps::CT_COUNT) {
+            conntrack::Conntrack::adopt(table, count, cfg.max_connections)?
+        } else {
+            conntrack::Conntrack::new(table, count, cfg.max_connections)?
+        };
         let addresses = addresses::LocalAddresses::new(
             take(&mut ebpf, maps::LOCAL_ADDRS)?,
             &cfg.router_addresses,
@@ -153,13 +265,71 @@ impl Datapath {
             lingering_backend_ports: BTreeMap::new(),
             last_sweep: None,
             netns,
+            adoption: Adoption {
+                maps: adopted_maps.clone(),
+                routes: 0,
+                ..Adoption::default()
+            },
+            pins,
+        };
+        dp.adoption.routes = dp.routes.programmed().len();
+        if dp.adoption.adopted() {
+            // Ports of connections whose route went while no daemon ran stay in the filter.
+            let sweep = dp.sweep()?;
+            dp.adoption.connections = sweep.live;
+        }
+        let mut pinned_links = match &dp.pins {
+            Some(p) => p.pinned_links()?,
+            None => Vec::new(),
         };
         for (interface, mode) in &cfg.interfaces {
-            let attached = attach::attach(&mut dp.ebpf, interface, mode.unwrap_or(default_mode))?;
+            let mode = mode.unwrap_or(default_mode);
+            let attached = match &dp.pins {
+                Some(pins) => {
+                    let kinds: Vec<pins::LinkKind> = pinned_links
+                        .iter()
+                        .filter(|(_, i)| i == interface)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    pinned_links.retain(|(_, i)| i != interface);
+                    let (attached, changes) =
+                        attach::attach_pinned(&mut dp.ebpf, pins, &kinds, interface, mode)?;
+                    dp.adoption
+                        .links
+                        .extend(changes.into_iter().map(|c| (interface.clone(), c)));
+                    attached
+                }
+                None => attach::attach(&mut dp.ebpf, interface, mode)?,
+            };
             warn_if_not_forwarding(interface);
             dp.attached.push(attached);
         }
+        if let Some(pins) = &dp.pins {
+            for (kind, interface) in pinned_links {
+                attach::remove_pinned(pins, kind, &interface)?;
+                dp.adoption.removed_links.push((interface, kind));
+            }
+        }
         Ok(dp)
+    }
+
+    /// What was adopted from an earlier daemon's pins.
+    pub fn adoption(&self) -> &Adoption {
+        &self.adoption
+    }
+
+    /// The pin directory, when pinned.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(|p| p.dir())
+    }
+
+    /// Detaches every program (links unpinned: nothing else holds them) and unpins every map;
+    /// forwarding stops. For `--detach-on-exit`. Returns what it removed.
+    pub fn unpin_all(&mut self) -> Result<Vec<String>, DatapathError> {
+        match self.pins.take() {
+            Some(pins) => pins.remove_all(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Each configured interface with the mode it got.

@@ -90,21 +90,133 @@ pub enum DatapathError {
     Netns(#[source] std::io::Error),
     #[error("invalid datapath configuration: {0}")]
     Config(String),
+    #[error("{operation} {} failed", path.display())]
+    Pin {
+        operation: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "ROUTER_BPFFS={} is not on a bpffs mount ({} has filesystem type {found}): mount one \
+         (`mount -t bpf bpf /sys/fs/bpf`) or point ROUTER_BPFFS at a directory under a bpffs mount",
+        dir.display(),
+        checked.display()
+    )]
+    NotBpffs {
+        dir: std::path::PathBuf,
+        checked: std::path::PathBuf,
+        found: String,
+    },
+    #[error(
+        "{} holds a datapath pinned with layout version {found}, this build expects {expected}: \
+         its maps cannot be adopted and were left untouched; run `task-router uninstall` (with the \
+         same ROUTER_BPFFS; it cuts established connections) and start again",
+        dir.display()
+    )]
+    IncompatibleLayout {
+        dir: std::path::PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error(
+        "{} holds {entry:?}, which task-router did not create: point ROUTER_BPFFS at a directory \
+         of its own",
+        dir.display()
+    )]
+    ForeignPin {
+        dir: std::path::PathBuf,
+        entry: String,
+    },
+    #[error(
+        "the map {map} pinned in {} does not match this build ({difference}) although both claim \
+         layout version {version}: left untouched; run `task-router uninstall` and start again",
+        dir.display()
+    )]
+    PinnedMapMismatch {
+        dir: std::path::PathBuf,
+        map: &'static str,
+        difference: String,
+        version: u32,
+    },
+    #[error(
+        "the connection table pinned in {} has {pinned} entries, ROUTER_MAX_CONNECTIONS={max_connections} \
+         needs {needed}: a pinned table cannot grow without cutting its connections; lower \
+         ROUTER_MAX_CONNECTIONS, or run `task-router uninstall` (cuts established connections) \
+         and start again",
+        dir.display()
+    )]
+    ConntrackTooSmall {
+        dir: std::path::PathBuf,
+        pinned: u32,
+        needed: u32,
+        max_connections: u32,
+    },
+    #[error("{operation} the {kind} link of {interface} failed")]
+    Link {
+        operation: &'static str,
+        kind: &'static str,
+        interface: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("reading the kernel object {} failed", path.display())]
+    ObjectFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing the kernel object failed")]
+    Parse(#[source] Box<aya_obj::ParseError>),
 }
 
 /// Sizes and options of a load.
 #[derive(Clone, Copy, Debug)]
-pub struct LoadOptions {
+pub struct LoadOptions<'a> {
     /// Connections the table must hold (two entries each).
     pub max_connections: u32,
+    /// Where the state maps are pinned: pinned ones are reused, missing ones created and
+    /// pinned. `None`: private maps, gone with the process.
+    pub pins: Option<&'a super::pins::PinDir>,
+    /// The object to load (default [`OBJECT`]).
+    pub object: &'a [u8],
 }
 
-impl Default for LoadOptions {
+impl Default for LoadOptions<'_> {
     fn default() -> Self {
         LoadOptions {
             max_connections: 262_144,
+            pins: None,
+            object: OBJECT,
         }
     }
+}
+
+/// Test-only: a kernel object file the daemon loads instead of the embedded one, so the
+/// scenario tests can upgrade a running datapath to a rebuilt object. Not an operator setting.
+pub const OBJECT_OVERRIDE_ENV: &str = "TASK_ROUTER_TEST_OBJECT_FILE";
+
+/// The object the daemon runs: the embedded one, or the file named by [`OBJECT_OVERRIDE_ENV`].
+pub fn daemon_object() -> Result<std::borrow::Cow<'static, [u8]>, DatapathError> {
+    match std::env::var_os(OBJECT_OVERRIDE_ENV) {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            tracing::warn!(object = %path.display(), "loading a kernel object file instead of the embedded one ({OBJECT_OVERRIDE_ENV}, tests only)");
+            std::fs::read(&path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|source| DatapathError::ObjectFile { path, source })
+        }
+        None => Ok(std::borrow::Cow::Borrowed(OBJECT)),
+    }
+}
+
+/// The maps `object` defines, with their shapes.
+pub fn map_definitions(
+    object: &[u8],
+) -> Result<std::collections::HashMap<String, aya_obj::Map>, DatapathError> {
+    aya_obj::Object::parse(object)
+        .map(|o| o.maps)
+        .map_err(|e| DatapathError::Parse(Box::new(e)))
 }
 
 /// Entries of the `CT4` LRU map for `max_connections`: two per connection, plus room for the
@@ -135,9 +247,15 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
             "max_connections must be at least 1".into(),
         ));
     }
-    EbpfLoader::new()
-        .map_max_entries(maps::CT4, conntrack_entries(opts.max_connections))
-        .load(OBJECT)
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(maps::CT4, conntrack_entries(opts.max_connections));
+    if let Some(pins) = opts.pins {
+        for name in super::pins::PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    loader
+        .load(opts.object)
         .map_err(|e| DatapathError::Load(Box::new(e)))
 }
 

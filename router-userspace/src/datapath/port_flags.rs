@@ -39,6 +39,22 @@ impl PortFlags {
         })
     }
 
+    /// Takes over a pinned map: its words are what the kernel filters with until the next
+    /// `sync` changes them.
+    pub fn adopt(map: Map) -> Result<PortFlags, DatapathError> {
+        let mut owner = PortFlags::new(map)?;
+        for (i, word) in owner.words.iter_mut().enumerate() {
+            *word = owner
+                .map
+                .get(&(i as u32), 0)
+                .map_err(|source| DatapathError::MapRead {
+                    map: PORT_FLAGS,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(owner)
+    }
+
     /// Writes the words that differ from what the map holds.
     pub fn sync(
         &mut self,

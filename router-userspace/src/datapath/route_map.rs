@@ -24,7 +24,20 @@ pub struct Programmed {
 pub struct RouteMap {
     map: HashMap<MapData, RouteKey, RouteValue>,
     programmed: BTreeMap<u16, Programmed>,
+    /// Ports whose entry an earlier daemon wrote (found in the pinned map): their owner is not
+    /// in the kernel, so the first `apply` naming the same backend takes the entry as it is
+    /// (route id and version kept, nothing written).
+    adopted: std::collections::BTreeSet<u16>,
     next_id: u32,
+}
+
+/// The owner shown for a route found in the pinned map until the control plane names it.
+fn adopted_owner() -> RouteOwner {
+    RouteOwner {
+        task_id: "adopted".into(),
+        task_name: "(pinned by an earlier daemon)".into(),
+        endpoint: String::new(),
+    }
 }
 
 /// Why a route cannot be programmed, if it cannot.
@@ -54,8 +67,38 @@ impl RouteMap {
         Ok(RouteMap {
             map,
             programmed: BTreeMap::new(),
+            adopted: Default::default(),
             next_id: 1,
         })
+    }
+
+    /// Takes over a pinned map with the routes an earlier daemon programmed: they stay in
+    /// force (new connections keep being forwarded) until the first `apply` reconciles them.
+    pub fn adopt(map: Map) -> Result<RouteMap, DatapathError> {
+        let mut owner = RouteMap::new(map)?;
+        for entry in owner.map.iter() {
+            let (key, value) = entry.map_err(|source| DatapathError::MapRead {
+                map: ROUTES,
+                source: Box::new(source),
+            })?;
+            if value.family != FAMILY_IPV4 {
+                continue;
+            }
+            let ip =
+                std::net::Ipv4Addr::new(value.addr[0], value.addr[1], value.addr[2], value.addr[3]);
+            owner.programmed.insert(
+                key.port,
+                Programmed {
+                    upstream: SocketAddrV4::new(ip, u16::from_be(value.port_be)),
+                    owner: adopted_owner(),
+                    route_id: value.route_id,
+                    version: value.version,
+                },
+            );
+            owner.adopted.insert(key.port);
+            owner.next_id = owner.next_id.max(value.route_id.wrapping_add(1).max(1));
+        }
+        Ok(owner)
     }
 
     pub fn programmed(&self) -> &BTreeMap<u16, Programmed> {
@@ -103,6 +146,7 @@ impl RouteMap {
             match self.map.remove(&RouteKey::tcp(port)) {
                 Ok(()) => {
                     self.programmed.remove(&port);
+                    self.adopted.remove(&port);
                     report.removed += 1;
                 }
                 Err(e) => report.failed.push((
@@ -115,8 +159,23 @@ impl RouteMap {
             if invalid.contains(&port) {
                 continue;
             }
-            let (next, changed) = match self.programmed.get(&port) {
+            let adopted = self.adopted.remove(&port);
+            let (next, changed) = match self.programmed.get_mut(&port) {
                 Some(p) if p.upstream == route.upstream && p.owner == route.owner => continue,
+                Some(p) if adopted && p.upstream == route.upstream => {
+                    // The entry an earlier daemon wrote for this route: kept as it is.
+                    p.owner = route.owner.clone();
+                    continue;
+                }
+                Some(p) if adopted => (
+                    Programmed {
+                        upstream: route.upstream,
+                        owner: route.owner.clone(),
+                        route_id: p.route_id,
+                        version: p.version.wrapping_add(1),
+                    },
+                    true,
+                ),
                 Some(p) if p.owner == route.owner => (
                     Programmed {
                         upstream: route.upstream,

@@ -25,10 +25,14 @@ impl SettingsMap {
                 "NAT source ports {min}-{max}: expected a range within 1-65535, low end first"
             )));
         }
-        let map = Array::try_from(map).map_err(|source| DatapathError::MapRead {
-            map: CONFIG,
-            source: Box::new(source),
-        })?;
+        let map: Array<MapData, Settings> =
+            Array::try_from(map).map_err(|source| DatapathError::MapRead {
+                map: CONFIG,
+                source: Box::new(source),
+            })?;
+        // A pinned map holds an earlier daemon's settings: its next-hop epoch goes on from
+        // there, so cached next hops of that epoch are looked up again.
+        let pinned_epoch = map.get(&0, 0).map(|s| s.nh_epoch).unwrap_or(0);
         let mut owner = SettingsMap {
             map,
             current: Settings {
@@ -36,7 +40,7 @@ impl SettingsMap {
                 max_connections,
                 nat_port_min: min,
                 nat_port_max: max,
-                nh_epoch: 1,
+                nh_epoch: pinned_epoch.wrapping_add(1).max(1),
                 _pad: 0,
             },
         };

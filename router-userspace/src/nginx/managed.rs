@@ -322,6 +322,43 @@ fn parent_in_stat(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `task-router uninstall` for a managed nginx in `dir`: stops the master running our main
+/// file (gracefully, killed after `timeout`) and removes every file the daemon and that nginx
+/// wrote there. Returns what it did, one line each; nothing when nothing was there.
+pub fn uninstall(binary: &Path, dir: &Path, timeout: Duration) -> Result<Vec<String>, NginxError> {
+    let mut done = Vec::new();
+    let m = Managed {
+        binary: binary.to_path_buf(),
+        stream: StreamModule::Missing,
+        dir: dir.to_path_buf(),
+    };
+    if let Some(pid) = m.running_pid() {
+        m.stop(pid, true, timeout)?;
+        done.push(format!("stopped the managed nginx (pid {pid})"));
+    }
+    for name in [MAIN_FILE, TEST_FILE, PID_FILE, ERROR_LOG] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| NginxError::Io {
+                op: "remove",
+                path: path.clone(),
+                source,
+            })?;
+            done.push(format!("removed {}", path.display()));
+        }
+    }
+    let tmp = dir.join("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|source| NginxError::Io {
+            op: "remove",
+            path: tmp.clone(),
+            source,
+        })?;
+        done.push(format!("removed {}", tmp.display()));
+    }
+    Ok(done)
+}
+
 fn signal(pid: u32, sig: Signal) -> Result<(), NginxError> {
     let raw = i32::try_from(pid).map_err(|_| NginxError::Start(format!("bad PID {pid}")))?;
     kill(Pid::from_raw(raw), sig).map_err(|e| NginxError::Io {

@@ -34,7 +34,7 @@ use crate::config::{AuthConfig, HttpConfig, RouterConfig};
 use crate::routes::{ApplyReport, HttpRoute, HttpRouter};
 
 pub use http::HttpSettings;
-pub use install::{Installed, Nginx, NginxError, NginxStatus, Rejection, Slot};
+pub use install::{Installed, Nginx, NginxError, NginxStatus, Rejection, Slot, uninstall};
 pub use stream::NginxStreamForwarder;
 
 /// HTTP routes as generated nginx configuration: the [`HttpRouter`] of the daemon.

@@ -1,8 +1,9 @@
 //! `datapath-bench`: the datapath section of `cargo xtask bench` (run as root, from xtask).
 //!
 //! `datapath-bench costs` measures per-packet program costs through BPF_PROG_TEST_RUN;
-//! `datapath-bench throughput` compares forwarding peers in a veth topology. Each prints a
-//! Markdown table and writes JSON with the raw rounds.
+//! `datapath-bench throughput` compares forwarding peers in a veth topology;
+//! `datapath-bench observability` measures the datapath with and without `/metrics` scraped
+//! every second. Each prints a Markdown table and writes JSON with the raw rounds.
 
 mod costs;
 mod throughput;
@@ -74,6 +75,24 @@ fn main() -> Result<()> {
             eprintln!("raw rounds: {}", file.display());
             Ok(())
         }
-        other => anyhow::bail!("unknown section {other:?}: expected costs or throughput"),
+        "observability" => {
+            let rounds = arg(&args, "--rounds").unwrap_or(3);
+            let seconds = arg(&args, "--seconds").unwrap_or(5);
+            let samples = throughput::observability(throughput::Options {
+                rounds: rounds as usize,
+                seconds,
+                tx_off_group: false,
+            })?;
+            let dir = throughput::output_path();
+            std::fs::create_dir_all(&dir)?;
+            let file = dir.join("observability.json");
+            std::fs::write(&file, serde_json::to_string_pretty(&samples)?)?;
+            println!("{}", throughput::observability_table(&samples));
+            eprintln!("raw rounds: {}", file.display());
+            Ok(())
+        }
+        other => {
+            anyhow::bail!("unknown section {other:?}: expected costs, throughput or observability")
+        }
     }
 }
