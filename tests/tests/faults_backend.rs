@@ -151,14 +151,6 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
         ),
     )
     .expect("routes file");
-    let pins = format!("/sys/fs/bpf/{}", router_tests::netns::unique("trback"));
-    struct RemovePins(String);
-    impl Drop for RemovePins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _pins = RemovePins(pins.clone());
     let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
     cmd.args([
         "run",
@@ -182,8 +174,6 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
         &format!("TCP_PORT_END={PORT_C}"),
         "--set",
         "AUTH_ENABLED=false",
-        "--set",
-        &format!("ROUTER_BPFFS={pins}"),
     ]);
     let mut daemon = Daemon::spawn(cmd).expect("start daemon");
     daemon.wait_for_log("ready", WAIT);

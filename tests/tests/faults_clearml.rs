@@ -70,15 +70,6 @@ fn tcp_request(addr: std::net::Ipv4Addr, port: u16) -> Value {
            "external_tcp_port": port, "upstream_task_port": port})
 }
 
-/// A bpffs directory of this test's own (in case the daemon pins there), removed on drop.
-struct PinDir(std::path::PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Rig {
     t: Topology,
     server: ClearmlServer,
@@ -87,7 +78,6 @@ struct Rig {
     _echo: EchoServer,
     daemon: Daemon,
     _state: tempfile::TempDir,
-    _pins: PinDir,
 }
 
 impl Rig {
@@ -115,10 +105,6 @@ impl Rig {
             })
             .collect();
         let state = tempfile::tempdir().expect("state dir");
-        let pins = PinDir(std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/{}",
-            router_tests::netns::unique("trfault")
-        )));
         let creds = server.credentials();
         let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
         cmd.args([
@@ -141,7 +127,6 @@ impl Rig {
         .env("ROUTER_NAME", "edge-faults")
         .env("AUTH_ENABLED", "false")
         .env("ROUTER_API_TIMEOUT", "1s")
-        .env("ROUTER_BPFFS", &pins.0)
         .env("ROUTER_STATE_DIR", state.path());
         let mut daemon = Daemon::spawn(cmd).expect("start daemon");
         daemon.wait_for_log("ready", WAIT);
@@ -154,7 +139,6 @@ impl Rig {
                 _echo: echo,
                 daemon,
                 _state: state,
-                _pins: pins,
             },
             ids,
         )

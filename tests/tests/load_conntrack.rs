@@ -148,14 +148,6 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         ),
     )
     .expect("routes file");
-    let pins = format!("/sys/fs/bpf/{}", router_tests::netns::unique("trload"));
-    struct RemovePins(String);
-    impl Drop for RemovePins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _pins = RemovePins(pins.clone());
     let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
     cmd.args([
         "run",
@@ -177,8 +169,6 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         &format!("ROUTER_MAX_CONNECTIONS={MAX_CONNECTIONS}"),
         "--set",
         "AUTH_ENABLED=false",
-        "--set",
-        &format!("ROUTER_BPFFS={pins}"),
     ]);
     let mut daemon = Daemon::spawn(cmd).expect("start daemon");
     daemon.wait_for_log("ready", Duration::from_secs(30));
