@@ -12,6 +12,7 @@ pub mod netns;
 pub mod nginx;
 pub mod owners;
 pub mod packet;
+pub mod packet_fuzz;
 pub mod topology;
 pub mod traffic;
 pub mod wait;
