@@ -1963,3 +1963,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -1161,3 +1161,6 @@ mod tests {
         assert!(p2.writes.is_empty());
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -127,7 +127,8 @@ impl World {
         .macs(src, dst);
         t.seq = rng.random();
         t.ack = rng.random();
-        t.payload = random_bytes(rng, payload_len(rng));
+        let len = payload_len(rng);
+        t.payload = random_bytes(rng, len);
         t.build()
     }
 
@@ -346,7 +347,8 @@ impl World {
     /// Runts and random bytes, some dressed as Ethernet/IPv4.
     fn garbage(&self, rng: &mut StdRng) -> Case {
         let len = pick(rng, &[0usize, 1, 13, 14, 20, 33, 34, 40, 53, 54, 60, 64, 100]);
-        let mut frame = random_bytes(rng, len + rng.random_range(0..3));
+        let len = len + rng.random_range(0..3);
+        let mut frame = random_bytes(rng, len);
         if frame.len() >= 16 && rng.random_bool(0.7) {
             frame[12..14].copy_from_slice(&ETH_P_IP);
             frame[14] = 0x45;
@@ -453,7 +455,8 @@ pub fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) -> String {
             let words = rng.random_range(1..=10usize);
             let mut opts = Vec::with_capacity(words * 4);
             for _ in 0..words * 4 {
-                opts.push(pick(rng, &[0u8, 1, 1, 7, 0x44, 0x94, rng.random()]));
+                let any: u8 = rng.random();
+                opts.push(pick(rng, &[0u8, 1, 1, 7, 0x44, 0x94, any]));
             }
             let at = ETH_LEN + 20;
             frame.splice(at..at, opts);

@@ -39,10 +39,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 /// Random frames per program in a CI run (both programs run, in parallel).
-const DEFAULT_CASES: usize = 12_000;
+const DEFAULT_CASES: usize = 20_000;
 const DEFAULT_SEED: u64 = 0x7a5c_2026_1130;
 /// Small, so the table fills up (counted drops) and sweeps free it.
-const MAX_CONNECTIONS: u32 = 96;
+const MAX_CONNECTIONS: u32 = 24;
 /// Eight NAT source ports: the client ports of the generator collide often.
 const NAT_PORTS: (u16, u16) = (61000, 61007);
 /// A sweep with the default timeouts every this many cases; every fourth one expires
@@ -299,17 +299,16 @@ impl Fuzzer {
         after: &HashMap<CtKey4, CtValue4>,
     ) -> Result<(), String> {
         let key = packet_fuzz::tcp_key(frame);
-        let own: Vec<CtKey4> = match (key, reason) {
-            (_, StatReason::IcmpTranslated) => {
-                packet_fuzz::icmp_quote_key(frame).into_iter().collect()
-            }
-            (Some(k), _) => {
+        // The frame's own connection: its TCP tuple's pair, or the entry an ICMP error's quote
+        // matches (whose next hop it may refresh even when it is then dropped).
+        let own: Vec<CtKey4> = match key {
+            Some(k) => {
                 let mut own = vec![k];
                 own.extend(before.get(&k).map(CtKey4::partner_of));
                 own.extend(after.get(&k).map(CtKey4::partner_of));
                 own
             }
-            (None, _) => Vec::new(),
+            None => packet_fuzz::icmp_quote_key(frame).into_iter().collect(),
         };
         for (k, v) in after {
             match before.get(k) {
@@ -422,7 +421,11 @@ fn report_failure(program: Program, label: &str, case: &Case, error: &str) -> ! 
         &case.frame,
     );
     let dir = workspace_root().join("target/packet-fuzz");
-    let file = dir.join(format!("{}-{}.hex", program.name(), label.replace(' ', "-")));
+    let file = dir.join(format!(
+        "{}-{}.hex",
+        program.name(),
+        label.replace(".hex", "").replace(' ', "-")
+    ));
     let saved = std::fs::create_dir_all(&dir)
         .and_then(|_| std::fs::write(&file, &text))
         .map(|_| format!("saved as {}", file.display()))
@@ -537,7 +540,14 @@ fn fuzz(program: Program) {
     });
     let by_reason = result.expect("the fuzz run failed (see the panic above)");
     // The generator must reach the interesting paths, or the run proves little.
-    for must in ["forwarded", "new_connection", "icmp_translated", "pass_not_for_range"] {
+    for must in [
+        "forwarded",
+        "new_connection",
+        "icmp_translated",
+        "pass_not_for_range",
+        "pass_malformed",
+        "drop_table_full",
+    ] {
         if cases >= 2000 {
             assert!(
                 by_reason.get(must).copied().unwrap_or(0) > 0,
@@ -578,8 +588,8 @@ fn open_base_connection(f: &mut Fuzzer) {
         }
     }
     let key = CtKey4 {
-        saddr: raw(w.clients[0]),
-        daddr: raw(w.router),
+        saddr: raw(f.world.clients[0]),
+        daddr: raw(f.world.router),
         sport: BASE_CLIENT_PORT.to_be(),
         dport: PORT.to_be(),
     };

@@ -14,6 +14,8 @@
 mod cache;
 mod jwt;
 mod web;
+#[cfg(test)]
+mod fuzz;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
