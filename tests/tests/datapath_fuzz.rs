@@ -39,7 +39,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 /// Random frames per program in a CI run (both programs run, in parallel).
-const DEFAULT_CASES: usize = 20_000;
+const DEFAULT_CASES: usize = 30_000;
 const DEFAULT_SEED: u64 = 0x7a5c_2026_1130;
 /// Small, so the table fills up (counted drops) and sweeps free it.
 const MAX_CONNECTIONS: u32 = 24;
@@ -95,6 +95,8 @@ struct Fuzzer {
     backends: Vec<(u32, u16)>,
     router: Ipv4Addr,
     stats: Vec<StatValue>,
+    /// The connection table as of the last run or sweep (read once per frame).
+    table_now: HashMap<CtKey4, CtValue4>,
 }
 
 /// What happened to one frame.
@@ -138,7 +140,7 @@ impl Fuzzer {
 
     /// Runs one frame and checks every invariant; the error says which one broke.
     fn run(&mut self, case: &Case) -> Result<Outcome, String> {
-        let before = self.table();
+        let before = std::mem::take(&mut self.table_now);
         let ifindex = match case.side {
             Side::Client => self.client_if,
             Side::Backend => self.backend_if,
@@ -161,6 +163,7 @@ impl Fuzzer {
                 if self.read_stats() != self.stats || self.table() != before {
                     return Err("a refused run changed counters or connections".into());
                 }
+                self.table_now = before;
                 return Ok(Outcome {
                     verdict: Verdict::Refused,
                     reason: StatReason::PassMalformed,
@@ -256,6 +259,7 @@ impl Fuzzer {
         // (c) the table.
         self.check_table_change(frame, reason, &before, &after)?;
         self.check_table(&after)?;
+        self.table_now = after;
         Ok(Outcome { verdict, reason })
     }
 
@@ -390,7 +394,7 @@ impl Fuzzer {
     }
 
     fn refresh_world(&mut self) {
-        self.world.table = self.table().into_iter().collect();
+        self.world.table = self.table_now.iter().map(|(k, v)| (*k, *v)).collect();
         self.world.table.sort_by_key(|(k, _)| *k);
     }
 
@@ -409,6 +413,7 @@ impl Fuzzer {
         if let Err(e) = self.check_table(&table) {
             panic!("{:?}: after a sweep: {e}", self.program);
         }
+        self.table_now = table;
         // Sweeps do not count verdicts, but keep the baseline exact.
         self.stats = self.read_stats();
     }
@@ -505,8 +510,10 @@ fn fuzz(program: Program) {
             backend_if,
             router,
             stats: Vec::new(),
+            table_now: HashMap::new(),
         };
         f.stats = f.read_stats();
+        f.table_now = f.table();
         open_base_connection(&mut f);
         replay_corpus(&mut f, &corpus);
         let started = Instant::now();

@@ -195,7 +195,8 @@ proptest! {
                 // subdomain mode (the router has a domain here).
                 let valid = matches!(
                     (field, value),
-                    ("name", "\"subdomain\"" | "\"other\"") | ("mode", "\"subdomain\"")
+                    ("name", "\"subdomain\"" | "\"other\"" | "\"30001\"")
+                        | ("mode", "\"subdomain\"")
                 );
                 prop_assert!(valid, "accepted {field} = {value}: {set:?}\n{text}");
             }

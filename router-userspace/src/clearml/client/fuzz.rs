@@ -72,8 +72,9 @@ fn check_error(call: &str, e: &ApiError) -> Result<(), TestCaseError> {
     if let ApiError::Malformed { reason, .. } = e {
         prop_assert!(!reason.is_empty());
     }
-    // The excerpt of a hostile body is bounded.
-    prop_assert!(text.chars().count() < 400, "{} chars", text.chars().count());
+    // The excerpt of a hostile body is bounded (80 characters, each at most `\u{10ffff}`
+    // once escaped).
+    prop_assert!(text.chars().count() < 1200, "{} chars", text.chars().count());
     Ok(())
 }
 
@@ -110,7 +111,9 @@ proptest! {
             Ok(got) => {
                 prop_assert!((200..300).contains(&status));
                 prop_assert!(code.is_none_or(|c| c == 200));
-                prop_assert_eq!(Value::Object(got), data);
+                // As serde_json reads it (floats need not round-trip exactly).
+                let sent: Value = serde_json::from_slice(&body).expect("decode");
+                prop_assert_eq!(Some(&Value::Object(got)), sent.get("data"));
             }
             Err(e) => {
                 check_error("tasks.get_all", &e)?;
@@ -177,7 +180,7 @@ fn huge_and_deeply_nested_answers_are_malformed_not_a_crash() {
     // 8 MiB of one string: decoded, its excerpt in an error stays short.
     let huge = format!("\"{}\"", "x".repeat(8 << 20));
     let e = parse_envelope("tasks.get_all", 500, huge.as_bytes()).expect_err("500");
-    assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
+    assert!(e.to_string().len() < 1200, "{} bytes", e.to_string().len());
     let e = parse_envelope("tasks.get_all", 200, huge.as_bytes()).expect_err("not an envelope");
     assert!(matches!(e, ApiError::Malformed { .. }), "{e}");
 }
@@ -249,7 +252,7 @@ fn generated_task_lists_decode_through_the_client() {
                 }
                 (None, Err(e)) => {
                     let text = e.to_string();
-                    assert!(text.contains("tasks.get_all") && text.contains("data.tasks"), "{text}");
+                    assert!(text.contains("tasks.get_all") && text.contains("data"), "{text}");
                 }
                 (list, other) => panic!("case {case}: list {list:?} gave {other:?}"),
             }
