@@ -259,7 +259,10 @@ impl World {
                     sport: pick(rng, &self.client_ports).to_be(),
                     dport: dport.to_be(),
                 };
-                ("TCP to another port", self.tcp(Side::Client, &key, flags(rng), rng))
+                (
+                    "TCP to another port",
+                    self.tcp(Side::Client, &key, flags(rng), rng),
+                )
             }
             1 => {
                 let mut udp = Vec::new();
@@ -346,7 +349,10 @@ impl World {
 
     /// Runts and random bytes, some dressed as Ethernet/IPv4.
     fn garbage(&self, rng: &mut StdRng) -> Case {
-        let len = pick(rng, &[0usize, 1, 13, 14, 20, 33, 34, 40, 53, 54, 60, 64, 100]);
+        let len = pick(
+            rng,
+            &[0usize, 1, 13, 14, 20, 33, 34, 40, 53, 54, 60, 64, 100],
+        );
         let len = len + rng.random_range(0..3);
         let mut frame = random_bytes(rng, len);
         if frame.len() >= 16 && rng.random_bool(0.7) {
@@ -467,7 +473,10 @@ pub fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) -> String {
             format!("{words} words of IP options")
         }
         7 if len >= ETH_LEN + 8 => {
-            let v = pick(rng, &[0x2000u16, 0x2001, 0x0001, 0x1fff, 0x4000, 0x8000, 0x3fff]);
+            let v = pick(
+                rng,
+                &[0x2000u16, 0x2001, 0x0001, 0x1fff, 0x4000, 0x8000, 0x3fff],
+            );
             frame[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&v.to_be_bytes());
             format!("flags/fragment {v:#06x}")
         }
@@ -749,7 +758,7 @@ pub fn parse_corpus_entry(name: &str, text: &str) -> Result<CorpusEntry> {
             hex.extend(line.chars().filter(|c| !c.is_whitespace()));
         }
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         bail!("{name}: odd number of hex digits");
     }
     let frame = (0..hex.len())

@@ -118,7 +118,11 @@ impl Fuzzer {
     fn read_stats(&self) -> Vec<StatValue> {
         StatReason::ALL
             .iter()
-            .map(|r| self.dp.stat(self.hook, *r).expect("read the verdict counters"))
+            .map(|r| {
+                self.dp
+                    .stat(self.hook, *r)
+                    .expect("read the verdict counters")
+            })
             .collect()
     }
 
@@ -184,7 +188,10 @@ impl Fuzzer {
             .collect();
         self.stats = stats;
         let [(index, packets, bytes)] = grown[..] else {
-            return Err(format!("counters grew for {} reasons: {grown:?}", grown.len()));
+            return Err(format!(
+                "counters grew for {} reasons: {grown:?}",
+                grown.len()
+            ));
         };
         let reason = StatReason::ALL[index];
         if (packets, bytes) != (1, frame.len() as u64) {
@@ -242,7 +249,8 @@ impl Fuzzer {
                     "checksums changed validity: before {sums_in:?}, after {sums_out:?}"
                 ));
             }
-            if let Some(at) = (0..frame.len()).find(|&i| frame[i] != out.frame[i] && !may_change(frame, i))
+            if let Some(at) =
+                (0..frame.len()).find(|&i| frame[i] != out.frame[i] && !may_change(frame, i))
             {
                 return Err(format!(
                     "byte {at} changed ({:#04x} -> {:#04x}), not a header field a translation \
@@ -273,7 +281,9 @@ impl Fuzzer {
     ) -> Result<(), String> {
         if reason == StatReason::IcmpTranslated {
             let key = packet_fuzz::icmp_quote_key(frame).ok_or("ICMP translated: no quote")?;
-            let v = after.get(&key).ok_or("ICMP translated: no entry for the quote")?;
+            let v = after
+                .get(&key)
+                .ok_or("ICMP translated: no entry for the quote")?;
             let outer = packet_fuzz::ipv4_addrs(out).ok_or("ICMP out: not IPv4")?;
             let quoted = packet_fuzz::icmp_quote_key(out).ok_or("ICMP out: no quote")?;
             if outer != (v.saddr, v.daddr) || quoted != v.rewritten() {
@@ -288,7 +298,10 @@ impl Fuzzer {
         let v = after.get(&key).ok_or("translated without an entry")?;
         let got = packet_fuzz::tcp_key(out).ok_or("output is not TCP")?;
         if got != v.rewritten() {
-            return Err(format!("translated to {got:?}, entry says {:?}", v.rewritten()));
+            return Err(format!(
+                "translated to {got:?}, entry says {:?}",
+                v.rewritten()
+            ));
         }
         Ok(())
     }
@@ -317,10 +330,7 @@ impl Fuzzer {
         for (k, v) in after {
             match before.get(k) {
                 None if reason != StatReason::NewConnection || !own.contains(k) => {
-                    return Err(format!(
-                        "entry {k:?} appeared ({}): {v:?}",
-                        reason.name()
-                    ));
+                    return Err(format!("entry {k:?} appeared ({}): {v:?}", reason.name()));
                 }
                 Some(old) if old != v && !own.contains(k) => {
                     return Err(format!("entry {k:?} of another connection changed"));
@@ -361,7 +371,9 @@ impl Fuzzer {
                 continue;
             }
             let Some(p) = partner else {
-                return Err(format!("entry {k:?} has no partner at {partner_key:?}: {v:?}"));
+                return Err(format!(
+                    "entry {k:?} has no partner at {partner_key:?}: {v:?}"
+                ));
             };
             if p.is_tombstone()
                 || p.to_client() == v.to_client()
@@ -379,7 +391,9 @@ impl Fuzzer {
                     return Err(format!("forward entry {k:?} for a port without a route"));
                 };
                 if k.daddr != raw(self.router) || (v.daddr, v.dport) != self.backends[i] {
-                    return Err(format!("forward entry {k:?} does not follow its route: {v:?}"));
+                    return Err(format!(
+                        "forward entry {k:?} does not follow its route: {v:?}"
+                    ));
                 }
             }
         }
@@ -456,7 +470,11 @@ fn fuzz(program: Program) {
     let backend_if = t.ifindex(&t.backend_dev).expect("ifindex");
     let world = World {
         router: t.router,
-        clients: vec![t.client, Ipv4Addr::new(10, 70, 1, 3), Ipv4Addr::new(10, 70, 1, 4)],
+        clients: vec![
+            t.client,
+            Ipv4Addr::new(10, 70, 1, 3),
+            Ipv4Addr::new(10, 70, 1, 4),
+        ],
         client_mac: t.client_mac,
         client_dev_mac: t.client_dev_mac,
         nat_source: t.nat_source,
@@ -590,7 +608,11 @@ fn open_base_connection(f: &mut Fuzzer) {
         };
         match f.run(&case) {
             Ok(o) if o.reason == want => {}
-            Ok(o) => panic!("base connection: {} instead of {}", o.reason.name(), want.name()),
+            Ok(o) => panic!(
+                "base connection: {} instead of {}",
+                o.reason.name(),
+                want.name()
+            ),
             Err(e) => report_failure(f.program, "base connection", &case, &e),
         }
     }

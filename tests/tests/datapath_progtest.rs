@@ -961,11 +961,36 @@ fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
         let mut icmp_long = icmp.clone();
         set_tot_len(&mut icmp_long, 200);
         let cases = [
-            ("TCP header past the total length", short, true, StatReason::PassMalformed),
-            ("total length past the frame", long, true, StatReason::PassMalformed),
-            ("TCP options past the total length", options_past_end, true, StatReason::PassMalformed),
-            ("ICMP quote past the total length", quote_outside, false, StatReason::PassNotForRange),
-            ("ICMP total length past the frame", icmp_long, false, StatReason::PassMalformed),
+            (
+                "TCP header past the total length",
+                short,
+                true,
+                StatReason::PassMalformed,
+            ),
+            (
+                "total length past the frame",
+                long,
+                true,
+                StatReason::PassMalformed,
+            ),
+            (
+                "TCP options past the total length",
+                options_past_end,
+                true,
+                StatReason::PassMalformed,
+            ),
+            (
+                "ICMP quote past the total length",
+                quote_outside,
+                false,
+                StatReason::PassNotForRange,
+            ),
+            (
+                "ICMP total length past the frame",
+                icmp_long,
+                false,
+                StatReason::PassMalformed,
+            ),
         ];
         let entries = env.dp.conntrack_table().expect("table");
         for (what, frame, from_client, reason) in cases {
@@ -973,9 +998,17 @@ fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
             let out = env.run(&frame, from_client);
             assert_eq!(out.retval, env.passed(), "{what}: verdict");
             assert_eq!(out.frame, frame, "{what}: frame changed");
-            assert_eq!(env.count(reason), before + 1, "{what}: {} not counted", reason.name());
+            assert_eq!(
+                env.count(reason),
+                before + 1,
+                "{what}: {} not counted",
+                reason.name()
+            );
         }
-        assert_eq!(env.dp.conntrack_table().expect("table").len(), entries.len());
+        assert_eq!(
+            env.dp.conntrack_table().expect("table").len(),
+            entries.len()
+        );
         // Ethernet padding after a well-formed packet is fine: still translated.
         let mut padded = ack;
         padded.extend_from_slice(&[0; 6]);

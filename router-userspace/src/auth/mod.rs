@@ -12,10 +12,10 @@
 //! requests (assets, WebSockets, which cannot carry headers) pass too.
 
 mod cache;
-mod jwt;
-mod web;
 #[cfg(test)]
 mod fuzz;
+mod jwt;
+mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

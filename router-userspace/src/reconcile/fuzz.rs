@@ -34,7 +34,10 @@ fn settings() -> Settings {
 }
 
 fn policy() -> UpstreamPolicy {
-    UpstreamPolicy::new(vec!["10.0.0.0/8".parse().unwrap()], [Ipv4Addr::new(10, 0, 0, 1)])
+    UpstreamPolicy::new(
+        vec!["10.0.0.0/8".parse().unwrap()],
+        [Ipv4Addr::new(10, 0, 0, 1)],
+    )
 }
 
 fn task(id: &str, runtime: Map<String, Value>) -> Task {
@@ -70,8 +73,15 @@ fn runtime_value() -> impl Strategy<Value = Value> {
 
 fn runtime_key_strategy() -> impl Strategy<Value = String> {
     let base = prop::sample::select(vec![
-        "_SERVICE", "_PORT", "_ADDRESS", "external_tcp_port", "external_address",
-        "_ROUTER_NAME", "_ROUTER_ENDPOINT_MODE", "upstream_task_address", "upstream_task_port",
+        "_SERVICE",
+        "_PORT",
+        "_ADDRESS",
+        "external_tcp_port",
+        "external_address",
+        "_ROUTER_NAME",
+        "_ROUTER_ENDPOINT_MODE",
+        "upstream_task_address",
+        "upstream_task_port",
         "endpoint",
     ]);
     let suffix = prop_oneof![

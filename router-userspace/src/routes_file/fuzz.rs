@@ -61,11 +61,7 @@ fn upstream() -> impl Strategy<Value = SocketAddrV4> {
 
 fn valid_set() -> impl Strategy<Value = (Vec<Tcp>, Vec<Http>)> {
     let name = "[A-Za-z0-9_-]{1,64}";
-    let tcp = prop::collection::btree_map(
-        1u16..=65535,
-        (upstream(), prop::option::of(name)),
-        0..6,
-    );
+    let tcp = prop::collection::btree_map(1u16..=65535, (upstream(), prop::option::of(name)), 0..6);
     let http = prop::collection::btree_map(
         name,
         (
@@ -212,7 +208,10 @@ fn duplicates_and_unknown_keys_are_refused_by_entry() {
             "[[tcp]]\nport = 30001\nupstream = \"10.0.0.5:1\"\n[[tcp]]\nport = 30001\nupstream = \"10.0.0.6:1\"\n",
             "[[tcp]] #2: port 30001 is listed twice",
         ),
-        ("[[tcp]]\nport = 30001\nupstream = \"10.0.0.5:1\"\nextra = 1\n", "not valid TOML"),
+        (
+            "[[tcp]]\nport = 30001\nupstream = \"10.0.0.5:1\"\nextra = 1\n",
+            "not valid TOML",
+        ),
         ("[[udp]]\nport = 1\n", "not valid TOML"),
         ("tcp = 5", "not valid TOML"),
     ] {

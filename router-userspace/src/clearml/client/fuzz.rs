@@ -43,8 +43,15 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn task_entry() -> impl Strategy<Value = Value> {
     let runtime_key = prop_oneof![
         prop::sample::select(vec![
-            "_SERVICE", "_PORT", "_ADDRESS", "external_tcp_port", "external_address",
-            "_ROUTER_NAME", "_ROUTER_ENDPOINT_MODE", "endpoint", "upstream_task_port",
+            "_SERVICE",
+            "_PORT",
+            "_ADDRESS",
+            "external_tcp_port",
+            "external_address",
+            "_ROUTER_NAME",
+            "_ROUTER_ENDPOINT_MODE",
+            "endpoint",
+            "upstream_task_port",
         ])
         .prop_map(str::to_string),
         "(_PORT|_ADDRESS|_SERVICE)__[A-Za-z0-9_.é -]{0,10}",
@@ -74,7 +81,11 @@ fn check_error(call: &str, e: &ApiError) -> Result<(), TestCaseError> {
     }
     // The excerpt of a hostile body is bounded (80 characters, each at most `\u{10ffff}`
     // once escaped).
-    prop_assert!(text.chars().count() < 1200, "{} chars", text.chars().count());
+    prop_assert!(
+        text.chars().count() < 1200,
+        "{} chars",
+        text.chars().count()
+    );
     Ok(())
 }
 
@@ -173,7 +184,11 @@ fn huge_and_deeply_nested_answers_are_malformed_not_a_crash() {
         "{{\"meta\":{{\"result_code\":200}},\"data\":{{\"tasks\":{}}}}}",
         deep
     );
-    for body in [deep.as_bytes(), deep_object.as_bytes(), deep_data.as_bytes()] {
+    for body in [
+        deep.as_bytes(),
+        deep_object.as_bytes(),
+        deep_data.as_bytes(),
+    ] {
         let e = parse_envelope("tasks.get_all", 200, body).expect_err("nested");
         assert!(matches!(e, ApiError::Malformed { .. }), "{e}");
     }
@@ -204,19 +219,23 @@ fn generated_task_lists_decode_through_the_client() {
         let served = answer.clone();
         let app = axum::Router::new().route(
             "/v2.31/{call}",
-            axum::routing::post(move |axum::extract::Path(call): axum::extract::Path<String>| {
-                let served = served.clone();
-                async move {
-                    let data = if call == "auth.login" {
-                        json!({"token": "opaque"})
-                    } else {
-                        served.lock().map(|v| v.clone()).unwrap_or_default()
-                    };
-                    axum::Json(json!({"meta": {"result_code": 200}, "data": data}))
-                }
-            }),
+            axum::routing::post(
+                move |axum::extract::Path(call): axum::extract::Path<String>| {
+                    let served = served.clone();
+                    async move {
+                        let data = if call == "auth.login" {
+                            json!({"token": "opaque"})
+                        } else {
+                            served.lock().map(|v| v.clone()).unwrap_or_default()
+                        };
+                        axum::Json(json!({"meta": {"result_code": 200}, "data": data}))
+                    }
+                },
+            ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let client = Client::new(&ClearmlConfig {
@@ -242,8 +261,10 @@ fn generated_task_lists_decode_through_the_client() {
             let result = client.tasks_requesting_endpoints(&[]).await;
             match (data.get("tasks").and_then(Value::as_array), result) {
                 (Some(entries), Ok((tasks, skipped))) => {
-                    let mut ids: Vec<&str> =
-                        entries.iter().filter_map(|e| e.get("id")?.as_str()).collect();
+                    let mut ids: Vec<&str> = entries
+                        .iter()
+                        .filter_map(|e| e.get("id")?.as_str())
+                        .collect();
                     let with_id = ids.len();
                     ids.sort_unstable();
                     ids.dedup();
@@ -252,7 +273,10 @@ fn generated_task_lists_decode_through_the_client() {
                 }
                 (None, Err(e)) => {
                     let text = e.to_string();
-                    assert!(text.contains("tasks.get_all") && text.contains("data"), "{text}");
+                    assert!(
+                        text.contains("tasks.get_all") && text.contains("data"),
+                        "{text}"
+                    );
                 }
                 (list, other) => panic!("case {case}: list {list:?} gave {other:?}"),
             }
