@@ -261,6 +261,17 @@ impl Fuzzer {
             if frame[ETH_LEN + 8].wrapping_sub(1) != out.frame[ETH_LEN + 8] {
                 return Err("TTL not decremented by one".into());
             }
+            // Rewritten MACs are a next hop's: the peer's, from the router's interface there.
+            if out.frame[..12] != frame[..12] {
+                let w = &self.world;
+                let hops = [
+                    [w.client_mac, w.client_dev_mac].concat(),
+                    [w.backend_mac, w.backend_dev_mac].concat(),
+                ];
+                if !hops.iter().any(|h| h[..] == out.frame[..12]) {
+                    return Err(format!("MACs rewritten to {:02x?}", &out.frame[..12]));
+                }
+            }
             self.check_translation(frame, &out.frame, reason, &after)?;
         }
 
