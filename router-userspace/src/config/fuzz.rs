@@ -172,6 +172,8 @@ fn env_file_edge_cases_are_errors_or_values() {
         ("\u{feff}A=x", Err(1)),
         ("A=x # c", Ok("x")),
         ("A=x#c", Ok("x#c")),
+        ("A=\"x\" trailing", Err(1)),
+        ("A='x'#c", Ok("x")),
         ("A==", Ok("=")),
         ("A=é日本", Ok("é日本")),
     ] {
