@@ -3,20 +3,8 @@
 //! the line or the variable; valid files parse back to what was written.
 
 use super::*;
+use crate::proptest_config as config;
 use proptest::prelude::*;
-
-/// Cases per property (`PROPTEST_CASES` overrides).
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// How a generated `KEY=value` line is written.
 #[derive(Clone, Debug)]

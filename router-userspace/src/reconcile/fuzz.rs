@@ -5,22 +5,11 @@
 
 use super::*;
 use crate::clearml::task::Task;
+use crate::proptest_config as config;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::net::Ipv4Addr;
 use std::time::Duration;
-
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn settings() -> Settings {
     Settings {
@@ -219,12 +208,14 @@ proptest! {
 }
 
 /// A task that writes thousands of endpoint keys (a hostile or broken task) is read and
-/// planned in linear time: one task must not stall the reconcile loop for every other task.
-/// The bounds are loose (debug build, shared machine); the quadratic versions took 25 s to read
-/// 20 000 endpoints, and planning walked the whole port range for every request past a full
-/// range (about 75 million steps here).
+/// planned whole: every endpoint refused or routed, the range filled and no more. This used to
+/// be quadratic (endpoint names deduplicated by searching a list; every request past a full
+/// range walking the whole range): 25 s to read these 20 000 endpoints and about 6 s to plan
+/// 20 000 TCP requests over 1 000 ports, stalling the loop for every other task. Now about 0.5 s
+/// each in a debug build. (Speed targets belong in benchmarks, not timed tests: a regression
+/// shows here as a test that takes minutes.)
 #[test]
-fn a_task_with_thousands_of_endpoints_is_read_and_planned_quickly() {
+fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
     let mut http = Map::new();
     let mut tcp = Map::new();
     for i in 0..20_000 {
@@ -235,18 +226,13 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned_quickly() {
     }
     let http = task("4f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99", http);
     let tcp = task("5f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99", tcp);
-    let limit = Duration::from_secs(10);
-    let started = std::time::Instant::now();
     let parsed = parse_task(&http, &settings(), &policy());
-    let took = started.elapsed();
     assert_eq!(parsed.len(), 20_000);
-    assert!(took < limit, "reading 20000 endpoints took {took:?}");
     let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
         30000,
-        34999,
+        30999,
         Duration::from_secs(60),
     ));
-    let started = std::time::Instant::now();
     let plan = r.plan(
         &[http, tcp],
         &RouteSet::default(),
@@ -254,14 +240,12 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned_quickly() {
         &policy(),
         0,
     );
-    let took = started.elapsed();
     assert_eq!(plan.routes.http.len(), 20_000);
-    assert_eq!(plan.routes.tcp.len(), 5000, "the whole range, no more");
-    assert_eq!(plan.refused.len(), 15_000);
+    assert_eq!(plan.routes.tcp.len(), 1000, "the whole range, no more");
+    assert_eq!(plan.refused.len(), 19_000);
     assert!(
         plan.refused.iter().all(|r| r.reason.contains("30000")),
         "{:?}",
         plan.refused[0]
     );
-    assert!(took < limit, "planning 40000 endpoints took {took:?}");
 }

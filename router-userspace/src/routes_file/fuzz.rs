@@ -3,21 +3,10 @@
 //! with it, and every valid route set written as TOML parses back to itself.
 
 use super::*;
+use crate::proptest_config as config;
 use crate::routes::HttpMode;
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
-
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn policy() -> UpstreamPolicy {
     UpstreamPolicy::new(vec!["10.0.0.0/8".parse().unwrap()], [])

@@ -4,20 +4,9 @@
 //! call and what was wrong; valid answers still decode to what they hold.
 
 use super::*;
+use crate::proptest_config as config;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Any JSON value, a few levels deep.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -209,10 +198,7 @@ fn generated_task_lists_decode_through_the_client() {
     use proptest::test_runner::TestRunner;
     use std::sync::{Arc, Mutex};
 
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200u32);
+    let cases = config(200).cases;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let answer: Arc<Mutex<Value>> = Arc::default();
