@@ -41,7 +41,8 @@ pub enum StatReason {
     PassFragment = 6,
     /// An IPv4 header with options, for the routed ports.
     PassIpOptions = 7,
-    /// A truncated or malformed IPv4/TCP/ICMP header.
+    /// A truncated or malformed IPv4/TCP/ICMP header, or an IPv4 total length that does not
+    /// hold the headers or runs past the frame.
     PassMalformed = 8,
     /// No route toward the backend or client (`bpf_fib_lookup` failed).
     PassFibFailed = 9,

@@ -9,8 +9,8 @@ use crate::conntrack;
 use crate::ctx::Packet;
 use crate::nat::ttl_expires;
 use crate::parse::{
-    ETH_LEN, ICMP_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TTL, IPPROTO_TCP, load8, load16,
-    load32, ptr_at, store_mac, store8, store16, store32,
+    ETH_LEN, ICMP_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TOT_LEN, IP_TTL, IPPROTO_TCP,
+    load8, load16, load32, ptr_at, store_mac, store8, store16, store32,
 };
 use crate::redirect::{self, Out, Verdict};
 use crate::{drop, pass};
@@ -35,6 +35,16 @@ pub fn handle<P: Packet>(p: &P, ip: usize) -> Verdict {
     };
     if load8(inner) != 0x45 || load8(inner + 9) != IPPROTO_TCP {
         return pass(p, StatReason::PassNotForRange);
+    }
+    // The quote must lie inside the IPv4 packet: bytes past its total length (trailing bytes
+    // of the frame) are outside the ICMP checksum, and rewriting them would break it (found
+    // by the packet fuzzer).
+    let tot_len = u16::from_be(load16(ip + IP_TOT_LEN)) as u64;
+    if tot_len < (IP_LEN + ICMP_LEN + QUOTE_LEN) as u64 {
+        return pass(p, StatReason::PassNotForRange);
+    }
+    if ETH_LEN as u64 + tot_len > p.frame_len() {
+        return pass(p, StatReason::PassMalformed);
     }
     let ports = inner + IP_LEN;
     let (q_saddr, q_daddr) = (load32(inner + IP_SADDR), load32(inner + IP_DADDR));

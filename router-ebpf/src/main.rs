@@ -36,8 +36,8 @@ use router_common::{
 
 use ctx::Packet;
 use parse::{
-    ETH_LEN, ETH_P_IP, IP_DADDR, IP_FRAG, IP_LEN, IP_PROTO, IP_SADDR, IPPROTO_ICMP, IPPROTO_TCP,
-    TCP_DOFF, TCP_FLAGS, TCP_LEN, load8, load16, load32, ptr_at,
+    ETH_LEN, ETH_P_IP, IP_DADDR, IP_FRAG, IP_LEN, IP_PROTO, IP_SADDR, IP_TOT_LEN, IPPROTO_ICMP,
+    IPPROTO_TCP, TCP_DOFF, TCP_FLAGS, TCP_LEN, load8, load16, load32, ptr_at,
 };
 use redirect::Verdict;
 
@@ -175,6 +175,19 @@ fn unusual_header<P: Packet>(p: &P, ip: usize, vihl: u8, proto: u8) -> Verdict {
     }
 }
 
+/// Whether the IPv4 total length holds the whole TCP header (`doff` words) and ends inside the
+/// frame. Translating anything else would rewrite ports and checksums outside the bytes the
+/// receiver checks (found by the packet fuzzer). GSO packets are the stack's own and exempt (a
+/// BIG TCP packet carries a total length of 0).
+#[inline(always)]
+fn tcp_header_fits<P: Packet>(p: &P, ip: usize, doff: u8) -> bool {
+    if p.is_gso() {
+        return true;
+    }
+    let tot_len = u16::from_be(load16(ip + IP_TOT_LEN)) as u64;
+    tot_len >= (IP_LEN as u64) + (doff as u64) * 4 && ETH_LEN as u64 + tot_len <= p.frame_len()
+}
+
 #[inline(always)]
 fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
     let (sport, dport) = (load16(tcp), load16(tcp + 2));
@@ -183,7 +196,8 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
     if !to_router && !config::is_backend_port(u16::from_be(sport)) {
         return pass(p, StatReason::PassNotForRange);
     }
-    if load8(tcp + TCP_DOFF) >> 4 < 5 {
+    let doff = load8(tcp + TCP_DOFF) >> 4;
+    if doff < 5 || !tcp_header_fits(p, ip, doff) {
         return pass(p, StatReason::PassMalformed);
     }
     let flags = load8(tcp + TCP_FLAGS);

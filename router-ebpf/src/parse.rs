@@ -10,6 +10,7 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_ICMP: u8 = 1;
 
 /// Offsets inside the IPv4 header.
+pub const IP_TOT_LEN: usize = 2;
 pub const IP_TTL: usize = 8;
 pub const IP_PROTO: usize = 9;
 pub const IP_CHECK: usize = 10;

@@ -581,15 +581,24 @@ pub fn parse_env_file(text: &str) -> Result<Vec<EnvLine>, (usize, String)> {
             return Err((line_no, format!("{key:?} is not a variable name")));
         }
         let value = value.trim();
-        let value = if let Some(rest) = value.strip_prefix('"') {
-            let Some(end) = rest.find('"') else {
-                return Err((line_no, format!("unterminated double quote in {key}")));
+        let quoted = [('"', "double"), ('\'', "single")]
+            .into_iter()
+            .find_map(|(q, name)| Some((q, name, value.strip_prefix(q)?)));
+        let value = if let Some((quote, name, rest)) = quoted {
+            let Some(end) = rest.find(quote) else {
+                return Err((line_no, format!("unterminated {name} quote in {key}")));
             };
-            rest[..end].to_string()
-        } else if let Some(rest) = value.strip_prefix('\'') {
-            let Some(end) = rest.find('\'') else {
-                return Err((line_no, format!("unterminated single quote in {key}")));
-            };
+            // Only a comment may follow the closing quote: `A="x" y` is a typo, not "x".
+            let after = rest[end + 1..].trim_start();
+            if !after.is_empty() && !after.starts_with('#') {
+                return Err((
+                    line_no,
+                    format!(
+                        "unexpected {:?} after the closing {name} quote of {key}",
+                        crate::validate::truncate(after)
+                    ),
+                ));
+            }
             rest[..end].to_string()
         } else {
             match value.find(" #") {
@@ -1951,6 +1960,13 @@ mod tests {
         assert_eq!(parse_env_file("JUSTAKEY\n").unwrap_err().0, 1);
         assert_eq!(parse_env_file("A=1\nB=\"open\n").unwrap_err().0, 2);
         assert_eq!(parse_env_file("1A=x").unwrap_err().0, 1);
+        let (line, reason) = parse_env_file("A=1\nB=\"x\" y\n").unwrap_err();
+        assert_eq!(line, 2);
+        assert!(
+            reason.contains("after the closing double quote of B"),
+            "{reason}"
+        );
+        assert_eq!(parse_env_file("B='x'  # comment").unwrap()[0].2, "x");
     }
 
     #[test]
@@ -2046,3 +2062,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz;

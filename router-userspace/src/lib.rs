@@ -19,3 +19,19 @@ pub mod reconcile;
 pub mod routes;
 pub mod routes_file;
 pub mod validate;
+
+/// Settings of the property tests in the `fuzz` modules (untrusted-input parsers):
+/// `default_cases` per property unless `PROPTEST_CASES` says otherwise. A failure is minimised,
+/// printed and saved under `proptest-regressions/` (commit that file with the fix: it is
+/// replayed first from then on); `PROPTEST_RNG_SEED` fixes the seed.
+#[cfg(test)]
+pub(crate) fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -22,7 +22,7 @@ use crate::ports::{EndpointKey, Millis, PortAllocator};
 use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteSet, TcpRoute};
 use crate::validate::{self, UpstreamPolicy};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 
 pub const SERVICE_HTTP: &str = "EXTERNAL";
@@ -137,9 +137,12 @@ const REQUEST_KEYS: &[&str] = &[
     "external_address",
 ];
 
-/// The endpoint names a task's runtime mentions (`""` = default).
+/// The endpoint names a task's runtime mentions (`""` = default), valid names first, each
+/// once. A set, not a search of a list: a task may write thousands of keys, and deduplicating
+/// by search made reading one such task quadratic (found by the parser fuzz tests: 20 000
+/// endpoints took 25 s and stalled the reconcile loop for every other task).
 fn endpoint_names(task: &Task) -> Vec<Result<String, (String, String)>> {
-    let mut names: Vec<Result<String, (String, String)>> = Vec::new();
+    let mut names: BTreeSet<Result<String, (String, String)>> = BTreeSet::new();
     for k in task.runtime.keys() {
         for base in REQUEST_KEYS {
             let name = if k == base {
@@ -153,18 +156,13 @@ fn endpoint_names(task: &Task) -> Vec<Result<String, (String, String)>> {
                             .map_err(|e| (validate::truncate(name), e))
                     })
             };
-            if let Some(name) = name
-                && !names.contains(&name)
-            {
-                names.push(name);
+            if let Some(name) = name {
+                names.insert(name);
             }
         }
     }
-    names.sort_by_key(|n| match n {
-        Ok(name) => (0, name.clone()),
-        Err((name, _)) => (1, name.clone()),
-    });
-    names
+    // `Ok` sorts before `Err`: valid names by name, then the refused ones.
+    names.into_iter().collect()
 }
 
 /// The protocols endpoint `name` asks for: by its keys, else by `_SERVICE`.
@@ -598,19 +596,30 @@ impl Reconciler {
             .map(|r| &r.key)
             .collect();
         self.ports.retain(now, |k| live.contains(k));
+        // Once the range is full it stays full for the rest of this pass: later requests
+        // without a port are refused at once instead of each walking the whole range (a task
+        // asking for thousands of endpoints made that quadratic: found by the fuzz tests).
+        let mut exhausted: Option<String> = None;
         for r in &requests {
             if matches!(r.want, Want::Tcp { .. }) && !port_of.contains_key(&r.key) {
-                match self.ports.allocate(&r.key, now) {
+                let allocated = match (&exhausted, self.ports.port_of(&r.key)) {
+                    (Some(reason), None) => Err(reason.clone()),
+                    _ => self.ports.allocate(&r.key, now).map_err(|e| e.to_string()),
+                };
+                match allocated {
                     Ok(port) => {
                         port_of.insert(r.key.clone(), port);
                     }
-                    Err(e) => plan.refused.push(Refusal {
-                        task_id: r.key.task_id.clone(),
-                        task_name: validate::truncate(&r.task.name),
-                        endpoint: r.key.endpoint.clone(),
-                        kind: Kind::Tcp.as_str().into(),
-                        reason: e.to_string(),
-                    }),
+                    Err(reason) => {
+                        exhausted.get_or_insert_with(|| reason.clone());
+                        plan.refused.push(Refusal {
+                            task_id: r.key.task_id.clone(),
+                            task_name: validate::truncate(&r.task.name),
+                            endpoint: r.key.endpoint.clone(),
+                            kind: Kind::Tcp.as_str().into(),
+                            reason,
+                        });
+                    }
                 }
             }
         }
@@ -1163,3 +1172,6 @@ mod tests {
         assert!(p2.writes.is_empty());
     }
 }
+
+#[cfg(test)]
+mod fuzz;

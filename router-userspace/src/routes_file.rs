@@ -358,3 +358,6 @@ mod tests {
         assert!(RoutesFile::load(&path, &policy(), false).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz;

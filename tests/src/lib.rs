@@ -13,6 +13,7 @@ pub mod nginx;
 pub mod owners;
 pub mod packet;
 pub mod pins;
+pub mod packet_fuzz;
 pub mod topology;
 pub mod traffic;
 pub mod wait;

@@ -260,6 +260,7 @@ both_hooks!(
     oversized_frames_are_not_forwarded_blindly,
     closed_connections_keep_their_tuple_through_time_wait,
     handshake_mss_is_clamped_to_the_links,
+    lengths_that_do_not_hold_the_headers_pass_untouched,
 );
 
 fn new_connection_is_translated_and_tracked(program: Program) {
@@ -1015,5 +1016,85 @@ fn handshake_mss_is_clamped_to_the_links(program: Program) {
             &[2, 4, 0x05, 0xb4]
         );
         assert_checksums(&out.frame);
+/// Found by the packet fuzzer (`datapath_fuzz`): segments and ICMP errors whose IPv4 total
+/// length does not hold the headers the programs rewrite were translated, with ports and
+/// checksums rewritten outside the bytes the receiver checks. They now pass untouched.
+fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
+    with_env(program, Opts::default(), |env| {
+        let sent = env.open(40000);
+        let set_tot_len = |frame: &mut Vec<u8>, tot: u16| {
+            frame[16..18].copy_from_slice(&tot.to_be_bytes());
+            frame[24..26].copy_from_slice(&[0, 0]);
+            let c = packet::checksum(&frame[14..34]);
+            frame[24..26].copy_from_slice(&c.to_be_bytes());
+        };
+        let ack = env.client_packet(40000, TCP_ACK).build();
+        let mut short = ack.clone();
+        set_tot_len(&mut short, 30);
+        let mut long = ack.clone();
+        set_tot_len(&mut long, 400);
+        let mut options_past_end = ack.clone();
+        options_past_end[14 + 20 + 12] = 15 << 4;
+        let hop = Ipv4Addr::new(10, 70, 2, 254);
+        let icmp = packet::icmp_error(hop, env.net.nat_source, 3, 4, 1400, &sent, 0);
+        let mut quote_outside = icmp.clone();
+        set_tot_len(&mut quote_outside, 20 + 8 + 20);
+        let mut icmp_long = icmp.clone();
+        set_tot_len(&mut icmp_long, 200);
+        let cases = [
+            (
+                "TCP header past the total length",
+                short,
+                true,
+                StatReason::PassMalformed,
+            ),
+            (
+                "total length past the frame",
+                long,
+                true,
+                StatReason::PassMalformed,
+            ),
+            (
+                "TCP options past the total length",
+                options_past_end,
+                true,
+                StatReason::PassMalformed,
+            ),
+            (
+                "ICMP quote past the total length",
+                quote_outside,
+                false,
+                StatReason::PassNotForRange,
+            ),
+            (
+                "ICMP total length past the frame",
+                icmp_long,
+                false,
+                StatReason::PassMalformed,
+            ),
+        ];
+        let entries = env.dp.conntrack_table().expect("table");
+        for (what, frame, from_client, reason) in cases {
+            let before = env.count(reason);
+            let out = env.run(&frame, from_client);
+            assert_eq!(out.retval, env.passed(), "{what}: verdict");
+            assert_eq!(out.frame, frame, "{what}: frame changed");
+            assert_eq!(
+                env.count(reason),
+                before + 1,
+                "{what}: {} not counted",
+                reason.name()
+            );
+        }
+        assert_eq!(
+            env.dp.conntrack_table().expect("table").len(),
+            entries.len()
+        );
+        // Ethernet padding after a well-formed packet is fine: still translated.
+        let mut padded = ack;
+        padded.extend_from_slice(&[0; 6]);
+        let out = env.run(&padded, true);
+        assert_eq!(out.retval, env.redirected(), "padded frame");
+        assert_checksums(&out.frame[..out.frame.len() - 6]);
     });
 }

@@ -12,6 +12,8 @@
 //! requests (assets, WebSockets, which cannot carry headers) pass too.
 
 mod cache;
+#[cfg(test)]
+mod fuzz;
 mod jwt;
 mod web;
 

@@ -902,3 +902,6 @@ mod tests {
         assert!(e.to_string().contains("\"nope\""), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -494,6 +494,14 @@ impl Datapath {
         self.conntrack.get(key)
     }
 
+    /// Every entry of the connection table, tombstones and half-pairs included (what the
+    /// packet-path fuzz test checks for consistency after each packet).
+    pub fn conntrack_table(
+        &self,
+    ) -> Result<std::collections::HashMap<CtKey4, CtValue4>, DatapathError> {
+        self.conntrack.scan()
+    }
+
     /// Writes a connection-table entry directly. Only for BPF_PROG_TEST_RUN benchmarks that
     /// need a looping pair of entries; the kernel creates real connections itself.
     pub fn insert_conntrack_entry(
