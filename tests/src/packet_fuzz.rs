@@ -711,7 +711,11 @@ pub fn may_change(frame: &[u8], at: usize) -> bool {
         return true;
     }
     match frame.get(ip + 9) {
-        Some(6) => (l4..l4 + 4).contains(&at) || (l4 + 16..l4 + 18).contains(&at),
+        Some(6) => {
+            (l4..l4 + 4).contains(&at)
+                || (l4 + 16..l4 + 18).contains(&at)
+                || (mss_option(frame).is_some() && (l4 + 22..l4 + 24).contains(&at))
+        }
         Some(1) => {
             let q = l4 + 8;
             (l4 + 2..l4 + 4).contains(&at)
@@ -720,6 +724,16 @@ pub fn may_change(frame: &[u8], at: usize) -> bool {
         }
         _ => false,
     }
+}
+
+/// The MSS a handshake segment asks for, when it is the first TCP option (where the programs
+/// clamp it to the links' MTU; the only option they may change).
+pub fn mss_option(frame: &[u8]) -> Option<u16> {
+    let l4 = ETH_LEN + 20;
+    let syn = frame.get(l4 + 13)? & 0x02 != 0;
+    let doff = (frame.get(l4 + 12)? >> 4) as usize;
+    let opt = frame.get(l4 + 20..l4 + 24)?;
+    (syn && doff >= 6 && opt[0] == 2 && opt[1] == 4).then(|| u16::from_be_bytes([opt[2], opt[3]]))
 }
 
 /// A corpus file: `# what it exercises` (one line), `from: client|backend`, optional

@@ -24,7 +24,7 @@ use router_common::stats::{Hook, StatReason, StatValue};
 use router_tests::packet::{TCP_ACK, TCP_SYN, Tcp4};
 use router_tests::packet_fuzz::{
     self, Case, CorpusEntry, ETH_LEN, Side, World, addr, checksums, concerns_router, may_change,
-    raw,
+    mss_option, raw,
 };
 use router_tests::topology::ProgTestNet;
 use router_tests::{require_root, workspace_root};
@@ -257,6 +257,12 @@ impl Fuzzer {
                      rewrites",
                     frame[at], out.frame[at]
                 ));
+            }
+            // An MSS option is only ever lowered (clamped to the links' MTU), never raised.
+            if let (Some(before), Some(after)) = (mss_option(frame), mss_option(&out.frame))
+                && after > before
+            {
+                return Err(format!("MSS raised from {before} to {after}"));
             }
             if frame[ETH_LEN + 8].wrapping_sub(1) != out.frame[ETH_LEN + 8] {
                 return Err("TTL not decremented by one".into());

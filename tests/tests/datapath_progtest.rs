@@ -1016,6 +1016,9 @@ fn handshake_mss_is_clamped_to_the_links(program: Program) {
             &[2, 4, 0x05, 0xb4]
         );
         assert_checksums(&out.frame);
+    });
+}
+
 /// Found by the packet fuzzer (`datapath_fuzz`): segments and ICMP errors whose IPv4 total
 /// length does not hold the headers the programs rewrite were translated, with ports and
 /// checksums rewritten outside the bytes the receiver checks. They now pass untouched.
