@@ -2,7 +2,7 @@
 //! and the live-connection count that makes a full table a counted drop.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     macros::map,
     maps::{Array, LruHashMap},
 };
@@ -28,6 +28,12 @@ pub fn lookup(key: &CtKey4) -> Option<*mut CtValue4> {
 #[inline(always)]
 pub fn insert_new(key: &CtKey4, value: &CtValue4) -> bool {
     CT4.insert(key, value, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Overwrites the entry at `key` (which must exist).
+#[inline(always)]
+pub fn replace(key: &CtKey4, value: &CtValue4) -> bool {
+    CT4.insert(key, value, BPF_EXIST as u64).is_ok()
 }
 
 #[inline(always)]

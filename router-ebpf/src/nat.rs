@@ -207,7 +207,8 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         sport: key.sport,
         dport: route.port_be,
     };
-    let mut reserved = reserve_reply(&mut out, &client_side, route.route_id, now, key.sport);
+    let mut reserved = reserve_reply(&mut out, &client_side, route.route_id, now, key.sport)
+        || reclaim_own_tuple(&mut out, &client_side, route.route_id, now, key.sport);
     if !reserved {
         // Independent random tries: sequential probing from one random start would walk into
         // the clusters earlier allocations leave, and fail long before the range is full.
@@ -244,7 +245,16 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         Some((ifindex, _)) => fwd.nh_mtu = redirect::dev_mtu(p, ifindex),
     }
     if !conntrack::insert_new(key, &fwd) {
-        conntrack::remove(&out.swapped());
+        // Another CPU opened the same connection a moment ago; a reclaimed tuple is the same
+        // reply entry for both, which stays for the winner.
+        let shared = match conntrack::lookup(key) {
+            // SAFETY: a map value pointer from the look-up, read once.
+            Some(existing) => (unsafe { (*existing).rewritten() }) == out,
+            None => false,
+        };
+        if !shared {
+            conntrack::remove(&out.swapped());
+        }
         // Another CPU opened the same connection (a retransmitted SYN) a moment ago.
         return match conntrack::lookup(key) {
             Some(existing) => forward(p, ip, tcp, existing, TCP_SYN),
@@ -261,6 +271,38 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         Some((ifindex, nh)) => Verdict::RedirectNeigh(ifindex, nh),
         None => Verdict::Redirect(found.ifindex),
     }
+}
+
+/// Takes back the tuple toward the backend that the same client tuple used last (its reply
+/// entry is a tombstone translating to exactly `client_side`): a client reusing its port for
+/// the same router port. The backend may still hold that tuple in TIME_WAIT; it accepts a new
+/// SYN there only when its timestamp (or sequence number) is newer, which holds for the same
+/// client tuple (the same clock and offset) as it does without NAT, but not for another client
+/// (why other clients probe for another port). Without this, churn from one client spends the
+/// NAT port range, and tuples whose tombstone was evicted meet the backend's TIME_WAIT with
+/// another client's timestamps (PAWS rejects them: a 1 s SYN retransmission each).
+#[inline(always)]
+fn reclaim_own_tuple(
+    out: &mut CtKey4,
+    client_side: &CtKey4,
+    route_id: u32,
+    now: u32,
+    sport: u16,
+) -> bool {
+    out.sport = sport;
+    let reply_key = out.swapped();
+    let Some(existing) = conntrack::lookup(&reply_key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer from the look-up; copied out at once.
+    let existing = unsafe { *existing };
+    if !existing.is_tombstone() || existing.rewritten() != *client_side {
+        return false;
+    }
+    let mut reply = CtValue4::rewrite(&reply_key, client_side, F_TO_CLIENT);
+    reply.route_id = route_id;
+    reply.last_seen = now;
+    conntrack::replace(&reply_key, &reply)
 }
 
 /// Claims source port `sport` (network order) for the connection's backend side by inserting

@@ -903,16 +903,48 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         assert_eq!(out.retval, env.passed());
         assert_eq!(out.frame, late);
 
-        // New connections on the same client port get another NAT source port meanwhile.
-        for client in [Ipv4Addr::new(10, 70, 1, 3), env.net.client] {
-            let syn = Tcp4::new(client, 40000, env.net.router, PORT, TCP_SYN)
-                .macs(env.net.client_mac, env.net.client_dev_mac)
-                .build();
-            let out = env.run(&syn, true);
-            assert_eq!(out.retval, env.redirected());
-            let sport = parse(&out.frame).expect("parses").sport;
-            assert!((61000..=65535).contains(&sport), "{client}: port {sport}");
-        }
+        // Another client on the same port gets another NAT source port meanwhile (the
+        // backend's TIME_WAIT would refuse its timestamps) ...
+        let other = Tcp4::new(
+            Ipv4Addr::new(10, 70, 1, 3),
+            40000,
+            env.net.router,
+            PORT,
+            TCP_SYN,
+        )
+        .macs(env.net.client_mac, env.net.client_dev_mac)
+        .build();
+        let out = env.run(&other, true);
+        assert_eq!(out.retval, env.redirected());
+        let sport = parse(&out.frame).expect("parses").sport;
+        assert!(
+            (61000..=65535).contains(&sport),
+            "another client: port {sport}"
+        );
+        // ... while the same client reusing its port for the same router port takes its tuple
+        // back, as it would without NAT (its timestamps are newer than the backend's record).
+        let again = env.client_packet(40000, TCP_SYN).build();
+        let out = env.run(&again, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_eq!(
+            parse(&out.frame).expect("parses").sport,
+            40000,
+            "own tuple back"
+        );
+        assert_checksums(&out.frame);
+        let reply = env.entry(&reply_key);
+        assert!(!reply.is_tombstone(), "the tuple is live again");
+        assert_eq!(
+            env.entry(&CtKey4::partner_of(&env.entry(&env.forward_key(40000)))),
+            reply
+        );
+        // Close it again so the rest of the test sees a tombstone on the tuple.
+        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        assert_eq!(env.run(&synack, false).retval, env.redirected());
+        let rst = env.client_packet(40000, TCP_RST | TCP_ACK).build();
+        assert_eq!(env.run(&rst, true).retval, env.redirected());
+        let report = env.dp.sweep().expect("sweep");
+        assert!(env.entry(&reply_key).is_tombstone(), "{report:?}");
 
         // After TIME_WAIT the tuple is free again.
         env.dp.set_timeouts(Timeouts {
