@@ -299,10 +299,19 @@ fn reclaim_own_tuple(
     if !existing.is_tombstone() || existing.rewritten() != *client_side {
         return false;
     }
-    let mut reply = CtValue4::rewrite(&reply_key, client_side, F_TO_CLIENT);
+    conntrack::replace(
+        &reply_key,
+        &reply_entry(&reply_key, client_side, route_id, now),
+    )
+}
+
+/// The entry that translates the backend's packets on `reply_key` back to the client.
+#[inline(always)]
+fn reply_entry(reply_key: &CtKey4, client_side: &CtKey4, route_id: u32, now: u32) -> CtValue4 {
+    let mut reply = CtValue4::rewrite(reply_key, client_side, F_TO_CLIENT);
     reply.route_id = route_id;
     reply.last_seen = now;
-    conntrack::replace(&reply_key, &reply)
+    reply
 }
 
 /// Claims source port `sport` (network order) for the connection's backend side by inserting
@@ -317,8 +326,8 @@ fn reserve_reply(
 ) -> bool {
     out.sport = sport;
     let reply_key = out.swapped();
-    let mut reply = CtValue4::rewrite(&reply_key, client_side, F_TO_CLIENT);
-    reply.route_id = route_id;
-    reply.last_seen = now;
-    conntrack::insert_new(&reply_key, &reply)
+    conntrack::insert_new(
+        &reply_key,
+        &reply_entry(&reply_key, client_side, route_id, now),
+    )
 }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod e2e;
 pub mod http_backend;
 pub mod http_client;
+pub mod metrics;
 pub mod netns;
 pub mod nginx;
 pub mod owners;

@@ -16,13 +16,13 @@
 //!   untouched, the entry gone after the client's reset — and the daemon keeps running with a
 //!   bridge that lost a port.
 
-use router_tests::http_client;
+use router_tests::metrics::sample;
 use router_tests::netns::Netns;
 use router_tests::topology::Topology;
 use router_tests::traffic::{BANNER_LEN, Client, EchoServer};
 use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -33,22 +33,8 @@ const BACKEND_PORT: u16 = 8080;
 const ADMIN_PORT: u16 = 9113;
 const WAIT: Duration = Duration::from_secs(40);
 
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
-}
-
 fn scrape(t: &Topology) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let r = t
-        .router
-        .enter(move || http_client::get(addr, "/metrics", &[]))
-        .expect("enter")
-        .expect("GET /metrics");
-    assert_eq!(r.status, 200);
-    r.text()
+    router_tests::metrics::scrape(&t.router, ADMIN_PORT)
 }
 
 fn active(t: &Topology, port: u16, upstream: SocketAddrV4) -> f64 {

@@ -46,12 +46,7 @@ fn status(t: &Topology) -> Value {
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
-}
+use router_tests::metrics::sample;
 
 fn metric(t: &Topology, series: &str) -> f64 {
     let text = admin_get(t, "/metrics").text();

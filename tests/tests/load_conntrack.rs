@@ -9,7 +9,7 @@
 //! connections resumes once the sweeper frees closed ones; the daemon's resident memory and the
 //! maps' memory stay within the bounds stated below.
 
-use router_tests::http_client;
+use router_tests::metrics::sample;
 use router_tests::topology::Topology;
 use router_tests::traffic::{BANNER_LEN, Client, EchoServer};
 use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
@@ -39,22 +39,8 @@ const MAPS_BOUND_BYTES: u64 = 2 << 20;
 /// more than this many entries per configured connection.
 const CT_ENTRIES_PER_CONNECTION: u64 = 4;
 
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
-}
-
 fn scrape(t: &Topology) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let r = t
-        .router
-        .enter(move || http_client::get(addr, "/metrics", &[]))
-        .expect("enter")
-        .expect("GET /metrics");
-    assert_eq!(r.status, 200);
-    r.text()
+    router_tests::metrics::scrape(&t.router, ADMIN_PORT)
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {

@@ -1,12 +1,12 @@
 //! `/metrics` of a real daemon in namespaces: real TCP through a route moves the route's
 //! counters, the verdict counters and the conntrack fill, and the mode per interface shows.
 
-use router_tests::http_client;
+use router_tests::metrics::sample;
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::wait;
 use router_tests::{daemon::Daemon, daemon_binary, require_root};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 const PORT: u16 = 20000;
@@ -15,23 +15,8 @@ const BACKEND_PORT: u16 = 8080;
 const ADMIN_PORT: u16 = 9109;
 const MIB: usize = 1 << 20;
 
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
-}
-
 fn scrape(t: &Topology) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let response = t
-        .router
-        .enter(move || http_client::get(addr, "/metrics", &[]))
-        .expect("enter the router namespace")
-        .expect("GET /metrics");
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.text()
+    router_tests::metrics::scrape(&t.router, ADMIN_PORT)
 }
 
 #[test]

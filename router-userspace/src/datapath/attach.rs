@@ -324,42 +324,31 @@ fn replace_pinned(
     let info = fd_link
         .info()
         .map_err(|e| link_error("reading", kind, interface)(boxed(e)))?;
+    // aya 0.14 has no trait over program types for this, so one body for both link types.
+    macro_rules! replace_program {
+        ($link:ty, $program:expr) => {{
+            let link = <$link>::try_from(fd_link)
+                .map_err(|e| link_error("adopting", kind, interface)(boxed(e)))?;
+            let program = $program?;
+            match program.attach_to_link(link) {
+                Ok(id) => {
+                    let link = program
+                        .take_link(id)
+                        .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
+                    Some(
+                        FdLink::try_from(link)
+                            .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?,
+                    )
+                }
+                Err(e) if is_defunct(&e) => None,
+                Err(e) => return Err(link_error("updating", kind, interface)(boxed(e))),
+            }
+        }};
+    }
     let updated = match kind {
-        LinkKind::Tc => {
-            let link = SchedClassifierLink::try_from(fd_link)
-                .map_err(|e| link_error("adopting", kind, interface)(boxed(e)))?;
-            let program = tc_program(ebpf, TC_PROGRAM)?;
-            match program.attach_to_link(link) {
-                Ok(id) => {
-                    let link = program
-                        .take_link(id)
-                        .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
-                    Some(
-                        FdLink::try_from(link)
-                            .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?,
-                    )
-                }
-                Err(e) if is_defunct(&e) => None,
-                Err(e) => return Err(link_error("updating", kind, interface)(boxed(e))),
-            }
-        }
+        LinkKind::Tc => replace_program!(SchedClassifierLink, tc_program(ebpf, TC_PROGRAM)),
         LinkKind::Xdp | LinkKind::XdpGeneric => {
-            let link = XdpLink::try_from(fd_link)
-                .map_err(|e| link_error("adopting", kind, interface)(boxed(e)))?;
-            let program = xdp_program(ebpf, XDP_PROGRAM)?;
-            match program.attach_to_link(link) {
-                Ok(id) => {
-                    let link = program
-                        .take_link(id)
-                        .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?;
-                    Some(
-                        FdLink::try_from(link)
-                            .map_err(|e| link_error("taking", kind, interface)(boxed(e)))?,
-                    )
-                }
-                Err(e) if is_defunct(&e) => None,
-                Err(e) => return Err(link_error("updating", kind, interface)(boxed(e))),
-            }
+            replace_program!(XdpLink, xdp_program(ebpf, XDP_PROGRAM))
         }
     };
     let Some(link) = updated else {
