@@ -50,6 +50,11 @@ pub struct BenchOptions {
     /// Only the per-packet costs (quick; no peers).
     #[arg(long)]
     pub costs_only: bool,
+    /// Datapath section: only these peers (comma-separated: ceiling, nftables, nginx,
+    /// nginx-reuseport, haproxy, datapath, ceiling-txoff, nftables-txoff, xdp-txoff); the
+    /// ceilings always run.
+    #[arg(long)]
+    pub peers: Option<String>,
 }
 
 fn target_dir() -> PathBuf {
@@ -94,17 +99,24 @@ fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
         "router-tests",
         "--bin",
         "datapath-bench",
+        // Release, as the daemon ships: the conntrack sweeper and the `/metrics` renderer
+        // run in this process during the datapath's turn and share the two CPUs with it.
+        "--release",
     ]))
     .context("building the datapath benchmark driver failed")?;
-    let bin = target_dir().join("debug/datapath-bench");
+    let bin = target_dir().join("release/datapath-bench");
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let mut report = String::from("# Datapath benchmark\n\n");
     let command = if opts.costs_only {
         "cargo xtask bench datapath --costs-only".to_string()
     } else {
+        let peers = match &opts.peers {
+            Some(p) => format!(" --peers {p}"),
+            None => String::new(),
+        };
         format!(
-            "cargo xtask bench datapath --rounds {} --seconds {}",
+            "cargo xtask bench datapath --rounds {} --seconds {}{peers}",
             opts.rounds, opts.seconds
         )
     };
@@ -113,14 +125,18 @@ fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
     report.push_str("## Per-packet program cost (BPF_PROG_TEST_RUN)\n\n");
     report.push_str(&costs);
     if !opts.costs_only {
-        let table = capture(Command::new(&bin).args([
+        let mut throughput = Command::new(&bin);
+        throughput.args([
             "throughput",
             "--rounds",
             &opts.rounds.to_string(),
             "--seconds",
             &opts.seconds.to_string(),
-        ]))
-        .context("peer comparison")?;
+        ]);
+        if let Some(peers) = &opts.peers {
+            throughput.args(["--peers", peers]);
+        }
+        let table = capture(&mut throughput).context("peer comparison")?;
         report.push_str("\n## Forwarding peers (veth topology, medians)\n\n");
         report.push_str(&table);
     }
@@ -138,9 +154,12 @@ fn observability(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
         "router-tests",
         "--bin",
         "datapath-bench",
+        // Release, as the daemon ships: the conntrack sweeper and the `/metrics` renderer
+        // run in this process during the datapath's turn and share the two CPUs with it.
+        "--release",
     ]))
     .context("building the datapath benchmark driver failed")?;
-    let bin = target_dir().join("debug/datapath-bench");
+    let bin = target_dir().join("release/datapath-bench");
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let table = capture(Command::new(&bin).args([

@@ -8,7 +8,7 @@
 mod costs;
 mod throughput;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// The number after `flag`, if given.
 fn arg(args: &[String], flag: &str) -> Option<u64> {
@@ -58,10 +58,18 @@ fn main() -> Result<()> {
             let rounds = arg(&args, "--rounds").unwrap_or(3);
             let seconds = arg(&args, "--seconds").unwrap_or(5);
             let tx_off_group = !args.iter().any(|a| a == "--no-tx-off");
+            let only = match args.iter().position(|a| a == "--peers") {
+                Some(i) => Some(throughput::Peer::parse_list(
+                    args.get(i + 1)
+                        .context("--peers needs a comma-separated list")?,
+                )?),
+                None => None,
+            };
             let results = throughput::run(throughput::Options {
                 rounds: rounds as usize,
                 seconds,
                 tx_off_group,
+                only,
             })?;
             let dir = throughput::output_path();
             std::fs::create_dir_all(&dir)?;
@@ -72,6 +80,8 @@ fn main() -> Result<()> {
             let file = dir.join("datapath-throughput.json");
             std::fs::write(&file, serde_json::to_string_pretty(&raw)?)?;
             println!("{}", throughput::table(&results));
+            println!("Targets:\n\n{}", throughput::targets(&results));
+            println!("Raw rounds:\n\n{}", throughput::raw_table(&results));
             eprintln!("raw rounds: {}", file.display());
             Ok(())
         }
@@ -82,6 +92,7 @@ fn main() -> Result<()> {
                 rounds: rounds as usize,
                 seconds,
                 tx_off_group: false,
+                only: None,
             })?;
             let dir = throughput::output_path();
             std::fs::create_dir_all(&dir)?;

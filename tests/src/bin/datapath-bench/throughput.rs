@@ -36,7 +36,13 @@ pub enum Peer {
     /// Kernel IP forwarding, no NAT: the client talks to the backend's own address.
     Ceiling,
     Nftables,
+    /// nginx `stream` with one plain `listen` per port, as a generated per-route config has it
+    /// (and as in the issue's baseline: 0.53x / 0.45x the ceiling): the kernel hands all
+    /// connections of a port to whichever worker accepts first.
     NginxStream,
+    /// nginx `stream` with `reuseport`: the kernel spreads connections over both workers (the
+    /// strongest nginx we know how to configure here).
+    NginxStreamReuseport,
     Haproxy,
     /// This datapath, `auto` mode (TC on veth).
     Datapath,
@@ -48,10 +54,11 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const DEFAULT_GROUP: [Peer; 5] = [
+    pub const DEFAULT_GROUP: [Peer; 6] = [
         Peer::Ceiling,
         Peer::Nftables,
         Peer::NginxStream,
+        Peer::NginxStreamReuseport,
         Peer::Haproxy,
         Peer::Datapath,
     ];
@@ -66,6 +73,7 @@ impl Peer {
             Peer::Ceiling => "no-NAT forwarding (ceiling)",
             Peer::Nftables => "nftables DNAT+masquerade",
             Peer::NginxStream => "nginx stream",
+            Peer::NginxStreamReuseport => "nginx stream, reuseport",
             Peer::Haproxy => "haproxy (userspace proxy)",
             Peer::Datapath => "task-router eBPF (auto: TC)",
             Peer::CeilingTxOff => "no-NAT forwarding, tx off",
@@ -74,7 +82,7 @@ impl Peer {
         }
     }
 
-    pub const ALL: [Peer; 8] = [
+    pub const ALL: [Peer; 9] = [
         Peer::Ceiling,
         Peer::Nftables,
         Peer::NginxStream,
@@ -83,7 +91,43 @@ impl Peer {
         Peer::CeilingTxOff,
         Peer::NftablesTxOff,
         Peer::DatapathXdpTxOff,
+        Peer::NginxStreamReuseport,
     ];
+
+    /// Short names for `--peers`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Peer::Ceiling => "ceiling",
+            Peer::Nftables => "nftables",
+            Peer::NginxStream => "nginx",
+            Peer::NginxStreamReuseport => "nginx-reuseport",
+            Peer::Haproxy => "haproxy",
+            Peer::Datapath => "datapath",
+            Peer::CeilingTxOff => "ceiling-txoff",
+            Peer::NftablesTxOff => "nftables-txoff",
+            Peer::DatapathXdpTxOff => "xdp-txoff",
+        }
+    }
+
+    /// Parses a `--peers` list (comma-separated short names).
+    pub fn parse_list(list: &str) -> Result<Vec<Peer>> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| {
+                Peer::ALL
+                    .into_iter()
+                    .find(|p| p.id() == name)
+                    .with_context(|| {
+                        let known: Vec<_> = Peer::ALL.iter().map(|p| p.id()).collect();
+                        format!(
+                            "unknown peer {name:?} in --peers (known: {})",
+                            known.join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
 
     fn index(self) -> u16 {
         Peer::ALL.iter().position(|p| *p == self).unwrap_or(0) as u16
@@ -125,6 +169,26 @@ pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
     pub tx_off_group: bool,
+    /// Only these peers (the ceilings always run: every ratio needs its own).
+    pub only: Option<Vec<Peer>>,
+}
+
+impl Options {
+    /// The peers of `group` to measure: all, or the `--peers` ones plus the group's ceiling
+    /// (every ratio needs it); none when no peer of the group was asked for.
+    fn selected(&self, group: &[Peer]) -> Vec<Peer> {
+        let Some(only) = &self.only else {
+            return group.to_vec();
+        };
+        if !group.iter().any(|p| only.contains(p)) {
+            return Vec::new();
+        }
+        group
+            .iter()
+            .copied()
+            .filter(|p| only.contains(p) || *p == p.ceiling())
+            .collect()
+    }
 }
 
 /// Processes the benchmark started, stopped by PID on drop.
@@ -349,7 +413,12 @@ impl Bench {
                     .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
                 Ok(Running::Nft(self.t.router.name.clone()))
             }
-            Peer::NginxStream => {
+            Peer::NginxStream | Peer::NginxStreamReuseport => {
+                let reuseport = if peer == Peer::NginxStreamReuseport {
+                    " reuseport"
+                } else {
+                    ""
+                };
                 let dir = self.dir.path().join("nginx");
                 std::fs::create_dir_all(&dir)?;
                 let conf = format!(
@@ -358,8 +427,8 @@ impl Bench {
                      pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
                      events {{ worker_connections 16384; }}\n\
                      stream {{\n\
-                     server {{ listen {r}:{bulk_port} reuseport; proxy_pass {b}:{iperf_port}; }}\n\
-                     server {{ listen {r}:{rr_port} reuseport; proxy_pass {b}:{backend_rr_port}; }}\n\
+                     server {{ listen {r}:{bulk_port}{reuseport}; proxy_pass {b}:{iperf_port}; }}\n\
+                     server {{ listen {r}:{rr_port}{reuseport}; proxy_pass {b}:{backend_rr_port}; }}\n\
                      }}\n",
                     d = dir.display()
                 );
@@ -834,11 +903,14 @@ pub fn run(opts: Options) -> Result<BTreeMap<Peer, Vec<Sample>>> {
     let server = start_server(&bench.t.backend, bench.backend(), Arc::clone(&bench.stop))?;
     let mut results: BTreeMap<Peer, Vec<Sample>> = BTreeMap::new();
     for round in 1..=opts.rounds {
-        let mut groups = vec![(false, Peer::DEFAULT_GROUP.to_vec())];
+        let mut groups = vec![(false, opts.selected(&Peer::DEFAULT_GROUP))];
         if opts.tx_off_group {
-            groups.push((true, Peer::TX_OFF_GROUP.to_vec()));
+            groups.push((true, opts.selected(&Peer::TX_OFF_GROUP)));
         }
         for (tx_off, peers) in groups {
+            if peers.is_empty() {
+                continue;
+            }
             bench.set_tx_off(tx_off)?;
             for peer in peers {
                 eprintln!("round {round}/{}: {}", opts.rounds, peer.name());
@@ -923,7 +995,226 @@ pub fn table(results: &BTreeMap<Peer, Vec<Sample>>) -> String {
     out
 }
 
+/// Every round of every peer, in the order measured (`a / b / c`).
+pub fn raw_table(results: &BTreeMap<Peer, Vec<Sample>>) -> String {
+    let mut out = String::from(
+        "| peer | bulk 1 stream Gbit/s | bulk 4 streams Gbit/s | conn/s | RR p50 µs | RR p99 µs |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (peer, rounds) in results {
+        let col = |f: fn(&Sample) -> f64, digits: usize| -> String {
+            rounds
+                .iter()
+                .map(|s| match f(s) {
+                    v if v.is_nan() => "–".to_string(),
+                    v => format!("{v:.digits$}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            peer.name(),
+            col(|x| x.bulk1_gbps, 1),
+            col(|x| x.bulk4_gbps, 1),
+            col(|x| x.conn_per_s, 0),
+            col(|x| x.rr_p50_us, 1),
+            col(|x| x.rr_p99_us, 0),
+        ));
+    }
+    out
+}
+
+/// One target of the issue, checked against the medians.
+struct Check {
+    target: String,
+    measured: String,
+    met: bool,
+}
+
+/// The issue's targets for this datapath, each with the medians it was judged on. Targets
+/// whose peers were not measured (`--peers`) are left out.
+pub fn targets(results: &BTreeMap<Peer, Vec<Sample>>) -> String {
+    let med = medians(results);
+    let mut checks = Vec::new();
+    let get = |p: Peer| med.get(&p);
+    type Metric = (&'static str, fn(&Sample) -> f64);
+    let bulk: [Metric; 2] = [
+        ("bulk 1 stream", |s| s.bulk1_gbps),
+        ("bulk 4 streams", |s| s.bulk4_gbps),
+    ];
+    if let (Some(dp), Some(ceil)) = (get(Peer::Datapath), get(Peer::Ceiling)) {
+        let mut ratio_check = |name: &str, f: fn(&Sample) -> f64, at_least: bool, bound: f64| {
+            let r = f(dp) / f(ceil);
+            checks.push(Check {
+                target: format!(
+                    "{name} {} {bound:.2}× the ceiling",
+                    if at_least { "≥" } else { "≤" }
+                ),
+                measured: format!("{:.2}×", r),
+                met: if at_least { r >= bound } else { r <= bound },
+            });
+        };
+        for (name, f) in bulk {
+            ratio_check(name, f, true, 0.95);
+        }
+        ratio_check("new connections/s", |s| s.conn_per_s, true, 0.95);
+        ratio_check("RR p50", |s| s.rr_p50_us, false, 1.1);
+        ratio_check("RR p99", |s| s.rr_p99_us, false, 1.1);
+        for nginx in [Peer::NginxStream, Peer::NginxStreamReuseport] {
+            let Some(n) = get(nginx) else { continue };
+            for (name, f) in bulk {
+                let r = f(dp) / f(n);
+                checks.push(Check {
+                    target: format!("{name} ≥ 2× {}", nginx.name()),
+                    measured: format!("{r:.2}× (the ceiling itself: {:.2}×)", f(ceil) / f(n)),
+                    met: r >= 2.0,
+                });
+            }
+        }
+        if let Some(nft) = get(Peer::Nftables) {
+            checks.push(Check {
+                target: "new connections/s above nftables".into(),
+                measured: format!("{:.0} vs {:.0}", dp.conn_per_s, nft.conn_per_s),
+                met: dp.conn_per_s > nft.conn_per_s,
+            });
+        }
+        let nat_peers = [
+            Peer::Nftables,
+            Peer::NginxStream,
+            Peer::NginxStreamReuseport,
+            Peer::Haproxy,
+        ];
+        let others: Vec<(Peer, f64)> = nat_peers
+            .iter()
+            .filter_map(|p| get(*p).map(|s| (*p, s.cpu_s_per_gb)))
+            .collect();
+        if !others.is_empty() {
+            let (lowest_peer, lowest) = others
+                .iter()
+                .copied()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or((Peer::Nftables, f64::NAN));
+            checks.push(Check {
+                target: "router CPU per GB the lowest of the NAT peers".into(),
+                measured: format!(
+                    "{:.2} s/GB vs {:.2} ({})",
+                    dp.cpu_s_per_gb,
+                    lowest,
+                    lowest_peer.name()
+                ),
+                met: dp.cpu_s_per_gb <= lowest,
+            });
+        }
+    }
+    if let (Some(xdp), Some(nft)) = (get(Peer::DatapathXdpTxOff), get(Peer::NftablesTxOff)) {
+        for (name, f) in bulk {
+            checks.push(Check {
+                target: format!("XDP, tx off: {name} above nftables, tx off"),
+                measured: format!("{:.2} vs {:.2} Gbit/s", f(xdp), f(nft)),
+                met: f(xdp) > f(nft),
+            });
+        }
+    }
+    let mut out = String::from("| target | measured (medians) | met |\n|---|---|---|\n");
+    for c in checks {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            c.target,
+            c.measured,
+            if c.met { "yes" } else { "**no**" }
+        ));
+    }
+    out
+}
+
 /// Where the raw rounds are written.
 pub fn output_path() -> PathBuf {
     router_tests::workspace_root().join("target/bench")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(bulk: f64, conn: f64, p50: f64, p99: f64, cpu: f64) -> Sample {
+        Sample {
+            bulk1_gbps: bulk,
+            bulk4_gbps: bulk,
+            conn_per_s: conn,
+            rr_p50_us: p50,
+            rr_p99_us: p99,
+            cpu_s_per_gb: cpu,
+        }
+    }
+
+    #[test]
+    fn peers_list_names_an_unknown_peer() {
+        assert_eq!(
+            Peer::parse_list("datapath, nginx").unwrap(),
+            vec![Peer::Datapath, Peer::NginxStream]
+        );
+        let e = Peer::parse_list("datapath,nginks").unwrap_err().to_string();
+        assert!(
+            e.contains("\"nginks\"") && e.contains("nginx-reuseport"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_selection_keeps_its_groups_ceiling_and_skips_groups_not_asked_for() {
+        let opts = Options {
+            rounds: 1,
+            seconds: 1,
+            tx_off_group: true,
+            only: Some(vec![Peer::Datapath]),
+        };
+        assert_eq!(
+            opts.selected(&Peer::DEFAULT_GROUP),
+            vec![Peer::Ceiling, Peer::Datapath]
+        );
+        assert!(opts.selected(&Peer::TX_OFF_GROUP).is_empty());
+    }
+
+    #[test]
+    fn targets_are_judged_on_the_medians() {
+        let mut results = BTreeMap::new();
+        // Medians: ceiling 10 Gbit/s, datapath 9.6 (0.96x), nginx 5 (ratio 1.92x: not met).
+        results.insert(
+            Peer::Ceiling,
+            vec![sample(10.0, 1000.0, 10.0, 50.0, 0.4); 3],
+        );
+        results.insert(
+            Peer::Datapath,
+            vec![
+                sample(9.6, 990.0, 10.5, 60.0, 0.3),
+                sample(1.0, 990.0, 10.5, 60.0, 0.3),
+                sample(9.7, 990.0, 10.5, 60.0, 0.3),
+            ],
+        );
+        results.insert(
+            Peer::NginxStream,
+            vec![sample(5.0, 500.0, 100.0, 300.0, 1.3); 3],
+        );
+        let t = targets(&results);
+        assert!(
+            t.contains("| bulk 1 stream ≥ 0.95× the ceiling | 0.96× | yes |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| RR p99 ≤ 1.10× the ceiling | 1.20× | **no** |"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| bulk 4 streams ≥ 2× nginx stream | 1.92× (the ceiling itself: 2.00×) | **no** |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("CPU per GB the lowest of the NAT peers | 0.30 s/GB vs 1.30"),
+            "{t}"
+        );
+        assert!(!t.contains("XDP"), "no XDP peer measured: {t}");
+    }
 }
