@@ -177,8 +177,11 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
 fn daemon_refuses_unknown_interface_with_a_clear_error() {
     require_root();
     let router = Netns::new("trer").expect("router ns");
+    // Its own state directory (the instance lock), so no other daemon on the machine matters.
+    let state = tempfile::tempdir().expect("state dir");
     let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args(["run", "--interface", "nosuch0"]);
+    cmd.args(["run", "--interface", "nosuch0"])
+        .env("ROUTER_STATE_DIR", state.path());
     let out = cmd.output().expect("run daemon");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
