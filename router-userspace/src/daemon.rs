@@ -401,9 +401,8 @@ const STOP_THE_DAEMON: &str = "stop the daemon first (e.g. `systemctl stop task-
 /// daemon on the same instance stops before it touches pins, maps, nginx files or ClearML.
 pub fn lock_instance(cfg: &Config) -> Result<crate::instance_lock::InstanceLock> {
     use crate::instance_lock::{InstanceLock, LockError, lock_path};
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| {
-        format!("cannot create ROUTER_STATE_DIR={}", cfg.state_dir.display())
-    })?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create ROUTER_STATE_DIR={}", cfg.state_dir.display()))?;
     let path = lock_path(&cfg.state_dir);
     let lock = InstanceLock::acquire(&path).map_err(|e| match e {
         LockError::Held { .. } => anyhow!(

@@ -603,7 +603,10 @@ fn a_second_daemon_and_uninstall_are_refused_while_a_daemon_runs() {
     // Stopped: the lock goes with the daemon and `uninstall` proceeds.
     let status = daemon.stop(Signal::SIGTERM).expect("SIGTERM");
     assert!(status.success());
-    let out = s.command("uninstall").output().expect("uninstall after the stop");
+    let out = s
+        .command("uninstall")
+        .output()
+        .expect("uninstall after the stop");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
