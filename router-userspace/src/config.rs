@@ -27,7 +27,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub nginx: NginxConfig,
     pub admin: AdminConfig,
-    /// `ROUTER_STATE_DIR` (default `/var/lib/task-router`): the local cache of allocations.
+    /// `ROUTER_STATE_DIR` (default `/var/lib/task-router`): the local cache of allocations and the
+    /// instance lock (`instance_lock`).
     pub state_dir: PathBuf,
     /// `--routes-file` / `ROUTER_ROUTES_FILE`: static routes (TOML), for use without ClearML and
     /// for benchmarks.
@@ -402,7 +403,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var(
         "ROUTER_STATE_DIR",
         "/var/lib/task-router",
-        "where port allocations and the last route set are kept",
+        "where port allocations, the last route set and the instance lock (one daemon per directory) are kept",
     ),
     var(
         "ROUTER_ROUTES_FILE",

@@ -393,6 +393,53 @@ pub fn open_parts(cfg: &Config, status: &SharedStatus, admin_addr: SocketAddr) -
 // ------------------------------------------------------------------------------------------
 // Start-up.
 
+/// What a second daemon, or `uninstall`, is told to do about the one running.
+const STOP_THE_DAEMON: &str = "stop the daemon first (e.g. `systemctl stop task-router`)";
+
+/// Takes this router instance's lock (`<ROUTER_STATE_DIR>/task-router.lock`, see
+/// [`crate::instance_lock`]) for the daemon's lifetime: the first thing `run` does, so a second
+/// daemon on the same instance stops before it touches pins, maps, nginx files or ClearML.
+pub fn lock_instance(cfg: &Config) -> Result<crate::instance_lock::InstanceLock> {
+    use crate::instance_lock::{InstanceLock, LockError, lock_path};
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create ROUTER_STATE_DIR={}", cfg.state_dir.display()))?;
+    let path = lock_path(&cfg.state_dir);
+    let lock = InstanceLock::acquire(&path).map_err(|e| match e {
+        LockError::Held { .. } => anyhow!(
+            "another task-router daemon already runs this router instance ({e}; \
+             ROUTER_STATE_DIR={}): {STOP_THE_DAEMON}, or give this one its own \
+             ROUTER_STATE_DIR and ROUTER_BPFFS",
+            cfg.state_dir.display()
+        ),
+        LockError::Io { .. } => anyhow!(e),
+    })?;
+    tracing::info!(lock = %path.display(), pid = std::process::id(), "instance lock taken");
+    Ok(lock)
+}
+
+/// `uninstall`'s side of the instance lock: taken (and held while it removes) unless no daemon
+/// can hold it — no state directory, or no lock file and none can be created (a daemon always
+/// has one). Refuses, removing nothing, while a daemon runs.
+pub fn lock_for_uninstall(cfg: &Config) -> Result<Option<crate::instance_lock::InstanceLock>> {
+    use crate::instance_lock::{InstanceLock, LockError, lock_path};
+    if !cfg.state_dir.is_dir() {
+        return Ok(None);
+    }
+    let path = lock_path(&cfg.state_dir);
+    match InstanceLock::acquire(&path) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e @ LockError::Held { .. }) => Err(anyhow!(
+            "a task-router daemon is running on this router instance ({e}): {STOP_THE_DAEMON}; \
+             nothing was removed"
+        )),
+        Err(e) if !path.exists() => {
+            tracing::warn!(error = %e, "no instance lock file and none can be created: no daemon holds it");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow!(e)),
+    }
+}
+
 /// Runs `EXTRA_BASH_COMMAND` once; its failure stops start-up with its output.
 pub fn run_extra_command(cfg: &Config) -> Result<()> {
     let Some(cmd) = &cfg.extra_bash_command else {

@@ -3,7 +3,8 @@
 //! Modules are split by owner: `datapath` owns the kernel programs and their maps, `logging` the
 //! log pipeline (tracing, with the kernel's aya-log records forwarded into it); the control plane
 //! is `config`, `clearml` (API client), `reconcile` (tasks → wanted routes), `ports` (allocator),
-//! `routes_file`, `validate` (untrusted input), `admin` (health/status) and `daemon` (wiring).
+//! `routes_file`, `validate` (untrusted input), `admin` (health/status), `daemon` (wiring) and
+//! `instance_lock` (one daemon per router instance).
 
 pub mod admin;
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod clearml;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod instance_lock;
 pub mod logging;
 pub mod metrics;
 pub mod nginx;

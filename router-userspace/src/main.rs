@@ -45,7 +45,8 @@ enum Command {
     Status(StatusArgs),
     /// Remove everything `run` left in place: detach the programs, unpin every link and map
     /// under ROUTER_BPFFS (of any layout version) and remove the nginx files it generated
-    /// (stopping a managed nginx). Cuts the connections it forwards. Stop the daemon first;
+    /// (stopping a managed nginx). Cuts the connections it forwards. Refused while a daemon
+    /// runs on this instance (it holds ROUTER_STATE_DIR/task-router.lock): stop it first;
     /// give it the configuration the daemon ran with. Safe to repeat.
     #[command(after_long_help = variables_help())]
     Uninstall(ConfigArgs),
@@ -193,6 +194,15 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
         eprintln!("task-router: {e:#}");
         return ExitCode::from(2);
     }
+    // Held until everything is removed: a daemon starting meanwhile waits for nothing, it is
+    // refused.
+    let _instance = match daemon::lock_for_uninstall(&cfg) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("task-router uninstall: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failed = false;
     let bpffs = &cfg.datapath.bpffs;
     match router_userspace::datapath::pins::uninstall(bpffs) {
@@ -276,6 +286,15 @@ fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
     for w in &sources.warnings {
         tracing::warn!("{w}");
     }
+    // First, before anything is touched; declared before the runtime so it is released only
+    // after the runtime (and every owner it drove) is gone.
+    let _instance = match daemon::lock_instance(&cfg) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

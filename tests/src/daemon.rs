@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `log` until the daemon closes it (joined by [`Daemon::wait_for_exit`]).
+    reader: Option<std::thread::JoinHandle<()>>,
     /// The pin directory given when the test named none (dropped after the child is killed).
     _pins: Option<crate::pins::PinRoot>,
 }
@@ -38,7 +40,7 @@ impl Daemon {
         let stderr = child.stderr.take().context("daemon stderr")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(mut l) = sink.lock() {
                     l.push(line);
@@ -48,6 +50,7 @@ impl Daemon {
         Ok(Daemon {
             child,
             log,
+            reader: Some(reader),
             _pins: pins,
         })
     }
@@ -89,6 +92,26 @@ impl Daemon {
             }
             None
         })
+    }
+
+    /// Waits for the daemon to exit on its own (a start-up that must fail) and returns its exit
+    /// status and its whole log (read to the end). Panics with the log if it is still running
+    /// after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = crate::wait::until("daemon exit", timeout + Duration::from_secs(1), || {
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "the daemon still runs after {timeout:?}; the log:\n{}",
+                    self.log()
+                );
+            }
+            self.child.try_wait().ok().flatten()
+        });
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log())
     }
 
     /// Sends `signal` and waits for the exit status.

@@ -153,11 +153,15 @@ fn help_explains_every_variable() {
 fn a_failing_extra_bash_command_stops_start_up_with_its_output() {
     require_root();
     let router = Netns::new("trxc").expect("router ns");
+    // Its own state directory (the instance lock), so no other daemon on the machine matters.
+    let state = temp_dir("xcs");
     let mut cmd = router.command(daemon_binary().to_str().expect("utf-8"));
-    cmd.args(["run", "--interface", "lo"]).env(
-        "EXTRA_BASH_COMMAND",
-        "echo preparing-things; echo broken-step >&2; exit 3",
-    );
+    cmd.args(["run", "--interface", "lo"])
+        .env(
+            "EXTRA_BASH_COMMAND",
+            "echo preparing-things; echo broken-step >&2; exit 3",
+        )
+        .env("ROUTER_STATE_DIR", state.path());
     let out = cmd.output().expect("run daemon");
     let (_, stderr) = text(&out);
     assert!(!out.status.success());

@@ -127,6 +127,9 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
         Ipv4Addr::new(10, 203, 0, 2),
     )
     .expect("veth 2");
+    // Its own state directory: it holds the instance lock, which the default
+    // (/var/lib/task-router) would share with any other daemon on the machine.
+    let state = tempfile::tempdir().expect("state dir");
     let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
     cmd.args([
         "run",
@@ -134,6 +137,8 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
         &format!("{}:xdp", r1.dev),
         "--interface",
         &r2.dev,
+        "--state-dir",
+        state.path().to_str().expect("utf-8 path"),
         // The default leaves the programs attached for the next daemon (see ops_restart).
         "--detach-on-exit",
     ]);
@@ -172,8 +177,11 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
 fn daemon_refuses_unknown_interface_with_a_clear_error() {
     require_root();
     let router = Netns::new("trer").expect("router ns");
+    // Its own state directory (the instance lock), so no other daemon on the machine matters.
+    let state = tempfile::tempdir().expect("state dir");
     let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args(["run", "--interface", "nosuch0"]);
+    cmd.args(["run", "--interface", "nosuch0"])
+        .env("ROUTER_STATE_DIR", state.path());
     let out = cmd.output().expect("run daemon");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -4,7 +4,8 @@
 //! measured moving in each gap), restarts that adopt the pins (same maps, routes and connection
 //! entries) and an upgrade to a rebuilt kernel object (the links then run another program).
 //! Also: an incompatible pinned layout is refused untouched, a pin directory outside bpffs is
-//! refused, `--detach-on-exit`, and `uninstall` leaves nothing behind.
+//! refused, `--detach-on-exit`, `uninstall` leaves nothing behind, and one daemon per instance (a
+//! second daemon and `uninstall` are refused while one runs).
 
 use nix::sys::signal::Signal;
 use rand::RngCore;
@@ -501,6 +502,121 @@ fn detach_on_exit_and_uninstall_leave_nothing_behind() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("nothing pinned"), "{text}");
+}
+
+/// The names and modification times of the files in `dir` (empty if it does not exist).
+fn file_times(dir: &Path) -> Vec<(std::ffi::OsString, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.modified().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// One daemon per router instance: a second `run` on the same state directory and pins exits
+/// at once (exit 1) naming the lock file and the first daemon's PID, touching nothing (same
+/// links and maps, nginx files untouched, the first keeps forwarding); `uninstall` while the
+/// daemon runs refuses and removes nothing; once the daemon has stopped, `uninstall` works.
+#[test]
+fn a_second_daemon_and_uninstall_are_refused_while_a_daemon_runs() {
+    require_root();
+    let s = Setup::new();
+    let daemon = s.start(&[]);
+    let pid = daemon.pid();
+    let lock = Path::new(&s.path("state")).join("task-router.lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file"),
+        format!("{pid}\n"),
+        "the lock file records the holder"
+    );
+    let mut client = Client::connect(&s.t.client, s.router()).expect("connect");
+    client
+        .echo_random(256 * 1024, 8192, |_| {})
+        .expect("echo through the daemon");
+    let links: Vec<(u64, u64)> = s.link_pins().iter().map(|p| link(p)).collect();
+    let maps: Vec<u64> = ["ROUTES", "CT4", "PORT_FLAGS"]
+        .iter()
+        .map(|m| map_id(&s.pin(m)))
+        .collect();
+    let nginx_dir = s.dir.path().join("nginx");
+    let nginx_files = file_times(&nginx_dir);
+
+    // A second daemon on the same instance.
+    let mut second = Daemon::spawn(s.command("run")).expect("start a second daemon");
+    let (status, log) = second.wait_for_exit(READY);
+    assert_eq!(status.code(), Some(1), "second daemon:\n{log}");
+    assert!(
+        log.contains(&lock.display().to_string()) && log.contains(&format!("PID {pid}")),
+        "the error names the lock file and the holder:\n{log}"
+    );
+    assert!(log.contains("stop the daemon first"), "{log}");
+    for never in ["adopt", "attached", "pinned", "listening", "nginx"] {
+        assert!(
+            !log.to_lowercase().contains(never),
+            "the refused daemon went as far as {never:?}:\n{log}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock file"),
+        format!("{pid}\n"),
+        "the refused daemon leaves the lock file alone"
+    );
+    let links_now: Vec<(u64, u64)> = s.link_pins().iter().map(|p| link(p)).collect();
+    assert_eq!(links_now, links, "same links, same programs");
+    assert_eq!(map_id(&s.pin("ROUTES")), maps[0]);
+    assert_eq!(file_times(&nginx_dir), nginx_files, "nginx files untouched");
+    client
+        .echo_random(256 * 1024, 8192, |_| {})
+        .expect("the established connection still forwards");
+    let mut fresh = Client::connect(&s.t.client, s.router()).expect("a new connection");
+    fresh
+        .echo_random(64 * 1024, 8192, |_| {})
+        .expect("echo on a new connection");
+
+    // `uninstall` while the daemon runs.
+    let out = s.command("uninstall").output().expect("uninstall");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains(&format!("PID {pid}")), "{stderr}");
+    assert!(stderr.contains("stop the daemon first"), "{stderr}");
+    assert!(stderr.contains("nothing was removed"), "{stderr}");
+    for path in s.link_pins() {
+        assert!(path.exists(), "{} removed under the daemon", path.display());
+    }
+    let map_ids: Vec<u64> = ["ROUTES", "CT4", "PORT_FLAGS"]
+        .iter()
+        .map(|m| map_id(&s.pin(m)))
+        .collect();
+    assert_eq!(map_ids, maps, "maps still pinned, the same ones");
+    assert_eq!(file_times(&nginx_dir), nginx_files, "nginx files untouched");
+    client
+        .echo_random(256 * 1024, 8192, |_| {})
+        .expect("still forwarding after the refused uninstall");
+    client.finish().expect("clean close");
+    fresh.finish().expect("clean close");
+
+    // Stopped: the lock goes with the daemon and `uninstall` proceeds.
+    let status = daemon.stop(Signal::SIGTERM).expect("SIGTERM");
+    assert!(status.success());
+    let out = s
+        .command("uninstall")
+        .output()
+        .expect("uninstall after the stop");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("detached and unpinned"), "{stdout}");
+    assert!(!s.pins.path().exists(), "pin directory gone:\n{stdout}");
+    let programs: Vec<u64> = links.iter().map(|l| l.1).collect();
+    assert_nothing_attached(&s, &programs);
 }
 
 /// No program of ours on the test interfaces (XDP and TCX hooks, asked of the kernel in the
