@@ -19,7 +19,40 @@ fn settings() -> Settings {
         domain: Some("apps.example.com".into()),
         default_mode: HttpMode::Path,
         queue_ids: Vec::new(),
+        // Small, so that hostile tasks (up to 10 runtime keys each) meet it.
+        max_endpoints_per_task: 3,
     }
+}
+
+/// Routes per task in `routes`, by `(endpoint, protocol)`.
+fn routes_by_task(routes: &RouteSet) -> BTreeMap<String, BTreeSet<(String, Kind)>> {
+    let mut by_task: BTreeMap<String, BTreeSet<(String, Kind)>> = BTreeMap::new();
+    let tcp = routes.tcp.values().map(|r| (&r.owner, Kind::Tcp));
+    let http = routes.http.values().map(|r| (&r.owner, Kind::Http));
+    for (owner, kind) in tcp.chain(http) {
+        by_task
+            .entry(owner.task_id.clone())
+            .or_default()
+            .insert((owner.endpoint.clone(), kind));
+    }
+    by_task
+}
+
+/// No task is given new routes past the limit: the routes it keeps from `in_force` count, and
+/// once they reach the limit it gets none.
+fn assert_limit(plan: &Plan, in_force: &RouteSet, limit: usize) -> Result<(), TestCaseError> {
+    let before = routes_by_task(in_force);
+    for (task, routes) in routes_by_task(&plan.routes) {
+        let kept = before
+            .get(&task)
+            .map_or(0, |old| routes.intersection(old).count());
+        let new = routes.len() - kept;
+        prop_assert!(
+            new <= limit.saturating_sub(kept),
+            "task {task}: {kept} kept + {new} new routes, limit {limit}: {routes:?}"
+        );
+    }
+    Ok(())
 }
 
 fn policy() -> UpstreamPolicy {
@@ -187,7 +220,8 @@ proptest! {
         let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
             30000, 30015, Duration::from_secs(60),
         ));
-        let first = r.plan(&tasks, &RouteSet::default(), &s, &p, 0);
+        let first = r.plan(&tasks, &RouteSet::default(), &RouteSet::default(), &s, &p, 0);
+        assert_limit(&first, &RouteSet::default(), s.max_endpoints_per_task)?;
         for (port, route) in &first.routes.tcp {
             prop_assert!((30000..=30015).contains(port));
             prop_assert!(p.address(&route.upstream.ip().to_string()).is_ok());
@@ -201,9 +235,21 @@ proptest! {
                 t.runtime.insert(k.clone(), v.clone());
             }
         }
-        let second = r.plan(&tasks, &RouteSet::default(), &s, &p, 1);
+        let second = r.plan(&tasks, &RouteSet::default(), &first.routes, &s, &p, 1);
         prop_assert_eq!(&second.routes, &first.routes);
         prop_assert!(second.writes.is_empty(), "still writing: {:?}", second.writes);
+        assert_limit(&second, &first.routes, s.max_endpoints_per_task)?;
+        // The same choice from ClearML's data alone (the local state lost).
+        let mut fresh = Reconciler::new(crate::ports::PortAllocator::in_memory(
+            30000, 30015, Duration::from_secs(60),
+        ));
+        let rebuilt = fresh.plan(&tasks, &RouteSet::default(), &RouteSet::default(), &s, &p, 1);
+        prop_assert_eq!(routes_by_task(&rebuilt.routes), routes_by_task(&first.routes));
+        // A lowered limit: what is in force stays, nothing new past the limit.
+        let lowered = Settings { max_endpoints_per_task: 1, ..s.clone() };
+        let third = r.plan(&tasks, &RouteSet::default(), &first.routes, &lowered, &p, 2);
+        prop_assert_eq!(&third.routes, &first.routes);
+        assert_limit(&third, &first.routes, 1)?;
     }
 }
 
@@ -228,15 +274,22 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
     let tcp = task("5f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99", tcp);
     let parsed = parse_task(&http, &settings(), &policy());
     assert_eq!(parsed.len(), 20_000);
+    // Without a per-task limit (the largest allowed): the whole range, no more.
+    let unlimited = Settings {
+        max_endpoints_per_task: 65535,
+        ..settings()
+    };
+    let tasks = [http, tcp];
     let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
         30000,
         30999,
         Duration::from_secs(60),
     ));
     let plan = r.plan(
-        &[http, tcp],
+        &tasks,
         &RouteSet::default(),
-        &settings(),
+        &RouteSet::default(),
+        &unlimited,
         &policy(),
         0,
     );
@@ -245,6 +298,35 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
     assert_eq!(plan.refused.len(), 19_000);
     assert!(
         plan.refused.iter().all(|r| r.reason.contains("30000")),
+        "{:?}",
+        plan.refused[0]
+    );
+
+    // With the default limit: 16 routes each, the other requests refused naming the limit.
+    let limited = Settings {
+        max_endpoints_per_task: crate::config::DEFAULT_MAX_ENDPOINTS_PER_TASK as usize,
+        ..settings()
+    };
+    let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
+        30000,
+        30999,
+        Duration::from_secs(60),
+    ));
+    let plan = r.plan(
+        &tasks,
+        &RouteSet::default(),
+        &RouteSet::default(),
+        &limited,
+        &policy(),
+        0,
+    );
+    assert_eq!(plan.routes.http.len(), 16);
+    assert_eq!(plan.routes.tcp.len(), 16);
+    assert_eq!(plan.refused.len(), 2 * (20_000 - 16));
+    assert!(
+        plan.refused
+            .iter()
+            .all(|r| r.reason.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=16")),
         "{:?}",
         plan.refused[0]
     );
