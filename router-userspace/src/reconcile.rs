@@ -535,8 +535,7 @@ struct Req<'a> {
 pub fn over_limit_reason(task_id: &str, limit: usize) -> String {
     format!(
         "task {task_id} asks for more than ROUTER_MAX_ENDPOINTS_PER_TASK={limit} routes \
-         (TCP and HTTP counted together): its routes in force are kept, then the first by \
-         endpoint name, and this one is not served"
+         (TCP and HTTP counted together); this one is served once the task holds fewer"
     )
 }
 
