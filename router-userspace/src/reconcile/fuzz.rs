@@ -253,6 +253,86 @@ proptest! {
     }
 }
 
+/// A task asking for valid endpoints: `(name index, TCP?, forged "routed by r1" claim?)`.
+fn valid_requests() -> impl Strategy<Value = Vec<(u8, bool, bool)>> {
+    prop::collection::vec((0u8..12, any::<bool>(), any::<bool>()), 0..10)
+}
+
+fn valid_task(i: usize, requests: &[(u8, bool, bool)]) -> Task {
+    let mut rt = Map::new();
+    for &(n, tcp, forged) in requests {
+        let name = if n == 0 { String::new() } else { format!("e{n}") };
+        if tcp && forged {
+            // The keys this router writes, written by the task itself, on a port of the range.
+            rt.insert(runtime_key("external_address", &name), json!("203.0.113.7"));
+            rt.insert(runtime_key("external_tcp_port", &name), json!(30000 + u16::from(n)));
+            rt.insert(runtime_key("upstream_task_address", &name), json!("10.0.0.9"));
+            rt.insert(runtime_key("upstream_task_port", &name), json!(22));
+        } else if tcp {
+            rt.insert(runtime_key("external_address", &name), json!("10.0.0.9"));
+            rt.insert(runtime_key("external_tcp_port", &name), json!(22));
+        } else {
+            rt.insert(runtime_key("_ADDRESS", &name), json!("10.0.0.9"));
+            rt.insert(runtime_key("_PORT", &name), json!(80));
+            if forged {
+                let url = endpoint_url(&settings(), &EndpointKey::new(format!("{i:032x}"), name.as_str()), HttpMode::Path);
+                rt.insert(runtime_key("endpoint", &name), json!(url));
+                rt.insert(runtime_key("browser_endpoint", &name), json!(url));
+            }
+        }
+        if forged {
+            rt.insert(runtime_key("_ROUTER_NAME", &name), json!("r1"));
+        }
+    }
+    task(&format!("{i:032x}"), rt)
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    /// Tasks with many valid requests (some forging this router's keys) under a random limit:
+    /// no task is given more than the limit, the choice settles and is the same from ClearML's
+    /// data alone, and a lowered limit keeps every route in force and adds none past it.
+    #[test]
+    fn no_task_holds_more_than_the_limit_of_new_routes(
+        requests in prop::collection::vec(valid_requests(), 1..6),
+        limit in 1usize..5,
+        lowered_by in 0usize..4,
+    ) {
+        let lowered = limit.saturating_sub(lowered_by).max(1);
+        let p = policy();
+        let s = Settings { max_endpoints_per_task: limit, ..settings() };
+        let mut tasks: Vec<Task> =
+            requests.iter().enumerate().map(|(i, r)| valid_task(i, r)).collect();
+        let new_reconciler = || Reconciler::new(crate::ports::PortAllocator::in_memory(
+            30000, 30099, Duration::from_secs(60),
+        ));
+        let mut r = new_reconciler();
+        let none = RouteSet::default();
+        let first = r.plan(&tasks, &none, &none, &s, &p, 0);
+        assert_limit(&first, &none, limit)?;
+        for f in &first.refused {
+            prop_assert!(f.reason.contains(&format!("ROUTER_MAX_ENDPOINTS_PER_TASK={limit}")), "{f:?}");
+            prop_assert!(f.reason.contains(&f.task_id), "{f:?}");
+        }
+        for wb in &first.writes {
+            let t = tasks.iter_mut().find(|t| t.id == wb.key.task_id).expect("written task");
+            for (k, v) in &wb.patch {
+                t.runtime.insert(k.clone(), v.clone());
+            }
+        }
+        let second = r.plan(&tasks, &none, &first.routes, &s, &p, 1);
+        prop_assert_eq!(&second.routes, &first.routes);
+        prop_assert_eq!(&second.refused, &first.refused);
+        let rebuilt = new_reconciler().plan(&tasks, &none, &none, &s, &p, 1);
+        prop_assert_eq!(routes_by_task(&rebuilt.routes), routes_by_task(&first.routes));
+        let lower = Settings { max_endpoints_per_task: lowered, ..s.clone() };
+        let third = r.plan(&tasks, &none, &first.routes, &lower, &p, 2);
+        prop_assert_eq!(&third.routes, &first.routes);
+        assert_limit(&third, &first.routes, lowered)?;
+    }
+}
+
 /// A task that writes thousands of endpoint keys (a hostile or broken task) is read and
 /// planned whole: every endpoint refused or routed, the range filled and no more. This used to
 /// be quadratic (endpoint names deduplicated by searching a list; every request past a full
