@@ -563,13 +563,20 @@ fn limit_per_task<'a>(
     let held: std::collections::HashSet<(&str, &str, Kind)> = in_force
         .tcp
         .values()
-        .map(|r| (r.owner.task_id.as_str(), r.owner.endpoint.as_str(), Kind::Tcp))
-        .chain(
-            in_force
-                .http
-                .values()
-                .map(|r| (r.owner.task_id.as_str(), r.owner.endpoint.as_str(), Kind::Http)),
-        )
+        .map(|r| {
+            (
+                r.owner.task_id.as_str(),
+                r.owner.endpoint.as_str(),
+                Kind::Tcp,
+            )
+        })
+        .chain(in_force.http.values().map(|r| {
+            (
+                r.owner.task_id.as_str(),
+                r.owner.endpoint.as_str(),
+                Kind::Http,
+            )
+        }))
         .collect();
     let tier = |r: &Req| -> u8 {
         let kind = r.want.kind();
@@ -1081,7 +1088,14 @@ mod tests {
             "t",
             json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.0.0.9", "_PORT": 80}),
         );
-        let p = r.plan(&[t], &RouteSet::default(), &RouteSet::default(), &s, &policy(), 0);
+        let p = r.plan(
+            &[t],
+            &RouteSet::default(),
+            &RouteSet::default(),
+            &s,
+            &policy(),
+            0,
+        );
         assert_eq!(p.tasks, 0);
         assert!(p.routes.http.is_empty());
     }
@@ -1223,7 +1237,14 @@ mod tests {
                 json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.0.0.9", "_PORT": 80}),
             ),
         ];
-        let p = r.plan(&tasks, &statics, &RouteSet::default(), &settings(), &policy(), 0);
+        let p = r.plan(
+            &tasks,
+            &statics,
+            &RouteSet::default(),
+            &settings(),
+            &policy(),
+            0,
+        );
         assert_eq!(p.routes.tcp.keys().copied().collect::<Vec<_>>(), [30001]);
         assert!(p.routes.http.is_empty());
         assert!(p.refused[0].reason.contains("static route"));
@@ -1314,8 +1335,16 @@ mod tests {
             tcp_task("other", &[""]),
         ];
         let p = plan_limited(&mut r, &tasks, &RouteSet::default(), 3);
-        assert_eq!(routed(&p, "greedy"), names(&["", "a", "b"]), "by endpoint name");
-        assert_eq!(routed(&p, "other"), names(&[""]), "another task still gets its port");
+        assert_eq!(
+            routed(&p, "greedy"),
+            names(&["", "a", "b"]),
+            "by endpoint name"
+        );
+        assert_eq!(
+            routed(&p, "other"),
+            names(&[""]),
+            "another task still gets its port"
+        );
         let refused: Vec<&str> = p.refused.iter().map(|f| f.endpoint.as_str()).collect();
         assert_eq!(refused, ["c", "d", "e"]);
         for f in &p.refused {
@@ -1394,7 +1423,11 @@ mod tests {
         assert!(p2.writes.is_empty());
         assert_eq!(p2.refused.len(), 1);
         assert_eq!(p2.refused[0].endpoint, "e");
-        assert!(p2.refused[0].reason.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=2"));
+        assert!(
+            p2.refused[0]
+                .reason
+                .contains("ROUTER_MAX_ENDPOINTS_PER_TASK=2")
+        );
         // Withdrawing one frees no place while it still holds more than the limit.
         for key in ["external_address__a", "external_tcp_port__a", "_SERVICE__a"] {
             tasks[0].runtime.remove(key);
@@ -1430,7 +1463,10 @@ mod tests {
             ]
         );
         assert_eq!(p.refused.len(), 1);
-        assert_eq!((p.refused[0].endpoint.as_str(), p.refused[0].kind.as_str()), ("db", "tcp"));
+        assert_eq!(
+            (p.refused[0].endpoint.as_str(), p.refused[0].kind.as_str()),
+            ("db", "tcp")
+        );
     }
 
     #[test]
@@ -1441,7 +1477,10 @@ mod tests {
             let name = format!("e{i}");
             rt.insert(runtime_key("external_address", &name), json!("203.0.113.7"));
             rt.insert(runtime_key("external_tcp_port", &name), json!(30010 + i));
-            rt.insert(runtime_key("upstream_task_address", &name), json!("10.0.0.9"));
+            rt.insert(
+                runtime_key("upstream_task_address", &name),
+                json!("10.0.0.9"),
+            );
             rt.insert(runtime_key("upstream_task_port", &name), json!(22));
             rt.insert(runtime_key("_ROUTER_NAME", &name), json!("r1"));
         }

@@ -261,12 +261,22 @@ fn valid_requests() -> impl Strategy<Value = Vec<(u8, bool, bool)>> {
 fn valid_task(i: usize, requests: &[(u8, bool, bool)]) -> Task {
     let mut rt = Map::new();
     for &(n, tcp, forged) in requests {
-        let name = if n == 0 { String::new() } else { format!("e{n}") };
+        let name = if n == 0 {
+            String::new()
+        } else {
+            format!("e{n}")
+        };
         if tcp && forged {
             // The keys this router writes, written by the task itself, on a port of the range.
             rt.insert(runtime_key("external_address", &name), json!("203.0.113.7"));
-            rt.insert(runtime_key("external_tcp_port", &name), json!(30000 + u16::from(n)));
-            rt.insert(runtime_key("upstream_task_address", &name), json!("10.0.0.9"));
+            rt.insert(
+                runtime_key("external_tcp_port", &name),
+                json!(30000 + u16::from(n)),
+            );
+            rt.insert(
+                runtime_key("upstream_task_address", &name),
+                json!("10.0.0.9"),
+            );
             rt.insert(runtime_key("upstream_task_port", &name), json!(22));
         } else if tcp {
             rt.insert(runtime_key("external_address", &name), json!("10.0.0.9"));
@@ -275,7 +285,11 @@ fn valid_task(i: usize, requests: &[(u8, bool, bool)]) -> Task {
             rt.insert(runtime_key("_ADDRESS", &name), json!("10.0.0.9"));
             rt.insert(runtime_key("_PORT", &name), json!(80));
             if forged {
-                let url = endpoint_url(&settings(), &EndpointKey::new(format!("{i:032x}"), name.as_str()), HttpMode::Path);
+                let url = endpoint_url(
+                    &settings(),
+                    &EndpointKey::new(format!("{i:032x}"), name.as_str()),
+                    HttpMode::Path,
+                );
                 rt.insert(runtime_key("endpoint", &name), json!(url));
                 rt.insert(runtime_key("browser_endpoint", &name), json!(url));
             }
