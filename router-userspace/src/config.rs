@@ -74,7 +74,18 @@ pub struct RouterConfig {
     /// `ROUTER_URL`: external base URL HTTP endpoints are built on (`https://router.example.com`),
     /// without a trailing slash. Default `http://{TCP_ROUTER_ADDRESS}:{server port}`.
     pub url: String,
+    /// `ROUTER_MAX_ENDPOINTS_PER_TASK` (default [`DEFAULT_MAX_ENDPOINTS_PER_TASK`]): how many
+    /// routes (TCP and HTTP together) one task may be given, so one task cannot take the whole
+    /// port range (or bloat the nginx config) and starve the others.
+    pub max_endpoints_per_task: u32,
 }
+
+/// Default of `ROUTER_MAX_ENDPOINTS_PER_TASK`. ClearML's own users of the router ask for one or
+/// a few routes per task: clearml-session routes only SSH (Jupyter and VS Code go through its
+/// tunnel), an SDK task calls `request_external_endpoint` once per named endpoint (an API and a
+/// UI, maybe a TCP port next to them). 16 leaves ample headroom for those, while the default
+/// range of 1000 ports still takes 63 tasks at the limit to fill.
+pub const DEFAULT_MAX_ENDPOINTS_PER_TASK: u32 = 16;
 
 /// The TCP port range and what is written back for it.
 #[derive(Clone, Debug)]
@@ -289,6 +300,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ROUTER_PORT_GRACE",
         "60s",
         "how long a released TCP port rests before it is handed out again",
+    ),
+    var(
+        "ROUTER_MAX_ENDPOINTS_PER_TASK",
+        "16",
+        "routes one task may hold, TCP and HTTP counted together; its further requests are refused",
     ),
     var(
         "ROUTER_DATAPATH",
@@ -1174,6 +1190,15 @@ impl Config {
             Duration::from_secs(60),
             parse_bounded_duration(Duration::ZERO, Duration::from_secs(86400)),
         );
+        let max_endpoints_per_task = r.parse(
+            "ROUTER_MAX_ENDPOINTS_PER_TASK",
+            "a number of routes between 1 and 65535",
+            DEFAULT_MAX_ENDPOINTS_PER_TASK,
+            |s| match s.parse::<u32>() {
+                Ok(n) if (1..=65535).contains(&n) => Ok(n),
+                _ => Err(String::new()),
+            },
+        );
         if (port_start..=port_end).contains(&server_port) {
             r.errors.push(ConfigError::Conflict {
                 what: format!(
@@ -1378,7 +1403,11 @@ impl Config {
                 poll_interval,
                 request_timeout,
             },
-            router: RouterConfig { name, url },
+            router: RouterConfig {
+                name,
+                url,
+                max_endpoints_per_task,
+            },
             tcp: TcpConfig {
                 router_address,
                 port_start,
@@ -1472,6 +1501,10 @@ impl Config {
                 list(&self.tcp.allowed_upstreams),
             ),
             ("ROUTER_PORT_GRACE", secs(self.tcp.port_grace)),
+            (
+                "ROUTER_MAX_ENDPOINTS_PER_TASK",
+                self.router.max_endpoints_per_task.to_string(),
+            ),
             ("ROUTER_DATAPATH", self.datapath.kind.to_string()),
             ("ROUTER_INTERFACES", interfaces),
             ("ROUTER_BPFFS", self.datapath.bpffs.display().to_string()),
@@ -1642,6 +1675,10 @@ mod tests {
         assert_eq!(c.clearml.poll_interval, Duration::from_secs(2));
         assert_eq!((c.tcp.port_start, c.tcp.port_end), (30000, 30999));
         assert_eq!(c.tcp.port_grace, Duration::from_secs(60));
+        assert_eq!(
+            c.router.max_endpoints_per_task,
+            DEFAULT_MAX_ENDPOINTS_PER_TASK
+        );
         assert_eq!(c.tcp.allowed_upstreams.len(), 4);
         assert_eq!(c.datapath.kind, DatapathKind::Ebpf(AttachMode::Auto));
         assert_eq!(c.datapath.bpffs, PathBuf::from("/sys/fs/bpf/task-router"));
@@ -1846,6 +1883,21 @@ mod tests {
             ("ROUTER_ALLOWED_UPSTREAMS", "10.0.0.0/33", "IPv4 CIDRs"),
             ("ROUTER_PORT_GRACE", "2d", "duration"),
             (
+                "ROUTER_MAX_ENDPOINTS_PER_TASK",
+                "0",
+                "number of routes between 1 and 65535",
+            ),
+            (
+                "ROUTER_MAX_ENDPOINTS_PER_TASK",
+                "70000",
+                "number of routes between 1 and 65535",
+            ),
+            (
+                "ROUTER_MAX_ENDPOINTS_PER_TASK",
+                "many",
+                "number of routes between 1 and 65535",
+            ),
+            (
                 "ROUTER_DATAPATH",
                 "dpdk",
                 "auto, xdp, xdp-generic, tc or nginx",
@@ -1894,6 +1946,31 @@ mod tests {
             );
             assert!(e.contains(expected), "{var}: expectation missing: {e}");
         }
+    }
+
+    #[test]
+    fn max_endpoints_per_task_is_read_and_bounded() {
+        let c = ok(&[("ROUTER_MAX_ENDPOINTS_PER_TASK", " 3 ")]);
+        assert_eq!(c.router.max_endpoints_per_task, 3);
+        assert_eq!(
+            ok(&[("ROUTER_MAX_ENDPOINTS_PER_TASK", "65535")])
+                .router
+                .max_endpoints_per_task,
+            65535
+        );
+        // An empty value is the default, as for every variable.
+        assert_eq!(
+            ok(&[("ROUTER_MAX_ENDPOINTS_PER_TASK", "")])
+                .router
+                .max_endpoints_per_task,
+            DEFAULT_MAX_ENDPOINTS_PER_TASK
+        );
+        let e = err(&[("ROUTER_MAX_ENDPOINTS_PER_TASK", "-1")]);
+        assert!(
+            e.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=\"-1\"")
+                && e.contains("expected a number of routes between 1 and 65535"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -976,9 +976,14 @@ impl Engine {
         // Planning moves ports (releases, new claims): keep the allocator as it was in case the
         // guard does not believe this answer.
         let ports_before = self.reconciler.ports.clone();
-        let plan =
-            self.reconciler
-                .plan(&tasks, &statics, &self.settings, &self.policy, now_millis());
+        let plan = self.reconciler.plan(
+            &tasks,
+            &statics,
+            &self.clearml_routes,
+            &self.settings,
+            &self.policy,
+            now_millis(),
+        );
         let kept = route_owners(&plan.routes);
         let kept: HashSet<&str> = kept.iter().map(String::as_str).collect();
         if let GuardVerdict::Hold { gone, routed } = self.guard.check(&routed, &kept) {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub default_mode: HttpMode,
     /// Ids of the listened queues; empty = all.
     pub queue_ids: Vec<String>,
+    /// `ROUTER_MAX_ENDPOINTS_PER_TASK`: routes (TCP and HTTP together) one task may hold.
+    pub max_endpoints_per_task: usize,
 }
 
 impl Settings {
@@ -51,6 +53,7 @@ impl Settings {
             domain: cfg.http.domain.clone(),
             default_mode: cfg.http.mode,
             queue_ids: Vec::new(),
+            max_endpoints_per_task: cfg.router.max_endpoints_per_task as usize,
         }
     }
 }
@@ -520,6 +523,118 @@ pub struct Plan {
     pub tasks: usize,
 }
 
+/// One readable request of a task during planning.
+struct Req<'a> {
+    task: &'a Task,
+    key: EndpointKey,
+    want: Want,
+}
+
+/// Why a request past `ROUTER_MAX_ENDPOINTS_PER_TASK` is not served (the same text every cycle:
+/// refusals are logged once per change).
+pub fn over_limit_reason(task_id: &str, limit: usize) -> String {
+    format!(
+        "task {task_id} asks for more than ROUTER_MAX_ENDPOINTS_PER_TASK={limit} routes \
+         (TCP and HTTP counted together); this one is served once the task holds fewer"
+    )
+}
+
+/// Keeps at most `s.max_endpoints_per_task` requests of each task and refuses the others, so
+/// one task cannot take the whole port range (nor fill nginx's config) and starve the rest.
+/// `requests` are sorted by endpoint key and protocol. The served ones, per task:
+/// 1. its routes in force (`in_force`: this router's last plan, seeded from `routes.json` at
+///    start), even above the limit: a working route is never torn down because the task asked
+///    for more or the operator lowered the limit. This is the router's own record, which a
+///    task cannot forge; when a task holds that many, its new requests are all refused;
+/// 2. then those its runtime shows as routed by this router (the local state lost: the same
+///    choice comes out of ClearML's data alone, as long as the limit did not shrink);
+/// 3. then the rest;
+///
+/// each tier by endpoint name, then protocol (TCP before HTTP), while the task holds fewer than
+/// the limit. Tier 2 is read from the task's runtime, which the task may write: forging it only
+/// reorders the task's own requests, never admits one more.
+fn limit_per_task<'a>(
+    requests: Vec<Req<'a>>,
+    in_force: &RouteSet,
+    s: &Settings,
+    refused: &mut Vec<Refusal>,
+) -> Vec<Req<'a>> {
+    let limit = s.max_endpoints_per_task;
+    let held: std::collections::HashSet<(&str, &str, Kind)> = in_force
+        .tcp
+        .values()
+        .map(|r| {
+            (
+                r.owner.task_id.as_str(),
+                r.owner.endpoint.as_str(),
+                Kind::Tcp,
+            )
+        })
+        .chain(in_force.http.values().map(|r| {
+            (
+                r.owner.task_id.as_str(),
+                r.owner.endpoint.as_str(),
+                Kind::Http,
+            )
+        }))
+        .collect();
+    let tier = |r: &Req| -> u8 {
+        let kind = r.want.kind();
+        if held.contains(&(r.key.task_id.as_str(), r.key.endpoint.as_str(), kind)) {
+            return 0;
+        }
+        let routed_by_us = match &r.want {
+            Want::Tcp { routed_port, .. } => routed_port.is_some(),
+            Want::Http { mode, .. } => crate::clearml::client::applied(
+                &r.task.runtime,
+                &http_patch(s, &r.key.endpoint, &endpoint_url(s, &r.key, *mode)),
+            ),
+        };
+        if routed_by_us { 1 } else { 2 }
+    };
+    let mut serve = vec![false; requests.len()];
+    let mut start = 0;
+    while start < requests.len() {
+        let task_id = &requests[start].key.task_id;
+        let end = start
+            + requests[start..]
+                .iter()
+                .take_while(|r| &r.key.task_id == task_id)
+                .count();
+        if end - start > limit {
+            // The index keeps the (endpoint, protocol) order within a tier.
+            let mut order: Vec<(u8, usize)> =
+                (start..end).map(|i| (tier(&requests[i]), i)).collect();
+            order.sort_unstable();
+            let mut holds = 0;
+            for (t, i) in order {
+                if t == 0 || holds < limit {
+                    serve[i] = true;
+                    holds += 1;
+                }
+            }
+        } else {
+            serve[start..end].fill(true);
+        }
+        start = end;
+    }
+    let mut kept = Vec::with_capacity(requests.len());
+    for (r, served) in requests.into_iter().zip(serve) {
+        if served {
+            kept.push(r);
+        } else {
+            refused.push(Refusal {
+                reason: over_limit_reason(&r.key.task_id, limit),
+                task_id: r.key.task_id,
+                task_name: validate::truncate(&r.task.name),
+                endpoint: r.key.endpoint,
+                kind: r.want.kind().as_str().into(),
+            });
+        }
+    }
+    kept
+}
+
 /// Owns the port allocator; turns task listings into plans.
 #[derive(Debug)]
 pub struct Reconciler {
@@ -532,21 +647,19 @@ impl Reconciler {
     }
 
     /// Computes the wanted ClearML routes from `tasks` (one complete listing). Ports of
-    /// `static_routes` are never handed out and their HTTP keys win over tasks'.
+    /// `static_routes` are never handed out and their HTTP keys win over tasks'. `in_force` is
+    /// the ClearML route set being served now (the last plan, or the previous run's): a task
+    /// over `ROUTER_MAX_ENDPOINTS_PER_TASK` keeps those routes (see [`limit_per_task`]).
     pub fn plan(
         &mut self,
         tasks: &[Task],
         static_routes: &RouteSet,
+        in_force: &RouteSet,
         s: &Settings,
         policy: &UpstreamPolicy,
         now: Millis,
     ) -> Plan {
         let mut plan = Plan::default();
-        struct Req<'a> {
-            task: &'a Task,
-            key: EndpointKey,
-            want: Want,
-        }
         let mut requests: Vec<Req> = Vec::new();
         for task in tasks {
             if !task.wants_routes(&s.queue_ids) {
@@ -568,6 +681,8 @@ impl Reconciler {
             }
         }
         requests.sort_by(|a, b| (&a.key, a.want.kind()).cmp(&(&b.key, b.want.kind())));
+        // Before any port is claimed or allocated: a refused request holds nothing.
+        let requests = limit_per_task(requests, in_force, s, &mut plan.refused);
 
         // Ports: static reservations, then the server's claims, then releases, then new ones.
         self.ports.set_reserved(static_routes.tcp.keys().copied());
@@ -701,6 +816,7 @@ mod tests {
             domain: Some("apps.example.com".into()),
             default_mode: HttpMode::Path,
             queue_ids: Vec::new(),
+            max_endpoints_per_task: 16,
         }
     }
 
@@ -728,7 +844,14 @@ mod tests {
     }
 
     fn plan(r: &mut Reconciler, tasks: &[Task]) -> Plan {
-        r.plan(tasks, &RouteSet::default(), &settings(), &policy(), 0)
+        r.plan(
+            tasks,
+            &RouteSet::default(),
+            &RouteSet::default(),
+            &settings(),
+            &policy(),
+            0,
+        )
     }
 
     /// Applies a plan's writes to the tasks, as the server would after write-back.
@@ -965,7 +1088,14 @@ mod tests {
             "t",
             json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.0.0.9", "_PORT": 80}),
         );
-        let p = r.plan(&[t], &RouteSet::default(), &s, &policy(), 0);
+        let p = r.plan(
+            &[t],
+            &RouteSet::default(),
+            &RouteSet::default(),
+            &s,
+            &policy(),
+            0,
+        );
         assert_eq!(p.tasks, 0);
         assert!(p.routes.http.is_empty());
     }
@@ -1107,7 +1237,14 @@ mod tests {
                 json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.0.0.9", "_PORT": 80}),
             ),
         ];
-        let p = r.plan(&tasks, &statics, &settings(), &policy(), 0);
+        let p = r.plan(
+            &tasks,
+            &statics,
+            &RouteSet::default(),
+            &settings(),
+            &policy(),
+            0,
+        );
         assert_eq!(p.routes.tcp.keys().copied().collect::<Vec<_>>(), [30001]);
         assert!(p.routes.http.is_empty());
         assert!(p.refused[0].reason.contains("static route"));
@@ -1150,6 +1287,211 @@ mod tests {
                 .unwrap_err()
                 .contains("withdrew")
         );
+    }
+
+    /// A plan with `ROUTER_MAX_ENDPOINTS_PER_TASK` = `limit`, serving `in_force` now.
+    fn plan_limited(r: &mut Reconciler, tasks: &[Task], in_force: &RouteSet, limit: usize) -> Plan {
+        let s = Settings {
+            max_endpoints_per_task: limit,
+            ..settings()
+        };
+        r.plan(tasks, &RouteSet::default(), in_force, &s, &policy(), 0)
+    }
+
+    /// A task asking for TCP endpoints `names` ("" = the default one).
+    fn tcp_task(id: &str, names: &[&str]) -> Task {
+        let mut rt = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            rt.insert(runtime_key("_SERVICE", name), json!("EXTERNAL_TCP"));
+            rt.insert(runtime_key("external_address", name), json!("10.0.0.9"));
+            rt.insert(runtime_key("external_tcp_port", name), json!(2000 + i));
+        }
+        task(id, Value::Object(rt))
+    }
+
+    /// `(endpoint, kind)` of the routes of `task_id`.
+    fn routed(p: &Plan, task_id: &str) -> Vec<(String, Kind)> {
+        let tcp = p.routes.tcp.values().map(|r| (&r.owner, Kind::Tcp));
+        let http = p.routes.http.values().map(|r| (&r.owner, Kind::Http));
+        let mut out: Vec<_> = tcp
+            .chain(http)
+            .filter(|(o, _)| o.task_id == task_id)
+            .map(|(o, k)| (o.endpoint.clone(), k))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn names(v: &[&str]) -> Vec<(String, Kind)> {
+        v.iter().map(|n| (n.to_string(), Kind::Tcp)).collect()
+    }
+
+    #[test]
+    fn a_task_over_the_limit_gets_the_limit_and_refusals_naming_it() {
+        let mut r = reconciler(30000, 30099);
+        // limit + 3 requests.
+        let mut tasks = vec![
+            tcp_task("greedy", &["", "a", "b", "c", "d", "e"]),
+            tcp_task("other", &[""]),
+        ];
+        let p = plan_limited(&mut r, &tasks, &RouteSet::default(), 3);
+        assert_eq!(
+            routed(&p, "greedy"),
+            names(&["", "a", "b"]),
+            "by endpoint name"
+        );
+        assert_eq!(
+            routed(&p, "other"),
+            names(&[""]),
+            "another task still gets its port"
+        );
+        let refused: Vec<&str> = p.refused.iter().map(|f| f.endpoint.as_str()).collect();
+        assert_eq!(refused, ["c", "d", "e"]);
+        for f in &p.refused {
+            assert_eq!((f.task_id.as_str(), f.kind.as_str()), ("greedy", "tcp"));
+            assert!(
+                f.reason.contains("task greedy")
+                    && f.reason.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=3"),
+                "{}",
+                f.reason
+            );
+        }
+        assert_eq!(p.writes.len(), 4, "refused requests are not written back");
+        assert_eq!(r.ports.stats().assigned, 4, "refused requests hold no port");
+
+        // Stable: the next cycles refuse the same ones with the same reasons (logged once).
+        write_back(&mut tasks, &p);
+        let p2 = plan_limited(&mut r, &tasks, &p.routes, 3);
+        assert_eq!(p2.routes, p.routes);
+        assert_eq!(p2.refused, p.refused);
+        assert!(p2.writes.is_empty());
+        // And from ClearML's data alone (the local state lost): the same endpoints.
+        let mut fresh = reconciler(30000, 30099);
+        let p3 = plan_limited(&mut fresh, &tasks, &RouteSet::default(), 3);
+        assert_eq!(p3.routes, p.routes);
+        assert_eq!(p3.refused, p.refused);
+    }
+
+    #[test]
+    fn routed_endpoints_are_kept_when_the_task_asks_for_more() {
+        let mut r = reconciler(30000, 30099);
+        let mut tasks = vec![tcp_task("t", &["m", "n"])];
+        let p = plan_limited(&mut r, &tasks, &RouteSet::default(), 2);
+        write_back(&mut tasks, &p);
+        // New requests whose names sort first: the working routes stay, the new ones wait.
+        let rt = &mut tasks[0].runtime;
+        for name in ["a", "b"] {
+            rt.insert(runtime_key("external_address", name), json!("10.0.0.9"));
+            rt.insert(runtime_key("external_tcp_port", name), json!(22));
+        }
+        let p2 = plan_limited(&mut r, &tasks, &p.routes, 2);
+        assert_eq!(p2.routes, p.routes);
+        assert_eq!(routed(&p2, "t"), names(&["m", "n"]));
+        let refused: Vec<&str> = p2.refused.iter().map(|f| f.endpoint.as_str()).collect();
+        assert_eq!(refused, ["a", "b"]);
+        // The same from ClearML's data alone: the runtime shows m and n routed by us.
+        let mut fresh = reconciler(30000, 30099);
+        let p3 = plan_limited(&mut fresh, &tasks, &RouteSet::default(), 2);
+        assert_eq!(p3.routes, p.routes);
+        // A routed endpoint withdrawn frees its place for the first waiting one.
+        for key in ["external_address__m", "external_tcp_port__m", "_SERVICE__m"] {
+            tasks[0].runtime.remove(key);
+        }
+        let p4 = plan_limited(&mut r, &tasks, &p2.routes, 2);
+        assert_eq!(routed(&p4, "t"), names(&["a", "n"]));
+        assert_eq!(p4.refused.len(), 1);
+        assert_eq!(p4.refused[0].endpoint, "b");
+    }
+
+    #[test]
+    fn a_lowered_limit_keeps_the_routes_in_force_and_refuses_new_ones() {
+        let mut r = reconciler(30000, 30099);
+        let mut tasks = vec![tcp_task("t", &["a", "b", "c", "d"]), tcp_task("u", &[""])];
+        let p = plan_limited(&mut r, &tasks, &RouteSet::default(), 16);
+        assert_eq!(routed(&p, "t").len(), 4);
+        write_back(&mut tasks, &p);
+        // Restarted with ROUTER_MAX_ENDPOINTS_PER_TASK=2, routes.json still in force: all
+        // four stay (never torn down), a fifth request is refused.
+        tasks[0]
+            .runtime
+            .insert("external_address__e".into(), json!("10.0.0.9"));
+        tasks[0]
+            .runtime
+            .insert("external_tcp_port__e".into(), json!(22));
+        let p2 = plan_limited(&mut r, &tasks, &p.routes, 2);
+        assert_eq!(p2.routes, p.routes);
+        assert!(p2.writes.is_empty());
+        assert_eq!(p2.refused.len(), 1);
+        assert_eq!(p2.refused[0].endpoint, "e");
+        assert!(
+            p2.refused[0]
+                .reason
+                .contains("ROUTER_MAX_ENDPOINTS_PER_TASK=2")
+        );
+        // Withdrawing one frees no place while it still holds more than the limit.
+        for key in ["external_address__a", "external_tcp_port__a", "_SERVICE__a"] {
+            tasks[0].runtime.remove(key);
+        }
+        let p3 = plan_limited(&mut r, &tasks, &p2.routes, 2);
+        assert_eq!(routed(&p3, "t"), names(&["b", "c", "d"]));
+        assert_eq!(p3.refused.len(), 1);
+        // Without the local state (routes.json lost too), ClearML's data alone shows no order
+        // of arrival: the limit holds, the routed ones first by name.
+        let mut fresh = reconciler(30000, 30099);
+        let p4 = plan_limited(&mut fresh, &tasks, &RouteSet::default(), 2);
+        assert_eq!(routed(&p4, "t"), names(&["b", "c"]));
+        assert_eq!(routed(&p4, "u"), names(&[""]));
+    }
+
+    #[test]
+    fn tcp_and_http_routes_count_together() {
+        let mut r = reconciler(30000, 30099);
+        let tasks = vec![task(
+            "t",
+            json!({"external_address": "10.0.0.9", "external_tcp_port": 22,
+                   "_ADDRESS": "10.0.0.9", "_PORT": 80,
+                   "_ADDRESS__api": "10.0.0.9", "_PORT__api": 8000,
+                   "external_address__db": "10.0.0.9", "external_tcp_port__db": 5432}),
+        )];
+        let p = plan_limited(&mut r, &tasks, &RouteSet::default(), 3);
+        assert_eq!(
+            routed(&p, "t"),
+            [
+                (String::new(), Kind::Tcp),
+                (String::new(), Kind::Http),
+                ("api".to_string(), Kind::Http)
+            ]
+        );
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(
+            (p.refused[0].endpoint.as_str(), p.refused[0].kind.as_str()),
+            ("db", "tcp")
+        );
+    }
+
+    #[test]
+    fn a_forged_claim_reorders_the_tasks_own_requests_only() {
+        // A task writing "routed by r1" on all its endpoints itself gets no more than the limit.
+        let mut rt = serde_json::Map::new();
+        for i in 0..10 {
+            let name = format!("e{i}");
+            rt.insert(runtime_key("external_address", &name), json!("203.0.113.7"));
+            rt.insert(runtime_key("external_tcp_port", &name), json!(30010 + i));
+            rt.insert(
+                runtime_key("upstream_task_address", &name),
+                json!("10.0.0.9"),
+            );
+            rt.insert(runtime_key("upstream_task_port", &name), json!(22));
+            rt.insert(runtime_key("_ROUTER_NAME", &name), json!("r1"));
+        }
+        rt.insert("external_address".into(), json!("10.0.0.9"));
+        rt.insert("external_tcp_port".into(), json!(22));
+        let tasks = vec![task("forger", Value::Object(rt)), tcp_task("other", &[""])];
+        let mut r = reconciler(30000, 30099);
+        let p = plan_limited(&mut r, &tasks, &RouteSet::default(), 3);
+        assert_eq!(routed(&p, "forger"), names(&["e0", "e1", "e2"]));
+        assert_eq!(p.refused.len(), 8);
+        assert_eq!(routed(&p, "other"), names(&[""]));
     }
 
     #[test]

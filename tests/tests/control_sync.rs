@@ -620,6 +620,123 @@ async fn a_restarted_router_keeps_every_port() {
     assert_eq!(r.tcp.programmed(), before);
 }
 
+/// A task asking for TCP endpoints `names` ("" = the default one), each to `addr`.
+fn tcp_requests(addr: &str, names: &[&str]) -> Value {
+    let mut rt = serde_json::Map::new();
+    for name in names {
+        let sfx = if name.is_empty() {
+            String::new()
+        } else {
+            format!("__{name}")
+        };
+        rt.insert(format!("_SERVICE{sfx}"), json!("EXTERNAL_TCP"));
+        rt.insert(format!("external_address{sfx}"), json!(addr));
+        rt.insert(format!("external_tcp_port{sfx}"), json!(22));
+    }
+    Value::Object(rt)
+}
+
+#[tokio::test]
+async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    // Five requests, limit two.
+    let greedy = admin.create_task(running(
+        "greedy",
+        tcp_requests("10.9.1.10", &["", "a", "b", "c", "d"]),
+    ));
+    let modest = admin.create_task(running("modest", tcp_request("10.9.1.11", 22)));
+    let state = temp_dir("limit");
+    let mut r = Router::start(config(
+        &server,
+        state.path(),
+        &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "2")],
+    ))
+    .await;
+    assert_eq!(r.cycle().await, CycleOutcome::Synced);
+
+    let tcp = r.tcp.programmed();
+    let endpoints_of = |task: &str| {
+        let mut v: Vec<String> = tcp
+            .values()
+            .filter(|route| route.owner.task_id == task)
+            .map(|route| route.owner.endpoint.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(endpoints_of(&greedy), ["", "a"], "{tcp:?}");
+    assert_eq!(endpoints_of(&modest), [""], "the other task gets its port");
+    assert_eq!(tcp.len(), 3);
+
+    // The server shows the limit written back, the rest untouched.
+    let rt = admin.runtime(&greedy);
+    for sfx in ["", "__a"] {
+        assert_eq!(rt[&format!("external_address{sfx}")], json!(ROUTER_ADDRESS));
+        assert_eq!(rt[&format!("_ROUTER_NAME{sfx}")], json!("edge-a"));
+    }
+    for sfx in ["__b", "__c", "__d"] {
+        assert_eq!(rt[&format!("external_address{sfx}")], json!("10.9.1.10"));
+        assert_eq!(rt[&format!("external_tcp_port{sfx}")], json!(22));
+        assert!(rt.get(&format!("_ROUTER_NAME{sfx}")).is_none(), "{sfx}");
+    }
+    assert_eq!(
+        admin.runtime(&modest)["external_address"],
+        json!(ROUTER_ADDRESS)
+    );
+
+    // Status (what the admin endpoint and `task-router status` show) lists the refusals.
+    let status = r.status();
+    let mut refused: Vec<&str> = status
+        .refused
+        .iter()
+        .filter(|f| f.task_id == greedy)
+        .map(|f| f.endpoint.as_str())
+        .collect();
+    refused.sort();
+    assert_eq!(refused, ["b", "c", "d"], "{:?}", status.refused);
+    assert_eq!(status.refused.len(), 3);
+    let table = router_userspace::admin::render(&status);
+    for name in ["b", "c", "d"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{greedy}__{name}")))
+            .unwrap_or_else(|| panic!("refusal of {name} not shown:\n{table}"));
+        assert!(
+            row.contains(&format!("task {greedy} asks for more than"))
+                && row.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=2"),
+            "{row}"
+        );
+    }
+
+    // Steady: the same choice next cycle, nothing written again.
+    let edits = admin.calls("tasks.edit");
+    r.cycle().await;
+    assert_eq!(r.tcp.programmed(), tcp);
+    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(r.status().refused, status.refused);
+    drop(r);
+
+    // Restarted with a lower limit: the routes in force stay, nothing is torn down or written.
+    let mut r = Router::start(config(
+        &server,
+        state.path(),
+        &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "1")],
+    ))
+    .await;
+    assert_eq!(r.cycle().await, CycleOutcome::Synced);
+    assert_eq!(r.tcp.programmed(), tcp);
+    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert!(
+        r.status()
+            .refused
+            .iter()
+            .all(|f| f.reason.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=1")),
+        "{:?}",
+        r.status().refused
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // The daemon binary.
 

@@ -437,6 +437,7 @@ mod tests {
         let router = RouterConfig {
             name: "r".into(),
             url: "HTTPS://r.example.com".into(),
+            max_endpoints_per_task: crate::config::DEFAULT_MAX_ENDPOINTS_PER_TASK,
         };
         let admin: SocketAddr = "0.0.0.0:9180".parse().unwrap();
         assert!(HttpSettings::from_config(&http, &auth, &router, admin).is_err());

@@ -19,7 +19,40 @@ fn settings() -> Settings {
         domain: Some("apps.example.com".into()),
         default_mode: HttpMode::Path,
         queue_ids: Vec::new(),
+        // Small, so that hostile tasks (up to 10 runtime keys each) meet it.
+        max_endpoints_per_task: 3,
     }
+}
+
+/// Routes per task in `routes`, by `(endpoint, protocol)`.
+fn routes_by_task(routes: &RouteSet) -> BTreeMap<String, BTreeSet<(String, Kind)>> {
+    let mut by_task: BTreeMap<String, BTreeSet<(String, Kind)>> = BTreeMap::new();
+    let tcp = routes.tcp.values().map(|r| (&r.owner, Kind::Tcp));
+    let http = routes.http.values().map(|r| (&r.owner, Kind::Http));
+    for (owner, kind) in tcp.chain(http) {
+        by_task
+            .entry(owner.task_id.clone())
+            .or_default()
+            .insert((owner.endpoint.clone(), kind));
+    }
+    by_task
+}
+
+/// No task is given new routes past the limit: the routes it keeps from `in_force` count, and
+/// once they reach the limit it gets none.
+fn assert_limit(plan: &Plan, in_force: &RouteSet, limit: usize) -> Result<(), TestCaseError> {
+    let before = routes_by_task(in_force);
+    for (task, routes) in routes_by_task(&plan.routes) {
+        let kept = before
+            .get(&task)
+            .map_or(0, |old| routes.intersection(old).count());
+        let new = routes.len() - kept;
+        prop_assert!(
+            new <= limit.saturating_sub(kept),
+            "task {task}: {kept} kept + {new} new routes, limit {limit}: {routes:?}"
+        );
+    }
+    Ok(())
 }
 
 fn policy() -> UpstreamPolicy {
@@ -187,7 +220,8 @@ proptest! {
         let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
             30000, 30015, Duration::from_secs(60),
         ));
-        let first = r.plan(&tasks, &RouteSet::default(), &s, &p, 0);
+        let first = r.plan(&tasks, &RouteSet::default(), &RouteSet::default(), &s, &p, 0);
+        assert_limit(&first, &RouteSet::default(), s.max_endpoints_per_task)?;
         for (port, route) in &first.routes.tcp {
             prop_assert!((30000..=30015).contains(port));
             prop_assert!(p.address(&route.upstream.ip().to_string()).is_ok());
@@ -201,9 +235,115 @@ proptest! {
                 t.runtime.insert(k.clone(), v.clone());
             }
         }
-        let second = r.plan(&tasks, &RouteSet::default(), &s, &p, 1);
+        let second = r.plan(&tasks, &RouteSet::default(), &first.routes, &s, &p, 1);
         prop_assert_eq!(&second.routes, &first.routes);
         prop_assert!(second.writes.is_empty(), "still writing: {:?}", second.writes);
+        assert_limit(&second, &first.routes, s.max_endpoints_per_task)?;
+        // The same choice from ClearML's data alone (the local state lost).
+        let mut fresh = Reconciler::new(crate::ports::PortAllocator::in_memory(
+            30000, 30015, Duration::from_secs(60),
+        ));
+        let rebuilt = fresh.plan(&tasks, &RouteSet::default(), &RouteSet::default(), &s, &p, 1);
+        prop_assert_eq!(routes_by_task(&rebuilt.routes), routes_by_task(&first.routes));
+        // A lowered limit: what is in force stays, nothing new past the limit.
+        let lowered = Settings { max_endpoints_per_task: 1, ..s.clone() };
+        let third = r.plan(&tasks, &RouteSet::default(), &first.routes, &lowered, &p, 2);
+        prop_assert_eq!(&third.routes, &first.routes);
+        assert_limit(&third, &first.routes, 1)?;
+    }
+}
+
+/// A task asking for valid endpoints: `(name index, TCP?, forged "routed by r1" claim?)`.
+fn valid_requests() -> impl Strategy<Value = Vec<(u8, bool, bool)>> {
+    prop::collection::vec((0u8..12, any::<bool>(), any::<bool>()), 0..10)
+}
+
+fn valid_task(i: usize, requests: &[(u8, bool, bool)]) -> Task {
+    let mut rt = Map::new();
+    for &(n, tcp, forged) in requests {
+        let name = if n == 0 {
+            String::new()
+        } else {
+            format!("e{n}")
+        };
+        if tcp && forged {
+            // The keys this router writes, written by the task itself, on a port of the range.
+            rt.insert(runtime_key("external_address", &name), json!("203.0.113.7"));
+            rt.insert(
+                runtime_key("external_tcp_port", &name),
+                json!(30000 + u16::from(n)),
+            );
+            rt.insert(
+                runtime_key("upstream_task_address", &name),
+                json!("10.0.0.9"),
+            );
+            rt.insert(runtime_key("upstream_task_port", &name), json!(22));
+        } else if tcp {
+            rt.insert(runtime_key("external_address", &name), json!("10.0.0.9"));
+            rt.insert(runtime_key("external_tcp_port", &name), json!(22));
+        } else {
+            rt.insert(runtime_key("_ADDRESS", &name), json!("10.0.0.9"));
+            rt.insert(runtime_key("_PORT", &name), json!(80));
+            if forged {
+                let url = endpoint_url(
+                    &settings(),
+                    &EndpointKey::new(format!("{i:032x}"), name.as_str()),
+                    HttpMode::Path,
+                );
+                rt.insert(runtime_key("endpoint", &name), json!(url));
+                rt.insert(runtime_key("browser_endpoint", &name), json!(url));
+            }
+        }
+        if forged {
+            rt.insert(runtime_key("_ROUTER_NAME", &name), json!("r1"));
+        }
+    }
+    task(&format!("{i:032x}"), rt)
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    /// Tasks with many valid requests (some forging this router's keys) under a random limit:
+    /// no task is given more than the limit, the choice settles and is the same from ClearML's
+    /// data alone, and a lowered limit keeps every route in force and adds none past it.
+    #[test]
+    fn no_task_holds_more_than_the_limit_of_new_routes(
+        requests in prop::collection::vec(valid_requests(), 1..6),
+        limit in 1usize..5,
+        lowered_by in 0usize..4,
+    ) {
+        let lowered = limit.saturating_sub(lowered_by).max(1);
+        let p = policy();
+        let s = Settings { max_endpoints_per_task: limit, ..settings() };
+        let mut tasks: Vec<Task> =
+            requests.iter().enumerate().map(|(i, r)| valid_task(i, r)).collect();
+        let new_reconciler = || Reconciler::new(crate::ports::PortAllocator::in_memory(
+            30000, 30099, Duration::from_secs(60),
+        ));
+        let mut r = new_reconciler();
+        let none = RouteSet::default();
+        let first = r.plan(&tasks, &none, &none, &s, &p, 0);
+        assert_limit(&first, &none, limit)?;
+        for f in &first.refused {
+            prop_assert!(f.reason.contains(&format!("ROUTER_MAX_ENDPOINTS_PER_TASK={limit}")), "{f:?}");
+            prop_assert!(f.reason.contains(&f.task_id), "{f:?}");
+        }
+        for wb in &first.writes {
+            let t = tasks.iter_mut().find(|t| t.id == wb.key.task_id).expect("written task");
+            for (k, v) in &wb.patch {
+                t.runtime.insert(k.clone(), v.clone());
+            }
+        }
+        let second = r.plan(&tasks, &none, &first.routes, &s, &p, 1);
+        prop_assert_eq!(&second.routes, &first.routes);
+        prop_assert_eq!(&second.refused, &first.refused);
+        let rebuilt = new_reconciler().plan(&tasks, &none, &none, &s, &p, 1);
+        prop_assert_eq!(routes_by_task(&rebuilt.routes), routes_by_task(&first.routes));
+        let lower = Settings { max_endpoints_per_task: lowered, ..s.clone() };
+        let third = r.plan(&tasks, &none, &first.routes, &lower, &p, 2);
+        prop_assert_eq!(&third.routes, &first.routes);
+        assert_limit(&third, &first.routes, lowered)?;
     }
 }
 
@@ -228,15 +368,22 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
     let tcp = task("5f3c2a1b0e9d8c7b6a5f4e3d2c1b0a99", tcp);
     let parsed = parse_task(&http, &settings(), &policy());
     assert_eq!(parsed.len(), 20_000);
+    // Without a per-task limit (the largest allowed): the whole range, no more.
+    let unlimited = Settings {
+        max_endpoints_per_task: 65535,
+        ..settings()
+    };
+    let tasks = [http, tcp];
     let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
         30000,
         30999,
         Duration::from_secs(60),
     ));
     let plan = r.plan(
-        &[http, tcp],
+        &tasks,
         &RouteSet::default(),
-        &settings(),
+        &RouteSet::default(),
+        &unlimited,
         &policy(),
         0,
     );
@@ -245,6 +392,35 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
     assert_eq!(plan.refused.len(), 19_000);
     assert!(
         plan.refused.iter().all(|r| r.reason.contains("30000")),
+        "{:?}",
+        plan.refused[0]
+    );
+
+    // With the default limit: 16 routes each, the other requests refused naming the limit.
+    let limited = Settings {
+        max_endpoints_per_task: crate::config::DEFAULT_MAX_ENDPOINTS_PER_TASK as usize,
+        ..settings()
+    };
+    let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
+        30000,
+        30999,
+        Duration::from_secs(60),
+    ));
+    let plan = r.plan(
+        &tasks,
+        &RouteSet::default(),
+        &RouteSet::default(),
+        &limited,
+        &policy(),
+        0,
+    );
+    assert_eq!(plan.routes.http.len(), 16);
+    assert_eq!(plan.routes.tcp.len(), 16);
+    assert_eq!(plan.refused.len(), 2 * (20_000 - 16));
+    assert!(
+        plan.refused
+            .iter()
+            .all(|r| r.reason.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=16")),
         "{:?}",
         plan.refused[0]
     );
