@@ -181,7 +181,7 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
         .expect("echo server");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut daemon = start_daemon(&t, dir.path(), &[]);
+    let daemon = start_daemon(&t, dir.path(), &[]);
     let to = SocketAddrV4::new(t.router_addr(), PORT);
 
     // The long connections, each checked once.
@@ -340,7 +340,7 @@ fn idle_connections_holding_the_table_full_are_evicted_longest_idle_first() {
     let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
         .expect("echo server");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut daemon = start_daemon(
+    let daemon = start_daemon(
         &t,
         dir.path(),
         &[format!("ROUTER_CONNTRACK_MIN_IDLE={}s", MIN_IDLE.as_secs())],
@@ -452,8 +452,7 @@ fn idle_connections_holding_the_table_full_are_evicted_longest_idle_first() {
     let reset: Vec<usize> = idle
         .iter_mut()
         .enumerate()
-        .filter(|(i, c)| !echo_or_reset(c, &format!("idle {i}")))
-        .map(|(i, _)| i)
+        .filter_map(|(i, c)| (!echo_or_reset(c, &format!("idle {i}"))).then_some(i))
         .collect();
     let after = scrape(&t);
     let evicted = sample(&after, evicted_series).expect("evicted counter");
