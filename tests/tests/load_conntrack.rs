@@ -22,8 +22,8 @@ use router_tests::traffic::{BANNER_LEN, Client, EchoServer};
 use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
-use std::path::Path;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -457,8 +457,9 @@ fn idle_connections_holding_the_table_full_are_evicted_longest_idle_first() {
     let after = scrape(&t);
     let evicted = sample(&after, evicted_series).expect("evicted counter");
     eprintln!(
-        "{} of {idle_count} idle connections reset, opened as: {reset:?}",
-        reset.len()
+        "{} of {idle_count} idle connections reset; the latest opened of them was number {:?}",
+        reset.len(),
+        reset.iter().max()
     );
     assert_eq!(evicted, expected as f64, "evicted past the low watermark");
     assert_eq!(reset.len() as u64, expected, "reset: {reset:?}");

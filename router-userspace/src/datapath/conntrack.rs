@@ -592,8 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn evicts_down_to_the_low_watermark_closing_then_opening_then_established_longest_idle_first()
-    {
+    fn evicts_down_to_the_low_watermark_closing_then_opening_then_established_longest_idle_first() {
         let candidates = [
             (ConnState::Established, 500 * SECOND), // 0
             (ConnState::Opening, 40 * SECOND),      // 1
@@ -621,7 +620,10 @@ mod tests {
     #[test]
     fn a_connection_active_within_the_minimum_idle_is_never_evicted() {
         let mut candidates = vec![(ConnState::Established, 29 * SECOND); 95];
-        candidates.extend([(ConnState::Closing, 30 * SECOND), (ConnState::Opening, SECOND)]);
+        candidates.extend([
+            (ConnState::Closing, 30 * SECOND),
+            (ConnState::Opening, SECOND),
+        ]);
         // 97 live of 100 and the low watermark at 80: only one is idle long enough, so the
         // table stays above the low watermark rather than cut an active connection.
         assert_eq!(
