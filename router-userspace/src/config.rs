@@ -141,6 +141,10 @@ pub struct DatapathConfig {
     pub bpffs: PathBuf,
     /// `ROUTER_MAX_CONNECTIONS` (default 262144): connection-table size.
     pub max_connections: u32,
+    /// `ROUTER_CONNTRACK_PRESSURE` (`high,low` percent, default `90,80`) and
+    /// `ROUTER_CONNTRACK_MIN_IDLE` (default 30 s): when the sweeper evicts idle connections
+    /// before their timeout.
+    pub conntrack_pressure: crate::datapath::Pressure,
     /// `ROUTER_ADDRESSES`: the router's own addresses, on which router ports accept
     /// connections; discovered from the interfaces when empty. (The NAT source toward a task is
     /// the address the kernel picks for that task's route.)
@@ -330,6 +334,17 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ROUTER_MAX_CONNECTIONS",
         "262144",
         "size of the connection table",
+    ),
+    var(
+        "ROUTER_CONNTRACK_PRESSURE",
+        "90,80",
+        "`high,low` percent of the connection table: from high, idle connections are evicted \
+         (longest idle first) down to low",
+    ),
+    var(
+        "ROUTER_CONNTRACK_MIN_IDLE",
+        "30s",
+        "a connection idle for less than this is never evicted under pressure",
     ),
     var(
         "ROUTER_ADDRESSES",
@@ -810,6 +825,23 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// `high,low`: percentages of the connection table, both 1-100, low below high (equal would
+/// evict on every sweep at the watermark).
+fn parse_pressure(s: &str) -> Result<(u8, u8), String> {
+    let (high, low) = s
+        .split_once(',')
+        .ok_or_else(|| "two numbers separated by a comma".to_string())?;
+    let percent = |v: &str| match v.trim().parse::<u8>() {
+        Ok(p @ 1..=100) => Ok(p),
+        _ => Err(format!("{:?} is not a percentage 1-100", v.trim())),
+    };
+    let (high, low) = (percent(high)?, percent(low)?);
+    if low >= high {
+        return Err(format!("low {low} is not below high {high}"));
+    }
+    Ok((high, low))
+}
+
 /// `first-last`, both 1024-65535, at least 64 ports (the kernel probes a bounded number of
 /// random ports; a tiny range would fail connections long before it is in use).
 fn parse_nat_ports(s: &str) -> Result<(u16, u16), String> {
@@ -1248,6 +1280,22 @@ impl Config {
                 _ => Err(String::new()),
             },
         );
+        let (high_percent, low_percent) = r.parse(
+            "ROUTER_CONNTRACK_PRESSURE",
+            "`high,low` percent of the connection table, both 1-100, low below high",
+            (90, 80),
+            parse_pressure,
+        );
+        let conntrack_pressure = crate::datapath::Pressure {
+            high_percent,
+            low_percent,
+            min_idle: r.parse(
+                "ROUTER_CONNTRACK_MIN_IDLE",
+                "a duration between 1s and 1h",
+                crate::datapath::DEFAULT_MIN_IDLE,
+                parse_bounded_duration(Duration::from_secs(1), Duration::from_secs(3600)),
+            ),
+        };
         let router_addresses = r.parse(
             "ROUTER_ADDRESSES",
             "IPv4 addresses separated by commas or spaces",
@@ -1420,6 +1468,7 @@ impl Config {
                 interfaces,
                 bpffs,
                 max_connections,
+                conntrack_pressure,
                 router_addresses,
                 nat_source_ports,
             },
@@ -1512,6 +1561,18 @@ impl Config {
             (
                 "ROUTER_MAX_CONNECTIONS",
                 self.datapath.max_connections.to_string(),
+            ),
+            (
+                "ROUTER_CONNTRACK_PRESSURE",
+                format!(
+                    "{},{}",
+                    self.datapath.conntrack_pressure.high_percent,
+                    self.datapath.conntrack_pressure.low_percent
+                ),
+            ),
+            (
+                "ROUTER_CONNTRACK_MIN_IDLE",
+                secs(self.datapath.conntrack_pressure.min_idle),
             ),
             (
                 "ROUTER_ADDRESSES",
@@ -1683,6 +1744,10 @@ mod tests {
         assert_eq!(c.datapath.kind, DatapathKind::Ebpf(AttachMode::Auto));
         assert_eq!(c.datapath.bpffs, PathBuf::from("/sys/fs/bpf/task-router"));
         assert_eq!(c.datapath.max_connections, 262_144);
+        assert_eq!(
+            c.datapath.conntrack_pressure,
+            crate::datapath::Pressure::default()
+        );
         assert_eq!(c.http.server_port, 8080);
         assert_eq!(c.http.mode, HttpMode::Path);
         assert!(c.auth.enabled && c.auth.secure_cookie);
@@ -1788,8 +1853,21 @@ mod tests {
             ("ROUTER_INTERFACES", "eth0, veth1:xdp-generic eth2:XDP"),
             ("ROUTER_BPFFS", "/sys/fs/bpf/other"),
             ("ROUTER_MAX_CONNECTIONS", "1024"),
+            ("ROUTER_CONNTRACK_PRESSURE", " 95 , 70 "),
+            ("ROUTER_CONNTRACK_MIN_IDLE", "2s"),
             ("ROUTER_ADDRESSES", "10.0.0.1 10.0.0.2"),
         ]);
+        assert_eq!(
+            c.datapath.conntrack_pressure,
+            crate::datapath::Pressure {
+                high_percent: 95,
+                low_percent: 70,
+                min_idle: Duration::from_secs(2),
+            }
+        );
+        let effective = c.effective();
+        assert!(effective.contains(&("ROUTER_CONNTRACK_PRESSURE", "95,70".to_string())));
+        assert!(effective.contains(&("ROUTER_CONNTRACK_MIN_IDLE", "2s".to_string())));
         assert_eq!(c.datapath.kind, DatapathKind::Ebpf(AttachMode::Tc));
         assert_eq!(
             c.datapath.interfaces,
@@ -1910,6 +1988,21 @@ mod tests {
             ),
             ("ROUTER_BPFFS", "relative/dir", "absolute path"),
             ("ROUTER_MAX_CONNECTIONS", "10", "between 1024 and 16777216"),
+            ("ROUTER_CONNTRACK_PRESSURE", "90", "two numbers"),
+            (
+                "ROUTER_CONNTRACK_PRESSURE",
+                "80,90",
+                "low 90 is not below high 80",
+            ),
+            ("ROUTER_CONNTRACK_PRESSURE", "90,90", "not below"),
+            (
+                "ROUTER_CONNTRACK_PRESSURE",
+                "101,80",
+                "\"101\" is not a percentage 1-100",
+            ),
+            ("ROUTER_CONNTRACK_PRESSURE", "90,0", "percentage 1-100"),
+            ("ROUTER_CONNTRACK_MIN_IDLE", "100ms", "between 1s and 1h"),
+            ("ROUTER_CONNTRACK_MIN_IDLE", "soon", "duration"),
             ("ROUTER_ADDRESSES", "10.0.0.300", "IPv4 addresses"),
             ("ROUTER_NAT_SOURCE_PORTS", "61000", "has no `-`"),
             (

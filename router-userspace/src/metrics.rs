@@ -459,6 +459,13 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
             tracing::warn!(error = %crate::datapath::error_chain(&e), "reading the conntrack fill for /metrics")
         }
     }
+    single(
+        encoder,
+        "task_router_conntrack_evicted",
+        "idle connections evicted before their timeout because the table was nearly full",
+        MetricType::Counter,
+        dp.evicted_total() as f64,
+    )?;
     if let Some(sweep) = dp.last_sweep() {
         single(
             encoder,
@@ -466,6 +473,13 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
             "idle connections the last sweep removed",
             MetricType::Gauge,
             sweep.expired as f64,
+        )?;
+        single(
+            encoder,
+            "task_router_conntrack_last_sweep_evicted",
+            "idle connections the last sweep evicted before their timeout (table nearly full)",
+            MetricType::Gauge,
+            sweep.evicted as f64,
         )?;
         single(
             encoder,

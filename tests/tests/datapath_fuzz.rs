@@ -511,6 +511,7 @@ fn fuzz(program: Program) {
             interfaces: Vec::new(),
             bpffs: std::env::temp_dir(),
             max_connections: MAX_CONNECTIONS,
+            conntrack_pressure: router_userspace::datapath::Pressure::default(),
             router_addresses: vec![router],
             nat_source_ports: NAT_PORTS,
         };

@@ -50,6 +50,7 @@ fn open(router: &Netns, interfaces: &[(&str, AttachMode)], router_addr: Ipv4Addr
             .collect(),
         bpffs: std::env::temp_dir(),
         max_connections: 4096,
+        conntrack_pressure: router_userspace::datapath::Pressure::default(),
         router_addresses: vec![router_addr],
         nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
     };

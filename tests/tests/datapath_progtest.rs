@@ -105,6 +105,7 @@ fn with_env(program: Program, opts: Opts, body: impl FnOnce(&mut Env) + Send + '
             interfaces: Vec::new(),
             bpffs: std::env::temp_dir(),
             max_connections: opts.max_connections,
+            conntrack_pressure: router_userspace::datapath::Pressure::default(),
             router_addresses: vec![net.router],
             nat_source_ports: opts.nat_source_ports,
         };

@@ -8,6 +8,13 @@
 //! (`task_router_verdict_packets_total{reason="drop_table_full"}`), and forwarding of new
 //! connections resumes once the sweeper frees closed ones; the daemon's resident memory and the
 //! maps' memory stay within the bounds stated below.
+//!
+//! And a table held full by idle established connections (what a client completing enough
+//! handshakes and going quiet would do): new connections are refused until a sweep finds the
+//! table at the high watermark (`ROUTER_CONNTRACK_PRESSURE`, default 90 %) and evicts the
+//! longest-idle connections down to the low one (80 %); then new connections are served
+//! again, each evicted connection gets a RST on its next send (no entry: the router's own
+//! stack answers), and the connections that kept sending were never evicted.
 
 use router_tests::metrics::sample;
 use router_tests::topology::Topology;
@@ -16,6 +23,7 @@ use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +46,12 @@ const MAPS_BOUND_BYTES: u64 = 2 << 20;
 /// The connection table is sized `2 × ROUTER_MAX_CONNECTIONS` plus per-CPU LRU headroom; never
 /// more than this many entries per configured connection.
 const CT_ENTRIES_PER_CONNECTION: u64 = 4;
+/// The pressure test's minimum idle (`ROUTER_CONNTRACK_MIN_IDLE`, 30 s in production): the
+/// table must be filled faster than this, so the full table is seen before any eviction.
+const MIN_IDLE: Duration = Duration::from_secs(10);
+/// Connections that keep sending through the pressure test.
+const ACTIVE: usize = 16;
+const FILL_WORKERS: usize = 8;
 
 fn scrape(t: &Topology) -> String {
     router_tests::metrics::scrape(&t.router, ADMIN_PORT)
@@ -118,14 +132,10 @@ fn short_connection(to: SocketAddr) -> bool {
         && one == *b"x"
 }
 
-#[test]
-fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
-    require_root();
-    let t = Topology::new().expect("topology");
-    let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
-        .expect("echo server");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let routes = dir.path().join("routes.toml");
+/// The daemon routing `PORT` to the echo server, with a table of `MAX_CONNECTIONS` and
+/// `settings` (`NAME=value`) on top, ready.
+fn start_daemon(t: &Topology, dir: &Path, settings: &[String]) -> Daemon {
+    let routes = dir.join("routes.toml");
     std::fs::write(
         &routes,
         format!(
@@ -144,7 +154,7 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         "--routes-file",
         routes.to_str().expect("utf-8"),
         "--state-dir",
-        dir.path().join("state").to_str().expect("utf-8"),
+        dir.join("state").to_str().expect("utf-8"),
         "--admin-addr",
         &format!("127.0.0.1:{ADMIN_PORT}"),
         "--set",
@@ -156,8 +166,22 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         "--set",
         "AUTH_ENABLED=false",
     ]);
+    for setting in settings {
+        cmd.args(["--set", setting]);
+    }
     let mut daemon = Daemon::spawn(cmd).expect("start daemon");
     daemon.wait_for_log("ready", Duration::from_secs(30));
+    daemon
+}
+
+#[test]
+fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
+        .expect("echo server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = start_daemon(&t, dir.path(), &[]);
     let to = SocketAddrV4::new(t.router_addr(), PORT);
 
     // The long connections, each checked once.
@@ -282,6 +306,174 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     for (i, c) in long.into_iter().enumerate() {
         c.finish()
             .unwrap_or_else(|e| panic!("close long {i}: {e:#}"));
+    }
+    let log = daemon.log();
+    let status = daemon
+        .stop(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+}
+
+/// Sends one byte and reads its echo: `true` when echoed, `false` when the connection was
+/// reset; anything else fails the test.
+fn echo_or_reset(c: &mut Client, which: &str) -> bool {
+    if let Err(e) = c.stream.write_all(b"y") {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{which}: send: {e}"
+        );
+        return false;
+    }
+    let mut one = [0u8; 1];
+    match c.stream.read(&mut one) {
+        Ok(1) if one == *b"y" => true,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+        other => panic!("{which}: neither the echo nor a reset: {other:?}"),
+    }
+}
+
+#[test]
+fn idle_connections_holding_the_table_full_are_evicted_longest_idle_first() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
+        .expect("echo server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = start_daemon(
+        &t,
+        dir.path(),
+        &[format!("ROUTER_CONNTRACK_MIN_IDLE={}s", MIN_IDLE.as_secs())],
+    );
+    let to = SocketAddrV4::new(t.router_addr(), PORT);
+    let evicted_series = "task_router_conntrack_evicted_total";
+    let full_series = "task_router_verdict_packets_total{hook=\"tc\",reason=\"drop_table_full\"}";
+    let keep_sending = |active: &mut Vec<Client>| {
+        for (i, c) in active.iter_mut().enumerate() {
+            c.echo_random(KIB, KIB, |_| {})
+                .unwrap_or_else(|e| panic!("active {i}: {e:#}"));
+        }
+    };
+
+    // Fill the table: the active connections first, then idle ones up to the capacity, from
+    // parallel workers (the echo server polls for new connections every few milliseconds),
+    // ordered by when each was opened.
+    let started = Instant::now();
+    let mut active: Vec<Client> = (0..ACTIVE)
+        .map(|i| Client::connect(&t.client, to).unwrap_or_else(|e| panic!("active {i}: {e:#}")))
+        .collect();
+    let idle_count = MAX_CONNECTIONS as usize - ACTIVE;
+    let mut opened: Vec<(Instant, Client)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..FILL_WORKERS)
+            .map(|w| {
+                let client_ns = &t.client;
+                scope.spawn(move || {
+                    (w..idle_count)
+                        .step_by(FILL_WORKERS)
+                        .map(|i| {
+                            let c = Client::connect(client_ns, to)
+                                .unwrap_or_else(|e| panic!("idle {i}: {e:#}"));
+                            (Instant::now(), c)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("fill worker"))
+            .collect()
+    });
+    opened.sort_by_key(|(at, _)| *at);
+    let mut idle: Vec<Client> = opened.into_iter().map(|(_, c)| c).collect();
+    let filled = started.elapsed();
+    let before = scrape(&t);
+    assert!(
+        filled < MIN_IDLE / 2,
+        "filling the table took {filled:?}: too slow to see it full before the first eviction \
+         (minimum idle {MIN_IDLE:?})"
+    );
+    assert_eq!(sample(&before, evicted_series), Some(0.0), "{before}");
+    // Full: a new connection is refused at the SYN, and counted.
+    assert!(
+        !t.client
+            .enter(move || short_connection(SocketAddr::V4(to)))
+            .expect("enter the client namespace"),
+        "a connection was served by a full table"
+    );
+    let after_refusal = scrape(&t);
+    assert!(
+        sample(&after_refusal, full_series).unwrap_or(0.0)
+            > sample(&before, full_series).unwrap_or(0.0),
+        "the refused SYN was not counted as table-full:\n{after_refusal}"
+    );
+
+    // Once the idle ones have been idle for the minimum, sweeps evict the longest-idle down to
+    // the low watermark (80 % of the capacity); the active ones keep sending meanwhile.
+    let low = MAX_CONNECTIONS * 80 / 100;
+    let expected = MAX_CONNECTIONS - low;
+    let waited = Instant::now();
+    wait::until(
+        "sweeps evicting down to the low watermark",
+        MIN_IDLE + Duration::from_secs(30),
+        || {
+            keep_sending(&mut active);
+            let text = scrape(&t);
+            sample(&text, evicted_series).filter(|n| *n >= expected as f64)
+        },
+    );
+    eprintln!(
+        "table of {MAX_CONNECTIONS} filled in {filled:?}; {expected} evicted {:?} later",
+        waited.elapsed() + filled
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("connection table nearly full: evicted the longest-idle"),
+        "no eviction warning in the log:\n{}",
+        daemon.log()
+    );
+
+    // Room again: new connections are served.
+    for i in 0..8 {
+        assert!(
+            t.client
+                .enter(move || short_connection(SocketAddr::V4(to)))
+                .expect("enter the client namespace"),
+            "new connection {i} after the eviction refused"
+        );
+    }
+    // The active connections were never cut.
+    for (i, c) in active.iter_mut().enumerate() {
+        c.echo_random(16 * KIB, 4 * KIB, |_| {})
+            .unwrap_or_else(|e| panic!("active {i} after the eviction: {e:#}"));
+    }
+    // Each evicted connection's next send is answered with a RST; the others still echo.
+    let reset: Vec<usize> = idle
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| (!echo_or_reset(c, &format!("idle {i}"))).then_some(i))
+        .collect();
+    let after = scrape(&t);
+    let evicted = sample(&after, evicted_series).expect("evicted counter");
+    eprintln!(
+        "{} of {idle_count} idle connections reset; the latest opened of them was number {:?}",
+        reset.len(),
+        reset.iter().max()
+    );
+    assert_eq!(evicted, expected as f64, "evicted past the low watermark");
+    assert_eq!(reset.len() as u64, expected, "reset: {reset:?}");
+    // Longest idle first: the evicted are among the first opened (the idle times of
+    // connections opened within a few milliseconds of each other may tie or swap).
+    assert!(
+        reset.iter().all(|&i| i < 2 * expected as usize),
+        "evicted connections that were not the longest idle: {reset:?}"
+    );
+
+    drop(idle);
+    for (i, c) in active.into_iter().enumerate() {
+        c.finish()
+            .unwrap_or_else(|e| panic!("close active {i}: {e:#}"));
     }
     let log = daemon.log();
     let status = daemon

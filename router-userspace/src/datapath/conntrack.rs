@@ -1,6 +1,7 @@
 //! Owner of the connection table (`CT4`) and its count (`CT_COUNT`): the sweeper that enforces
-//! idle timeouts by TCP state, removes half-pairs, keeps the kernel's live count honest, and
-//! exports the fill level and per-route counters.
+//! idle timeouts by TCP state, expires idle connections early when the table is nearly full
+//! ([`Pressure`]), removes half-pairs, keeps the kernel's live count honest, and exports the
+//! fill level and per-route counters.
 
 use super::DatapathError;
 use super::clock::KernelClock;
@@ -43,6 +44,67 @@ impl Default for Timeouts {
             time_wait: Duration::from_secs(60),
         }
     }
+}
+
+/// Early expiry when the table is nearly full (as Linux conntrack's early drop): a full table
+/// refuses new connections, so idle ones must not hold it for the whole established timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pressure {
+    /// Live connections, in percent of the capacity, at which a sweep starts evicting.
+    pub high_percent: u8,
+    /// Live connections, in percent of the capacity, down to which a sweep evicts.
+    pub low_percent: u8,
+    /// A connection that saw a packet within this is never evicted, however full the table.
+    pub min_idle: Duration,
+}
+
+/// 30 s: longer than any pause inside one exchange of a working connection (a lost segment is
+/// retransmitted after 0.2 s, 0.4 s, ... and five back-offs in a row add up to about this; a
+/// request and its response follow each other within seconds), so an evicted connection was
+/// between exchanges, not in the middle of one; and short enough that holding the table now
+/// costs a packet per slot and per 30 s instead of one handshake per 6 h.
+pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(30);
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Pressure {
+            high_percent: 90,
+            low_percent: 80,
+            min_idle: DEFAULT_MIN_IDLE,
+        }
+    }
+}
+
+/// Which connections a sweep evicts: none while `live` is below the high watermark; otherwise
+/// enough to bring `live` down to the low watermark, closing ones first, then opening, then
+/// established, each longest-idle first, never one idle for less than the minimum (the table
+/// stays above the low watermark rather). `candidates` are the live connections' states and
+/// idle times; returns indices into it.
+pub fn select_evictions(
+    candidates: &[(ConnState, Duration)],
+    live: u64,
+    capacity: u64,
+    pressure: &Pressure,
+) -> Vec<usize> {
+    if capacity == 0 || live * 100 < capacity * u64::from(pressure.high_percent) {
+        return Vec::new();
+    }
+    let low = capacity * u64::from(pressure.low_percent) / 100;
+    let excess = live.saturating_sub(low) as usize;
+    let rank = |state: ConnState| match state {
+        ConnState::Closing => 0,
+        ConnState::Opening => 1,
+        ConnState::Established => 2,
+    };
+    let mut eligible: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].1 >= pressure.min_idle)
+        .collect();
+    eligible.sort_by_key(|&i| {
+        let (state, idle) = candidates[i];
+        (rank(state), std::cmp::Reverse(idle), i)
+    });
+    eligible.truncate(excess);
+    eligible
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -117,6 +179,9 @@ pub struct SweepReport {
     pub capacity: u64,
     /// Connections removed for idleness in this sweep.
     pub expired: u64,
+    /// Connections removed before their timeout because the table was nearly full
+    /// ([`Pressure`]).
+    pub evicted: u64,
     /// Half-pairs removed in this sweep.
     pub orphans: u64,
     /// Tuples of closed connections still reserved (see [`Timeouts::time_wait`]).
@@ -146,6 +211,7 @@ pub struct Conntrack {
     removed: u64,
     retired: BTreeMap<u32, RouteCounters>,
     timeouts: Timeouts,
+    pressure: Pressure,
 }
 
 fn ip(raw: u32) -> Ipv4Addr {
@@ -181,6 +247,7 @@ impl Conntrack {
             removed: 0,
             retired: BTreeMap::new(),
             timeouts: Timeouts::default(),
+            pressure: Pressure::default(),
         })
     }
 
@@ -201,6 +268,10 @@ impl Conntrack {
 
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timeouts = timeouts;
+    }
+
+    pub fn set_pressure(&mut self, pressure: Pressure) {
+        self.pressure = pressure;
     }
 
     pub fn capacity(&self) -> u32 {
@@ -321,7 +392,8 @@ impl Conntrack {
         Ok(out)
     }
 
-    /// Removes idle connections and half-pairs, corrects the live count and reports.
+    /// Removes idle connections and half-pairs, evicts idle connections early when the table
+    /// is nearly full, corrects the live count and reports.
     pub fn sweep(&mut self, now: u64, clock: &KernelClock) -> Result<SweepReport, DatapathError> {
         let started = Instant::now();
         let created_before = self.created()?;
@@ -331,65 +403,6 @@ impl Conntrack {
             capacity: self.capacity as u64,
             ..SweepReport::default()
         };
-        let mut remove = Vec::new();
-        let mut routes = self.retired.clone();
-        for p in &pairs {
-            let st = state(p.fwd.tcp_flags, p.rev.tcp_flags);
-            let idle = clock
-                .since(now, p.fwd.last_seen)
-                .min(clock.since(now, p.rev.last_seen));
-            let limit = match st {
-                ConnState::Opening => self.timeouts.opening,
-                ConnState::Established => self.timeouts.established,
-                ConnState::Closing => self.timeouts.closing,
-            };
-            if idle >= limit {
-                remove.push((
-                    *p.fwd_key,
-                    p.rev_key,
-                    p.fwd.route_id,
-                    *p.fwd,
-                    *p.rev,
-                    st == ConnState::Closing,
-                ));
-                continue;
-            }
-            report.live += 1;
-            let r = routes.entry(p.fwd.route_id).or_default();
-            r.connections += 1;
-            if st != ConnState::Closing {
-                r.active += 1;
-            }
-            r.to_backend.add(p.fwd);
-            r.to_client.add(p.rev);
-            report.router_ports.insert(u16::from_be(p.fwd_key.dport));
-            report.backend_ports.insert(u16::from_be(p.rev_key.sport));
-        }
-        let mut tombstoned = 0u64;
-        for (fwd_key, rev_key, route_id, fwd, rev, closed) in remove {
-            // A failed removal means the kernel or the LRU removed it first.
-            let _ = self.table.remove(&fwd_key);
-            // A closed connection's reply entry stays as a tombstone reserving the tuple.
-            let tombstone = CtValue4 {
-                flags: rev.flags | F_TOMBSTONE,
-                packets: 0,
-                bytes: 0,
-                ..rev
-            };
-            if !closed || self.table.insert(rev_key, tombstone, 0).is_err() {
-                let _ = self.table.remove(&rev_key);
-            } else {
-                tombstoned += 1;
-            }
-            let retired = self.retired.entry(route_id).or_default();
-            retired.to_backend.add(&fwd);
-            retired.to_client.add(&rev);
-            let r = routes.entry(route_id).or_default();
-            r.to_backend.add(&fwd);
-            r.to_client.add(&rev);
-            self.removed += 1;
-            report.expired += 1;
-        }
         for (key, value) in orphans {
             if clock.since(now, value.last_seen) < ORPHAN_GRACE {
                 // Possibly being opened: still counts against the table and keeps its ports.
@@ -416,6 +429,84 @@ impl Conntrack {
                 self.removed += 1;
             }
             report.orphans += 1;
+        }
+        let mut expired = Vec::new();
+        let mut kept = Vec::new();
+        for p in &pairs {
+            let st = state(p.fwd.tcp_flags, p.rev.tcp_flags);
+            let idle = clock
+                .since(now, p.fwd.last_seen)
+                .min(clock.since(now, p.rev.last_seen));
+            let limit = match st {
+                ConnState::Opening => self.timeouts.opening,
+                ConnState::Established => self.timeouts.established,
+                ConnState::Closing => self.timeouts.closing,
+            };
+            if idle >= limit {
+                expired.push((p, st));
+            } else {
+                kept.push((p, st, idle));
+            }
+        }
+        // The watermarks apply to what the kernel counts: kept pairs and young half-pairs.
+        let candidates: Vec<(ConnState, Duration)> =
+            kept.iter().map(|(_, st, idle)| (*st, *idle)).collect();
+        let evict: BTreeSet<usize> = select_evictions(
+            &candidates,
+            report.live + kept.len() as u64,
+            report.capacity,
+            &self.pressure,
+        )
+        .into_iter()
+        .collect();
+        let mut remove: Vec<(&Pair, ConnState, bool)> =
+            expired.into_iter().map(|(p, st)| (p, st, false)).collect();
+        let mut routes = self.retired.clone();
+        for (i, (p, st, _)) in kept.into_iter().enumerate() {
+            if evict.contains(&i) {
+                remove.push((p, st, true));
+                continue;
+            }
+            report.live += 1;
+            let r = routes.entry(p.fwd.route_id).or_default();
+            r.connections += 1;
+            if st != ConnState::Closing {
+                r.active += 1;
+            }
+            r.to_backend.add(p.fwd);
+            r.to_client.add(p.rev);
+            report.router_ports.insert(u16::from_be(p.fwd_key.dport));
+            report.backend_ports.insert(u16::from_be(p.rev_key.sport));
+        }
+        let mut tombstoned = 0u64;
+        for (p, st, evicted) in remove {
+            // A failed removal means the kernel or the LRU removed it first.
+            let _ = self.table.remove(p.fwd_key);
+            // A closed connection's reply entry stays as a tombstone reserving the tuple.
+            let tombstone = CtValue4 {
+                flags: p.rev.flags | F_TOMBSTONE,
+                packets: 0,
+                bytes: 0,
+                ..*p.rev
+            };
+            if st != ConnState::Closing || self.table.insert(p.rev_key, tombstone, 0).is_err() {
+                let _ = self.table.remove(&p.rev_key);
+            } else {
+                tombstoned += 1;
+            }
+            let route_id = p.fwd.route_id;
+            let retired = self.retired.entry(route_id).or_default();
+            retired.to_backend.add(p.fwd);
+            retired.to_client.add(p.rev);
+            let r = routes.entry(route_id).or_default();
+            r.to_backend.add(p.fwd);
+            r.to_client.add(p.rev);
+            self.removed += 1;
+            if evicted {
+                report.evicted += 1;
+            } else {
+                report.expired += 1;
+            }
         }
         // Tombstones go after TIME_WAIT, and early (oldest first) when they would crowd the
         // room the table keeps for live connections.
@@ -476,5 +567,80 @@ mod tests {
         );
         assert_eq!(state(TCP_SYN | TCP_RST, 0), ConnState::Closing);
         assert_eq!(state(TCP_SYN, TCP_RST | TCP_ACK), ConnState::Closing);
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn pressure(high: u8, low: u8, min_idle_secs: u64) -> Pressure {
+        Pressure {
+            high_percent: high,
+            low_percent: low,
+            min_idle: Duration::from_secs(min_idle_secs),
+        }
+    }
+
+    #[test]
+    fn below_the_high_watermark_nothing_is_evicted() {
+        let idle = vec![(ConnState::Established, 3600 * SECOND); 89];
+        assert!(select_evictions(&idle, 89, 100, &pressure(90, 80, 30)).is_empty());
+        // At the watermark exactly, eviction starts, down to the low watermark.
+        let idle = vec![(ConnState::Established, 3600 * SECOND); 90];
+        assert_eq!(
+            select_evictions(&idle, 90, 100, &pressure(90, 80, 30)).len(),
+            10
+        );
+    }
+
+    #[test]
+    fn evicts_down_to_the_low_watermark_closing_then_opening_then_established_longest_idle_first() {
+        let candidates = [
+            (ConnState::Established, 500 * SECOND), // 0
+            (ConnState::Opening, 40 * SECOND),      // 1
+            (ConnState::Closing, 31 * SECOND),      // 2
+            (ConnState::Established, 900 * SECOND), // 3
+            (ConnState::Opening, 50 * SECOND),      // 4
+            (ConnState::Closing, 35 * SECOND),      // 5
+            (ConnState::Established, 100 * SECOND), // 6
+            (ConnState::Established, 700 * SECOND), // 7
+            (ConnState::Established, 5 * SECOND),   // 8
+            (ConnState::Established, 40 * SECOND),  // 9
+        ];
+        // 10 live of 10: down to 5 (50 %), so 5 evicted.
+        assert_eq!(
+            select_evictions(&candidates, 10, 10, &pressure(90, 50, 30)),
+            vec![5, 2, 4, 1, 3]
+        );
+        // Down to 2: every eligible one, in the same order.
+        assert_eq!(
+            select_evictions(&candidates, 10, 10, &pressure(90, 20, 30)),
+            vec![5, 2, 4, 1, 3, 7, 0, 6]
+        );
+    }
+
+    #[test]
+    fn a_connection_active_within_the_minimum_idle_is_never_evicted() {
+        let mut candidates = vec![(ConnState::Established, 29 * SECOND); 95];
+        candidates.extend([
+            (ConnState::Closing, 30 * SECOND),
+            (ConnState::Opening, SECOND),
+        ]);
+        // 97 live of 100 and the low watermark at 80: only one is idle long enough, so the
+        // table stays above the low watermark rather than cut an active connection.
+        assert_eq!(
+            select_evictions(&candidates, 97, 100, &pressure(90, 80, 30)),
+            vec![95]
+        );
+        assert!(select_evictions(&candidates[..95], 95, 100, &pressure(90, 80, 30)).is_empty());
+    }
+
+    #[test]
+    fn live_counts_half_pairs_the_candidates_do_not_include() {
+        // 85 connections and 7 young half-pairs: 92 of 100 live, above 90 %.
+        let candidates = vec![(ConnState::Established, 60 * SECOND); 85];
+        assert_eq!(
+            select_evictions(&candidates, 92, 100, &pressure(90, 80, 30)).len(),
+            12
+        );
+        assert!(select_evictions(&[], 0, 0, &Pressure::default()).is_empty());
     }
 }

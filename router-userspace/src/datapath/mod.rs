@@ -35,7 +35,10 @@ mod sys;
 pub mod test_run;
 
 pub use attach::{AttachMode, Attached, LinkChange, ResolvedMode};
-pub use conntrack::{ConnState, Connection, Counters, RouteCounters, SweepReport, Timeouts};
+pub use conntrack::{
+    ConnState, Connection, Counters, DEFAULT_MIN_IDLE, Pressure, RouteCounters, SweepReport,
+    Timeouts,
+};
 pub use object::{DatapathError, load};
 pub use route_map::Programmed;
 pub use test_run::{Program, RunOutput};
@@ -84,6 +87,8 @@ pub struct Datapath {
     lingering_router_ports: BTreeMap<u16, Instant>,
     lingering_backend_ports: BTreeMap<u16, Instant>,
     last_sweep: Option<SweepReport>,
+    /// Connections evicted early under pressure since the datapath was opened.
+    evicted_total: u64,
     /// The network namespace the datapath serves (the sweeper's thread joins it).
     netns: Option<OwnedFd>,
     /// Where maps and links are pinned (`None`: nothing pinned, all gone with the process).
@@ -239,11 +244,12 @@ impl Datapath {
             take(&mut ebpf, maps::CT4)?,
             take(&mut ebpf, maps::CT_COUNT)?,
         );
-        let conntrack = if adopting(maps::CT_COUNT) {
+        let mut conntrack = if adopting(maps::CT_COUNT) {
             conntrack::Conntrack::adopt(table, count, cfg.max_connections)?
         } else {
             conntrack::Conntrack::new(table, count, cfg.max_connections)?
         };
+        conntrack.set_pressure(cfg.conntrack_pressure);
         let addresses = addresses::LocalAddresses::new(
             take(&mut ebpf, maps::LOCAL_ADDRS)?,
             &cfg.router_addresses,
@@ -264,6 +270,7 @@ impl Datapath {
             lingering_router_ports: BTreeMap::new(),
             lingering_backend_ports: BTreeMap::new(),
             last_sweep: None,
+            evicted_total: 0,
             netns,
             adoption: Adoption {
                 maps: adopted_maps.clone(),
@@ -404,12 +411,19 @@ impl Datapath {
         self.conntrack.set_timeouts(timeouts);
     }
 
-    /// One sweep of the connection table: expires idle connections, removes half-pairs,
-    /// corrects the kernel's live count, refreshes next hops and the port filter.
+    /// Sets when the sweeper evicts idle connections before their timeout.
+    pub fn set_pressure(&mut self, pressure: Pressure) {
+        self.conntrack.set_pressure(pressure);
+    }
+
+    /// One sweep of the connection table: expires idle connections (early when the table is
+    /// nearly full, see [`Pressure`]), removes half-pairs, corrects the kernel's live count,
+    /// refreshes next hops and the port filter.
     pub fn sweep(&mut self) -> Result<SweepReport, DatapathError> {
         let started = Instant::now();
         let now = self.clock.now(&mut self.ebpf)?;
         let report = self.conntrack.sweep(now, &self.clock)?;
+        self.evicted_total += report.evicted;
         self.settings.bump_epoch()?;
         self.lingering_router_ports
             .retain(|_, removed| started < *removed + PORT_LINGER);
@@ -418,6 +432,11 @@ impl Datapath {
         self.last_sweep = Some(report.clone());
         self.sync_ports()?;
         Ok(report)
+    }
+
+    /// Connections evicted early under pressure since the datapath was opened.
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted_total
     }
 
     /// The last sweep's report.

@@ -50,10 +50,21 @@ impl Sweeper {
                                 live = report.live,
                                 capacity = report.capacity,
                                 expired = report.expired,
+                                evicted = report.evicted,
                                 orphans = report.orphans,
                                 took_ms = report.took.as_millis() as u64,
                                 "conntrack sweep"
                             );
+                            if report.evicted > 0 {
+                                tracing::warn!(
+                                    evicted = report.evicted,
+                                    live = report.live,
+                                    capacity = report.capacity,
+                                    expired = report.expired,
+                                    "connection table nearly full: evicted the longest-idle \
+                                     connections before their timeout"
+                                );
+                            }
                             on_sweep(&report);
                         }
                         Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack sweep failed"),

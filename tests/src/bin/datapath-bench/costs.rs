@@ -138,6 +138,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
             interfaces: Vec::new(),
             bpffs: std::env::temp_dir(),
             max_connections: (new_connections as u32 * 2 + 1024).max(4096),
+            conntrack_pressure: router_userspace::datapath::Pressure::default(),
             router_addresses: vec![addrs.router],
             nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
         };

@@ -484,6 +484,7 @@ impl Bench {
                     ],
                     bpffs: self.dir.path().to_path_buf(),
                     max_connections: 262_144,
+                    conntrack_pressure: router_userspace::datapath::Pressure::default(),
                     router_addresses: vec![r],
                     nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
                 };
