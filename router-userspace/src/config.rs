@@ -142,8 +142,8 @@ pub struct DatapathConfig {
     /// `ROUTER_MAX_CONNECTIONS` (default 262144): connection-table size.
     pub max_connections: u32,
     /// `ROUTER_CONNTRACK_PRESSURE` (`high,low` percent, default `90,80`) and
-    /// `ROUTER_CONNTRACK_MIN_IDLE` (default 30 s): when the sweeper evicts idle connections
-    /// before their timeout.
+    /// `ROUTER_CONNTRACK_MIN_IDLE` (default 30 s, established connections): when the sweeper
+    /// evicts idle connections before their timeout.
     pub conntrack_pressure: crate::datapath::Pressure,
     /// `ROUTER_ADDRESSES`: the router's own addresses, on which router ports accept
     /// connections; discovered from the interfaces when empty. (The NAT source toward a task is
@@ -344,7 +344,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var(
         "ROUTER_CONNTRACK_MIN_IDLE",
         "30s",
-        "a connection idle for less than this is never evicted under pressure",
+        "an established connection idle for less than this is never evicted under pressure",
     ),
     var(
         "ROUTER_ADDRESSES",

@@ -54,7 +54,8 @@ pub struct Pressure {
     pub high_percent: u8,
     /// Live connections, in percent of the capacity, down to which a sweep evicts.
     pub low_percent: u8,
-    /// A connection that saw a packet within this is never evicted, however full the table.
+    /// An established connection that saw a packet within this is never evicted, however full
+    /// the table.
     pub min_idle: Duration,
 }
 
@@ -75,11 +76,27 @@ impl Default for Pressure {
     }
 }
 
+/// An opening connection younger than this is not evicted: the client's first SYN
+/// retransmission comes after 1 s, so a handshake younger than that may still complete; an
+/// older one has lost a packet and its client's next SYN creates the entry again.
+pub const OPENING_MIN_IDLE: Duration = Duration::from_secs(1);
+
+/// How long a connection in `state` must have been idle before pressure may evict it. A closing
+/// connection may go at once: both ends are done with it and its tombstone keeps reserving the
+/// tuple; only established connections get the configured minimum (active ones are never cut).
+fn eviction_floor(state: ConnState, pressure: &Pressure) -> Duration {
+    match state {
+        ConnState::Closing => Duration::ZERO,
+        ConnState::Opening => OPENING_MIN_IDLE.min(pressure.min_idle),
+        ConnState::Established => pressure.min_idle,
+    }
+}
+
 /// Which connections a sweep evicts: none while `live` is below the high watermark; otherwise
 /// enough to bring `live` down to the low watermark, closing ones first, then opening, then
-/// established, each longest-idle first, never one idle for less than the minimum (the table
-/// stays above the low watermark rather). `candidates` are the live connections' states and
-/// idle times; returns indices into it.
+/// established, each longest-idle first, never one idle for less than its state's floor
+/// (`eviction_floor`; the table stays above the low watermark rather). `candidates` are the
+/// live connections' states and idle times; returns indices into it.
 pub fn select_evictions(
     candidates: &[(ConnState, Duration)],
     live: u64,
@@ -97,7 +114,7 @@ pub fn select_evictions(
         ConnState::Established => 2,
     };
     let mut eligible: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].1 >= pressure.min_idle)
+        .filter(|&i| candidates[i].1 >= eviction_floor(candidates[i].0, pressure))
         .collect();
     eligible.sort_by_key(|&i| {
         let (state, idle) = candidates[i];
@@ -604,16 +621,18 @@ mod tests {
             (ConnState::Established, 700 * SECOND), // 7
             (ConnState::Established, 5 * SECOND),   // 8
             (ConnState::Established, 40 * SECOND),  // 9
+            (ConnState::Closing, SECOND / 2),       // 10: closing, evictable at once
+            (ConnState::Opening, SECOND / 2),       // 11: a handshake that may still complete
         ];
-        // 10 live of 10: down to 5 (50 %), so 5 evicted.
+        // 12 live of 12: down to 6 (50 %), so 6 evicted.
         assert_eq!(
-            select_evictions(&candidates, 10, 10, &pressure(90, 50, 30)),
-            vec![5, 2, 4, 1, 3]
+            select_evictions(&candidates, 12, 12, &pressure(90, 50, 30)),
+            vec![5, 2, 10, 4, 1, 3]
         );
         // Down to 2: every eligible one, in the same order.
         assert_eq!(
-            select_evictions(&candidates, 10, 10, &pressure(90, 20, 30)),
-            vec![5, 2, 4, 1, 3, 7, 0, 6]
+            select_evictions(&candidates, 12, 12, &pressure(90, 20, 30)),
+            vec![5, 2, 10, 4, 1, 3, 7, 0, 6, 9]
         );
     }
 
@@ -622,10 +641,11 @@ mod tests {
         let mut candidates = vec![(ConnState::Established, 29 * SECOND); 95];
         candidates.extend([
             (ConnState::Closing, 30 * SECOND),
-            (ConnState::Opening, SECOND),
+            (ConnState::Opening, SECOND / 2),
         ]);
-        // 97 live of 100 and the low watermark at 80: only one is idle long enough, so the
-        // table stays above the low watermark rather than cut an active connection.
+        // 97 live of 100 and the low watermark at 80: only the closing one may go (the opening
+        // one is younger than a SYN retransmission), so the table stays above the low
+        // watermark rather than cut an active connection.
         assert_eq!(
             select_evictions(&candidates, 97, 100, &pressure(90, 80, 30)),
             vec![95]
