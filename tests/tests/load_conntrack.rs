@@ -259,9 +259,13 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         full >= (refused * 9 / 10) as f64,
         "{refused} refused, {full} counted as table-full"
     );
+    // The kernel checks the count and then creates (BPF has no compare-and-swap here), so SYNs
+    // on several CPUs at the last free slot may each pass the check: at most one per other CPU
+    // beyond the capacity; the LRU map holds slack for that (`object::conntrack_entries`).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     assert!(
-        peak_entries <= capacity,
-        "{peak_entries} live of {capacity}"
+        peak_entries <= capacity + cpus - 1.0,
+        "{peak_entries} live of {capacity} ({cpus} CPUs)"
     );
     assert!(rounds >= 1);
 
