@@ -825,10 +825,19 @@ fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
     daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
     daemon.wait_for_log("ClearML API unavailable", Duration::from_secs(20));
     let admin_addr: SocketAddr = "127.0.0.1:9180".parse().expect("addr");
-    let (code, body) = router
-        .enter(move || http_get(admin_addr, "/readyz"))
-        .expect("enter")
-        .expect("readyz");
+    // The failure is logged inside the cycle and the status is published at its end, so the
+    // first read may still see the initial "starting".
+    let (code, body) = router_tests::wait::until(
+        "the status of the first failed sync",
+        Duration::from_secs(20),
+        || {
+            let (code, body) = router
+                .enter(move || http_get(admin_addr, "/readyz"))
+                .expect("enter")
+                .expect("readyz");
+            (!body.contains("starting")).then_some((code, body))
+        },
+    );
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("waiting for the first ClearML sync"),
