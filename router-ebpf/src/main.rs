@@ -214,12 +214,21 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
     {
         // SAFETY: as above.
         let v = unsafe { &*entry };
-        // A new SYN on a connection that ended (the client reuses its port): start afresh, so
-        // it follows the current route.
-        if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
-            return nat::forward(p, ip, tcp, entry, flags);
+        let reason = if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
+            Some(StatReason::Forwarded)
+        } else if to_router && nat::restart_in_place(&key, router_port, entry) {
+            // A new SYN on a connection that ended (the client reuses its port), on the same
+            // route: the pair starts afresh.
+            Some(StatReason::NewConnection)
+        } else {
+            // Otherwise a new connection on the current route (or none).
+            conntrack::remove_pair(&key, entry);
+            None
+        };
+        // One call site: `forward` is inlined, and each copy takes program stack.
+        if let Some(reason) = reason {
+            return nat::forward(p, ip, tcp, entry, flags, reason);
         }
-        conntrack::remove_pair(&key, entry);
     }
     if !to_router {
         return pass(p, StatReason::PassNotForRange);

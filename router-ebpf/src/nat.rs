@@ -5,7 +5,8 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use router_common::{
     config::NAT_PORT_PROBES,
     conntrack::{
-        CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, NH_XDP_CHECKED, NH_XDP_OK, TCP_SYN, TCP_TRACKED,
+        CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK, TCP_SYN,
+        TCP_TRACKED,
     },
     route::{FAMILY_IPV4, ROUTE_MAP_SIZE, RouteKey, RouteValue},
     stats::{Hook, StatReason},
@@ -96,7 +97,8 @@ pub fn ttl_expires(ip: usize, flags: u8) -> bool {
     load8(ip + IP_TTL) <= dec
 }
 
-/// Translates and sends on a packet of a tracked connection; `tcp_flags` are the packet's.
+/// Translates and sends on a packet of a tracked connection; `tcp_flags` are the packet's,
+/// `reason` what it is counted as.
 #[inline(always)]
 pub fn forward<P: Packet>(
     p: &P,
@@ -104,6 +106,7 @@ pub fn forward<P: Packet>(
     tcp: usize,
     entry: *mut CtValue4,
     tcp_flags: u8,
+    reason: StatReason,
 ) -> Verdict {
     // SAFETY: a map value pointer from the conntrack look-up.
     let v = unsafe { &mut *entry };
@@ -148,11 +151,60 @@ pub fn forward<P: Packet>(
     if !rewrite(p, ip, tcp, v, l2, extra) {
         return drop(p, StatReason::DropRewriteFailed);
     }
-    crate::stats::count(P::HOOK, StatReason::Forwarded, p.frame_len());
+    crate::stats::count(P::HOOK, reason, p.frame_len());
     match out {
         Out::Neigh(ifindex, nh) => Verdict::RedirectNeigh(ifindex, nh),
         _ => Verdict::Redirect(ifindex),
     }
+}
+
+/// A SYN on the client tuple of a connection that ended (`entry` is its forward entry, still
+/// tracked: closing connections stay 10 s, and a busy client wraps its ephemeral ports faster):
+/// when the route and the next hop are still what the pair was made for, restarts the pair in
+/// place and returns true; the caller then forwards the SYN on it. That is the same tuple
+/// toward the backend `reclaim_own_tuple` would give this client once the pair were gone,
+/// without the two deletes and two inserts of removing it and opening it again (in a large
+/// table those LRU operations are most of what a new connection costs). The counters carry
+/// on, so per-route totals never go back. Fields are read through the pointers, not copied:
+/// the program's stack is small.
+#[inline(always)]
+pub fn restart_in_place(key: &CtKey4, port: u16, entry: *mut CtValue4) -> bool {
+    let Some(route) = ROUTES.get_ptr(RouteKey::tcp(port)) else {
+        return false;
+    };
+    let Some(settings) = config::settings() else {
+        return false;
+    };
+    // SAFETY: map value pointers from look-ups; single fields read.
+    let (fwd, route) = unsafe { (&mut *entry, &*route) };
+    if route.family != FAMILY_IPV4
+        || route.route_id != fwd.route_id
+        || route.ipv4_raw() != fwd.daddr
+        || route.port_be != fwd.dport
+        || fwd.flags & NH_VALID == 0
+        || fwd.nh_epoch != settings.nh_epoch
+    {
+        return false;
+    }
+    let Some(reply) = conntrack::lookup(&CtKey4::partner_of(fwd)) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let reply = unsafe { &mut *reply };
+    // The pair's own reply entry: it translates back to exactly this client tuple.
+    if reply.is_tombstone()
+        || !reply.to_client()
+        || reply.saddr != key.daddr
+        || reply.daddr != key.saddr
+        || reply.sport != key.dport
+        || reply.dport != key.sport
+    {
+        return false;
+    }
+    fwd.tcp_flags = 0;
+    reply.tcp_flags = 0;
+    reply.last_seen = clock::now();
+    true
 }
 
 /// Opens a connection for a SYN (`key` is its tuple, `port` the router port in host order).
@@ -257,7 +309,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         }
         // Another CPU opened the same connection (a retransmitted SYN) a moment ago.
         return match conntrack::lookup(key) {
-            Some(existing) => forward(p, ip, tcp, existing, TCP_SYN),
+            Some(existing) => forward(p, ip, tcp, existing, TCP_SYN, StatReason::Forwarded),
             None => drop(p, StatReason::DropConntrackInsert),
         };
     }

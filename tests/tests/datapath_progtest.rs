@@ -260,6 +260,7 @@ both_hooks!(
     ttl_that_would_expire_is_dropped,
     oversized_frames_are_not_forwarded_blindly,
     closed_connections_keep_their_tuple_through_time_wait,
+    a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_route,
     handshake_mss_is_clamped_to_the_links,
     lengths_that_do_not_hold_the_headers_pass_untouched,
 );
@@ -966,6 +967,84 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         .build();
         let out = env.run(&syn, true);
         assert_eq!(parse(&out.frame).expect("parses").sport, 40000);
+    });
+}
+
+/// Closes the connection of client port `sport` (FIN both ways) after its handshake.
+fn handshake_and_close(env: &mut Env, sport: u16) {
+    let synack = env.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+    assert_eq!(env.run(&synack, false).retval, env.redirected());
+    let fin = env.client_packet(sport, FIN | TCP_ACK).build();
+    assert_eq!(env.run(&fin, true).retval, env.redirected());
+    let fin = env.backend_packet(sport, FIN | TCP_ACK).build();
+    assert_eq!(env.run(&fin, false).retval, env.redirected());
+}
+
+fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_route(
+    program: Program,
+) {
+    with_env(program, Opts::default(), |env| {
+        env.open(40000);
+        handshake_and_close(env, 40000);
+        let fwd_key = env.forward_key(40000);
+        let closed = env.entry(&fwd_key);
+        let reply_key = CtKey4::partner_of(&closed);
+        let (live, _) = env.dp.fill().expect("fill");
+        let opened = env.count(StatReason::NewConnection);
+
+        // The client reuses its port while the ended pair is still tracked (closing, 10 s):
+        // a new connection, on the same tuple toward the backend.
+        let again = env.client_packet(40000, TCP_SYN).build();
+        let out = env.run(&again, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        let seg = parse(&out.frame).expect("parses");
+        assert_eq!(
+            (seg.saddr, seg.sport, seg.daddr, seg.dport),
+            (env.net.nat_source, 40000, env.net.backend, BACKEND_PORT)
+        );
+        assert_eq!(env.count(StatReason::NewConnection), opened + 1);
+        let fwd = env.entry(&fwd_key);
+        let reply = env.entry(&reply_key);
+        assert_eq!(fwd.tcp_flags, CT_SYN, "the old FINs are forgotten");
+        assert_eq!(reply.tcp_flags, 0);
+        assert!(!reply.is_tombstone());
+        assert_eq!(CtKey4::partner_of(&fwd), reply_key);
+        assert_eq!(fwd.packets, closed.packets + 1, "the counters carry on");
+        assert_eq!(env.dp.fill().expect("fill").0, live, "still one connection");
+        // The handshake completes both ways on it, and it is one live connection again.
+        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        let out = env.run(&synack, false);
+        assert_eq!(out.retval, env.redirected());
+        let seg = parse(&out.frame).expect("parses");
+        assert_eq!(
+            (seg.saddr, seg.sport, seg.daddr, seg.dport),
+            (env.net.router, PORT, env.net.client, 40000)
+        );
+        assert_checksums(&out.frame);
+        let ack = env.client_packet(40000, TCP_ACK).build();
+        assert_eq!(env.run(&ack, true).retval, env.redirected());
+        let conns = env.dp.connections().expect("connections");
+        assert_eq!(conns.len(), 1, "{conns:?}");
+        assert_eq!(conns[0].state, ConnState::Established, "{conns:?}");
+
+        // Ended again, and the route moved meanwhile: the reused port follows the new route.
+        let fin = env.client_packet(40000, FIN | TCP_ACK).build();
+        assert_eq!(env.run(&fin, true).retval, env.redirected());
+        let fin = env.backend_packet(40000, FIN | TCP_ACK).build();
+        assert_eq!(env.run(&fin, false).retval, env.redirected());
+        let moved = BTreeMap::from([
+            route(PORT, env.net.backend, 9090),
+            route(PORT_UNRESOLVED, env.net.backend_unresolved, BACKEND_PORT),
+        ]);
+        env.dp.apply_routes(&moved).expect("apply");
+        let out = env.open(40000);
+        assert_checksums(&out);
+        assert_eq!(parse(&out).expect("parses").dport, 9090);
+        assert_eq!(env.count(StatReason::NewConnection), opened + 2);
+        let conns = env.dp.connections().expect("connections");
+        assert_eq!(conns.len(), 1, "the old pair went: {conns:?}");
+        assert_eq!(conns[0].backend.port(), 9090, "{conns:?}");
     });
 }
 
