@@ -113,7 +113,8 @@ fn tcp_and_http_through_the_router(version: &str) {
     let table = bed.status_table().expect("task-router status");
     assert!(
         table.contains(&tcp_task.task_id) && table.contains(&http_task.task_id),
-        "{table}"
+        "{table}\ndaemon log:\n{}",
+        bed.daemon_log()
     );
 
     // Stopping the tasks removes both endpoints and releases the port.
