@@ -539,6 +539,13 @@ pub fn over_limit_reason(task_id: &str, limit: usize) -> String {
     )
 }
 
+/// Every route of `routes` with its owner and protocol.
+fn route_owners(routes: &RouteSet) -> impl Iterator<Item = (&RouteOwner, Kind)> {
+    let tcp = routes.tcp.values().map(|r| (&r.owner, Kind::Tcp));
+    let http = routes.http.values().map(|r| (&r.owner, Kind::Http));
+    tcp.chain(http)
+}
+
 /// Keeps at most `s.max_endpoints_per_task` requests of each task and refuses the others, so
 /// one task cannot take the whole port range (nor fill nginx's config) and starve the rest.
 /// `requests` are sorted by endpoint key and protocol. The served ones, per task:
@@ -560,23 +567,8 @@ fn limit_per_task<'a>(
     refused: &mut Vec<Refusal>,
 ) -> Vec<Req<'a>> {
     let limit = s.max_endpoints_per_task;
-    let held: std::collections::HashSet<(&str, &str, Kind)> = in_force
-        .tcp
-        .values()
-        .map(|r| {
-            (
-                r.owner.task_id.as_str(),
-                r.owner.endpoint.as_str(),
-                Kind::Tcp,
-            )
-        })
-        .chain(in_force.http.values().map(|r| {
-            (
-                r.owner.task_id.as_str(),
-                r.owner.endpoint.as_str(),
-                Kind::Http,
-            )
-        }))
+    let held: std::collections::HashSet<(&str, &str, Kind)> = route_owners(in_force)
+        .map(|(owner, kind)| (owner.task_id.as_str(), owner.endpoint.as_str(), kind))
         .collect();
     let tier = |r: &Req| -> u8 {
         let kind = r.want.kind();
@@ -1311,10 +1303,7 @@ mod tests {
 
     /// `(endpoint, kind)` of the routes of `task_id`.
     fn routed(p: &Plan, task_id: &str) -> Vec<(String, Kind)> {
-        let tcp = p.routes.tcp.values().map(|r| (&r.owner, Kind::Tcp));
-        let http = p.routes.http.values().map(|r| (&r.owner, Kind::Http));
-        let mut out: Vec<_> = tcp
-            .chain(http)
+        let mut out: Vec<_> = route_owners(&p.routes)
             .filter(|(o, _)| o.task_id == task_id)
             .map(|(o, k)| (o.endpoint.clone(), k))
             .collect();

@@ -175,8 +175,28 @@ impl Env {
 
     /// A client packet to the router port.
     fn client_packet(&self, sport: u16, flags: u8) -> Tcp4 {
-        Tcp4::new(self.net.client, sport, self.net.router, PORT, flags)
+        self.packet_from(self.net.client, sport, flags)
+    }
+
+    /// A packet from another client address `from` to the router port.
+    fn packet_from(&self, from: Ipv4Addr, sport: u16, flags: u8) -> Tcp4 {
+        Tcp4::new(from, sport, self.net.router, PORT, flags)
             .macs(self.net.client_mac, self.net.client_dev_mac)
+    }
+
+    /// Answers the SYN of client port `sport` and closes the connection (FIN both ways).
+    fn handshake_and_close(&mut self, sport: u16) {
+        let synack = self.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+        assert_eq!(self.run(&synack, false).retval, self.redirected());
+        self.close(sport);
+    }
+
+    /// FIN both ways on the connection of client port `sport`.
+    fn close(&mut self, sport: u16) {
+        let fin = self.client_packet(sport, FIN | TCP_ACK).build();
+        assert_eq!(self.run(&fin, true).retval, self.redirected());
+        let fin = self.backend_packet(sport, FIN | TCP_ACK).build();
+        assert_eq!(self.run(&fin, false).retval, self.redirected());
     }
 
     /// A backend packet to the NAT source.
@@ -549,9 +569,7 @@ fn taken_source_port_is_probed_and_exhaustion_counted(program: Program) {
         env.open(40000);
         // Another client with the same port, to the same backend: the port is taken there.
         let other = Ipv4Addr::new(10, 70, 1, 3);
-        let syn = Tcp4::new(other, 40000, env.net.router, PORT, TCP_SYN)
-            .macs(env.net.client_mac, env.net.client_dev_mac)
-            .build();
+        let syn = env.packet_from(other, 40000, TCP_SYN).build();
         let out = env.run(&syn, true);
         assert_eq!(out.retval, env.redirected());
         let p = parse(&out.frame).expect("parses");
@@ -877,12 +895,7 @@ fn oversized_frames_are_not_forwarded_blindly(program: Program) {
 fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
     with_env(program, Opts::default(), |env| {
         env.open(40000);
-        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
-        assert_eq!(env.run(&synack, false).retval, env.redirected());
-        let fin = env.client_packet(40000, FIN | TCP_ACK).build();
-        assert_eq!(env.run(&fin, true).retval, env.redirected());
-        let fin = env.backend_packet(40000, FIN | TCP_ACK).build();
-        assert_eq!(env.run(&fin, false).retval, env.redirected());
+        env.handshake_and_close(40000);
         env.dp.set_timeouts(Timeouts {
             closing: Duration::ZERO,
             ..Timeouts::default()
@@ -907,15 +920,9 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
 
         // Another client on the same port gets another NAT source port meanwhile (the
         // backend's TIME_WAIT would refuse its timestamps) ...
-        let other = Tcp4::new(
-            Ipv4Addr::new(10, 70, 1, 3),
-            40000,
-            env.net.router,
-            PORT,
-            TCP_SYN,
-        )
-        .macs(env.net.client_mac, env.net.client_dev_mac)
-        .build();
+        let other = env
+            .packet_from(Ipv4Addr::new(10, 70, 1, 3), 40000, TCP_SYN)
+            .build();
         let out = env.run(&other, true);
         assert_eq!(out.retval, env.redirected());
         let sport = parse(&out.frame).expect("parses").sport;
@@ -956,28 +963,12 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         let report = env.dp.sweep().expect("sweep");
         assert_eq!(report.tombstones, 0, "{report:?}");
         assert!(env.dp.conntrack_entry(&reply_key).is_none());
-        let syn = Tcp4::new(
-            Ipv4Addr::new(10, 70, 1, 4),
-            40000,
-            env.net.router,
-            PORT,
-            TCP_SYN,
-        )
-        .macs(env.net.client_mac, env.net.client_dev_mac)
-        .build();
+        let syn = env
+            .packet_from(Ipv4Addr::new(10, 70, 1, 4), 40000, TCP_SYN)
+            .build();
         let out = env.run(&syn, true);
         assert_eq!(parse(&out.frame).expect("parses").sport, 40000);
     });
-}
-
-/// Closes the connection of client port `sport` (FIN both ways) after its handshake.
-fn handshake_and_close(env: &mut Env, sport: u16) {
-    let synack = env.backend_packet(sport, TCP_SYN | TCP_ACK).build();
-    assert_eq!(env.run(&synack, false).retval, env.redirected());
-    let fin = env.client_packet(sport, FIN | TCP_ACK).build();
-    assert_eq!(env.run(&fin, true).retval, env.redirected());
-    let fin = env.backend_packet(sport, FIN | TCP_ACK).build();
-    assert_eq!(env.run(&fin, false).retval, env.redirected());
 }
 
 fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_route(
@@ -985,7 +976,7 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
 ) {
     with_env(program, Opts::default(), |env| {
         env.open(40000);
-        handshake_and_close(env, 40000);
+        env.handshake_and_close(40000);
         let fwd_key = env.forward_key(40000);
         let closed = env.entry(&fwd_key);
         let reply_key = CtKey4::partner_of(&closed);
@@ -1029,10 +1020,7 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
         assert_eq!(conns[0].state, ConnState::Established, "{conns:?}");
 
         // Ended again, and the route moved meanwhile: the reused port follows the new route.
-        let fin = env.client_packet(40000, FIN | TCP_ACK).build();
-        assert_eq!(env.run(&fin, true).retval, env.redirected());
-        let fin = env.backend_packet(40000, FIN | TCP_ACK).build();
-        assert_eq!(env.run(&fin, false).retval, env.redirected());
+        env.close(40000);
         let moved = BTreeMap::from([
             route(PORT, env.net.backend, 9090),
             route(PORT_UNRESOLVED, env.net.backend_unresolved, BACKEND_PORT),

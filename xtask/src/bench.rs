@@ -92,7 +92,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
+/// Builds `datapath-bench` and makes the report directory: (the driver, the directory).
+fn build_driver(object: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
     cmd::run(build::host_cargo(object).args([
         "build",
         "--package",
@@ -104,9 +105,13 @@ fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
         "--release",
     ]))
     .context("building the datapath benchmark driver failed")?;
-    let bin = target_dir().join("release/datapath-bench");
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
+    Ok((target_dir().join("release/datapath-bench"), out_dir))
+}
+
+fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
+    let (bin, out_dir) = build_driver(object)?;
     let mut report = String::from("# Datapath benchmark\n\n");
     let command = if opts.costs_only {
         "cargo xtask bench datapath --costs-only".to_string()
@@ -148,20 +153,7 @@ fn datapath(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
 }
 
 fn observability(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
-    cmd::run(build::host_cargo(object).args([
-        "build",
-        "--package",
-        "router-tests",
-        "--bin",
-        "datapath-bench",
-        // Release, as the daemon ships: the conntrack sweeper and the `/metrics` renderer
-        // run in this process during the datapath's turn and share the two CPUs with it.
-        "--release",
-    ]))
-    .context("building the datapath benchmark driver failed")?;
-    let bin = target_dir().join("release/datapath-bench");
-    let out_dir = target_dir().join("bench");
-    std::fs::create_dir_all(&out_dir)?;
+    let (bin, out_dir) = build_driver(object)?;
     let table = capture(Command::new(&bin).args([
         "observability",
         "--rounds",

@@ -27,9 +27,7 @@ fn settings() -> Settings {
 /// Routes per task in `routes`, by `(endpoint, protocol)`.
 fn routes_by_task(routes: &RouteSet) -> BTreeMap<String, BTreeSet<(String, Kind)>> {
     let mut by_task: BTreeMap<String, BTreeSet<(String, Kind)>> = BTreeMap::new();
-    let tcp = routes.tcp.values().map(|r| (&r.owner, Kind::Tcp));
-    let http = routes.http.values().map(|r| (&r.owner, Kind::Http));
-    for (owner, kind) in tcp.chain(http) {
+    for (owner, kind) in route_owners(routes) {
         by_task
             .entry(owner.task_id.clone())
             .or_default()
@@ -374,19 +372,23 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
         ..settings()
     };
     let tasks = [http, tcp];
-    let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
-        30000,
-        30999,
-        Duration::from_secs(60),
-    ));
-    let plan = r.plan(
-        &tasks,
-        &RouteSet::default(),
-        &RouteSet::default(),
-        &unlimited,
-        &policy(),
-        0,
-    );
+    // A plan from a fresh reconciler over ports 30000-30999.
+    let fresh_plan = |s: &Settings| {
+        Reconciler::new(crate::ports::PortAllocator::in_memory(
+            30000,
+            30999,
+            Duration::from_secs(60),
+        ))
+        .plan(
+            &tasks,
+            &RouteSet::default(),
+            &RouteSet::default(),
+            s,
+            &policy(),
+            0,
+        )
+    };
+    let plan = fresh_plan(&unlimited);
     assert_eq!(plan.routes.http.len(), 20_000);
     assert_eq!(plan.routes.tcp.len(), 1000, "the whole range, no more");
     assert_eq!(plan.refused.len(), 19_000);
@@ -401,19 +403,7 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
         max_endpoints_per_task: crate::config::DEFAULT_MAX_ENDPOINTS_PER_TASK as usize,
         ..settings()
     };
-    let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
-        30000,
-        30999,
-        Duration::from_secs(60),
-    ));
-    let plan = r.plan(
-        &tasks,
-        &RouteSet::default(),
-        &RouteSet::default(),
-        &limited,
-        &policy(),
-        0,
-    );
+    let plan = fresh_plan(&limited);
     assert_eq!(plan.routes.http.len(), 16);
     assert_eq!(plan.routes.tcp.len(), 16);
     assert_eq!(plan.refused.len(), 2 * (20_000 - 16));
