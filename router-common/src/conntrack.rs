@@ -25,8 +25,13 @@ pub const NH_VALID: u8 = 0x01;
 pub const NH_XDP_CHECKED: u8 = 0x02;
 /// The egress interface is in `TX_PORTS`.
 pub const NH_XDP_OK: u8 = 0x04;
+/// The egress interface's peer device is in another namespace (`PEER_DEVS`): TC hands the
+/// packet straight to that device's ingress (`bpf_redirect_peer`).
+pub const NH_PEER: u8 = 0x40;
+/// Room in the kernel's `PEER_DEVS` set (interfaces whose peer is in another namespace).
+pub const PEER_DEVS_MAX: u32 = 4096;
 /// The bits a next-hop refresh resets.
-pub const NH_MASK: u8 = NH_VALID | NH_XDP_CHECKED | NH_XDP_OK;
+pub const NH_MASK: u8 = NH_VALID | NH_XDP_CHECKED | NH_XDP_OK | NH_PEER;
 /// `CtValue4::flags`: the entry matches the backend's packets (replies); clear = the client's.
 pub const F_TO_CLIENT: u8 = 0x08;
 /// `CtValue4::flags`: leave the TTL alone. Only for BPF_PROG_TEST_RUN benchmarks, which replay

@@ -6,7 +6,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     cty::c_void,
-    helpers::{bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use router_common::{csum, stats::Hook};
@@ -155,7 +155,9 @@ pub fn xdp_action(v: Verdict) -> u32 {
     match v {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Redirect(ifindex) => redirect::xdp_redirect(ifindex),
+        Verdict::Redirect(ifindex) | Verdict::RedirectPeer(ifindex) => {
+            redirect::xdp_redirect(ifindex)
+        }
         // XDP never produces it: it hands such packets to TC untouched.
         Verdict::RedirectNeigh(..) => xdp_action::XDP_PASS,
     }
@@ -170,6 +172,9 @@ pub fn tc_action(v: Verdict) -> i32 {
         Verdict::Drop => TC_ACT_SHOT,
         // SAFETY: plain helper calls.
         Verdict::Redirect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        // SAFETY: a plain helper call. Only reached for interfaces in `PEER_DEVS`, from TC
+        // ingress (the only TC hook the program is attached to), as the helper requires.
+        Verdict::RedirectPeer(ifindex) => unsafe { bpf_redirect_peer(ifindex, 0) as i32 },
         Verdict::RedirectNeigh(ifindex, nh) => {
             if nh == 0 {
                 // SAFETY: a null next hop asks the kernel to route the packet itself.

@@ -114,7 +114,7 @@ pub fn handle<P: Packet>(p: &P, ip: usize) -> Verdict {
             let eth = ip - ETH_LEN;
             store_mac(eth, &v.nh_dmac);
             store_mac(eth + 6, &v.nh_smac);
-            Verdict::Redirect(v.nh_ifindex)
+            redirect::cached(v)
         }
     }
 }

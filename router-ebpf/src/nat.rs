@@ -141,8 +141,7 @@ pub fn forward<P: Packet>(
     }
     v.packets += p.segments();
     v.bytes += p.frame_len();
-    let cached = matches!(out, Out::Cached);
-    let (ifindex, l2) = (v.nh_ifindex, cached);
+    let l2 = matches!(out, Out::Cached);
     let extra = if tcp_flags & TCP_SYN != 0 {
         clamp_handshake(p, tcp, v, &out)
     } else {
@@ -154,7 +153,7 @@ pub fn forward<P: Packet>(
     crate::stats::count(P::HOOK, reason, p.frame_len());
     match out {
         Out::Neigh(ifindex, nh) => Verdict::RedirectNeigh(ifindex, nh),
-        _ => Verdict::Redirect(ifindex),
+        _ => redirect::cached(v),
     }
 }
 
@@ -321,7 +320,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     crate::stats::count(P::HOOK, StatReason::NewConnection, p.frame_len());
     match neigh {
         Some((ifindex, nh)) => Verdict::RedirectNeigh(ifindex, nh),
-        None => Verdict::Redirect(found.ifindex),
+        None => redirect::cached(&fwd),
     }
 }
 

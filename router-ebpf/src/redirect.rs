@@ -1,6 +1,6 @@
 //! Next hops: `bpf_fib_lookup` once per connection direction (cached in the entry, refreshed
 //! when the daemon bumps the epoch), and the redirect itself: `TX_PORTS` (a DEVMAP) for XDP,
-//! `bpf_redirect` / `bpf_redirect_neigh` for TC.
+//! `bpf_redirect` / `bpf_redirect_neigh` / `bpf_redirect_peer` for TC.
 
 use aya_ebpf::{
     bindings::{
@@ -9,10 +9,10 @@ use aya_ebpf::{
     },
     helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup_helper},
     macros::map,
-    maps::DevMapHash,
+    maps::{DevMapHash, HashMap},
 };
 use router_common::{
-    conntrack::{CtValue4, NH_MASK, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK},
+    conntrack::{CtValue4, NH_MASK, NH_PEER, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK},
     stats::{Hook, StatReason},
 };
 
@@ -26,6 +26,18 @@ pub const AF_INET: u32 = 2;
 #[map(name = "TX_PORTS")]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(256, 0);
 
+/// Interfaces of this namespace whose peer device lives in another namespace (veth, netkit:
+/// the router's ends of container links), keyed by ifindex; the daemon keeps the set current
+/// and bumps the next-hop epoch after each refresh. TC hands packets for them straight to the
+/// peer's ingress (`bpf_redirect_peer`): no trip through the router-side device's transmit
+/// path and the per-CPU backlog. Toward any other interface (a NIC, a bridge, a veth whose peer
+/// is in this namespace, where `bpf_redirect_peer` would drop) TC redirects to its egress.
+#[map(name = "PEER_DEVS")]
+static PEER_DEVS: HashMap<u32, u32> = HashMap::with_max_entries(PEER_DEVS_MAX, 0);
+
+/// Room in `PEER_DEVS`; interfaces beyond it get the egress redirect (the daemon warns).
+pub const PEER_DEVS_MAX: u32 = router_common::conntrack::PEER_DEVS_MAX;
+
 /// What a program does with a packet.
 #[derive(Clone, Copy)]
 pub enum Verdict {
@@ -34,6 +46,9 @@ pub enum Verdict {
     Drop,
     /// Out of an interface, Ethernet header already written.
     Redirect(u32),
+    /// TC: into the ingress of the peer device of an interface (`PEER_DEVS`), Ethernet header
+    /// already written; XDP treats it as `Redirect`.
+    RedirectPeer(u32),
     /// TC only: out of an interface through the neighbour subsystem, to the IPv4 next hop
     /// (network order; 0 = route the packet's destination).
     RedirectNeigh(u32, u32),
@@ -103,7 +118,19 @@ pub fn cache(v: &mut CtValue4, found: &bpf_fib_lookup, epoch: u16) {
     // SAFETY: on success the kernel writes the egress MTU into this union member.
     v.nh_mtu = unsafe { found.__bindgen_anon_1.mtu_result };
     v.nh_epoch = epoch;
-    v.flags = (v.flags & !NH_MASK) | NH_VALID;
+    // SAFETY: a read of a map the daemon writes with plain values.
+    let peer = unsafe { PEER_DEVS.get(&found.ifindex) }.is_some();
+    v.flags = (v.flags & !NH_MASK) | NH_VALID | if peer { NH_PEER } else { 0 };
+}
+
+/// The redirect through the entry's cached next hop.
+#[inline(always)]
+pub fn cached(v: &CtValue4) -> Verdict {
+    if v.flags & NH_PEER != 0 {
+        Verdict::RedirectPeer(v.nh_ifindex)
+    } else {
+        Verdict::Redirect(v.nh_ifindex)
+    }
 }
 
 /// How a translated packet leaves.

@@ -100,6 +100,23 @@ impl Netns {
         self.run("sysctl", &["-qw", setting]).map(|_| ())
     }
 
+    /// `dev`'s index and byte counters, as `ip -s link` shows them.
+    pub fn link_counters(&self, dev: &str) -> Result<LinkCounters> {
+        let out = self.ip(&["-j", "-s", "link", "show", "dev", dev])?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("`ip -j -s link show dev {dev}` answered no JSON"))?;
+        let link = &json[0];
+        let number = |v: &serde_json::Value, what: &str| {
+            v.as_u64()
+                .with_context(|| format!("`ip -j -s link show dev {dev}` has no {what}"))
+        };
+        Ok(LinkCounters {
+            ifindex: number(&link["ifindex"], "ifindex")? as u32,
+            rx_bytes: number(&link["stats64"]["rx"]["bytes"], "rx bytes")?,
+            tx_bytes: number(&link["stats64"]["tx"]["bytes"], "tx bytes")?,
+        })
+    }
+
     /// Turns checksum/segmentation offload on or off for `dev` (`ethtool -K dev tx on|off`).
     pub fn tx_offload(&self, dev: &str, on: bool) -> Result<()> {
         self.run("ethtool", &["-K", dev, "tx", if on { "on" } else { "off" }])
@@ -113,6 +130,14 @@ impl Drop for Netns {
             eprintln!("cleanup: {e:#}");
         }
     }
+}
+
+/// What [`Netns::link_counters`] reads.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkCounters {
+    pub ifindex: u32,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// One end of a veth pair as placed in a namespace.

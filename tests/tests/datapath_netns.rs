@@ -4,7 +4,7 @@
 //! on the router host.
 
 use router_common::stats::{Hook, StatReason};
-use router_tests::netns::{Netns, veth};
+use router_tests::netns::{Netns, unique, veth};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::{daemon::Daemon, daemon_binary, require_root};
@@ -117,6 +117,155 @@ fn tc_forwards_tcp_with_offload_on() {
         "auto on veth"
     );
     forward_and_check(&t, &mut dp, Hook::Tc, 8 * MIB);
+}
+
+/// The router's ends of container links (veth pairs into other namespaces) hand forwarded
+/// packets straight to the peer's ingress: the bytes arrive on the far ends while the
+/// router-side devices transmit next to nothing (a plain redirect would send them all through
+/// those devices' transmit path).
+#[test]
+fn tc_hands_packets_to_the_peer_of_container_links() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Auto),
+            (&t.router_backend.dev, AttachMode::Auto),
+        ],
+        t.router_addr(),
+    );
+    let counters = || {
+        (
+            t.router
+                .link_counters(&t.router_client.dev)
+                .expect("counters"),
+            t.router
+                .link_counters(&t.router_backend.dev)
+                .expect("counters"),
+            t.client.link_counters(&t.client_end.dev).expect("counters"),
+            t.backend
+                .link_counters(&t.backend_end.dev)
+                .expect("counters"),
+        )
+    };
+    let (toward_client, toward_backend, client_rx, backend_rx) = counters();
+    // Every router end of a pair into another namespace, attached or not (the second
+    // backend's too); nothing else (the loopback device).
+    let second = t
+        .router
+        .link_counters(&t.router_backend2.dev)
+        .expect("counters");
+    let mut expected = vec![
+        toward_client.ifindex,
+        toward_backend.ifindex,
+        second.ifindex,
+    ];
+    expected.sort();
+    assert_eq!(dp.peer_devs().iter().copied().collect::<Vec<_>>(), expected);
+    forward_and_check(&t, &mut dp, Hook::Tc, 8 * MIB);
+    let (toward_client2, toward_backend2, client_rx2, backend_rx2) = counters();
+    let mib = |b: u64| b as f64 / MIB as f64;
+    for (what, before, after) in [
+        ("client", client_rx.rx_bytes, client_rx2.rx_bytes),
+        ("backend", backend_rx.rx_bytes, backend_rx2.rx_bytes),
+    ] {
+        assert!(
+            after - before > 8 * MIB as u64,
+            "the {what} received only {:.1} MiB of 8 MiB",
+            mib(after - before)
+        );
+    }
+    for (what, before, after) in [
+        ("client", toward_client.tx_bytes, toward_client2.tx_bytes),
+        ("backend", toward_backend.tx_bytes, toward_backend2.tx_bytes),
+    ] {
+        assert!(
+            after - before < MIB as u64 / 4,
+            "the router's end toward the {what} transmitted {:.1} MiB: packets went through its \
+             egress instead of to its peer",
+            mib(after - before)
+        );
+    }
+}
+
+/// A veth whose peer is in the router's own namespace (here a port of a bridge there, with the
+/// backend behind it) has no peer elsewhere: `bpf_redirect_peer` would drop, so packets leave
+/// through its egress, and the transfer completes.
+#[test]
+fn a_veth_paired_inside_the_router_namespace_is_forwarded_through_its_egress() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let container = Netns::new("trk").expect("namespace");
+    let (near, far, bridge) = (unique("tvn"), unique("tvf"), unique("tbr"));
+    let (port, inside) = (unique("tvp"), unique("tvk"));
+    let r = |args: &[&str]| {
+        t.router.ip(args).expect("ip in the router namespace");
+    };
+    r(&["link", "add", &near, "type", "veth", "peer", "name", &far]);
+    r(&["link", "add", &bridge, "type", "bridge"]);
+    r(&["link", "set", &far, "master", &bridge]);
+    r(&[
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &inside,
+        "netns",
+        &container.name,
+    ]);
+    r(&["link", "set", &port, "master", &bridge]);
+    r(&["addr", "add", "10.81.6.1/24", "dev", &near]);
+    for dev in [&near, &far, &bridge, &port] {
+        r(&["link", "set", dev, "up"]);
+    }
+    container
+        .ip(&["addr", "add", "10.81.6.2/24", "dev", &inside])
+        .expect("address");
+    container
+        .ip(&["link", "set", &inside, "up"])
+        .expect("link up");
+    let addr = Ipv4Addr::new(10, 81, 6, 2);
+    let server = EchoServer::start(&container, addr, BACKEND_PORT, "looped").expect("server");
+    let mut dp = open(
+        &t.router,
+        &[
+            (&t.router_client.dev, AttachMode::Auto),
+            (&near, AttachMode::Auto),
+        ],
+        t.router_addr(),
+    );
+    let near_index = t.router.link_counters(&near).expect("counters").ifindex;
+    let far_index = t.router.link_counters(&far).expect("counters").ifindex;
+    let client_index = t
+        .router
+        .link_counters(&t.router_client.dev)
+        .expect("counters")
+        .ifindex;
+    let peers = dp.peer_devs().clone();
+    assert!(
+        !peers.contains(&near_index) && !peers.contains(&far_index),
+        "a pair inside one namespace has no peer elsewhere: {peers:?}"
+    );
+    assert!(peers.contains(&client_index), "{peers:?}");
+    dp.apply_routes(&routes(&[(PORT, addr, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
+    assert_eq!(client.banner, "looped");
+    client
+        .echo_random(4 * MIB, 64 * 1024, |_| {})
+        .expect("echo through a veth paired inside the router namespace");
+    client.finish().expect("close");
+    assert_eq!(server.accepted(), 1);
+    assert_eq!(
+        dp.stat(Hook::Tc, StatReason::NewConnection)
+            .expect("stats")
+            .packets,
+        1
+    );
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! verdict, the bytes that leave (addresses, ports, TTL, MACs, checksums verified from scratch
 //! by `router_tests::packet`), the counters and the connection table.
 
-use router_common::conntrack::{CtKey4, CtValue4, TCP_FIN, TCP_SYN as CT_SYN};
+use router_common::conntrack::{CtKey4, CtValue4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN};
 use router_common::stats::{Hook, StatReason};
+use router_tests::netns::Netns;
 use router_tests::packet::{
     self, TCP_ACK, TCP_FIN as FIN, TCP_PSH, TCP_RST, TCP_SYN, Tcp4, icmp_checksum_ok,
     ipv4_checksum_ok, parse, tcp_checksum_ok,
@@ -283,6 +284,7 @@ both_hooks!(
     a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_route,
     handshake_mss_is_clamped_to_the_links,
     lengths_that_do_not_hold_the_headers_pass_untouched,
+    the_peer_hand_off_follows_where_the_egress_peer_lives,
 );
 
 fn new_connection_is_translated_and_tracked(program: Program) {
@@ -1199,5 +1201,62 @@ fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
         let out = env.run(&padded, true);
         assert_eq!(out.retval, env.redirected(), "padded frame");
         assert_checksums(&out.frame[..out.frame.len() - 6]);
+    });
+}
+
+/// A connection whose egress toward the backend is a veth with its peer in another namespace
+/// (a container's link) is marked for the peer hand-off (`NH_PEER`: TC then uses
+/// `bpf_redirect_peer`); one whose egress peer is in the router's namespace is not, since the
+/// kernel would drop it there. The set is re-read at each sweep, and connections follow at
+/// their next packet.
+fn the_peer_hand_off_follows_where_the_egress_peer_lives(program: Program) {
+    with_env(program, Opts::default(), |env| {
+        env.open(40000);
+        let first = env.forward_key(40000);
+        assert_eq!(
+            env.entry(&first).flags & NH_PEER,
+            0,
+            "the backend link's other end is in the router namespace"
+        );
+        let container = Netns::new("trpo").expect("namespace");
+        let far_end = format!("{}p", env.net.backend_dev);
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        ip(&["link", "set", &far_end, "netns", &container.name]);
+        container
+            .ip(&["link", "set", &far_end, "up"])
+            .expect("link up");
+        env.dp.sweep().expect("sweep");
+        let backend_if = env.backend_if;
+        assert!(
+            env.dp.peer_devs().contains(&backend_if),
+            "{:?}",
+            env.dp.peer_devs()
+        );
+        let seg = env.client_packet(40000, TCP_ACK).build();
+        let out = env.run(&seg, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_ne!(
+            env.entry(&first).flags & NH_PEER,
+            0,
+            "the established connection took the hand-off at its next packet"
+        );
+        env.open(40002);
+        assert_ne!(env.entry(&env.forward_key(40002)).flags & NH_PEER, 0);
+        // Replies go to the client's link, whose other end is still here.
+        let reply = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        assert_eq!(env.run(&reply, false).retval, env.redirected());
+        let reply_key = CtKey4 {
+            saddr: raw(env.net.backend),
+            daddr: raw(env.net.nat_source),
+            sport: BACKEND_PORT.to_be(),
+            dport: 40000u16.to_be(),
+        };
+        assert_eq!(env.entry(&reply_key).flags & NH_PEER, 0);
     });
 }

@@ -1,8 +1,8 @@
 //! The kernel side as the daemon sees it: [`Datapath`] loads the embedded object (in one place,
 //! [`object`]), attaches it, and owns its maps through one module each: routes
 //! ([`route_map`]), the port filter ([`port_flags`]), connections and their sweeper
-//! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), settings
-//! ([`settings`]), counters ([`stats`]).
+//! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), interfaces whose peer
+//! is in another namespace ([`peer_devs`]), settings ([`settings`]), counters ([`stats`]).
 //!
 //! The daemon's part: `Datapath::open_pinned(&cfg.datapath)` (maps and links pinned under
 //! `ROUTER_BPFFS` and adopted from an earlier daemon, see [`pins`]), report `attached()` and
@@ -25,6 +25,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod kernel_log;
 pub mod object;
+pub mod peer_devs;
 pub mod pins;
 pub mod port_flags;
 pub mod route_map;
@@ -82,6 +83,7 @@ pub struct Datapath {
     ports: port_flags::PortFlags,
     conntrack: conntrack::Conntrack,
     addresses: addresses::LocalAddresses,
+    peer_devs: peer_devs::PeerDevs,
     clock: clock::KernelClock,
     /// Ports of removed routes, kept in the filter until a sweep shows no connection uses them.
     lingering_router_ports: BTreeMap<u16, Instant>,
@@ -254,6 +256,9 @@ impl Datapath {
             take(&mut ebpf, maps::LOCAL_ADDRS)?,
             &cfg.router_addresses,
         )?;
+        // Before any program is attached or replaced, so the first connections already get
+        // the peer hand-off.
+        let peer_devs = peer_devs::PeerDevs::new(take(&mut ebpf, maps::PEER_DEVS)?)?;
         let clock = clock::KernelClock::new(&mut ebpf)?;
         let netns = std::fs::File::open("/proc/thread-self/ns/net")
             .map(OwnedFd::from)
@@ -266,6 +271,7 @@ impl Datapath {
             ports,
             conntrack,
             addresses,
+            peer_devs,
             clock,
             lingering_router_ports: BTreeMap::new(),
             lingering_backend_ports: BTreeMap::new(),
@@ -355,6 +361,11 @@ impl Datapath {
         self.addresses.refresh()
     }
 
+    /// Interfaces (ifindexes) TC hands packets to the peer of, as of the last refresh.
+    pub fn peer_devs(&self) -> &BTreeSet<u32> {
+        self.peer_devs.programmed()
+    }
+
     /// Starts forwarding the kernel programs' log records into the daemon's log.
     pub fn spawn_kernel_log(&mut self) -> Option<tokio::task::JoinHandle<()>> {
         kernel_log::spawn(&mut self.ebpf)
@@ -424,6 +435,10 @@ impl Datapath {
         let now = self.clock.now(&mut self.ebpf)?;
         let report = self.conntrack.sweep(now, &self.clock)?;
         self.evicted_total += report.evicted;
+        // The epoch bump below makes every connection re-read its next hop, with this set.
+        if let Err(e) = self.peer_devs.refresh() {
+            tracing::warn!(error = %error_chain(&e), "refreshing the interfaces with a peer elsewhere failed; keeping the last set");
+        }
         self.settings.bump_epoch()?;
         self.lingering_router_ports
             .retain(|_, removed| started < *removed + PORT_LINGER);

@@ -26,6 +26,7 @@ pub mod maps {
     pub const CT4: &str = "CT4";
     pub const CT_COUNT: &str = "CT_COUNT";
     pub const TX_PORTS: &str = "TX_PORTS";
+    pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const CLOCK: &str = "CLOCK";
 }
 
@@ -84,6 +85,8 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("listing the namespace's interfaces (RTM_GETLINK) failed")]
+    Links(#[source] std::io::Error),
     #[error("listing the host's interface addresses failed")]
     Addresses(#[source] std::io::Error),
     #[error("entering the datapath's network namespace failed")]

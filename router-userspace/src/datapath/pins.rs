@@ -15,8 +15,10 @@
 //! a new, empty table, which cuts every established connection: that takes an explicit
 //! `task-router uninstall` first.
 //!
-//! The maps not pinned: `CLOCK` (scratch space of the clock program) and aya-log's ring buffer
-//! (each daemon reads the records of the programs it loaded).
+//! The maps not pinned: `CLOCK` (scratch space of the clock program), `PEER_DEVS` (read from
+//! the kernel's interfaces by each daemon before it attaches; while no daemon runs, the last
+//! set stays with the programs using it) and aya-log's ring buffer (each daemon reads the
+//! records of the programs it loaded).
 
 use super::DatapathError;
 use super::object::maps::{
