@@ -66,15 +66,34 @@ fn upgrade_test_mark() {
 #[classifier]
 pub fn task_router_tc(ctx: TcContext) -> i32 {
     upgrade_test_mark();
-    // Headers the programs read must be in the linear part of the skb.
-    let need = (ETH_LEN + IP_LEN + 8 + IP_LEN + 8) as u32;
-    if ctx.data() + need as usize > ctx.data_end()
-        && ctx.len() > (ctx.data_end() - ctx.data()) as u32
-    {
-        let want = if ctx.len() < need { ctx.len() } else { need };
+    make_headers_linear(&ctx);
+    ctx::tc_action(handle(&ctx))
+}
+
+/// What the programs read must be in the linear part of the skb: Ethernet, IPv4 and TCP
+/// headers (the fixed 20 bytes; options are read within bounds only), or for an ICMP error the
+/// quoted IPv4 header and ports too. Only as much as that: a GSO packet from a local sender
+/// carries exactly its headers in the linear part, and pulling payload bytes in would
+/// reallocate its head for every super-packet.
+#[inline(always)]
+fn make_headers_linear(ctx: &TcContext) {
+    const TCP_HEADERS: usize = ETH_LEN + IP_LEN + TCP_LEN;
+    const ICMP_QUOTE: usize = ETH_LEN + IP_LEN + 8 + IP_LEN + 8;
+    let linear = ctx.data_end() - ctx.data();
+    if linear >= ICMP_QUOTE || ctx.len() as usize <= linear {
+        return;
+    }
+    // Read through the helper, which copies from the non-linear part too.
+    let icmp = matches!(ctx.load::<u8>(ETH_LEN + IP_PROTO), Ok(IPPROTO_ICMP));
+    let need = if icmp { ICMP_QUOTE } else { TCP_HEADERS };
+    if linear < need {
+        let want = if (ctx.len() as usize) < need {
+            ctx.len()
+        } else {
+            need as u32
+        };
         let _ = ctx.pull_data(want);
     }
-    ctx::tc_action(handle(&ctx))
 }
 
 /// Stores the kernel's jiffies where the daemon reads them (run by the daemon through
