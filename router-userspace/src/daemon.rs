@@ -198,6 +198,11 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
             .interfaces
             .push(format!("{} {}", attached.interface, attached.mode));
     }
+    tracing::info!(
+        interfaces = dp.peer_devs().len(),
+        "TC hands packets straight to the peer of interfaces whose peer is in another namespace \
+         (container links; refreshed every sweep)"
+    );
     let datapath = crate::datapath::SharedDatapath::new(dp);
     let sweeper = crate::datapath::sweeper::Sweeper::spawn(
         datapath.clone(),

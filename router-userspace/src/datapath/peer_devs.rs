@@ -59,11 +59,8 @@ impl PeerDevs {
     /// stopped qualifying never lingers. Must run in the network namespace the datapath serves.
     pub fn refresh(&mut self) -> Result<(), DatapathError> {
         let links = dump_links().map_err(DatapathError::Links)?;
-        let mut wanted: BTreeSet<u32> = links
-            .iter()
-            .filter(|l| l.peer_elsewhere())
-            .map(|l| l.index)
-            .collect();
+        let qualifying: Vec<&Link> = links.iter().filter(|l| l.peer_elsewhere()).collect();
+        let mut wanted: BTreeSet<u32> = qualifying.iter().map(|l| l.index).collect();
         if wanted.len() > PEER_DEVS_MAX as usize {
             if !self.warned_full {
                 tracing::warn!(
@@ -76,6 +73,7 @@ impl PeerDevs {
             }
             wanted = wanted.into_iter().take(PEER_DEVS_MAX as usize).collect();
         }
+        let changed = wanted != self.programmed;
         for gone in self
             .programmed
             .difference(&wanted)
@@ -102,6 +100,12 @@ impl PeerDevs {
                     source: Box::new(source),
                 })?;
             self.programmed.insert(new);
+        }
+        if changed {
+            tracing::debug!(
+                interfaces = ?qualifying.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+                "interfaces whose peer is in another namespace (TC peer hand-off)"
+            );
         }
         Ok(())
     }
