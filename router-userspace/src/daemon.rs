@@ -3,8 +3,9 @@
 //! Every cycle (`ROUTER_POLL_INTERVAL`): reload the routes file if it changed; list the ClearML
 //! tasks that asked for endpoints; plan the wanted routes; apply the merged set through the
 //! [`TcpForwarder`] and [`HttpRouter`] (only when it changed, after a failure, or once a minute
-//! to heal drift); write endpoints back for routes that were programmed; persist; publish the
-//! status. A failed listing changes no route (the last good set stays in force) and the loop
+//! to heal drift); publish the status (so it lists every route before its task can read the
+//! endpoint); write endpoints back for routes that were programmed; persist; publish the
+//! status again. A failed listing changes no route (the last good set stays in force) and the loop
 //! backs off.
 //!
 //! Start-up order (`main.rs`): config → `EXTRA_BASH_COMMAND` ([`run_extra_command`]) →
@@ -880,7 +881,7 @@ impl Engine {
         Ok(())
     }
 
-    /// One cycle: sources → plan → apply → write-back → persist → status.
+    /// One cycle: sources → plan → apply → status → write-back → persist → status.
     pub async fn cycle(&mut self) -> CycleOutcome {
         let started = Instant::now();
         self.cycles += 1;
@@ -930,6 +931,13 @@ impl Engine {
             }
         }
         self.apply().await;
+        // Publish what is programmed before any task reads its endpoint: once `tasks.edit`
+        // lands, the task (and whoever it hands the endpoint to) may ask `status` at once, and
+        // the write-back, the state files' fsync and the counters can take a while.
+        if let Some(writes) = &writes {
+            self.mark_writes_pending(writes);
+        }
+        self.publish();
         self.write_back(writes).await;
         self.save_state();
         self.read_counters().await;
@@ -1098,6 +1106,18 @@ impl Engine {
             }
             RouteRef::Http(_) => {
                 self.http_error.is_none() && !self.http_failed.contains_key(&route.id())
+            }
+        }
+    }
+
+    /// Shows the endpoints about to be written back as `writing back` (a state from an earlier
+    /// attempt, e.g. a failed write, stays until this attempt ends).
+    fn mark_writes_pending(&mut self, writes: &[WriteBack]) {
+        for wb in writes {
+            if self.programmed(&wb.route) {
+                self.write_state
+                    .entry((wb.key.clone(), wb.want.kind()))
+                    .or_insert_with(|| "writing back".into());
             }
         }
     }
@@ -1772,6 +1792,71 @@ mod tests {
         e.cycle().await;
         e.cycle().await;
         assert!(http.programmed.lock().unwrap().is_empty());
+    }
+
+    /// The e2e flake (`clearml_e2e::e2e_sdk_2_0_tcp_and_http_through_the_router`): the SDK saw
+    /// its HTTP endpoint, the test used it and ran `task-router status` before the cycle that
+    /// wrote it had published, so the table still said "1 tasks". When the endpoint lands on
+    /// the task, the status must already list its route and count its task.
+    #[tokio::test]
+    async fn the_status_lists_a_route_before_its_endpoint_reaches_the_task() {
+        let api = MockServer::start().await;
+        let state = tempfile::tempdir().unwrap();
+        api.add_task("t1", ssh_request("10.1.0.5"));
+        let (tcp, http) = (Recorder::default(), HttpRecorder::default());
+        let cfg = config(&api.url, state.path());
+        let (mut e, status) = engine(&cfg, &tcp, &http);
+        e.connect_at_start().await.unwrap();
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+        assert_eq!(status.read().unwrap().clearml.tasks, 1);
+
+        api.add_task(
+            "h1",
+            json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.1.0.6", "_PORT": 7860}),
+        );
+        // What `status` showed at the moment each write-back carrying `endpoint` was stored.
+        type Seen = (usize, Vec<(String, String, String)>);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (seen_in_hook, status_in_hook) = (seen.clone(), status.clone());
+        api.state.lock().unwrap().after_edit = Some(Box::new(move |rt| {
+            if rt.contains_key("endpoint") {
+                let s = status_in_hook.read().unwrap();
+                let rows = s
+                    .routes
+                    .iter()
+                    .map(|r| (r.task_id.clone(), r.kind.clone(), r.state.clone()))
+                    .collect();
+                seen_in_hook.lock().unwrap().push((s.clearml.tasks, rows));
+            }
+        }));
+        assert_eq!(e.cycle().await, CycleOutcome::Synced);
+        assert_eq!(
+            api.task("h1")["runtime"]["endpoint"],
+            json!("https://router.example.com/service/h1/")
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "one write-back of h1: {seen:?}");
+        let (tasks, rows) = &seen[0];
+        assert_eq!(
+            *tasks, 2,
+            "both tasks counted when h1's endpoint landed: {rows:?}"
+        );
+        assert!(
+            rows.contains(&("h1".into(), "http".into(), "writing back".into())),
+            "h1's route listed (being written back) when its endpoint landed: {rows:?}"
+        );
+        assert!(
+            rows.contains(&("t1".into(), "tcp".into(), "active".into())),
+            "{rows:?}"
+        );
+        // Once written, the end of the cycle shows it active.
+        let s = status.read().unwrap();
+        assert_eq!(s.clearml.tasks, 2);
+        assert!(
+            s.routes.iter().all(|r| r.state == "active"),
+            "{:?}",
+            s.routes
+        );
     }
 
     #[tokio::test]

@@ -510,6 +510,67 @@ async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
     assert_eq!(rt["progress"], json!(n));
 }
 
+/// The SDK 2.0 e2e flow (TCP task routed, then an HTTP request): the moment the router's
+/// `tasks.edit` stores the HTTP endpoint, the task may read it, use it and an operator may run
+/// `task-router status`; the status must already list that route and count its task (it used
+/// to be published only after the write-back and the state files, so `status` could still
+/// say "1 tasks" with the endpoint in use).
+#[tokio::test]
+async fn an_endpoint_the_task_can_read_is_already_in_the_status() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let tcp_task = admin.create_task(running("tcp echo", tcp_request("10.6.3.10", 9000)));
+    let state = temp_dir("published");
+    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    r.cycle().await;
+    assert_eq!(r.status().clearml.tasks, 1);
+
+    // What SDK 2.0.x's request_external_endpoint(8080, "http") leaves on its task.
+    let http_task = admin.create_task(running(
+        "web app",
+        json!({"CLEARML VERSION": "2.0.2", "CLI": "endpoint_task.py", "progress": "0",
+               "_SERVICE": "EXTERNAL", "_ADDRESS": "10.6.3.11", "_PORT": 8080}),
+    ));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (seen_in_hook, status) = (seen.clone(), r.status.clone());
+    let target = http_task.clone();
+    admin.after_edit(move |id, runtime| {
+        if id == target && runtime.contains_key("endpoint") {
+            let s = status.read().expect("status").clone();
+            seen_in_hook.lock().expect("seen").push(s);
+        }
+    });
+    r.cycle().await;
+    admin.clear_after_edit();
+    assert_eq!(
+        admin.runtime(&http_task)["endpoint"],
+        json!(format!("https://router.example.com/service/{http_task}/"))
+    );
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 1, "one write-back of the HTTP endpoint");
+    let at_write = &seen[0];
+    let rows: Vec<(&str, &str)> = at_write
+        .routes
+        .iter()
+        .map(|row| (row.task_id.as_str(), row.kind.as_str()))
+        .collect();
+    assert_eq!(
+        at_write.clearml.tasks, 2,
+        "both tasks counted when the endpoint landed: {rows:?}"
+    );
+    assert!(
+        rows.contains(&(tcp_task.as_str(), "tcp")) && rows.contains(&(http_task.as_str(), "http")),
+        "both routes listed when the endpoint landed: {rows:?}"
+    );
+    let row = at_write
+        .routes
+        .iter()
+        .find(|row| row.task_id == http_task)
+        .expect("row");
+    assert_eq!(row.state, "writing back");
+    assert!(r.status().routes.iter().all(|row| row.state == "active"));
+}
+
 #[tokio::test]
 async fn paging_reads_every_task_in_few_calls() {
     let server = ClearmlServer::start().expect("server");
