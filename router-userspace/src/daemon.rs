@@ -426,7 +426,7 @@ pub fn lock_instance(cfg: &Config) -> Result<InstanceLocks> {
     let pins = match cfg.datapath.kind {
         // No pins: ROUTER_BPFFS is not this daemon's business.
         DatapathKind::Nginx => None,
-        DatapathKind::Ebpf(_) => Some(lock_pin_dir(cfg)?),
+        DatapathKind::Ebpf(_) => lock_pin_dir(cfg)?,
     };
     Ok(InstanceLocks {
         state: Some(state),
@@ -434,14 +434,17 @@ pub fn lock_instance(cfg: &Config) -> Result<InstanceLocks> {
     })
 }
 
-/// The daemon's lock on `ROUTER_BPFFS` (created if missing, once it is known to be on bpffs).
-fn lock_pin_dir(cfg: &Config) -> Result<crate::instance_lock::PinDirLock> {
+/// The daemon's lock on `ROUTER_BPFFS` (created if missing). `None` when it is not on bpffs:
+/// no pins can live there to be shared, nothing is created outside bpffs, and the datapath
+/// refuses the directory when it opens, with its own message and in its own order (a missing
+/// interface is said first).
+fn lock_pin_dir(cfg: &Config) -> Result<Option<crate::instance_lock::PinDirLock>> {
     use crate::instance_lock::PinDirLock;
     let root = &cfg.datapath.bpffs;
-    // Nothing is created outside bpffs: the datapath's own refusal, said first.
-    crate::datapath::pins::check_bpffs(root)
-        .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))
-        .context("starting the eBPF datapath")?;
+    if let Err(e) = crate::datapath::pins::check_bpffs(root) {
+        tracing::debug!(error = %crate::datapath::error_chain(&e), "pin directory not locked");
+        return Ok(None);
+    }
     let lock = PinDirLock::acquire(root).map_err(|e| {
         if e.is_held() {
             anyhow!(
@@ -455,7 +458,7 @@ fn lock_pin_dir(cfg: &Config) -> Result<crate::instance_lock::PinDirLock> {
         }
     })?;
     tracing::info!(lock = %root.display(), "pin directory lock taken");
-    Ok(lock)
+    Ok(Some(lock))
 }
 
 /// `uninstall`'s side of the locks, held while it removes: each is taken unless no daemon can

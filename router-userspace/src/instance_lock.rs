@@ -419,7 +419,10 @@ mod tests {
         let alias = dir.path().join("alias");
         std::os::unix::fs::symlink(&root, &alias).unwrap();
         let err = PinDirLock::acquire(&alias).expect_err("same directory via a symlink");
-        assert!(err.to_string().contains(&alias.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&alias.display().to_string()),
+            "{err}"
+        );
         // What `uninstall` does under a lock it holds: the directory goes. A new one at the
         // same path is a new inode, which the old lock does not cover.
         std::fs::remove_dir(&root).unwrap();
@@ -457,7 +460,10 @@ mod tests {
         let err = PinDirLock::acquire_existing(&root).expect_err("not a directory");
         assert!(matches!(err, LockError::Io { .. }), "{err}");
         assert!(!err.is_held());
-        assert!(err.to_string().contains(&root.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&root.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

@@ -635,7 +635,12 @@ fn dir_lock_is_free(dir: &Path) -> bool {
         return true;
     }
     let e = std::io::Error::last_os_error();
-    assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK), "flock {}: {e}", dir.display());
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EWOULDBLOCK),
+        "flock {}: {e}",
+        dir.display()
+    );
     false
 }
 
@@ -734,9 +739,16 @@ fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() 
         .map(|m| map_id(&s.pin(m)))
         .collect();
     assert_eq!(maps_now, maps, "same maps");
-    assert_eq!(file_times(&s.pins.layout_dir()), pins_before, "pins untouched");
+    assert_eq!(
+        file_times(&s.pins.layout_dir()),
+        pins_before,
+        "pins untouched"
+    );
     assert_eq!(file_times(&nginx_dir), nginx_files, "nginx files untouched");
-    assert!(!other_nginx.exists(), "the refused daemon wrote no nginx file");
+    assert!(
+        !other_nginx.exists(),
+        "the refused daemon wrote no nginx file"
+    );
     let written: Vec<_> = file_times(&other_state)
         .into_iter()
         .map(|(name, _)| name)
@@ -746,7 +758,10 @@ fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() 
         vec![std::ffi::OsString::from("task-router.lock")],
         "the refused daemon saved no state"
     );
-    assert!(holds_flock(pid, &pin_root), "the first still holds the pins");
+    assert!(
+        holds_flock(pid, &pin_root),
+        "the first still holds the pins"
+    );
     client
         .echo_random(256 * 1024, 8192, |_| {})
         .expect("the established connection still forwards");
@@ -768,7 +783,11 @@ fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() 
     assert!(stderr.contains("stop the daemon first"), "{stderr}");
     assert!(stderr.contains("nothing was removed"), "{stderr}");
     assert!(stdout.is_empty(), "uninstall reported removals:\n{stdout}");
-    assert_eq!(file_times(&s.pins.layout_dir()), pins_before, "every pin still there");
+    assert_eq!(
+        file_times(&s.pins.layout_dir()),
+        pins_before,
+        "every pin still there"
+    );
     let map_ids: Vec<u64> = ["ROUTES", "CT4", "PORT_FLAGS"]
         .iter()
         .map(|m| map_id(&s.pin(m)))
@@ -787,7 +806,9 @@ fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() 
     let status = daemon.stop(Signal::SIGTERM).expect("SIGTERM");
     assert!(status.success());
     assert!(dir_lock_is_free(&pin_root), "released with the daemon");
-    let out = other("uninstall").output().expect("uninstall after the stop");
+    let out = other("uninstall")
+        .output()
+        .expect("uninstall after the stop");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
