@@ -1,24 +1,30 @@
 //! One daemon per router instance: an exclusive `flock` on `<ROUTER_STATE_DIR>/task-router.lock`,
-//! held for the daemon's whole life and taken by `task-router uninstall` too.
+//! and another on the pin directory (`ROUTER_BPFFS`) itself, both held for the daemon's whole
+//! life and taken by `task-router uninstall` too.
 //!
 //! Two daemons on the same instance would both adopt the pinned maps and links and fight (each
 //! reconciles, writes back to ClearML and rewrites the nginx files); `uninstall` under a running
-//! daemon would tear its datapath away. The lock stops the second one before it touches any of
+//! daemon would tear its datapath away. The locks stop the second one before it touches any of
 //! that.
 //!
-//! Why the state directory and not the pin root (`ROUTER_BPFFS`): bpffs accepts only
-//! directories and pins — creating a regular file there fails with `EPERM` (checked on this
-//! kernel), so no file could record the holder's PID; and `uninstall` removes the pin root, so a
-//! lock on that directory would end up on a removed inode that a new daemon no longer sees. The
-//! state directory is per instance too (its `ports.json`/`routes.json` are the instance's
-//! allocations), survives `uninstall`, and exists in every datapath mode (nginx-only has no
-//! pins).
+//! Why two locks. The state directory's lock ([`InstanceLock`]) guards what lives there and in
+//! the nginx directory, and records the holder's PID in the file: bpffs accepts only directories
+//! and pins — creating a regular file there fails with `EPERM` (checked on this kernel) — so the
+//! pin directory could hold no such file. It also exists in every datapath mode (nginx-only has
+//! no pins). But two daemons given different state directories and the same `ROUTER_BPFFS` would
+//! still share one pinned datapath: the pin directory's lock ([`PinDirLock`]) is a `flock` on a
+//! descriptor of the directory itself (bpffs supports it like any filesystem: the kernel keeps
+//! `flock` state on the inode), and its holder's PID is looked up in `/proc/locks` instead.
+//! `uninstall` removes the pin directory while holding that lock; a daemon that opened the
+//! directory before the removal and locked it after would hold a lock on a removed inode that the
+//! next one no longer sees, so a lock is only kept when the path still names the locked
+//! directory (otherwise taken again), as for the file.
 //!
 //! The `flock` is the truth: the kernel drops it when the holder's last descriptor closes, so a
 //! daemon killed with SIGKILL leaves a file that blocks nobody. The PID written into the file
-//! after locking is informative only (for the error message). The descriptor is close-on-exec
+//! after locking is informative only (for the error message). The descriptors are close-on-exec
 //! (Rust opens every file with `O_CLOEXEC`), so children (a managed nginx, `EXTRA_BASH_COMMAND`)
-//! never inherit the lock and keep it after the daemon is gone.
+//! never inherit a lock and keep it after the daemon is gone.
 
 use std::fs::File;
 use std::io::Read;
@@ -34,6 +40,9 @@ pub enum LockError {
     /// Another process holds the lock.
     #[error("the instance lock {path} is held by {}", holder(*.pid))]
     Held { path: PathBuf, pid: Option<u32> },
+    /// Another process holds the pin directory's lock; `pid` as `/proc/locks` shows it.
+    #[error("the pin directory {path} is locked by {}", dir_holder(*.pid))]
+    PinDirHeld { path: PathBuf, pid: Option<u32> },
     #[error("cannot {operation} the instance lock {path}: {source}")]
     Io {
         operation: &'static str,
@@ -50,13 +59,25 @@ fn holder(pid: Option<u32>) -> String {
     }
 }
 
+fn dir_holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("another task-router, PID {pid}"),
+        None => "another task-router (its PID is not visible in /proc/locks here)".to_string(),
+    }
+}
+
 impl LockError {
-    /// The PID recorded by the holder, when the lock is held.
+    /// The PID of the holder, when the lock is held and the PID is known.
     pub fn holder_pid(&self) -> Option<u32> {
         match self {
-            LockError::Held { pid, .. } => *pid,
+            LockError::Held { pid, .. } | LockError::PinDirHeld { pid, .. } => *pid,
             LockError::Io { .. } => None,
         }
+    }
+
+    /// Whether another process holds the lock (as opposed to the lock failing).
+    pub fn is_held(&self) -> bool {
+        !matches!(self, LockError::Io { .. })
     }
 }
 
@@ -197,6 +218,101 @@ impl Drop for InstanceLock {
     }
 }
 
+/// The exclusive lock on the pin directory (`ROUTER_BPFFS`) itself, held until dropped.
+#[derive(Debug)]
+pub struct PinDirLock {
+    _dir: File,
+    path: PathBuf,
+}
+
+impl PinDirLock {
+    /// The daemon's side: creates `root` (and its missing parents) if needed, then locks it
+    /// without waiting, or says who holds it. The caller checks first that `root` belongs on
+    /// bpffs (nothing is created elsewhere).
+    pub fn acquire(root: &Path) -> Result<PinDirLock, LockError> {
+        match lock_dir(root, true)? {
+            Some(lock) => Ok(lock),
+            // Created just above: only a removal racing us every round gets here.
+            None => Err(io("lock", root)(std::io::Error::other(
+                "the directory keeps being removed while it is locked",
+            ))),
+        }
+    }
+
+    /// `uninstall`'s side: locks `root` if it exists (`None`: nothing is pinned, nobody can
+    /// hold it), or says who holds it.
+    pub fn acquire_existing(root: &Path) -> Result<Option<PinDirLock>, LockError> {
+        lock_dir(root, false)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn lock_dir(root: &Path, create: bool) -> Result<Option<PinDirLock>, LockError> {
+    // Bounded: only a directory removed or replaced between open and lock takes another round.
+    for _ in 0..8 {
+        if create {
+            std::fs::create_dir_all(root).map_err(io("create", root))?;
+        }
+        let dir = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root)
+        {
+            Ok(dir) => dir,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("open", root)(e)),
+        };
+        let locked = dir.metadata().map_err(io("stat", root))?;
+        if !try_flock(&dir, root)? {
+            return Err(LockError::PinDirHeld {
+                path: root.to_path_buf(),
+                pid: flock_holder(locked.dev(), locked.ino()),
+            });
+        }
+        match std::fs::metadata(root) {
+            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {
+                return Ok(Some(PinDirLock {
+                    _dir: dir,
+                    path: root.to_path_buf(),
+                }));
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("stat", root)(e)),
+        }
+    }
+    Err(io("lock", root)(std::io::Error::other(
+        "the directory keeps being replaced while it is locked",
+    )))
+}
+
+/// The PID holding an exclusive `flock` on the inode `(dev, ino)`, from `/proc/locks` (`None`
+/// when it cannot be read or does not show one, e.g. a holder in another PID namespace).
+fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    holder_in_proc_locks(&text, libc::major(dev), libc::minor(dev), ino)
+}
+
+/// Parses `/proc/locks` lines such as `1: FLOCK  ADVISORY  WRITE 27818 00:27:1 0 EOF` (device
+/// major and minor in hex); waiters (`1: -> FLOCK ...`) hold nothing and are skipped.
+fn holder_in_proc_locks(text: &str, major: u32, minor: u32, ino: u64) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "FLOCK", _, "WRITE", pid, file, ..] = fields.as_slice() else {
+            return None;
+        };
+        let mut parts = file.split(':');
+        let same = u32::from_str_radix(parts.next()?, 16).ok()? == major
+            && u32::from_str_radix(parts.next()?, 16).ok()? == minor
+            && parts.next()?.parse::<u64>().ok()? == ino;
+        let pid: u32 = pid.parse().ok()?;
+        (same && pid != 0).then_some(pid)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +386,106 @@ mod tests {
         let err = InstanceLock::acquire(&path).expect_err("no directory");
         assert!(matches!(err, LockError::Io { .. }), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn a_second_lock_on_the_pin_directory_fails_naming_it_and_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pins");
+        let held = PinDirLock::acquire(&root).expect("first lock");
+        assert!(root.is_dir(), "created by the daemon's side");
+        assert_eq!(held.path(), root);
+        // Another open file description conflicts as another process would; the holder is
+        // found in /proc/locks.
+        let err = PinDirLock::acquire(&root).expect_err("second lock must fail");
+        assert!(err.is_held(), "{err}");
+        assert_eq!(err.holder_pid(), Some(std::process::id()));
+        let text = err.to_string();
+        assert!(text.contains(&root.display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("PID {}", std::process::id())),
+            "{text}"
+        );
+        let err = PinDirLock::acquire_existing(&root).expect_err("uninstall's side too");
+        assert!(matches!(err, LockError::PinDirHeld { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_pin_directory_lock_follows_the_directory_not_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pins");
+        let held = PinDirLock::acquire(&root).expect("first lock");
+        // Another spelling of the same directory is the same lock.
+        let alias = dir.path().join("alias");
+        std::os::unix::fs::symlink(&root, &alias).unwrap();
+        let err = PinDirLock::acquire(&alias).expect_err("same directory via a symlink");
+        assert!(
+            err.to_string().contains(&alias.display().to_string()),
+            "{err}"
+        );
+        // What `uninstall` does under a lock it holds: the directory goes. A new one at the
+        // same path is a new inode, which the old lock does not cover.
+        std::fs::remove_dir(&root).unwrap();
+        let again = PinDirLock::acquire(&root).expect("a new directory is free");
+        drop(held);
+        drop(again);
+    }
+
+    #[test]
+    fn the_pin_directory_lock_is_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a").join("pins");
+        let held = PinDirLock::acquire(&root).expect("missing parents created");
+        assert!(PinDirLock::acquire(&root).is_err());
+        drop(held);
+        let again = PinDirLock::acquire_existing(&root)
+            .expect("free after the holder dropped it")
+            .expect("the directory exists");
+        drop(again);
+    }
+
+    #[test]
+    fn uninstall_locks_nothing_and_creates_nothing_without_a_pin_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pins");
+        assert!(PinDirLock::acquire_existing(&root).unwrap().is_none());
+        assert!(!root.exists(), "nothing created");
+    }
+
+    #[test]
+    fn a_pin_directory_that_is_a_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pins");
+        std::fs::write(&root, "").unwrap();
+        let err = PinDirLock::acquire_existing(&root).expect_err("not a directory");
+        assert!(matches!(err, LockError::Io { .. }), "{err}");
+        assert!(!err.is_held());
+        assert!(
+            err.to_string().contains(&root.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_holder_is_read_from_proc_locks() {
+        let text = "\
+1: POSIX  ADVISORY  WRITE 100 00:27:7 0 EOF
+2: FLOCK  ADVISORY  READ 200 00:27:7 0 EOF
+3: -> FLOCK  ADVISORY  WRITE 300 00:27:7 0 EOF
+4: FLOCK  ADVISORY  WRITE 400 00:27:8 0 EOF
+5: FLOCK  ADVISORY  WRITE 500 fe:00:7 0 EOF
+6: FLOCK  ADVISORY  WRITE 600 00:27:7 0 EOF
+";
+        // Only an exclusive flock on that very inode of that device (minor 0x27 = 39).
+        assert_eq!(holder_in_proc_locks(text, 0, 39, 7), Some(600));
+        assert_eq!(holder_in_proc_locks(text, 0, 39, 8), Some(400));
+        assert_eq!(holder_in_proc_locks(text, 0xfe, 0, 7), Some(500));
+        assert_eq!(holder_in_proc_locks(text, 0, 39, 9), None);
+        // A holder outside our PID namespace shows as 0.
+        assert_eq!(
+            holder_in_proc_locks("1: FLOCK  ADVISORY  WRITE 0 00:27:7 0 EOF", 0, 39, 7),
+            None
+        );
+        assert_eq!(holder_in_proc_locks("garbage\n\n1:", 0, 39, 7), None);
     }
 }

@@ -46,8 +46,9 @@ enum Command {
     /// Remove everything `run` left in place: detach the programs, unpin every link and map
     /// under ROUTER_BPFFS (of any layout version) and remove the nginx files it generated
     /// (stopping a managed nginx). Cuts the connections it forwards. Refused while a daemon
-    /// runs on this instance (it holds ROUTER_STATE_DIR/task-router.lock): stop it first;
-    /// give it the configuration the daemon ran with. Safe to repeat.
+    /// runs on this instance (it holds ROUTER_STATE_DIR/task-router.lock) or on the same
+    /// pins (it holds a lock on the ROUTER_BPFFS directory): stop it first; give it the
+    /// configuration the daemon ran with. Safe to repeat.
     #[command(after_long_help = variables_help())]
     Uninstall(ConfigArgs),
 }

@@ -5,7 +5,8 @@
 //! entries) and an upgrade to a rebuilt kernel object (the links then run another program).
 //! Also: an incompatible pinned layout is refused untouched, a pin directory outside bpffs is
 //! refused, `--detach-on-exit`, `uninstall` leaves nothing behind, and one daemon per instance (a
-//! second daemon and `uninstall` are refused while one runs).
+//! second daemon and `uninstall` are refused while one runs, with the same state directory or
+//! only the same pins).
 
 use nix::sys::signal::Signal;
 use rand::RngCore;
@@ -126,6 +127,11 @@ impl Setup {
     /// `task-router <sub>` with this setup's interfaces (client side in generic XDP, so an
     /// XDP link and a TCX link are both pinned), routes, state and pins.
     fn command(&self, sub: &str) -> Command {
+        self.command_in(sub, &self.path("state"), &self.path("nginx"))
+    }
+
+    /// [`Setup::command`] with another state directory and nginx directory (the same pins).
+    fn command_in(&self, sub: &str, state_dir: &str, nginx_dir: &str) -> Command {
         let mut cmd = self
             .t
             .router
@@ -139,7 +145,7 @@ impl Setup {
             "--routes-file",
             &self.path("routes.toml"),
             "--state-dir",
-            &self.path("state"),
+            state_dir,
             "--admin-addr",
             "127.0.0.1:0",
             "--set",
@@ -153,7 +159,7 @@ impl Setup {
             "--set",
             &format!("ROUTER_BPFFS={}", self.pins.path().display()),
             "--set",
-            &format!("NGINX_CONF_DIR={}", self.path("nginx")),
+            &format!("NGINX_CONF_DIR={nginx_dir}"),
         ]);
         cmd
     }
@@ -615,6 +621,202 @@ fn a_second_daemon_and_uninstall_are_refused_while_a_daemon_runs() {
     );
     assert!(stdout.contains("detached and unpinned"), "{stdout}");
     assert!(!s.pins.path().exists(), "pin directory gone:\n{stdout}");
+    let programs: Vec<u64> = links.iter().map(|l| l.1).collect();
+    assert_nothing_attached(&s, &programs);
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on a new descriptor of `dir`: whether it was free (the lock is
+/// released again when the descriptor closes).
+fn dir_lock_is_free(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = std::fs::File::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return true;
+    }
+    let e = std::io::Error::last_os_error();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EWOULDBLOCK),
+        "flock {}: {e}",
+        dir.display()
+    );
+    false
+}
+
+/// Whether `/proc/locks` shows `pid` holding an exclusive `flock` on `path`'s inode.
+fn holds_flock(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("stat");
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    locks.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 5 && f[1] == "FLOCK" && f[3] == "WRITE" && f[4] == pid.to_string() && f[5] == file
+    })
+}
+
+/// One pinned datapath, one daemon: a second `run` with ANOTHER state directory (and nginx
+/// directory) but the same `ROUTER_BPFFS` exits at once (exit 1) naming the pin directory and the
+/// first daemon's PID, touching nothing (same links and maps, no nginx file, no state written,
+/// the first keeps forwarding); `uninstall` with that other state directory refuses and removes
+/// nothing; once the daemon has stopped, it works. The lock is a `flock` on the bpffs directory
+/// itself: checked here to hold on this kernel (the daemon's lock shows in `/proc/locks` and
+/// blocks a `flock` of ours).
+#[test]
+fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() {
+    require_root();
+    let s = Setup::new();
+    let daemon = s.start(&[]);
+    let pid = daemon.pid();
+    let pin_root = s.pins.path().to_path_buf();
+    router_userspace::datapath::pins::check_bpffs(&pin_root).expect("the pins are on bpffs");
+    assert!(
+        holds_flock(pid, &pin_root),
+        "the daemon holds an exclusive flock on {}:\n{}",
+        pin_root.display(),
+        std::fs::read_to_string("/proc/locks").unwrap_or_default()
+    );
+    assert!(
+        !dir_lock_is_free(&pin_root),
+        "flock on the bpffs directory conflicts"
+    );
+    let mut client = Client::connect(&s.t.client, s.router()).expect("connect");
+    client
+        .echo_random(256 * 1024, 8192, |_| {})
+        .expect("echo through the daemon");
+    let links: Vec<(u64, u64)> = s.link_pins().iter().map(|p| link(p)).collect();
+    let maps: Vec<u64> = ["ROUTES", "CT4", "PORT_FLAGS"]
+        .iter()
+        .map(|m| map_id(&s.pin(m)))
+        .collect();
+    let nginx_dir = s.dir.path().join("nginx");
+    let nginx_files = file_times(&nginx_dir);
+    let pins_before = file_times(&s.pins.layout_dir());
+
+    // A second daemon: its own state and nginx directories, the same pins.
+    let other_state = s.dir.path().join("other-state");
+    let other_nginx = s.dir.path().join("other-nginx");
+    let other = |sub: &str| {
+        s.command_in(
+            sub,
+            other_state.to_str().expect("utf-8 path"),
+            other_nginx.to_str().expect("utf-8 path"),
+        )
+    };
+    let mut second = Daemon::spawn(other("run")).expect("start a second daemon");
+    let (status, log) = second.wait_for_exit(READY);
+    assert_eq!(status.code(), Some(1), "second daemon:\n{log}");
+    assert!(
+        log.contains(&format!("ROUTER_BPFFS={}", pin_root.display()))
+            && log.contains(&format!("PID {pid}")),
+        "the error names the pin directory and the holder:\n{log}"
+    );
+    assert!(log.contains("another task-router"), "{log}");
+    assert!(log.contains("stop the daemon first"), "{log}");
+    for never in [
+        "adopt",
+        "attached",
+        "pinned a new",
+        "replaced the program",
+        "listening",
+        "nginx",
+    ] {
+        assert!(
+            !log.to_lowercase().contains(never),
+            "the refused daemon went as far as {never:?}:\n{log}"
+        );
+    }
+    let links_now: Vec<(u64, u64)> = s.link_pins().iter().map(|p| link(p)).collect();
+    assert_eq!(links_now, links, "same links, same programs");
+    let maps_now: Vec<u64> = ["ROUTES", "CT4", "PORT_FLAGS"]
+        .iter()
+        .map(|m| map_id(&s.pin(m)))
+        .collect();
+    assert_eq!(maps_now, maps, "same maps");
+    assert_eq!(
+        file_times(&s.pins.layout_dir()),
+        pins_before,
+        "pins untouched"
+    );
+    assert_eq!(file_times(&nginx_dir), nginx_files, "nginx files untouched");
+    assert!(
+        !other_nginx.exists(),
+        "the refused daemon wrote no nginx file"
+    );
+    let written: Vec<_> = file_times(&other_state)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        written,
+        vec![std::ffi::OsString::from("task-router.lock")],
+        "the refused daemon saved no state"
+    );
+    assert!(
+        holds_flock(pid, &pin_root),
+        "the first still holds the pins"
+    );
+    client
+        .echo_random(256 * 1024, 8192, |_| {})
+        .expect("the established connection still forwards");
+    let mut fresh = Client::connect(&s.t.client, s.router()).expect("a new connection");
+    fresh
+        .echo_random(64 * 1024, 8192, |_| {})
+        .expect("echo on a new connection");
+
+    // `uninstall` with the other state directory while the daemon runs.
+    let out = other("uninstall").output().expect("uninstall");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("ROUTER_BPFFS={}", pin_root.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("PID {pid}")), "{stderr}");
+    assert!(stderr.contains("stop the daemon first"), "{stderr}");
+    assert!(stderr.contains("nothing was removed"), "{stderr}");
+    assert!(stdout.is_empty(), "uninstall reported removals:\n{stdout}");
+    assert_eq!(
+        file_times(&s.pins.layout_dir()),
+        pins_before,
+        "every pin still there"
+    );
+    let map_ids: Vec<u64> = ["ROUTES", "CT4", "PORT_FLAGS"]
+        .iter()
+        .map(|m| map_id(&s.pin(m)))
+        .collect();
+    assert_eq!(map_ids, maps, "maps still pinned, the same ones");
+    let links_now: Vec<(u64, u64)> = s.link_pins().iter().map(|p| link(p)).collect();
+    assert_eq!(links_now, links, "links still attached, the same ones");
+    assert_eq!(file_times(&nginx_dir), nginx_files, "nginx files untouched");
+    client
+        .echo_random(256 * 1024, 8192, |_| {})
+        .expect("still forwarding after the refused uninstall");
+    client.finish().expect("clean close");
+    fresh.finish().expect("clean close");
+
+    // Stopped: the pin directory's lock goes with the daemon and that `uninstall` proceeds.
+    let status = daemon.stop(Signal::SIGTERM).expect("SIGTERM");
+    assert!(status.success());
+    assert!(dir_lock_is_free(&pin_root), "released with the daemon");
+    let out = other("uninstall")
+        .output()
+        .expect("uninstall after the stop");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("detached and unpinned"), "{stdout}");
+    assert!(!pin_root.exists(), "pin directory gone:\n{stdout}");
     let programs: Vec<u64> = links.iter().map(|l| l.1).collect();
     assert_nothing_attached(&s, &programs);
 }
