@@ -65,7 +65,7 @@ fn main() -> Result<()> {
                 )?),
                 None => None,
             };
-            let results = throughput::run(throughput::Options {
+            let (results, sweeps) = throughput::run(throughput::Options {
                 rounds: rounds as usize,
                 seconds,
                 tx_off_group,
@@ -82,6 +82,7 @@ fn main() -> Result<()> {
             println!("{}", throughput::table(&results));
             println!("Targets:\n\n{}", throughput::targets(&results));
             println!("Raw rounds:\n\n{}", throughput::raw_table(&results));
+            println!("{}\n", throughput::sweep_summary(&sweeps));
             eprintln!("raw rounds: {}", file.display());
             Ok(())
         }
