@@ -987,10 +987,15 @@ pub fn run(opts: Options) -> Result<(BTreeMap<Peer, Vec<Sample>>, Vec<Sweep>)> {
         if opts.tx_off_group {
             groups.push((true, opts.selected(&Peer::TX_OFF_GROUP)));
         }
-        for (tx_off, peers) in groups {
+        for (tx_off, mut peers) in groups {
             if peers.is_empty() {
                 continue;
             }
+            // Rounds start at peers spread over the group: a peer's turn leaves state behind
+            // (the connection-rate phase's ~10^5 TIME_WAIT sockets live for a minute), so a
+            // fixed order would always measure the same peers on the most worn machine.
+            let start = ((round - 1) * peers.len() / opts.rounds) % peers.len();
+            peers.rotate_left(start);
             bench.set_tx_off(tx_off)?;
             for peer in peers {
                 eprintln!("round {round}/{}: {}", opts.rounds, peer.name());
