@@ -977,8 +977,11 @@ pub fn observability_table(samples: &[ObservabilitySample]) -> String {
 }
 
 /// All rounds, interleaved: each round measures every peer once, in order.
+/// Every peer's samples, one per round.
+pub type PeerRounds = BTreeMap<Peer, Vec<Sample>>;
+
 /// Every peer's rounds, and the conntrack sweeps seen during the datapath's turns.
-pub fn run(opts: Options) -> Result<(BTreeMap<Peer, Vec<Sample>>, Vec<Sweep>)> {
+pub fn run(opts: Options) -> Result<(PeerRounds, Vec<Sweep>)> {
     let bench = Bench::new(opts.clone())?;
     let server = start_server(&bench.t.backend, bench.backend(), Arc::clone(&bench.stop))?;
     let mut results: BTreeMap<Peer, Vec<Sample>> = BTreeMap::new();
