@@ -28,7 +28,8 @@ pub const NH_XDP_OK: u8 = 0x04;
 /// The egress interface's peer device is in another namespace (`PEER_DEVS`): TC hands the
 /// packet straight to that device's ingress (`bpf_redirect_peer`).
 pub const NH_PEER: u8 = 0x40;
-/// Room in the kernel's `PEER_DEVS` set (interfaces whose peer is in another namespace).
+/// Room in the kernel's `PEER_DEVS` set (interfaces whose peer is in another namespace);
+/// interfaces beyond it get the plain egress redirect (the daemon warns).
 pub const PEER_DEVS_MAX: u32 = 4096;
 /// The bits a next-hop refresh resets.
 pub const NH_MASK: u8 = NH_VALID | NH_XDP_CHECKED | NH_XDP_OK | NH_PEER;

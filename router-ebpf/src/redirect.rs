@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::{DevMapHash, HashMap},
 };
 use router_common::{
-    conntrack::{CtValue4, NH_MASK, NH_PEER, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK},
+    conntrack::{CtValue4, NH_MASK, NH_PEER, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK, PEER_DEVS_MAX},
     stats::{Hook, StatReason},
 };
 
@@ -34,9 +34,6 @@ static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(256, 0);
 /// is in this namespace, where `bpf_redirect_peer` would drop) TC redirects to its egress.
 #[map(name = "PEER_DEVS")]
 static PEER_DEVS: HashMap<u32, u32> = HashMap::with_max_entries(PEER_DEVS_MAX, 0);
-
-/// Room in `PEER_DEVS`; interfaces beyond it get the egress redirect (the daemon warns).
-pub const PEER_DEVS_MAX: u32 = router_common::conntrack::PEER_DEVS_MAX;
 
 /// What a program does with a packet.
 #[derive(Clone, Copy)]

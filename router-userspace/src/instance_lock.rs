@@ -289,6 +289,13 @@ fn lock_dir(root: &Path, create: bool) -> Result<Option<PinDirLock>, LockError> 
     )))
 }
 
+/// The PID holding an exclusive `flock` on the file or directory at `path` (see
+/// [`flock_holder`]); `None` also when `path` cannot be read.
+pub fn flock_holder_of(path: &Path) -> Option<u32> {
+    let meta = std::fs::metadata(path).ok()?;
+    flock_holder(meta.dev(), meta.ino())
+}
+
 /// The PID holding an exclusive `flock` on the inode `(dev, ino)`, from `/proc/locks` (`None`
 /// when it cannot be read or does not show one, e.g. a holder in another PID namespace).
 fn flock_holder(dev: u64, ino: u64) -> Option<u32> {

@@ -60,6 +60,15 @@ fn open(router: &Netns, interfaces: &[(&str, AttachMode)], router_addr: Ipv4Addr
         .expect("open and attach the datapath")
 }
 
+/// Opens the datapath on the router's ends toward the client and the first backend.
+fn open_client_and_backend(t: &Topology, mode: AttachMode) -> Datapath {
+    open(
+        &t.router,
+        &[(&t.router_client.dev, mode), (&t.router_backend.dev, mode)],
+        t.router_addr(),
+    )
+}
+
 fn modes(dp: &Datapath) -> Vec<ResolvedMode> {
     dp.attached().iter().map(|a| a.mode).collect()
 }
@@ -103,14 +112,7 @@ fn forward_and_check(t: &Topology, dp: &mut Datapath, hook: Hook, len: usize) {
 fn tc_forwards_tcp_with_offload_on() {
     require_root();
     let t = Topology::new().expect("topology");
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::Auto),
-            (&t.router_backend.dev, AttachMode::Auto),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::Auto);
     assert_eq!(
         modes(&dp),
         [ResolvedMode::Tc, ResolvedMode::Tc],
@@ -127,14 +129,7 @@ fn tc_forwards_tcp_with_offload_on() {
 fn tc_hands_packets_to_the_peer_of_container_links() {
     require_root();
     let t = Topology::new().expect("topology");
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::Auto),
-            (&t.router_backend.dev, AttachMode::Auto),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::Auto);
     let counters = || {
         (
             t.router
@@ -275,14 +270,7 @@ fn tc_forwards_tcp_with_offload_off() {
     for (ns, dev) in t.senders() {
         ns.tx_offload(dev, false).expect("tx off");
     }
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::Tc),
-            (&t.router_backend.dev, AttachMode::Tc),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::Tc);
     forward_and_check(&t, &mut dp, Hook::Tc, 4 * MIB);
 }
 
@@ -291,14 +279,7 @@ fn xdp_forwards_tcp_with_senders_offload_off() {
     require_root();
     let t = Topology::new().expect("topology");
     t.prepare_for_xdp().expect("prepare the veth peers");
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::Xdp),
-            (&t.router_backend.dev, AttachMode::Xdp),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::Xdp);
     assert_eq!(modes(&dp), [ResolvedMode::Xdp, ResolvedMode::Xdp]);
     let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("echo server");
@@ -440,14 +421,7 @@ fn route_change_mid_transfer_moves_only_new_connections() {
 fn route_removal_keeps_established_and_refuses_new() {
     require_root();
     let t = Topology::new().expect("topology");
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::Tc),
-            (&t.router_backend.dev, AttachMode::Tc),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::Tc);
     let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("server");
     dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
@@ -572,14 +546,7 @@ fn daemon_forwards_a_route_from_its_routes_file() {
 fn xdp_generic_mode_hands_forwarding_to_the_tc_program_behind_it() {
     require_root();
     let t = Topology::new().expect("topology");
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::XdpGeneric),
-            (&t.router_backend.dev, AttachMode::XdpGeneric),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::XdpGeneric);
     assert_eq!(
         modes(&dp),
         [ResolvedMode::XdpGeneric, ResolvedMode::XdpGeneric]
@@ -687,14 +654,7 @@ fn transfer_completes_over_a_narrow_link_toward_the_backend() {
     t.router
         .ip(&["link", "set", &t.router_backend.dev, "mtu", "1400"])
         .expect("narrow the router's link toward the backend");
-    let mut dp = open(
-        &t.router,
-        &[
-            (&t.router_client.dev, AttachMode::Tc),
-            (&t.router_backend.dev, AttachMode::Tc),
-        ],
-        t.router_addr(),
-    );
+    let mut dp = open_client_and_backend(&t, AttachMode::Tc);
     forward_and_check(&t, &mut dp, Hook::Tc, 2 * MIB);
     assert_eq!(
         dp.stat(Hook::Tc, StatReason::DropTooBig)

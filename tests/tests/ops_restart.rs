@@ -644,23 +644,6 @@ fn dir_lock_is_free(dir: &Path) -> bool {
     false
 }
 
-/// Whether `/proc/locks` shows `pid` holding an exclusive `flock` on `path`'s inode.
-fn holds_flock(pid: u32, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).expect("stat");
-    let file = format!(
-        "{:02x}:{:02x}:{}",
-        libc::major(meta.dev()),
-        libc::minor(meta.dev()),
-        meta.ino()
-    );
-    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
-    locks.lines().any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 5 && f[1] == "FLOCK" && f[3] == "WRITE" && f[4] == pid.to_string() && f[5] == file
-    })
-}
-
 /// One pinned datapath, one daemon: a second `run` with ANOTHER state directory (and nginx
 /// directory) but the same `ROUTER_BPFFS` exits at once (exit 1) naming the pin directory and the
 /// first daemon's PID, touching nothing (same links and maps, no nginx file, no state written,
@@ -676,8 +659,9 @@ fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() 
     let pid = daemon.pid();
     let pin_root = s.pins.path().to_path_buf();
     router_userspace::datapath::pins::check_bpffs(&pin_root).expect("the pins are on bpffs");
-    assert!(
-        holds_flock(pid, &pin_root),
+    assert_eq!(
+        router_userspace::instance_lock::flock_holder_of(&pin_root),
+        Some(pid),
         "the daemon holds an exclusive flock on {}:\n{}",
         pin_root.display(),
         std::fs::read_to_string("/proc/locks").unwrap_or_default()
@@ -758,8 +742,9 @@ fn a_daemon_and_uninstall_with_another_state_dir_are_refused_on_the_same_pins() 
         vec![std::ffi::OsString::from("task-router.lock")],
         "the refused daemon saved no state"
     );
-    assert!(
-        holds_flock(pid, &pin_root),
+    assert_eq!(
+        router_userspace::instance_lock::flock_holder_of(&pin_root),
+        Some(pid),
         "the first still holds the pins"
     );
     client

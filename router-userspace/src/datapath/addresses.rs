@@ -4,14 +4,14 @@
 //! it per backend with `bpf_fib_lookup(BPF_FIB_LOOKUP_SRC)`, as it would for its own connection.
 
 use super::DatapathError;
+use super::key_set::KeySet;
 use super::object::maps::LOCAL_ADDRS;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::Map;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 pub struct LocalAddresses {
-    map: HashMap<MapData, u32, u32>,
-    programmed: BTreeSet<Ipv4Addr>,
+    set: KeySet,
     /// Configured addresses; empty = discover.
     fixed: Vec<Ipv4Addr>,
 }
@@ -27,6 +27,7 @@ pub fn discover() -> Result<BTreeSet<Ipv4Addr>, DatapathError> {
         .collect())
 }
 
+/// The map key of an address: its bytes in network order, as the programs read them.
 fn key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
@@ -35,67 +36,32 @@ impl LocalAddresses {
     /// Takes the map (a pinned one with an earlier daemon's addresses, or a new one) and
     /// programs the wanted addresses.
     pub fn new(map: Map, fixed: &[Ipv4Addr]) -> Result<LocalAddresses, DatapathError> {
-        let map: HashMap<MapData, u32, u32> =
-            HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
-                map: LOCAL_ADDRS,
-                source: Box::new(source),
-            })?;
-        let mut programmed = BTreeSet::new();
-        for key in map.keys() {
-            let key = key.map_err(|source| DatapathError::MapRead {
-                map: LOCAL_ADDRS,
-                source: Box::new(source),
-            })?;
-            programmed.insert(Ipv4Addr::from(key.to_ne_bytes()));
-        }
         let mut owner = LocalAddresses {
-            map,
-            programmed,
+            set: KeySet::open(map, LOCAL_ADDRS)?,
             fixed: fixed.to_vec(),
         };
         owner.refresh()?;
         Ok(owner)
     }
 
-    pub fn addresses(&self) -> &BTreeSet<Ipv4Addr> {
-        &self.programmed
+    /// The addresses programmed.
+    pub fn addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.set
+            .keys()
+            .iter()
+            .map(|k| Ipv4Addr::from(k.to_ne_bytes()))
+            .collect()
     }
 
     /// Re-reads the interface addresses (when not configured) and updates the map. Must run in
     /// the network namespace the datapath serves.
     pub fn refresh(&mut self) -> Result<(), DatapathError> {
-        let wanted: BTreeSet<Ipv4Addr> = if self.fixed.is_empty() {
-            discover()?
+        let wanted: BTreeSet<u32> = if self.fixed.is_empty() {
+            discover()?.into_iter().map(key).collect()
         } else {
-            self.fixed.iter().copied().collect()
+            self.fixed.iter().copied().map(key).collect()
         };
-        for gone in self
-            .programmed
-            .difference(&wanted)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.map
-                .remove(&key(gone))
-                .map_err(|source| DatapathError::MapWrite {
-                    map: LOCAL_ADDRS,
-                    source: Box::new(source),
-                })?;
-            self.programmed.remove(&gone);
-        }
-        for new in wanted
-            .difference(&self.programmed)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.map
-                .insert(key(new), 1, 0)
-                .map_err(|source| DatapathError::MapWrite {
-                    map: LOCAL_ADDRS,
-                    source: Box::new(source),
-                })?;
-            self.programmed.insert(new);
-        }
+        self.set.sync(&wanted)?;
         Ok(())
     }
 }

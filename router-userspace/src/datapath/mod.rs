@@ -24,6 +24,7 @@ pub mod attach;
 pub mod clock;
 pub mod conntrack;
 pub mod kernel_log;
+mod key_set;
 pub mod object;
 pub mod peer_devs;
 pub mod pins;
@@ -351,14 +352,20 @@ impl Datapath {
     }
 
     /// The router addresses new connections are accepted on.
-    pub fn router_addresses(&self) -> &BTreeSet<std::net::Ipv4Addr> {
+    pub fn router_addresses(&self) -> BTreeSet<std::net::Ipv4Addr> {
         self.addresses.addresses()
     }
 
-    /// Re-reads the interface addresses when they are not configured. Call it from the network
-    /// namespace the datapath serves (the sweeper does).
-    pub fn refresh_addresses(&mut self) -> Result<(), DatapathError> {
-        self.addresses.refresh()
+    /// Re-reads what the programs need to know of the namespace's interfaces: the router
+    /// addresses (when not configured) and the devices whose peer is elsewhere. A failure keeps
+    /// the last set and is logged; the next sweep tries again.
+    fn refresh_interfaces(&mut self) {
+        if let Err(e) = self.addresses.refresh() {
+            tracing::warn!(error = %error_chain(&e), "refreshing router addresses failed");
+        }
+        if let Err(e) = self.peer_devs.refresh() {
+            tracing::warn!(error = %error_chain(&e), "refreshing the interfaces with a peer elsewhere failed; keeping the last set");
+        }
     }
 
     /// Interfaces (ifindexes) TC hands packets to the peer of, as of the last refresh.
@@ -429,16 +436,15 @@ impl Datapath {
 
     /// One sweep of the connection table: expires idle connections (early when the table is
     /// nearly full, see [`Pressure`]), removes half-pairs, corrects the kernel's live count,
-    /// refreshes next hops and the port filter.
+    /// re-reads the interfaces (router addresses, peers elsewhere), refreshes next hops and the
+    /// port filter. Call it from the network namespace the datapath serves (the sweeper does).
     pub fn sweep(&mut self) -> Result<SweepReport, DatapathError> {
         let started = Instant::now();
         let now = self.clock.now(&mut self.ebpf)?;
         let report = self.conntrack.sweep(now, &self.clock)?;
         self.evicted_total += report.evicted;
-        // The epoch bump below makes every connection re-read its next hop, with this set.
-        if let Err(e) = self.peer_devs.refresh() {
-            tracing::warn!(error = %error_chain(&e), "refreshing the interfaces with a peer elsewhere failed; keeping the last set");
-        }
+        // The epoch bump below makes every connection re-read its next hop, with these sets.
+        self.refresh_interfaces();
         self.settings.bump_epoch()?;
         self.lingering_router_ports
             .retain(|_, removed| started < *removed + PORT_LINGER);

@@ -15,8 +15,9 @@
 //! the peer's receive side).
 
 use super::DatapathError;
+use super::key_set::KeySet;
 use super::object::maps::PEER_DEVS;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::Map;
 use router_common::conntrack::PEER_DEVS_MAX;
 use std::collections::BTreeSet;
 use std::io;
@@ -26,8 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const PEER_KINDS: &[&str] = &["veth", "netkit"];
 
 pub struct PeerDevs {
-    map: HashMap<MapData, u32, u32>,
-    programmed: BTreeSet<u32>,
+    set: KeySet,
     /// Whether the "more interfaces than room" warning was given (once per daemon).
     warned_full: bool,
 }
@@ -36,14 +36,8 @@ impl PeerDevs {
     /// Takes the (never pinned, so empty) map and programs the namespace's current set. Must
     /// run in the network namespace the datapath serves.
     pub fn new(map: Map) -> Result<PeerDevs, DatapathError> {
-        let map: HashMap<MapData, u32, u32> =
-            HashMap::try_from(map).map_err(|source| DatapathError::MapRead {
-                map: PEER_DEVS,
-                source: Box::new(source),
-            })?;
         let mut owner = PeerDevs {
-            map,
-            programmed: BTreeSet::new(),
+            set: KeySet::open(map, PEER_DEVS)?,
             warned_full: false,
         };
         owner.refresh()?;
@@ -52,11 +46,11 @@ impl PeerDevs {
 
     /// The ifindexes programmed.
     pub fn programmed(&self) -> &BTreeSet<u32> {
-        &self.programmed
+        self.set.keys()
     }
 
-    /// Re-reads the namespace's links and updates the map: removals first, so an index that
-    /// stopped qualifying never lingers. Must run in the network namespace the datapath serves.
+    /// Re-reads the namespace's links and updates the map. Must run in the network namespace
+    /// the datapath serves.
     pub fn refresh(&mut self) -> Result<(), DatapathError> {
         let links = dump_links().map_err(DatapathError::Links)?;
         let qualifying: Vec<&Link> = links.iter().filter(|l| l.peer_elsewhere()).collect();
@@ -73,35 +67,7 @@ impl PeerDevs {
             }
             wanted = wanted.into_iter().take(PEER_DEVS_MAX as usize).collect();
         }
-        let changed = wanted != self.programmed;
-        for gone in self
-            .programmed
-            .difference(&wanted)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.map
-                .remove(&gone)
-                .map_err(|source| DatapathError::MapWrite {
-                    map: PEER_DEVS,
-                    source: Box::new(source),
-                })?;
-            self.programmed.remove(&gone);
-        }
-        for new in wanted
-            .difference(&self.programmed)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.map
-                .insert(new, 1, 0)
-                .map_err(|source| DatapathError::MapWrite {
-                    map: PEER_DEVS,
-                    source: Box::new(source),
-                })?;
-            self.programmed.insert(new);
-        }
-        if changed {
+        if self.set.sync(&wanted)? {
             tracing::debug!(
                 interfaces = ?qualifying.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
                 "interfaces whose peer is in another namespace (TC peer hand-off)"

@@ -69,9 +69,6 @@ impl Sweeper {
                         }
                         Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack sweep failed"),
                     }
-                    if let Err(e) = dp.refresh_addresses() {
-                        tracing::warn!(error = %error_chain(&e), "refreshing router addresses failed");
-                    }
                 }
             })?;
         Ok(Sweeper {
