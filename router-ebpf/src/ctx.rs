@@ -6,7 +6,10 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     cty::c_void,
-    helpers::{bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{
+        bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_change_head,
+    },
     programs::{TcContext, XdpContext},
 };
 use router_common::{csum, stats::Hook};
@@ -166,10 +169,37 @@ pub fn xdp_action(v: Verdict) -> u32 {
 /// The TC action for a verdict. Passing is `TC_ACT_UNSPEC` (TCX "next"): other programs on the
 /// hook still see the host's traffic.
 #[inline(always)]
-pub fn tc_action(v: Verdict) -> i32 {
+pub fn tc_action(ctx: &TcContext, v: Verdict) -> i32 {
     match v {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
+        _ => {
+            own_buffer(ctx);
+            tc_redirect(v)
+        }
+    }
+}
+
+/// Gives a forwarded packet a buffer of its own, as kernel forwarding does (`skb_cow` in
+/// `ip_forward`). A local sender's TCP transmits clones that share their data with the copy it
+/// keeps for retransmission, until acknowledged; the headers were rewritten in the clone's
+/// private part, but a receiver on this host (a task's container) cannot merge later segments
+/// into a shared one, so it queues every super-packet apart and reads slower (4-stream bulk
+/// ~12 % lower). The helper with no room to add un-clones a cloned packet (a new head, the data
+/// pages kept) and does nothing else; packets from a NIC are not clones and cost a check.
+/// A failure leaves the packet shared, still correct.
+#[inline(always)]
+fn own_buffer(ctx: &TcContext) {
+    // SAFETY: a plain helper call on the program's own packet; no packet pointer is used
+    // after it (the redirect helpers take only interface indexes).
+    let _ = unsafe { bpf_skb_change_head(ctx.skb.skb as *mut _, 0, 0) };
+}
+
+/// The redirect helper call for a redirect verdict (`TC_ACT_SHOT` for the others).
+#[inline(always)]
+fn tc_redirect(v: Verdict) -> i32 {
+    match v {
+        Verdict::Pass | Verdict::Drop => TC_ACT_SHOT,
         // SAFETY: plain helper calls.
         Verdict::Redirect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
         // SAFETY: a plain helper call. Only reached for interfaces in `PEER_DEVS`, from TC

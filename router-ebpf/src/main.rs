@@ -67,7 +67,7 @@ fn upgrade_test_mark() {
 pub fn task_router_tc(ctx: TcContext) -> i32 {
     upgrade_test_mark();
     make_headers_linear(&ctx);
-    ctx::tc_action(handle(&ctx))
+    ctx::tc_action(&ctx, handle(&ctx))
 }
 
 /// What the programs read must be in the linear part of the skb: Ethernet, IPv4 and TCP

@@ -4,6 +4,7 @@
 //! the same kernel) never collide; interface names stay within 15 bytes.
 
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::process::{Command, Output};
@@ -115,6 +116,32 @@ impl Netns {
             rx_bytes: number(&link["stats64"]["rx"]["bytes"], "rx bytes")?,
             tx_bytes: number(&link["stats64"]["tx"]["bytes"], "tx bytes")?,
         })
+    }
+
+    /// The namespace's IP, TCP and TcpExt counters (`/proc/net/snmp` and `/proc/net/netstat`
+    /// as seen from inside it), by section and name (`Tcp.InSegs`, `TcpExt.TCPRcvCoalesce`).
+    pub fn tcp_counters(&self) -> Result<BTreeMap<String, u64>> {
+        let mut counters = BTreeMap::new();
+        for file in ["/proc/net/snmp", "/proc/net/netstat"] {
+            let out = self.run("cat", &[file])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let lines: Vec<&str> = text.lines().collect();
+            // Pairs of lines: `Tcp: name name ...` then `Tcp: value value ...`.
+            for pair in lines.chunks(2) {
+                let [names, values] = pair else {
+                    bail!("{file} in {} has an unpaired line", self.name);
+                };
+                let mut names = names.split_whitespace();
+                let section = names.next().unwrap_or_default().trim_end_matches(':');
+                for (name, value) in names.zip(values.split_whitespace().skip(1)) {
+                    // Some are signed (Tcp MaxConn is -1): not counters.
+                    if let Ok(v) = value.parse::<u64>() {
+                        counters.insert(format!("{section}.{name}"), v);
+                    }
+                }
+            }
+        }
+        Ok(counters)
     }
 
     /// Turns checksum/segmentation offload on or off for `dev` (`ethtool -K dev tx on|off`).

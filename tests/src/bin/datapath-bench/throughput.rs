@@ -348,6 +348,15 @@ fn machine_busy() -> Result<f64> {
 }
 
 /// Waits for a child to exit; kills it after `timeout`.
+/// Packets the per-CPU input backlogs dropped since boot (`/proc/net/softnet_stat`, column 2).
+fn backlog_drops() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").context("read softnet_stat")?;
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|hex| u64::from_str_radix(hex, 16).context("softnet_stat column"))
+        .sum()
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
     let pid = child.id();
     let deadline = Instant::now() + timeout;
@@ -583,6 +592,8 @@ impl Bench {
         wait_listening(&self.t.backend, iperf_port, "iperf3");
         let out = self.dir.path().join("iperf.json");
         let busy0 = machine_busy()?;
+        let drops0 = backlog_drops()?;
+        let backend0 = self.t.backend.tcp_counters()?;
         let mut client = ns_cmd(&self.t.client, "iperf3")
             .args([
                 "-c",
@@ -620,6 +631,25 @@ impl Bench {
             .as_f64()
             .context("iperf3 reported no received rate")?;
         let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+        // What explains a slow round: retransmits (spurious ones from reordering between the
+        // two CPUs' backlogs are common here), packets the per-CPU backlogs refused, and how
+        // many segments the receiver could merge into its queues (a forwarded packet that
+        // still shares its buffer with the sender cannot be merged into).
+        let backend = self.t.backend.tcp_counters()?;
+        let delta = |name: &str| {
+            let get = |m: &BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
+            get(&backend).saturating_sub(get(&backend0))
+        };
+        eprintln!(
+            "  {streams} stream(s): {:.2} Gbit/s, {} retransmits, {} backlog drops, {busy:.2} CPU s; \
+             the receiver merged {} + {} of {} segments",
+            bps / 1e9,
+            json["end"]["sum_sent"]["retransmits"],
+            backlog_drops()?.saturating_sub(drops0),
+            delta("TcpExt.TCPRcvCoalesce"),
+            delta("TcpExt.TCPBacklogCoalesce"),
+            delta("Tcp.InSegs"),
+        );
         Ok((bps / 1e9, busy, bytes))
     }
 
