@@ -35,6 +35,10 @@ const IPERF_PORT: u16 = 5201;
 /// as a whole, because forwarding in softirq is charged to whichever process the packets
 /// interrupt (the iperf3 processes on this kernel), not to a router process.
 pub const CPU_PHASE_RATE: &str = "3G";
+/// The CPU-per-GB phase runs this many times `--seconds`: it measures under 1 CPU second per
+/// 5 s, against which the machine's own background (kernel threads, the VM agent) is a
+/// noticeable share; a longer phase averages it out (rounds of one peer spread ±25 % at 5 s).
+const CPU_PHASE_LENGTH: u64 = 3;
 const RR_PORT: u16 = 7000;
 const RR_MESSAGE: usize = 64;
 
@@ -580,6 +584,7 @@ impl Bench {
         target: SocketAddrV4,
         streams: u32,
         rate: Option<&str>,
+        seconds: u64,
     ) -> Result<(f64, f64, f64)> {
         let iperf_port = peer.ports().2;
         let mut server = ns_cmd(&self.t.backend, "iperf3")
@@ -601,12 +606,7 @@ impl Bench {
                 "-p",
                 &target.port().to_string(),
             ])
-            .args([
-                "-t",
-                &self.opts.seconds.to_string(),
-                "-P",
-                &streams.to_string(),
-            ])
+            .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
             // Kernel pacing (SO_MAX_PACING_RATE), not iperf3's own `-b` throttle, which spins
             // in its loop and would count as forwarding cost.
             .args(rate.map(|r| ["--fq-rate", r]).into_iter().flatten())
@@ -617,7 +617,7 @@ impl Bench {
             .stderr(Stdio::null())
             .spawn()
             .context("start iperf3 client")?;
-        let limit = Duration::from_secs(self.opts.seconds + 30);
+        let limit = Duration::from_secs(seconds + 30);
         let status = wait_exit(&mut client, limit)?;
         wait_exit(&mut server, Duration::from_secs(10))?;
         let busy = machine_busy()? - busy0;
@@ -723,10 +723,10 @@ impl Bench {
         let _running = self.start(peer)?;
         let (bulk_target, rr_target) = self.targets(peer);
         let (bulk1, _, _) = self
-            .bulk(peer, bulk_target, 1, None)
+            .bulk(peer, bulk_target, 1, None, self.opts.seconds)
             .context("bulk, 1 stream")?;
         let (bulk4, _, _) = self
-            .bulk(peer, bulk_target, 4, None)
+            .bulk(peer, bulk_target, 4, None, self.opts.seconds)
             .context("bulk, 4 streams")?;
         let (conn, p50, p99, cpu, bytes) = if peer.tx_off() {
             (f64::NAN, f64::NAN, f64::NAN, f64::NAN, 0.0)
@@ -735,7 +735,13 @@ impl Bench {
             // table (closing, then reserved for the backend's TIME_WAIT) for a minute, and the
             // sweeper's walks over them would be counted as forwarding cost.
             let (_, cpu, bytes) = self
-                .bulk(peer, bulk_target, 1, Some(CPU_PHASE_RATE))
+                .bulk(
+                    peer,
+                    bulk_target,
+                    1,
+                    Some(CPU_PHASE_RATE),
+                    CPU_PHASE_LENGTH * self.opts.seconds,
+                )
                 .context("bulk at a fixed rate (CPU per GB)")?;
             let conn = self.conn_rate(rr_target).context("connection rate")?;
             let (p50, p99) = self.rr(rr_target).context("request/response")?;
@@ -922,7 +928,7 @@ pub fn observability(opts: Options) -> Result<Vec<ObservabilitySample>> {
             });
             let measured = (|| -> Result<(f64, f64)> {
                 let (bulk1, _, _) = bench
-                    .bulk(Peer::Datapath, bulk_target, 1, None)
+                    .bulk(Peer::Datapath, bulk_target, 1, None, bench.opts.seconds)
                     .context("bulk, 1 stream")?;
                 let conn = bench.conn_rate(rr_target).context("connection rate")?;
                 Ok((bulk1, conn))
