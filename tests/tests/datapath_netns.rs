@@ -229,8 +229,8 @@ fn backlog_merges(t: &Topology, to: SocketAddrV4, sink: SocketAddrV4, len: usize
 /// receiver on the router host (a task's container) keeps every super-packet apart and reads
 /// slower (4-stream bulk in the bench: ~12 % less). Measured where it is certain: a segment
 /// waiting in a socket's backlog is still shared until the receiver acknowledges it, so
-/// without the copy nothing merges there (none per 256 MiB, against 300-500 behind
-/// forwarding and ~50 behind the datapath with it).
+/// without the copy next to nothing merges there (0-2 in up to 2 GiB, against 300-500 per
+/// 256 MiB behind forwarding and ~50 behind the datapath with it).
 #[test]
 fn receivers_merge_forwarded_segments_as_behind_kernel_forwarding() {
     require_root();
@@ -265,7 +265,7 @@ fn receivers_merge_forwarded_segments_as_behind_kernel_forwarding() {
         "behind kernel forwarding the receiver merged only {behind_forwarding} segments in its \
          backlog: nothing to compare with"
     );
-    // Fewer than behind forwarding (about a sixth here), but without the copy exactly none.
+    // Fewer than behind forwarding (about a sixth here), but without the copy next to none.
     assert!(
         behind_datapath >= 10,
         "behind the datapath the receiver merged {behind_datapath} segments in its backlog, \
