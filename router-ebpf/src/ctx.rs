@@ -170,36 +170,12 @@ pub fn xdp_action(v: Verdict) -> u32 {
 /// hook still see the host's traffic.
 #[inline(always)]
 pub fn tc_action(ctx: &TcContext, v: Verdict) -> i32 {
+    if !matches!(v, Verdict::Pass | Verdict::Drop) {
+        own_buffer(ctx);
+    }
     match v {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
-        _ => {
-            own_buffer(ctx);
-            tc_redirect(v)
-        }
-    }
-}
-
-/// Gives a forwarded packet a buffer of its own, as kernel forwarding does (`skb_cow` in
-/// `ip_forward`). A local sender's TCP transmits clones that share their data with the copy it
-/// keeps for retransmission, until acknowledged; the headers were rewritten in the clone's
-/// private part, but a receiver on this host (a task's container) cannot merge later segments
-/// into a shared one, so it queues every super-packet apart and reads slower (4-stream bulk
-/// ~12 % lower). The helper with no room to add un-clones a cloned packet (a new head, the data
-/// pages kept) and does nothing else; packets from a NIC are not clones and cost a check.
-/// A failure leaves the packet shared, still correct.
-#[inline(always)]
-fn own_buffer(ctx: &TcContext) {
-    // SAFETY: a plain helper call on the program's own packet; no packet pointer is used
-    // after it (the redirect helpers take only interface indexes).
-    let _ = unsafe { bpf_skb_change_head(ctx.skb.skb as *mut _, 0, 0) };
-}
-
-/// The redirect helper call for a redirect verdict (`TC_ACT_SHOT` for the others).
-#[inline(always)]
-fn tc_redirect(v: Verdict) -> i32 {
-    match v {
-        Verdict::Pass | Verdict::Drop => TC_ACT_SHOT,
         // SAFETY: plain helper calls.
         Verdict::Redirect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
         // SAFETY: a plain helper call. Only reached for interfaces in `PEER_DEVS`, from TC
@@ -228,6 +204,21 @@ fn tc_redirect(v: Verdict) -> i32 {
             }
         }
     }
+}
+
+/// Gives a forwarded packet a buffer of its own, as kernel forwarding does (`skb_cow` in
+/// `ip_forward`). A local sender's TCP transmits clones that share their data with the copy it
+/// keeps for retransmission, until acknowledged; the headers were rewritten in the clone's
+/// private part, but a receiver on this host (a task's container) cannot merge later segments
+/// into a shared one, so it queues every super-packet apart and reads slower (4-stream bulk
+/// ~12 % lower). The helper with no room to add un-clones a cloned packet (a new head, the data
+/// pages kept) and does nothing else; packets from a NIC are not clones and cost a check.
+/// A failure leaves the packet shared, still correct.
+#[inline(always)]
+fn own_buffer(ctx: &TcContext) {
+    // SAFETY: a plain helper call on the program's own packet; no packet pointer is used
+    // after it (the redirect helpers take only interface indexes).
+    let _ = unsafe { bpf_skb_change_head(ctx.skb.skb as *mut _, 0, 0) };
 }
 
 const _: () = assert!(TC_ACT_REDIRECT == 7);

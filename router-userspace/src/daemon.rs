@@ -412,8 +412,9 @@ pub struct InstanceLocks {
 
 /// Takes this router instance's locks for the daemon's lifetime:
 /// `<ROUTER_STATE_DIR>/task-router.lock` and, for an eBPF datapath, the `ROUTER_BPFFS` directory
-/// itself (see [`crate::instance_lock`]). The first thing `run` does, so a second daemon on the same state
-/// directory or the same pins stops before it touches pins, maps, nginx files or ClearML.
+/// itself (see [`crate::instance_lock`]). The first thing `run` does, so a second daemon on the
+/// same state directory or the same pins stops before it touches pins, maps, nginx files or
+/// ClearML.
 pub fn lock_instance(cfg: &Config) -> Result<InstanceLocks> {
     use crate::instance_lock::{InstanceLock, LockError, lock_path};
     std::fs::create_dir_all(&cfg.state_dir)

@@ -171,6 +171,24 @@ impl Topology {
         self.router_client.addr
     }
 
+    /// Routes the client and the first backend to each other's subnet through the router, so
+    /// they can talk without NAT: plain kernel forwarding, the ceiling other paths are measured
+    /// against.
+    pub fn route_client_and_backend_directly(&self) -> Result<()> {
+        let subnet = |a: Ipv4Addr| format!("{}/24", Ipv4Addr::from(u32::from(a) & 0xffff_ff00));
+        for (ns, to, via) in [
+            (&self.client, self.backend_end.addr, self.router_client.addr),
+            (
+                &self.backend,
+                self.client_end.addr,
+                self.router_backend.addr,
+            ),
+        ] {
+            ns.ip(&["route", "add", &subnet(to), "via", &via.to_string()])?;
+        }
+        Ok(())
+    }
+
     /// Adds a container-like backend behind a bridge in the router namespace.
     pub fn add_bridged_backend(&mut self) -> Result<&Bridged> {
         let bridge = unique("tbr");

@@ -78,6 +78,25 @@ fn router_port(t: &Topology) -> SocketAddrV4 {
     SocketAddrV4::new(t.router_addr(), PORT)
 }
 
+/// Routes the router port to `backend:BACKEND_PORT`, where the echo server named `banner`
+/// listens, and sends `len` random bytes through one connection, checking every byte back.
+fn echo_through_route(
+    t: &Topology,
+    dp: &mut Datapath,
+    backend: Ipv4Addr,
+    banner: &str,
+    len: usize,
+) {
+    dp.apply_routes(&routes(&[(PORT, backend, BACKEND_PORT)]))
+        .expect("routes");
+    let mut client = Client::connect(&t.client, router_port(t)).expect("connect");
+    assert_eq!(client.banner, banner);
+    client
+        .echo_random(len, 64 * 1024, |_| {})
+        .unwrap_or_else(|e| panic!("echo through the route to {banner}: {e:#}"));
+    client.finish().expect("close");
+}
+
 /// One connection through the router to the first backend, `len` random bytes echoed.
 fn forward_and_check(t: &Topology, dp: &mut Datapath, hook: Hook, len: usize) {
     let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
@@ -235,14 +254,8 @@ fn backlog_merges(t: &Topology, to: SocketAddrV4, sink: SocketAddrV4, len: usize
 fn receivers_merge_forwarded_segments_as_behind_kernel_forwarding() {
     require_root();
     let t = Topology::new().expect("topology");
-    let net = |a: Ipv4Addr| format!("{}/24", Ipv4Addr::from(u32::from(a) & 0xffff_ff00));
-    for (ns, to, via) in [
-        (&t.client, t.backend_end.addr, t.router_client.addr),
-        (&t.backend, t.client_end.addr, t.router_backend.addr),
-    ] {
-        ns.ip(&["route", "add", &net(to), "via", &via.to_string()])
-            .expect("a route through the router without NAT");
-    }
+    t.route_client_and_backend_directly()
+        .expect("routes through the router without NAT");
     let mut dp = open_client_and_backend(&t, AttachMode::Auto);
     let sink = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT);
     dp.apply_routes(&routes(&[(PORT, *sink.ip(), sink.port())]))
@@ -336,14 +349,7 @@ fn a_veth_paired_inside_the_router_namespace_is_forwarded_through_its_egress() {
         "a pair inside one namespace has no peer elsewhere: {peers:?}"
     );
     assert!(peers.contains(&client_index), "{peers:?}");
-    dp.apply_routes(&routes(&[(PORT, addr, BACKEND_PORT)]))
-        .expect("routes");
-    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
-    assert_eq!(client.banner, "looped");
-    client
-        .echo_random(4 * MIB, 64 * 1024, |_| {})
-        .expect("echo through a veth paired inside the router namespace");
-    client.finish().expect("close");
+    echo_through_route(&t, &mut dp, addr, "looped", 4 * MIB);
     assert_eq!(server.accepted(), 1);
     assert_eq!(
         dp.stat(Hook::Tc, StatReason::NewConnection)
@@ -564,14 +570,7 @@ fn backend_behind_a_bridge_on_the_router_host() {
         [ResolvedMode::Tc, ResolvedMode::Tc],
         "auto picks TC on bridges"
     );
-    dp.apply_routes(&routes(&[(PORT, addr, BACKEND_PORT)]))
-        .expect("routes");
-    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
-    assert_eq!(client.banner, "container");
-    client
-        .echo_random(4 * MIB, 64 * 1024, |_| {})
-        .expect("echo");
-    client.finish().expect("close");
+    echo_through_route(&t, &mut dp, addr, "container", 4 * MIB);
     assert_eq!(server.accepted(), 1);
     let conns = dp.connections().expect("connections");
     assert_eq!(conns[0].nat_source.ip(), &Ipv4Addr::new(10, 81, 4, 1));
@@ -643,13 +642,7 @@ fn xdp_generic_mode_hands_forwarding_to_the_tc_program_behind_it() {
     );
     let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("server");
-    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
-        .expect("routes");
-    let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
-    client
-        .echo_random(2 * MIB, 64 * 1024, |_| {})
-        .expect("echo");
-    client.finish().expect("close");
+    echo_through_route(&t, &mut dp, t.backend_end.addr, "backend1", 2 * MIB);
     // Generic XDP only redirects to native-XDP interfaces: here TC forwards everything.
     let handed = dp
         .stat(Hook::Xdp, StatReason::XdpToTcNotXdpTarget)

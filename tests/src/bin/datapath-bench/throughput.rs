@@ -351,7 +351,6 @@ fn machine_busy() -> Result<f64> {
     Ok(ticks as f64 / hz)
 }
 
-/// Waits for a child to exit; kills it after `timeout`.
 /// Packets the per-CPU input backlogs dropped since boot (`/proc/net/softnet_stat`, column 2).
 fn backlog_drops() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/net/softnet_stat").context("read softnet_stat")?;
@@ -361,6 +360,7 @@ fn backlog_drops() -> Result<u64> {
         .sum()
 }
 
+/// Waits for a child to exit; kills it after `timeout`.
 fn wait_exit(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
     let pid = child.id();
     let deadline = Instant::now() + timeout;
@@ -391,10 +391,7 @@ impl Bench {
     fn new(opts: Options) -> Result<Bench> {
         let t = Topology::new()?;
         // The ceiling talks to the backend directly, routed by the router namespace.
-        t.client
-            .ip(&["route", "add", "10.81.2.0/24", "via", "10.81.1.1"])?;
-        t.backend
-            .ip(&["route", "add", "10.81.1.0/24", "via", "10.81.2.1"])?;
+        t.route_client_and_backend_directly()?;
         Ok(Bench {
             t,
             dir: tempdir::Dir::new()?,
@@ -596,9 +593,11 @@ impl Bench {
             .context("start iperf3 server")?;
         wait_listening(&self.t.backend, iperf_port, "iperf3");
         let out = self.dir.path().join("iperf.json");
-        let busy0 = machine_busy()?;
+        // Diagnostics first: reading the backend's counters starts processes, which must not
+        // count as busy time of the phase.
         let drops0 = backlog_drops()?;
         let backend0 = self.t.backend.tcp_counters()?;
+        let busy0 = machine_busy()?;
         let mut client = ns_cmd(&self.t.client, "iperf3")
             .args([
                 "-c",
@@ -1012,15 +1011,15 @@ pub fn observability_table(samples: &[ObservabilitySample]) -> String {
     out
 }
 
-/// All rounds, interleaved: each round measures every peer once, in order.
 /// Every peer's samples, one per round.
 pub type PeerRounds = BTreeMap<Peer, Vec<Sample>>;
 
-/// Every peer's rounds, and the conntrack sweeps seen during the datapath's turns.
+/// All rounds, interleaved: each round measures every peer once, in a rotated order. Returns
+/// every peer's rounds, and the conntrack sweeps seen during the datapath's turns.
 pub fn run(opts: Options) -> Result<(PeerRounds, Vec<Sweep>)> {
     let bench = Bench::new(opts.clone())?;
     let server = start_server(&bench.t.backend, bench.backend(), Arc::clone(&bench.stop))?;
-    let mut results: BTreeMap<Peer, Vec<Sample>> = BTreeMap::new();
+    let mut results = PeerRounds::new();
     for round in 1..=opts.rounds {
         let mut groups = vec![(false, opts.selected(&Peer::DEFAULT_GROUP))];
         if opts.tx_off_group {
