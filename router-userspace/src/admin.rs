@@ -179,7 +179,7 @@ async fn healthz(State(status): State<SharedStatus>) -> Response {
         .read()
         .map(|s| (s.heartbeat_ms, s.heartbeat_limit_ms))
         .unwrap_or((0, 0));
-    let silent = crate::ports::now_millis().saturating_sub(beat);
+    let silent = crate::time::now_millis().saturating_sub(beat);
     if beat == 0 || limit == 0 || silent <= limit {
         (StatusCode::OK, "ok\n").into_response()
     } else {

@@ -688,7 +688,7 @@ impl fmt::Display for ConfigErrors {
         }
         f.write_str("):")?;
         for e in &self.0 {
-            write!(f, "\n  - {}", crate::datapath::error_chain(e))?;
+            write!(f, "\n  - {}", crate::error::error_chain(e))?;
         }
         Ok(())
     }

@@ -22,14 +22,16 @@
 //! - [`TcpForwarder::counters`] (default: none) fills CONNS/BYTES in `status`.
 
 use crate::admin::{self, ClearmlStatus, DatapathStatus, RouteStatus, SharedStatus, Status};
+use crate::backoff::{MAX_BACKOFF, backoff};
 use crate::clearml::{ApiError, Client, WriteOutcome};
 use crate::config::{Config, DatapathKind};
-use crate::ports::{EndpointKey, PortAllocator, now_millis};
+use crate::ports::{EndpointKey, PortAllocator};
 use crate::reconcile::{self, Kind, Plan, Reconciler, Refusal, RouteRef, Settings, WriteBack};
 use crate::routes::{
     ApplyReport, HttpRoute, HttpRouter, RouteCounters, RouteSet, TcpForwarder, TcpRoute,
 };
 use crate::routes_file::RoutesFile;
+use crate::time::now_millis;
 use crate::validate::{self, UpstreamPolicy};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,7 +45,6 @@ const WRITE_CONCURRENCY: usize = 16;
 /// Apply the whole set at least this often, even unchanged, so drift heals.
 const REAPPLY_EVERY: Duration = Duration::from_secs(60);
 /// The longest back-off between failed syncs.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Log routes one by one up to this many changes per cycle; a summary above.
 const LOG_EACH_UP_TO: usize = 50;
 /// The mass-removal guard: one ClearML answer that would remove the routes of at least this
@@ -88,7 +89,7 @@ impl Drop for KernelForwarder {
                 }
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %crate::datapath::error_chain(&e), "detaching on exit failed")
+                tracing::error!(error = %crate::error::error_chain(&e), "detaching on exit failed")
             }
             Err(e) => tracing::error!(error = %e, "detaching on exit failed"),
         }
@@ -180,7 +181,7 @@ fn open_kernel_forwarder(cfg: &Config) -> Result<TcpParts> {
             e,
             E::Load(_) | E::Verify { .. } | E::MissingProgram(_) | E::MissingMap(_)
         );
-        let err = anyhow!(crate::datapath::error_chain(&e)).context("starting the eBPF datapath");
+        let err = anyhow!(crate::error::error_chain(&e)).context("starting the eBPF datapath");
         if cannot_load {
             err.context(CANNOT_LOAD)
         } else {
@@ -449,7 +450,7 @@ fn lock_pin_dir(cfg: &Config) -> Result<Option<crate::instance_lock::PinDirLock>
     use crate::instance_lock::PinDirLock;
     let root = &cfg.datapath.bpffs;
     if let Err(e) = crate::datapath::pins::check_bpffs(root) {
-        tracing::debug!(error = %crate::datapath::error_chain(&e), "pin directory not locked");
+        tracing::debug!(error = %crate::error::error_chain(&e), "pin directory not locked");
         return Ok(None);
     }
     let lock = PinDirLock::acquire(root).map_err(|e| {
@@ -810,7 +811,7 @@ impl Engine {
         let routes_file = match &cfg.routes_file {
             Some(path) => Some(
                 RoutesFile::load(path, &policy, cfg.http.domain.is_some())
-                    .map_err(|e| anyhow!(crate::datapath::error_chain(&e)))?,
+                    .map_err(|e| anyhow!(crate::error::error_chain(&e)))?,
             ),
             None => None,
         };
@@ -894,7 +895,7 @@ impl Engine {
                 self.note_api_error(&e);
                 Ok(())
             }
-            Err(e) => Err(anyhow!(crate::datapath::error_chain(&e)))
+            Err(e) => Err(anyhow!(crate::error::error_chain(&e)))
                 .context("connecting to the ClearML API server"),
         }
     }
@@ -951,7 +952,7 @@ impl Engine {
                 Ok(true) => tracing::info!(path = %file.path().display(), "routes file reloaded"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(
-                    error = %crate::datapath::error_chain(&e),
+                    error = %crate::error::error_chain(&e),
                     "routes file not reloaded; its previous routes stay"
                 ),
             }
@@ -1279,7 +1280,7 @@ impl Engine {
                     );
                 }
                 Err(e) => {
-                    let text = crate::datapath::error_chain(&e);
+                    let text = crate::error::error_chain(&e);
                     if e.is_transient() {
                         self.note_api_error(&e);
                     }
@@ -1307,7 +1308,7 @@ impl Engine {
 
     fn note_api_error(&mut self, e: &ApiError) {
         let class = e.class();
-        let text = crate::datapath::error_chain(e);
+        let text = crate::error::error_chain(e);
         if matches!(
             e,
             ApiError::Unauthorized { .. } | ApiError::UnknownQueue { .. }
@@ -1393,7 +1394,7 @@ impl Engine {
     fn save_state(&mut self) {
         let mut errors = Vec::new();
         if let Err(e) = self.reconciler.ports.save() {
-            errors.push(format!("port state: {}", crate::datapath::error_chain(&e)));
+            errors.push(format!("port state: {}", crate::error::error_chain(&e)));
         }
         if let Some(path) = &self.routes_state
             && self.clearml_synced
@@ -1411,7 +1412,7 @@ impl Engine {
                     if unchanged {
                         Ok(())
                     } else {
-                        crate::ports::write_atomic(path, &data)
+                        crate::fsutil::write_atomic(path, &data)
                     }
                 });
             if let Err(e) = result {
@@ -1615,14 +1616,6 @@ fn owner_text(o: &crate::routes::RouteOwner) -> String {
     }
 }
 
-/// `poll × 2^(n-1)`, capped, with ±10 % jitter so several routers do not retry in step.
-fn backoff(poll: Duration, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(10);
-    let base = poll.saturating_mul(1 << exp).min(MAX_BACKOFF.max(poll));
-    let jitter: f64 = rand::random_range(0.9..1.1);
-    base.mul_f64(jitter)
-}
-
 /// The router's own addresses: configured, discovered, and `TCP_ROUTER_ADDRESS` if it is one.
 fn own_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
     let mut own = cfg.datapath.router_addresses.clone();
@@ -1642,7 +1635,7 @@ fn open_ports(cfg: &Config, path: &Path) -> Result<PortAllocator> {
             // the bad file for a person to look at.
             let aside = path.with_extension("json.corrupt");
             tracing::warn!(
-                error = %crate::datapath::error_chain(&e),
+                error = %crate::error::error_chain(&e),
                 moved_to = %aside.display(),
                 "port state unreadable; rebuilding it from the tasks"
             );
@@ -1652,7 +1645,7 @@ fn open_ports(cfg: &Config, path: &Path) -> Result<PortAllocator> {
             p.save()?;
             Ok(p)
         }
-        Err(e) => Err(anyhow!(crate::datapath::error_chain(&e))),
+        Err(e) => Err(anyhow!(crate::error::error_chain(&e))),
     }
 }
 
@@ -2152,16 +2145,5 @@ mod tests {
         e.cycle().await;
         assert!(tcp.programmed.lock().unwrap().is_empty());
         assert_eq!(status.read().unwrap().clearml.held_cycles, 2);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let poll = Duration::from_secs(2);
-        let b1 = backoff(poll, 1);
-        assert!(b1 >= Duration::from_millis(1800) && b1 <= Duration::from_millis(2200));
-        let b3 = backoff(poll, 3);
-        assert!(b3 >= Duration::from_millis(7200) && b3 <= Duration::from_millis(8800));
-        let b20 = backoff(poll, 20);
-        assert!(b20 <= MAX_BACKOFF.mul_f64(1.1));
     }
 }

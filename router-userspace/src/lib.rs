@@ -8,10 +8,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backoff;
 pub mod clearml;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod error;
+pub mod fsutil;
 pub mod instance_lock;
 pub mod logging;
 pub mod metrics;
@@ -20,6 +23,7 @@ pub mod ports;
 pub mod reconcile;
 pub mod routes;
 pub mod routes_file;
+pub mod time;
 pub mod validate;
 
 /// Settings of the property tests in the `fuzz` modules (untrusted-input parsers):

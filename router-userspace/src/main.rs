@@ -212,7 +212,7 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "task-router uninstall: {}",
-                router_userspace::datapath::error_chain(&e)
+                router_userspace::error::error_chain(&e)
             );
             failed = true;
         }
@@ -226,7 +226,7 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "task-router uninstall: {}",
-                router_userspace::datapath::error_chain(&e)
+                router_userspace::error::error_chain(&e)
             );
             failed = true;
         }
@@ -264,10 +264,7 @@ fn check_config(cli: &Cli, args: &ConfigArgs) -> ExitCode {
             &policy,
             cfg.http.domain.is_some(),
         ) {
-            eprintln!(
-                "task-router: {}",
-                router_userspace::datapath::error_chain(&e)
-            );
+            eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
             return ExitCode::from(2);
         }
     }

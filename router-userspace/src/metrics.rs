@@ -435,7 +435,7 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
             )?;
         }
         Err(e) => {
-            tracing::warn!(error = %crate::datapath::error_chain(&e), "reading the verdict counters for /metrics")
+            tracing::warn!(error = %crate::error::error_chain(&e), "reading the verdict counters for /metrics")
         }
     }
     match dp.fill() {
@@ -456,7 +456,7 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
             )?;
         }
         Err(e) => {
-            tracing::warn!(error = %crate::datapath::error_chain(&e), "reading the conntrack fill for /metrics")
+            tracing::warn!(error = %crate::error::error_chain(&e), "reading the conntrack fill for /metrics")
         }
     }
     single(

@@ -18,8 +18,9 @@
 //!   (or `{task}[--name].{ROUTER_DOMAIN}` in subdomain mode).
 
 use crate::clearml::task::{Task, runtime_key};
-use crate::ports::{EndpointKey, Millis, PortAllocator};
+use crate::ports::{EndpointKey, PortAllocator};
 use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteSet, TcpRoute};
+use crate::time::Millis;
 use crate::validate::{self, UpstreamPolicy};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -218,7 +218,7 @@ impl RoutesFile {
                 Ok(changed)
             }
             Err(e) => {
-                self.error = Some(crate::datapath::error_chain(&e));
+                self.error = Some(crate::error::error_chain(&e));
                 Err(e)
             }
         }
@@ -242,7 +242,7 @@ mod tests {
 
     fn p(text: &str) -> Result<RouteSet, String> {
         parse(Path::new("routes.toml"), text, &policy(), false)
-            .map_err(|e| crate::datapath::error_chain(&e))
+            .map_err(|e| crate::error::error_chain(&e))
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Drop for PinRoot {
             eprintln!(
                 "cleanup {}: {}",
                 self.root.display(),
-                router_userspace::datapath::error_chain(&e)
+                router_userspace::error::error_chain(&e)
             );
         }
         // Unmounting the instance releases whatever is still pinned in it.

@@ -77,7 +77,7 @@ proptest! {
                 prop_assert_eq!(exp as i64, claims["exp"].as_i64().unwrap_or_default());
             }
             Err(AuthError::NoCompany) => prop_assert!(company.trim().is_empty()),
-            Err(e) => prop_assert!(false, "valid token refused: {}", crate::datapath::error_chain(&e)),
+            Err(e) => prop_assert!(false, "valid token refused: {}", crate::error::error_chain(&e)),
         }
     }
 

@@ -240,7 +240,7 @@ impl Authenticator {
             decision.via = Some(Via::Bearer);
         } else {
             let reason = match (&refusal, &bearer_result) {
-                (_, Some(Err(e))) | (Some(e), _) => crate::datapath::error_chain(e),
+                (_, Some(Err(e))) | (Some(e), _) => crate::error::error_chain(e),
                 _ => "no ClearML token in the cookie or Authorization header".to_string(),
             };
             tracing::debug!(uri = req.uri.unwrap_or_default(), %reason, "routed HTTP request refused");

@@ -174,7 +174,7 @@ pub fn attach(
                 Err(e) => {
                     tracing::warn!(
                         interface,
-                        error = %crate::datapath::error_chain(&e),
+                        error = %crate::error::error_chain(&e),
                         "native XDP unavailable, using TC"
                     );
                     attach_tc(ebpf, interface)?
@@ -478,7 +478,7 @@ pub fn attach_pinned(
                 Err(e) if mode == AttachMode::Auto && kind == LinkKind::Xdp => {
                     tracing::warn!(
                         interface,
-                        error = %crate::datapath::error_chain(&e),
+                        error = %crate::error::error_chain(&e),
                         "native XDP unavailable, using TC"
                     );
                     continue;

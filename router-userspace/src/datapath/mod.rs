@@ -46,6 +46,7 @@ pub use route_map::Programmed;
 pub use test_run::{Program, RunOutput};
 
 use crate::config::{DatapathConfig, DatapathKind};
+use crate::error::error_chain;
 use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
 use aya::Ebpf;
 use aya::maps::Map;
@@ -62,18 +63,6 @@ pub const DEFAULT_NAT_SOURCE_PORTS: (u16, u16) = (61000, 65535);
 /// A removed route's ports stay in the kernel filter until a sweep that started this long after
 /// the removal found no connection on them.
 const PORT_LINGER: Duration = Duration::from_secs(1);
-
-/// An error with its sources, one line: what a user reads in the log.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 /// The loaded, attached datapath and the owners of its maps. Dropping it detaches everything.
 pub struct Datapath {

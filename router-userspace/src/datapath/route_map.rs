@@ -210,7 +210,7 @@ impl RouteMap {
                 }
                 Err(e) => report
                     .failed
-                    .push((format!("tcp port {port}"), super::error_chain(&e))),
+                    .push((format!("tcp port {port}"), crate::error::error_chain(&e))),
             }
         }
         report

@@ -1,7 +1,8 @@
 //! The conntrack sweeper: a thread that sweeps the shared datapath at an interval, in the
 //! network namespace the datapath serves, until dropped.
 
-use super::{SharedDatapath, SweepReport, error_chain};
+use super::{SharedDatapath, SweepReport};
+use crate::error::error_chain;
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;

@@ -470,7 +470,7 @@ impl Nginx {
         let verdict = match command::run(command::shell(test_cmd), COMMAND_TIMEOUT) {
             Ok(f) if f.status.success() => Ok(()),
             Ok(f) => Err(format!("`{test_cmd}` failed ({}): {}", f.status, f.output)),
-            Err(e) => Err(crate::datapath::error_chain(&e)),
+            Err(e) => Err(crate::error::error_chain(&e)),
         };
         let restored = match (&verdict, had_live) {
             (Ok(()), true) => std::fs::remove_file(&prev).or(Ok(())),
@@ -492,14 +492,14 @@ impl Nginx {
                     Some(pid) => pid,
                     None => {
                         // Died since the supervisor last looked: starting it loads the files.
-                        let pid = m.start().map_err(|e| crate::datapath::error_chain(&e))?;
+                        let pid = m.start().map_err(|e| crate::error::error_chain(&e))?;
                         st.status.restarts += 1;
                         st.status.pid = Some(pid);
                         st.status.running = Some(true);
                         return Ok(());
                     }
                 };
-                m.reload(pid).map_err(|e| crate::datapath::error_chain(&e))
+                m.reload(pid).map_err(|e| crate::error::error_chain(&e))
             }
             Mode::External { reload_cmd, .. } => {
                 match command::run(command::shell(reload_cmd), COMMAND_TIMEOUT) {
@@ -508,7 +508,7 @@ impl Nginx {
                         "`{reload_cmd}` failed ({}): {}",
                         f.status, f.output
                     )),
-                    Err(e) => Err(crate::datapath::error_chain(&e)),
+                    Err(e) => Err(crate::error::error_chain(&e)),
                 }
             }
         }
@@ -567,7 +567,7 @@ fn supervise(weak: Weak<Shared>) {
                 backoff = SUPERVISE_EVERY;
             }
             Err(e) => {
-                let error = crate::datapath::error_chain(&e);
+                let error = crate::error::error_chain(&e);
                 tracing::error!(%error, "cannot start managed nginx");
                 st.status.last_error = Some(error);
                 backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -125,7 +125,7 @@ impl Managed {
         let result = match command::run(cmd, Duration::from_secs(60)) {
             Ok(f) if f.status.success() => Ok(()),
             Ok(f) => Err(f.output),
-            Err(e) => Err(crate::datapath::error_chain(&e)),
+            Err(e) => Err(crate::error::error_chain(&e)),
         };
         let _ = std::fs::remove_file(&test_path);
         result

@@ -15,7 +15,7 @@ fn policy() -> UpstreamPolicy {
 const PATH: &str = "/etc/task-router/routes.toml";
 
 fn check_error(e: &RoutesFileError) -> Result<(), TestCaseError> {
-    let text = crate::datapath::error_chain(e);
+    let text = crate::error::error_chain(e);
     prop_assert!(text.contains(PATH), "{text}");
     if let RoutesFileError::Entry { entry, reason, .. } = e {
         prop_assert!(entry.starts_with("[[tcp]] #") || entry.starts_with("[[http]] #"));
@@ -134,7 +134,7 @@ proptest! {
     fn valid_route_sets_round_trip((tcp, http) in valid_set()) {
         let text = render(&tcp, &http);
         let set = parse(Path::new(PATH), &text, &policy(), true)
-            .map_err(|e| TestCaseError::fail(format!("{}\n{text}", crate::datapath::error_chain(&e))))?;
+            .map_err(|e| TestCaseError::fail(format!("{}\n{text}", crate::error::error_chain(&e))))?;
         prop_assert_eq!(set.tcp.len(), tcp.len());
         for t in &tcp {
             let r = &set.tcp[&t.port];
@@ -205,7 +205,7 @@ fn duplicates_and_unknown_keys_are_refused_by_entry() {
         ("tcp = 5", "not valid TOML"),
     ] {
         let e = parse(Path::new(PATH), text, &policy(), true).expect_err(text);
-        let msg = crate::datapath::error_chain(&e);
+        let msg = crate::error::error_chain(&e);
         assert!(msg.contains(wants), "{msg}");
     }
 }
