@@ -3,6 +3,7 @@
 //! Basic login → Bearer tokens, paging with the 500 cap, `search_hidden`, and `tasks.edit`
 //! replacing the runtime dict whole; faults are injected per call.
 
+use crate::config::ClearmlConfig;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -11,6 +12,20 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The client configuration the unit tests use against the server at `url`.
+pub fn client_config(url: &str) -> ClearmlConfig {
+    ClearmlConfig {
+        api_host: Some(url.to_string()),
+        access_key: "ak".into(),
+        secret_key: "sk".into(),
+        ssl_verify: true,
+        listen_queues: Vec::new(),
+        poll_interval: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(2),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub enum Fault {

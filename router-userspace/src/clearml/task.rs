@@ -1,7 +1,10 @@
 //! A task as the router sees it: the few fields it asks for, read leniently (a task is untrusted
-//! input; one odd task must not stop the others from being served).
+//! input; one odd task must not stop the others from being served), and its runtime keys: read,
+//! named per endpoint, and compared with the ones the router writes (the planner and the client
+//! both ask whether a write is already applied).
 
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// The system tag a task carries to be routed.
 pub const EXTERNAL_SERVICE_TAG: &str = "external_service";
@@ -120,6 +123,20 @@ pub fn runtime_key(base: &str, name: &str) -> String {
     }
 }
 
+/// Whether every key of `patch` already has its value in `runtime` (numbers and their string
+/// spellings count as equal: tasks write either).
+pub fn applied(runtime: &Map<String, Value>, patch: &BTreeMap<String, Value>) -> bool {
+    patch.iter().all(|(k, v)| match runtime.get(k) {
+        Some(current) if current == v => true,
+        Some(_) => {
+            let mut probe = Map::new();
+            probe.insert(k.clone(), v.clone());
+            runtime_str(runtime, k).is_some() && runtime_str(runtime, k) == runtime_str(&probe, k)
+        }
+        None => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +188,16 @@ mod tests {
     fn keys() {
         assert_eq!(runtime_key("_PORT", ""), "_PORT");
         assert_eq!(runtime_key("_PORT", "api"), "_PORT__api");
+    }
+
+    #[test]
+    fn applied_compares_numbers_and_strings() {
+        let runtime: Map<String, Value> =
+            serde_json::from_value(json!({"p": "30001", "a": "x", "n": 5})).unwrap();
+        let patch = |k: &str, v: Value| BTreeMap::from([(k.to_string(), v)]);
+        assert!(applied(&runtime, &patch("p", json!(30001))));
+        assert!(applied(&runtime, &patch("n", json!("5"))));
+        assert!(!applied(&runtime, &patch("a", json!("y"))));
+        assert!(!applied(&runtime, &patch("missing", json!(1))));
     }
 }

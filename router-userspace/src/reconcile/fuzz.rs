@@ -3,24 +3,27 @@
 //! panics; every refusal says why; every accepted upstream passes the policy; valid requests
 //! are read as written; a plan settles once its write-backs are applied.
 
-use super::*;
-use crate::clearml::task::Task;
+use super::limit::route_owners;
+use super::test_support::{self, running_task as task};
+use super::{
+    Kind, Parsed, Plan, SERVICE_HTTP, SERVICE_TCP, Settings, Want, endpoint_url, parse_task,
+    subdomain_label,
+};
+use crate::clearml::task::{Task, runtime_key};
+use crate::ports::EndpointKey;
 use crate::proptest_config as config;
+use crate::routes::{HttpMode, RouteSet};
+use crate::validate::{self, UpstreamPolicy};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 fn settings() -> Settings {
     Settings {
-        router_name: "r1".into(),
-        tcp_address: "203.0.113.7".into(),
-        url: "https://router.example.com".into(),
-        domain: Some("apps.example.com".into()),
-        default_mode: HttpMode::Path,
-        queue_ids: Vec::new(),
         // Small, so that hostile tasks (up to 10 runtime keys each) meet it.
         max_endpoints_per_task: 3,
+        ..test_support::settings()
     }
 }
 
@@ -58,17 +61,6 @@ fn policy() -> UpstreamPolicy {
         vec!["10.0.0.0/8".parse().unwrap()],
         [Ipv4Addr::new(10, 0, 0, 1)],
     )
-}
-
-fn task(id: &str, runtime: Map<String, Value>) -> Task {
-    Task {
-        id: id.into(),
-        name: format!("name-{id}"),
-        status: "in_progress".into(),
-        system_tags: vec!["external_service".into()],
-        queue: Some("q1".into()),
-        runtime,
-    }
 }
 
 /// Values a task might write, hostile ones included.
@@ -215,9 +207,7 @@ proptest! {
     ) {
         let (s, p) = (settings(), policy());
         let mut tasks: Vec<Task> = rts.into_iter().map(|(id, rt)| task(&id, rt)).collect();
-        let mut r = Reconciler::new(crate::ports::PortAllocator::in_memory(
-            30000, 30015, Duration::from_secs(60),
-        ));
+        let mut r = test_support::reconciler(30000, 30015);
         let first = r.plan(&tasks, &RouteSet::default(), &RouteSet::default(), &s, &p, 0);
         assert_limit(&first, &RouteSet::default(), s.max_endpoints_per_task)?;
         for (port, route) in &first.routes.tcp {
@@ -227,20 +217,13 @@ proptest! {
         for refusal in &first.refused {
             prop_assert!(!refusal.reason.is_empty());
         }
-        for wb in &first.writes {
-            let t = tasks.iter_mut().find(|t| t.id == wb.key.task_id).expect("written task");
-            for (k, v) in &wb.patch {
-                t.runtime.insert(k.clone(), v.clone());
-            }
-        }
+        test_support::write_back(&mut tasks, &first);
         let second = r.plan(&tasks, &RouteSet::default(), &first.routes, &s, &p, 1);
         prop_assert_eq!(&second.routes, &first.routes);
         prop_assert!(second.writes.is_empty(), "still writing: {:?}", second.writes);
         assert_limit(&second, &first.routes, s.max_endpoints_per_task)?;
         // The same choice from ClearML's data alone (the local state lost).
-        let mut fresh = Reconciler::new(crate::ports::PortAllocator::in_memory(
-            30000, 30015, Duration::from_secs(60),
-        ));
+        let mut fresh = test_support::reconciler(30000, 30015);
         let rebuilt = fresh.plan(&tasks, &RouteSet::default(), &RouteSet::default(), &s, &p, 1);
         prop_assert_eq!(routes_by_task(&rebuilt.routes), routes_by_task(&first.routes));
         // A lowered limit: what is in force stays, nothing new past the limit.
@@ -316,9 +299,7 @@ proptest! {
         let s = Settings { max_endpoints_per_task: limit, ..settings() };
         let mut tasks: Vec<Task> =
             requests.iter().enumerate().map(|(i, r)| valid_task(i, r)).collect();
-        let new_reconciler = || Reconciler::new(crate::ports::PortAllocator::in_memory(
-            30000, 30099, Duration::from_secs(60),
-        ));
+        let new_reconciler = || test_support::reconciler(30000, 30099);
         let mut r = new_reconciler();
         let none = RouteSet::default();
         let first = r.plan(&tasks, &none, &none, &s, &p, 0);
@@ -327,12 +308,7 @@ proptest! {
             prop_assert!(f.reason.contains(&format!("ROUTER_MAX_ENDPOINTS_PER_TASK={limit}")), "{f:?}");
             prop_assert!(f.reason.contains(&f.task_id), "{f:?}");
         }
-        for wb in &first.writes {
-            let t = tasks.iter_mut().find(|t| t.id == wb.key.task_id).expect("written task");
-            for (k, v) in &wb.patch {
-                t.runtime.insert(k.clone(), v.clone());
-            }
-        }
+        test_support::write_back(&mut tasks, &first);
         let second = r.plan(&tasks, &none, &first.routes, &s, &p, 1);
         prop_assert_eq!(&second.routes, &first.routes);
         prop_assert_eq!(&second.refused, &first.refused);
@@ -374,12 +350,7 @@ fn a_task_with_thousands_of_endpoints_is_read_and_planned() {
     let tasks = [http, tcp];
     // A plan from a fresh reconciler over ports 30000-30999.
     let fresh_plan = |s: &Settings| {
-        Reconciler::new(crate::ports::PortAllocator::in_memory(
-            30000,
-            30999,
-            Duration::from_secs(60),
-        ))
-        .plan(
+        test_support::reconciler(30000, 30999).plan(
             &tasks,
             &RouteSet::default(),
             &RouteSet::default(),

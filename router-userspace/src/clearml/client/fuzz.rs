@@ -3,10 +3,15 @@
 //! huge or deeply nested JSON. No answer panics; a bad one is a typed [`ApiError`] naming the
 //! call and what was wrong; valid answers still decode to what they hold.
 
-use super::*;
+use super::Client;
+use super::auth::refresh_time;
+use super::envelope::parse_envelope;
+use crate::clearml::{ApiError, Task};
+use crate::config::ClearmlConfig;
 use crate::proptest_config as config;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
 
 /// Any JSON value, a few levels deep.
 fn json_value() -> impl Strategy<Value = Value> {
