@@ -31,8 +31,11 @@ pub enum CycleOutcome {
     ApiFailed,
 }
 
+/// The sync engine: the sources (the routes file, ClearML), the owners it applies their routes
+/// to, the write-backs, the state files and the report.
 pub struct Engine {
     cfg: Config,
+    /// Which upstreams routes may point at (the router's own addresses refreshed every cycle).
     policy: UpstreamPolicy,
     routes_file: Option<RoutesFile>,
     clearml: ClearmlSync,
@@ -44,6 +47,8 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Opens the routes file and the state of the previous run; `status` is what the engine
+    /// publishes into.
     pub fn new(
         cfg: Config,
         tcp: Box<dyn TcpForwarder>,
