@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use router_userspace::config::{self, Config, ENV_VARS, Sources};
 use router_userspace::logging::{self, LogFormat};
-use router_userspace::{admin, daemon};
+use router_userspace::{admin, daemon, instance_lock};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -197,7 +197,7 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
     }
     // Held until everything is removed: a daemon starting meanwhile waits for nothing, it is
     // refused.
-    let _instance = match daemon::lock_for_uninstall(&cfg) {
+    let _instance = match instance_lock::lock_for_uninstall(&cfg) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("task-router uninstall: {e:#}");
@@ -286,7 +286,7 @@ fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
     }
     // First, before anything is touched; declared before the runtime so it is released only
     // after the runtime (and every owner it drove) is gone.
-    let _instance = match daemon::lock_instance(&cfg) {
+    let _instance = match instance_lock::lock_instance(&cfg) {
         Ok(lock) => lock,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,4 +1,4 @@
-//! One daemon per router instance: an exclusive `flock` on `<ROUTER_STATE_DIR>/task-router.lock`,
+//! The instance locks: an exclusive `flock` on `<ROUTER_STATE_DIR>/task-router.lock`,
 //! and another on the pin directory (`ROUTER_BPFFS`) itself, both held for the daemon's whole
 //! life and taken by `task-router uninstall` too.
 //!
