@@ -1,10 +1,14 @@
 //! task-router: gives ClearML tasks reachable endpoints.
 //!
-//! Modules are split by owner: `datapath` owns the kernel programs and their maps, `logging` the
-//! log pipeline (tracing, with the kernel's aya-log records forwarded into it); the control plane
-//! is `config`, `clearml` (API client), `reconcile` (tasks → wanted routes), `ports` (allocator),
-//! `routes_file`, `validate` (untrusted input), `admin` (health/status), `daemon` (wiring) and
-//! `instance_lock` (one daemon per router instance).
+//! Modules are split by owner: `datapath` owns the kernel programs and their maps, `nginx` the
+//! generated nginx configuration (HTTP routes, the TCP fallback) and the nginx it drives, `auth`
+//! the answers to nginx's `auth_request`, `logging` the log pipeline (tracing, with the kernel's
+//! aya-log records forwarded into it); the control plane is `config`, `clearml` (API client),
+//! `reconcile` (tasks → wanted routes), `routes` (the wanted-route model and its owners'
+//! traits), `ports` (allocator), `routes_file`, `validate` (untrusted input), `admin`
+//! (health/status), `metrics` (`/metrics`), `daemon` (wiring) and `instance_lock` (one daemon
+//! per router instance). `error`, `fsutil`, `time` and `backoff` are helpers one floor below
+//! them all.
 
 pub mod admin;
 pub mod auth;

@@ -4,7 +4,7 @@
 //! maps (verdict counters, per-route counters of the last sweep, the connection count), the
 //! daemon's shared [`Status`] (sync loop, ClearML, datapath modes) and nginx's own status.
 
-use crate::admin::{SharedStatus, Status};
+use crate::admin::{ClearmlStatus, SharedStatus, Status};
 use crate::datapath::Datapath;
 use crate::nginx::Nginx;
 use axum::Router;
@@ -200,7 +200,40 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
             .into_iter()
             .map(|(interface, mode)| ([("interface", interface), ("mode", mode)], 1.0)),
     )?;
-    let c = &s.clearml;
+    encode_sync(encoder, &s.clearml)?;
+    single(
+        encoder,
+        "task_router_state_save_failing",
+        "1 while the state files in ROUTER_STATE_DIR cannot be saved",
+        MetricType::Gauge,
+        if s.state_error.is_some() { 1.0 } else { 0.0 },
+    )?;
+    single(
+        encoder,
+        "task_router_degraded",
+        "reasons the router is degraded while it forwards (see /readyz)",
+        MetricType::Gauge,
+        s.degraded.len() as f64,
+    )?;
+    family(
+        encoder,
+        "task_router_routes",
+        "routes in the status, by kind and state",
+        MetricType::Gauge,
+        route_states(s),
+    )?;
+    single(
+        encoder,
+        "task_router_refused_routes",
+        "routes refused by validation or port allocation",
+        MetricType::Gauge,
+        s.refused.len() as f64,
+    )?;
+    Ok(())
+}
+
+/// The sync loop and the ClearML connection.
+fn encode_sync(encoder: &mut DescriptorEncoder, c: &ClearmlStatus) -> Result<(), std::fmt::Error> {
     single(
         encoder,
         "task_router_sync_cycles",
@@ -272,34 +305,6 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Counter,
         c.concurrent_writes as f64,
     )?;
-    single(
-        encoder,
-        "task_router_state_save_failing",
-        "1 while the state files in ROUTER_STATE_DIR cannot be saved",
-        MetricType::Gauge,
-        if s.state_error.is_some() { 1.0 } else { 0.0 },
-    )?;
-    single(
-        encoder,
-        "task_router_degraded",
-        "reasons the router is degraded while it forwards (see /readyz)",
-        MetricType::Gauge,
-        s.degraded.len() as f64,
-    )?;
-    family(
-        encoder,
-        "task_router_routes",
-        "routes in the status, by kind and state",
-        MetricType::Gauge,
-        route_states(s),
-    )?;
-    single(
-        encoder,
-        "task_router_refused_routes",
-        "routes refused by validation or port allocation",
-        MetricType::Gauge,
-        s.refused.len() as f64,
-    )?;
     Ok(())
 }
 
@@ -360,6 +365,16 @@ fn route_states(s: &Status) -> Vec<([(&'static str, String); 2], f64)> {
 }
 
 fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
+    encode_route_counters(encoder, dp)?;
+    encode_verdicts(encoder, dp)?;
+    encode_conntrack(encoder, dp)
+}
+
+/// Per-route connections, bytes and packets, as of the last sweep.
+fn encode_route_counters(
+    encoder: &mut DescriptorEncoder,
+    dp: &Datapath,
+) -> Result<(), std::fmt::Error> {
     let routes = dp.route_counters();
     let label = |port: &u16, upstream: &std::net::SocketAddrV4| {
         [
@@ -403,6 +418,11 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
                 .map(|(port, (p, c))| (label(port, &p.upstream), pick(c).packets as f64)),
         )?;
     }
+    Ok(())
+}
+
+/// The kernel's verdict counters by hook and reason (logged, not encoded, when unreadable).
+fn encode_verdicts(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
     match dp.stats() {
         Ok(stats) => {
             let samples = |bytes: bool| {
@@ -438,6 +458,11 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
             tracing::warn!(error = %crate::error::error_chain(&e), "reading the verdict counters for /metrics")
         }
     }
+    Ok(())
+}
+
+/// The connection table: fill, evictions, the last sweep.
+fn encode_conntrack(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
     match dp.fill() {
         Ok((live, capacity)) => {
             single(

@@ -1,8 +1,6 @@
 //! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
 
 mod bench;
-mod bench_control;
-mod bench_http;
 mod build;
 mod cmd;
 mod demo;
@@ -35,9 +33,9 @@ enum Command {
     /// Build and run the daemon: `cargo xtask run -- run --interfaces eth0`.
     Run(build::RunOptions),
     /// Control-plane benchmark: a 10,000-task sync cycle, request-to-endpoint time.
-    BenchControl(bench_control::BenchControlOptions),
+    BenchControl(bench::control::BenchControlOptions),
     /// HTTP routes benchmark: generated vs hand-written nginx config, apply-to-routed time.
-    BenchHttp(bench_http::BenchHttpOptions),
+    BenchHttp(bench::http::BenchHttpOptions),
     /// The whole system on one machine: namespaces for a client, the router and two task hosts,
     /// the ClearML test server, the daemon and nginx, two SDK tasks (TCP and HTTP) and real
     /// traffic through their endpoints; removed when done or on Ctrl-C (`--keep` to explore).
@@ -53,8 +51,8 @@ fn main() -> Result<()> {
         Command::Build(opts) => build::all(&opts).map(|_| ()),
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
-        Command::BenchControl(opts) => bench_control::run(&opts),
-        Command::BenchHttp(opts) => bench_http::run(&opts),
+        Command::BenchControl(opts) => bench::control::run(&opts),
+        Command::BenchHttp(opts) => bench::http::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
     }

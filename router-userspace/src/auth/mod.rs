@@ -12,8 +12,10 @@
 //! requests (assets, WebSockets, which cannot carry headers) pass too.
 
 mod cache;
+mod error;
 #[cfg(test)]
 mod fuzz;
+mod identity;
 mod jwt;
 mod web;
 
@@ -24,43 +26,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::AuthConfig;
 
 pub use cache::TokenCache;
+pub use error::AuthError;
+pub use identity::Identity;
 pub use jwt::{LEEWAY_SECS, Verifier, algorithm, decode_jwks_key};
 pub use web::router;
 
 /// The admin-server path nginx's `auth_request` subrequests go to.
 pub const AUTH_PATH: &str = "/auth";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error(
-        "AUTH_BASE64_JWKS_KEY is empty: authentication needs the ClearML server's token secret"
-    )]
-    NoKey,
-    #[error("AUTH_JWT_ALGORITHM {0:?} is not supported: use HS256, HS384 or HS512")]
-    Algorithm(String),
-    #[error("AUTH_BASE64_JWKS_KEY is not base64url")]
-    KeyEncoding(#[source] base64::DecodeError),
-    #[error("AUTH_COOKIE_NAME {0:?} is not a valid cookie name")]
-    CookieName(String),
-    #[error("AUTH_LOGIN_URL {0:?} is not an http(s) URL")]
-    LoginUrl(String),
-    #[error("the ClearML token is not valid")]
-    Token(#[source] jsonwebtoken::errors::Error),
-    #[error("the ClearML token has no identity.company")]
-    NoCompany,
-    #[error("the ClearML token is too long")]
-    TooLong,
-}
-
-/// Who a valid token says the caller is.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Identity {
-    pub user: String,
-    pub company: String,
-    pub user_name: Option<String>,
-    pub company_name: Option<String>,
-    pub role: Option<String>,
-}
 
 /// What the request to authorise carried (from nginx's subrequest headers).
 #[derive(Clone, Debug, Default)]

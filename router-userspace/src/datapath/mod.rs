@@ -213,7 +213,7 @@ impl Datapath {
         let adopting = |name: &str| adopted_maps.contains(&name);
         let mut ebpf = object::load_with(&object::LoadOptions {
             max_connections: cfg.max_connections,
-            pins: pins.as_ref(),
+            pin_dir: pins.as_ref().map(|p| p.dir()),
             object: object_bytes,
         })?;
         object::verify_all(&mut ebpf)?;

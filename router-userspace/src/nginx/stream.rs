@@ -12,7 +12,9 @@ use anyhow::Context as _;
 
 use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
 
-use super::install::{Nginx, Slot};
+use super::diff::diff;
+use super::files::Slot;
+use super::install::Nginx;
 use super::names;
 
 /// SSH and database sessions sit idle for long stretches; a day bounds a dead peer.
@@ -105,7 +107,7 @@ impl TcpForwarder for NginxStreamForwarder {
         self.nginx
             .install(Slot::Stream, &rendered.text)
             .context("installing the nginx stream configuration (the previous one stays live)")?;
-        let report = super::diff(
+        let report = diff(
             &self.programmed,
             &rendered.accepted,
             rendered.failed,

@@ -1,8 +1,9 @@
 //! `cargo xtask bench-http`: the HTTP routes benchmark. Builds and runs `bench_http` (in the
 //! tests crate, release) as root: requests/s and p99 through the generated nginx configuration
 //! versus a hand-written equivalent, and the time from a route apply to a routed endpoint.
-//! The lead may fold this under `cargo xtask bench http`: call [`run`].
+//! `cargo xtask bench http` runs it with the defaults.
 
+use super::driver::run_tests_binary;
 use crate::prereq;
 use anyhow::Result;
 use clap::Args;
@@ -25,7 +26,7 @@ pub struct BenchHttpOptions {
 
 pub fn run(opts: &BenchHttpOptions) -> Result<()> {
     prereq::ensure_all()?;
-    crate::bench::run_tests_binary(
+    run_tests_binary(
         "bench_http",
         &[
             "--seconds".to_string(),

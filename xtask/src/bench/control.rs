@@ -1,9 +1,10 @@
 //! `cargo xtask bench-control`: the control-plane benchmark. Builds and runs `bench_control` (in
 //! the tests crate, release): one sync cycle with 10,000 tasks (CPU, wall time, memory; cold and
 //! steady) against the ClearML test server in a separate process, and the time from a task's
-//! request to its endpoint written and its route programmed. The lead may fold this under
-//! `cargo xtask bench control`: call [`run`].
+//! request to its endpoint written and its route programmed.
+//! `cargo xtask bench control` runs it with the defaults.
 
+use super::driver::run_tests_binary;
 use anyhow::Result;
 use clap::Args;
 
@@ -21,7 +22,7 @@ pub struct BenchControlOptions {
 }
 
 pub fn run(opts: &BenchControlOptions) -> Result<()> {
-    crate::bench::run_tests_binary(
+    run_tests_binary(
         "bench_control",
         &[
             "--tasks".to_string(),
