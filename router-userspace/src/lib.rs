@@ -17,6 +17,7 @@ pub mod clearml;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod endpoint;
 pub mod error;
 pub mod fsutil;
 pub mod instance_lock;

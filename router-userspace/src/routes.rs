@@ -5,20 +5,39 @@
 //! has programmed → write-back. Owners are idempotent: applying the same set twice changes
 //! nothing the second time, so a missed cycle or a crash heals on the next one.
 
+use crate::endpoint::EndpointId;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 /// Who asked for a route: a ClearML task endpoint, or an entry of the static routes file.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct RouteOwner {
-    /// ClearML task id, or `file:<name>` for a static route.
-    pub task_id: String,
+    /// Task id (or `file:<name>` for a static route) and endpoint name: the route's identity.
+    /// Flattened, so persisted routes and `/status` keep their `task_id` and `endpoint` fields.
+    #[serde(flatten)]
+    pub id: EndpointId,
     /// Task name, for people reading `status`.
     pub task_name: String,
-    /// Endpoint name: empty for the default endpoint, else the `__<name>` suffix without `__`.
-    pub endpoint: String,
+}
+
+impl RouteOwner {
+    pub fn new(id: EndpointId, task_name: impl Into<String>) -> Self {
+        RouteOwner {
+            id,
+            task_name: task_name.into(),
+        }
+    }
 }
 
 /// A TCP route: connections to the router's `port` go to `upstream`.
@@ -58,16 +77,31 @@ pub struct RouteSet {
     pub http: BTreeMap<String, HttpRoute>,
 }
 
+/// Which route of a [`RouteSet`]: a TCP route by its router port, an HTTP route by its key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum RouteRef {
+    Tcp(u16),
+    Http(String),
+}
+
+impl std::fmt::Display for RouteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRef::Tcp(port) => write!(f, "tcp port {port}"),
+            RouteRef::Http(key) => write!(f, "http route {}", key.escape_debug()),
+        }
+    }
+}
+
 /// What an owner did in one `apply`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ApplyReport {
     pub added: usize,
     pub changed: usize,
     pub removed: usize,
-    /// Routes that could not be programmed, with the reason (the rest were applied). A TCP
-    /// route is named by its port in decimal (`"30001"`), an HTTP route by its `key`: the
-    /// control plane matches these ids to hold back the write-back of routes not programmed.
-    pub failed: Vec<(String, String)>,
+    /// Routes that could not be programmed, with the reason (the rest were applied): the
+    /// control plane holds back the write-back of these.
+    pub failed: Vec<(RouteRef, String)>,
 }
 
 impl ApplyReport {

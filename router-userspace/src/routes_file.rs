@@ -14,6 +14,7 @@
 //! mode = "subdomain"       # optional: path (default) or subdomain
 //! ```
 
+use crate::endpoint::EndpointId;
 use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteSet, TcpRoute};
 use crate::validate::{self, UpstreamPolicy};
 use serde::Deserialize;
@@ -149,11 +150,10 @@ pub fn parse(
 }
 
 fn owner(name: &str) -> RouteOwner {
-    RouteOwner {
-        task_id: format!("file:{name}"),
-        task_name: name.to_string(),
-        endpoint: String::new(),
-    }
+    RouteOwner::new(
+        EndpointId::new(format!("file:{name}"), String::new()),
+        name.to_string(),
+    )
 }
 
 /// The file, its last good routes, and the content they came from.
@@ -261,10 +261,10 @@ mod tests {
         "#)
         .unwrap();
         assert_eq!(set.tcp[&30001].upstream, "10.0.0.5:8888".parse().unwrap());
-        assert_eq!(set.tcp[&30001].owner.task_id, "file:tcp-30001");
+        assert_eq!(set.tcp[&30001].owner.id.task_id, "file:tcp-30001");
         assert_eq!(set.tcp[&22].owner.task_name, "ssh");
         assert_eq!(set.http["grafana"].mode, HttpMode::Path);
-        assert_eq!(set.http["grafana"].owner.task_id, "file:grafana");
+        assert_eq!(set.http["grafana"].owner.id.task_id, "file:grafana");
         assert_eq!(p("").unwrap(), RouteSet::default());
     }
 

@@ -133,7 +133,7 @@ fn the_sdk_gets_working_endpoints(version: &str) {
         route.upstream,
         format!("{TASK_IP}:9000").parse().expect("addr")
     );
-    assert_eq!(route.owner.task_id, task.task_id);
+    assert_eq!(route.owner.id.task_id, task.task_id);
 
     let url = format!("{ROUTER_URL}/service/{}/", task.task_id);
     let http = task
@@ -156,12 +156,12 @@ fn the_sdk_gets_working_endpoints(version: &str) {
             .tcp
             .programmed()
             .values()
-            .all(|r| r.owner.task_id != id)
+            .all(|r| r.owner.id.task_id != id)
             && router
                 .http
                 .programmed()
                 .values()
-                .all(|r| r.owner.task_id != id))
+                .all(|r| r.owner.id.task_id != id))
         .then_some(())
     });
 }

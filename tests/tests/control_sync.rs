@@ -171,7 +171,7 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     assert_eq!(tcp.len(), 2, "{tcp:?}");
     let port_of = |task: &str| {
         *tcp.iter()
-            .find(|(_, route)| route.owner.task_id == task)
+            .find(|(_, route)| route.owner.id.task_id == task)
             .unwrap_or_else(|| panic!("no route for {task}: {tcp:?}"))
             .0
     };
@@ -237,7 +237,7 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     let refusal = status
         .refused
         .iter()
-        .find(|f| f.task_id == evil)
+        .find(|f| f.owner.id.task_id == evil)
         .expect("the loopback request is refused");
     assert!(refusal.reason.contains("loopback"), "{}", refusal.reason);
     assert!(admin.runtime(&evil).get("_ROUTER_NAME").is_none());
@@ -358,14 +358,14 @@ async fn api_faults_change_nothing_that_forwards() {
         .tcp
         .programmed()
         .iter()
-        .find(|(_, route)| route.owner.task_id == late)
+        .find(|(_, route)| route.owner.id.task_id == late)
         .expect("route programmed before the write-back")
         .0;
     let s = r.status();
     let row = s
         .routes
         .iter()
-        .find(|row| row.task_id == late)
+        .find(|row| row.owner.id.task_id == late)
         .expect("row");
     assert!(row.state.contains("write-back failed"), "{}", row.state);
     r.cycle().await;
@@ -425,7 +425,7 @@ async fn a_task_writing_its_runtime_at_the_same_moment_loses_nothing() {
     let row = s
         .routes
         .iter()
-        .find(|row| row.task_id == u)
+        .find(|row| row.owner.id.task_id == u)
         .expect("route of u");
     assert!(row.state.contains("overwritten 3 times"), "{}", row.state);
     admin.clear_after_edit();
@@ -501,7 +501,11 @@ async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
         "a write of the task was lost: {rt:?}"
     );
     let s = r.status();
-    let row = s.routes.iter().find(|row| row.task_id == u).expect("row");
+    let row = s
+        .routes
+        .iter()
+        .find(|row| row.owner.id.task_id == u)
+        .expect("row");
     assert!(row.state.contains("keeps changing"), "{}", row.state);
     admin.clear_after_read();
     r.cycle().await;
@@ -552,7 +556,7 @@ async fn an_endpoint_the_task_can_read_is_already_in_the_status() {
     let rows: Vec<(&str, &str)> = at_write
         .routes
         .iter()
-        .map(|row| (row.task_id.as_str(), row.kind.as_str()))
+        .map(|row| (row.owner.id.task_id.as_str(), row.kind.as_str()))
         .collect();
     assert_eq!(
         at_write.clearml.tasks, 2,
@@ -565,7 +569,7 @@ async fn an_endpoint_the_task_can_read_is_already_in_the_status() {
     let row = at_write
         .routes
         .iter()
-        .find(|row| row.task_id == http_task)
+        .find(|row| row.owner.id.task_id == http_task)
         .expect("row");
     assert_eq!(row.state, "writing back");
     assert!(r.status().routes.iter().all(|row| row.state == "active"));
@@ -720,8 +724,8 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
     let endpoints_of = |task: &str| {
         let mut v: Vec<String> = tcp
             .values()
-            .filter(|route| route.owner.task_id == task)
-            .map(|route| route.owner.endpoint.clone())
+            .filter(|route| route.owner.id.task_id == task)
+            .map(|route| route.owner.id.endpoint.clone())
             .collect();
         v.sort();
         v
@@ -751,8 +755,8 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
     let mut refused: Vec<&str> = status
         .refused
         .iter()
-        .filter(|f| f.task_id == greedy)
-        .map(|f| f.endpoint.as_str())
+        .filter(|f| f.owner.id.task_id == greedy)
+        .map(|f| f.owner.id.endpoint.as_str())
         .collect();
     refused.sort();
     assert_eq!(refused, ["b", "c", "d"], "{:?}", status.refused);

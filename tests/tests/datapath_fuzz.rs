@@ -30,6 +30,7 @@ use router_tests::topology::ProgTestNet;
 use router_tests::{require_root, workspace_root};
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, Datapath, Program, Timeouts};
+use router_userspace::endpoint::EndpointId;
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -74,11 +75,10 @@ fn route(port: u16, ip: Ipv4Addr, backend_port: u16) -> (u16, TcpRoute) {
         TcpRoute {
             port,
             upstream: SocketAddrV4::new(ip, backend_port),
-            owner: RouteOwner {
-                task_id: format!("task-{port}"),
-                task_name: "fuzz".into(),
-                endpoint: String::new(),
-            },
+            owner: RouteOwner::new(
+                EndpointId::new(format!("task-{port}"), String::new()),
+                "fuzz",
+            ),
         },
     )
 }

@@ -12,6 +12,7 @@ use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{
     AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, ResolvedMode, Timeouts,
 };
+use router_userspace::endpoint::EndpointId;
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,11 +31,10 @@ fn routes(list: &[(u16, Ipv4Addr, u16)]) -> BTreeMap<u16, TcpRoute> {
                 TcpRoute {
                     port,
                     upstream: SocketAddrV4::new(ip, backend_port),
-                    owner: RouteOwner {
-                        task_id: format!("task-{port}"),
-                        task_name: "netns test".into(),
-                        endpoint: String::new(),
-                    },
+                    owner: RouteOwner::new(
+                        EndpointId::new(format!("task-{port}"), String::new()),
+                        "netns test",
+                    ),
                 },
             )
         })

@@ -15,6 +15,7 @@ use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{
     AttachMode, ConnState, DEFAULT_NAT_SOURCE_PORTS, Datapath, Program, RunOutput, Timeouts,
 };
+use router_userspace::endpoint::EndpointId;
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -71,11 +72,10 @@ fn route(port: u16, ip: Ipv4Addr, backend_port: u16) -> (u16, TcpRoute) {
         TcpRoute {
             port,
             upstream: SocketAddrV4::new(ip, backend_port),
-            owner: RouteOwner {
-                task_id: format!("task-{port}"),
-                task_name: "test".into(),
-                endpoint: String::new(),
-            },
+            owner: RouteOwner::new(
+                EndpointId::new(format!("task-{port}"), String::new()),
+                "test",
+            ),
         },
     )
 }

@@ -1,8 +1,7 @@
 //! The owners the engine drives (the TCP forwarder and the HTTP router): giving them the wanted
 //! set, and what each took of it.
 
-use crate::reconcile::RouteRef;
-use crate::routes::{ApplyReport, HttpRouter, RouteCounters, RouteSet, TcpForwarder};
+use crate::routes::{ApplyReport, HttpRouter, RouteCounters, RouteRef, RouteSet, TcpForwarder};
 use anyhow::{Result, anyhow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,8 +13,8 @@ const REAPPLY_EVERY: Duration = Duration::from_secs(60);
 /// One owner's answer to the last apply.
 #[derive(Debug, Default)]
 pub(super) struct OwnerHealth {
-    /// Routes it did not program, by route id (`ApplyReport::failed`), with the reason.
-    failed: HashMap<String, String>,
+    /// Routes it did not program (`ApplyReport::failed`), with the reason.
+    failed: HashMap<RouteRef, String>,
     /// Its error when the apply failed as a whole (the previous routes stay).
     error: Option<String>,
 }
@@ -28,10 +27,10 @@ impl OwnerHealth {
                 if !report.is_noop() {
                     tracing::debug!(kind, ?report, "applied");
                 }
-                let now: HashMap<String, String> = report.failed.into_iter().collect();
-                for (id, reason) in &now {
-                    if self.failed.get(id) != Some(reason) {
-                        tracing::warn!(kind, route = %id, reason = %reason, "route not programmed");
+                let now: HashMap<RouteRef, String> = report.failed.into_iter().collect();
+                for (route, reason) in &now {
+                    if self.failed.get(route) != Some(reason) {
+                        tracing::warn!(kind, %route, reason = %reason, "route not programmed");
                     }
                 }
                 let clean = now.is_empty();
@@ -57,11 +56,11 @@ impl OwnerHealth {
         self.error.as_deref()
     }
 
-    /// Why the route `id` is not programmed (`None`: it is).
-    pub(super) fn failure(&self, id: &str) -> Option<&str> {
+    /// Why `route` is not programmed (`None`: it is).
+    pub(super) fn failure(&self, route: &RouteRef) -> Option<&str> {
         self.error
             .as_deref()
-            .or_else(|| self.failed.get(id).map(String::as_str))
+            .or_else(|| self.failed.get(route).map(String::as_str))
     }
 }
 
@@ -144,7 +143,7 @@ impl Owners {
             RouteRef::Tcp(_) => &self.tcp_health,
             RouteRef::Http(_) => &self.http_health,
         };
-        health.failure(&route.id()).is_none()
+        health.failure(route).is_none()
     }
 
     /// The set last given to the owners (`None` before the first apply).

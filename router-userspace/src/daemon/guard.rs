@@ -77,8 +77,8 @@ impl MassRemovalGuard {
 pub(super) fn route_owners(set: &RouteSet) -> HashSet<String> {
     set.tcp
         .values()
-        .map(|r| r.owner.task_id.clone())
-        .chain(set.http.values().map(|r| r.owner.task_id.clone()))
+        .map(|r| r.owner.id.task_id.clone())
+        .chain(set.http.values().map(|r| r.owner.id.task_id.clone()))
         .collect()
 }
 

@@ -10,9 +10,10 @@ use crate::admin::{self, ClearmlStatus, RouteStatus, SharedStatus, Status};
 use crate::backoff::MAX_BACKOFF;
 use crate::clearml::{ApiError, Client};
 use crate::config::Config;
-use crate::ports::{EndpointKey, PortStats};
+use crate::endpoint::EndpointId;
+use crate::ports::PortStats;
 use crate::reconcile::{self, Kind, Refusal, Settings};
-use crate::routes::{RouteCounters, RouteSet};
+use crate::routes::{RouteCounters, RouteRef, RouteSet};
 use crate::routes_file::RoutesFile;
 use crate::time::now_millis;
 use std::collections::{BTreeMap, HashMap};
@@ -70,7 +71,7 @@ pub(super) struct Report {
     last_sync_duration: Duration,
     /// The requests the last plan refused, and the reasons already logged.
     refused: Vec<Refusal>,
-    logged_refusals: HashMap<(EndpointKey, String), String>,
+    logged_refusals: HashMap<(EndpointId, String), String>,
     counters: BTreeMap<u16, RouteCounters>,
     /// The last failure to save the state files (`None` once a save succeeds).
     state_error: Option<String>,
@@ -175,13 +176,10 @@ impl Report {
     fn log_refusals(&mut self, refused: &[Refusal]) {
         let mut now = HashMap::new();
         for r in refused {
-            let key = (
-                EndpointKey::new(r.task_id.clone(), r.endpoint.clone()),
-                r.kind.clone(),
-            );
+            let key = (r.owner.id.clone(), r.kind.clone());
             if self.logged_refusals.get(&key) != Some(&r.reason) {
-                tracing::warn!(task = %r.task_id, endpoint = %r.endpoint, kind = %r.kind,
-                    name = ?r.task_name, reason = %r.reason, "endpoint request refused");
+                tracing::warn!(task = %r.owner.id.task_id, endpoint = %r.owner.id.endpoint, kind = %r.kind,
+                    name = ?r.owner.task_name, reason = %r.reason, "endpoint request refused");
             }
             now.insert(key, r.reason.clone());
         }
@@ -256,21 +254,19 @@ impl Report {
         let empty = RouteSet::default();
         let wanted = facts.owners.applied().unwrap_or(&empty);
         let mut out = Vec::with_capacity(wanted.tcp.len() + wanted.http.len());
-        let state = |failure: Option<&str>, key: (EndpointKey, Kind)| match failure {
+        let state = |failure: Option<&str>, key: (EndpointId, Kind)| match failure {
             Some(reason) => format!("failed: {reason}"),
             None => facts.writes.state(&key).unwrap_or("active").to_string(),
         };
         for (port, r) in &wanted.tcp {
-            let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
+            let key = r.owner.id.clone();
             out.push(RouteStatus {
-                task_id: r.owner.task_id.clone(),
-                task_name: r.owner.task_name.clone(),
-                endpoint: r.owner.endpoint.clone(),
+                owner: r.owner.clone(),
                 kind: "tcp".into(),
                 router: port.to_string(),
                 upstream: r.upstream.to_string(),
                 state: state(
-                    facts.owners.tcp().failure(&port.to_string()),
+                    facts.owners.tcp().failure(&RouteRef::Tcp(*port)),
                     (key, Kind::Tcp),
                 ),
                 connections: self.counters.get(port).map(|c| c.connections),
@@ -278,20 +274,21 @@ impl Report {
             });
         }
         for (k, r) in &wanted.http {
-            let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
-            let url = if r.owner.task_id.starts_with("file:") {
-                reconcile::endpoint_url(facts.settings, &EndpointKey::new(k.clone(), ""), r.mode)
+            let key = r.owner.id.clone();
+            let url = if r.owner.id.task_id.starts_with("file:") {
+                reconcile::endpoint_url(facts.settings, &EndpointId::new(k.clone(), ""), r.mode)
             } else {
                 reconcile::endpoint_url(facts.settings, &key, r.mode)
             };
             out.push(RouteStatus {
-                task_id: r.owner.task_id.clone(),
-                task_name: r.owner.task_name.clone(),
-                endpoint: r.owner.endpoint.clone(),
+                owner: r.owner.clone(),
                 kind: "http".into(),
                 router: url,
                 upstream: r.upstream.to_string(),
-                state: state(facts.owners.http().failure(k), (key, Kind::Http)),
+                state: state(
+                    facts.owners.http().failure(&RouteRef::Http(k.clone())),
+                    (key, Kind::Http),
+                ),
                 connections: None,
                 bytes: None,
             });

@@ -247,9 +247,5 @@ fn log_route_changes(old: &RouteSet, new: &RouteSet) {
 }
 
 fn owner_text(o: &RouteOwner) -> String {
-    if o.endpoint.is_empty() {
-        format!("{} {:?}", o.task_id, o.task_name)
-    } else {
-        format!("{}__{} {:?}", o.task_id, o.endpoint, o.task_name)
-    }
+    format!("{} {:?}", o.id, o.task_name)
 }

@@ -3,7 +3,7 @@
 
 use super::apply::Owners;
 use crate::clearml::{ApiError, Client, WriteOutcome};
-use crate::ports::EndpointKey;
+use crate::endpoint::EndpointId;
 use crate::reconcile::{self, Kind, Settings, WriteBack};
 use crate::validate::UpstreamPolicy;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -13,7 +13,7 @@ use std::sync::Arc;
 const WRITE_CONCURRENCY: usize = 16;
 
 /// One endpoint's write: the task endpoint and the kind of route it is written for.
-type WriteKey = (EndpointKey, Kind);
+type WriteKey = (EndpointId, Kind);
 
 /// Endpoints whose write-back is pending or failed, with the state to show.
 #[derive(Debug, Default)]
@@ -95,7 +95,7 @@ impl WriteBacks {
                     .unwrap_or_default();
                 tracing::info!(
                     task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = ?wb.task_name,
-                    route = %wb.route.id(), written = %endpoint, attempts,
+                    route = %wb.route, written = %endpoint, attempts,
                     "endpoint written back"
                 );
                 self.states.remove(&state_key);

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
-use crate::routes::ApplyReport;
+use crate::routes::{ApplyReport, RouteRef};
 
 /// Counts what changed between two programmed sets; `same` says whether two versions of a route
 /// are served the same way.
 pub fn diff<K: Ord + Display, V>(
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
-    failed: Vec<(String, String)>,
+    failed: Vec<(RouteRef, String)>,
     same: impl Fn(&V, &V) -> bool,
 ) -> ApplyReport {
     let mut report = ApplyReport {

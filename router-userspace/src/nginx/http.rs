@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::{AuthConfig, HttpConfig, RouterConfig};
-use crate::routes::{HttpMode, HttpRoute};
+use crate::routes::{HttpMode, HttpRoute, RouteRef};
 
 use super::names::{self, NameError};
 
@@ -103,7 +103,7 @@ pub struct RenderedHttp {
     /// The routes the text serves.
     pub accepted: BTreeMap<String, HttpRoute>,
     /// Routes left out, with the reason.
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(RouteRef, String)>,
 }
 
 /// Renders the whole `http`-context file for `wanted`. Routes with an invalid key, upstream or
@@ -118,7 +118,7 @@ pub fn render(settings: &HttpSettings, wanted: &BTreeMap<String, HttpRoute>) -> 
             Ok(Some(label)) => host_routes.push((route, label)),
             Ok(None) => path_routes.push(route),
             Err(reason) => {
-                out.failed.push((map_key.clone(), reason));
+                out.failed.push((RouteRef::Http(map_key.clone()), reason));
                 continue;
             }
         }
@@ -294,6 +294,7 @@ fn proxy(t: &mut String, settings: &HttpSettings, pass: &str, prefix: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::EndpointId;
     use crate::routes::RouteOwner;
     use std::net::SocketAddrV4;
 
@@ -311,11 +312,7 @@ mod tests {
             key: key.into(),
             upstream: SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 8888),
             mode,
-            owner: RouteOwner {
-                task_id: key.into(),
-                task_name: "name".into(),
-                endpoint: String::new(),
-            },
+            owner: RouteOwner::new(EndpointId::new(key, String::new()), "name"),
         }
     }
 
@@ -400,8 +397,8 @@ mod tests {
     fn task_controlled_values_never_reach_the_text() {
         let mut evil = route("ok", HttpMode::Path);
         evil.owner.task_name = "x; } server { listen 1; $evil \"'\n".into();
-        evil.owner.endpoint = "}\n".into();
-        evil.owner.task_id = "../../etc".into();
+        evil.owner.id.endpoint = "}\n".into();
+        evil.owner.id.task_id = "../../etc".into();
         let plain = render(&settings(true), &set(&[route("ok", HttpMode::Path)]));
         let r = render(&settings(true), &set(&[evil]));
         assert_eq!(r.text, plain.text);

@@ -96,7 +96,7 @@ impl HttpRouter for NginxHttpRouter {
     fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> anyhow::Result<ApplyReport> {
         let rendered = http::render(&self.settings, wanted);
         for (key, reason) in &rendered.failed {
-            tracing::warn!(route = %key.escape_debug(), reason = %reason, "HTTP route left out of the nginx configuration");
+            tracing::warn!(route = %key, reason = %reason, "HTTP route left out of the nginx configuration");
         }
         self.nginx
             .install(Slot::Http, &rendered.text)

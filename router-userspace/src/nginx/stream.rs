@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener};
 
 use anyhow::Context as _;
 
-use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
+use crate::routes::{ApplyReport, RouteRef, TcpForwarder, TcpRoute};
 
 use super::diff::diff;
 use super::files::Slot;
@@ -26,7 +26,7 @@ const CONNECT_TIMEOUT: &str = "10s";
 pub struct RenderedStream {
     pub text: String,
     pub accepted: BTreeMap<u16, TcpRoute>,
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(RouteRef, String)>,
 }
 
 /// Renders the `stream`-context file. `port_free` is asked about ports not served yet: nginx
@@ -54,7 +54,7 @@ pub fn render(
             None
         };
         if let Some(reason) = problem {
-            out.failed.push((port.to_string(), reason));
+            out.failed.push((RouteRef::Tcp(port), reason));
             continue;
         }
         let _ = writeln!(
@@ -102,7 +102,7 @@ impl TcpForwarder for NginxStreamForwarder {
         let served: BTreeSet<u16> = self.programmed.keys().copied().collect();
         let rendered = render(wanted, &served, port_is_free);
         for (port, reason) in &rendered.failed {
-            tracing::warn!(port = %port, reason = %reason, "TCP route left out of the nginx stream configuration");
+            tracing::warn!(route = %port, reason = %reason, "TCP route left out of the nginx stream configuration");
         }
         self.nginx
             .install(Slot::Stream, &rendered.text)
@@ -121,6 +121,7 @@ impl TcpForwarder for NginxStreamForwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::EndpointId;
     use crate::routes::RouteOwner;
     use std::net::SocketAddrV4;
 
@@ -128,11 +129,7 @@ mod tests {
         TcpRoute {
             port,
             upstream: SocketAddrV4::new(Ipv4Addr::from(up), up_port),
-            owner: RouteOwner {
-                task_id: "t".into(),
-                task_name: "}; evil $x\n".into(),
-                endpoint: String::new(),
-            },
+            owner: RouteOwner::new(EndpointId::new("t", String::new()), "}; evil $x\n"),
         }
     }
 
@@ -170,8 +167,11 @@ mod tests {
         // 10006 is taken by someone else; 10007 looks taken but is ours already.
         let served = BTreeSet::from([10007]);
         let r = render(&wanted, &served, |p| p != 10006 && p != 10007);
-        let failed: Vec<&str> = r.failed.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(failed, ["10002", "10004", "10005", "10006"]);
+        let failed: Vec<&RouteRef> = r.failed.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            failed,
+            [10002, 10004, 10005, 10006].map(RouteRef::Tcp).each_ref()
+        );
         assert_eq!(
             r.accepted.keys().copied().collect::<Vec<_>>(),
             [10001, 10007]

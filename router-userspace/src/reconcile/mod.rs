@@ -31,12 +31,12 @@ mod urls;
 mod write_back;
 
 pub use limit::over_limit_reason;
-pub use naming::{http_key, subdomain_label};
+pub use naming::subdomain_label;
 pub use plan::{Plan, Reconciler};
 pub use request::{Kind, Parsed, Refusal, SERVICE_HTTP, SERVICE_TCP, Want, parse_task};
 pub use settings::Settings;
 pub use urls::endpoint_url;
-pub use write_back::{RouteRef, WriteBack, http_patch, recheck, tcp_patch};
+pub use write_back::{WriteBack, http_patch, recheck, tcp_patch};
 
 #[cfg(test)]
 mod fuzz;

@@ -1,15 +1,5 @@
-//! The names of an endpoint's route: its HTTP key and its DNS label.
-
-use crate::ports::EndpointKey;
-
-/// The `HttpRoute::key` of an endpoint: `task` or `task__name`.
-pub fn http_key(key: &EndpointKey) -> String {
-    if key.endpoint.is_empty() {
-        key.task_id.clone()
-    } else {
-        format!("{}__{}", key.task_id, key.endpoint)
-    }
-}
+//! The DNS label of an endpoint's route in subdomain mode (its HTTP key is the endpoint id's
+//! `Display`: `task` or `task__name`).
 
 /// The DNS label of a subdomain-mode endpoint: `task` or `task--name`.
 pub fn subdomain_label(task_id: &str, name: &str) -> Result<String, String> {

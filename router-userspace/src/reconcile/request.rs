@@ -4,8 +4,8 @@
 use super::naming::subdomain_label;
 use super::settings::Settings;
 use crate::clearml::task::{Task, runtime_key};
-use crate::ports::EndpointKey;
-use crate::routes::HttpMode;
+use crate::endpoint::EndpointId;
+use crate::routes::{HttpMode, RouteOwner};
 use crate::validate::{self, UpstreamPolicy};
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
@@ -16,9 +16,9 @@ pub const SERVICE_TCP: &str = "EXTERNAL_TCP";
 /// An endpoint request the router refused, with the reason (shown in the log and `status`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
-    pub task_id: String,
-    pub task_name: String,
-    pub endpoint: String,
+    /// Whose request: flattened, so the JSON keeps its `task_id`, `task_name` and `endpoint`.
+    #[serde(flatten)]
+    pub owner: RouteOwner,
     /// `tcp` or `http` (empty when the kind could not be told).
     #[serde(default)]
     pub kind: String,
@@ -28,11 +28,9 @@ pub struct Refusal {
 impl Refusal {
     /// `task`'s request for endpoint `key` of protocol `kind` (`None`: not told), refused for
     /// `reason`.
-    pub(super) fn new(task: &Task, key: EndpointKey, kind: Option<Kind>, reason: String) -> Self {
+    pub(super) fn new(task: &Task, key: EndpointId, kind: Option<Kind>, reason: String) -> Self {
         Refusal {
-            task_id: key.task_id,
-            task_name: validate::truncate(&task.name),
-            endpoint: key.endpoint,
+            owner: RouteOwner::new(key, validate::truncate(&task.name)),
             kind: kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
             reason,
         }
@@ -82,18 +80,18 @@ impl Want {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
     Request {
-        key: EndpointKey,
+        key: EndpointId,
         want: Want,
     },
     /// Refused; `kind` is `None` when the request could not be read that far.
     Refused {
-        key: EndpointKey,
+        key: EndpointId,
         kind: Option<Kind>,
         reason: String,
     },
     /// Claimed by another router.
     Foreign {
-        key: EndpointKey,
+        key: EndpointId,
         router: String,
     },
 }
@@ -101,7 +99,7 @@ pub enum Parsed {
 /// One readable request of a task during planning.
 pub(super) struct Req<'a> {
     pub(super) task: &'a Task,
-    pub(super) key: EndpointKey,
+    pub(super) key: EndpointId,
     pub(super) want: Want,
 }
 
@@ -181,7 +179,7 @@ pub fn parse_task(task: &Task, s: &Settings, policy: &UpstreamPolicy) -> Vec<Par
     }
     if let Err(reason) = validate::task_id(&task.id) {
         return vec![Parsed::Refused {
-            key: EndpointKey::new(validate::truncate(&task.id), ""),
+            key: EndpointId::new(validate::truncate(&task.id), ""),
             kind: None,
             reason,
         }];
@@ -192,14 +190,14 @@ pub fn parse_task(task: &Task, s: &Settings, policy: &UpstreamPolicy) -> Vec<Par
             Ok(name) => name,
             Err((name, reason)) => {
                 out.push(Parsed::Refused {
-                    key: EndpointKey::new(task.id.clone(), name),
+                    key: EndpointId::new(task.id.clone(), name),
                     kind: None,
                     reason,
                 });
                 continue;
             }
         };
-        let key = EndpointKey::new(task.id.clone(), name.as_str());
+        let key = EndpointId::new(task.id.clone(), name.as_str());
         if let Some(router) = task.runtime_str(&runtime_key("_ROUTER_NAME", &name))
             && router != s.router_name
         {
@@ -233,7 +231,7 @@ fn parse_endpoint(
     s: &Settings,
     policy: &UpstreamPolicy,
 ) -> Parsed {
-    let key = EndpointKey::new(task.id.clone(), name);
+    let key = EndpointId::new(task.id.clone(), name);
     let get = |base: &str| task.runtime_str(&runtime_key(base, name));
     let refuse = |reason: String| Parsed::Refused {
         key: key.clone(),
@@ -417,7 +415,7 @@ mod tests {
         let reasons: BTreeMap<&str, &str> = p
             .refused
             .iter()
-            .map(|f| (f.task_id.as_str(), f.reason.as_str()))
+            .map(|f| (f.owner.id.task_id.as_str(), f.reason.as_str()))
             .collect();
         assert!(reasons["a"].contains("loopback"), "{reasons:?}");
         assert!(reasons["b"].contains("not a port"), "{reasons:?}");
@@ -429,6 +427,6 @@ mod tests {
         assert!(reasons["h"].contains("neither path nor subdomain"));
         assert_eq!(p.refused.len(), 8);
         assert_eq!(p.routes.tcp.len(), 1);
-        assert_eq!(p.routes.tcp[&30000].owner.task_id, "ok");
+        assert_eq!(p.routes.tcp[&30000].owner.id.task_id, "ok");
     }
 }

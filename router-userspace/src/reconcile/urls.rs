@@ -1,14 +1,14 @@
 //! The URL of an HTTP endpoint, as written back to the task.
 
-use super::naming::{http_key, subdomain_label};
+use super::naming::subdomain_label;
 use super::settings::Settings;
-use crate::ports::EndpointKey;
+use crate::endpoint::EndpointId;
 use crate::routes::HttpMode;
 
 /// The URL written as `endpoint` / `browser_endpoint` (the one place it is built): path mode
 /// `{ROUTER_URL}/service/{key}/`; subdomain mode `{scheme}://{label}.{ROUTER_DOMAIN}[:port]/`
 /// with the scheme and port of `ROUTER_URL`.
-pub fn endpoint_url(s: &Settings, key: &EndpointKey, mode: HttpMode) -> String {
+pub fn endpoint_url(s: &Settings, key: &EndpointId, mode: HttpMode) -> String {
     match (mode, &s.domain) {
         (HttpMode::Subdomain, Some(domain)) => {
             let (scheme, rest) = s.url.split_once("://").unwrap_or(("http", &s.url));
@@ -20,7 +20,7 @@ pub fn endpoint_url(s: &Settings, key: &EndpointKey, mode: HttpMode) -> String {
             let label = subdomain_label(&key.task_id, &key.endpoint).unwrap_or_default();
             format!("{scheme}://{label}.{domain}{port}/")
         }
-        _ => format!("{}/service/{}/", s.url, http_key(key)),
+        _ => format!("{}/service/{}/", s.url, key),
     }
 }
 
@@ -48,7 +48,7 @@ mod tests {
         let def = &p.routes.http["abc"];
         assert_eq!(def.upstream, "10.0.0.5:7860".parse().unwrap());
         assert_eq!(def.mode, HttpMode::Path);
-        assert_eq!(p.routes.http["abc__api"].owner.endpoint, "api");
+        assert_eq!(p.routes.http["abc__api"].owner.id.endpoint, "api");
         assert_eq!(p.routes.http["abc__ui"].mode, HttpMode::Subdomain);
         let urls: BTreeMap<String, Value> = p
             .writes
@@ -77,7 +77,7 @@ mod tests {
     fn subdomain_urls_keep_the_router_port() {
         let mut s = settings();
         s.url = "http://203.0.113.7:8080".into();
-        let key = EndpointKey::new("abc", "");
+        let key = EndpointId::new("abc", "");
         assert_eq!(
             endpoint_url(&s, &key, HttpMode::Subdomain),
             "http://abc.apps.example.com:8080/"

@@ -5,33 +5,17 @@
 use super::request::{Parsed, Want, parse_task};
 use super::settings::Settings;
 use crate::clearml::task::{Task, runtime_key};
-use crate::ports::EndpointKey;
+use crate::endpoint::EndpointId;
+use crate::routes::RouteRef;
 use crate::validate::UpstreamPolicy;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
-/// Where a write-back's route lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RouteRef {
-    Tcp(u16),
-    Http(String),
-}
-
-impl RouteRef {
-    /// The id an owner's `ApplyReport::failed` uses for this route.
-    pub fn id(&self) -> String {
-        match self {
-            RouteRef::Tcp(port) => port.to_string(),
-            RouteRef::Http(key) => key.clone(),
-        }
-    }
-}
-
 /// Runtime keys to write on one task endpoint once its route is programmed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteBack {
-    pub key: EndpointKey,
+    pub key: EndpointId,
     pub task_name: String,
     pub route: RouteRef,
     /// The request the write answers; the write is skipped if the task changed it meanwhile.
@@ -152,7 +136,7 @@ mod tests {
         assert_eq!(p.routes.tcp.len(), 1);
         let route = &p.routes.tcp[&30000];
         assert_eq!(route.upstream, "10.1.2.3:22".parse().unwrap());
-        assert_eq!(route.owner.task_id, "t1");
+        assert_eq!(route.owner.id.task_id, "t1");
         assert_eq!(p.writes.len(), 1);
         let patch = &p.writes[0].patch;
         assert_eq!(patch["external_address"], json!("203.0.113.7"));

@@ -1,7 +1,7 @@
 use super::*;
 use crate::clearml::mock::{Fault, MockServer};
 use crate::daemon::report::new_status;
-use crate::routes::{ApplyReport, HttpRoute, RouteCounters, TcpRoute};
+use crate::routes::{ApplyReport, HttpRoute, RouteCounters, RouteRef, TcpRoute};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,7 +23,7 @@ impl TcpForwarder for Recorder {
             return Ok(ApplyReport {
                 failed: wanted
                     .keys()
-                    .map(|p| (p.to_string(), reason.clone()))
+                    .map(|p| (RouteRef::Tcp(*p), reason.clone()))
                     .collect(),
                 ..ApplyReport::default()
             });
@@ -225,7 +225,7 @@ async fn the_status_lists_a_route_before_its_endpoint_reaches_the_task() {
             let rows = s
                 .routes
                 .iter()
-                .map(|r| (r.task_id.clone(), r.kind.clone(), r.state.clone()))
+                .map(|r| (r.owner.id.task_id.clone(), r.kind.clone(), r.state.clone()))
                 .collect();
             seen_in_hook.lock().unwrap().push((s.clearml.tasks, rows));
         }

@@ -13,6 +13,7 @@ use router_tests::wait;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
 use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, SharedDatapath};
+use router_userspace::endpoint::EndpointId;
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -537,11 +538,7 @@ impl Bench {
                     .router
                     .enter(move || Datapath::open(&cfg))?
                     .context("open the datapath")?;
-                let owner = RouteOwner {
-                    task_id: "bench".into(),
-                    task_name: "bench".into(),
-                    endpoint: String::new(),
-                };
+                let owner = RouteOwner::new(EndpointId::new("bench", String::new()), "bench");
                 let routes: BTreeMap<u16, TcpRoute> =
                     [(bulk_port, iperf_port), (rr_port, backend_rr_port)]
                         .into_iter()
