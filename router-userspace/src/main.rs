@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use router_userspace::config::{self, Config, ENV_VARS, Sources};
+use router_userspace::config::show::Shown;
+use router_userspace::config::{self, Config, Sources};
 use router_userspace::logging::{self, LogFormat};
 use router_userspace::{admin, daemon, instance_lock};
 use std::path::PathBuf;
@@ -35,11 +36,11 @@ struct Cli {
 enum Command {
     /// Attach the datapath, sync routes from ClearML (and/or a routes file), write endpoints back
     /// and serve until SIGINT/SIGTERM.
-    #[command(after_long_help = variables_help())]
+    #[command(after_long_help = config::docs::help_table())]
     Run(ConfigArgs),
     /// Validate the whole configuration and print the effective values (secrets masked) with
     /// where each comes from. Exits 2 when something is wrong.
-    #[command(after_long_help = variables_help())]
+    #[command(after_long_help = config::docs::help_table())]
     CheckConfig(ConfigArgs),
     /// Show the running daemon's routes, refusals and health, read from its admin endpoint.
     Status(StatusArgs),
@@ -49,7 +50,7 @@ enum Command {
     /// runs on this instance (it holds ROUTER_STATE_DIR/task-router.lock) or on the same
     /// pins (it holds a lock on the ROUTER_BPFFS directory): stop it first; give it the
     /// configuration the daemon ran with. Safe to repeat.
-    #[command(after_long_help = variables_help())]
+    #[command(after_long_help = config::docs::help_table())]
     Uninstall(ConfigArgs),
 }
 
@@ -114,19 +115,6 @@ fn parse_assignment(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-fn variables_help() -> String {
-    let mut out = String::from("Variables (default in brackets):\n");
-    for v in ENV_VARS {
-        let default = if v.default.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", v.default)
-        };
-        out.push_str(&format!("  {}{default}\n      {}\n", v.name, v.help));
-    }
-    out
-}
-
 impl ConfigArgs {
     /// The flags as `(VARIABLE, value)` pairs.
     fn flags(&self, cli: &Cli) -> Vec<(String, String)> {
@@ -137,24 +125,9 @@ impl ConfigArgs {
             }
         };
         add("LOGGER_LEVEL", cli.log_level.clone());
-        add(
-            "LOG_FORMAT",
-            cli.log_format.map(|f| match f {
-                LogFormat::Text => "text".to_string(),
-                LogFormat::Json => "json".to_string(),
-            }),
-        );
+        add("LOG_FORMAT", cli.log_format.map(|f| f.shown()));
         if !self.interfaces.is_empty() {
-            let list = self
-                .interfaces
-                .iter()
-                .map(|(name, mode)| match mode {
-                    Some(m) => format!("{name}:{}", config::attach_mode_name(*m)),
-                    None => name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            add("ROUTER_INTERFACES", Some(list));
+            add("ROUTER_INTERFACES", Some(self.interfaces.shown()));
         }
         add("ROUTER_DATAPATH", self.mode.clone());
         add(

@@ -6,24 +6,11 @@
 
 use super::object::maps::TX_PORTS;
 use super::object::{DatapathError, TC_PROGRAM, XDP_PROGRAM, tc_program, xdp_program};
+use super::options::AttachMode;
 use aya::Ebpf;
 use aya::maps::DevMapHash;
 use aya::programs::{TcAttachType, XdpMode};
 use std::fmt;
-
-/// The mode asked for an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttachMode {
-    /// Native XDP on physical NICs that support it, TC elsewhere.
-    Auto,
-    /// Native (driver) XDP; fails where the driver has none.
-    Xdp,
-    /// Generic (skb) XDP: slow, only when asked.
-    XdpGeneric,
-    /// TC ingress (TCX link).
-    Tc,
-}
 
 /// The mode an interface actually got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -6,6 +6,7 @@
 use super::DatapathError;
 use super::clock::KernelClock;
 use super::object::maps::{CT_COUNT, CT4};
+use super::options::Pressure;
 use super::sys;
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use router_common::config::{CT_CREATED, CT_REMOVED};
@@ -42,36 +43,6 @@ impl Default for Timeouts {
             opening: Duration::from_secs(60),
             closing: Duration::from_secs(10),
             time_wait: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Early expiry when the table is nearly full (as Linux conntrack's early drop): a full table
-/// refuses new connections, so idle ones must not hold it for the whole established timeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pressure {
-    /// Live connections, in percent of the capacity, at which a sweep starts evicting.
-    pub high_percent: u8,
-    /// Live connections, in percent of the capacity, down to which a sweep evicts.
-    pub low_percent: u8,
-    /// An established connection that saw a packet within this is never evicted, however full
-    /// the table.
-    pub min_idle: Duration,
-}
-
-/// 30 s: longer than any pause inside one exchange of a working connection (a lost segment is
-/// retransmitted after 0.2 s, 0.4 s, ... and five back-offs in a row add up to about this; a
-/// request and its response follow each other within seconds), so an evicted connection was
-/// between exchanges, not in the middle of one; and short enough that holding the table now
-/// costs a packet per slot and per 30 s instead of one handshake per 6 h.
-pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(30);
-
-impl Default for Pressure {
-    fn default() -> Self {
-        Pressure {
-            high_percent: 90,
-            low_percent: 80,
-            min_idle: DEFAULT_MIN_IDLE,
         }
     }
 }

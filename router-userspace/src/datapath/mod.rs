@@ -26,6 +26,7 @@ pub mod conntrack;
 pub mod kernel_log;
 mod key_set;
 pub mod object;
+pub mod options;
 pub mod peer_devs;
 pub mod pins;
 pub mod port_flags;
@@ -36,16 +37,15 @@ pub mod sweeper;
 mod sys;
 pub mod test_run;
 
-pub use attach::{AttachMode, Attached, LinkChange, ResolvedMode};
-pub use conntrack::{
-    ConnState, Connection, Counters, DEFAULT_MIN_IDLE, Pressure, RouteCounters, SweepReport,
-    Timeouts,
-};
+pub use attach::{Attached, LinkChange, ResolvedMode};
+pub use conntrack::{ConnState, Connection, Counters, RouteCounters, SweepReport, Timeouts};
 pub use object::{DatapathError, load};
+pub use options::{
+    AttachMode, DEFAULT_MIN_IDLE, DEFAULT_NAT_SOURCE_PORTS, DatapathConfig, DatapathKind, Pressure,
+};
 pub use route_map::Programmed;
 pub use test_run::{Program, RunOutput};
 
-use crate::config::{DatapathConfig, DatapathKind};
 use crate::error::error_chain;
 use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
 use aya::Ebpf;
@@ -57,9 +57,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-/// NAT source ports probed when a client's own port is taken toward a backend. Above Linux's
-/// default ephemeral range (32768-60999), so they rarely meet the router host's own connections.
-pub const DEFAULT_NAT_SOURCE_PORTS: (u16, u16) = (61000, 65535);
 /// A removed route's ports stay in the kernel filter until a sweep that started this long after
 /// the removal found no connection on them.
 const PORT_LINGER: Duration = Duration::from_secs(1);
