@@ -7,8 +7,8 @@
 //! `reconcile` (tasks → wanted routes), `routes` (the wanted-route model and its owners'
 //! traits), `ports` (allocator), `routes_file`, `validate` (untrusted input), `admin`
 //! (health/status), `metrics` (`/metrics`), `daemon` (wiring) and `instance_lock` (one daemon
-//! per router instance). `error`, `fsutil`, `time` and `backoff` are helpers one floor below
-//! them all.
+//! per router instance). `endpoint` (the identity of a task endpoint), `error`, `fsutil`, `time`
+//! and `backoff` sit one floor below them all. `docs/architecture.md` maps the rooms.
 
 pub mod admin;
 pub mod auth;
