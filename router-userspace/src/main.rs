@@ -232,11 +232,9 @@ fn check_config(cli: &Cli, args: &ConfigArgs) -> ExitCode {
             cfg.tcp.allowed_upstreams.clone(),
             cfg.datapath.router_addresses.clone(),
         );
-        if let Err(e) = router_userspace::routes_file::RoutesFile::load(
-            path,
-            &policy,
-            cfg.http.domain.is_some(),
-        ) {
+        if let Err(e) =
+            router_userspace::routes_file::RoutesFile::load(path, &policy, cfg.routes_file_rules())
+        {
             eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
             return ExitCode::from(2);
         }

@@ -33,9 +33,11 @@ pub(super) fn cross_checks(cfg: &Config, read: &Read) -> Vec<ConfigError> {
             "CLEARML_API_HOST is set, and TCP endpoints are written back with it",
         );
     }
-    // A refused AUTH_ENABLED says nothing about whether a key is needed.
+    // A refused AUTH_ENABLED says nothing about whether a key is needed. Tasks may ask for HTTP
+    // endpoints at any time; a routes file is checked for HTTP entries when it is read
+    // (`Config::routes_file_rules`), so a TCP-only routes file needs no key.
     let auth = cfg.auth.enabled && !read.refused("AUTH_ENABLED");
-    if auth && cfg.auth.hmac_key.is_empty() && (clearml || cfg.routes_file.is_some()) {
+    if auth && cfg.auth.hmac_key.is_empty() && clearml {
         missing(
             "AUTH_BASE64_JWKS_KEY",
             "AUTH_ENABLED=true and HTTP routes may be served: set the key or AUTH_ENABLED=false",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::datapath::options::DatapathConfig;
 use crate::routes::HttpMode;
+use crate::routes_file::HttpRules;
 
 /// Everything `task-router run` needs, validated.
 #[derive(Clone, Debug)]
@@ -153,6 +154,14 @@ impl Config {
     /// Whether routes come from ClearML.
     pub fn clearml_enabled(&self) -> bool {
         self.clearml.api_host.is_some()
+    }
+
+    /// What the routes file may hold, given the HTTP and auth settings.
+    pub fn routes_file_rules(&self) -> HttpRules {
+        HttpRules {
+            domain_set: self.http.domain.is_some(),
+            auth_key_missing: self.auth.enabled && self.auth.hmac_key.is_empty(),
+        }
     }
 }
 

@@ -222,6 +222,25 @@ fn auth_key_is_required_when_auth_serves_routes() {
 }
 
 #[test]
+fn a_routes_file_without_clearml_needs_no_auth_key_until_it_holds_http_routes() {
+    // The README's first example: `run --interface eth0 --routes-file routes.toml`, no ClearML.
+    let c = ok(&[("ROUTER_ROUTES_FILE", "/etc/task-router/routes.toml")]);
+    let rules = c.routes_file_rules();
+    assert!(
+        rules.auth_key_missing,
+        "auth is on by default and no key is set"
+    );
+    let with_key = ok(&[
+        ("ROUTER_ROUTES_FILE", "/etc/task-router/routes.toml"),
+        (
+            "AUTH_BASE64_JWKS_KEY",
+            "c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2",
+        ),
+    ]);
+    assert!(!with_key.routes_file_rules().auth_key_missing);
+}
+
+#[test]
 fn datapath_and_interfaces() {
     let c = ok(&[
         ("ROUTER_DATAPATH", "tc"),

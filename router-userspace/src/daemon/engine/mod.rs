@@ -59,7 +59,7 @@ impl Engine {
         policy.set_own(own_addresses(&cfg));
         let routes_file = match &cfg.routes_file {
             Some(path) => Some(
-                RoutesFile::load(path, &policy, cfg.http.domain.is_some())
+                RoutesFile::load(path, &policy, cfg.routes_file_rules())
                     .map_err(|e| anyhow!(crate::error::error_chain(&e)))?,
             ),
             None => None,
