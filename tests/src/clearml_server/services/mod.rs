@@ -2,6 +2,7 @@
 //! authorization and its required fields, like the real server's `ServiceRepo` registry.
 
 mod misc;
+mod queueing;
 mod runtime;
 mod tasks;
 
@@ -134,8 +135,8 @@ pub static ENDPOINTS: &[Endpoint] = &[
     ep("tasks.failed", (2, 1), &["task"], tasks::failed),
     ep("tasks.close", (2, 1), &["task"], tasks::close),
     ep("tasks.ping", (2, 1), &["task"], tasks::ping),
-    ep("tasks.enqueue", (2, 1), &["task"], tasks::enqueue),
-    ep("tasks.dequeue", (2, 1), &["task"], tasks::dequeue),
+    ep("tasks.enqueue", (2, 1), &["task"], queueing::enqueue),
+    ep("tasks.dequeue", (2, 1), &["task"], queueing::dequeue),
     ep("tasks.delete", (2, 1), &["task"], tasks::delete),
     ep(
         "tasks.edit_hyper_params",
