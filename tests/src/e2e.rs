@@ -99,7 +99,7 @@ impl Testbed {
             .context("bind the ClearML server in the router namespace")?;
         let server = ClearmlServer::start_with(ServerOptions {
             listener: Some(listener),
-            ..ServerOptions::default()
+            ..ServerOptions::default().advanced()
         })?;
 
         let dir = tempfile::tempdir().context("temporary directory")?;

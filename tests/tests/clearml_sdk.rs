@@ -179,7 +179,7 @@ fn env(server: &ClearmlServer) -> SdkEnv {
 }
 
 fn tcp_and_http_reach_the_sdk(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let admin = server.admin();
     let mut task = SdkTask::start(version, &env(&server), None, "tcp and http").expect("SDK task");
     assert_eq!(
@@ -268,7 +268,7 @@ fn sdk_2_0_tcp_and_http_endpoints_come_from_the_router() {
 /// What a user does with `wait=True`: SDK 2.0 blocks until the router wrote
 /// `upstream_task_port`; SDK 2.1 may return its own address first, so it keeps polling.
 fn wait_true_then_poll(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let _router = RouterLoop::start(&server);
     let mut task = SdkTask::start(version, &env(&server), None, "wait").expect("SDK task");
     let got = task
@@ -316,7 +316,7 @@ fn sdk_2_0_wait_true() {
 
 #[test]
 fn sdk_newest_named_and_numbered_endpoints() {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let admin = server.admin();
     let mut task = SdkTask::start(newest(), &env(&server), None, "named").expect("SDK task");
     task.request(9000, "tcp", false, None).expect("default tcp");
@@ -363,7 +363,7 @@ fn sdk_newest_named_and_numbered_endpoints() {
 
 #[test]
 fn sdk_2_0_refuses_a_second_endpoint_of_one_protocol() {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let mut task =
         SdkTask::start(last_2_0(), &env(&server), None, "one per protocol").expect("task");
     task.request(9000, "tcp", false, None).expect("first tcp");
@@ -379,7 +379,7 @@ fn sdk_2_0_refuses_a_second_endpoint_of_one_protocol() {
 /// clearml-session writes the runtime keys and the tag itself (no feature-set check) and its
 /// client reads `external_address` / `external_tcp_port` back until the router rewrote them.
 fn session_way(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let admin = server.admin();
     let mut task = SdkTask::start(version, &env(&server), None, "session").expect("SDK task");
     task.session_request(TASK_IP, 10022)

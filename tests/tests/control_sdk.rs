@@ -2,8 +2,8 @@
 //! task-router's sync engine (recording route owners): `request_external_endpoint` for TCP and
 //! HTTP, a named endpoint, the clearml-session way, and the route going when the task stops.
 
-use router_tests::clearml_server::ClearmlServer;
 use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, sdk_versions};
+use router_tests::clearml_server::{ClearmlServer, ServerOptions};
 use router_tests::owners::{RecordingForwarder, RecordingRouter};
 use router_userspace::config::{Config, Sources};
 use router_userspace::daemon::{Engine, new_status};
@@ -106,7 +106,7 @@ fn last_2_0() -> &'static str {
 }
 
 fn the_sdk_gets_working_endpoints(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let router = RouterLoop::start(&server);
     let mut task = SdkTask::start(version, &env(&server), None, "endpoints").expect("SDK task");
     task.request(9000, "tcp", false, None).expect("request tcp");
@@ -179,7 +179,7 @@ fn sdk_2_0_gets_tcp_and_http_endpoints_from_task_router() {
 
 #[test]
 fn sdk_newest_named_endpoints_each_get_their_own_route() {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let router = RouterLoop::start(&server);
     let mut task = SdkTask::start(newest(), &env(&server), None, "named").expect("SDK task");
     // The three requests back to back, while the router polls every 200 ms: the SDK and the

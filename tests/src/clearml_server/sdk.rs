@@ -49,6 +49,9 @@ pub struct SdkEnv {
     /// `CLEARML_AGENT_HOST_IP`: the address the task reports as its own (`_ADDRESS`,
     /// `external_address`); the SDK's guess of the private IP otherwise.
     pub host_ip: Option<String>,
+    /// `CLEARML_API_HOST_VERIFY_CERT`: a CA bundle path (the SDK hands a value that is not a
+    /// boolean to `requests` as `verify`, clearml 2.1.7 `backend_api/utils.py:174-178`).
+    pub verify_cert: Option<String>,
 }
 
 impl SdkEnv {
@@ -59,6 +62,7 @@ impl SdkEnv {
             access_key: c.access_key,
             secret_key: c.secret_key,
             host_ip: None,
+            verify_cert: server.ca_pem().map(|p| p.to_string_lossy().into_owned()),
         }
     }
 }
@@ -98,6 +102,8 @@ impl SdkTask {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", home.path())
             .env("PYTHONUNBUFFERED", "1")
+            // No __pycache__ beside the scripts in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("CLEARML_API_HOST", &env.api_host)
             .env("CLEARML_WEB_HOST", &env.api_host)
             .env("CLEARML_FILES_HOST", &env.api_host)
@@ -109,6 +115,9 @@ impl SdkTask {
             .stderr(Stdio::piped());
         if let Some(ip) = &env.host_ip {
             cmd.env("CLEARML_AGENT_HOST_IP", ip);
+        }
+        if let Some(ca) = &env.verify_cert {
+            cmd.env("CLEARML_API_HOST_VERIFY_CERT", ca);
         }
         let mut child = cmd
             .spawn()
@@ -257,6 +266,24 @@ impl SdkTask {
             Duration::from_secs(60),
         )
         .map(|_| ())
+    }
+
+    /// The open-source way (`tests/python/oss_endpoint.py`, `request_endpoint`): the request
+    /// keys and the tag written with SDK calls that need no `advanced` feature set.
+    pub fn oss_request(&mut self, port: u16, protocol: &str, name: Option<&str>) -> Result<()> {
+        self.command(
+            json!({"cmd": "oss_request", "port": port, "protocol": protocol, "name": name}),
+            Duration::from_secs(60),
+        )
+        .map(|_| ())
+    }
+
+    /// `oss_endpoint.read_endpoint`: the endpoint the router wrote back, or null.
+    pub fn oss_read(&mut self, protocol: &str, name: Option<&str>) -> Result<Value> {
+        self.command(
+            json!({"cmd": "oss_read", "protocol": protocol, "name": name}),
+            Duration::from_secs(60),
+        )
     }
 
     /// `reload()` + the task's runtime properties as the SDK sees them.
