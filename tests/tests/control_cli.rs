@@ -367,3 +367,54 @@ fn status_without_a_daemon_says_what_is_wrong() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot reach the daemon"), "{stderr}");
 }
+
+/// The README's first example, a routes file with TCP routes only and no ClearML, needs no JWT
+/// key; an `[[http]]` entry without one is refused naming the fix. `uninstall` on such a router
+/// leaves nginx alone: it wrote no nginx file, so it neither tests nor reloads nginx (here the
+/// reload command would fail).
+#[test]
+fn a_tcp_only_router_needs_no_jwt_key_and_its_uninstall_leaves_nginx_alone() {
+    require_root();
+    let dir = temp_dir("tcp-only");
+    let routes = dir.path().join("routes.toml");
+    let tcp = "[[tcp]]\nport = 30001\nupstream = \"10.0.0.5:22\"\n";
+    std::fs::write(&routes, tcp).expect("write routes file");
+    let routes_arg = routes.to_str().expect("utf-8 path");
+    let out = task_router(&["check-config", "--routes-file", routes_arg])
+        .output()
+        .expect("check-config");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+
+    std::fs::write(
+        &routes,
+        format!("{tcp}[[http]]\nname = \"web\"\nupstream = \"10.0.0.6:80\"\n"),
+    )
+    .expect("write routes file");
+    let out = task_router(&["check-config", "--routes-file", routes_arg])
+        .output()
+        .expect("check-config");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("[[http]] #1") && stderr.contains("AUTH_BASE64_JWKS_KEY"),
+        "{stderr}"
+    );
+
+    std::fs::write(&routes, tcp).expect("write routes file");
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir(&nginx_dir).expect("nginx dir");
+    std::fs::write(nginx_dir.join("someone-else.conf"), "# not ours\n").expect("other file");
+    let out = task_router(&["uninstall", "--routes-file", routes_arg])
+        .env("ROUTER_STATE_DIR", dir.path().join("state"))
+        .env("ROUTER_BPFFS", dir.path().join("no-pins"))
+        .env("NGINX_CONF_DIR", &nginx_dir)
+        .env("NGINX_RELOAD_CMD", "false")
+        .env("NGINX_TEST_CMD", "false")
+        .output()
+        .expect("uninstall");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("no nginx files of task-router"), "{stdout}");
+    assert!(nginx_dir.join("someone-else.conf").exists());
+}
