@@ -2,6 +2,7 @@
 //!
 //! - [`ProgTestNet`]: one router namespace with two interfaces and permanent neighbour
 //!   entries, so BPF_PROG_TEST_RUN frames get deterministic next hops and MAC addresses.
+//! - [`ClientRouter`]: a client ns and a router ns linked by veth pairs.
 //! - [`Topology`]: client ns — router ns — backend ns (and a second backend ns), veth pairs;
 //!   optionally a container-like namespace behind a bridge in the router ns.
 
@@ -96,6 +97,43 @@ impl ProgTestNet {
             .trim()
             .parse()
             .with_context(|| format!("ifindex of {dev}"))
+    }
+}
+
+/// A client namespace and a router namespace linked by one veth pair per subnet: in
+/// `10.<n>.0.0/24` the client's end is `.1` and the router's end `.2`.
+pub struct ClientRouter {
+    pub client: Netns,
+    pub router: Netns,
+    /// `(client end, router end)` of each link, in the order of the subnets.
+    pub links: Vec<(VethEnd, VethEnd)>,
+}
+
+impl ClientRouter {
+    pub fn new(subnets: &[u8]) -> Result<ClientRouter> {
+        let client = Netns::new("trlc")?;
+        let router = Netns::new("trlr")?;
+        let links = subnets
+            .iter()
+            .map(|&n| {
+                veth(
+                    &client,
+                    Ipv4Addr::new(10, n, 0, 1),
+                    &router,
+                    Ipv4Addr::new(10, n, 0, 2),
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(ClientRouter {
+            client,
+            router,
+            links,
+        })
+    }
+
+    /// The router's end of link `i`.
+    pub fn router_end(&self, i: usize) -> &VethEnd {
+        &self.links[i].1
     }
 }
 

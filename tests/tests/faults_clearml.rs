@@ -12,12 +12,13 @@
 //! - once the server answers again the daemon heals without a restart: state `ok`, nothing
 //!   degraded, and a task that asked for a route during the outage is routed.
 
-use router_tests::clearml_server::{ClearmlServer, FaultKind, ServerOptions, TaskSpec};
+use router_tests::clearml_server::{ClearmlServer, FaultKind, TaskSpec};
 use router_tests::http_client;
+use router_tests::scenario::{DaemonSetup, clearml_server_in};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::wait;
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use router_tests::{daemon::Daemon, require_root};
 use serde_json::{Value, json};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -33,10 +34,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn admin_get(t: &Topology, path: &'static str) -> http_client::Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    t.router
-        .enter(move || http_client::get(addr, path, &[]))
-        .expect("enter the router namespace")
-        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+    http_client::get_in(&t.router, addr, path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
 }
 
 fn status(t: &Topology) -> Value {
@@ -72,7 +70,14 @@ struct Rig {
     server_addr: SocketAddr,
     _echo: EchoServer,
     daemon: Daemon,
-    _state: tempfile::TempDir,
+}
+
+/// See [`Rig::before_the_fault`].
+struct Before {
+    ports: Vec<u16>,
+    runtimes: Vec<(String, serde_json::Map<String, Value>)>,
+    long: Client,
+    edits: u64,
 }
 
 impl Rig {
@@ -80,16 +85,7 @@ impl Rig {
         let t = Topology::new().expect("topology");
         let echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
             .expect("echo server");
-        let listener = t
-            .router
-            .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("enter")
-            .expect("bind the API server in the router namespace");
-        let server = ClearmlServer::start_with(ServerOptions {
-            listener: Some(listener),
-            ..ServerOptions::default()
-        })
-        .expect("server");
+        let server = clearml_server_in(&t.router);
         let admin = server.admin();
         let ids = (0..tasks)
             .map(|i| {
@@ -99,32 +95,17 @@ impl Rig {
                 ))
             })
             .collect();
-        let state = tempfile::tempdir().expect("state dir");
-        let creds = server.credentials();
-        let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
-        cmd.args([
-            "run",
-            "--interface",
-            &format!("{}:tc", t.router_client.dev),
-            "--interface",
-            &format!("{}:tc", t.router_backend.dev),
-            "--poll-interval",
-            "100ms",
-            "--admin-addr",
-            &format!("127.0.0.1:{ADMIN_PORT}"),
-        ])
-        .env("CLEARML_API_HOST", server.url())
-        .env("CLEARML_API_ACCESS_KEY", creds.access_key)
-        .env("CLEARML_API_SECRET_KEY", creds.secret_key)
-        .env("TCP_ROUTER_ADDRESS", t.router_addr().to_string())
-        .env("TCP_PORT_START", PORT_START.to_string())
-        .env("TCP_PORT_END", PORT_END.to_string())
-        .env("ROUTER_NAME", "edge-faults")
-        .env("AUTH_ENABLED", "false")
-        .env("ROUTER_API_TIMEOUT", "1s")
-        .env("ROUTER_STATE_DIR", state.path());
-        let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-        daemon.wait_for_log("ready", WAIT);
+        let daemon = DaemonSetup::tc_on(&t)
+            .args(["--poll-interval", "100ms"])
+            .admin_port(ADMIN_PORT)
+            .clearml(&server)
+            .env("TCP_ROUTER_ADDRESS", t.router_addr().to_string())
+            .env("TCP_PORT_START", PORT_START.to_string())
+            .env("TCP_PORT_END", PORT_END.to_string())
+            .env("ROUTER_NAME", "edge-faults")
+            .env("AUTH_ENABLED", "false")
+            .env("ROUTER_API_TIMEOUT", "1s")
+            .start(WAIT);
         let server_addr = server.addr();
         (
             Rig {
@@ -133,10 +114,29 @@ impl Rig {
                 server_addr,
                 _echo: echo,
                 daemon,
-                _state: state,
             },
             ids,
         )
+    }
+
+    /// What holds before a fault: the ports written on `ids`, their runtimes, an open
+    /// connection through the route of `ids[long_on]` (echoed once) and the writes so far.
+    fn before_the_fault(&self, ids: &[String], long_on: usize) -> Before {
+        let ports: Vec<u16> = ids.iter().map(|id| self.written_port(id)).collect();
+        let admin = self.server.admin();
+        let runtimes = ids
+            .iter()
+            .map(|id| (id.clone(), admin.runtime(id)))
+            .collect();
+        let mut long = self.connect(ports[long_on]);
+        long.echo_random(64 * KIB, 16 * KIB, |_| {})
+            .expect("echo before the fault");
+        Before {
+            ports,
+            runtimes,
+            long,
+            edits: admin.calls("tasks.edit"),
+        }
     }
 
     /// The router port written on `task`, once written.
@@ -248,16 +248,13 @@ fn wait_healed(rig: &Rig, what: &str) {
 fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     require_root();
     let (mut rig, ids) = Rig::start(2);
-    let ports: Vec<u16> = ids.iter().map(|id| rig.written_port(id)).collect();
+    let Before {
+        ports,
+        runtimes,
+        mut long,
+        edits,
+    } = rig.before_the_fault(&ids, 0);
     let admin = rig.server.admin();
-    let runtimes: Vec<_> = ids
-        .iter()
-        .map(|id| (id.clone(), admin.runtime(id)))
-        .collect();
-    let mut long = rig.connect(ports[0]);
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
-        .expect("echo before any fault");
-    let edits = admin.calls("tasks.edit");
 
     // Expected for each: the listing fails for at least 6 cycles; everything above holds; then
     // it heals by itself once the fault is lifted.
@@ -352,11 +349,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     long.finish().expect("close");
     let log = rig.daemon.log();
     assert!(log.contains("ClearML API reachable again"), "{log}");
-    let exit = rig
-        .daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(exit.success(), "daemon exit {exit}; log:\n{log}");
+    rig.daemon.terminate();
 }
 
 /// A task list that suddenly lacks every task (the listing and the by-id confirmation both
@@ -371,16 +364,13 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
 fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
     require_root();
     let (mut rig, ids) = Rig::start(3);
-    let ports: Vec<u16> = ids.iter().map(|id| rig.written_port(id)).collect();
+    let Before {
+        ports,
+        runtimes,
+        mut long,
+        edits,
+    } = rig.before_the_fault(&ids, 1);
     let admin = rig.server.admin();
-    let runtimes: Vec<_> = ids
-        .iter()
-        .map(|id| (id.clone(), admin.runtime(id)))
-        .collect();
-    let mut long = rig.connect(ports[1]);
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
-        .expect("echo before the fault");
-    let edits = admin.calls("tasks.edit");
 
     // One cycle's answers (the listing, then the by-id confirmation) say there are no tasks.
     admin.inject(FaultKind::Empty, 2, Some("tasks.get_all"));
@@ -420,9 +410,5 @@ fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
         assert_eq!(rig.written_port(id), *port, "a task lost its port");
     }
     let _ = long.finish();
-    let exit = rig
-        .daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(exit.success());
+    rig.daemon.terminate();
 }

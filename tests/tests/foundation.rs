@@ -2,8 +2,10 @@
 //! traffic without disturbing it, and the daemon detaches cleanly on SIGTERM.
 
 use router_common::stats::{Hook, StatReason};
-use router_tests::netns::{Netns, veth};
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use router_tests::netns::Netns;
+use router_tests::require_root;
+use router_tests::scenario::DaemonSetup;
+use router_tests::topology::ClientRouter;
 use router_userspace::datapath::{self, AttachMode, ResolvedMode};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -50,16 +52,12 @@ fn echo_through(client: &Netns, server: &Netns, server_addr: Ipv4Addr, len: usiz
 
 fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, hook: Hook) {
     require_root();
-    let client = Netns::new("trfc").expect("client ns");
-    let router = Netns::new("trfr").expect("router ns");
-    let (c_end, r_end) = veth(
-        &client,
-        Ipv4Addr::new(10, 201, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 201, 0, 2),
-    )
-    .expect("veth");
-    let _ = c_end;
+    let ClientRouter {
+        client,
+        router,
+        links,
+    } = ClientRouter::new(&[201]).expect("client and router namespaces");
+    let r_end = &links[0].1;
     let dev = r_end.dev.clone();
     let ebpf = router
         .enter(move || -> anyhow::Result<_> {
@@ -111,38 +109,20 @@ fn attached_programs(ns: &Netns, dev: &str) -> String {
 #[test]
 fn daemon_reports_modes_and_detaches_on_sigterm() {
     require_root();
-    let client = Netns::new("trdc").expect("client ns");
-    let router = Netns::new("trdr").expect("router ns");
-    let (_c, r1) = veth(
-        &client,
-        Ipv4Addr::new(10, 202, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 202, 0, 2),
-    )
-    .expect("veth 1");
-    let (_c2, r2) = veth(
-        &client,
-        Ipv4Addr::new(10, 203, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 203, 0, 2),
-    )
-    .expect("veth 2");
-    // Its own state directory: it holds the instance lock, which the default
+    let ClientRouter {
+        client,
+        router,
+        links,
+    } = ClientRouter::new(&[202, 203]).expect("client and router namespaces");
+    let (r1, r2) = (&links[0].1, &links[1].1);
+    // Its own state directory (the setup's): it holds the instance lock, which the default
     // (/var/lib/task-router) would share with any other daemon on the machine.
-    let state = tempfile::tempdir().expect("state dir");
-    let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args([
-        "run",
-        "--interface",
-        &format!("{}:xdp", r1.dev),
-        "--interface",
-        &r2.dev,
-        "--state-dir",
-        state.path().to_str().expect("utf-8 path"),
+    let mut daemon = DaemonSetup::new(&router)
+        .interface_as(&r1.dev, "xdp")
+        .interface(&r2.dev)
         // The default leaves the programs attached for the next daemon (see ops_restart).
-        "--detach-on-exit",
-    ]);
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+        .args(["--detach-on-exit"])
+        .spawn();
     let line = daemon.wait_for_log(
         &format!("attached interface={}", r1.dev),
         Duration::from_secs(20),
@@ -161,14 +141,7 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
     assert!(attached_programs(&router, &r2.dev).contains("task_router_tc"));
     echo_through(&client, &router, r2.addr, 64 * 1024);
 
-    let log_before_stop = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop daemon");
-    assert!(
-        status.success(),
-        "daemon exit {status}; log:\n{log_before_stop}"
-    );
+    daemon.terminate();
     assert!(!attached_programs(&router, &r1.dev).contains("task_router"));
     assert!(!attached_programs(&router, &r2.dev).contains("task_router"));
 }
@@ -178,11 +151,7 @@ fn daemon_refuses_unknown_interface_with_a_clear_error() {
     require_root();
     let router = Netns::new("trer").expect("router ns");
     // Its own state directory (the instance lock), so no other daemon on the machine matters.
-    let state = tempfile::tempdir().expect("state dir");
-    let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args(["run", "--interface", "nosuch0"])
-        .env("ROUTER_STATE_DIR", state.path());
-    let out = cmd.output().expect("run daemon");
+    let out = DaemonSetup::new(&router).interface("nosuch0").run_to_end();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
