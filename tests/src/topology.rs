@@ -21,9 +21,16 @@ fn mac_str(m: &Mac) -> String {
 
 /// A router namespace for BPF_PROG_TEST_RUN: `client_dev` (10.70.1.1/24) toward a client at
 /// 10.70.1.2, `backend_dev` (10.70.2.1/24) toward a backend at 10.70.2.2; a second backend at
-/// 10.70.2.3 has no neighbour entry. Forwarding is on (fib look-ups need it).
+/// 10.70.2.3 has no neighbour entry. Forwarding is on (fib look-ups need it). Its addresses
+/// ([`ProgTestAddrs`]) are its fields too.
 pub struct ProgTestNet {
     pub ns: Netns,
+    pub addrs: ProgTestAddrs,
+}
+
+/// The devices and addresses of a [`ProgTestNet`], usable inside it.
+#[derive(Clone, Debug)]
+pub struct ProgTestAddrs {
     pub client_dev: String,
     pub backend_dev: String,
     pub client_dev_mac: Mac,
@@ -37,22 +44,32 @@ pub struct ProgTestNet {
     pub backend_unresolved: Ipv4Addr,
 }
 
+impl std::ops::Deref for ProgTestNet {
+    type Target = ProgTestAddrs;
+
+    fn deref(&self) -> &ProgTestAddrs {
+        &self.addrs
+    }
+}
+
 impl ProgTestNet {
     pub fn new() -> Result<ProgTestNet> {
         let ns = Netns::new("trpt")?;
         let net = ProgTestNet {
             ns,
-            client_dev: "dclient".into(),
-            backend_dev: "dbackend".into(),
-            client_dev_mac: [0x02, 0x10, 0, 0, 0, 0x01],
-            backend_dev_mac: [0x02, 0x10, 0, 0, 0, 0x02],
-            router: Ipv4Addr::new(10, 70, 1, 1),
-            client: Ipv4Addr::new(10, 70, 1, 2),
-            client_mac: [0x02, 0x20, 0, 0, 0, 0x02],
-            nat_source: Ipv4Addr::new(10, 70, 2, 1),
-            backend: Ipv4Addr::new(10, 70, 2, 2),
-            backend_mac: [0x02, 0x30, 0, 0, 0, 0x02],
-            backend_unresolved: Ipv4Addr::new(10, 70, 2, 3),
+            addrs: ProgTestAddrs {
+                client_dev: "dclient".into(),
+                backend_dev: "dbackend".into(),
+                client_dev_mac: [0x02, 0x10, 0, 0, 0, 0x01],
+                backend_dev_mac: [0x02, 0x10, 0, 0, 0, 0x02],
+                router: Ipv4Addr::new(10, 70, 1, 1),
+                client: Ipv4Addr::new(10, 70, 1, 2),
+                client_mac: [0x02, 0x20, 0, 0, 0, 0x02],
+                nat_source: Ipv4Addr::new(10, 70, 2, 1),
+                backend: Ipv4Addr::new(10, 70, 2, 2),
+                backend_mac: [0x02, 0x30, 0, 0, 0, 0x02],
+                backend_unresolved: Ipv4Addr::new(10, 70, 2, 3),
+            },
         };
         for (dev, mac, addr) in [
             (&net.client_dev, net.client_dev_mac, "10.70.1.1/24"),

@@ -184,13 +184,10 @@ fn get_in(ns: &Netns, addr: SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn admin_endpoint_status_command_and_routes_file_reload() {
     require_root();
-    let ClientRouter {
-        client,
-        router,
-        links,
-    } = ClientRouter::new(&[204, 205]).expect("client and router namespaces");
-    let (r1, r2) = (&links[0].1, &links[1].1);
-    let setup = DaemonSetup::new(&router)
+    let net = ClientRouter::new(&[204, 205]).expect("client and router namespaces");
+    let (client, router) = (&net.client, &net.router);
+    let (r1, r2) = (net.router_end(0), net.router_end(1));
+    let setup = DaemonSetup::new(router)
         .interface(&r1.dev)
         .routes(
             "[[tcp]]\nport = 30001\nupstream = \"10.204.0.1:8888\"\nname = \"echo\"\n\
@@ -215,16 +212,16 @@ fn admin_endpoint_status_command_and_routes_file_reload() {
 
     // Loopback inside the router namespace is served.
     let admin: SocketAddr = "127.0.0.1:9180".parse().expect("addr");
-    let (code, body) = get_in(&router, admin, "/healthz");
+    let (code, body) = get_in(router, admin, "/healthz");
     assert_eq!((code, body.trim()), (200, "ok"));
-    let (code, body) = get_in(&router, admin, "/readyz");
+    let (code, body) = get_in(router, admin, "/readyz");
     assert_eq!((code, body.trim()), (200, "ready"));
     // From another host: refused unless inside ROUTER_ADMIN_ALLOW.
     let not_allowed = SocketAddr::from((r1.addr, 9180));
-    let (code, _) = get_in(&client, not_allowed, "/status");
+    let (code, _) = get_in(client, not_allowed, "/status");
     assert_eq!(code, 403, "a caller outside ROUTER_ADMIN_ALLOW is refused");
     let allowed = SocketAddr::from((r2.addr, 9180));
-    let (code, body) = get_in(&client, allowed, "/status");
+    let (code, body) = get_in(client, allowed, "/status");
     assert_eq!(code, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
     assert_eq!(json["ready"], true);

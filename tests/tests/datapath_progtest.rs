@@ -485,45 +485,27 @@ fn established_connection_is_translated_both_ways(program: Program) {
     );
 }
 
-fn rst_and_stray_segments_never_create_connections(program: Program) {
-    run_table(
-        program,
-        passing::rst_and_stray_segments_never_create_connections,
-    );
+/// Scenarios that are one table and nothing else.
+macro_rules! tables {
+    ($($name:ident in $cases:ident),+ $(,)?) => {$(
+        fn $name(program: Program) {
+            run_table(program, $cases::$name);
+        }
+    )+};
 }
 
-fn syn_without_route_passes_to_the_stack(program: Program) {
-    run_table(program, passing::syn_without_route_passes_to_the_stack);
-}
-
-fn route_change_affects_new_connections_only(program: Program) {
-    run_table(
-        program,
-        translation::route_change_affects_new_connections_only,
-    );
-}
-
-fn taken_source_port_is_probed_and_exhaustion_counted(program: Program) {
-    run_table(
-        program,
-        translation::taken_source_port_is_probed_and_exhaustion_counted,
-    );
-}
-
-fn truncated_and_malformed_headers_pass_untouched(program: Program) {
-    run_table(
-        program,
-        passing::truncated_and_malformed_headers_pass_untouched,
-    );
-}
-
-fn icmp_errors_are_translated_back(program: Program) {
-    run_table(program, translation::icmp_errors_are_translated_back);
-}
-
-fn traffic_not_for_the_range_passes_untouched(program: Program) {
-    run_table(program, passing::traffic_not_for_the_range_passes_untouched);
-}
+tables!(
+    rst_and_stray_segments_never_create_connections in passing,
+    syn_without_route_passes_to_the_stack in passing,
+    route_change_affects_new_connections_only in translation,
+    taken_source_port_is_probed_and_exhaustion_counted in translation,
+    truncated_and_malformed_headers_pass_untouched in passing,
+    icmp_errors_are_translated_back in translation,
+    traffic_not_for_the_range_passes_untouched in passing,
+    ttl_that_would_expire_is_dropped in limits,
+    oversized_frames_are_not_forwarded_blindly in limits,
+    handshake_mss_is_clamped_to_the_links in translation,
+);
 
 fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
     run_table(
@@ -533,18 +515,6 @@ fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
     if program == Program::Xdp {
         run_table(program, limits::xdp_hands_over_what_it_cannot_redirect_to);
     }
-}
-
-fn ttl_that_would_expire_is_dropped(program: Program) {
-    run_table(program, limits::ttl_that_would_expire_is_dropped);
-}
-
-fn oversized_frames_are_not_forwarded_blindly(program: Program) {
-    run_table(program, limits::oversized_frames_are_not_forwarded_blindly);
-}
-
-fn handshake_mss_is_clamped_to_the_links(program: Program) {
-    run_table(program, translation::handshake_mss_is_clamped_to_the_links);
 }
 
 fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {

@@ -60,7 +60,7 @@ fn daemon_starts_and_is_healthy_with_only_the_compose_capabilities() {
     let bpffs = BpffsDir::new("trdep");
     let state = tempfile::tempdir().expect("state dir");
     let mut daemon = Daemon::spawn(daemon_with_caps(
-        &router,
+        router,
         &r.dev,
         &caps,
         &bpffs,
@@ -68,7 +68,7 @@ fn daemon_starts_and_is_healthy_with_only_the_compose_capabilities() {
     ))
     .expect("start the daemon under setpriv");
     daemon.wait_for_log("ready", Duration::from_secs(30));
-    let attached = router_tests::attached::program_names(&router, &r.dev).expect("query");
+    let attached = router_tests::attached::program_names(router, &r.dev).expect("query");
     assert!(
         attached.iter().any(|p| p == "task_router_tc"),
         "attached: {attached:?}\n{}",

@@ -72,8 +72,11 @@ struct Rig {
     daemon: Daemon,
 }
 
-/// See [`Rig::before_the_fault`].
-struct Before {
+/// What holds before a fault (see [`Rig::start`]).
+struct Baseline {
+    /// The tasks that asked for a route.
+    ids: Vec<String>,
+    /// The router port written on each.
     ports: Vec<u16>,
     runtimes: Vec<(String, serde_json::Map<String, Value>)>,
     long: Client,
@@ -81,13 +84,16 @@ struct Before {
 }
 
 impl Rig {
-    fn start(tasks: usize) -> (Rig, Vec<String>) {
+    /// The daemon routing `tasks` tasks, and what holds before a fault: their written ports
+    /// and runtimes, an open connection through the route of task `long_on` (echoed once),
+    /// the writes so far.
+    fn start(tasks: usize, long_on: usize) -> (Rig, Baseline) {
         let t = Topology::new().expect("topology");
         let echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
             .expect("echo server");
         let server = clearml_server_in(&t.router);
         let admin = server.admin();
-        let ids = (0..tasks)
+        let ids: Vec<String> = (0..tasks)
             .map(|i| {
                 admin.create_task(running(
                     &format!("app{i}"),
@@ -107,21 +113,18 @@ impl Rig {
             .env("ROUTER_API_TIMEOUT", "1s")
             .start(WAIT);
         let server_addr = server.addr();
-        (
-            Rig {
-                t,
-                server,
-                server_addr,
-                _echo: echo,
-                daemon,
-            },
-            ids,
-        )
+        let rig = Rig {
+            t,
+            server,
+            server_addr,
+            _echo: echo,
+            daemon,
+        };
+        let baseline = rig.baseline(ids, long_on);
+        (rig, baseline)
     }
 
-    /// What holds before a fault: the ports written on `ids`, their runtimes, an open
-    /// connection through the route of `ids[long_on]` (echoed once) and the writes so far.
-    fn before_the_fault(&self, ids: &[String], long_on: usize) -> Before {
+    fn baseline(&self, ids: Vec<String>, long_on: usize) -> Baseline {
         let ports: Vec<u16> = ids.iter().map(|id| self.written_port(id)).collect();
         let admin = self.server.admin();
         let runtimes = ids
@@ -131,7 +134,8 @@ impl Rig {
         let mut long = self.connect(ports[long_on]);
         long.echo_random(64 * KIB, 16 * KIB, |_| {})
             .expect("echo before the fault");
-        Before {
+        Baseline {
+            ids,
             ports,
             runtimes,
             long,
@@ -187,14 +191,9 @@ fn failed_cycles(s: &Value) -> u64 {
 }
 
 /// Everything that must hold while a fault lasts (see the module comment).
-fn assert_forwarding_and_degraded(
-    rig: &Rig,
-    long: &mut Client,
-    ports: &[u16],
-    runtimes: &[(String, serde_json::Map<String, Value>)],
-    edits: u64,
-    reason: &str,
-) {
+fn assert_forwarding_and_degraded(rig: &Rig, baseline: &mut Baseline, reason: &str) {
+    let (ports, runtimes, edits) = (&baseline.ports, &baseline.runtimes, baseline.edits);
+    let long = &mut baseline.long;
     long.echo_random(64 * KIB, 16 * KIB, |_| {})
         .unwrap_or_else(|e| panic!("{reason}: the open connection broke: {e:#}"));
     for port in ports {
@@ -247,13 +246,7 @@ fn wait_healed(rig: &Rig, what: &str) {
 #[test]
 fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     require_root();
-    let (mut rig, ids) = Rig::start(2);
-    let Before {
-        ports,
-        runtimes,
-        mut long,
-        edits,
-    } = rig.before_the_fault(&ids, 0);
+    let (mut rig, mut baseline) = Rig::start(2, 0);
     let admin = rig.server.admin();
 
     // Expected for each: the listing fails for at least 6 cycles; everything above holds; then
@@ -284,7 +277,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         assert_eq!(s["clearml"]["state"], "error", "{what}: {s:#}");
         let error = s["clearml"]["error"].as_str().unwrap_or_default();
         assert!(error.contains(in_error), "{what}: error {error:?}");
-        assert_forwarding_and_degraded(&rig, &mut long, &ports, &runtimes, edits, what);
+        assert_forwarding_and_degraded(&rig, &mut baseline, what);
         admin.clear_faults();
         wait_healed(&rig, what);
     }
@@ -305,7 +298,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         failed,
         "the expired token failed a cycle"
     );
-    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(admin.calls("tasks.edit"), baseline.edits);
 
     // The server gone (connection refused) for many cycles.
     let before = failed_cycles(&status(&rig.t));
@@ -327,7 +320,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         "asked during the outage",
         tcp_request(rig.t.backend_end.addr, BACKEND_PORT),
     ));
-    assert_forwarding_and_degraded(&rig, &mut long, &ports, &runtimes, edits, "the server down");
+    assert_forwarding_and_degraded(&rig, &mut baseline, "the server down");
     let listener = rig
         .t
         .router
@@ -344,9 +337,11 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         .finish()
         .expect("the late task's route");
 
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
+    baseline
+        .long
+        .echo_random(64 * KIB, 16 * KIB, |_| {})
         .expect("the open connection outlived every fault");
-    long.finish().expect("close");
+    baseline.long.finish().expect("close");
     let log = rig.daemon.log();
     assert!(log.contains("ClearML API reachable again"), "{log}");
     rig.daemon.terminate();
@@ -363,13 +358,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
 #[test]
 fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
     require_root();
-    let (mut rig, ids) = Rig::start(3);
-    let Before {
-        ports,
-        runtimes,
-        mut long,
-        edits,
-    } = rig.before_the_fault(&ids, 1);
+    let (mut rig, mut baseline) = Rig::start(3, 1);
     let admin = rig.server.admin();
 
     // One cycle's answers (the listing, then the by-id confirmation) say there are no tasks.
@@ -381,15 +370,17 @@ fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
             && s["clearml"]["held_removals"].as_u64() == Some(0)
     });
     assert_eq!(metric(&rig.t, "task_router_clearml_held_cycles_total"), 1.0);
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
+    baseline
+        .long
+        .echo_random(64 * KIB, 16 * KIB, |_| {})
         .expect("the open connection survived the empty answer");
-    for port in &ports {
+    for port in &baseline.ports {
         rig.connect(*port).finish().expect("new connection");
     }
-    for (id, before) in &runtimes {
-        assert_eq!(&admin.runtime(id), before, "written endpoint changed");
+    for (id, runtime) in &baseline.runtimes {
+        assert_eq!(&admin.runtime(id), runtime, "written endpoint changed");
     }
-    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(admin.calls("tasks.edit"), baseline.edits);
     let s = status(&rig.t);
     assert_eq!(s["routes"].as_array().map(Vec::len), Some(3), "{s:#}");
 
@@ -406,9 +397,9 @@ fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
     rig.wait_status("the routes back", |s| {
         s["routes"].as_array().map(Vec::len) == Some(3)
     });
-    for (id, port) in ids.iter().zip(&ports) {
+    for (id, port) in baseline.ids.iter().zip(&baseline.ports) {
         assert_eq!(rig.written_port(id), *port, "a task lost its port");
     }
-    let _ = long.finish();
+    let _ = baseline.long.finish();
     rig.daemon.terminate();
 }

@@ -52,12 +52,8 @@ fn echo_through(client: &Netns, server: &Netns, server_addr: Ipv4Addr, len: usiz
 
 fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, hook: Hook) {
     require_root();
-    let ClientRouter {
-        client,
-        router,
-        links,
-    } = ClientRouter::new(&[201]).expect("client and router namespaces");
-    let r_end = &links[0].1;
+    let net = ClientRouter::new(&[201]).expect("client and router namespaces");
+    let (client, router, r_end) = (&net.client, &net.router, net.router_end(0));
     let dev = r_end.dev.clone();
     let ebpf = router
         .enter(move || -> anyhow::Result<_> {
@@ -69,7 +65,7 @@ fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, hook: Hook) {
     let (ebpf, attached) = ebpf.expect("load and attach (verifier accepted the programs)");
     assert_eq!(attached.mode, expect);
     let before = datapath::stats::seen(&ebpf, hook).expect("read counters");
-    echo_through(&client, &router, r_end.addr, 1 << 20);
+    echo_through(client, router, r_end.addr, 1 << 20);
     let after = datapath::stats::seen(&ebpf, hook).expect("read counters");
     assert!(
         after.packets > before.packets + 10,
@@ -109,15 +105,12 @@ fn attached_programs(ns: &Netns, dev: &str) -> String {
 #[test]
 fn daemon_reports_modes_and_detaches_on_sigterm() {
     require_root();
-    let ClientRouter {
-        client,
-        router,
-        links,
-    } = ClientRouter::new(&[202, 203]).expect("client and router namespaces");
-    let (r1, r2) = (&links[0].1, &links[1].1);
+    let net = ClientRouter::new(&[202, 203]).expect("client and router namespaces");
+    let (client, router) = (&net.client, &net.router);
+    let (r1, r2) = (net.router_end(0), net.router_end(1));
     // Its own state directory (the setup's): it holds the instance lock, which the default
     // (/var/lib/task-router) would share with any other daemon on the machine.
-    let mut daemon = DaemonSetup::new(&router)
+    let mut daemon = DaemonSetup::new(router)
         .interface_as(&r1.dev, "xdp")
         .interface(&r2.dev)
         // The default leaves the programs attached for the next daemon (see ops_restart).
@@ -137,13 +130,13 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
         "auto on veth must pick tc: {line}"
     );
     daemon.wait_for_log("ready", Duration::from_secs(20));
-    assert!(attached_programs(&router, &r1.dev).contains("task_router_xdp"));
-    assert!(attached_programs(&router, &r2.dev).contains("task_router_tc"));
-    echo_through(&client, &router, r2.addr, 64 * 1024);
+    assert!(attached_programs(router, &r1.dev).contains("task_router_xdp"));
+    assert!(attached_programs(router, &r2.dev).contains("task_router_tc"));
+    echo_through(client, router, r2.addr, 64 * 1024);
 
     daemon.terminate();
-    assert!(!attached_programs(&router, &r1.dev).contains("task_router"));
-    assert!(!attached_programs(&router, &r2.dev).contains("task_router"));
+    assert!(!attached_programs(router, &r1.dev).contains("task_router"));
+    assert!(!attached_programs(router, &r2.dev).contains("task_router"));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The router namespace of the BPF_PROG_TEST_RUN tests as the cases address it, and the
 //! frames its client and backend send.
 
-use crate::packet::{Mac, TCP_SYN, Tcp4};
-use crate::topology::ProgTestNet;
+use crate::packet::{TCP_SYN, Tcp4};
+use crate::topology::{ProgTestAddrs, ProgTestNet};
 use std::net::Ipv4Addr;
 
 /// The router port routed to the backend.
@@ -17,37 +17,22 @@ pub const MOVED_BACKEND_PORT: u16 = 9090;
 /// A router on the backend's path that sends ICMP errors.
 pub const HOP: Ipv4Addr = Ipv4Addr::new(10, 70, 2, 254);
 
-/// The addresses of a [`ProgTestNet`], usable inside it (see there).
+/// The addresses of a [`ProgTestNet`], usable inside it (see there), and the frames its
+/// client and backend send.
 #[derive(Clone, Debug)]
-pub struct Net {
-    pub client_dev: String,
-    pub backend_dev: String,
-    pub client_dev_mac: Mac,
-    pub backend_dev_mac: Mac,
-    pub router: Ipv4Addr,
-    pub client: Ipv4Addr,
-    pub client_mac: Mac,
-    pub nat_source: Ipv4Addr,
-    pub backend: Ipv4Addr,
-    pub backend_mac: Mac,
-    pub backend_unresolved: Ipv4Addr,
+pub struct Net(ProgTestAddrs);
+
+impl std::ops::Deref for Net {
+    type Target = ProgTestAddrs;
+
+    fn deref(&self) -> &ProgTestAddrs {
+        &self.0
+    }
 }
 
 impl Net {
     pub fn of(t: &ProgTestNet) -> Net {
-        Net {
-            client_dev: t.client_dev.clone(),
-            backend_dev: t.backend_dev.clone(),
-            client_dev_mac: t.client_dev_mac,
-            backend_dev_mac: t.backend_dev_mac,
-            router: t.router,
-            client: t.client,
-            client_mac: t.client_mac,
-            nat_source: t.nat_source,
-            backend: t.backend,
-            backend_mac: t.backend_mac,
-            backend_unresolved: t.backend_unresolved,
-        }
+        Net(t.addrs.clone())
     }
 
     /// The routes every table starts with: [`PORT`] → backend, [`PORT_UNRESOLVED`] → the
