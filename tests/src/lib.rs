@@ -1,6 +1,8 @@
 //! Fixtures for the scenario tests: network namespaces and veth links that remove themselves
-//! (also when a test fails), running code inside a namespace, the daemon as a child process,
-//! and waiting on conditions instead of sleeping.
+//! (also when a test fails), running code inside a namespace, the daemon as a child process
+//! (`scenario` builds its command line and waits until it is ready), the sync engine with
+//! recording owners (`engine`), one HTTP client (`http_client`), packet cases as data
+//! (`progtest_cases`), and waiting on conditions instead of sleeping.
 
 pub mod attached;
 pub mod clearml_server;
