@@ -11,7 +11,7 @@ use crate::backoff::MAX_BACKOFF;
 use crate::clearml::{ApiError, Client};
 use crate::config::Config;
 use crate::ports::{EndpointKey, PortStats};
-use crate::reconcile::{self, Kind, Refusal, Settings};
+use crate::reconcile::{self, Kind, Refusal, RouteRef, Settings};
 use crate::routes::{RouteCounters, RouteSet};
 use crate::routes_file::RoutesFile;
 use crate::time::now_millis;
@@ -221,6 +221,10 @@ impl Report {
         if facts.owners.applied().is_none() {
             return (false, "routes not applied yet".into());
         }
+        // Ready means forwarding: a route the forwarder cannot serve is not ready.
+        if let Some(why) = facts.owners.serving().not_ready() {
+            return (false, why);
+        }
         (true, String::new())
     }
 
@@ -256,9 +260,15 @@ impl Report {
         let empty = RouteSet::default();
         let wanted = facts.owners.applied().unwrap_or(&empty);
         let mut out = Vec::with_capacity(wanted.tcp.len() + wanted.http.len());
-        let state = |failure: Option<&str>, key: (EndpointKey, Kind)| match failure {
-            Some(reason) => format!("failed: {reason}"),
-            None => facts.writes.state(&key).unwrap_or("active").to_string(),
+        let state = |failure: Option<&str>, route: RouteRef, key: (EndpointKey, Kind)| {
+            if let Some(reason) = failure {
+                return format!("failed: {reason}");
+            }
+            match facts.owners.unserved(&route) {
+                Some(u) if u.settled => format!("not served: {}", u.reason),
+                Some(u) => format!("waiting to be served: {}", u.reason),
+                None => facts.writes.state(&key).unwrap_or("active").to_string(),
+            }
         };
         for (port, r) in &wanted.tcp {
             let key = EndpointKey::new(r.owner.task_id.clone(), r.owner.endpoint.clone());
@@ -271,6 +281,7 @@ impl Report {
                 upstream: r.upstream.to_string(),
                 state: state(
                     facts.owners.tcp().failure(&port.to_string()),
+                    RouteRef::Tcp(*port),
                     (key, Kind::Tcp),
                 ),
                 connections: self.counters.get(port).map(|c| c.connections),
@@ -291,7 +302,11 @@ impl Report {
                 kind: "http".into(),
                 router: url,
                 upstream: r.upstream.to_string(),
-                state: state(facts.owners.http().failure(k), (key, Kind::Http)),
+                state: state(
+                    facts.owners.http().failure(k),
+                    RouteRef::Http(k.clone()),
+                    (key, Kind::Http),
+                ),
                 connections: None,
                 bytes: None,
             });
@@ -312,10 +327,17 @@ impl Report {
         }
         self.was_ready |= ready;
         let routes = self.route_rows(facts);
-        let degraded = self.degraded(facts);
+        let mut degraded = self.degraded(facts);
         let Ok(mut s) = self.status.write() else {
             return;
         };
+        // The datapath's own (from the start-up check), after the sync's.
+        degraded.extend(
+            s.datapath
+                .degraded
+                .iter()
+                .map(|d| format!("the datapath on {} is degraded: {}", d.interface, d.detail)),
+        );
         s.ready = ready;
         s.ready_reason = reason;
         s.degraded = degraded;

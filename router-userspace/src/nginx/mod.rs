@@ -20,6 +20,7 @@
 pub mod command;
 pub mod http;
 pub mod install;
+mod listening;
 pub mod managed;
 pub mod names;
 pub mod stream;
