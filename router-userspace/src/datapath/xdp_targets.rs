@@ -125,6 +125,9 @@ impl XdpTargets {
     /// The native XDP interfaces the kernel says take redirects (all of them when it cannot
     /// say).
     fn taking_redirects(&mut self) -> BTreeSet<u32> {
+        if self.native.is_empty() {
+            return BTreeSet::new();
+        }
         let features = match xdp_features() {
             Ok(Some(f)) => Some(f),
             Ok(None) | Err(_) => {
