@@ -124,9 +124,10 @@ pub fn runtime_key(base: &str, name: &str) -> String {
 }
 
 /// Whether every key of `patch` already has its value in `runtime` (numbers and their string
-/// spellings count as equal: tasks write either).
+/// spellings count as equal: tasks write either). A `null` in a patch means "no such key".
 pub fn applied(runtime: &Map<String, Value>, patch: &BTreeMap<String, Value>) -> bool {
     patch.iter().all(|(k, v)| match runtime.get(k) {
+        current if v.is_null() => current.is_none_or(Value::is_null),
         Some(current) if current == v => true,
         Some(_) => {
             let mut probe = Map::new();
@@ -135,6 +136,17 @@ pub fn applied(runtime: &Map<String, Value>, patch: &BTreeMap<String, Value>) ->
         }
         None => false,
     })
+}
+
+/// Writes `patch` into `runtime`: each key set, a `null` removing its key.
+pub fn merge(runtime: &mut Map<String, Value>, patch: BTreeMap<String, Value>) {
+    for (k, v) in patch {
+        if v.is_null() {
+            runtime.remove(&k);
+        } else {
+            runtime.insert(k, v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +211,15 @@ mod tests {
         assert!(applied(&runtime, &patch("n", json!("5"))));
         assert!(!applied(&runtime, &patch("a", json!("y"))));
         assert!(!applied(&runtime, &patch("missing", json!(1))));
+        // null: the key must be absent, and merging removes it.
+        assert!(applied(&runtime, &patch("missing", Value::Null)));
+        assert!(!applied(&runtime, &patch("a", Value::Null)));
+        let mut merged = runtime.clone();
+        merge(&mut merged, patch("a", Value::Null));
+        merge(&mut merged, patch("b", json!("new")));
+        assert_eq!(
+            Value::Object(merged),
+            json!({"p": "30001", "n": 5, "b": "new"})
+        );
     }
 }

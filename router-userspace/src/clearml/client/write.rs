@@ -2,7 +2,7 @@
 
 use super::Client;
 use crate::clearml::error::ApiError;
-use crate::clearml::task::{Task, applied};
+use crate::clearml::task::{Task, applied, merge};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -94,7 +94,7 @@ impl Client {
             }
             attempts += 1;
             let mut runtime = fresh.runtime;
-            runtime.extend(patch);
+            merge(&mut runtime, patch);
             self.edit_runtime(task_id, &runtime).await?;
             // The post-write read: a writer that lost our keys is repaired on the next round,
             // on top of what it wrote.
