@@ -287,38 +287,7 @@ impl Datapath {
             let sweep = dp.sweep()?;
             dp.adoption.connections = sweep.live;
         }
-        let mut pinned_links = match &dp.pins {
-            Some(p) => p.pinned_links()?,
-            None => Vec::new(),
-        };
-        for (interface, mode) in &cfg.interfaces {
-            let mode = mode.unwrap_or(default_mode);
-            let attached = match &dp.pins {
-                Some(pins) => {
-                    let kinds: Vec<pins::LinkKind> = pinned_links
-                        .iter()
-                        .filter(|(_, i)| i == interface)
-                        .map(|(k, _)| *k)
-                        .collect();
-                    pinned_links.retain(|(_, i)| i != interface);
-                    let (attached, changes) =
-                        attach::attach_pinned(&mut dp.ebpf, pins, &kinds, interface, mode)?;
-                    dp.adoption
-                        .links
-                        .extend(changes.into_iter().map(|c| (interface.clone(), c)));
-                    attached
-                }
-                None => attach::attach(&mut dp.ebpf, interface, mode)?,
-            };
-            warn_if_not_forwarding(interface);
-            dp.attached.push(attached);
-        }
-        if let Some(pins) = &dp.pins {
-            for (kind, interface) in pinned_links {
-                attach::remove_pinned(pins, kind, &interface)?;
-                dp.adoption.removed_links.push((interface, kind));
-            }
-        }
+        dp.attach_interfaces(cfg, default_mode)?;
         let native = dp
             .attached
             .iter()
@@ -331,6 +300,49 @@ impl Datapath {
             dp.settings.bump_epoch()?;
         }
         Ok(dp)
+    }
+
+    /// Attaches the programs to every configured interface: pinned links are updated in place
+    /// (adoption), missing ones created, and pinned links of interfaces no longer configured
+    /// removed.
+    fn attach_interfaces(
+        &mut self,
+        cfg: &DatapathConfig,
+        default_mode: AttachMode,
+    ) -> Result<(), DatapathError> {
+        let mut pinned_links = match &self.pins {
+            Some(p) => p.pinned_links()?,
+            None => Vec::new(),
+        };
+        for (interface, mode) in &cfg.interfaces {
+            let mode = mode.unwrap_or(default_mode);
+            let attached = match &self.pins {
+                Some(pins) => {
+                    let kinds: Vec<pins::LinkKind> = pinned_links
+                        .iter()
+                        .filter(|(_, i)| i == interface)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    pinned_links.retain(|(_, i)| i != interface);
+                    let (attached, changes) =
+                        attach::attach_pinned(&mut self.ebpf, pins, &kinds, interface, mode)?;
+                    self.adoption
+                        .links
+                        .extend(changes.into_iter().map(|c| (interface.clone(), c)));
+                    attached
+                }
+                None => attach::attach(&mut self.ebpf, interface, mode)?,
+            };
+            warn_if_not_forwarding(interface);
+            self.attached.push(attached);
+        }
+        if let Some(pins) = &self.pins {
+            for (kind, interface) in pinned_links {
+                attach::remove_pinned(pins, kind, &interface)?;
+                self.adoption.removed_links.push((interface, kind));
+            }
+        }
+        Ok(())
     }
 
     /// What was adopted from an earlier daemon's pins.
