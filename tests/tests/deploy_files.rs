@@ -92,14 +92,25 @@ fn workspace_version() -> String {
         .to_string()
 }
 
-/// `FROM image AS stage` lines of the Dockerfile, in order.
+/// `FROM image AS stage` lines of the Dockerfile, in order, with `${ARG}` images resolved to
+/// the defaults of the `ARG` lines above the first stage.
 fn dockerfile_stages() -> Vec<(String, String)> {
-    read_deploy("Dockerfile")
+    let text = read_deploy("Dockerfile");
+    let args: Vec<(String, String)> = text
         .lines()
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.strip_prefix("ARG ")?.split_once('='))
+        .map(|(k, v)| (format!("${{{k}}}"), v.to_string()))
+        .collect();
+    text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             (words.next()? == "FROM").then_some(())?;
             let image = words.next()?.to_string();
+            let image = args
+                .iter()
+                .find(|(k, _)| *k == image)
+                .map_or(image, |(_, v)| v.clone());
             (words.next()?.eq_ignore_ascii_case("AS")).then_some(())?;
             Some((image, words.next()?.to_string()))
         })
@@ -439,7 +450,8 @@ fn the_image_builds_with_the_project_recipe() {
     assert_eq!(
         runs,
         [
-            "rustup toolchain install nightly --profile minimal",
+            "rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly \
+             --profile minimal",
             "cargo xtask build --release",
         ],
         "build stage RUN lines"
@@ -465,7 +477,7 @@ fn the_image_builds_with_the_project_recipe() {
     let dockerfile = read_deploy("Dockerfile");
     assert!(
         dockerfile.contains(&format!(
-            "COPY --from=build /src/target/release/{bin} /usr/local/bin/{bin}"
+            "COPY --from=daemon /src/target/release/{bin} /usr/local/bin/{bin}"
         )),
         "the runtime stage copies the xtask build's binary"
     );
@@ -476,8 +488,13 @@ fn the_image_builds_with_the_project_recipe() {
 fn the_image_stages_match_the_workspace_and_each_other() {
     let stages = dockerfile_stages();
     let names: Vec<&str> = stages.iter().map(|(_, s)| s.as_str()).collect();
-    assert_eq!(names, ["build", "runtime"]);
-    let (build, runtime) = (&stages[0].0, &stages[1].0);
+    // `daemon` is the build stage or, with DAEMON_FROM, an image holding a prebuilt binary.
+    assert_eq!(names, ["build", "daemon", "runtime"]);
+    assert_eq!(
+        stages[1].0, "build",
+        "the daemon comes from the build stage by default"
+    );
+    let (build, runtime) = (&stages[0].0, &stages[2].0);
     let manifest: toml::Table = read(&workspace_root().join("Cargo.toml"))
         .parse()
         .expect("Cargo.toml");
