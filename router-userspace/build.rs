@@ -77,33 +77,25 @@ fn watch_git_path(name: &str) {
     }
 }
 
-/// The UTC date of the build, or of `SOURCE_DATE_EPOCH` when set (reproducible builds: the
-/// package build and the image pass the commit's date).
+/// The UTC date of the build, or of `SOURCE_DATE_EPOCH` when set (reproducible builds: `cargo
+/// xtask dist` and the image pass the commit's date); `unknown` where `date` cannot say.
 fn record_build_date() {
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
-    let seconds = std::env::var("SOURCE_DATE_EPOCH")
+    let mut date = Command::new("date");
+    date.args(["-u", "+%F"]);
+    if let Some(epoch) = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        });
-    let (y, m, d) = civil_from_days(seconds.div_euclid(86_400));
-    println!("cargo:rustc-env=TASK_ROUTER_BUILD_DATE={y:04}-{m:02}-{d:02}");
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+        .filter(|s| s.trim().parse::<i64>().is_ok())
+    {
+        date.arg(format!("--date=@{}", epoch.trim()));
+    }
+    let day = date
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=TASK_ROUTER_BUILD_DATE={day}");
 }

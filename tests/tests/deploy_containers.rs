@@ -355,27 +355,18 @@ fn check_image(images: &Images) {
             .get(&format!("org.opencontainers.image.{k}"))
             .cloned()
     };
-    assert_eq!(
-        label("version"),
-        package
-            .get("version")
-            .and_then(|v| v.as_str())
-            .map(|v| json!(v))
-    );
-    assert_eq!(
-        label("licenses"),
-        package
-            .get("license")
-            .and_then(|v| v.as_str())
-            .map(|v| json!(v))
-    );
-    assert_eq!(
-        label("source"),
-        package
-            .get("repository")
-            .and_then(|v| v.as_str())
-            .map(|v| json!(v))
-    );
+    for (label_key, manifest_key) in [
+        ("version", "version"),
+        ("licenses", "license"),
+        ("source", "repository"),
+    ] {
+        let want = package.get(manifest_key).and_then(|v| v.as_str());
+        assert_eq!(
+            label(label_key),
+            want.map(|v| json!(v)),
+            "label {label_key}"
+        );
+    }
     let head = Command::new("git")
         .args(["rev-parse", "HEAD"])
         .current_dir(workspace_root())

@@ -364,6 +364,12 @@ fn pod_from_template(
             } else {
                 &images.router
             });
+            // With hostNetwork a container port is the node's port already (kubelet maps it
+            // one to one); podman 4.3 turns it into a port mapping, which host networking
+            // refuses.
+            if let Some(c) = c.as_object_mut() {
+                c.remove("ports");
+            }
             // podman 4.3 resolves no fieldRef but metadata ones: the values kubelet would give.
             for e in c["env"].as_array_mut().into_iter().flatten() {
                 match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
@@ -385,7 +391,19 @@ fn pod_from_template(
             _ => {}
         }
     }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": ds["spec"]["template"]["metadata"]["labels"]}, "spec": spec})
+    // podman 4.3 races removing a finished init container of the default type `once` (the pod
+    // then never starts its containers); `always` keeps it and runs it at each pod start, as
+    // kubelet runs init containers for each new pod.
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": ds["spec"]["template"]["metadata"]["labels"],
+            "annotations": {"io.podman.annotations.init.container.type": "always"},
+        },
+        "spec": spec,
+    })
 }
 
 /// The local image podman builds for a pod's infra container (`localhost/podman-pause:<ver>`).
@@ -398,18 +416,78 @@ fn pause_images() -> String {
     ])
 }
 
-/// A pod played from a manifest file, removed (with its containers) on drop, and podman's
-/// infra image when playing it made one.
+fn volumes() -> Vec<String> {
+    podman_ok(&["volume", "ls", "-q"])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// podman 4.3 mounts a ConfigMap volume whole, ignoring `subPath`: each file the template
+/// mounts from a ConfigMap becomes a host file with the ConfigMap's content, mounted at the same
+/// place (read-only, as the template says).
+fn files_for_config_map_mounts(spec: &mut Value, maps: &[&Value], dir: &Path) {
+    let sources: Vec<(String, String)> = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_string(),
+                v["configMap"]["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let mut added = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().expect("containers") {
+            for m in c["volumeMounts"].as_array_mut().into_iter().flatten() {
+                let Some((volume, map)) = sources.iter().find(|(v, _)| m["name"] == v.as_str())
+                else {
+                    continue;
+                };
+                let key = m["subPath"]
+                    .as_str()
+                    .expect("a ConfigMap mounted by subPath")
+                    .to_string();
+                let data = maps
+                    .iter()
+                    .find(|c| c["metadata"]["name"] == map.as_str())
+                    .and_then(|c| c["data"][&key].as_str())
+                    .unwrap_or_else(|| panic!("{map} has no {key}"));
+                let path = dir.join(volume).join(&key);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+                std::fs::write(&path, data).expect("write the file");
+                let name = format!("{volume}-{}", added.len());
+                added.push(json!({"name": name, "hostPath": {"path": path, "type": "File"}}));
+                m["name"] = json!(name);
+                m.as_object_mut().expect("mount").remove("subPath");
+            }
+        }
+    }
+    let volumes = spec["volumes"].as_array_mut().expect("volumes");
+    volumes.retain(|v| v["configMap"].is_null());
+    volumes.extend(added);
+}
+
+/// A pod played from a manifest file, removed (with its containers) on drop, with the volumes
+/// podman made for its ConfigMaps and its infra image when playing it made them.
 struct PlayedPod {
     name: String,
     file: PathBuf,
     pause_before: String,
+    volumes_before: Vec<String>,
 }
 
 impl Drop for PlayedPod {
     fn drop(&mut self) {
         let _ = podman().args(["kube", "down"]).arg(&self.file).output();
         let _ = podman().args(["pod", "rm", "-f", &self.name]).output();
+        for volume in volumes() {
+            if !self.volumes_before.contains(&volume) {
+                let _ = podman().args(["volume", "rm", "-f", &volume]).output();
+            }
+        }
         if self.pause_before.trim().is_empty() {
             for id in pause_images().split_whitespace() {
                 let _ = podman().args(["image", "rm", "-f", id]).output();
@@ -443,8 +521,12 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
     let images = Images::build("tdk");
     let server = ClearmlServer::start().expect("ClearML test server");
     let creds = server.credentials();
+    let jwks = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(server.admin().token_secret())
+    };
     let credentials = format!(
-        "CLEARML_API_ACCESS_KEY={}\nCLEARML_API_SECRET_KEY={}\nAUTH_BASE64_JWKS_KEY=a2V5\n",
+        "CLEARML_API_ACCESS_KEY={}\nCLEARML_API_SECRET_KEY={}\nAUTH_BASE64_JWKS_KEY={jwks}\n",
         creds.access_key, creds.secret_key
     );
     let (dir, resources) = render_example(&credentials);
@@ -461,6 +543,15 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
     config["data"]["CLEARML_API_HOST"] = json!(format!("http://{}", server.addr()));
     config["data"]["ROUTER_INTERFACES"] = json!(link.host_dev);
     config["data"]["ROUTER_ADMIN_ADDR"] = json!("127.0.0.1:9180");
+    // The queues the site listens on exist on its server.
+    for queue in config["data"]["LISTEN_QUEUE_NAME"]
+        .as_str()
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter(|q| !q.is_empty())
+    {
+        server.admin().create_queue(queue);
+    }
     let nginx = find(&resources, "ConfigMap", "task-router-nginx").clone();
     let state = dir.path().join("state");
     let secret_dir = dir.path().join("credentials");
@@ -469,18 +560,19 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
     }
     std::fs::write(secret_dir.join("credentials.env"), &credentials).expect("credentials");
     let name = unique("tdkp");
-    let pod = pod_from_template(
+    let mut pod = pod_from_template(
         find(&resources, "DaemonSet", "task-router"),
         &images,
         &name,
         &state,
         &secret_dir,
     );
+    files_for_config_map_mounts(&mut pod["spec"], &[&nginx], &dir.path().join("config-maps"));
     let file = dir.path().join("pod.yaml");
     std::fs::write(&file, pod.to_string()).expect("pod.yaml");
     let mut play = podman();
     play.args(["kube", "play"]);
-    for (map, value) in [("config", &config), ("nginx", &nginx)] {
+    for (map, value) in [("config", &config)] {
         let path = dir.path().join(format!("{map}.yaml"));
         std::fs::write(&path, value.to_string()).expect("configmap");
         play.arg("--configmap").arg(path);
@@ -489,22 +581,34 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
         name: name.clone(),
         file: file.clone(),
         pause_before: pause_images(),
+        volumes_before: volumes(),
     };
 
     let started = Instant::now();
     let out = play.arg(&played.file).output().expect("podman kube play");
-    // podman 4.3 sometimes reports a race removing the finished init container; the pod is
-    // there and starts (below) all the same.
     let report = show(&out);
-    assert!(
-        out.status.success() || report.contains("once init container"),
-        "{report}"
-    );
+    assert!(out.status.success(), "{report}");
     let logs = || {
         let out = podman()
             .args(["logs", "--tail", "40", &format!("{name}-router")])
             .output();
-        out.map(|o| show(&o)).unwrap_or_default()
+        let exit = podman()
+            .args([
+                "inspect",
+                "--format",
+                "exit {{.State.ExitCode}} {{.State.Error}}",
+                &format!("{name}-router"),
+            ])
+            .output();
+        let states = podman()
+            .args(["ps", "-a", "--pod", "--format", "{{.Names}} {{.Status}}"])
+            .output();
+        format!(
+            "{}\n{}\n{}",
+            states.map(|o| show(&o)).unwrap_or_default(),
+            exit.map(|o| show(&o)).unwrap_or_default(),
+            out.map(|o| show(&o)).unwrap_or_default()
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while admin_answers("/readyz") != Some(200) {
@@ -513,7 +617,6 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
             "the router never got ready:\n{report}\n{}",
             logs()
         );
-        let _ = podman().args(["pod", "start", &name]).output();
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!("pod ready {:?} after kube play", started.elapsed());
@@ -531,27 +634,32 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
             .iter()
             .any(|(n, _)| n == "task_router_tc")
     );
-    // The init container ran and finished; both containers run.
-    let states = podman_ok(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("pod={name}"),
+    // The init container ran and succeeded; both containers run (and stay up).
+    let init = podman_ok(&[
+        "inspect",
         "--format",
-        "{{.Names}} {{.State}}",
+        "{{.State.ExitCode}} {{.RestartCount}}",
+        &format!("{name}-mount-bpffs"),
     ]);
-    for (container, state) in [
-        ("mount-bpffs", "exited"),
-        ("router", "running"),
-        ("webserver", "running"),
-    ] {
+    assert!(init.starts_with("0 "), "mount-bpffs: {init}");
+    for container in ["router", "webserver"] {
+        let state = podman_ok(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} restarts={{.RestartCount}}",
+            &format!("{name}-{container}"),
+        ]);
         assert!(
-            states
-                .lines()
-                .any(|l| l.starts_with(&format!("{name}-{container} ")) && l.ends_with(state)),
-            "{container} {state}:\n{states}"
+            state.starts_with("running"),
+            "{container}: {state}\n{}",
+            logs()
         );
     }
+    let web = podman()
+        .args(["logs", "--tail", "20", &format!("{name}-webserver")])
+        .output()
+        .expect("podman logs");
+    eprintln!("webserver:\n{}\nstates:\n{}", show(&web), logs());
     // The router runs as uid 0 with the template's capabilities (less any this machine has
     // not got at all) and a read-only root.
     let router =

@@ -216,19 +216,24 @@ pub fn debian_rootfs() -> Result<PathBuf> {
     .context("debootstrap failed (Debian package debootstrap)")
     .and_then(|()| {
         let partial = tarball.with_extension("tar.partial");
-        cmd::run(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&dir)
-                .arg("-cf")
-                .arg(&partial)
-                .arg("."),
-        )?;
+        tar(&dir, ".", &partial)?;
         std::fs::rename(&partial, &tarball)
             .with_context(|| format!("cannot move {} into place", partial.display()))
     });
     let _ = std::fs::remove_dir_all(&dir);
     made.map(|()| tarball)
+}
+
+/// `member` of `dir` as the tar archive `out`.
+fn tar(dir: &Path, member: &str, out: &Path) -> Result<()> {
+    cmd::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-cf")
+            .arg(out)
+            .arg(member),
+    )
 }
 
 /// `engine import` of a root file system tarball as `name`.
@@ -255,7 +260,7 @@ fn build_base(
     cmd.current_dir(&dir).args(["build", "--network", "host"]);
     if opts.engine.ends_with("podman") {
         // One layer: what a step removes (the toolchains' docs) is not stored.
-        cmd.args(["--layers=false", "--squash"]);
+        cmd.arg("--squash");
     }
     for (context, path) in contexts {
         cmd.arg("--build-context")
@@ -314,14 +319,7 @@ fn prebuilt_holder(engine: &str, binary: &Path, name: &str) -> Result<()> {
         })
         .and_then(|()| {
             let tarball = staging.join("prebuilt.tar");
-            cmd::run(
-                Command::new("tar")
-                    .arg("-C")
-                    .arg(&staging)
-                    .arg("-cf")
-                    .arg(&tarball)
-                    .arg("src"),
-            )?;
+            tar(&staging, "src", &tarball)?;
             import(engine, &tarball, name)
         });
     let _ = std::fs::remove_dir_all(&staging);
