@@ -572,11 +572,9 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
     std::fs::write(&file, pod.to_string()).expect("pod.yaml");
     let mut play = podman();
     play.args(["kube", "play"]);
-    for (map, value) in [("config", &config)] {
-        let path = dir.path().join(format!("{map}.yaml"));
-        std::fs::write(&path, value.to_string()).expect("configmap");
-        play.arg("--configmap").arg(path);
-    }
+    let config_file = dir.path().join("config.yaml");
+    std::fs::write(&config_file, config.to_string()).expect("configmap");
+    play.arg("--configmap").arg(&config_file);
     let played = PlayedPod {
         name: name.clone(),
         file: file.clone(),
