@@ -480,13 +480,9 @@ fn the_image_builds_from_source_inside_the_build_stage() {
         .env("CONTAINERS_CONF", containers_conf())
         .output()
         .expect("run xtask");
-    let made: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
     let version = podman().args(["run", "--rm", &tag, "--version"]).output();
-    for image in made.iter().chain([&tag]) {
-        let _ = podman().args(["image", "rm", "--force", image]).output();
+    for image in image_names(&tag) {
+        let _ = podman().args(["image", "rm", "--force", &image]).output();
     }
     assert!(
         out.status.success(),

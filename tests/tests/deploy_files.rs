@@ -92,8 +92,9 @@ fn workspace_version() -> String {
         .to_string()
 }
 
-/// `FROM image AS stage` lines of the Dockerfile, in order, with `${ARG}` images resolved to
-/// the defaults of the `ARG` lines above the first stage.
+/// `FROM image AS stage` lines of the Dockerfile, in order, each with the image it starts from:
+/// `${ARG}` resolved to the default of the `ARG` lines above the first stage, and an earlier
+/// stage's name to that stage's image.
 fn dockerfile_stages() -> Vec<(String, String)> {
     let text = read_deploy("Dockerfile");
     let args: Vec<(String, String)> = text
@@ -102,19 +103,29 @@ fn dockerfile_stages() -> Vec<(String, String)> {
         .filter_map(|l| l.strip_prefix("ARG ")?.split_once('='))
         .map(|(k, v)| (format!("${{{k}}}"), v.to_string()))
         .collect();
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next()? == "FROM").then_some(())?;
-            let image = words.next()?.to_string();
-            let image = args
-                .iter()
-                .find(|(k, _)| *k == image)
-                .map_or(image, |(_, v)| v.clone());
-            (words.next()?.eq_ignore_ascii_case("AS")).then_some(())?;
-            Some((image, words.next()?.to_string()))
-        })
-        .collect()
+    let mut stages: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [from, image, as_, stage] = words[..] else {
+            continue;
+        };
+        if from != "FROM" || !as_.eq_ignore_ascii_case("AS") {
+            continue;
+        }
+        let resolved = args
+            .iter()
+            .find(|(k, _)| k == image)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                stages
+                    .iter()
+                    .find(|(_, s)| s == image)
+                    .map(|(i, _)| i.clone())
+            })
+            .unwrap_or_else(|| image.to_string());
+        stages.push((resolved, stage.to_string()));
+    }
+    stages
 }
 
 #[test]
@@ -477,7 +488,7 @@ fn the_image_builds_with_the_project_recipe() {
     let dockerfile = read_deploy("Dockerfile");
     assert!(
         dockerfile.contains(&format!(
-            "COPY --from=daemon /src/target/release/{bin} /usr/local/bin/{bin}"
+            "COPY --from=build /src/target/release/{bin} /usr/local/bin/{bin}"
         )),
         "the runtime stage copies the xtask build's binary"
     );
@@ -488,13 +499,13 @@ fn the_image_builds_with_the_project_recipe() {
 fn the_image_stages_match_the_workspace_and_each_other() {
     let stages = dockerfile_stages();
     let names: Vec<&str> = stages.iter().map(|(_, s)| s.as_str()).collect();
-    // `daemon` is the build stage or, with DAEMON_FROM, an image holding a prebuilt binary.
-    assert_eq!(names, ["build", "daemon", "runtime"]);
+    // `runtime` (the default target) adds the build stage's daemon to `runtime-base`;
+    // `runtime-prebuilt` adds one built elsewhere (`cargo xtask image --prebuilt`).
     assert_eq!(
-        stages[1].0, "build",
-        "the daemon comes from the build stage by default"
+        names,
+        ["build", "runtime-base", "runtime-prebuilt", "runtime"]
     );
-    let (build, runtime) = (&stages[0].0, &stages[2].0);
+    let (build, runtime) = (&stages[0].0, &stages[3].0);
     let manifest: toml::Table = read(&workspace_root().join("Cargo.toml"))
         .parse()
         .expect("Cargo.toml");

@@ -6,8 +6,8 @@
 //! bookworm by debootstrap (the root file system is cached under `target/deploy-cache/`),
 //! imported, plus Debian's nginx in place of the nginx image and this machine's own Rust
 //! toolchains in place of the rust image (`deploy/bases/`). `--prebuilt BINARY` puts a binary
-//! built outside into the image and skips the build stage (the container tests use it: the
-//! in-image build takes many minutes).
+//! built outside into the image (the Dockerfile's `runtime-prebuilt` target) and skips the build
+//! stage (the container tests use it: the in-image build takes many minutes).
 
 use crate::cmd::{self, output, workspace_root};
 use crate::prereq;
@@ -116,17 +116,17 @@ pub fn build(opts: &ImageOptions) -> Result<Built> {
             build_args.push(("RUST_IMAGE", names.rust.clone()));
         }
     }
-    let holder = match &opts.prebuilt {
+    let mut cmd = engine(&opts.engine);
+    cmd.current_dir(&root).args(["build", "--network", "host"]);
+    let staging = match &opts.prebuilt {
         Some(binary) => {
-            prebuilt_holder(&opts.engine, binary, &names.prebuilt)?;
-            build_args.push(("DAEMON_FROM", names.prebuilt.clone()));
-            Some(names.prebuilt.clone())
+            let dir = stage_prebuilt(binary)?;
+            cmd.args(["--target", "runtime-prebuilt", "--build-context"])
+                .arg(format!("prebuilt-binary={}", dir.display()));
+            Some(dir)
         }
         None => None,
     };
-
-    let mut cmd = engine(&opts.engine);
-    cmd.current_dir(&root).args(["build", "--network", "host"]);
     if opts.engine.ends_with("podman") {
         // podman reads `<Dockerfile>.dockerignore` only from the context's root; no layer
         // cache, so a build leaves no untagged intermediate images behind.
@@ -141,19 +141,18 @@ pub fn build(opts: &ImageOptions) -> Result<Built> {
     }
     cmd.args(["-f", "deploy/Dockerfile", "-t", &image, "."]);
     let result = run_quietly(&mut cmd).context("building the router image failed");
-    if let Some(holder) = holder {
-        remove_image(&opts.engine, &holder);
+    if let Some(dir) = staging {
+        let _ = std::fs::remove_dir_all(dir);
     }
     result?;
     Ok(Built { image, bases })
 }
 
-/// Names of the images a `--local-bases` or `--prebuilt` build makes, derived from the image's.
+/// Names of the images a `--local-bases` build makes, derived from the image's.
 struct LocalNames {
     debian: String,
     webserver: String,
     rust: String,
-    prebuilt: String,
 }
 
 impl LocalNames {
@@ -168,7 +167,6 @@ impl LocalNames {
             debian: derived("base-debian"),
             webserver: derived("base-webserver"),
             rust: derived("base-rust"),
-            prebuilt: derived("prebuilt"),
         }
     }
 }
@@ -185,14 +183,6 @@ pub fn engine(program: &str) -> Command {
         );
     }
     cmd
-}
-
-pub fn remove_image(program: &str, image: &str) {
-    let _ = engine(program)
-        .args(["image", "rm", "--force", image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// A Debian bookworm minbase root file system as a tarball, made once by debootstrap and kept
@@ -296,34 +286,18 @@ fn rust_contexts() -> Result<Vec<(&'static str, PathBuf)>> {
     Ok(contexts)
 }
 
-/// An image holding only `binary` at the path the build stage leaves it
-/// (`/src/target/release/task-router`): what `DAEMON_FROM` takes instead of the build stage.
-fn prebuilt_holder(engine: &str, binary: &Path, name: &str) -> Result<()> {
-    let staging = workspace_root()
+/// A directory holding a copy of `binary` as `task-router`: the build context
+/// `prebuilt-binary` of the Dockerfile's `runtime-prebuilt` stage.
+fn stage_prebuilt(binary: &Path) -> Result<PathBuf> {
+    let dir = workspace_root()
         .join("target/deploy-cache")
         .join(format!("prebuilt.{}", std::process::id()));
-    let dest = staging.join("src/target/release");
-    let made = std::fs::create_dir_all(&dest)
-        .with_context(|| format!("cannot create {}", dest.display()))
-        .and_then(|()| {
-            std::fs::copy(binary, dest.join("task-router"))
-                .with_context(|| format!("cannot copy {}", binary.display()))
-        })
-        // A debug build's symbols are most of its size; a release build has none to strip.
-        .and_then(|_| {
-            cmd::run(
-                Command::new("strip")
-                    .arg("--strip-debug")
-                    .arg(dest.join("task-router")),
-            )
-        })
-        .and_then(|()| {
-            let tarball = staging.join("prebuilt.tar");
-            tar(&staging, "src", &tarball)?;
-            import(engine, &tarball, name)
-        });
-    let _ = std::fs::remove_dir_all(&staging);
-    made
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let copy = dir.join("task-router");
+    std::fs::copy(binary, &copy).with_context(|| format!("cannot copy {}", binary.display()))?;
+    // A debug build's symbols are most of its size; a release build has none to strip.
+    cmd::run(Command::new("strip").arg("--strip-debug").arg(&copy))?;
+    Ok(dir)
 }
 
 #[cfg(test)]
@@ -334,7 +308,7 @@ mod tests {
     fn local_names_follow_the_image_name() {
         let n = LocalNames::for_image("localhost/trtest-router:abc");
         assert_eq!(n.webserver, "localhost/trtest-router-base-webserver:abc");
-        assert_eq!(n.prebuilt, "localhost/trtest-router-prebuilt:abc");
+        assert_eq!(n.rust, "localhost/trtest-router-base-rust:abc");
         let n = LocalNames::for_image("registry:5000/task-router");
         assert_eq!(n.debian, "registry:5000/task-router-base-debian:latest");
     }

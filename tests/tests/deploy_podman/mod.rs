@@ -125,6 +125,18 @@ pub fn podman_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Every name `cargo xtask image --tag TAG` may make (xtask/src/image.rs, `LocalNames`): what a
+/// test removes, also when the build failed half-way and printed none.
+pub fn image_names(tag: &str) -> Vec<String> {
+    let (name, version) = tag.rsplit_once(':').expect("name:tag");
+    let mut all: Vec<String> = ["base-debian", "base-webserver", "base-rust"]
+        .iter()
+        .map(|suffix| format!("{name}-{suffix}:{version}"))
+        .collect();
+    all.push(tag.to_string());
+    all
+}
+
 /// The router image and its local bases, built by `cargo xtask image --local-bases --prebuilt`
 /// with the daemon `cargo xtask test` built; removed on drop.
 pub struct Images {
@@ -148,14 +160,7 @@ impl Images {
             .lines()
             .map(str::to_string)
             .collect();
-        // Every name `cargo xtask image` may have made (xtask/src/image.rs, LocalNames), also
-        // when it failed half-way and printed none.
-        let (name, version) = tag.rsplit_once(':').expect("name:tag");
-        let mut all: Vec<String> = ["base-debian", "base-webserver", "base-rust", "prebuilt"]
-            .iter()
-            .map(|suffix| format!("{name}-{suffix}:{version}"))
-            .collect();
-        all.push(tag.clone());
+        let all = image_names(&tag);
         let images = Images {
             router: tag.clone(),
             webserver: made
