@@ -13,7 +13,9 @@
 pub mod admin;
 pub mod auth;
 pub mod backoff;
+pub mod build_info;
 pub mod clearml;
+pub mod cli_assets;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

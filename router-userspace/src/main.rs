@@ -1,7 +1,7 @@
 //! `task-router`: the daemon binary.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use router_userspace::config::show::Shown;
 use router_userspace::config::{self, Config, Sources};
 use router_userspace::logging::{self, LogFormat};
@@ -52,6 +52,13 @@ enum Command {
     /// configuration the daemon ran with. Safe to repeat.
     #[command(after_long_help = config::docs::help_table())]
     Uninstall(ConfigArgs),
+    /// Write the man pages and shell completions (generated from these definitions) into DIR;
+    /// `cargo xtask dist` packs them.
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -149,13 +156,34 @@ impl ConfigArgs {
     }
 }
 
+/// The command line, with the build's identity as its version (`-V` short, `--version` long).
+fn command() -> clap::Command {
+    Cli::command()
+        .version(router_userspace::build_info::short_version())
+        .long_version(router_userspace::build_info::long_version())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     match &cli.command {
         Command::Run(args) => run(&cli, args.clone()),
         Command::CheckConfig(args) => check_config(&cli, args),
         Command::Status(args) => status(args),
         Command::Uninstall(args) => uninstall(&cli, args),
+        Command::GenerateAssets { out_dir } => generate_assets(out_dir),
+    }
+}
+
+fn generate_assets(dir: &std::path::Path) -> ExitCode {
+    match router_userspace::cli_assets::write(command(), dir) {
+        Ok(files) => {
+            files.iter().for_each(|f| println!("{}", f.display()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
+            ExitCode::FAILURE
+        }
     }
 }
 

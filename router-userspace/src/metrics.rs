@@ -177,6 +177,19 @@ fn interface_modes(status: &Status) -> Vec<(String, String)> {
 }
 
 fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    family(
+        encoder,
+        "task_router_build_info",
+        "the running build: version and git revision (task-router --version)",
+        MetricType::Gauge,
+        [(
+            [
+                ("version", crate::build_info::VERSION),
+                ("revision", crate::build_info::REVISION),
+            ],
+            1.0,
+        )],
+    )?;
     single(
         encoder,
         "task_router_ready",
@@ -186,14 +199,14 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
     )?;
     family(
         encoder,
-        "task_router_datapath_kind",
+        "task_router_datapath_info",
         "the TCP datapath in use (ebpf mode, nginx or nginx (fallback))",
         MetricType::Gauge,
         [([("kind", s.datapath.kind.clone())], 1.0)],
     )?;
     family(
         encoder,
-        "task_router_datapath_mode",
+        "task_router_datapath_mode_info",
         "the hook the kernel programs run at, per attached interface",
         MetricType::Gauge,
         interface_modes(s)
@@ -600,11 +613,11 @@ mod tests {
         for (series, value) in [
             ("task_router_ready", 1.0),
             (
-                "task_router_datapath_mode{interface=\"veth-a\",mode=\"tc\"}",
+                "task_router_datapath_mode_info{interface=\"veth-a\",mode=\"tc\"}",
                 1.0,
             ),
             (
-                "task_router_datapath_mode{interface=\"eth0\",mode=\"xdp\"}",
+                "task_router_datapath_mode_info{interface=\"eth0\",mode=\"xdp\"}",
                 1.0,
             ),
             (
@@ -652,5 +665,11 @@ mod tests {
             assert_eq!(found, Some(value), "{series} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        let build = format!(
+            "task_router_build_info{{version=\"{}\",revision=\"{}\"}} 1.0",
+            crate::build_info::VERSION,
+            crate::build_info::REVISION
+        );
+        assert!(text.lines().any(|l| l == build), "{build} in:\n{text}");
     }
 }

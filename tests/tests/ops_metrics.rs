@@ -36,7 +36,7 @@ fn metrics_show_a_route_s_traffic_verdicts_and_modes() {
 
     let before = scrape(&t);
     for dev in [&t.router_client.dev, &t.router_backend.dev] {
-        let series = format!("task_router_datapath_mode{{interface=\"{dev}\",mode=\"tc\"}}");
+        let series = format!("task_router_datapath_mode_info{{interface=\"{dev}\",mode=\"tc\"}}");
         assert_eq!(
             sample(&before, &series),
             Some(1.0),

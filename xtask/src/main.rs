@@ -4,6 +4,8 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod dist;
+mod image;
 mod prereq;
 mod setup;
 mod test;
@@ -42,6 +44,12 @@ enum Command {
     Demo(demo::DemoOptions),
     /// Benchmarks (root): `bench datapath`, or `bench` for every section.
     Bench(bench::BenchOptions),
+    /// The router's OCI image from deploy/Dockerfile (podman; `--local-bases` where the public
+    /// base images cannot be pulled, `--prebuilt BINARY` to skip the in-image build).
+    Image(image::ImageOptions),
+    /// Release artifacts in target/dist/: the Debian package (binary, systemd unit, example
+    /// configuration, man pages, shell completions) and the OCI image.
+    Dist(dist::DistOptions),
 }
 
 fn main() -> Result<()> {
@@ -55,5 +63,7 @@ fn main() -> Result<()> {
         Command::BenchHttp(opts) => bench::http::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Image(opts) => image::run(&opts),
+        Command::Dist(opts) => dist::run(&opts),
     }
 }
