@@ -126,15 +126,32 @@ pub fn runtime_key(base: &str, name: &str) -> String {
 /// Whether every key of `patch` already has its value in `runtime` (numbers and their string
 /// spellings count as equal: tasks write either).
 pub fn applied(runtime: &Map<String, Value>, patch: &BTreeMap<String, Value>) -> bool {
-    patch.iter().all(|(k, v)| match runtime.get(k) {
-        Some(current) if current == v => true,
+    patch.iter().all(|(k, v)| holds(runtime, k, v))
+}
+
+/// The entries of `patch` that `runtime` does not hold yet (see [`applied`]).
+pub fn pending(
+    runtime: &Map<String, Value>,
+    patch: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Value> {
+    patch
+        .iter()
+        .filter(|(k, v)| !holds(runtime, k, v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn holds(runtime: &Map<String, Value>, key: &str, value: &Value) -> bool {
+    match runtime.get(key) {
+        Some(current) if current == value => true,
         Some(_) => {
             let mut probe = Map::new();
-            probe.insert(k.clone(), v.clone());
-            runtime_str(runtime, k).is_some() && runtime_str(runtime, k) == runtime_str(&probe, k)
+            probe.insert(key.to_string(), value.clone());
+            runtime_str(runtime, key).is_some()
+                && runtime_str(runtime, key) == runtime_str(&probe, key)
         }
         None => false,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +216,8 @@ mod tests {
         assert!(applied(&runtime, &patch("n", json!("5"))));
         assert!(!applied(&runtime, &patch("a", json!("y"))));
         assert!(!applied(&runtime, &patch("missing", json!(1))));
+        let mut both = patch("p", json!(30001));
+        both.insert("q".into(), json!(1));
+        assert_eq!(pending(&runtime, &both), patch("q", json!(1)));
     }
 }

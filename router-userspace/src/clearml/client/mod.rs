@@ -1,16 +1,19 @@
 //! The HTTP client of the ClearML API: one connection (base URL, credentials, token) and
 //! authenticated calls, each answer read through the response envelope. The calls the router
-//! makes are beside it: `tasks` (list, look up, edit), `write` (read-merge-write of runtime
-//! keys), `queues` (names to ids).
+//! makes are beside it: `tasks` (list, look up, edit), `runtime_edit` (the atomic per-key call
+//! of newer servers), `write` (writing runtime keys back: atomically where the server can,
+//! read-merge-write otherwise), `queues` (names to ids).
 
 mod auth;
 mod envelope;
 mod queues;
+mod runtime_edit;
 mod stats;
 mod tasks;
 mod write;
 
 pub use queues::regex_escape;
+pub use runtime_edit::{EDIT_RUNTIME_SINCE, written_as_is};
 pub use stats::{ApiCallStats, ApiStats, LATENCY_BUCKETS};
 pub use write::{SETTLE, SETTLE_ROUNDS, WRITE_ATTEMPTS, WriteOutcome};
 
@@ -18,6 +21,7 @@ use super::error::ApiError;
 use crate::config::ClearmlConfig;
 use auth::{Token, TokenSlot};
 use envelope::parse_envelope;
+use runtime_edit::RuntimeEdits;
 use serde_json::{Map, Value, json};
 use stats::status_label;
 use std::sync::atomic::Ordering;
@@ -38,6 +42,8 @@ pub struct Client {
     timeout: Duration,
     page_size: usize,
     token: TokenSlot,
+    /// Whether the server has `tasks.edit_runtime`, learnt at each login.
+    runtime_edits: RuntimeEdits,
     pub stats: ApiStats,
 }
 
@@ -60,6 +66,7 @@ impl Client {
             timeout: cfg.request_timeout,
             page_size: MAX_PAGE_SIZE,
             token: TokenSlot::default(),
+            runtime_edits: RuntimeEdits::default(),
             stats: ApiStats::default(),
         })
     }
@@ -78,7 +85,9 @@ impl Client {
     async fn fetch_token(&self) -> Result<Token, ApiError> {
         self.stats.logins.fetch_add(1, Ordering::Relaxed);
         let data = self.send("auth.login", &json!({}), Auth::Basic).await?;
-        Token::from_login(&data, SystemTime::now())
+        let token = Token::from_login(&data, SystemTime::now())?;
+        self.runtime_edits.learn(token.api_version);
+        Ok(token)
     }
 
     /// One authenticated call; on a 401 the token is refreshed once and the call retried.
@@ -219,7 +228,7 @@ mod tests {
         let server = MockServer::start().await;
         let client = Client::new(&config(&server.url)).unwrap();
         let e = client.call("no.such", &json!({})).await.unwrap_err();
-        assert!(matches!(e, ApiError::Server { status: 400, .. }), "{e}");
+        assert!(matches!(e, ApiError::Server { status: 404, .. }), "{e}");
         assert!(!e.is_transient(), "{e}");
     }
 }

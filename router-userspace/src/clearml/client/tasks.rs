@@ -1,5 +1,5 @@
 //! The task calls: list the tasks that asked for an endpoint (paged, hidden ones included), look
-//! tasks up by id, and replace a task's runtime.
+//! tasks up by id, and replace a task's runtime whole.
 
 use super::Client;
 use crate::clearml::error::ApiError;
@@ -104,7 +104,7 @@ impl Client {
     }
 
     /// `tasks.edit` with `force: true` and the full runtime dict (the server replaces it whole).
-    pub async fn edit_runtime(
+    pub async fn replace_runtime(
         &self,
         id: &str,
         runtime: &Map<String, Value>,
