@@ -237,3 +237,70 @@ async fn server_2_2_is_written_with_read_merge_write() {
         "the settle read saw the task's write"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Item 4: what the SDK accepts, the router accepts.
+
+/// The SDK takes any endpoint name (`str(endpoint_name)`) and writes `<key>__<name>`; names
+/// outside `[A-Za-z0-9_-]` used to be refused, so the user's `wait_for_external_endpoint` timed
+/// out. They are routed: the URL and nginx use a key derived from the name (readable part and
+/// a hash), while the runtime keys, the status and the refusals keep the name as written.
+#[tokio::test]
+async fn endpoint_names_of_any_shape_are_routed_and_keep_their_name() {
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let ui = "My App (v2.0)";
+    let ssh = "ssh tunnel.1";
+    let id = admin.create_task(running(
+        "names",
+        json!({
+            format!("_SERVICE__{ui}"): "EXTERNAL", format!("_ADDRESS__{ui}"): "10.7.2.10",
+            format!("_PORT__{ui}"): 8080,
+            format!("_SERVICE__{ssh}"): "EXTERNAL_TCP",
+            format!("external_address__{ssh}"): "10.7.2.10",
+            format!("external_tcp_port__{ssh}"): 22,
+            // Only what cannot be shown as it is stays refused.
+            "_SERVICE__bad\u{7}name": "EXTERNAL",
+        }),
+    ));
+    let mut r = Rig::start(&server, &[]).await;
+    r.cycle().await;
+    let rt = admin.runtime(&id);
+    let url = rt[&format!("endpoint__{ui}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("no endpoint__{ui}: {rt:?}"))
+        .to_string();
+    let key = url
+        .strip_prefix(&format!("{ROUTER_URL}/service/"))
+        .and_then(|k| k.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{url}"));
+    assert!(key.starts_with(&format!("{id}__my-app-v2-0-")), "{key}");
+    assert!(r.http.programmed().contains_key(key));
+    assert_eq!(rt[&format!("_ROUTER_NAME__{ui}")], json!("edge-a"));
+    let port = *r.tcp.programmed().keys().next().expect("tcp route");
+    assert_eq!(rt[&format!("external_tcp_port__{ssh}")], json!(port));
+    assert_eq!(
+        rt[&format!("external_address__{ssh}")],
+        json!(ROUTER_ADDRESS)
+    );
+
+    let status = r.status();
+    let names: Vec<&str> = status
+        .routes
+        .iter()
+        .map(|row| row.owner.id.endpoint.as_str())
+        .collect();
+    assert!(names.contains(&ui) && names.contains(&ssh), "{names:?}");
+    let row = status
+        .routes
+        .iter()
+        .find(|row| row.owner.id.endpoint == ui)
+        .expect("row");
+    assert_eq!(row.router, url);
+    assert_eq!(status.refused.len(), 1, "{:?}", status.refused);
+    assert!(
+        status.refused[0].reason.contains("control characters"),
+        "{:?}",
+        status.refused
+    );
+}
