@@ -304,3 +304,235 @@ async fn endpoint_names_of_any_shape_are_routed_and_keep_their_name() {
         status.refused
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Item 5: the names and certificates of real installs.
+
+/// The `task-router` binary with a clean environment (only PATH and `extra`).
+fn task_router(args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(router_tests::daemon_binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .args(args);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run task-router")
+}
+
+fn stdout_stderr(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A ClearML gateway compose file of router 2.14+ (clearml-docs `appgw_install_compose.md:75-87`)
+/// names the port range, the external address and the cookie's `Secure` attribute
+/// `ROUTER__STREAM__*` / `ROUTER__HTTP__AUTHORIZATION__COOKIE__SECURE`. They used to be
+/// ignored (the range silently fell back to the default); they are read as aliases, a name and
+/// its alias set differently are refused naming both, and a misspelt router variable is named
+/// with the closest known one (an error under `--strict`).
+#[test]
+fn the_variable_names_of_current_clearml_installs_are_read() {
+    let dir = temp_dir("names");
+    let env_file = dir.path().join("runtime.env");
+    std::fs::write(
+        &env_file,
+        "ROUTER__STREAM__PORT_RANGE__START=40000\nROUTER__STREAM__PORT_RANGE__END=40999\n\
+         ROUTER__STREAM__EXTERNAL_URL=router.example.com\n\
+         ROUTER__HTTP__AUTHORIZATION__COOKIE__SECURE=false\nAUTH_ENABLED=false\n",
+    )
+    .expect("write env file");
+    let file = env_file.to_str().expect("utf-8");
+    let out = task_router(&["check-config", "--env-file", file], &[]);
+    let (stdout, stderr) = stdout_stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "TCP_PORT_START=40000",
+        "TCP_PORT_END=40999",
+        "TCP_ROUTER_ADDRESS=router.example.com",
+        "AUTH_SECURE_ENABLED=false",
+    ] {
+        assert!(stdout.contains(line), "{line} missing:\n{stdout}");
+    }
+    assert!(
+        stdout.contains(&format!("{file}:1, as ROUTER__STREAM__PORT_RANGE__START")),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    let out = task_router(
+        &["check-config", "--env-file", file],
+        &[("TCP_PORT_START", "30000")],
+    );
+    let (_, stderr) = stdout_stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TCP_PORT_START=\"30000\" (from environment)")
+            && stderr.contains("ROUTER__STREAM__PORT_RANGE__START=\"40000\""),
+        "{stderr}"
+    );
+
+    std::fs::write(&env_file, "TCP_PORTS_START=20000\nAUTH_ENABLED=false\n")
+        .expect("write env file");
+    let env = [("ROUTER__STREAM__PORT_RANGE_END", "20999")];
+    let out = task_router(&["check-config", "--env-file", file], &env);
+    let (stdout, stderr) = stdout_stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: TCP_PORTS_START (from ")
+            && stderr.contains("did you mean TCP_PORT_START?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("did you mean ROUTER__STREAM__PORT_RANGE__END (an alias of TCP_PORT_END)?"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("TCP_PORT_START=30000"), "{stdout}");
+    let out = task_router(&["check-config", "--strict", "--env-file", file], &env);
+    let (_, stderr) = stdout_stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("(2 problems)"), "{stderr}");
+}
+
+/// The client configuration of a router for `server`, with `extra` variables.
+fn clearml_config(
+    server: &ClearmlServer,
+    extra: &[(&str, &str)],
+) -> router_userspace::config::ClearmlConfig {
+    let creds = server.credentials();
+    let mut env: Vec<(String, String)> = vec![
+        ("CLEARML_API_HOST".into(), server.url()),
+        ("CLEARML_API_ACCESS_KEY".into(), creds.access_key),
+        ("CLEARML_API_SECRET_KEY".into(), creds.secret_key),
+        ("TCP_ROUTER_ADDRESS".into(), ROUTER_ADDRESS.into()),
+        ("AUTH_ENABLED".into(), "false".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let sources = Sources::new(Vec::new(), env, None).expect("sources");
+    Config::from_sources(&sources)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clearml
+}
+
+/// An on-premise server with a private CA: trusted through `SSL_VERIFY=<bundle>` (as the SDK's
+/// `verify_certificate`) or `CLEARML_API_CA_BUNDLE`, refused without it or with another CA's
+/// bundle; a missing or empty bundle stops start-up naming the variable and the file.
+#[tokio::test]
+async fn a_private_ca_is_trusted_from_ssl_verify_or_its_own_variable() {
+    use router_tests::clearml_server::tls::TestCa;
+    use router_userspace::clearml::Client;
+    let server =
+        ClearmlServer::start_with(ServerOptions::default().https(&[])).expect("https server");
+    let ca = server.ca_pem().expect("CA bundle");
+    let ca = ca.to_str().expect("utf-8");
+    for var in ["SSL_VERIFY", "CLEARML_API_CA_BUNDLE"] {
+        let client = Client::new(&clearml_config(&server, &[(var, ca)])).expect("client");
+        client
+            .login()
+            .await
+            .unwrap_or_else(|e| panic!("{var}={ca}: {e}"));
+    }
+    let client = Client::new(&clearml_config(&server, &[])).expect("client");
+    assert!(client.login().await.is_err(), "an unknown CA is trusted");
+    let stranger = TestCa::generate(&["127.0.0.1".into()]).expect("another CA");
+    let other = stranger.ca_pem();
+    let other = other.to_str().expect("utf-8");
+    let client = Client::new(&clearml_config(&server, &[("SSL_VERIFY", other)])).expect("client");
+    assert!(
+        client.login().await.is_err(),
+        "another CA's bundle is trusted"
+    );
+
+    let dir = temp_dir("ca");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    let missing = dir.path().join("missing.pem");
+    for (var, path, why) in [
+        (
+            "SSL_VERIFY",
+            missing.to_str().expect("utf-8"),
+            "cannot be read",
+        ),
+        (
+            "CLEARML_API_CA_BUNDLE",
+            empty.to_str().expect("utf-8"),
+            "holds no PEM certificate",
+        ),
+    ] {
+        let e = Client::new(&clearml_config(&server, &[(var, path)]))
+            .err()
+            .unwrap_or_else(|| panic!("{var}={path} accepted"))
+            .to_string();
+        assert!(
+            e.contains(&format!("{var}={path}")) && e.contains(why),
+            "{e}"
+        );
+        // check-config says so too, before anything starts.
+        let creds = server.credentials();
+        let url = server.url();
+        let out = task_router(
+            &["check-config"],
+            &[
+                ("CLEARML_API_HOST", url.as_str()),
+                ("CLEARML_API_ACCESS_KEY", &creds.access_key),
+                ("CLEARML_API_SECRET_KEY", &creds.secret_key),
+                ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
+                ("AUTH_ENABLED", "false"),
+                (var, path),
+            ],
+        );
+        let (_, stderr) = stdout_stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("{var}={path}")), "{stderr}");
+    }
+}
+
+/// The system store is trusted besides the built-in roots: a CA installed there (here through
+/// `SSL_CERT_FILE`, which the system-store loader honours like OpenSSL) needs no variable of
+/// the router's own.
+#[test]
+fn a_ca_in_the_system_store_is_trusted() {
+    router_tests::require_root();
+    let server =
+        ClearmlServer::start_with(ServerOptions::default().https(&[])).expect("https server");
+    let ca = server.ca_pem().expect("CA bundle");
+    let admin = server.admin();
+    admin.create_task(running("app", Value::Object(tcp_request("10.7.3.10", 22))));
+    let dir = temp_dir("store");
+    let creds = server.credentials();
+    let mut cmd = std::process::Command::new(router_tests::daemon_binary());
+    cmd.args([
+        "run",
+        "--mode",
+        "nginx",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--poll-interval",
+        "200ms",
+    ])
+    .env("CLEARML_API_HOST", server.url())
+    .env("CLEARML_API_ACCESS_KEY", creds.access_key)
+    .env("CLEARML_API_SECRET_KEY", creds.secret_key)
+    .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
+    .env("TCP_PORT_START", "31000")
+    .env("TCP_PORT_END", "31099")
+    .env("AUTH_ENABLED", "false")
+    .env("ROUTER_STATE_DIR", dir.path().join("state"))
+    // Nothing is served: the files go to a directory of the test's own, nginx is never run.
+    .env("NGINX_CONF_DIR", dir.path().join("nginx"))
+    .env("NGINX_TEST_CMD", "true")
+    .env("NGINX_RELOAD_CMD", "true")
+    .env("SSL_CERT_FILE", &ca);
+    let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
+    daemon.wait_for_log("ready", std::time::Duration::from_secs(30));
+    let id = admin.task_ids().pop().expect("task");
+    router_tests::wait::until(
+        "the endpoint written back",
+        std::time::Duration::from_secs(20),
+        || (admin.runtime(&id)["external_address"] == json!(ROUTER_ADDRESS)).then_some(()),
+    );
+    assert!(!daemon.log().contains("certificate"), "{}", daemon.log());
+}

@@ -22,6 +22,8 @@ pub fn client_config(url: &str) -> ClearmlConfig {
         access_key: "ak".into(),
         secret_key: "sk".into(),
         ssl_verify: true,
+        ssl_verify_bundle: None,
+        ca_bundle: None,
         listen_queues: Vec::new(),
         poll_interval: Duration::from_millis(100),
         request_timeout: Duration::from_secs(2),

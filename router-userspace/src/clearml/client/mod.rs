@@ -10,11 +10,13 @@ mod queues;
 mod runtime_edit;
 mod stats;
 mod tasks;
+mod tls;
 mod write;
 
 pub use queues::regex_escape;
 pub use runtime_edit::{EDIT_RUNTIME_SINCE, written_as_is};
 pub use stats::{ApiCallStats, ApiStats, LATENCY_BUCKETS};
+pub use tls::ca_bundle;
 pub use write::{SETTLE, SETTLE_ROUNDS, WRITE_ATTEMPTS, WriteOutcome};
 
 use super::error::ApiError;
@@ -48,14 +50,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `cfg.api_host` (which must be set).
+    /// A client for `cfg.api_host` (which must be set), trusting the system store, the
+    /// built-in roots and the CA bundles `cfg` names (a missing or bad one is an error).
     pub fn new(cfg: &ClearmlConfig) -> Result<Client, ApiError> {
         let base = cfg.api_host.clone().unwrap_or_default();
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
-            .danger_accept_invalid_certs(!cfg.ssl_verify)
-            .user_agent(concat!("task-router/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("task-router/", env!("CARGO_PKG_VERSION")));
+        let http = tls::trust(builder, cfg)?
             .build()
             .map_err(ApiError::ClientSetup)?;
         Ok(Client {
