@@ -536,3 +536,60 @@ fn a_ca_in_the_system_store_is_trusted() {
     );
     assert!(!daemon.log().contains("certificate"), "{}", daemon.log());
 }
+
+// ------------------------------------------------------------------------------------------
+// Item 6: queues on Kubernetes.
+
+/// The open-source Kubernetes glue moves every task it runs to its own `k8s_scheduler` queue
+/// (`execution.queue` overwritten), so `LISTEN_QUEUE_NAME=<the user's queue>` matched nothing
+/// there; the user's queue survives as the user property `k8s-queue`, which the router
+/// matches too. A task of another queue stays another router's; on Enterprise
+/// `execution.queue` stays the user's queue and matches as before.
+#[tokio::test]
+async fn tasks_the_kubernetes_glue_moved_are_served_by_their_users_queue() {
+    for options in [
+        ServerOptions::default(),
+        ServerOptions::default().advanced(),
+    ] {
+        let server = ClearmlServer::start_with(options).expect("server");
+        let admin = server.admin();
+        admin.create_queue("gpu");
+        let mine = admin.create_task(
+            TaskSpec::new("on k8s")
+                .system_tags(&["external_service"])
+                .runtime(Value::Object(tcp_request("10.7.4.10", 22))),
+        );
+        let other = admin.create_task(
+            TaskSpec::new("another queue on k8s")
+                .system_tags(&["external_service"])
+                .runtime(Value::Object(tcp_request("10.7.4.11", 22))),
+        );
+        let glued = admin.k8s_glue_schedules(&mine, "gpu").expect("glue");
+        admin.k8s_glue_schedules(&other, "cpu").expect("glue");
+        for id in [&mine, &other] {
+            admin.k8s_pod_runs(id).expect("pod starts");
+        }
+        let queue = admin.task(&mine).expect("task")["execution"]["queue"].clone();
+        if admin.feature_set() == "basic" {
+            assert_eq!(queue, json!(glued.pending_queue_id), "the glue moved it");
+        }
+        let mut r = Rig::start(&server, &[("LISTEN_QUEUE_NAME", "gpu")]).await;
+        r.cycle().await;
+        let routes = r.tcp.programmed();
+        let owners: Vec<&str> = routes
+            .values()
+            .map(|route| route.owner.id.task_id.as_str())
+            .collect();
+        assert_eq!(owners, [mine.as_str()], "{}", admin.feature_set());
+        assert_eq!(
+            admin.runtime(&mine)["external_address"],
+            json!(ROUTER_ADDRESS)
+        );
+        assert_eq!(
+            admin.runtime(&other)["external_address"],
+            json!("10.7.4.11"),
+            "a task of another queue was served"
+        );
+        assert_eq!(r.status().clearml.tasks, 1);
+    }
+}

@@ -214,6 +214,14 @@ async fn handle(
                             && body["execution.queue"]
                                 .as_array()
                                 .is_none_or(|q| q.contains(&t["execution"]["queue"]))
+                            && body["hyperparams.properties.k8s-queue.value"]
+                                .as_array()
+                                .is_none_or(|q| {
+                                    let name = t.get("hyperparams").map_or(&Value::Null, |h| {
+                                        &h["properties"]["k8s-queue"]["value"]
+                                    });
+                                    q.contains(name)
+                                })
                     }
                 })
                 .collect();

@@ -85,7 +85,9 @@ pub const ENV_VARS: &[EnvVar] = &[
         section: Clearml,
         name: "LISTEN_QUEUE_NAME",
         default: "",
-        help: "queues whose tasks to serve, separated by commas or spaces; empty or `none` = all",
+        help: "queues whose tasks to serve, separated by commas or spaces (a task the open-source \
+               Kubernetes glue moved to k8s_scheduler counts as its user's queue); empty or \
+               `none` = all",
         secret: false,
         alias: None,
         expected: "",

@@ -135,7 +135,7 @@ fn read_requests<'a>(
 ) -> Vec<Req<'a>> {
     let mut requests: Vec<Req> = Vec::new();
     for task in tasks {
-        if !task.wants_routes(&s.queue_ids) {
+        if !task.wants_routes(&s.queue_ids, &s.queue_names) {
             continue;
         }
         plan.tasks += 1;

@@ -251,7 +251,7 @@ fn generated_task_lists_decode_through_the_client() {
         for case in 0..cases {
             let data = lists.new_tree(&mut runner).expect("generate").current();
             *answer.lock().expect("lock") = data.clone();
-            let result = client.tasks_requesting_endpoints(&[]).await;
+            let result = client.tasks_requesting_endpoints(&[], &[]).await;
             match (data.get("tasks").and_then(Value::as_array), result) {
                 (Some(entries), Ok((tasks, skipped))) => {
                     let mut ids: Vec<&str> = entries

@@ -196,7 +196,10 @@ mod tests {
         let server = MockServer::start().await;
         let client = Client::new(&config(&server.url)).unwrap();
         server.fault(Fault::Status500);
-        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        let e = client
+            .tasks_requesting_endpoints(&[], &[])
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -211,10 +214,16 @@ mod tests {
         );
         assert!(e.is_transient());
         server.fault(Fault::Garbage);
-        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        let e = client
+            .tasks_requesting_endpoints(&[], &[])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::Malformed { .. }), "{e}");
         server.fault(Fault::Hang(Duration::from_secs(3)));
-        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        let e = client
+            .tasks_requesting_endpoints(&[], &[])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::Timeout { .. }), "{e}");
         assert!(e.to_string().contains("tasks.get_all"), "{e}");
         assert!(client.get_task("nope").await.unwrap().is_none());
