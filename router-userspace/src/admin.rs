@@ -57,6 +57,9 @@ pub struct DatapathStatus {
     pub kind: String,
     /// `interface mode` for each attached interface.
     pub interfaces: Vec<String>,
+    /// Interfaces whose mode forwards, but not as well as it could (from the start-up check).
+    #[serde(default)]
+    pub degraded: Vec<crate::datapath::capability::Degradation>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -108,7 +111,9 @@ pub struct RouteStatus {
     /// The router port (TCP) or URL (HTTP).
     pub router: String,
     pub upstream: String,
-    /// `active`, `writing back`, `write-back failed: ...` or `failed: ...`.
+    /// `active`, `writing back`, `write-back failed: ...`, `failed: ...` (not programmed),
+    /// `not served: ...` (programmed, but the forwarder cannot serve it: its task gets the
+    /// reason instead of the endpoint) or `waiting to be served: ...`.
     pub state: String,
     /// Filled by the datapath's counters when available.
     pub connections: Option<u64>,

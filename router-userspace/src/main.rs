@@ -297,7 +297,7 @@ fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            daemon::exit_code(&e)
         }
     }
 }

@@ -200,6 +200,22 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
             .into_iter()
             .map(|(interface, mode)| ([("interface", interface), ("mode", mode)], 1.0)),
     )?;
+    family(
+        encoder,
+        "task_router_datapath_degraded",
+        "1 per interface whose mode forwards, but not as well as it could, by reason (the \
+         start-up check; the log and /readyz say what to do)",
+        MetricType::Gauge,
+        s.datapath.degraded.iter().map(|d| {
+            (
+                [
+                    ("interface", d.interface.clone()),
+                    ("reason", d.reason.clone()),
+                ],
+                1.0,
+            )
+        }),
+    )?;
     encode_sync(encoder, &s.clearml)?;
     single(
         encoder,
@@ -538,6 +554,11 @@ mod tests {
             datapath: DatapathStatus {
                 kind: "auto".into(),
                 interfaces: vec!["veth-a tc".into(), "eth0 xdp".into()],
+                degraded: vec![crate::datapath::capability::Degradation {
+                    interface: "veth-a".into(),
+                    reason: "xdp_generic".into(),
+                    detail: "slow".into(),
+                }],
             },
             ..Status::default()
         };
@@ -584,6 +605,10 @@ mod tests {
             ),
             (
                 "task_router_datapath_mode{interface=\"eth0\",mode=\"xdp\"}",
+                1.0,
+            ),
+            (
+                "task_router_datapath_degraded{interface=\"veth-a\",reason=\"xdp_generic\"}",
                 1.0,
             ),
             ("task_router_sync_cycles_total", 7.0),

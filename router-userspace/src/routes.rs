@@ -120,6 +120,26 @@ pub struct RouteCounters {
     pub bytes: u64,
 }
 
+/// Whether a forwarder can serve the routes it programmed, as of now: what
+/// [`TcpForwarder::check_serving`] answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServeCheck {
+    /// Why no route can be served (an attached interface gone), if so.
+    pub all: Option<String>,
+    /// Programmed routes that cannot be served, by router port, with why (nothing listens on
+    /// the port an nginx should hold).
+    pub ports: BTreeMap<u16, String>,
+}
+
+impl ServeCheck {
+    /// Why the route on `port` cannot be served, if so.
+    pub fn problem(&self, port: u16) -> Option<&str> {
+        self.all
+            .as_deref()
+            .or_else(|| self.ports.get(&port).map(String::as_str))
+    }
+}
+
 /// Owner of the kernel's TCP route map (or of nginx `stream` servers in the fallback datapath).
 pub trait TcpForwarder: Send {
     /// Makes the programmed TCP routes equal `wanted`. New connections follow the new routes at
@@ -130,6 +150,14 @@ pub trait TcpForwarder: Send {
     /// returns an empty map (the default).
     fn counters(&self) -> BTreeMap<u16, RouteCounters> {
         BTreeMap::new()
+    }
+
+    /// Can the routes programmed now be served, and if not why: asked once per sync cycle,
+    /// after `apply`, before their endpoints are written back (an endpoint nothing serves is
+    /// never handed to a task). Cheap and without traffic: it looks (listening sockets,
+    /// interfaces), it never connects. An owner that cannot tell says yes (the default).
+    fn check_serving(&self) -> ServeCheck {
+        ServeCheck::default()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 use router_tests::clearml_server::client::ApiClient;
-use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, sdk_versions};
+use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, last_2_0, newest};
 use router_tests::clearml_server::{ClearmlServer, ServerOptions};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -22,17 +22,6 @@ const TCP_ROUTER_ADDRESS: &str = "203.0.113.7";
 const ROUTER_URL: &str = "http://router.example.invalid:8010";
 const TASK_IP: &str = "198.51.100.20";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn newest() -> &'static str {
-    sdk_versions()[0]
-}
-
-fn last_2_0() -> &'static str {
-    sdk_versions()
-        .into_iter()
-        .find(|v| v.starts_with("2.0."))
-        .expect("a 2.0.x release in tests/python/sdk-versions.txt")
-}
 
 /// The endpoints (suffix → protocol) a runtime asks for. Keys, not `_SERVICE`, decide the
 /// protocol: SDK 2.0 keeps one unsuffixed `_SERVICE`, so a task asking for both protocols
@@ -172,10 +161,7 @@ impl Drop for RouterLoop {
 }
 
 fn env(server: &ClearmlServer) -> SdkEnv {
-    SdkEnv {
-        host_ip: Some(TASK_IP.into()),
-        ..SdkEnv::for_server(server)
-    }
+    SdkEnv::on_host(server, TASK_IP)
 }
 
 fn tcp_and_http_reach_the_sdk(version: &str) {

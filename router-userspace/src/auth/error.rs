@@ -16,6 +16,8 @@ pub enum AuthError {
     LoginUrl(String),
     #[error("the ClearML token is not valid")]
     Token(#[source] jsonwebtoken::errors::Error),
+    #[error("the ClearML token expired (exp {0})")]
+    Expired(u64),
     #[error("the ClearML token has no identity.company")]
     NoCompany,
     #[error("the ClearML token is too long")]

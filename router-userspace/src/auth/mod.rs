@@ -25,10 +25,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::AuthConfig;
 
-pub use cache::TokenCache;
+pub use cache::{TTL as CACHE_TTL, TokenCache};
 pub use error::AuthError;
 pub use identity::Identity;
-pub use jwt::{LEEWAY_SECS, Verifier, algorithm, decode_jwks_key};
+pub use jwt::{NBF_LEEWAY_SECS, Verifier, algorithm, decode_jwks_key};
 pub use web::router;
 
 /// The admin-server path nginx's `auth_request` subrequests go to.
@@ -73,6 +73,9 @@ pub struct Decision {
     pub set_cookie: Option<String>,
     /// Where to send a refused browser.
     pub login: Option<String>,
+    /// The `exp` (seconds since the epoch) of the token that let the request through: the
+    /// answer must not be reused past it.
+    pub expires: Option<u64>,
 }
 
 impl Decision {
@@ -180,6 +183,7 @@ impl Authenticator {
                 forward_authorization: req.authorization.map(str::to_string),
                 set_cookie: None,
                 login: None,
+                expires: None,
             };
         }
         let bearer = req.authorization.and_then(bearer_token);
@@ -202,14 +206,17 @@ impl Authenticator {
             forward_authorization,
             set_cookie: None,
             login: None,
+            expires: None,
         };
-        if let Some((id, _)) = from_cookie {
+        if let Some((id, exp)) = from_cookie {
             decision.identity = Some(id);
             decision.via = Some(Via::Cookie);
+            decision.expires = Some(exp);
         } else if let (Some(token), Some(Ok((id, exp)))) = (bearer, &bearer_result) {
             decision.set_cookie = self.session_cookie(token, *exp);
             decision.identity = Some(id.clone());
             decision.via = Some(Via::Bearer);
+            decision.expires = Some(*exp);
         } else {
             let reason = match (&refusal, &bearer_result) {
                 (_, Some(Err(e))) | (Some(e), _) => crate::error::error_chain(e),

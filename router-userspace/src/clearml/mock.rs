@@ -257,6 +257,9 @@ async fn handle(
                 {
                     rt.insert(k, v);
                 }
+                for k in body["remove"].as_array().cloned().unwrap_or_default() {
+                    rt.remove(k.as_str().unwrap_or_default());
+                }
             }
             if let Some(h) = &mut hook
                 && let Some(Value::Object(rt)) = t.get_mut("runtime")

@@ -147,7 +147,7 @@ pub fn runtime_key(base: &str, name: &str) -> String {
 }
 
 /// Whether every key of `patch` already has its value in `runtime` (numbers and their string
-/// spellings count as equal: tasks write either).
+/// spellings count as equal: tasks write either). A `null` in a patch means "no such key".
 pub fn applied(runtime: &Map<String, Value>, patch: &BTreeMap<String, Value>) -> bool {
     patch.iter().all(|(k, v)| holds(runtime, k, v))
 }
@@ -166,6 +166,7 @@ pub fn pending(
 
 fn holds(runtime: &Map<String, Value>, key: &str, value: &Value) -> bool {
     match runtime.get(key) {
+        current if value.is_null() => current.is_none_or(Value::is_null),
         Some(current) if current == value => true,
         Some(_) => {
             let mut probe = Map::new();
@@ -174,6 +175,17 @@ fn holds(runtime: &Map<String, Value>, key: &str, value: &Value) -> bool {
                 && runtime_str(runtime, key) == runtime_str(&probe, key)
         }
         None => false,
+    }
+}
+
+/// Writes `patch` into `runtime`: each key set, a `null` removing its key.
+pub fn merge(runtime: &mut Map<String, Value>, patch: BTreeMap<String, Value>) {
+    for (k, v) in patch {
+        if v.is_null() {
+            runtime.remove(&k);
+        } else {
+            runtime.insert(k, v);
+        }
     }
 }
 
@@ -252,5 +264,15 @@ mod tests {
         let mut both = patch("p", json!(30001));
         both.insert("q".into(), json!(1));
         assert_eq!(pending(&runtime, &both), patch("q", json!(1)));
+        // null: the key must be absent, and merging removes it.
+        assert!(applied(&runtime, &patch("missing", Value::Null)));
+        assert!(!applied(&runtime, &patch("a", Value::Null)));
+        let mut merged = runtime.clone();
+        merge(&mut merged, patch("a", Value::Null));
+        merge(&mut merged, patch("b", json!("new")));
+        assert_eq!(
+            Value::Object(merged),
+            json!({"p": "30001", "n": 5, "b": "new"})
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The owners the engine drives (the TCP forwarder and the HTTP router): giving them the wanted
-//! set, and what each took of it.
+//! set, what each took of it, and whether what the TCP forwarder took can be served.
 
+use super::serving::{Serving, Unserved};
 use crate::routes::{ApplyReport, HttpRouter, RouteCounters, RouteRef, RouteSet, TcpForwarder};
 use anyhow::{Result, anyhow};
 use std::collections::{BTreeMap, HashMap};
@@ -75,6 +76,7 @@ pub(super) struct Owners {
     applied_at: Instant,
     tcp_health: OwnerHealth,
     http_health: OwnerHealth,
+    serving: Serving,
 }
 
 impl Owners {
@@ -87,6 +89,7 @@ impl Owners {
             applied_at: Instant::now(),
             tcp_health: OwnerHealth::default(),
             http_health: OwnerHealth::default(),
+            serving: Serving::default(),
         }
     }
 
@@ -137,13 +140,48 @@ impl Owners {
         read.ok().flatten().unwrap_or_default()
     }
 
-    /// Whether `route` is programmed (its owner applied it without failure).
-    pub(super) fn programmed(&self, route: &RouteRef) -> bool {
+    /// Asks the TCP forwarder whether the routes it programmed can be served now (every
+    /// cycle: an external nginx can stop while nothing changes); a forwarder that panicked
+    /// earlier leaves the last answer.
+    pub(super) async fn check_serving(&mut self) {
+        let tcp = self.tcp.clone();
+        let check = tokio::task::spawn_blocking(move || tcp.lock().map(|f| f.check_serving()).ok())
+            .await
+            .ok()
+            .flatten();
+        if let Some(check) = check {
+            self.serving.record(check, Instant::now());
+        }
+    }
+
+    /// Why `route` is not served now: its owner did not program it (settled at once), or the
+    /// TCP forwarder cannot serve it (see [`Serving`]); `None` when it is served.
+    pub(super) fn unserved(&self, route: &RouteRef) -> Option<Unserved<'_>> {
         let health = match route {
             RouteRef::Tcp(_) => &self.tcp_health,
             RouteRef::Http(_) => &self.http_health,
         };
-        health.failure(route).is_none()
+        if let Some(reason) = health.failure(route) {
+            return Some(Unserved {
+                reason,
+                settled: true,
+            });
+        }
+        match route {
+            RouteRef::Tcp(port) => self.serving.unserved(*port, Instant::now()),
+            RouteRef::Http(_) => None,
+        }
+    }
+
+    /// What the TCP forwarder said it can serve.
+    pub(super) fn serving(&self) -> &Serving {
+        &self.serving
+    }
+
+    /// Sets how long a route may wait to be served before its task is told (tests).
+    #[cfg(test)]
+    pub(super) fn set_serve_grace(&mut self, grace: Duration) {
+        self.serving.set_grace(grace);
     }
 
     /// The set last given to the owners (`None` before the first apply).

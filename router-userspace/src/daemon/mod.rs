@@ -15,8 +15,9 @@
 //!
 //! The rooms: `parts` (the owners the daemon drives, and the nginx fallback), `engine` (the loop
 //! and its cycle), `sync` (the ClearML source), `apply` (the owners and what they took),
-//! `write_back` (endpoints written to the tasks), `guard` (the mass-removal guard), `state`
-//! (`ROUTER_STATE_DIR`), `report` (sync health, readiness and the published status).
+//! `serving` (whether what they took can be served now), `write_back` (endpoints, or why not,
+//! written to the tasks), `guard` (the mass-removal guard), `state` (`ROUTER_STATE_DIR`),
+//! `report` (sync health, readiness and the published status).
 //!
 //! [`TcpForwarder`]: crate::routes::TcpForwarder
 //! [`HttpRouter`]: crate::routes::HttpRouter
@@ -27,6 +28,7 @@ mod extra_command;
 mod guard;
 mod parts;
 mod report;
+mod serving;
 mod state;
 mod sync;
 mod write_back;
@@ -42,6 +44,18 @@ use crate::admin::{self, SharedStatus};
 use crate::config::Config;
 use anyhow::{Context, Result, anyhow};
 use std::net::SocketAddr;
+
+/// The exit code for an error that stopped the start: 2 when the configured datapath cannot
+/// run on this host (as `check-config` answers a bad value), else 1.
+pub fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
+    if e.chain()
+        .any(|c| c.is::<crate::datapath::capability::ModeRefused>())
+    {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
 
 /// The daemon, started.
 pub struct Running {

@@ -219,6 +219,10 @@ impl Report {
         if facts.owners.applied().is_none() {
             return (false, "routes not applied yet".into());
         }
+        // Ready means forwarding: a route the forwarder cannot serve is not ready.
+        if let Some(why) = facts.owners.serving().not_ready() {
+            return (false, why);
+        }
         (true, String::new())
     }
 
@@ -254,9 +258,15 @@ impl Report {
         let empty = RouteSet::default();
         let wanted = facts.owners.applied().unwrap_or(&empty);
         let mut out = Vec::with_capacity(wanted.tcp.len() + wanted.http.len());
-        let state = |failure: Option<&str>, key: (EndpointId, Kind)| match failure {
-            Some(reason) => format!("failed: {reason}"),
-            None => facts.writes.state(&key).unwrap_or("active").to_string(),
+        let state = |failure: Option<&str>, route: RouteRef, key: (EndpointId, Kind)| {
+            if let Some(reason) = failure {
+                return format!("failed: {reason}");
+            }
+            match facts.owners.unserved(&route) {
+                Some(u) if u.settled => format!("not served: {}", u.reason),
+                Some(u) => format!("waiting to be served: {}", u.reason),
+                None => facts.writes.state(&key).unwrap_or("active").to_string(),
+            }
         };
         for (port, r) in &wanted.tcp {
             let key = r.owner.id.clone();
@@ -267,6 +277,7 @@ impl Report {
                 upstream: r.upstream.to_string(),
                 state: state(
                     facts.owners.tcp().failure(&RouteRef::Tcp(*port)),
+                    RouteRef::Tcp(*port),
                     (key, Kind::Tcp),
                 ),
                 connections: self.counters.get(port).map(|c| c.connections),
@@ -287,6 +298,7 @@ impl Report {
                 upstream: r.upstream.to_string(),
                 state: state(
                     facts.owners.http().failure(&RouteRef::Http(k.clone())),
+                    RouteRef::Http(k.clone()),
                     (key, Kind::Http),
                 ),
                 connections: None,
@@ -309,10 +321,17 @@ impl Report {
         }
         self.was_ready |= ready;
         let routes = self.route_rows(facts);
-        let degraded = self.degraded(facts);
+        let mut degraded = self.degraded(facts);
         let Ok(mut s) = self.status.write() else {
             return;
         };
+        // The datapath's own (from the start-up check), after the sync's.
+        degraded.extend(
+            s.datapath
+                .degraded
+                .iter()
+                .map(|d| format!("the datapath on {} is degraded: {}", d.interface, d.detail)),
+        );
         s.ready = ready;
         s.ready_reason = reason;
         s.degraded = degraded;

@@ -1,5 +1,7 @@
-//! Writing endpoints back to the ClearML tasks once their routes are programmed, and the state
-//! of each endpoint's write (what `/status` shows for its route until the write lands).
+//! Writing endpoints back to the ClearML tasks once their routes are programmed and served, and
+//! the state of each endpoint's write (what `/status` shows for its route until the write
+//! lands). An endpoint whose route cannot be served is never written: the reason is, in
+//! [`reconcile::ENDPOINT_ERROR_KEY`], and the endpoint's own write removes it later.
 
 use super::apply::Owners;
 use crate::clearml::{ApiError, Client, WriteOutcome};
@@ -15,10 +17,22 @@ const WRITE_CONCURRENCY: usize = 16;
 /// One endpoint's write: the task endpoint and the kind of route it is written for.
 type WriteKey = (EndpointId, Kind);
 
+/// What is written on a task for one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Payload {
+    /// The endpoint (the plan's patch).
+    Endpoint,
+    /// Why the endpoint is not served, instead of it.
+    Error(String),
+}
+
 /// Endpoints whose write-back is pending or failed, with the state to show.
 #[derive(Debug, Default)]
 pub(super) struct WriteBacks {
     states: HashMap<WriteKey, String>,
+    /// The reasons on tasks instead of their endpoints, so a reason that holds is not written
+    /// (nor its task read) again every cycle.
+    errors: HashMap<WriteKey, String>,
 }
 
 impl WriteBacks {
@@ -31,7 +45,7 @@ impl WriteBacks {
     /// attempt, e.g. a failed write, stays until this attempt ends).
     pub(super) fn mark_pending(&mut self, writes: &[WriteBack], owners: &Owners) {
         for wb in writes {
-            if owners.programmed(&wb.route) {
+            if owners.unserved(&wb.route).is_none() {
                 self.states
                     .entry((wb.key.clone(), wb.want.kind()))
                     .or_insert_with(|| "writing back".into());
@@ -39,9 +53,10 @@ impl WriteBacks {
         }
     }
 
-    /// Writes endpoints back for the routes `owners` programmed (the others wait); states of
-    /// endpoints no longer in `writes` are dropped. Returns the transient API errors met, for
-    /// the sync health.
+    /// Writes endpoints back for the routes `owners` programmed and serve; for a route not
+    /// served for longer than the grace (or not programmed) the reason instead; the others
+    /// wait. States of endpoints no longer in `writes` are dropped. Returns the transient API
+    /// errors met, for the sync health.
     pub(super) async fn write(
         &mut self,
         writes: Vec<WriteBack>,
@@ -55,27 +70,71 @@ impl WriteBacks {
             .map(|w| (w.key.clone(), w.want.kind()))
             .collect();
         self.states.retain(|k, _| live.contains(k));
+        self.errors.retain(|k, _| live.contains(k));
         let Some(client) = client else {
             return Vec::new();
         };
         // One job per task, its endpoints written one after the other: two concurrent
         // read-merge-writes of the same runtime dict would each drop the other's keys.
-        let mut by_task: BTreeMap<String, Vec<WriteBack>> = BTreeMap::new();
+        let mut by_task: BTreeMap<String, Vec<(WriteBack, Payload)>> = BTreeMap::new();
         for wb in writes {
-            if !owners.programmed(&wb.route) {
-                self.states.insert(
-                    (wb.key.clone(), wb.want.kind()),
-                    "waiting for the route to be programmed".into(),
-                );
-                continue;
-            }
-            by_task.entry(wb.key.task_id.clone()).or_default().push(wb);
+            let key = (wb.key.clone(), wb.want.kind());
+            let payload = match owners.unserved(&wb.route) {
+                None => Payload::Endpoint,
+                Some(u) if !u.settled => {
+                    self.states
+                        .insert(key, format!("waiting to be served: {}", u.reason));
+                    continue;
+                }
+                Some(u) if self.errors.get(&key).map(String::as_str) == Some(u.reason) => {
+                    continue;
+                }
+                Some(u) => Payload::Error(u.reason.to_string()),
+            };
+            by_task
+                .entry(wb.key.task_id.clone())
+                .or_default()
+                .push((wb, payload));
         }
         let finished = write_by_task(by_task, client, settings, policy).await;
         finished
             .into_iter()
-            .filter_map(|(wb, outcome)| self.record(&wb, outcome))
+            .filter_map(|(wb, payload, outcome)| match payload {
+                Payload::Endpoint => self.record(&wb, outcome),
+                Payload::Error(reason) => self.record_error(&wb, reason, outcome),
+            })
             .collect()
+    }
+
+    /// Records how writing the reason an endpoint is not served went; the error when it is
+    /// transient.
+    fn record_error(
+        &mut self,
+        wb: &WriteBack,
+        reason: String,
+        outcome: Result<WriteOutcome, ApiError>,
+    ) -> Option<ApiError> {
+        let key = (wb.key.clone(), wb.want.kind());
+        match outcome {
+            Ok(WriteOutcome::Written { .. } | WriteOutcome::Unchanged) => {
+                tracing::info!(
+                    task = %wb.key.task_id, endpoint = %wb.key.endpoint, name = ?wb.task_name,
+                    route = %wb.route, reason = %reason,
+                    "endpoint not served: the reason is written on the task instead"
+                );
+                self.errors.insert(key, reason);
+                None
+            }
+            Ok(other) => {
+                tracing::debug!(task = %wb.key.task_id, outcome = ?other, "reason not written");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(task = %wb.key.task_id, error = %crate::error::error_chain(&e),
+                    "writing why the endpoint is not served failed");
+                e.is_transient().then_some(e)
+            }
+        }
     }
 
     /// Records how the write of `wb` went; the error when it is transient.
@@ -85,6 +144,12 @@ impl WriteBacks {
         outcome: Result<WriteOutcome, ApiError>,
     ) -> Option<ApiError> {
         let state_key = (wb.key.clone(), wb.want.kind());
+        if matches!(
+            outcome,
+            Ok(WriteOutcome::Written { .. } | WriteOutcome::Unchanged)
+        ) {
+            self.errors.remove(&state_key);
+        }
         match outcome {
             Ok(WriteOutcome::Written { attempts }) => {
                 let endpoint = wb
@@ -130,14 +195,18 @@ impl WriteBacks {
     }
 }
 
+/// One finished write: what was written for which endpoint, and how it went.
+type Finished = (WriteBack, Payload, Result<WriteOutcome, ApiError>);
+
 /// Runs the writes of each task as one job, [`WRITE_CONCURRENCY`] jobs at once; every write
-/// with its outcome.
+/// with its outcome. Each write re-checks the task first ([`reconcile::recheck`]): nothing is
+/// written, the reason included, on a task that no longer asks for what was planned.
 async fn write_by_task(
-    by_task: BTreeMap<String, Vec<WriteBack>>,
+    by_task: BTreeMap<String, Vec<(WriteBack, Payload)>>,
     client: &Arc<Client>,
     settings: &Settings,
     policy: &UpstreamPolicy,
-) -> Vec<(WriteBack, Result<WriteOutcome, ApiError>)> {
+) -> Vec<Finished> {
     let settings = Arc::new(settings.clone());
     let policy = Arc::new(policy.clone());
     let gate = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
@@ -152,13 +221,19 @@ async fn write_by_task(
         jobs.spawn(async move {
             let _permit = gate.acquire_owned().await;
             let mut done = Vec::with_capacity(wbs.len());
-            for wb in wbs {
+            for (wb, payload) in wbs {
                 let outcome = client
                     .update_runtime(&task_id, |task| {
-                        reconcile::recheck(task, &wb, &settings, &policy)
+                        let patch = reconcile::recheck(task, &wb, &settings, &policy)?;
+                        Ok(match &payload {
+                            Payload::Endpoint => patch,
+                            Payload::Error(reason) => {
+                                reconcile::error_patch(&wb.key.endpoint, reason)
+                            }
+                        })
                     })
                     .await;
-                done.push((wb, outcome));
+                done.push((wb, payload, outcome));
             }
             done
         });

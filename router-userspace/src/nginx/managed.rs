@@ -345,14 +345,17 @@ pub fn uninstall(binary: &Path, dir: &Path, timeout: Duration) -> Result<Vec<Str
             done.push(format!("removed {}", path.display()));
         }
     }
-    let tmp = dir.join("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|source| NginxError::Io {
-            op: "remove",
-            path: tmp.clone(),
-            source,
-        })?;
-        done.push(format!("removed {}", tmp.display()));
+    // Its temp files, and the cache of auth answers the HTTP configuration declares.
+    for sub in ["tmp", super::http::AUTH_CACHE_DIR] {
+        let path = dir.join(sub);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|source| NginxError::Io {
+                op: "remove",
+                path: path.clone(),
+                source,
+            })?;
+            done.push(format!("removed {}", path.display()));
+        }
     }
     Ok(done)
 }

@@ -23,6 +23,7 @@ mod error;
 mod files;
 pub mod http;
 pub mod install;
+mod listening;
 pub mod managed;
 pub mod names;
 mod status;

@@ -37,7 +37,7 @@ pub use plan::{Plan, Reconciler};
 pub use request::{Kind, Parsed, Refusal, SERVICE_HTTP, SERVICE_TCP, Want, parse_task};
 pub use settings::Settings;
 pub use urls::endpoint_url;
-pub use write_back::{WriteBack, http_patch, recheck, tcp_patch};
+pub use write_back::{ENDPOINT_ERROR_KEY, WriteBack, error_patch, http_patch, recheck, tcp_patch};
 
 #[cfg(test)]
 mod fuzz;

@@ -24,6 +24,19 @@ pub fn sdk_versions() -> Vec<&'static str> {
         .collect()
 }
 
+/// The newest SDK release under test.
+pub fn newest() -> &'static str {
+    sdk_versions()[0]
+}
+
+/// The last 2.0.x release under test (SDK 2.0 keeps one endpoint per protocol).
+pub fn last_2_0() -> &'static str {
+    sdk_versions()
+        .into_iter()
+        .find(|v| v.starts_with("2.0."))
+        .expect("a 2.0.x release in tests/python/sdk-versions.txt")
+}
+
 /// The virtualenv's python for `version`; panics (test set-up) when `cargo xtask test` has not
 /// made it.
 pub fn sdk_python(version: &str) -> PathBuf {
@@ -63,6 +76,14 @@ impl SdkEnv {
             secret_key: c.secret_key,
             host_ip: None,
             verify_cert: server.ca_pem().map(|p| p.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// [`SdkEnv::for_server`] on a task host whose address is `host_ip`.
+    pub fn on_host(server: &super::ClearmlServer, host_ip: &str) -> SdkEnv {
+        SdkEnv {
+            host_ip: Some(host_ip.to_string()),
+            ..SdkEnv::for_server(server)
         }
     }
 }

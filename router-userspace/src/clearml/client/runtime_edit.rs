@@ -85,16 +85,19 @@ pub(super) enum AtomicWrite {
 }
 
 impl Client {
-    /// Sets `keys` (each [`written_as_is`]) on task `id` in one atomic `tasks.edit_runtime`; the
-    /// task's other keys are left alone, whatever it wrote meanwhile.
+    /// Sets `keys` (each [`written_as_is`]; a `null` removes its key) on task `id` in one
+    /// atomic `tasks.edit_runtime`; the task's other keys are left alone, whatever it wrote
+    /// meanwhile.
     pub(super) async fn edit_runtime_keys(
         &self,
         id: &str,
         keys: &BTreeMap<String, Value>,
     ) -> Result<AtomicWrite, ApiError> {
         debug_assert!(keys.keys().all(|k| written_as_is(k)));
-        let add: Map<String, Value> = keys.clone().into_iter().collect();
-        let body = json!({ "task": id, "add_or_update": add });
+        let (remove, add): (Vec<_>, Vec<_>) = keys.iter().partition(|(_, v)| v.is_null());
+        let add: Map<String, Value> = add.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let remove: Vec<&String> = remove.into_iter().map(|(k, _)| k).collect();
+        let body = json!({ "task": id, "add_or_update": add, "remove": remove });
         match self.call("tasks.edit_runtime", &body).await {
             Ok(_) => Ok(AtomicWrite::Written),
             Err(e) if e.codes() == Some(UNKNOWN_ENDPOINT) => {

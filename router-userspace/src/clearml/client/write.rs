@@ -5,7 +5,7 @@
 use super::Client;
 use super::runtime_edit::{AtomicWrite, written_as_is};
 use crate::clearml::error::ApiError;
-use crate::clearml::task::{Task, applied, pending};
+use crate::clearml::task::{Task, applied, merge, pending};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -147,7 +147,7 @@ impl Client {
             return Ok(Merge::Moved(fresh));
         }
         let mut runtime = fresh.runtime;
-        runtime.extend(patch);
+        merge(&mut runtime, patch);
         self.replace_runtime(task_id, &runtime).await?;
         // The post-write read: a writer that lost our keys is repaired on the next round, on
         // top of what it wrote.
@@ -240,9 +240,15 @@ mod tests {
         server.state.lock().unwrap().after_edit = Some(Box::new(|rt| {
             rt.insert("progress".into(), json!("7"));
         }));
+        server.set(
+            "a",
+            "runtime",
+            json!({"_SERVICE": "EXTERNAL", "_ROUTER_NAME": "r1", "router_endpoint_error": "x"}),
+        );
         let patch = BTreeMap::from([
             ("endpoint".to_string(), json!("http://r/service/a/")),
             ("_ROUTER_NAME".to_string(), json!("r1")),
+            ("router_endpoint_error".to_string(), Value::Null),
         ]);
         let want = |_: &Task| Ok(patch.clone());
         assert_eq!(
@@ -254,6 +260,7 @@ mod tests {
         let rt = server.task("a")["runtime"].clone();
         assert_eq!(rt["endpoint"], json!("http://r/service/a/"));
         assert_eq!(rt["progress"], json!("7"));
+        assert!(rt.get("router_endpoint_error").is_none(), "removed: {rt}");
         // A key the server would escape (the claim, a named endpoint's) is read-merge-written.
         server.state.lock().unwrap().after_edit = None;
         let named =

@@ -1,5 +1,6 @@
-//! The engine: the loop and its cycle (sources → plan → apply → status → write-back → persist
-//! → status), holding only what it needs to run; what it reports lives in the [`Report`].
+//! The engine: the loop and its cycle (sources → plan → apply → serve check → status →
+//! write-back → persist → status), holding only what it needs to run; what it reports lives in
+//! the [`Report`].
 
 #[cfg(test)]
 mod tests;
@@ -115,7 +116,8 @@ impl Engine {
         Ok(())
     }
 
-    /// One cycle: sources → plan → apply → status → write-back → persist → status.
+    /// One cycle: sources → plan → apply → serve check → status → write-back → persist →
+    /// status.
     pub async fn cycle(&mut self) -> CycleOutcome {
         let started = Instant::now();
         self.report.cycle_started();
@@ -156,6 +158,7 @@ impl Engine {
         }
         let wanted = self.wanted();
         self.owners.apply(wanted).await;
+        self.owners.check_serving().await;
         // Publish what is programmed before any task reads its endpoint: once `tasks.edit`
         // lands, the task (and whoever it hands the endpoint to) may ask `status` at once, and
         // the write-back, the state files' fsync and the counters can take a while.

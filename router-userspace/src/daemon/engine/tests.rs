@@ -1,19 +1,21 @@
 use super::*;
 use crate::clearml::mock::{Fault, MockServer};
 use crate::daemon::report::new_status;
-use crate::routes::{ApplyReport, HttpRoute, RouteCounters, RouteRef, TcpRoute};
+use crate::routes::{ApplyReport, HttpRoute, RouteCounters, RouteRef, ServeCheck, TcpRoute};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A TCP forwarder that records what it was given; `fail` makes it refuse routes.
+/// A TCP forwarder that records what it was given; `fail` makes it refuse routes, `unserved`
+/// is what it answers when asked whether it serves them.
 #[derive(Clone, Default)]
 struct Recorder {
     programmed: Arc<Mutex<BTreeMap<u16, TcpRoute>>>,
     applies: Arc<Mutex<usize>>,
     fail: Arc<Mutex<Option<String>>>,
+    unserved: Arc<Mutex<ServeCheck>>,
 }
 
 impl TcpForwarder for Recorder {
@@ -47,6 +49,10 @@ impl TcpForwarder for Recorder {
                 )
             })
             .collect()
+    }
+
+    fn check_serving(&self) -> ServeCheck {
+        self.unserved.lock().unwrap().clone()
     }
 }
 
@@ -306,23 +312,85 @@ async fn api_faults_change_nothing_that_forwards() {
     assert_eq!(status.read().unwrap().clearml.state, "ok");
 }
 
+/// Task `t1` has its endpoint (router port 31000) and no longer the reason it had none.
+fn assert_endpoint_written_and_reason_gone(api: &MockServer) {
+    let rt = api.task("t1")["runtime"].clone();
+    assert_eq!(rt["external_tcp_port"], json!(31000));
+    assert!(
+        rt.get(crate::reconcile::ENDPOINT_ERROR_KEY).is_none(),
+        "{rt}"
+    );
+}
+
 #[tokio::test]
-async fn routes_not_programmed_are_not_written_back() {
+async fn routes_not_programmed_get_the_reason_instead_of_the_endpoint() {
     let mut h = Harness::new().await;
     let (api, tcp, status, e) = (&h.api, &h.tcp, &h.status, &mut h.engine);
     api.add_task("t1", ssh_request("10.1.0.5"));
     *tcp.fail.lock().unwrap() = Some("map full".into());
     e.cycle().await;
-    assert_eq!(api.calls("tasks.edit"), 0);
-    assert_eq!(
-        api.task("t1")["runtime"]["external_address"],
-        json!("10.1.0.5")
-    );
+    let rt = api.task("t1")["runtime"].clone();
+    assert_eq!(rt["external_address"], json!("10.1.0.5"), "no endpoint");
+    assert_eq!(rt[crate::reconcile::ENDPOINT_ERROR_KEY], json!("map full"));
     assert!(status.read().unwrap().routes[0].state.contains("map full"));
-    // Fixed: programmed on the next cycle (the failed apply is retried), then written.
+    // The same reason is not written (nor the task read) again.
+    let calls = api.calls("tasks.get_by_id") + api.calls("tasks.edit");
+    e.cycle().await;
+    assert_eq!(
+        api.calls("tasks.get_by_id") + api.calls("tasks.edit"),
+        calls
+    );
+    // Fixed: programmed on the next cycle (the failed apply is retried), then written, and
+    // the reason goes.
     *tcp.fail.lock().unwrap() = None;
     e.cycle().await;
-    assert_eq!(api.task("t1")["runtime"]["external_tcp_port"], json!(31000));
+    assert_endpoint_written_and_reason_gone(api);
+}
+
+/// Readiness means forwarding: a route the forwarder cannot serve (an external nginx that is
+/// not running) makes the daemon not ready; its endpoint is not written; after the grace its
+/// task gets the reason; once served the endpoint is written and the reason goes.
+#[tokio::test]
+async fn routes_the_forwarder_cannot_serve_are_not_ready_and_not_written_back() {
+    let mut h = Harness::new().await;
+    let (api, tcp, status, e) = (&h.api, &h.tcp, &h.status, &mut h.engine);
+    api.add_task("t1", ssh_request("10.1.0.5"));
+    let why = "nothing listens on port 31000";
+    tcp.unserved.lock().unwrap().ports = BTreeMap::from([(31000, why.to_string())]);
+    e.cycle().await;
+    {
+        let s = status.read().unwrap();
+        assert!(!s.ready);
+        assert!(s.ready_reason.contains(why), "{}", s.ready_reason);
+        assert!(
+            s.routes[0].state.starts_with("waiting to be served"),
+            "{:?}",
+            s.routes
+        );
+    }
+    assert_eq!(
+        api.calls("tasks.edit"),
+        0,
+        "nothing written during the grace"
+    );
+
+    e.owners.set_serve_grace(Duration::ZERO);
+    e.cycle().await;
+    let rt = api.task("t1")["runtime"].clone();
+    assert_eq!(rt["external_address"], json!("10.1.0.5"), "no endpoint");
+    assert_eq!(rt[crate::reconcile::ENDPOINT_ERROR_KEY], json!(why));
+    assert!(
+        status.read().unwrap().routes[0]
+            .state
+            .starts_with("not served")
+    );
+
+    *tcp.unserved.lock().unwrap() = ServeCheck::default();
+    e.cycle().await;
+    assert_endpoint_written_and_reason_gone(api);
+    let s = status.read().unwrap();
+    assert!(s.ready, "{}", s.ready_reason);
+    assert_eq!(s.routes[0].state, "active");
 }
 
 #[tokio::test]

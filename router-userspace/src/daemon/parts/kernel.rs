@@ -1,11 +1,12 @@
-//! The eBPF datapath as the daemon's [`TcpForwarder`] (`ROUTER_DATAPATH=auto|xdp|tc`): loads
-//! and attaches the kernel programs (adopting an earlier daemon's pins) and runs the conntrack
-//! sweeper beside them.
+//! The eBPF datapath as the daemon's [`TcpForwarder`] (`ROUTER_DATAPATH=auto|xdp|tc`): checks
+//! what each interface can do in its mode (refusing what cannot work before anything is
+//! attached), loads and attaches the kernel programs (adopting an earlier daemon's pins) and
+//! runs the conntrack sweeper beside them.
 
 use crate::admin::DatapathStatus;
-use crate::config::Config;
-use crate::datapath::{Datapath, SharedDatapath, sweeper::Sweeper};
-use crate::routes::{ApplyReport, RouteCounters, TcpForwarder, TcpRoute};
+use crate::config::{Config, DatapathKind};
+use crate::datapath::{Attached, Datapath, SharedDatapath, capability, sweeper::Sweeper};
+use crate::routes::{ApplyReport, RouteCounters, ServeCheck, TcpForwarder, TcpRoute};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,9 @@ pub(super) struct KernelParts {
 /// unless `detach_on_exit`.
 struct KernelForwarder {
     datapath: SharedDatapath,
+    /// Each attached interface with its index at attach time (a deleted and recreated
+    /// interface has another one, and none of the programs).
+    attached: Vec<(Attached, u32)>,
     _sweeper: Sweeper,
     _kernel_log: Option<tokio::task::JoinHandle<()>>,
     detach_on_exit: bool,
@@ -78,6 +82,14 @@ impl TcpForwarder for KernelForwarder {
                 })
                 .collect(),
             Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Every route goes through the attached interfaces: one gone or down serves none.
+    fn check_serving(&self) -> ServeCheck {
+        ServeCheck {
+            all: capability::undeliverable(&self.attached),
+            ..ServeCheck::default()
         }
     }
 }
@@ -133,6 +145,7 @@ pub(super) fn open(cfg: &Config) -> Result<KernelParts> {
              interface to attach to"
         );
     }
+    let checked = check_modes(cfg)?;
     let mut dp = Datapath::open_pinned(&cfg.datapath).map_err(|e| {
         use crate::datapath::DatapathError as E;
         // Only a kernel that cannot take the programs justifies the nginx fallback; a wrong
@@ -148,17 +161,27 @@ pub(super) fn open(cfg: &Config) -> Result<KernelParts> {
             err
         }
     })?;
+    if !checked.xdp_redirects {
+        dp.keep_xdp_from_redirecting()
+            .map_err(|e| anyhow!(crate::error::error_chain(&e)))
+            .context("handing XDP's packets to TC")?;
+    }
     log_adoption(&dp);
     let kernel_log = dp.spawn_kernel_log();
     let mut status = DatapathStatus {
         kind: cfg.datapath.kind.to_string(),
         interfaces: Vec::new(),
+        degraded: checked.degraded,
     };
-    for attached in dp.attached() {
-        tracing::info!(interface = %attached.interface, mode = %attached.mode, "attached");
+    let mut attached = Vec::new();
+    for a in dp.attached() {
+        tracing::info!(interface = %a.interface, mode = %a.mode, "attached");
         status
             .interfaces
-            .push(format!("{} {}", attached.interface, attached.mode));
+            .push(format!("{} {}", a.interface, a.mode));
+        let index = crate::datapath::attach::ifindex(&a.interface)
+            .map_err(|e| anyhow!(crate::error::error_chain(&e)))?;
+        attached.push((a.clone(), index));
     }
     tracing::info!(
         interfaces = dp.peer_devs().len(),
@@ -175,6 +198,7 @@ pub(super) fn open(cfg: &Config) -> Result<KernelParts> {
     Ok(KernelParts {
         tcp: Box::new(KernelForwarder {
             datapath: datapath.clone(),
+            attached,
             _sweeper: sweeper,
             _kernel_log: kernel_log,
             detach_on_exit: cfg.detach_on_exit,
@@ -182,6 +206,22 @@ pub(super) fn open(cfg: &Config) -> Result<KernelParts> {
         status,
         datapath: datapath.0,
     })
+}
+
+/// What each configured interface can do in its mode, asked before anything is attached: an
+/// impossible combination stops the start ([`capability::ModeRefused`], exit 2); the degraded
+/// ones are returned for the status and `/metrics`.
+fn check_modes(cfg: &Config) -> Result<capability::Checked> {
+    let DatapathKind::Ebpf(default_mode) = cfg.datapath.kind else {
+        return Ok(capability::Checked::nothing_found());
+    };
+    let wanted: Vec<(&str, crate::datapath::AttachMode)> = cfg
+        .datapath
+        .interfaces
+        .iter()
+        .map(|(name, mode)| (name.as_str(), mode.unwrap_or(default_mode)))
+        .collect();
+    Ok(capability::check(&wanted)?)
 }
 
 /// Whether an earlier daemon's datapath is pinned (and so forwarding) under `ROUTER_BPFFS`.

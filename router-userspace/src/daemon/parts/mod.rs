@@ -70,7 +70,7 @@ pub fn open_tcp_forwarder(cfg: &Config) -> Result<TcpParts> {
         tcp,
         status: DatapathStatus {
             kind: kind.to_string(),
-            interfaces: Vec::new(),
+            ..DatapathStatus::default()
         },
         nginx: Some(nginx),
         kernel: None,
