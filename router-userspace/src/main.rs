@@ -96,6 +96,10 @@ struct ConfigArgs {
     /// Set any variable (see the list below); wins over the environment. Repeatable.
     #[arg(long = "set", value_name = "VAR=VALUE", value_parser = parse_assignment)]
     set: Vec<(String, String)>,
+    /// Refuse names that look like task-router variables but are none (ROUTER_*, TCP_*, AUTH_*,
+    /// CLEARML_API_* in the --env-file, ROUTER__* in the environment) instead of warning.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args)]
@@ -239,9 +243,17 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
     }
 }
 
-/// Loads the configuration or says why not (exit 2).
+/// Loads the configuration or says why not (exit 2); under `--strict` a misspelled variable
+/// is refused too.
 fn load(cli: &Cli, args: &ConfigArgs) -> Result<(Config, Sources), ExitCode> {
-    Config::load(args.flags(cli), args.env_file.as_deref()).map_err(|e| {
+    let loaded =
+        Config::load(args.flags(cli), args.env_file.as_deref()).and_then(|(cfg, sources)| {
+            if args.strict {
+                sources.strict()?;
+            }
+            Ok((cfg, sources))
+        });
+    loaded.map_err(|e| {
         eprintln!("task-router: {e}");
         ExitCode::from(2)
     })
@@ -254,6 +266,13 @@ fn check_config(cli: &Cli, args: &ConfigArgs) -> ExitCode {
     };
     for w in &sources.warnings {
         eprintln!("warning: {w}");
+    }
+    // The CA bundles are read where the client is built: a missing one fails here, not at start.
+    if cfg.clearml_enabled()
+        && let Err(e) = router_userspace::clearml::Client::new(&cfg.clearml)
+    {
+        eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
+        return ExitCode::from(2);
     }
     if let Some(path) = &cfg.routes_file {
         let policy = router_userspace::validate::UpstreamPolicy::new(

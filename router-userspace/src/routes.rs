@@ -62,7 +62,8 @@ pub enum HttpMode {
 /// An HTTP route: requests under the route's prefix (or host name) go to `upstream`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HttpRoute {
-    /// `task_id` for the default endpoint, `task_id__name` for a named one. Validated
+    /// `task_id` for the default endpoint, `task_id__name` for a named one (a derived key for
+    /// names outside `[A-Za-z0-9_-]`: `reconcile::naming`). Validated
     /// (`[A-Za-z0-9_-]`, bounded length) before it gets here.
     pub key: String,
     pub upstream: SocketAddrV4,

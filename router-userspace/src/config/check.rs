@@ -43,6 +43,13 @@ pub(super) fn cross_checks(cfg: &Config, read: &Read) -> Vec<ConfigError> {
             "AUTH_ENABLED=true and HTTP routes may be served: set the key or AUTH_ENABLED=false",
         );
     }
+    if !cfg.clearml.ssl_verify && cfg.clearml.ca_bundle.is_some() {
+        errors.push(ConfigError::Conflict {
+            what: "CLEARML_API_CA_BUNDLE names a CA to trust, but SSL_VERIFY=false turns \
+                   certificate checks off: set one of them"
+                .into(),
+        });
+    }
     errors.extend(
         port_conflicts(cfg)
             .into_iter()

@@ -13,7 +13,11 @@ pub fn help_table() -> String {
         } else {
             format!(" [{}]", v.default)
         };
-        out.push_str(&format!("  {}{default}\n      {}\n", v.name, v.help));
+        let alias = v
+            .alias
+            .map(|a| format!("\n      also read as {a}"))
+            .unwrap_or_default();
+        out.push_str(&format!("  {}{default}\n      {}{alias}\n", v.name, v.help));
     }
     out
 }
@@ -50,8 +54,17 @@ pub fn markdown() -> String {
             } else {
                 ""
             };
+            let alias = v
+                .alias
+                .map(|a| {
+                    format!(
+                        " Also read as `{a}` (ClearML's router since 2.14); both set to different \
+                         values is an error."
+                    )
+                })
+                .unwrap_or_default();
             out.push_str(&format!(
-                "| `{}` | {default} | {}{secret} |\n",
+                "| `{}` | {default} | {}{secret}{alias} |\n",
                 v.name,
                 cell(v.help)
             ));
@@ -97,6 +110,10 @@ mod tests {
                 v.name
             );
             assert!(help.contains(&format!("  {}", v.name)), "{}", v.name);
+            if let Some(alias) = v.alias {
+                assert!(docs.contains(&format!("`{alias}`")), "{alias}");
+                assert!(help.contains(&format!("also read as {alias}")), "{alias}");
+            }
         }
     }
 }

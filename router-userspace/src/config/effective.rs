@@ -1,5 +1,5 @@
 //! The effective configuration as `check-config` prints it: every variable's value in its own
-//! spelling (secrets masked) and where it came from.
+//! spelling (secrets masked) and where it came from (and under which alias).
 
 use super::sections::Config;
 use super::sources::Sources;
@@ -24,13 +24,15 @@ impl Config {
             .unwrap_or(0)
             + 2;
         let mut out = String::new();
-        for (name, value) in effective {
+        for (var, (name, value)) in ENV_VARS.iter().zip(effective) {
             let line = format!("{name}={value}");
-            out.push_str(&format!(
-                "{line:<width$}# {}\n",
-                sources.origin(name),
-                width = width
-            ));
+            let origin = match sources.value(var) {
+                Ok(Some(found)) if found.name != var.name => {
+                    format!("{}, as {}", found.origin, found.name)
+                }
+                _ => sources.origin(name).to_string(),
+            };
+            out.push_str(&format!("{line:<width$}# {origin}\n", width = width));
         }
         out
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::origin::Origin;
+use super::unknown::UnknownVariable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -22,6 +23,11 @@ pub enum ConfigError {
     Conflict { what: String },
     #[error("{name} is not a variable task-router reads (see `task-router check-config --help`)")]
     UnknownVariable { name: String },
+    /// A router-like name that is no variable, refused under `--strict`.
+    #[error("{0}")]
+    Unknown(UnknownVariable),
+    #[error("{0}")]
+    AliasConflict(Box<AliasConflict>),
     #[error("cannot read the env file {}", path.display())]
     EnvFileRead {
         path: PathBuf,
@@ -34,6 +40,21 @@ pub enum ConfigError {
         line: usize,
         reason: String,
     },
+}
+
+/// A variable and its alias set to different values: which one was meant cannot be told.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name}={name_value:?} (from {name_origin}) and its alias {alias}={alias_value:?} \
+     (from {alias_origin}) differ: set one of them"
+)]
+pub struct AliasConflict {
+    pub name: &'static str,
+    pub name_value: String,
+    pub name_origin: Origin,
+    pub alias: &'static str,
+    pub alias_value: String,
+    pub alias_origin: Origin,
 }
 
 /// Every problem found, so one run of `check-config` shows them all.

@@ -21,6 +21,7 @@ mod sections;
 pub mod show;
 mod sources;
 mod spec;
+mod unknown;
 mod vars;
 
 pub use crate::datapath::options::{DatapathConfig, DatapathKind, attach_mode_name};
@@ -35,8 +36,9 @@ pub use sections::{
     DEFAULT_MAX_ENDPOINTS_PER_TASK, HttpConfig, NginxConfig, RouterConfig, TcpConfig,
 };
 pub use show::mask;
-pub use sources::Sources;
+pub use sources::{Found, Sources};
 pub use spec::{EnvVar, Section};
+pub use unknown::{ROUTER_LIKE_PREFIXES, UnknownVariable};
 pub use vars::{ENV_VARS, env_var};
 
 use std::path::Path;

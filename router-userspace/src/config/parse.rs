@@ -46,6 +46,20 @@ pub fn boolean(s: &str) -> Parsed<bool> {
     }
 }
 
+/// `SSL_VERIFY`: a boolean, or (as the SDK's `verify_certificate`, clearml
+/// `backend_api/utils.py:174-178`) the path of a CA bundle to trust, with verification on; an
+/// absolute one, since a daemon's working directory is nothing to rely on (and a typo of
+/// `true` stays an error). Whether the bundle is there and holds certificates is checked when
+/// the client is built.
+pub fn tls_verify(s: &str) -> Parsed<(bool, Option<PathBuf>)> {
+    match boolean(s) {
+        Ok(verify) => Ok((verify, None)),
+        Err(_) => absolute_path(s)
+            .map(|path| (true, Some(path)))
+            .map_err(|_| "neither a boolean nor an absolute path".into()),
+    }
+}
+
 /// `2s`, `500ms`, `1m`, `1h`, `1.5s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Parsed<Duration> {
     let s = s.trim();

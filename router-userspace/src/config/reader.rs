@@ -48,16 +48,23 @@ pub(super) fn read(sources: &Sources) -> (Config, Read) {
     let mut cfg = unread();
     let mut read = Read::default();
     for var in ENV_VARS {
-        let (value, origin) = match sources.get(var.name) {
-            Some((value, origin)) if !value.trim().is_empty() => (value.trim(), origin),
-            _ => (var.default, Origin::Default),
+        let (value, origin, name) = match sources.value(var) {
+            Ok(Some(found)) => (found.value.trim(), found.origin, found.name),
+            Ok(None) => (var.default, Origin::Default, var.name),
+            Err(conflict) => {
+                read.errors.push(conflict);
+                read.set.insert(var.name);
+                read.refused.insert(var.name);
+                let _ = (var.field.read)(&mut cfg, var.default);
+                continue;
+            }
         };
         if origin != Origin::Default {
             read.set.insert(var.name);
         }
         if let Err(detail) = (var.field.read)(&mut cfg, value) {
             read.errors
-                .push(invalid(var, value, origin.clone(), detail));
+                .push(invalid(var, name, value, origin.clone(), detail));
             read.refused.insert(var.name);
             // A default that does not parse is a declaration bug, caught by the unit tests;
             // the error above already names it.
@@ -72,14 +79,21 @@ pub(super) fn read(sources: &Sources) -> (Config, Read) {
     (cfg, read)
 }
 
-fn invalid(var: &EnvVar, value: &str, origin: Origin, detail: String) -> ConfigError {
+/// `var`'s value refused; `name` is the name it was given under (the variable's or its alias).
+fn invalid(
+    var: &EnvVar,
+    name: &'static str,
+    value: &str,
+    origin: Origin,
+    detail: String,
+) -> ConfigError {
     let expected = if detail.is_empty() {
         var.expected.to_string()
     } else {
         format!("{} ({detail})", var.expected)
     };
     ConfigError::Invalid {
-        var: var.name,
+        var: name,
         value: if var.secret {
             mask(value)
         } else {
@@ -99,6 +113,8 @@ fn unread() -> Config {
             access_key: String::new(),
             secret_key: String::new(),
             ssl_verify: false,
+            ssl_verify_bundle: None,
+            ca_bundle: None,
             listen_queues: Vec::new(),
             poll_interval: Duration::ZERO,
             request_timeout: Duration::ZERO,

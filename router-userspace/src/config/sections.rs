@@ -50,8 +50,12 @@ pub struct ClearmlConfig {
     pub access_key: String,
     /// `CLEARML_API_SECRET_KEY` (masked in `check-config`).
     pub secret_key: String,
-    /// `SSL_VERIFY` (default true).
+    /// `SSL_VERIFY` (default true): check the server's certificate.
     pub ssl_verify: bool,
+    /// `SSL_VERIFY=<path>`: a CA bundle to trust besides the system store and built-in roots.
+    pub ssl_verify_bundle: Option<PathBuf>,
+    /// `CLEARML_API_CA_BUNDLE`: the same, in a variable of its own.
+    pub ca_bundle: Option<PathBuf>,
     /// `LISTEN_QUEUE_NAME`: queue names; empty = every queue.
     pub listen_queues: Vec<String>,
     /// `ROUTER_POLL_INTERVAL` (default 2 s).
@@ -162,6 +166,23 @@ impl Config {
             domain_set: self.http.domain.is_some(),
             auth_key_missing: self.auth.enabled && self.auth.hmac_key.is_empty(),
         }
+    }
+}
+
+impl ClearmlConfig {
+    /// The CA bundles to trust besides the system store and built-in roots, each with the
+    /// variable that names it.
+    pub fn ca_bundles(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut out = Vec::new();
+        if let Some(path) = &self.ssl_verify_bundle {
+            out.push(("SSL_VERIFY", path.as_path()));
+        }
+        if let Some(path) = &self.ca_bundle
+            && self.ssl_verify_bundle.as_ref() != Some(path)
+        {
+            out.push(("CLEARML_API_CA_BUNDLE", path.as_path()));
+        }
+        out
     }
 }
 

@@ -16,6 +16,10 @@ pub struct EnvVar {
     pub help: &'static str,
     /// Masked wherever the configuration is shown.
     pub secret: bool,
+    /// Another name read for this variable: what ClearML's own router reads since 2.14
+    /// (clearml-docs fd0cc96b, `appgw_install_compose.md:75-87`). Set both to different
+    /// values and the configuration is refused, naming both.
+    pub alias: Option<&'static str>,
     /// Where the documentation lists it.
     pub section: Section,
     /// What a valid value looks like, as an error names it.
@@ -29,6 +33,7 @@ impl fmt::Debug for EnvVar {
             .field("name", &self.name)
             .field("default", &self.default)
             .field("secret", &self.secret)
+            .field("alias", &self.alias)
             .field("section", &self.section)
             .finish_non_exhaustive()
     }

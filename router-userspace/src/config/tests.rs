@@ -338,7 +338,12 @@ fn http_auth_nginx_admin_variables() {
 fn bad_values_name_variable_value_and_expectation() {
     let cases: &[(&str, &str, &str)] = &[
         ("CLEARML_API_HOST", "clearml:8008", "http:// or https://"),
-        ("SSL_VERIFY", "maybe", "true or false"),
+        (
+            "SSL_VERIFY",
+            "maybe",
+            "true, false or the absolute path of a CA bundle",
+        ),
+        ("CLEARML_API_CA_BUNDLE", "ca.pem", "absolute path"),
         ("ROUTER_POLL_INTERVAL", "10ms", "between 100ms and 1h"),
         ("ROUTER_POLL_INTERVAL", "fast", "duration"),
         ("ROUTER_API_TIMEOUT", "-1", "duration"),
@@ -433,6 +438,36 @@ fn bad_values_name_variable_value_and_expectation() {
         );
         assert!(e.contains(expected), "{var}: expectation missing: {e}");
     }
+}
+
+#[test]
+fn a_ca_bundle_comes_from_ssl_verify_as_in_the_sdk_or_its_own_variable() {
+    let c = ok(&[("SSL_VERIFY", "/etc/clearml/ca.pem")]);
+    assert!(c.clearml.ssl_verify);
+    assert_eq!(
+        c.clearml.ca_bundles(),
+        [("SSL_VERIFY", Path::new("/etc/clearml/ca.pem"))]
+    );
+    assert!(
+        c.effective()
+            .contains(&("SSL_VERIFY", "/etc/clearml/ca.pem".into()))
+    );
+    let c = ok(&[
+        ("CLEARML_API_CA_BUNDLE", "/etc/ssl/private-ca"),
+        ("SSL_VERIFY", "true"),
+    ]);
+    assert_eq!(
+        c.clearml.ca_bundles(),
+        [("CLEARML_API_CA_BUNDLE", Path::new("/etc/ssl/private-ca"))]
+    );
+    let e = err(&[
+        ("CLEARML_API_CA_BUNDLE", "/etc/ssl/private-ca"),
+        ("SSL_VERIFY", "false"),
+    ]);
+    assert!(
+        e.contains("SSL_VERIFY=false turns certificate checks off"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -118,6 +118,9 @@ impl ClearmlSync {
             );
         }
         self.settings.queue_ids = ids;
+        // The names too: where the open-source Kubernetes glue moved a task to its own queue,
+        // the user's queue survives only by name (`clearml::task::K8S_QUEUE_PROPERTY`).
+        self.settings.queue_names = self.listen_queues.clone();
         self.connected = true;
         Ok(())
     }
@@ -146,7 +149,7 @@ impl ClearmlSync {
             reason: "no client".into(),
         })?;
         let (mut tasks, skipped) = client
-            .tasks_requesting_endpoints(&self.settings.queue_ids)
+            .tasks_requesting_endpoints(&self.settings.queue_ids, &self.settings.queue_names)
             .await?;
         if skipped > 0 {
             tracing::debug!(skipped, "task entries without an id skipped");
@@ -164,9 +167,9 @@ impl ClearmlSync {
         if !missing.is_empty() {
             let found = client.tasks_by_id(&missing).await?;
             tasks.extend(
-                found
-                    .into_iter()
-                    .filter(|t| t.wants_routes(&self.settings.queue_ids)),
+                found.into_iter().filter(|t| {
+                    t.wants_routes(&self.settings.queue_ids, &self.settings.queue_names)
+                }),
             );
         }
         // Planning moves ports (releases, new claims): keep the allocator as it was in case the

@@ -3,6 +3,7 @@
 //! it owns, the server's claims winning over local allocations.
 
 use super::limit::limit_per_task;
+use super::naming::route_key;
 use super::request::{Kind, Parsed, Refusal, Req, Want, parse_task};
 use super::settings::Settings;
 use super::urls::endpoint_url;
@@ -10,7 +11,7 @@ use super::write_back::{WriteBack, http_patch, tcp_patch};
 use crate::clearml::task::{Task, applied};
 use crate::endpoint::EndpointId;
 use crate::ports::PortAllocator;
-use crate::routes::{HttpRoute, RouteOwner, RouteRef, RouteSet, TcpRoute};
+use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteRef, RouteSet, TcpRoute};
 use crate::time::Millis;
 use crate::validate::{self, UpstreamPolicy};
 use std::collections::{HashMap, HashSet};
@@ -134,7 +135,7 @@ fn read_requests<'a>(
 ) -> Vec<Req<'a>> {
     let mut requests: Vec<Req> = Vec::new();
     for task in tasks {
-        if !task.wants_routes(&s.queue_ids) {
+        if !task.wants_routes(&s.queue_ids, &s.queue_names) {
             continue;
         }
         plan.tasks += 1;
@@ -185,13 +186,14 @@ fn add_route(
             )
         }
         Want::Http { upstream, mode } => {
-            let key = r.key.to_string();
-            if static_routes.http.contains_key(&key) {
-                let reason = format!("HTTP key {key:?} is taken by a static route");
-                plan.refused
-                    .push(Refusal::new(r.task, r.key, Some(Kind::Http), reason));
-                return;
-            }
+            let key = match free_http_key(plan, static_routes, &r.key, mode) {
+                Ok(key) => key,
+                Err(reason) => {
+                    plan.refused
+                        .push(Refusal::new(r.task, r.key, Some(Kind::Http), reason));
+                    return;
+                }
+            };
             let url = endpoint_url(s, &r.key, mode);
             plan.routes.http.insert(
                 key.clone(),
@@ -216,11 +218,32 @@ fn add_route(
     }
 }
 
+/// The key of the HTTP route of endpoint `id` in `mode`, unless a static route or another
+/// endpoint of the plan has it (two names of one task deriving one key: `a.b` and the literal
+/// `a-b-<hash of a.b>`).
+fn free_http_key(
+    plan: &Plan,
+    static_routes: &RouteSet,
+    id: &EndpointId,
+    mode: HttpMode,
+) -> Result<String, String> {
+    let key = route_key(&id.task_id, &id.endpoint, mode)?;
+    if static_routes.http.contains_key(&key) {
+        return Err(format!("HTTP key {key:?} is taken by a static route"));
+    }
+    if let Some(other) = plan.routes.http.get(&key) {
+        return Err(format!(
+            "HTTP key {key:?} is taken by endpoint {:?} of the same task",
+            other.owner.id.endpoint
+        ));
+    }
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::reconcile::test_support::*;
-    use crate::routes::HttpMode;
     use serde_json::json;
 
     #[test]

@@ -114,10 +114,12 @@ const REQUEST_KEYS: &[&str] = &[
     "external_address",
 ];
 
-/// The endpoint names a task's runtime mentions (`""` = default), valid names first, each
-/// once. A set, not a search of a list: a task may write thousands of keys, and deduplicating
-/// by search made reading one such task quadratic (found by the parser fuzz tests: 20 000
-/// endpoints took 25 s and stalled the reconcile loop for every other task).
+/// The endpoint names a task's runtime mentions (`""` = default), servable names first, each
+/// once (any name the SDK writes is servable but an empty one, one with control characters or
+/// an absurdly long one: `validate::endpoint_name`). A set, not a search of a list: a task may
+/// write thousands of keys, and deduplicating by search made reading one such task quadratic
+/// (found by the parser fuzz tests: 20 000 endpoints took 25 s and stalled the reconcile loop
+/// for every other task).
 fn endpoint_names(task: &Task) -> Vec<Result<String, (String, String)>> {
     let mut names: BTreeSet<Result<String, (String, String)>> = BTreeSet::new();
     for k in task.runtime.keys() {
@@ -396,7 +398,7 @@ mod tests {
             ),
             task("d", json!({"_SERVICE": "EXTERNAL", "_PORT": 80})),
             task("e", json!({"_SERVICE": "SOMETHING"})),
-            task("f", json!({"_SERVICE__bad.name": "EXTERNAL"})),
+            task("f", json!({"_SERVICE__bad\nname": "EXTERNAL"})),
             task(
                 "g;rm",
                 json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.0.0.1", "_PORT": 80}),

@@ -91,7 +91,7 @@ pub fn recheck(
     s: &Settings,
     policy: &UpstreamPolicy,
 ) -> Result<BTreeMap<String, Value>, String> {
-    if !task.wants_routes(&s.queue_ids) {
+    if !task.wants_routes(&s.queue_ids, &s.queue_names) {
         return Err(format!(
             "task is {} (or untagged, archived, requeued)",
             task.status

@@ -1,0 +1,159 @@
+//! `tasks.edit_runtime`: the atomic per-key write of runtime properties that servers from 2.3.0
+//! (API 2.34) have. Whether the server has it is learnt once per connection (the login token's
+//! `api_version`, else the first call's 404), and only keys the server stores under their own
+//! name go through it.
+//!
+//! Sources (clearml/clearml-server v2.3.0): the endpoint `services/tasks.py:1425-1436` (served
+//! from version 1.0, so `/v2.31/` reaches it), one `$set` per key `bll/task/task_bll.py:98-126`,
+//! the key escaping `utilities/parameter_key_escaper.py:17-33` (never undone on reads), the
+//! statuses it allows `bll/task/utils.py:234-262` (400/110 otherwise), and an endpoint a
+//! release lacks `service_repo/service_repo.py:180-194` (404/0).
+
+use super::Client;
+use crate::clearml::error::ApiError;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The first API version with `tasks.edit_runtime` (server 2.3.0).
+pub const EDIT_RUNTIME_SINCE: (u32, u32) = (2, 34);
+
+/// What the server answers a call it does not have (`service_repo.py:180-194`).
+const UNKNOWN_ENDPOINT: (i64, i64) = (404, 0);
+
+/// The server refuses the call for the task's status (not `created`, `queued`, `in_progress`).
+const INVALID_STATUS: (i64, i64) = (400, 110);
+
+/// Whether `key` is stored under its own name by `tasks.edit_runtime`: the server escapes
+/// `%`, `.`, `$`, `__` and a leading `_` and strips surrounding spaces, and reads return the
+/// escaped key, so any other key would land where neither the SDK nor this router reads it
+/// (`_ROUTER_NAME` as `%_ROUTER_NAME`, `endpoint__ui` as `endpoint%_%_ui`).
+pub fn written_as_is(key: &str) -> bool {
+    !key.is_empty()
+        && key.trim() == key
+        && !key.starts_with('_')
+        && !key.contains("__")
+        && !key.contains(['%', '.', '$'])
+}
+
+/// Whether the server of this connection has `tasks.edit_runtime`.
+#[derive(Debug, Default)]
+pub(super) struct RuntimeEdits(AtomicU8);
+
+const UNKNOWN: u8 = 0;
+const PRESENT: u8 = 1;
+const ABSENT: u8 = 2;
+
+impl RuntimeEdits {
+    /// A new connection: what its token says (`None`: find out with the first call).
+    pub(super) fn learn(&self, api_version: Option<(u32, u32)>) {
+        let state = match api_version {
+            Some(v) if v >= EDIT_RUNTIME_SINCE => PRESENT,
+            Some(_) => ABSENT,
+            None => UNKNOWN,
+        };
+        let before = self.0.swap(state, Ordering::Relaxed);
+        if before != state && state == PRESENT {
+            tracing::info!(
+                "the ClearML server has tasks.edit_runtime: runtime keys without `_` or `__` are written atomically"
+            );
+        }
+    }
+
+    /// Worth trying: present, or not known yet.
+    pub(super) fn usable(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != ABSENT
+    }
+
+    fn mark_absent(&self) {
+        if self.0.swap(ABSENT, Ordering::Relaxed) != ABSENT {
+            tracing::info!(
+                "the ClearML server has no tasks.edit_runtime (before 2.3.0): runtime keys are written with read-merge-write"
+            );
+        }
+    }
+}
+
+/// What one `tasks.edit_runtime` did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum AtomicWrite {
+    Written,
+    /// The server has no such call (now remembered): write another way.
+    Unavailable,
+    /// The task's status does not take it (it stopped meanwhile).
+    WrongStatus(String),
+}
+
+impl Client {
+    /// Sets `keys` (each [`written_as_is`]; a `null` removes its key) on task `id` in one
+    /// atomic `tasks.edit_runtime`; the task's other keys are left alone, whatever it wrote
+    /// meanwhile.
+    pub(super) async fn edit_runtime_keys(
+        &self,
+        id: &str,
+        keys: &BTreeMap<String, Value>,
+    ) -> Result<AtomicWrite, ApiError> {
+        debug_assert!(keys.keys().all(|k| written_as_is(k)));
+        let (remove, add): (Vec<_>, Vec<_>) = keys.iter().partition(|(_, v)| v.is_null());
+        let add: Map<String, Value> = add.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let remove: Vec<&String> = remove.into_iter().map(|(k, _)| k).collect();
+        let body = json!({ "task": id, "add_or_update": add, "remove": remove });
+        match self.call("tasks.edit_runtime", &body).await {
+            Ok(_) => Ok(AtomicWrite::Written),
+            Err(e) if e.codes() == Some(UNKNOWN_ENDPOINT) => {
+                self.runtime_edits.mark_absent();
+                Ok(AtomicWrite::Unavailable)
+            }
+            Err(e) if e.codes() == Some(INVALID_STATUS) => {
+                Ok(AtomicWrite::WrongStatus(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_the_server_keeps_as_they_are_go_through_the_atomic_call() {
+        for key in [
+            "endpoint",
+            "browser_endpoint",
+            "external_address",
+            "external_tcp_port",
+            "upstream_task_address",
+            "upstream_task_port",
+            "a_b",
+        ] {
+            assert!(written_as_is(key), "{key}");
+        }
+        for key in [
+            "_ROUTER_NAME",
+            "endpoint__ui",
+            "a.b",
+            "$x",
+            "50%",
+            " endpoint",
+            "endpoint ",
+            "",
+        ] {
+            assert!(!written_as_is(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_token_tells_whether_the_call_exists() {
+        let edits = RuntimeEdits::default();
+        assert!(edits.usable(), "unknown: worth a try");
+        edits.learn(Some((2, 33)));
+        assert!(!edits.usable());
+        edits.learn(Some((2, 34)));
+        assert!(edits.usable());
+        edits.mark_absent();
+        assert!(!edits.usable());
+        edits.learn(None);
+        assert!(edits.usable(), "a new connection finds out again");
+    }
+}
