@@ -7,6 +7,7 @@
 mod auth;
 mod envelope;
 mod queues;
+mod runtime_capability;
 mod runtime_edit;
 mod stats;
 mod tasks;
@@ -14,7 +15,7 @@ mod tls;
 mod write;
 
 pub use queues::regex_escape;
-pub use runtime_edit::{EDIT_RUNTIME_SINCE, written_as_is};
+pub use runtime_capability::{EDIT_RUNTIME_SINCE, written_as_is};
 pub use stats::{ApiCallStats, ApiStats, LATENCY_BUCKETS};
 pub use tls::ca_bundle;
 pub use write::{SETTLE, SETTLE_ROUNDS, WRITE_ATTEMPTS, WriteOutcome};
@@ -23,7 +24,7 @@ use super::error::ApiError;
 use crate::config::ClearmlConfig;
 use auth::{Token, TokenSlot};
 use envelope::parse_envelope;
-use runtime_edit::RuntimeEdits;
+use runtime_capability::RuntimeEdits;
 use serde_json::{Map, Value, json};
 use stats::status_label;
 use std::sync::atomic::Ordering;

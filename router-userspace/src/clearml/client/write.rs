@@ -3,7 +3,8 @@
 //! the whole runtime (`tasks.edit`, which replaces it: there is no compare-and-set).
 
 use super::Client;
-use super::runtime_edit::{AtomicWrite, written_as_is};
+use super::runtime_capability::written_as_is;
+use super::runtime_edit::AtomicWrite;
 use crate::clearml::error::ApiError;
 use crate::clearml::task::{Task, applied, merge, pending};
 use serde_json::Value;
