@@ -230,15 +230,8 @@ fn generated_task_lists_decode_through_the_client() {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let client = Client::new(&ClearmlConfig {
-            api_host: Some(url),
-            access_key: "ak".into(),
-            secret_key: "sk".into(),
-            ssl_verify: true,
-            ssl_verify_bundle: None,
-            ca_bundle: None,
-            listen_queues: Vec::new(),
-            poll_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
+            ..crate::clearml::mock::client_config(&url)
         })
         .expect("client");
         let lists = prop_oneof![
