@@ -95,7 +95,10 @@ impl Client {
     ) -> Result<AtomicWrite, ApiError> {
         debug_assert!(keys.keys().all(|k| written_as_is(k)));
         let (remove, add): (Vec<_>, Vec<_>) = keys.iter().partition(|(_, v)| v.is_null());
-        let add: Map<String, Value> = add.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let add: Map<String, Value> = add
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let remove: Vec<&String> = remove.into_iter().map(|(k, _)| k).collect();
         let body = json!({ "task": id, "add_or_update": add, "remove": remove });
         match self.call("tasks.edit_runtime", &body).await {
