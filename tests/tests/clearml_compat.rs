@@ -77,14 +77,21 @@ fn tcp_request(addr: &str, port: u16) -> Map<String, Value> {
 // ------------------------------------------------------------------------------------------
 // Item 3: writing back without losing the task's own writes.
 
-/// A task whose default TCP endpoint this router claimed before (a request the task made again
-/// after its service restarted), and which writes a second request, the SDK's way, right after
-/// the router read it: the moment a read-merge-write would drop it.
-fn reclaimed_task_writing_between_read_and_write(server: &ClearmlServer) -> String {
-    let admin = server.admin();
-    let mut runtime = tcp_request("10.7.0.10", 22);
+/// What `tcp_request` leaves once this router claimed the endpoint (its `_ROUTER_NAME`): a
+/// request the task made again after its service restarted.
+fn reclaimed_tcp_request(addr: &str) -> Value {
+    let mut runtime = tcp_request(addr, 22);
     runtime.insert("_ROUTER_NAME".into(), json!("edge-a"));
-    let id = admin.create_task(running("sdk", Value::Object(runtime)));
+    Value::Object(runtime)
+}
+
+/// On `server`, a task with a [`reclaimed_tcp_request`] writes a second request, the SDK's
+/// way, right after the router read it: the moment a read-merge-write would drop it. One
+/// cycle later the router's endpoint is written and the task's request kept, whichever way
+/// the server lets it be written; returns the router and the task.
+async fn a_task_writes_between_the_routers_read_and_write(server: &ClearmlServer) -> (Rig, String) {
+    let admin = server.admin();
+    let id = admin.create_task(running("sdk", reclaimed_tcp_request("10.7.0.10")));
     let mut once = true;
     admin.after_read(move |_, runtime| {
         if std::mem::take(&mut once) {
@@ -93,7 +100,20 @@ fn reclaimed_task_writing_between_read_and_write(server: &ClearmlServer) -> Stri
             runtime.insert("_PORT__ui".into(), json!(7000));
         }
     });
-    id
+    let mut r = Rig::start(server, &[]).await;
+    r.cycle().await;
+    admin.clear_after_read();
+    let port = *r.tcp.programmed().keys().next().expect("tcp route");
+    let rt = admin.runtime(&id);
+    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
+    assert_eq!(rt["external_address"], json!(ROUTER_ADDRESS));
+    assert_eq!(rt["upstream_task_address"], json!("10.7.0.10"));
+    assert_eq!(
+        rt["_PORT__ui"],
+        json!(7000),
+        "the task's write was lost: {rt:?}"
+    );
+    (r, id)
 }
 
 /// Server 2.3.0 (API 2.34, the test server's default): the router's unsuffixed keys go through
@@ -105,19 +125,7 @@ fn reclaimed_task_writing_between_read_and_write(server: &ClearmlServer) -> Stri
 async fn server_2_3_writes_the_routers_keys_atomically() {
     let server = ClearmlServer::start().expect("server");
     let admin = server.admin();
-    let id = reclaimed_task_writing_between_read_and_write(&server);
-    let mut r = Rig::start(&server, &[]).await;
-    r.cycle().await;
-    let port = *r.tcp.programmed().keys().next().expect("tcp route");
-    let rt = admin.runtime(&id);
-    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
-    assert_eq!(rt["external_address"], json!(ROUTER_ADDRESS));
-    assert_eq!(rt["upstream_task_address"], json!("10.7.0.10"));
-    assert_eq!(
-        rt["_PORT__ui"],
-        json!(7000),
-        "the task's write was lost: {rt:?}"
-    );
+    let (mut r, id) = a_task_writes_between_the_routers_read_and_write(&server).await;
     assert_eq!(admin.calls("tasks.edit_runtime"), 1);
     assert_eq!(admin.calls("tasks.edit"), 0, "no read-merge-write");
     assert_eq!(
@@ -125,7 +133,6 @@ async fn server_2_3_writes_the_routers_keys_atomically() {
         0,
         "nothing to settle or repair"
     );
-    admin.clear_after_read();
 
     // The task's request is served next; its keys hold `__`, so `tasks.edit` writes them,
     // literally (the SDK reads `endpoint__ui`, never `endpoint%_%_ui`).
@@ -143,16 +150,8 @@ async fn server_2_3_writes_the_routers_keys_atomically() {
     // The task's own read-merge-write (the SDK's `_set_runtime_properties`) lands right after
     // the router's write, from the dict it read before: our keys vanish, its key appears. The
     // router puts its keys back, atomically again, on top of what the task wrote.
-    let t = admin.create_task(running(
-        "busy",
-        Value::Object({
-            let mut rt = tcp_request("10.7.0.11", 22);
-            rt.insert("_ROUTER_NAME".into(), json!("edge-a"));
-            rt
-        }),
-    ));
-    let stale = admin.runtime(&t);
-    let mut once = Some(stale);
+    let t = admin.create_task(running("busy", reclaimed_tcp_request("10.7.0.11")));
+    let mut once = Some(admin.runtime(&t));
     let target = t.clone();
     admin.after_edit(move |task, runtime| {
         if task == target
@@ -187,17 +186,7 @@ async fn server_2_2_is_written_with_read_merge_write() {
     let server = ClearmlServer::start_with(ServerOptions::default().release(ServerRelease::V2_2))
         .expect("server");
     let admin = server.admin();
-    let id = reclaimed_task_writing_between_read_and_write(&server);
-    let mut r = Rig::start(&server, &[]).await;
-    r.cycle().await;
-    let port = *r.tcp.programmed().keys().next().expect("tcp route");
-    let rt = admin.runtime(&id);
-    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
-    assert_eq!(
-        rt["_PORT__ui"],
-        json!(7000),
-        "the task's write was lost: {rt:?}"
-    );
+    let (r, _) = a_task_writes_between_the_routers_read_and_write(&server).await;
     assert_eq!(
         admin.calls("tasks.edit_runtime"),
         0,
@@ -291,6 +280,19 @@ fn task_router(args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run task-router")
+}
+
+/// `task-router check-config` of a router of `server`, with `extra` variables.
+fn check_config_for(server: &ClearmlServer, extra: &[(&str, &str)]) -> std::process::Output {
+    let (url, creds) = (server.url(), server.credentials());
+    let mut vars = vec![
+        ("CLEARML_API_HOST", url.as_str()),
+        ("CLEARML_API_ACCESS_KEY", creds.access_key.as_str()),
+        ("CLEARML_API_SECRET_KEY", creds.secret_key.as_str()),
+        ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
+    ];
+    vars.extend_from_slice(extra);
+    task_router(&["check-config"], &vars)
 }
 
 fn stdout_stderr(out: &std::process::Output) -> (String, String) {
@@ -434,19 +436,7 @@ async fn a_private_ca_is_trusted_from_ssl_verify_or_its_own_variable() {
             "{e}"
         );
         // check-config says so too, before anything starts.
-        let creds = server.credentials();
-        let url = server.url();
-        let out = task_router(
-            &["check-config"],
-            &[
-                ("CLEARML_API_HOST", url.as_str()),
-                ("CLEARML_API_ACCESS_KEY", &creds.access_key),
-                ("CLEARML_API_SECRET_KEY", &creds.secret_key),
-                ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
-                ("AUTH_ENABLED", "false"),
-                (var, path),
-            ],
-        );
+        let out = check_config_for(&server, &[("AUTH_ENABLED", "false"), (var, path)]);
         let (_, stderr) = stdout_stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(&format!("{var}={path}")), "{stderr}");
@@ -551,4 +541,142 @@ async fn tasks_the_kubernetes_glue_moved_are_served_by_their_users_queue() {
         );
         assert_eq!(r.status().clearml.tasks, 1);
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Item 1: cookie authentication with ClearML's documented key.
+
+/// `task-router run` with the nginx datapath in this namespace, against `server`, with `extra`
+/// variables; the nginx files go to `dir` and nginx itself is never run unless managed.
+fn nginx_mode_daemon(
+    server: &ClearmlServer,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> std::process::Command {
+    let creds = server.credentials();
+    let mut cmd = std::process::Command::new(router_tests::daemon_binary());
+    cmd.args(["run", "--mode", "nginx", "--admin-addr", "127.0.0.1:0"])
+        .env("CLEARML_API_HOST", server.url())
+        .env("CLEARML_API_ACCESS_KEY", creds.access_key)
+        .env("CLEARML_API_SECRET_KEY", creds.secret_key)
+        .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
+        .env("TCP_PORT_START", "31000")
+        .env("TCP_PORT_END", "31099")
+        .env("ROUTER_STATE_DIR", dir.join("state"))
+        .env("NGINX_CONF_DIR", dir.join("nginx"))
+        .env("NGINX_TEST_CMD", "true")
+        .env("NGINX_RELOAD_CMD", "true");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The ClearML web app's cookie carries the server's token, signed with the bytes of
+/// `token_secret` (PyJWT); ClearML tells router operators to set `AUTH_BASE64_JWKS_KEY` to that
+/// secret. The daemon used to base64url-decode it (the defaults are valid base64url) and refuse
+/// every browser. Now both forms are tried; check-config says what it made of the value
+/// (lengths only); a token neither matches is refused as `bad_signature`, counted, and logged
+/// once a minute with the fix.
+#[test]
+fn the_token_secret_as_clearml_documents_it_opens_routes_and_a_wrong_key_says_so() {
+    use router_tests::clearml_server::{Identity, auth::sign};
+    router_tests::require_root();
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let secret = String::from_utf8(admin.token_secret()).expect("the secret is text");
+    let dir = temp_dir("auth");
+    let out = check_config_for(&server, &[("AUTH_BASE64_JWKS_KEY", &secret)]);
+    let (stdout, stderr) = stdout_stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "AUTH_BASE64_JWKS_KEY=*** ({} chars as written; also tried base64url-decoded: ",
+            secret.len()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&secret), "{stdout}");
+
+    let cmd = nginx_mode_daemon(&server, dir.path(), &[("AUTH_BASE64_JWKS_KEY", &secret)]);
+    let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
+    let line = daemon.wait_for_log(
+        "admin endpoint listening",
+        std::time::Duration::from_secs(30),
+    );
+    let admin_addr: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let auth = |token: &str| {
+        let cookie = format!("clearml_token_basic={token}");
+        router_tests::http_client::get(admin_addr, "/auth", &[("Cookie", &cookie)])
+            .expect("GET /auth")
+            .status
+    };
+    let token = admin.issue_token(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        auth(&token),
+        200,
+        "the server's own token\n{}",
+        daemon.log()
+    );
+    let payload = admin.token_payload(&admin.identity(), std::time::Duration::from_secs(3600));
+    let foreign = sign(b"the secret of another server", &payload);
+    assert_eq!(auth(&foreign), 401);
+    assert_eq!(auth(&foreign), 401);
+    let hint = "AUTH_BASE64_JWKS_KEY does not match the server's token_secret";
+    daemon.wait_for_log(hint, std::time::Duration::from_secs(10));
+    assert_eq!(daemon.log().matches(hint).count(), 1, "{}", daemon.log());
+    let stranger = admin.issue_token_for(
+        &Identity::in_company("another-tenant"),
+        std::time::Duration::from_secs(3600),
+    );
+    assert_eq!(auth(&stranger), 200, "no route asked: any company");
+    let metrics = router_tests::http_client::get(admin_addr, "/metrics", &[])
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("task_router_auth_refusals_total{reason=\"bad_signature\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// The open-source server's web app listens on 8080 (API 8008, files 8081): the router's HTTP
+/// port defaults to 8010 now, and a port another program holds is refused at start, naming
+/// the port and the holder, instead of failing when the first HTTP route comes.
+#[test]
+fn an_http_port_in_use_is_refused_at_start_naming_its_holder() {
+    router_tests::require_root();
+    let out = task_router(&["check-config"], &[]);
+    let (stdout, _) = stdout_stderr(&out);
+    assert!(
+        stdout.contains("ROUTER__WEBSERVER__SERVER_PORT=8010"),
+        "{stdout}"
+    );
+    let server = ClearmlServer::start().expect("server");
+    let held = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = held.local_addr().expect("addr").port().to_string();
+    let dir = temp_dir("port");
+    let cmd = nginx_mode_daemon(
+        &server,
+        dir.path(),
+        &[
+            ("AUTH_ENABLED", "false"),
+            ("NGINX_MANAGED", "true"),
+            ("ROUTER__WEBSERVER__SERVER_PORT", &port),
+        ],
+    );
+    let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
+    let (status, log) = daemon.wait_for_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success(), "{log}");
+    let me = std::process::id();
+    assert!(
+        log.contains(&format!(
+            "ROUTER__WEBSERVER__SERVER_PORT={port}: port {port} is already in use by pid {me} ("
+        )),
+        "{log}"
+    );
 }

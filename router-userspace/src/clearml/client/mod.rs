@@ -5,6 +5,7 @@
 //! read-merge-write otherwise), `queues` (names to ids).
 
 mod auth;
+mod capabilities;
 mod envelope;
 mod queues;
 mod runtime_edit;
@@ -13,8 +14,9 @@ mod tasks;
 mod tls;
 mod write;
 
+pub use capabilities::EDIT_RUNTIME_SINCE;
 pub use queues::regex_escape;
-pub use runtime_edit::{EDIT_RUNTIME_SINCE, written_as_is};
+pub use runtime_edit::written_as_is;
 pub use stats::{ApiCallStats, ApiStats, LATENCY_BUCKETS};
 pub use tls::ca_bundle;
 pub use write::{SETTLE, SETTLE_ROUNDS, WRITE_ATTEMPTS, WriteOutcome};
@@ -22,8 +24,8 @@ pub use write::{SETTLE, SETTLE_ROUNDS, WRITE_ATTEMPTS, WriteOutcome};
 use super::error::ApiError;
 use crate::config::ClearmlConfig;
 use auth::{Token, TokenSlot};
+use capabilities::RuntimeEdits;
 use envelope::parse_envelope;
-use runtime_edit::RuntimeEdits;
 use serde_json::{Map, Value, json};
 use stats::status_label;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! `tasks.edit_runtime`: the atomic per-key write of runtime properties that servers from 2.3.0
-//! (API 2.34) have. Whether the server has it is learnt once per connection (the login token's
-//! `api_version`, else the first call's 404), and only keys the server stores under their own
-//! name go through it.
+//! (API 2.34) have. Whether the server has it is learnt once per connection (`capabilities`:
+//! the login token's `api_version`, else the first call's 404), and only keys the server stores
+//! under their own name go through it.
 //!
 //! Sources (clearml/clearml-server v2.3.0): the endpoint `services/tasks.py:1425-1436` (served
 //! from version 1.0, so `/v2.31/` reaches it), one `$set` per key `bll/task/task_bll.py:98-126`,
@@ -13,10 +13,6 @@ use super::Client;
 use crate::clearml::error::ApiError;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-
-/// The first API version with `tasks.edit_runtime` (server 2.3.0).
-pub const EDIT_RUNTIME_SINCE: (u32, u32) = (2, 34);
 
 /// What the server answers a call it does not have (`service_repo.py:180-194`).
 const UNKNOWN_ENDPOINT: (i64, i64) = (404, 0);
@@ -34,44 +30,6 @@ pub fn written_as_is(key: &str) -> bool {
         && !key.starts_with('_')
         && !key.contains("__")
         && !key.contains(['%', '.', '$'])
-}
-
-/// Whether the server of this connection has `tasks.edit_runtime`.
-#[derive(Debug, Default)]
-pub(super) struct RuntimeEdits(AtomicU8);
-
-const UNKNOWN: u8 = 0;
-const PRESENT: u8 = 1;
-const ABSENT: u8 = 2;
-
-impl RuntimeEdits {
-    /// A new connection: what its token says (`None`: find out with the first call).
-    pub(super) fn learn(&self, api_version: Option<(u32, u32)>) {
-        let state = match api_version {
-            Some(v) if v >= EDIT_RUNTIME_SINCE => PRESENT,
-            Some(_) => ABSENT,
-            None => UNKNOWN,
-        };
-        let before = self.0.swap(state, Ordering::Relaxed);
-        if before != state && state == PRESENT {
-            tracing::info!(
-                "the ClearML server has tasks.edit_runtime: runtime keys without `_` or `__` are written atomically"
-            );
-        }
-    }
-
-    /// Worth trying: present, or not known yet.
-    pub(super) fn usable(&self) -> bool {
-        self.0.load(Ordering::Relaxed) != ABSENT
-    }
-
-    fn mark_absent(&self) {
-        if self.0.swap(ABSENT, Ordering::Relaxed) != ABSENT {
-            tracing::info!(
-                "the ClearML server has no tasks.edit_runtime (before 2.3.0): runtime keys are written with read-merge-write"
-            );
-        }
-    }
 }
 
 /// What one `tasks.edit_runtime` did.
@@ -144,19 +102,5 @@ mod tests {
         ] {
             assert!(!written_as_is(key), "{key}");
         }
-    }
-
-    #[test]
-    fn the_token_tells_whether_the_call_exists() {
-        let edits = RuntimeEdits::default();
-        assert!(edits.usable(), "unknown: worth a try");
-        edits.learn(Some((2, 33)));
-        assert!(!edits.usable());
-        edits.learn(Some((2, 34)));
-        assert!(edits.usable());
-        edits.mark_absent();
-        assert!(!edits.usable());
-        edits.learn(None);
-        assert!(edits.usable(), "a new connection finds out again");
     }
 }
