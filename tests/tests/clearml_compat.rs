@@ -452,33 +452,13 @@ fn a_ca_in_the_system_store_is_trusted() {
     let server =
         ClearmlServer::start_with(ServerOptions::default().https(&[])).expect("https server");
     let ca = server.ca_pem().expect("CA bundle");
+    let ca = ca.to_str().expect("utf-8");
     let admin = server.admin();
     let dir = temp_dir("store");
-    let creds = server.credentials();
-    let mut cmd = std::process::Command::new(router_tests::daemon_binary());
-    cmd.args([
-        "run",
-        "--mode",
-        "nginx",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--poll-interval",
-        "200ms",
-    ])
-    .env("CLEARML_API_HOST", server.url())
-    .env("CLEARML_API_ACCESS_KEY", creds.access_key)
-    .env("CLEARML_API_SECRET_KEY", creds.secret_key)
-    .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
-    .env("TCP_PORT_START", "31000")
-    .env("TCP_PORT_END", "31099")
-    .env("AUTH_ENABLED", "false")
-    .env("ROUTER_STATE_DIR", dir.path().join("state"))
-    // No task, so nothing to serve: the files go to a directory of the test's own, nginx is
-    // never run.
-    .env("NGINX_CONF_DIR", dir.path().join("nginx"))
-    .env("NGINX_TEST_CMD", "true")
-    .env("NGINX_RELOAD_CMD", "true")
-    .env("SSL_CERT_FILE", &ca);
+    // No task, so nothing to serve.
+    let mut cmd = nginx_mode_daemon(&server, dir.path(), &[("AUTH_ENABLED", "false")]);
+    cmd.args(["--poll-interval", "200ms"])
+        .env("SSL_CERT_FILE", ca);
     let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
     // Ready after the first sync, which logged in and listed the tasks over HTTPS.
     daemon.wait_for_log("ready", std::time::Duration::from_secs(30));
