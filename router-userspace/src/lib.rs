@@ -7,8 +7,9 @@
 //! `reconcile` (tasks → wanted routes), `routes` (the wanted-route model and its owners'
 //! traits), `ports` (allocator), `routes_file`, `validate` (untrusted input), `admin`
 //! (health/status), `metrics` (`/metrics`), `daemon` (wiring) and `instance_lock` (one daemon
-//! per router instance). `endpoint` (the identity of a task endpoint), `error`, `fsutil`, `time`
-//! and `backoff` sit one floor below them all. `docs/architecture.md` maps the rooms.
+//! per router instance). `endpoint` (the identity of a task endpoint), `error`, `fsutil`, `time`,
+//! `backoff` and `port_holder` (who holds a port, for start-up errors) sit one floor below them
+//! all. `docs/architecture.md` maps the rooms.
 
 pub mod admin;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod instance_lock;
 pub mod logging;
 pub mod metrics;
 pub mod nginx;
+pub mod port_holder;
 pub mod ports;
 pub mod reconcile;
 pub mod routes;

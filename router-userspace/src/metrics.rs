@@ -32,6 +32,8 @@ pub struct Sources {
     pub datapath: Option<Arc<Mutex<Datapath>>>,
     /// Filled when nginx is opened.
     pub nginx: Arc<OnceLock<Nginx>>,
+    /// The refusals of routed HTTP requests, when authentication serves them.
+    pub auth: Option<Arc<crate::auth::Refusals>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -39,6 +41,7 @@ impl std::fmt::Debug for Sources {
         f.debug_struct("Sources")
             .field("datapath", &self.datapath.is_some())
             .field("nginx", &self.nginx.get().is_some())
+            .field("auth", &self.auth.is_some())
             .finish()
     }
 }
@@ -125,6 +128,20 @@ impl Collector for Sources {
             && let Ok(dp) = datapath.lock()
         {
             encode_datapath(&mut encoder, &dp)?;
+        }
+        if let Some(refusals) = &self.auth {
+            family(
+                &mut encoder,
+                "task_router_auth_refusals",
+                "routed HTTP requests refused, by reason (missing, malformed, expired, \
+                 bad_signature: AUTH_BASE64_JWKS_KEY matches no form of the server's secret, \
+                 wrong_company: a token of another company than the task's)",
+                MetricType::Counter,
+                refusals
+                    .counts()
+                    .into_iter()
+                    .map(|(reason, n)| ([("reason", reason.label())], n as f64)),
+            )?;
         }
         if let Some(nginx) = self.nginx.get() {
             let s = nginx.status();
@@ -606,8 +623,11 @@ mod tests {
                 ..RouteStatus::default()
             },
         ];
+        let refusals = Arc::new(crate::auth::Refusals::default());
+        refusals.count(crate::auth::RefusalReason::WrongCompany);
         let text = scrape_text(Sources {
             status: Arc::new(RwLock::new(status)),
+            auth: Some(refusals),
             ..Sources::default()
         });
         for (series, value) in [
@@ -633,6 +653,11 @@ mod tests {
             ("task_router_clearml_removals_held", 3.0),
             ("task_router_clearml_held_cycles_total", 2.0),
             ("task_router_clearml_concurrent_writes_total", 5.0),
+            (
+                "task_router_auth_refusals_total{reason=\"wrong_company\"}",
+                1.0,
+            ),
+            ("task_router_auth_refusals_total{reason=\"missing\"}", 0.0),
             ("task_router_state_save_failing", 1.0),
             ("task_router_degraded", 2.0),
             (

@@ -69,6 +69,10 @@ pub struct HttpRoute {
     pub upstream: SocketAddrV4,
     pub mode: HttpMode,
     pub owner: RouteOwner,
+    /// The ClearML company whose users may reach it (the task's: a token opens only its own
+    /// company's tasks); empty = any signed-in user (a public task, a routes-file entry).
+    #[serde(default)]
+    pub company: String,
 }
 
 /// Everything that should be served, keyed for diffing.

@@ -161,6 +161,7 @@ pub fn parse(
                 upstream,
                 mode,
                 owner: owner(&e.name),
+                company: String::new(),
             },
         );
     }

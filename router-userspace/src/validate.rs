@@ -120,6 +120,19 @@ pub fn task_id(raw: &str) -> Result<&str, String> {
     }
 }
 
+/// A task's ClearML company (it names the route's auth location in nginx): empty (a public
+/// task) or `[A-Za-z0-9_-]`, 1-64 bytes (ClearML's are 32 hex digits).
+pub fn company(raw: &str) -> Result<&str, String> {
+    if raw.is_empty() || ident(raw, 64) {
+        Ok(raw)
+    } else {
+        Err(format!(
+            "the task's company {:?} is not 1-64 characters of A-Z a-z 0-9 _ -",
+            truncate(raw)
+        ))
+    }
+}
+
 /// The longest endpoint name served, in characters: longer ones would not fit a status row or
 /// a log line (the SDK sets no limit; real names are a word or two).
 pub const MAX_ENDPOINT_NAME: usize = 128;
@@ -157,6 +170,18 @@ fn ident(s: &str, max: usize) -> bool {
         && s.len() <= max
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A DNS label as a host name of a route holds it: 1-63 of `[a-z0-9-]`, no leading or trailing
+/// `-` (lower case: what nginx and the URLs use).
+pub fn dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Shortens untrusted text for a log line or a status entry.

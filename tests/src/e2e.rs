@@ -50,6 +50,9 @@ pub struct TestbedOptions {
     /// Start the daemon (false: only the network, the server and the hosts, e.g. to test the
     /// harness itself).
     pub daemon: bool,
+    /// `AUTH_BASE64_JWKS_KEY` as the JWKS `k` (base64url) of the server's token secret instead
+    /// of the secret as written (what ClearML documents).
+    pub jwks_key: bool,
 }
 
 impl Default for TestbedOptions {
@@ -60,6 +63,7 @@ impl Default for TestbedOptions {
             datapath: "auto".into(),
             log_level: "info".into(),
             daemon: true,
+            jwks_key: false,
         }
     }
 }
@@ -129,7 +133,11 @@ impl Testbed {
     fn start_daemon(&self, opts: &TestbedOptions) -> Result<Daemon> {
         let creds = self.server.credentials();
         let secret = self.server.admin().token_secret();
-        let jwks = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret);
+        let key = if opts.jwks_key {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)
+        } else {
+            String::from_utf8_lossy(&secret).into_owned()
+        };
         let interfaces: Vec<String> = self.router_ends.iter().map(|e| e.dev.clone()).collect();
         let state = self.dir.path().join("state");
         let nginx = self.dir.path().join("nginx");
@@ -160,7 +168,16 @@ impl Testbed {
             .env("ROUTER__WEBSERVER__SERVER_PORT", WEB_PORT.to_string())
             .env("AUTH_ENABLED", "true")
             .env("AUTH_SECURE_ENABLED", "false")
-            .env("AUTH_BASE64_JWKS_KEY", jwks)
+            .env("AUTH_BASE64_JWKS_KEY", key)
+            // The compose cookie (the test server's) and the open-source Helm chart's.
+            .env(
+                "AUTH_COOKIE_NAME",
+                format!(
+                    "{},{}",
+                    crate::clearml_server::COMPOSE_COOKIE,
+                    crate::clearml_server::HELM_COOKIE
+                ),
+            )
             .env("NGINX_MANAGED", "true")
             .env("NGINX_CONF_DIR", &nginx)
             .env("LOGGER_LEVEL", &opts.log_level);

@@ -313,6 +313,7 @@ pub fn route(
             router_userspace::endpoint::EndpointId::new(task.to_string(), endpoint.to_string()),
             format!("test task {task}"),
         ),
+        company: String::new(),
     }
 }
 

@@ -8,10 +8,7 @@
 //! are asked to serve); the configuration tests run the `task-router` binary.
 
 use router_tests::clearml_server::{ClearmlServer, ServerOptions, ServerRelease, TaskSpec};
-use router_tests::owners::{RecordingForwarder, RecordingRouter};
-use router_userspace::admin::{SharedStatus, Status};
-use router_userspace::config::{Config, Sources};
-use router_userspace::daemon::{Engine, new_status};
+use router_tests::engine::{RecordingEngine, clearml_config};
 use serde_json::{Map, Value, json};
 
 const ROUTER_ADDRESS: &str = "203.0.113.9";
@@ -24,67 +21,42 @@ fn temp_dir(tag: &str) -> tempfile::TempDir {
         .expect("create temp dir")
 }
 
-/// The engine of a router named `edge-a`, with recording owners, against `server`.
+/// The engine of a router named `edge-a`, with recording owners, against `server`; its state
+/// directory lives as long as it does.
 struct Rig {
-    engine: Engine,
-    tcp: RecordingForwarder,
-    http: RecordingRouter,
-    status: SharedStatus,
+    engine: RecordingEngine,
     _state: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = RecordingEngine;
+    fn deref(&self) -> &RecordingEngine {
+        &self.engine
+    }
 }
 
 impl Rig {
     async fn start(server: &ClearmlServer, extra: &[(&str, &str)]) -> Rig {
         let state = temp_dir("state");
-        let creds = server.credentials();
-        let mut env: Vec<(String, String)> = vec![
-            ("CLEARML_API_HOST".into(), server.url()),
-            ("CLEARML_API_ACCESS_KEY".into(), creds.access_key),
-            ("CLEARML_API_SECRET_KEY".into(), creds.secret_key),
-            ("TCP_ROUTER_ADDRESS".into(), ROUTER_ADDRESS.into()),
-            ("TCP_PORT_START".into(), "31000".into()),
-            ("TCP_PORT_END".into(), "31099".into()),
-            ("ROUTER_NAME".into(), "edge-a".into()),
-            ("ROUTER_URL".into(), ROUTER_URL.into()),
-            ("AUTH_ENABLED".into(), "false".into()),
-            (
-                "ROUTER_STATE_DIR".into(),
-                state.path().display().to_string(),
-            ),
+        let mut vars = vec![
+            ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
+            ("TCP_PORT_START", "31000"),
+            ("TCP_PORT_END", "31099"),
+            ("ROUTER_NAME", "edge-a"),
+            ("ROUTER_URL", ROUTER_URL),
             // Generous: the suite runs in parallel on shared cores.
-            ("ROUTER_API_TIMEOUT".into(), "3s".into()),
+            ("ROUTER_API_TIMEOUT", "3s"),
         ];
-        for (k, v) in extra {
-            env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v.to_string()));
-        }
-        let sources = Sources::new(Vec::new(), env, None).expect("sources");
-        let cfg = Config::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
-        let (tcp, http) = (RecordingForwarder::default(), RecordingRouter::default());
-        let status = new_status(&cfg);
-        let mut engine = Engine::new(
-            cfg,
-            Box::new(tcp.clone()),
-            Box::new(http.clone()),
-            status.clone(),
-        )
-        .expect("engine");
-        engine.connect_at_start().await.expect("connect");
+        vars.extend_from_slice(extra);
+        let cfg = clearml_config(server, state.path(), &vars);
         Rig {
-            engine,
-            tcp,
-            http,
-            status,
+            engine: RecordingEngine::start(cfg).await,
             _state: state,
         }
     }
 
     async fn cycle(&mut self) {
         self.engine.cycle().await;
-    }
-
-    fn status(&self) -> Status {
-        self.status.read().expect("status").clone()
     }
 }
 
@@ -105,14 +77,21 @@ fn tcp_request(addr: &str, port: u16) -> Map<String, Value> {
 // ------------------------------------------------------------------------------------------
 // Item 3: writing back without losing the task's own writes.
 
-/// A task whose default TCP endpoint this router claimed before (a request the task made again
-/// after its service restarted), and which writes a second request, the SDK's way, right after
-/// the router read it: the moment a read-merge-write would drop it.
-fn reclaimed_task_writing_between_read_and_write(server: &ClearmlServer) -> String {
-    let admin = server.admin();
-    let mut runtime = tcp_request("10.7.0.10", 22);
+/// What `tcp_request` leaves once this router claimed the endpoint (its `_ROUTER_NAME`): a
+/// request the task made again after its service restarted.
+fn reclaimed_tcp_request(addr: &str) -> Value {
+    let mut runtime = tcp_request(addr, 22);
     runtime.insert("_ROUTER_NAME".into(), json!("edge-a"));
-    let id = admin.create_task(running("sdk", Value::Object(runtime)));
+    Value::Object(runtime)
+}
+
+/// On `server`, a task with a [`reclaimed_tcp_request`] writes a second request, the SDK's
+/// way, right after the router read it: the moment a read-merge-write would drop it. One
+/// cycle later the router's endpoint is written and the task's request kept, whichever way
+/// the server lets it be written; returns the router and the task.
+async fn a_task_writes_between_the_routers_read_and_write(server: &ClearmlServer) -> (Rig, String) {
+    let admin = server.admin();
+    let id = admin.create_task(running("sdk", reclaimed_tcp_request("10.7.0.10")));
     let mut once = true;
     admin.after_read(move |_, runtime| {
         if std::mem::take(&mut once) {
@@ -121,7 +100,20 @@ fn reclaimed_task_writing_between_read_and_write(server: &ClearmlServer) -> Stri
             runtime.insert("_PORT__ui".into(), json!(7000));
         }
     });
-    id
+    let mut r = Rig::start(server, &[]).await;
+    r.cycle().await;
+    admin.clear_after_read();
+    let port = *r.tcp.programmed().keys().next().expect("tcp route");
+    let rt = admin.runtime(&id);
+    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
+    assert_eq!(rt["external_address"], json!(ROUTER_ADDRESS));
+    assert_eq!(rt["upstream_task_address"], json!("10.7.0.10"));
+    assert_eq!(
+        rt["_PORT__ui"],
+        json!(7000),
+        "the task's write was lost: {rt:?}"
+    );
+    (r, id)
 }
 
 /// Server 2.3.0 (API 2.34, the test server's default): the router's unsuffixed keys go through
@@ -133,19 +125,7 @@ fn reclaimed_task_writing_between_read_and_write(server: &ClearmlServer) -> Stri
 async fn server_2_3_writes_the_routers_keys_atomically() {
     let server = ClearmlServer::start().expect("server");
     let admin = server.admin();
-    let id = reclaimed_task_writing_between_read_and_write(&server);
-    let mut r = Rig::start(&server, &[]).await;
-    r.cycle().await;
-    let port = *r.tcp.programmed().keys().next().expect("tcp route");
-    let rt = admin.runtime(&id);
-    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
-    assert_eq!(rt["external_address"], json!(ROUTER_ADDRESS));
-    assert_eq!(rt["upstream_task_address"], json!("10.7.0.10"));
-    assert_eq!(
-        rt["_PORT__ui"],
-        json!(7000),
-        "the task's write was lost: {rt:?}"
-    );
+    let (mut r, id) = a_task_writes_between_the_routers_read_and_write(&server).await;
     assert_eq!(admin.calls("tasks.edit_runtime"), 1);
     assert_eq!(admin.calls("tasks.edit"), 0, "no read-merge-write");
     assert_eq!(
@@ -153,7 +133,6 @@ async fn server_2_3_writes_the_routers_keys_atomically() {
         0,
         "nothing to settle or repair"
     );
-    admin.clear_after_read();
 
     // The task's request is served next; its keys hold `__`, so `tasks.edit` writes them,
     // literally (the SDK reads `endpoint__ui`, never `endpoint%_%_ui`).
@@ -171,16 +150,8 @@ async fn server_2_3_writes_the_routers_keys_atomically() {
     // The task's own read-merge-write (the SDK's `_set_runtime_properties`) lands right after
     // the router's write, from the dict it read before: our keys vanish, its key appears. The
     // router puts its keys back, atomically again, on top of what the task wrote.
-    let t = admin.create_task(running(
-        "busy",
-        Value::Object({
-            let mut rt = tcp_request("10.7.0.11", 22);
-            rt.insert("_ROUTER_NAME".into(), json!("edge-a"));
-            rt
-        }),
-    ));
-    let stale = admin.runtime(&t);
-    let mut once = Some(stale);
+    let t = admin.create_task(running("busy", reclaimed_tcp_request("10.7.0.11")));
+    let mut once = Some(admin.runtime(&t));
     let target = t.clone();
     admin.after_edit(move |task, runtime| {
         if task == target
@@ -215,17 +186,7 @@ async fn server_2_2_is_written_with_read_merge_write() {
     let server = ClearmlServer::start_with(ServerOptions::default().release(ServerRelease::V2_2))
         .expect("server");
     let admin = server.admin();
-    let id = reclaimed_task_writing_between_read_and_write(&server);
-    let mut r = Rig::start(&server, &[]).await;
-    r.cycle().await;
-    let port = *r.tcp.programmed().keys().next().expect("tcp route");
-    let rt = admin.runtime(&id);
-    assert_eq!(rt["external_tcp_port"], json!(port), "{rt:?}");
-    assert_eq!(
-        rt["_PORT__ui"],
-        json!(7000),
-        "the task's write was lost: {rt:?}"
-    );
+    let (r, _) = a_task_writes_between_the_routers_read_and_write(&server).await;
     assert_eq!(
         admin.calls("tasks.edit_runtime"),
         0,
@@ -321,6 +282,19 @@ fn task_router(args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
     cmd.output().expect("run task-router")
 }
 
+/// `task-router check-config` of a router of `server`, with `extra` variables.
+fn check_config_for(server: &ClearmlServer, extra: &[(&str, &str)]) -> std::process::Output {
+    let (url, creds) = (server.url(), server.credentials());
+    let mut vars = vec![
+        ("CLEARML_API_HOST", url.as_str()),
+        ("CLEARML_API_ACCESS_KEY", creds.access_key.as_str()),
+        ("CLEARML_API_SECRET_KEY", creds.secret_key.as_str()),
+        ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
+    ];
+    vars.extend_from_slice(extra);
+    task_router(&["check-config"], &vars)
+}
+
 fn stdout_stderr(out: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -397,24 +371,15 @@ fn the_variable_names_of_current_clearml_installs_are_read() {
     assert!(stderr.contains("(2 problems)"), "{stderr}");
 }
 
-/// The client configuration of a router for `server`, with `extra` variables.
-fn clearml_config(
+/// The ClearML client configuration of a router for `server`, with `extra` variables.
+fn client_config(
     server: &ClearmlServer,
     extra: &[(&str, &str)],
 ) -> router_userspace::config::ClearmlConfig {
-    let creds = server.credentials();
-    let mut env: Vec<(String, String)> = vec![
-        ("CLEARML_API_HOST".into(), server.url()),
-        ("CLEARML_API_ACCESS_KEY".into(), creds.access_key),
-        ("CLEARML_API_SECRET_KEY".into(), creds.secret_key),
-        ("TCP_ROUTER_ADDRESS".into(), ROUTER_ADDRESS.into()),
-        ("AUTH_ENABLED".into(), "false".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let sources = Sources::new(Vec::new(), env, None).expect("sources");
-    Config::from_sources(&sources)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .clearml
+    let state = temp_dir("client");
+    let mut vars = vec![("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)];
+    vars.extend_from_slice(extra);
+    clearml_config(server, state.path(), &vars).clearml
 }
 
 /// An on-premise server with a private CA: trusted through `SSL_VERIFY=<bundle>` (as the SDK's
@@ -429,18 +394,18 @@ async fn a_private_ca_is_trusted_from_ssl_verify_or_its_own_variable() {
     let ca = server.ca_pem().expect("CA bundle");
     let ca = ca.to_str().expect("utf-8");
     for var in ["SSL_VERIFY", "CLEARML_API_CA_BUNDLE"] {
-        let client = Client::new(&clearml_config(&server, &[(var, ca)])).expect("client");
+        let client = Client::new(&client_config(&server, &[(var, ca)])).expect("client");
         client
             .login()
             .await
             .unwrap_or_else(|e| panic!("{var}={ca}: {e}"));
     }
-    let client = Client::new(&clearml_config(&server, &[])).expect("client");
+    let client = Client::new(&client_config(&server, &[])).expect("client");
     assert!(client.login().await.is_err(), "an unknown CA is trusted");
     let stranger = TestCa::generate(&["127.0.0.1".into()]).expect("another CA");
     let other = stranger.ca_pem();
     let other = other.to_str().expect("utf-8");
-    let client = Client::new(&clearml_config(&server, &[("SSL_VERIFY", other)])).expect("client");
+    let client = Client::new(&client_config(&server, &[("SSL_VERIFY", other)])).expect("client");
     assert!(
         client.login().await.is_err(),
         "another CA's bundle is trusted"
@@ -462,7 +427,7 @@ async fn a_private_ca_is_trusted_from_ssl_verify_or_its_own_variable() {
             "holds no PEM certificate",
         ),
     ] {
-        let e = Client::new(&clearml_config(&server, &[(var, path)]))
+        let e = Client::new(&client_config(&server, &[(var, path)]))
             .err()
             .unwrap_or_else(|| panic!("{var}={path} accepted"))
             .to_string();
@@ -471,19 +436,7 @@ async fn a_private_ca_is_trusted_from_ssl_verify_or_its_own_variable() {
             "{e}"
         );
         // check-config says so too, before anything starts.
-        let creds = server.credentials();
-        let url = server.url();
-        let out = task_router(
-            &["check-config"],
-            &[
-                ("CLEARML_API_HOST", url.as_str()),
-                ("CLEARML_API_ACCESS_KEY", &creds.access_key),
-                ("CLEARML_API_SECRET_KEY", &creds.secret_key),
-                ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
-                ("AUTH_ENABLED", "false"),
-                (var, path),
-            ],
-        );
+        let out = check_config_for(&server, &[("AUTH_ENABLED", "false"), (var, path)]);
         let (_, stderr) = stdout_stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(&format!("{var}={path}")), "{stderr}");
@@ -499,39 +452,18 @@ fn a_ca_in_the_system_store_is_trusted() {
     let server =
         ClearmlServer::start_with(ServerOptions::default().https(&[])).expect("https server");
     let ca = server.ca_pem().expect("CA bundle");
+    let ca = ca.to_str().expect("utf-8");
     let admin = server.admin();
-    admin.create_task(running("app", Value::Object(tcp_request("10.7.3.10", 22))));
     let dir = temp_dir("store");
-    let creds = server.credentials();
-    let mut cmd = std::process::Command::new(router_tests::daemon_binary());
-    cmd.args([
-        "run",
-        "--mode",
-        "nginx",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--poll-interval",
-        "200ms",
-    ])
-    .env("CLEARML_API_HOST", server.url())
-    .env("CLEARML_API_ACCESS_KEY", creds.access_key)
-    .env("CLEARML_API_SECRET_KEY", creds.secret_key)
-    .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
-    .env("TCP_PORT_START", "31000")
-    .env("TCP_PORT_END", "31099")
-    .env("AUTH_ENABLED", "false")
-    .env("ROUTER_STATE_DIR", dir.path().join("state"))
-    // The files go to a directory of the test's own, nginx is never run.
-    .env("NGINX_CONF_DIR", dir.path().join("nginx"))
-    .env("NGINX_TEST_CMD", "true")
-    .env("NGINX_RELOAD_CMD", "true")
-    .env("SSL_CERT_FILE", &ca);
+    // No task, so nothing to serve.
+    let mut cmd = nginx_mode_daemon(&server, dir.path(), &[("AUTH_ENABLED", "false")]);
+    cmd.args(["--poll-interval", "200ms"])
+        .env("SSL_CERT_FILE", ca);
     let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
-    // The task's route was planned: the listing went over TLS with the CA from the store. (No
-    // nginx runs, so the route is never served and not written back: readiness means forwarding.)
-    daemon.wait_for_log("ClearML API connected", std::time::Duration::from_secs(30));
-    daemon.wait_for_log("route change=+ tcp", std::time::Duration::from_secs(30));
-    assert!(!daemon.log().contains("certificate"), "{}", daemon.log());
+    // Ready after the first sync, which logged in and listed the tasks over HTTPS.
+    daemon.wait_for_log("ready", std::time::Duration::from_secs(30));
+    assert!(admin.calls("tasks.get_all") >= 1, "{}", daemon.log());
+    assert!(!daemon.log().contains("UnknownIssuer"), "{}", daemon.log());
 }
 
 // ------------------------------------------------------------------------------------------
@@ -589,4 +521,142 @@ async fn tasks_the_kubernetes_glue_moved_are_served_by_their_users_queue() {
         );
         assert_eq!(r.status().clearml.tasks, 1);
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Item 1: cookie authentication with ClearML's documented key.
+
+/// `task-router run` with the nginx datapath in this namespace, against `server`, with `extra`
+/// variables; the nginx files go to `dir` and nginx itself is never run unless managed.
+fn nginx_mode_daemon(
+    server: &ClearmlServer,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> std::process::Command {
+    let creds = server.credentials();
+    let mut cmd = std::process::Command::new(router_tests::daemon_binary());
+    cmd.args(["run", "--mode", "nginx", "--admin-addr", "127.0.0.1:0"])
+        .env("CLEARML_API_HOST", server.url())
+        .env("CLEARML_API_ACCESS_KEY", creds.access_key)
+        .env("CLEARML_API_SECRET_KEY", creds.secret_key)
+        .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
+        .env("TCP_PORT_START", "31000")
+        .env("TCP_PORT_END", "31099")
+        .env("ROUTER_STATE_DIR", dir.join("state"))
+        .env("NGINX_CONF_DIR", dir.join("nginx"))
+        .env("NGINX_TEST_CMD", "true")
+        .env("NGINX_RELOAD_CMD", "true");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The ClearML web app's cookie carries the server's token, signed with the bytes of
+/// `token_secret` (PyJWT); ClearML tells router operators to set `AUTH_BASE64_JWKS_KEY` to that
+/// secret. The daemon used to base64url-decode it (the defaults are valid base64url) and refuse
+/// every browser. Now both forms are tried; check-config says what it made of the value
+/// (lengths only); a token neither matches is refused as `bad_signature`, counted, and logged
+/// once a minute with the fix.
+#[test]
+fn the_token_secret_as_clearml_documents_it_opens_routes_and_a_wrong_key_says_so() {
+    use router_tests::clearml_server::{Identity, auth::sign};
+    router_tests::require_root();
+    let server = ClearmlServer::start().expect("server");
+    let admin = server.admin();
+    let secret = String::from_utf8(admin.token_secret()).expect("the secret is text");
+    let dir = temp_dir("auth");
+    let out = check_config_for(&server, &[("AUTH_BASE64_JWKS_KEY", &secret)]);
+    let (stdout, stderr) = stdout_stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "AUTH_BASE64_JWKS_KEY=*** ({} chars as written; also tried base64url-decoded: ",
+            secret.len()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&secret), "{stdout}");
+
+    let cmd = nginx_mode_daemon(&server, dir.path(), &[("AUTH_BASE64_JWKS_KEY", &secret)]);
+    let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
+    let line = daemon.wait_for_log(
+        "admin endpoint listening",
+        std::time::Duration::from_secs(30),
+    );
+    let admin_addr: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let auth = |token: &str| {
+        let cookie = format!("clearml_token_basic={token}");
+        router_tests::http_client::get(admin_addr, "/auth", &[("Cookie", &cookie)])
+            .expect("GET /auth")
+            .status
+    };
+    let token = admin.issue_token(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        auth(&token),
+        200,
+        "the server's own token\n{}",
+        daemon.log()
+    );
+    let payload = admin.token_payload(&admin.identity(), std::time::Duration::from_secs(3600));
+    let foreign = sign(b"the secret of another server", &payload);
+    assert_eq!(auth(&foreign), 401);
+    assert_eq!(auth(&foreign), 401);
+    let hint = "AUTH_BASE64_JWKS_KEY does not match the server's token_secret";
+    daemon.wait_for_log(hint, std::time::Duration::from_secs(10));
+    assert_eq!(daemon.log().matches(hint).count(), 1, "{}", daemon.log());
+    let stranger = admin.issue_token_for(
+        &Identity::in_company("another-tenant"),
+        std::time::Duration::from_secs(3600),
+    );
+    assert_eq!(auth(&stranger), 200, "no route asked: any company");
+    let metrics = router_tests::http_client::get(admin_addr, "/metrics", &[])
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("task_router_auth_refusals_total{reason=\"bad_signature\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// The open-source server's web app listens on 8080 (API 8008, files 8081): the router's HTTP
+/// port defaults to 8010 now, and a port another program holds is refused at start, naming
+/// the port and the holder, instead of failing when the first HTTP route comes.
+#[test]
+fn an_http_port_in_use_is_refused_at_start_naming_its_holder() {
+    router_tests::require_root();
+    let out = task_router(&["check-config"], &[]);
+    let (stdout, _) = stdout_stderr(&out);
+    assert!(
+        stdout.contains("ROUTER__WEBSERVER__SERVER_PORT=8010"),
+        "{stdout}"
+    );
+    let server = ClearmlServer::start().expect("server");
+    let held = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = held.local_addr().expect("addr").port().to_string();
+    let dir = temp_dir("port");
+    let cmd = nginx_mode_daemon(
+        &server,
+        dir.path(),
+        &[
+            ("AUTH_ENABLED", "false"),
+            ("NGINX_MANAGED", "true"),
+            ("ROUTER__WEBSERVER__SERVER_PORT", &port),
+        ],
+    );
+    let mut daemon = router_tests::daemon::Daemon::spawn(cmd).expect("start daemon");
+    let (status, log) = daemon.wait_for_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success(), "{log}");
+    let me = std::process::id();
+    assert!(
+        log.contains(&format!(
+            "ROUTER__WEBSERVER__SERVER_PORT={port}: port {port} is already in use by pid {me} ("
+        )),
+        "{log}"
+    );
 }

@@ -191,6 +191,70 @@ fn e2e_clearml_session_way_reaches_sshd_stand_in() {
     assert_eq!(back, b"SSH-2.0-stand-in\r\nhello");
 }
 
+/// `AUTH_BASE64_JWKS_KEY` as its JWKS `k` works as well as the secret as ClearML documents it
+/// (every other e2e test uses that form), a token opens only its own company's tasks (403 for a
+/// user of another tenant, signed with the same secret), and `AUTH_COOKIE_NAME` takes the
+/// cookie names of several installs (compose and the open-source Helm chart).
+#[test]
+fn e2e_cookie_auth_with_the_jwks_form_a_list_of_cookie_names_and_companies() {
+    use router_tests::clearml_server::{HELM_COOKIE, Identity, TaskSpec};
+    require_root();
+    let bed = Testbed::up(
+        &TestbedOptions {
+            jwks_key: true,
+            ..TestbedOptions::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let _web = ServerThread::web(&bed.host2, (HOST2, 8080).into(), "web").expect("web app");
+    let admin = bed.server.admin();
+    let id = admin.create_task(
+        TaskSpec::new("web app")
+            .status("in_progress")
+            .system_tags(&["external_service"])
+            .runtime(serde_json::json!({"_SERVICE": "EXTERNAL",
+                "_ADDRESS": HOST2.to_string(), "_PORT": 8080})),
+    );
+    let url = wait::until("the endpoint written back", WAIT, || {
+        admin
+            .runtime(&id)
+            .get("endpoint")
+            .and_then(|e| e.as_str().map(str::to_string))
+    });
+    let get = |cookie: &str| {
+        get_url_in(&bed.client, &format!("{url}hello"), &[("Cookie", cookie)])
+            .unwrap_or_else(|e| panic!("GET {url}: {e:#}\ndaemon log:\n{}", bed.daemon_log()))
+    };
+    let ok = get(&bed.auth_cookie());
+    assert_eq!(
+        ok.status,
+        200,
+        "{}\ndaemon log:\n{}",
+        ok.text(),
+        bed.daemon_log()
+    );
+    let token = admin.issue_token(Duration::from_secs(3600));
+    assert_eq!(
+        get(&format!("{HELM_COOKIE}={token}")).status,
+        200,
+        "the Helm cookie"
+    );
+    let stranger = admin.issue_token_for(
+        &Identity::in_company("another-tenant"),
+        Duration::from_secs(3600),
+    );
+    let refused = get(&format!("{HELM_COOKIE}={stranger}"));
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let metrics = get_in(&bed.router, router_tests::e2e::ADMIN, "/metrics", &[])
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("task_router_auth_refusals_total{reason=\"wrong_company\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// The harness without the daemon (runs today): SDK tasks on the host namespaces reach the
 /// ClearML server in the router namespace, their requests land on the server, and the task
 /// servers answer from the router namespace (where the daemon will forward from).

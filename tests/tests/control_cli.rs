@@ -84,7 +84,7 @@ fn check_config_shows_effective_values_masked_with_their_origin() {
     assert!(line("ROUTER_POLL_INTERVAL").starts_with("ROUTER_POLL_INTERVAL=750ms"));
     assert!(line("ROUTER_POLL_INTERVAL").contains("# command line"));
     assert!(line("LISTEN_QUEUE_NAME").starts_with("LISTEN_QUEUE_NAME=gpu,cpu"));
-    assert!(line("ROUTER_URL").starts_with("ROUTER_URL=http://203.0.113.9:8080"));
+    assert!(line("ROUTER_URL").starts_with("ROUTER_URL=http://203.0.113.9:8010"));
     assert!(line("SSL_VERIFY").contains("# default"));
     assert!(
         !stdout.contains("very-secret-value"),

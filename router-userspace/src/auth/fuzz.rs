@@ -135,6 +135,7 @@ proptest! {
             uri: uri.as_deref(),
             host: host.as_deref(),
             proto: Some("https"),
+            company: None,
         });
         if let Some(fwd) = &d.forward_cookie {
             for pair in fwd.split(';') {

@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::{AuthError, Identity};
+use crate::config::{AuthConfig, KeyForm};
 
 /// Clock skew tolerated on `nbf` between the ClearML server and this host (a token used the
 /// moment it was issued by a server whose clock runs ahead). `exp` gets none.
@@ -26,22 +27,6 @@ pub fn algorithm(name: &str) -> Result<Algorithm, AuthError> {
         "HS512" => Ok(Algorithm::HS512),
         _ => Err(AuthError::Algorithm(name.to_string())),
     }
-}
-
-/// The decoded `AUTH_BASE64_JWKS_KEY`: the `k` of a JWKS `oct` key is base64url without
-/// padding; padded and standard base64 are accepted too, since operators paste either.
-pub fn decode_jwks_key(k: &str) -> Result<Vec<u8>, AuthError> {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let trimmed = k.trim().trim_end_matches('=');
-    let key = URL_SAFE_NO_PAD
-        .decode(trimmed)
-        .or_else(|_| STANDARD.decode(k.trim()))
-        .map_err(AuthError::KeyEncoding)?;
-    if key.is_empty() {
-        return Err(AuthError::NoKey);
-    }
-    Ok(key)
 }
 
 /// A verifier for one key and algorithm.
@@ -115,6 +100,45 @@ impl Verifier {
             },
             exp,
         ))
+    }
+}
+
+/// One verifier per form of `AUTH_BASE64_JWKS_KEY` ([`AuthConfig::hmac_keys`]): the token
+/// secret as written (what ClearML documents) and its JWKS `k` decoding.
+pub struct KeyRing {
+    verifiers: Vec<(KeyForm, Verifier)>,
+}
+
+impl KeyRing {
+    pub fn new(cfg: &AuthConfig) -> Result<KeyRing, AuthError> {
+        let alg = algorithm(&cfg.algorithm)?;
+        let verifiers = cfg
+            .hmac_keys()
+            .into_iter()
+            .map(|(form, key)| Ok((form, Verifier::new(&key, alg)?)))
+            .collect::<Result<Vec<_>, AuthError>>()?;
+        if verifiers.is_empty() {
+            return Err(AuthError::NoKey);
+        }
+        Ok(KeyRing { verifiers })
+    }
+
+    /// The identity in a token valid under any form of the key, and its `exp`. A signature no
+    /// form matches is [`AuthError::KeyMismatch`]; any other problem (not a token, expired,
+    /// no company: the same whichever key signed it) is refused at the first form.
+    pub fn verify(&self, token: &str) -> Result<(Identity, u64), AuthError> {
+        for (_, verifier) in &self.verifiers {
+            match verifier.verify(token) {
+                Err(e) if e.is_signature_mismatch() => continue,
+                other => return other,
+            }
+        }
+        Err(AuthError::KeyMismatch)
+    }
+
+    /// The forms tried, for the start-up log.
+    pub fn forms(&self) -> Vec<KeyForm> {
+        self.verifiers.iter().map(|(form, _)| *form).collect()
     }
 }
 
@@ -243,6 +267,47 @@ pub(crate) mod tests {
         ));
     }
 
+    fn ring(key: &str) -> KeyRing {
+        KeyRing::new(&AuthConfig {
+            enabled: true,
+            cookie_name: "c".into(),
+            secure_cookie: false,
+            hmac_key: key.as_bytes().to_vec(),
+            algorithm: "HS256".into(),
+            login_url: None,
+        })
+        .unwrap()
+    }
+
+    /// The server signs with the secret string's bytes (PyJWT); a JWKS `k` is their base64url.
+    #[test]
+    fn tokens_verify_under_the_secret_as_written_and_under_its_jwks_form() {
+        let secret = "Rq8FW84sSqVgq7WvBB_4EzNl9y8z8IGiDXX3C345_a5AZfcwZcwCIA";
+        let token = sign(&claims(3600), Algorithm::HS256, secret.as_bytes());
+        assert!(
+            ring(secret).verify(&token).is_ok(),
+            "as ClearML documents it"
+        );
+        let jwks = URL_SAFE_NO_PAD.encode(secret.as_bytes());
+        assert!(ring(&jwks).verify(&token).is_ok(), "as a JWKS k");
+        assert_eq!(ring(secret).forms(), [KeyForm::AsWritten, KeyForm::JwksK]);
+        // Another server's secret: a mismatch under both forms, told apart from the rest.
+        let other = sign(&claims(3600), Algorithm::HS256, b"another-server-secret-x");
+        assert!(matches!(
+            ring(secret).verify(&other),
+            Err(AuthError::KeyMismatch)
+        ));
+        let expired = sign(&claims(-5), Algorithm::HS256, secret.as_bytes());
+        assert!(matches!(
+            ring(&jwks).verify(&expired),
+            Err(AuthError::Expired(_))
+        ));
+        assert!(matches!(
+            ring(secret).verify("a.b.c"),
+            Err(AuthError::Token(_))
+        ));
+    }
+
     #[test]
     fn algorithms_come_from_config_only() {
         assert_eq!(algorithm("hs384").unwrap(), Algorithm::HS384);
@@ -250,17 +315,5 @@ pub(crate) mod tests {
             assert!(algorithm(bad).is_err(), "{bad} accepted");
         }
         assert!(Verifier::new(b"", Algorithm::HS256).is_err());
-    }
-
-    #[test]
-    fn jwks_keys_decode_in_any_base64_flavour() {
-        let raw = b"secret\xff\xfe key";
-        let url = URL_SAFE_NO_PAD.encode(raw);
-        let std = base64::engine::general_purpose::STANDARD.encode(raw);
-        assert_eq!(decode_jwks_key(&url).unwrap(), raw);
-        assert_eq!(decode_jwks_key(&format!("{url}==")).unwrap(), raw);
-        assert_eq!(decode_jwks_key(&std).unwrap(), raw);
-        assert!(decode_jwks_key("not base64 !").is_err());
-        assert!(decode_jwks_key("").is_err());
     }
 }

@@ -17,6 +17,7 @@ mod error;
 mod fuzz;
 mod identity;
 mod jwt;
+mod refusal;
 mod web;
 
 use std::sync::Arc;
@@ -28,7 +29,8 @@ use crate::config::AuthConfig;
 pub use cache::{TTL as CACHE_TTL, TokenCache};
 pub use error::AuthError;
 pub use identity::Identity;
-pub use jwt::{NBF_LEEWAY_SECS, Verifier, algorithm, decode_jwks_key};
+pub use jwt::{KeyRing, NBF_LEEWAY_SECS, Verifier, algorithm};
+pub use refusal::{MISMATCH_HINT, RefusalReason, Refusals};
 pub use web::router;
 
 /// The admin-server path nginx's `auth_request` subrequests go to.
@@ -48,6 +50,10 @@ pub struct Request<'a> {
     /// `X-Forwarded-Host`, `X-Forwarded-Proto` as nginx saw them.
     pub host: Option<&'a str>,
     pub proto: Option<&'a str>,
+    /// The ClearML company of the task whose route is asked for (`X-Task-Router-Company`, set
+    /// by the route's nginx location): a token opens only its own company's tasks. `None` or
+    /// empty: any company (a public task, a routes-file entry).
+    pub company: Option<&'a str>,
 }
 
 /// How the request was authenticated.
@@ -76,6 +82,8 @@ pub struct Decision {
     /// The `exp` (seconds since the epoch) of the token that let the request through: the
     /// answer must not be reused past it.
     pub expires: Option<u64>,
+    /// Why it was refused.
+    pub refused: Option<RefusalReason>,
 }
 
 impl Decision {
@@ -95,20 +103,26 @@ pub struct AuthStats {
 /// Validates ClearML tokens for `auth_request`.
 pub struct Authenticator {
     enabled: bool,
-    cookie_name: String,
+    /// `AUTH_COOKIE_NAME`'s names; the first is the one set.
+    cookie_names: Vec<String>,
     secure_cookie: bool,
     login_url: Option<String>,
-    verifier: Option<Verifier>,
+    keys: Option<KeyRing>,
     cache: TokenCache,
     allowed: AtomicU64,
     denied: AtomicU64,
     cache_hits: AtomicU64,
+    refusals: Arc<Refusals>,
 }
 
 impl Authenticator {
     /// From `AuthConfig`; fails on a missing key or an unsupported algorithm when enabled.
     pub fn new(cfg: &AuthConfig) -> Result<Authenticator, AuthError> {
-        if !cookie_name_ok(&cfg.cookie_name) {
+        let cookie_names: Vec<String> = cfg.cookie_names().into_iter().map(String::from).collect();
+        if let Some(bad) = cookie_names.iter().find(|n| !cookie_name_ok(n)) {
+            return Err(AuthError::CookieName(bad.clone()));
+        }
+        if cookie_names.is_empty() {
             return Err(AuthError::CookieName(cfg.cookie_name.clone()));
         }
         if let Some(url) = &cfg.login_url
@@ -116,22 +130,28 @@ impl Authenticator {
         {
             return Err(AuthError::LoginUrl(url.clone()));
         }
-        let verifier = if cfg.enabled {
-            Some(Verifier::new(&cfg.hmac_key, algorithm(&cfg.algorithm)?)?)
+        let keys = if cfg.enabled {
+            Some(KeyRing::new(cfg)?)
         } else {
             None
         };
         Ok(Authenticator {
             enabled: cfg.enabled,
-            cookie_name: cfg.cookie_name.clone(),
+            cookie_names,
             secure_cookie: cfg.secure_cookie,
             login_url: cfg.login_url.clone(),
-            verifier,
+            keys,
             cache: TokenCache::default(),
             allowed: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            refusals: Arc::default(),
         })
+    }
+
+    /// The refusals by reason, shared with `/metrics`.
+    pub fn refusals(&self) -> Arc<Refusals> {
+        Arc::clone(&self.refusals)
     }
 
     /// Shared state for [`router`].
@@ -153,27 +173,37 @@ impl Authenticator {
 
     /// The identity in `token` and its `exp`, from the cache when it was seen moments ago.
     pub fn verify(&self, token: &str) -> Result<(Identity, u64), AuthError> {
-        let verifier = self.verifier.as_ref().ok_or(AuthError::NoKey)?;
+        let keys = self.keys.as_ref().ok_or(AuthError::NoKey)?;
         let now = SystemTime::now();
         if let Some(hit) = self.cache.get(token, now) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
-        let (id, exp) = verifier.verify(token)?;
+        let (id, exp) = keys.verify(token)?;
         self.cache.put(token, id.clone(), exp, now);
+        Ok((id, exp))
+    }
+
+    /// `token`'s identity and `exp` if it opens a route of `company` (`None`: any), else why not.
+    fn admit(&self, token: &str, company: Option<&str>) -> Result<(Identity, u64), RefusalReason> {
+        let (id, exp) = self.verify(token).map_err(|e| e.reason())?;
+        if company.is_some_and(|c| c != id.company) {
+            return Err(RefusalReason::WrongCompany);
+        }
         Ok((id, exp))
     }
 
     /// Decides one request.
     pub fn check(&self, req: &Request<'_>) -> Decision {
+        let names: Vec<&str> = self.cookie_names.iter().map(String::as_str).collect();
         let cookie_tokens: Vec<&str> = req
             .cookies
             .iter()
             .flat_map(|h| cookie_pairs(h))
-            .filter(|(name, _)| *name == self.cookie_name)
+            .filter(|(name, _)| names.contains(name))
             .map(|(_, value)| value)
             .collect();
-        let forward_cookie = strip_cookie(&req.cookies, &self.cookie_name);
+        let forward_cookie = strip_cookies(&req.cookies, &names);
         if !self.enabled {
             self.allowed.fetch_add(1, Ordering::Relaxed);
             return Decision {
@@ -184,21 +214,32 @@ impl Authenticator {
                 set_cookie: None,
                 login: None,
                 expires: None,
+                refused: None,
             };
         }
         let bearer = req.authorization.and_then(bearer_token);
-        let bearer_result = bearer.map(|t| self.verify(t));
-        let bearer_is_clearml = matches!(bearer_result, Some(Ok(_)));
+        // A ClearML token is never forwarded, whichever company's task it is shown to.
+        let bearer_is_clearml = bearer.is_some_and(|t| self.verify(t).is_ok());
         let forward_authorization = if bearer_is_clearml {
             None
         } else {
             req.authorization.map(str::to_string)
         };
 
-        let mut refusal: Option<AuthError> = None;
-        let from_cookie = cookie_tokens
-            .iter()
-            .find_map(|t| self.verify(t).map_err(|e| refusal = Some(e)).ok());
+        let company = req.company.filter(|c| !c.is_empty());
+        let mut refusals = Vec::new();
+        let from_cookie = cookie_tokens.iter().find_map(|t| {
+            self.admit(t, company)
+                .map_err(|reason| refusals.push(reason))
+                .ok()
+        });
+        let from_bearer = match (from_cookie.is_some(), bearer) {
+            (false, Some(token)) => self
+                .admit(token, company)
+                .map_err(|reason| refusals.push(reason))
+                .ok(),
+            _ => None,
+        };
         let mut decision = Decision {
             identity: None,
             via: None,
@@ -207,23 +248,33 @@ impl Authenticator {
             set_cookie: None,
             login: None,
             expires: None,
+            refused: None,
         };
         if let Some((id, exp)) = from_cookie {
             decision.identity = Some(id);
             decision.via = Some(Via::Cookie);
             decision.expires = Some(exp);
-        } else if let (Some(token), Some(Ok((id, exp)))) = (bearer, &bearer_result) {
-            decision.set_cookie = self.session_cookie(token, *exp);
-            decision.identity = Some(id.clone());
+        } else if let (Some(token), Some((id, exp))) = (bearer, from_bearer) {
+            decision.set_cookie = self.session_cookie(token, exp);
+            decision.identity = Some(id);
             decision.via = Some(Via::Bearer);
-            decision.expires = Some(*exp);
+            decision.expires = Some(exp);
         } else {
-            let reason = match (&refusal, &bearer_result) {
-                (_, Some(Err(e))) | (Some(e), _) => crate::error::error_chain(e),
-                _ => "no ClearML token in the cookie or Authorization header".to_string(),
-            };
-            tracing::debug!(uri = req.uri.unwrap_or_default(), %reason, "routed HTTP request refused");
-            decision.login = self.login_for(req);
+            // The most telling reason: a valid token of another company over a stale one, ...
+            let reason = refusals
+                .into_iter()
+                .max_by_key(|r| rank(*r))
+                .unwrap_or(RefusalReason::Missing);
+            tracing::debug!(
+                uri = req.uri.unwrap_or_default(),
+                reason = reason.label(),
+                "routed HTTP request refused"
+            );
+            self.refusals.count(reason);
+            decision.refused = Some(reason);
+            if reason != RefusalReason::WrongCompany {
+                decision.login = self.login_for(req);
+            }
         }
         let counter = if decision.allowed() {
             &self.allowed
@@ -243,7 +294,7 @@ impl Authenticator {
         let secure = if self.secure_cookie { "; Secure" } else { "" };
         Some(format!(
             "{}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
-            self.cookie_name
+            self.cookie_names.first()?
         ))
     }
 
@@ -298,20 +349,34 @@ fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
-/// The `Cookie` headers as one, without any cookie called `name`; `None` when nothing is left.
-fn strip_cookie(headers: &[&str], name: &str) -> Option<String> {
+/// The `Cookie` headers as one, without any cookie called one of `names`; `None` when nothing
+/// is left.
+fn strip_cookies(headers: &[&str], names: &[&str]) -> Option<String> {
     let kept: Vec<&str> = headers
         .iter()
         .flat_map(|h| h.split(';'))
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split_once('=').map_or(pair.trim(), |(n, _)| n.trim()) != name)
+        .filter(|pair| {
+            !names.contains(&pair.split_once('=').map_or(pair.trim(), |(n, _)| n.trim()))
+        })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 fn join_cookies(headers: &[&str]) -> Option<String> {
-    strip_cookie(headers, "")
+    strip_cookies(headers, &[])
+}
+
+/// Which refusal reason says most when several tokens were refused.
+fn rank(reason: RefusalReason) -> u8 {
+    match reason {
+        RefusalReason::Missing => 0,
+        RefusalReason::Malformed => 1,
+        RefusalReason::BadSignature => 2,
+        RefusalReason::Expired => 3,
+        RefusalReason::WrongCompany => 4,
+    }
 }
 
 /// RFC 6265 cookie-name: a token (visible ASCII, no separators).
@@ -466,6 +531,100 @@ mod tests {
         assert_eq!(a.stats().denied, 4);
     }
 
+    /// On a multi-tenant server every user's token is signed with the same secret: a token
+    /// opens only its own company's tasks (and public ones, without a company).
+    #[test]
+    fn a_token_opens_only_its_own_companys_tasks() {
+        let a = Authenticator::new(&config()).unwrap();
+        let cookie = format!("clearml_token_basic={}", good());
+        let ask = |company: Option<&'static str>| {
+            a.check(&Request {
+                cookies: vec![&cookie],
+                accept: Some("text/html"),
+                company,
+                ..Request::default()
+            })
+        };
+        assert!(ask(Some("c1")).allowed());
+        assert!(
+            ask(None).allowed() && ask(Some("")).allowed(),
+            "public task"
+        );
+        let d = ask(Some("c2"));
+        assert!(!d.allowed());
+        assert_eq!(d.refused, Some(RefusalReason::WrongCompany));
+        assert_eq!(d.login, None, "signing in again would not help");
+        // A stale token of the right company beside it: still the company that refuses.
+        let stale = sign(&claims(-60), Algorithm::HS256, KEY);
+        let both = format!(
+            "clearml_token_basic={stale}; clearml_token_basic={}",
+            good()
+        );
+        let d = a.check(&Request {
+            cookies: vec![&both],
+            company: Some("c2"),
+            ..Request::default()
+        });
+        assert_eq!(d.refused, Some(RefusalReason::WrongCompany));
+        assert_eq!(a.refusals().get(RefusalReason::WrongCompany), 2);
+    }
+
+    #[test]
+    fn any_cookie_name_of_the_list_is_read_and_none_is_forwarded() {
+        let mut cfg = config();
+        cfg.cookie_name = "clearml_token_basic,clearml-token-k8s".into();
+        let a = Authenticator::new(&cfg).unwrap();
+        let header = format!(
+            "clearml-token-k8s={}; theme=dark; clearml_token_basic=old",
+            good()
+        );
+        let d = a.check(&Request {
+            cookies: vec![&header],
+            ..Request::default()
+        });
+        assert_eq!(d.via, Some(Via::Cookie));
+        assert_eq!(d.forward_cookie.as_deref(), Some("theme=dark"));
+        let auth = format!("Bearer {}", good());
+        let d = a.check(&Request {
+            authorization: Some(&auth),
+            ..Request::default()
+        });
+        assert!(
+            d.set_cookie.unwrap().starts_with("clearml_token_basic="),
+            "the first name"
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let a = Authenticator::new(&config()).unwrap();
+        for (cookie, reason) in [
+            (String::new(), RefusalReason::Missing),
+            ("clearml_token_basic=a.b.c".into(), RefusalReason::Malformed),
+            (
+                format!(
+                    "clearml_token_basic={}",
+                    sign(&claims(-60), Algorithm::HS256, KEY)
+                ),
+                RefusalReason::Expired,
+            ),
+            (
+                format!(
+                    "clearml_token_basic={}",
+                    sign(&claims(60), Algorithm::HS256, b"other-secret")
+                ),
+                RefusalReason::BadSignature,
+            ),
+        ] {
+            let d = a.check(&Request {
+                cookies: vec![&cookie],
+                ..Request::default()
+            });
+            assert_eq!(d.refused, Some(reason), "{cookie}");
+            assert_eq!(a.refusals().get(reason), 1, "{cookie}");
+        }
+    }
+
     #[test]
     fn a_stale_cookie_beside_a_valid_one_still_passes() {
         let a = Authenticator::new(&config()).unwrap();
@@ -535,7 +694,7 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
         assert_eq!(
-            strip_cookie(&["x=1; c=2", "y=3"], "c").as_deref(),
+            strip_cookies(&["x=1; c=2", "y=3"], &["c"]).as_deref(),
             Some("x=1; y=3")
         );
         assert!(!host_ok("a b") && host_ok("[::1]:8080"));

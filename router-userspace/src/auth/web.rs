@@ -1,4 +1,6 @@
-//! The `auth_request` endpoint nginx calls: an axum router the admin server merges.
+//! The `auth_request` endpoint nginx calls: an axum router the admin server merges. It answers
+//! 200 (with what to forward), 401 (no valid token), or 403 (a valid token of another company
+//! than the task's).
 //!
 //! Every answer says how long nginx may reuse it (`X-Accel-Expires`, see `nginx::http`, which
 //! caches answers keyed by the request's whole `Cookie` and `Authorization` headers): a yes for
@@ -12,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{AUTH_PATH, Authenticator, Request};
+use super::{AUTH_PATH, Authenticator, RefusalReason, Request};
 
 /// Response headers nginx reads with `auth_request_set` (see `nginx::http`).
 pub const USER_HEADER: &str = "x-clearml-user";
@@ -22,6 +24,9 @@ pub const AUTHORIZATION_HEADER: &str = "x-task-router-authorization";
 pub const LOGIN_HEADER: &str = "x-task-router-login";
 /// How long nginx may serve the answer from its cache.
 pub const CACHE_HEADER: &str = "x-accel-expires";
+/// Request header: the company of the task whose route nginx asks about (`nginx::http` sets
+/// it from the route's location; empty or absent = any company).
+pub const ROUTE_COMPANY_HEADER: &str = "x-task-router-company";
 
 /// `GET {AUTH_PATH}` (any method): 200 with the identity and the credentials to forward, or 401
 /// (with a login URL for browsers when one is configured). Merge it into the admin server:
@@ -46,6 +51,7 @@ async fn check(State(auth): State<Arc<Authenticator>>, headers: HeaderMap) -> Re
         uri: text("x-original-uri"),
         host: text("x-forwarded-host"),
         proto: text("x-forwarded-proto"),
+        company: text(ROUTE_COMPANY_HEADER),
     };
     let decision = auth.check(&req);
     let mut out = HeaderMap::new();
@@ -71,10 +77,11 @@ async fn check(State(auth): State<Arc<Authenticator>>, headers: HeaderMap) -> Re
     );
     put(CACHE_HEADER, Some(&reuse));
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let status = if decision.allowed() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNAUTHORIZED
+    // A valid token of another company: signing in again as the same user would not help.
+    let status = match decision.refused {
+        None => StatusCode::OK,
+        Some(RefusalReason::WrongCompany) => StatusCode::FORBIDDEN,
+        Some(_) => StatusCode::UNAUTHORIZED,
     };
     (status, out).into_response()
 }

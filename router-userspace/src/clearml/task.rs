@@ -22,6 +22,7 @@ pub const K8S_QUEUE_PROPERTY: &str = "hyperparams.properties.k8s-queue";
 pub const ONLY_FIELDS: &[&str] = &[
     "id",
     "name",
+    "company",
     "status",
     "system_tags",
     "execution.queue",
@@ -33,6 +34,9 @@ pub const ONLY_FIELDS: &[&str] = &[
 pub struct Task {
     pub id: String,
     pub name: String,
+    /// `company`: the ClearML company (tenant) the task belongs to; empty for a public task.
+    /// Only its users' tokens open its HTTP endpoints.
+    pub company: String,
     pub status: String,
     pub system_tags: Vec<String>,
     /// `execution.queue`: the id of the queue the task was last enqueued to.
@@ -92,6 +96,7 @@ impl Task {
         Ok(Task {
             id,
             name: text("name"),
+            company: text("company"),
             status: text("status"),
             system_tags,
             queue,

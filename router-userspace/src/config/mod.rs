@@ -33,7 +33,7 @@ pub use parse::{
 };
 pub use sections::{
     AdminConfig, AuthConfig, ClearmlConfig, Config, DEFAULT_ALLOWED_UPSTREAMS,
-    DEFAULT_MAX_ENDPOINTS_PER_TASK, HttpConfig, NginxConfig, RouterConfig, TcpConfig,
+    DEFAULT_MAX_ENDPOINTS_PER_TASK, HttpConfig, KeyForm, NginxConfig, RouterConfig, TcpConfig,
 };
 pub use show::mask;
 pub use sources::{Found, Sources};

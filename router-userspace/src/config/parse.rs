@@ -316,33 +316,50 @@ pub fn http_mode(s: &str) -> Parsed<HttpMode> {
     }
 }
 
-pub fn cookie_name(s: &str) -> Parsed<String> {
-    if s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        Ok(s.to_string())
-    } else {
-        Err(String::new())
+/// `AUTH_COOKIE_NAME`: one cookie name or several separated by commas (each install names its
+/// cookie: compose `clearml_token_basic`, Helm `clearml-token-k8s`, Enterprise others); kept as
+/// written, without spaces, the first being the one the router sets.
+pub fn cookie_names(s: &str) -> Parsed<String> {
+    let names: Vec<&str> = split_list(s).collect();
+    let ok = |n: &&str| {
+        n.len() <= 128
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if names.is_empty() {
+        return Err("no cookie name".into());
     }
+    if let Some(bad) = names.iter().find(|n| !ok(n)) {
+        return Err(format!("{bad:?} is not a cookie name"));
+    }
+    Ok(names.join(","))
 }
 
-/// The base64url `k` of a JWKS (standard base64 accepted too), at least 16 bytes.
-pub fn jwks_key(s: &str) -> Parsed<Vec<u8>> {
+/// `AUTH_BASE64_JWKS_KEY` as written: the API server's token secret, whose bytes are the HMAC
+/// key (PyJWT signs with the string), or the JWKS `k` of that key; both forms are tried
+/// (`AuthConfig::hmac_keys`). At least 16 characters.
+pub fn token_secret(s: &str) -> Parsed<Vec<u8>> {
+    if s.len() < 16 {
+        return Err(format!("{} characters, at least 16 needed", s.len()));
+    }
+    Ok(s.as_bytes().to_vec())
+}
+
+/// The bytes a JWKS `k` (base64url without padding; padded and standard base64 accepted too,
+/// since operators paste either) stands for; `None` when `text` is not base64 or decodes to
+/// nothing.
+pub fn base64url_key(text: &[u8]) -> Option<Vec<u8>> {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let trimmed = s.trim_end_matches('=');
-    let key = URL_SAFE_NO_PAD
-        .decode(trimmed)
-        .or_else(|_| STANDARD.decode(s))
-        .map_err(|_| "not base64url".to_string())?;
-    if key.len() < 16 {
-        return Err(format!(
-            "decodes to {} bytes, at least 16 needed",
-            key.len()
-        ));
-    }
-    Ok(key)
+    let trimmed = text.trim_ascii();
+    let unpadded = trimmed
+        .strip_suffix(b"==")
+        .or_else(|| trimmed.strip_suffix(b"="));
+    URL_SAFE_NO_PAD
+        .decode(unpadded.unwrap_or(trimmed))
+        .or_else(|_| STANDARD.decode(trimmed))
+        .ok()
+        .filter(|key| !key.is_empty())
 }
 
 pub fn jwt_algorithm(s: &str) -> Parsed<String> {
@@ -388,5 +405,24 @@ pub fn log_format(s: &str) -> Parsed<LogFormat> {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
         _ => Err(String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn jwks_keys_decode_in_any_base64_flavour() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let raw = b"secret\xff\xfe key";
+        let url = URL_SAFE_NO_PAD.encode(raw);
+        let std = STANDARD.encode(raw);
+        assert_eq!(base64url_key(url.as_bytes()).unwrap(), raw);
+        assert_eq!(base64url_key(format!("{url}==").as_bytes()).unwrap(), raw);
+        assert_eq!(base64url_key(std.as_bytes()).unwrap(), raw);
+        assert_eq!(base64url_key(b"not base64 !"), None);
+        assert_eq!(base64url_key(b""), None);
     }
 }

@@ -102,7 +102,7 @@ pub struct TcpConfig {
 /// HTTP routes through nginx.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// `ROUTER__WEBSERVER__SERVER_PORT` (default 8080): the port nginx listens on.
+    /// `ROUTER__WEBSERVER__SERVER_PORT` (default 8010): the port nginx listens on.
     pub server_port: u16,
     /// `ROUTER_HTTP_MODE` (`path|subdomain`, default `path`).
     pub mode: HttpMode,
@@ -115,11 +115,13 @@ pub struct HttpConfig {
 pub struct AuthConfig {
     /// `AUTH_ENABLED` (default true).
     pub enabled: bool,
-    /// `AUTH_COOKIE_NAME` (default `clearml_token_basic`).
+    /// `AUTH_COOKIE_NAME` (default `clearml_token_basic`): one cookie name, or several
+    /// separated by commas (all are read; the first is the one the router sets).
     pub cookie_name: String,
     /// `AUTH_SECURE_ENABLED` (default true): `Secure` on cookies the router sets.
     pub secure_cookie: bool,
-    /// `AUTH_BASE64_JWKS_KEY`: base64url `k` of the server's JWKS, decoded (masked in output).
+    /// `AUTH_BASE64_JWKS_KEY` as written (masked in output): the server's token secret, or the
+    /// JWKS `k` of it; [`AuthConfig::hmac_keys`] says which keys that makes.
     pub hmac_key: Vec<u8>,
     /// `AUTH_JWT_ALGORITHM` (default `HS256`; HS384/HS512 accepted).
     pub algorithm: String,
@@ -166,6 +168,40 @@ impl Config {
             domain_set: self.http.domain.is_some(),
             auth_key_missing: self.auth.enabled && self.auth.hmac_key.is_empty(),
         }
+    }
+}
+
+/// How `AUTH_BASE64_JWKS_KEY` is read into an HMAC key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyForm {
+    /// The bytes of the variable: the token secret as ClearML documents it for the router
+    /// (the server signs with `jwt.encode(payload, token_secret)`, PyJWT taking the string's
+    /// bytes, clearml-server `apiserver/service_repo/auth/payload/token.py:81-83`).
+    AsWritten,
+    /// The base64url decoding of the variable: a JWKS `k`.
+    JwksK,
+}
+
+impl AuthConfig {
+    /// The HMAC keys `AUTH_BASE64_JWKS_KEY` stands for, in the order they are tried: the
+    /// secret as written, then its base64url decoding when it decodes (the open-source
+    /// defaults are valid base64url, so both forms of them are real candidates).
+    pub fn hmac_keys(&self) -> Vec<(KeyForm, Vec<u8>)> {
+        if self.hmac_key.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = vec![(KeyForm::AsWritten, self.hmac_key.clone())];
+        if let Some(decoded) = super::parse::base64url_key(&self.hmac_key)
+            && decoded != self.hmac_key
+        {
+            keys.push((KeyForm::JwksK, decoded));
+        }
+        keys
+    }
+
+    /// The cookie names of `AUTH_COOKIE_NAME`, the one the router sets first.
+    pub fn cookie_names(&self) -> Vec<&str> {
+        super::parse::split_list(&self.cookie_name).collect()
     }
 }
 

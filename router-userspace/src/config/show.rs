@@ -118,11 +118,19 @@ pub fn mask(secret: &str) -> String {
     }
 }
 
-/// A decoded key: `***` with its length in bytes.
-pub fn masked_key(key: &[u8]) -> String {
+/// `AUTH_BASE64_JWKS_KEY`: `***` with the length of each form tried (as written, and
+/// base64url-decoded when it decodes), so an operator can tell what was configured without
+/// seeing it.
+pub fn masked_key_forms(key: &[u8]) -> String {
     if key.is_empty() {
-        String::new()
-    } else {
-        format!("*** ({} byte key)", key.len())
+        return String::new();
+    }
+    match super::parse::base64url_key(key) {
+        Some(decoded) => format!(
+            "*** ({} chars as written; also tried base64url-decoded: {} bytes)",
+            key.len(),
+            decoded.len()
+        ),
+        None => format!("*** ({} chars as written; not base64url)", key.len()),
     }
 }

@@ -66,7 +66,7 @@ fn empty_environment_gives_the_documented_defaults() {
     assert_eq!(c.datapath.bpffs, PathBuf::from("/sys/fs/bpf/task-router"));
     assert_eq!(c.datapath.max_connections, 262_144);
     assert_eq!(c.datapath.conntrack_pressure, Pressure::default());
-    assert_eq!(c.http.server_port, 8080);
+    assert_eq!(c.http.server_port, 8010);
     assert_eq!(c.http.mode, HttpMode::Path);
     assert!(c.auth.enabled && c.auth.secure_cookie);
     assert_eq!(c.auth.cookie_name, "clearml_token_basic");
@@ -311,7 +311,17 @@ fn http_auth_nginx_admin_variables() {
     assert_eq!(c.http.domain.as_deref(), Some("apps.example.com"));
     assert!(!c.auth.enabled && !c.auth.secure_cookie);
     assert_eq!(c.auth.cookie_name, "allegro_token");
-    assert_eq!(c.auth.hmac_key, b"secret-key-for-tests-123456");
+    assert_eq!(c.auth.hmac_key, b"c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2");
+    assert_eq!(
+        c.auth.hmac_keys(),
+        [
+            (
+                KeyForm::AsWritten,
+                b"c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2".to_vec()
+            ),
+            (KeyForm::JwksK, b"secret-key-for-tests-123456".to_vec())
+        ]
+    );
     assert_eq!(c.auth.algorithm, "HS512");
     assert_eq!(
         c.auth.login_url.as_deref(),
@@ -497,9 +507,48 @@ fn max_endpoints_per_task_is_read_and_bounded() {
 
 #[test]
 fn bad_secret_values_are_masked_in_errors() {
-    let e = err(&[("AUTH_BASE64_JWKS_KEY", "%%%not-base64-secret%%%")]);
+    let e = err(&[("AUTH_BASE64_JWKS_KEY", "short%secret")]);
     assert!(e.contains("AUTH_BASE64_JWKS_KEY"), "{e}");
-    assert!(!e.contains("not-base64-secret"), "{e}");
+    assert!(!e.contains("short%secret"), "{e}");
+}
+
+/// ClearML documents the token secret itself for `AUTH_BASE64_JWKS_KEY`; a JWKS `k` is its
+/// base64url form. Both are tried, and check-config says which it made of the value.
+#[test]
+fn the_token_secret_is_taken_as_written_and_as_a_jwks_k() {
+    let secret = "Rq8FW84sSqVgq7WvBB_4EzNl9y8z8IGiDXX3C345_a5AZfcwZcwCIA";
+    let c = ok(&[("AUTH_BASE64_JWKS_KEY", secret)]);
+    let keys = c.auth.hmac_keys();
+    assert_eq!(keys[0], (KeyForm::AsWritten, secret.as_bytes().to_vec()));
+    assert_eq!(keys[1].0, KeyForm::JwksK);
+    let shown = c.effective();
+    let (_, shown) = shown
+        .iter()
+        .find(|(name, _)| *name == "AUTH_BASE64_JWKS_KEY")
+        .unwrap();
+    assert_eq!(
+        shown,
+        "*** (54 chars as written; also tried base64url-decoded: 40 bytes)"
+    );
+    let c = ok(&[("AUTH_BASE64_JWKS_KEY", "not base64 at all, a phrase")]);
+    assert_eq!(c.auth.hmac_keys().len(), 1);
+    assert!(
+        c.effective()
+            .iter()
+            .any(|(_, v)| v == "*** (27 chars as written; not base64url)")
+    );
+}
+
+#[test]
+fn several_cookie_names_are_read() {
+    let c = ok(&[("AUTH_COOKIE_NAME", "clearml_token_basic, clearml-token-k8s")]);
+    assert_eq!(c.auth.cookie_name, "clearml_token_basic,clearml-token-k8s");
+    assert_eq!(
+        c.auth.cookie_names(),
+        ["clearml_token_basic", "clearml-token-k8s"]
+    );
+    let e = err(&[("AUTH_COOKIE_NAME", "good,b;d")]);
+    assert!(e.contains("\"b;d\" is not a cookie name"), "{e}");
 }
 
 #[test]

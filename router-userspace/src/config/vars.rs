@@ -320,8 +320,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
         section: Http,
         name: "ROUTER__WEBSERVER__SERVER_PORT",
-        default: "8080",
-        help: "port nginx listens on for HTTP routes",
+        default: "8010",
+        help: "port nginx listens on for HTTP routes (8010, ClearML's router example: 8080, \
+               8008 and 8081 are the open-source server's own on the same host)",
         secret: false,
         alias: None,
         expected: "a port 1-65535",
@@ -361,11 +362,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         section: Auth,
         name: "AUTH_COOKIE_NAME",
         default: "clearml_token_basic",
-        help: "name of the ClearML auth cookie",
+        help: "the ClearML auth cookie: compose clearml_token_basic, Helm clearml-token-k8s; \
+               several separated by commas are all read (the first is the one set)",
         secret: false,
         alias: None,
-        expected: "a cookie name (letters, digits, - _ .)",
-        field: field!(auth.cookie_name, parse::cookie_name),
+        expected: "cookie names (letters, digits, - _ .) separated by commas",
+        field: field!(auth.cookie_name, parse::cookie_names),
     },
     EnvVar {
         section: Auth,
@@ -381,14 +383,15 @@ pub const ENV_VARS: &[EnvVar] = &[
         section: Auth,
         name: "AUTH_BASE64_JWKS_KEY",
         default: "",
-        help: "HMAC key: the base64url `k` of the API server's JWKS (its token secret)",
+        help: "the API server's token secret (CLEARML__secure__auth__token_secret) as written, \
+               or its JWKS `k` (base64url): both forms are tried",
         secret: true,
         alias: None,
-        expected: "the base64url `k` of the API server's JWKS",
+        expected: "the token secret or its JWKS `k`, at least 16 characters",
         field: field!(
             auth.hmac_key,
-            |s| empty_or(s, parse::jwks_key),
-            |key: &Vec<u8>| show::masked_key(key)
+            |s| empty_or(s, parse::token_secret),
+            |key: &Vec<u8>| show::masked_key_forms(key)
         ),
     },
     EnvVar {

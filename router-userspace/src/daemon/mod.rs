@@ -72,7 +72,13 @@ pub struct Running {
 pub async fn bind_admin(cfg: &Config) -> Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(cfg.admin.addr)
         .await
-        .with_context(|| format!("cannot listen on ROUTER_ADMIN_ADDR={}", cfg.admin.addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on ROUTER_ADMIN_ADDR={}{}",
+                cfg.admin.addr,
+                crate::port_holder::describe(cfg.admin.addr.port())
+            )
+        })?;
     let addr = listener.local_addr().context("admin listener address")?;
     Ok((listener, addr))
 }

@@ -187,7 +187,8 @@ pub fn render(settings: &HttpSettings, wanted: &BTreeMap<String, HttpRoute>) -> 
     }
 
     let _ = writeln!(t, "server {{\n    listen {};", settings.listen_port);
-    server_common(t, settings, !path_routes.is_empty());
+    let companies: BTreeSet<&str> = path_routes.iter().map(|r| r.company.as_str()).collect();
+    server_common(t, settings, !path_routes.is_empty(), &companies);
     t.push_str("    location / {\n        return 404;\n    }\n");
     for route in &path_routes {
         let key = &route.key;
@@ -198,6 +199,7 @@ pub fn render(settings: &HttpSettings, wanted: &BTreeMap<String, HttpRoute>) -> 
             settings,
             &format!("http://{upstream}/"),
             Some(&format!("{SERVICE_PREFIX}{key}")),
+            &route.company,
         );
         // The block inherits every other directive of the location.
         let _ = writeln!(
@@ -215,13 +217,14 @@ pub fn render(settings: &HttpSettings, wanted: &BTreeMap<String, HttpRoute>) -> 
             "\nserver {{\n    listen {};\n    server_name {label}.{domain};",
             settings.listen_port
         );
-        server_common(t, settings, true);
+        server_common(t, settings, true, &BTreeSet::from([route.company.as_str()]));
         t.push_str("    location / {\n");
         proxy(
             t,
             settings,
             &format!("http://{}", upstream_name(&route.key)),
             None,
+            &route.company,
         );
         t.push_str("    }\n}\n");
     }
@@ -243,6 +246,9 @@ fn check_route(
         ));
     }
     names::upstream(route.upstream).map_err(|e| e.to_string())?;
+    if !route.company.is_empty() {
+        names::company(&route.company).map_err(|e| e.to_string())?;
+    }
     match route.mode {
         HttpMode::Path => Ok(None),
         HttpMode::Subdomain => {
@@ -266,22 +272,32 @@ fn upstream_name(key: &str) -> String {
 
 /// Directives every generated server has: relative redirects (the router sits behind a load
 /// balancer whose port nginx does not know), no slash merging (`//service/x/` names no route),
-/// and the authentication locations. `proxies` says whether the server has route locations:
-/// the 401 location reads `$task_router_login`, which only their `auth_request_set` defines, so
-/// nginx refuses a server that has the one without the other.
-fn server_common(t: &mut String, settings: &HttpSettings, proxies: bool) {
+/// and the authentication locations: one for routes anyone signed in may reach, and one per
+/// ClearML company of its routes (`companies`), which tells the daemon that company so a token
+/// of another is refused. `proxies` says whether the server has route locations: the 401
+/// location reads `$task_router_login`, which only their `auth_request_set` defines, so nginx
+/// refuses a server that has the one without the other.
+fn server_common(
+    t: &mut String,
+    settings: &HttpSettings,
+    proxies: bool,
+    companies: &BTreeSet<&str>,
+) {
     t.push_str("    absolute_redirect off;\n    merge_slashes off;\n");
     if settings.auth_upstream.is_none() {
         return;
     }
     let proto = settings.forwarded_proto.unwrap_or("$scheme");
-    let _ = writeln!(
-        t,
-        "    location = {AUTH_LOCATION} {{\n        internal;\n        proxy_pass http://task_router_auth{};\n        proxy_pass_request_body off;\n        proxy_http_version 1.1;\n        proxy_set_header Connection \"\";\n        proxy_set_header Upgrade \"\";\n        proxy_set_header Content-Length \"\";\n        proxy_set_header X-Original-URI $request_uri;\n        proxy_set_header X-Original-Method $request_method;\n        proxy_set_header X-Forwarded-Host $http_host;\n        proxy_set_header X-Forwarded-Proto {proto};\n        proxy_connect_timeout 2s;\n        proxy_read_timeout 10s;",
-        crate::auth::AUTH_PATH
-    );
-    auth_cache(t);
-    t.push_str("    }\n");
+    for company in std::iter::once("").chain(companies.iter().copied().filter(|c| !c.is_empty())) {
+        let _ = writeln!(
+            t,
+            "    location = {} {{\n        internal;\n        proxy_pass http://task_router_auth{};\n        proxy_pass_request_body off;\n        proxy_http_version 1.1;\n        proxy_set_header Connection \"\";\n        proxy_set_header Upgrade \"\";\n        proxy_set_header Content-Length \"\";\n        proxy_set_header X-Original-URI $request_uri;\n        proxy_set_header X-Original-Method $request_method;\n        proxy_set_header X-Forwarded-Host $http_host;\n        proxy_set_header X-Forwarded-Proto {proto};\n        proxy_set_header X-Task-Router-Company \"{company}\";\n        proxy_connect_timeout 2s;\n        proxy_read_timeout 10s;",
+            auth_location(company),
+            crate::auth::AUTH_PATH
+        );
+        auth_cache(t, company);
+        t.push_str("    }\n");
+    }
     if !proxies {
         return;
     }
@@ -302,15 +318,33 @@ fn server_common(t: &mut String, settings: &HttpSettings, proxies: bool) {
 /// and close less per request, measured at about 15 % of nginx's CPU per cached request): the
 /// cache's own index says which file holds the current answer (a replaced one is reopened),
 /// and every answer carries its own expiry, checked on every read.
-fn auth_cache(t: &mut String) {
+///
+/// A company's location keys its answers by the company too: a yes for one company's task is
+/// no yes for another's, and all locations share one cache.
+fn auth_cache(t: &mut String, company: &str) {
+    let company = if company.is_empty() {
+        String::new()
+    } else {
+        format!("{company}\\n")
+    };
     let _ = writeln!(
         t,
-        "        proxy_cache {AUTH_CACHE_ZONE};\n        proxy_cache_key \"$http_cookie\\n$http_authorization\";\n        proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;\n        proxy_buffer_size {AUTH_BUFFER};\n        proxy_busy_buffers_size {AUTH_BUFFER};\n        open_file_cache max={AUTH_OPEN_FILES} inactive={AUTH_CACHE_INACTIVE_SECS}s;"
+        "        proxy_cache {AUTH_CACHE_ZONE};\n        proxy_cache_key \"{company}$http_cookie\\n$http_authorization\";\n        proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;\n        proxy_buffer_size {AUTH_BUFFER};\n        proxy_busy_buffers_size {AUTH_BUFFER};\n        open_file_cache max={AUTH_OPEN_FILES} inactive={AUTH_CACHE_INACTIVE_SECS}s;"
     );
 }
 
-/// The proxying directives of one route's location.
-fn proxy(t: &mut String, settings: &HttpSettings, pass: &str, prefix: Option<&str>) {
+/// The internal location whose `auth_request` answers hold for routes of `company` (`""`: any).
+fn auth_location(company: &str) -> String {
+    if company.is_empty() {
+        AUTH_LOCATION.to_string()
+    } else {
+        format!("{AUTH_LOCATION}/{company}")
+    }
+}
+
+/// The proxying directives of one route's location; `company` is the ClearML company whose
+/// users may reach it (`""`: any signed-in user).
+fn proxy(t: &mut String, settings: &HttpSettings, pass: &str, prefix: Option<&str>, company: &str) {
     let proto = settings.forwarded_proto.unwrap_or("$scheme");
     let _ = writeln!(t, "        proxy_pass {pass};");
     t.push_str(
@@ -328,7 +362,7 @@ fn proxy(t: &mut String, settings: &HttpSettings, pass: &str, prefix: Option<&st
         "        proxy_buffering off;\n        proxy_request_buffering off;\n        proxy_redirect off;\n        client_max_body_size 0;\n        proxy_connect_timeout {CONNECT_TIMEOUT};\n        proxy_read_timeout {IDLE_TIMEOUT};\n        proxy_send_timeout {IDLE_TIMEOUT};"
     );
     if settings.auth_upstream.is_some() {
-        let _ = writeln!(t, "        auth_request {AUTH_LOCATION};");
+        let _ = writeln!(t, "        auth_request {};", auth_location(company));
         t.push_str(
             "        auth_request_set $task_router_user $upstream_http_x_clearml_user;\n        auth_request_set $task_router_company $upstream_http_x_clearml_company;\n        auth_request_set $task_router_cookie $upstream_http_x_task_router_cookie;\n        auth_request_set $task_router_authorization $upstream_http_x_task_router_authorization;\n        auth_request_set $task_router_login $upstream_http_x_task_router_login;\n        auth_request_set $task_router_set_cookie $upstream_http_set_cookie;\n        error_page 401 = @task_router_unauthorized;\n        proxy_set_header X-ClearML-User $task_router_user;\n        proxy_set_header X-ClearML-Company $task_router_company;\n        proxy_set_header Cookie $task_router_cookie;\n        proxy_set_header Authorization $task_router_authorization;\n        add_header Set-Cookie $task_router_set_cookie;\n",
         );
@@ -362,6 +396,7 @@ mod tests {
             upstream: SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 8888),
             mode,
             owner: RouteOwner::new(EndpointId::new(key, String::new()), "name"),
+            company: String::new(),
         }
     }
 
@@ -463,6 +498,43 @@ mod tests {
 
         let off = render(&settings(false), &set(&[route("aabb", HttpMode::Path)]));
         assert!(!off.text.contains("proxy_cache"));
+    }
+
+    /// A route of a company asks an auth location of that company, which tells the daemon the
+    /// company and keys cached answers by it: a yes for one tenant's task is none for another's.
+    #[test]
+    fn a_companys_routes_are_checked_against_that_company() {
+        let mut a = route("aa", HttpMode::Path);
+        a.company = "c1".into();
+        let mut b = route("bb", HttpMode::Path);
+        b.company = "c2".into();
+        let public = route("cc", HttpMode::Path);
+        let t = render(&settings(true), &set(&[a, b, public])).text;
+        for c in ["c1", "c2"] {
+            let at = t
+                .find(&format!("location = /.task-router/auth/{c} {{"))
+                .unwrap();
+            let loc = &t[at..];
+            let loc = &loc[..loc.find("\n    }").unwrap()];
+            assert!(loc.contains(&format!("proxy_set_header X-Task-Router-Company \"{c}\";")));
+            assert!(loc.contains(&format!(
+                "proxy_cache_key \"{c}\\n$http_cookie\\n$http_authorization\";"
+            )));
+        }
+        let route_of = |key: &str| {
+            let at = t.find(&format!("location /service/{key}/ {{")).unwrap();
+            t[at..].split("\n    }").next().unwrap().to_string()
+        };
+        assert!(route_of("aa").contains("auth_request /.task-router/auth/c1;"));
+        assert!(route_of("bb").contains("auth_request /.task-router/auth/c2;"));
+        assert!(route_of("cc").contains("auth_request /.task-router/auth;"));
+        // A client cannot choose the company for a route of none.
+        let any = &t[t.find("location = /.task-router/auth {").unwrap()..];
+        assert!(any.contains("proxy_set_header X-Task-Router-Company \"\";"));
+        let mut evil = route("dd", HttpMode::Path);
+        evil.company = "c\"; evil".into();
+        let r = render(&settings(true), &set(&[evil]));
+        assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
     }
 
     #[test]

@@ -8,11 +8,11 @@
 
 use std::net::SocketAddrV4;
 
+use crate::validate::dns_label;
+
 /// The longest route key accepted (a task id of up to 64 characters, `__`, a plain endpoint
 /// name or the key `reconcile::naming` derives from any other).
 pub const MAX_KEY_LEN: usize = 128;
-/// A DNS label is at most 63 bytes.
-const MAX_LABEL_LEN: usize = 63;
 /// A DNS name is at most 253 bytes.
 const MAX_DOMAIN_LEN: usize = 253;
 
@@ -33,6 +33,8 @@ pub enum NameError {
     Upstream(SocketAddrV4),
     #[error("listen port 0 is not a usable port")]
     Port,
+    #[error("company {0:?} is not 1-64 characters of A-Z a-z 0-9 _ -")]
+    Company(String),
     #[error("ROUTER_HTTP_MODE=subdomain needs ROUTER_DOMAIN")]
     NoDomain,
     #[error(
@@ -55,6 +57,21 @@ pub fn route_key(key: &str) -> Result<&str, NameError> {
     }
 }
 
+/// The ClearML company whose users may reach a route, as it names the route's auth location
+/// and fills a header: `[A-Za-z0-9_-]{1,64}` (ClearML's are 32 hex digits).
+pub fn company(id: &str) -> Result<&str, NameError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(id)
+    } else {
+        Err(NameError::Company(id.to_string()))
+    }
+}
+
 /// The host label of a subdomain route: the key with the endpoint separator `__` written `--`
 /// (`task--name`), lowercased (host names are case-insensitive), and it must be a DNS label.
 pub fn host_label(key: &str) -> Result<String, NameError> {
@@ -65,16 +82,6 @@ pub fn host_label(key: &str) -> Result<String, NameError> {
     } else {
         Err(NameError::Label(label))
     }
-}
-
-fn dns_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= MAX_LABEL_LEN
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// `ROUTER_DOMAIN`, normalised to lowercase without a trailing dot.
@@ -141,6 +148,14 @@ mod tests {
             &"a".repeat(MAX_KEY_LEN + 1),
         ] {
             assert!(route_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn companies_are_ids() {
+        assert!(company("d1bd92a3b039400cbafc60a7a5b1e52b").is_ok());
+        for bad in ["", "a b", "a\"b", "a;b", "$x", "a/b", &"c".repeat(65)] {
+            assert!(company(bad).is_err(), "{bad:?} accepted");
         }
     }
 

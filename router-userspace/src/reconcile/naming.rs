@@ -7,7 +7,7 @@
 //! (runtime keys, status, logs).
 
 use crate::routes::HttpMode;
-use crate::validate;
+use crate::validate::{self, dns_label};
 
 /// The longest DNS label.
 const MAX_LABEL: usize = 63;
@@ -90,16 +90,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-fn dns_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= MAX_LABEL
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]

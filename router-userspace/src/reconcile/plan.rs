@@ -202,6 +202,7 @@ fn add_route(
                     upstream,
                     mode,
                     owner,
+                    company: r.task.company.clone(),
                 },
             );
             (RouteRef::Http(key), http_patch(s, &r.key.endpoint, &url))
@@ -385,6 +386,7 @@ mod tests {
                 upstream: "10.0.0.1:3000".parse().unwrap(),
                 mode: HttpMode::Path,
                 owner,
+                company: String::new(),
             },
         );
         let tasks = vec![

@@ -273,6 +273,9 @@ fn parse_endpoint(
             }
         }
         Kind::Http => {
+            if let Err(reason) = validate::company(&task.company) {
+                return refuse(reason);
+            }
             let (Some(address), Some(port)) = (get("_ADDRESS"), get("_PORT")) else {
                 return refuse(format!(
                     "HTTP request without {} and {}",

@@ -42,6 +42,7 @@ pub(super) fn running_task(id: &str, runtime: Map<String, Value>) -> Task {
         system_tags: vec!["external_service".into()],
         queue: Some("q1".into()),
         k8s_queue: None,
+        company: String::new(),
         runtime,
     }
 }

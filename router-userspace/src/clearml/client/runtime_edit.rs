@@ -1,7 +1,7 @@
 //! `tasks.edit_runtime`: the atomic per-key write of runtime properties that servers from 2.3.0
-//! (API 2.34) have. Whether the server has it is learnt once per connection (the login token's
-//! `api_version`, else the first call's 404), and only keys the server stores under their own
-//! name go through it.
+//! (API 2.34) have. Whether the server has it is learnt once per connection (`runtime_capability`:
+//! the login token's `api_version`, else the first call's 404), and only keys the server stores
+//! under their own name go through it.
 //!
 //! Sources (clearml/clearml-server v2.3.0): the endpoint `services/tasks.py:1425-1436` (served
 //! from version 1.0, so `/v2.31/` reaches it), one `$set` per key `bll/task/task_bll.py:98-126`,

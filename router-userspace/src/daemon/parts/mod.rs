@@ -104,31 +104,50 @@ pub fn open_tcp_forwarder(cfg: &Config) -> Result<TcpParts> {
 
 /// Routers merged into the admin endpoint: the auth check nginx's `auth_request` calls.
 pub fn admin_extensions(cfg: &Config, _status: &SharedStatus) -> Result<Vec<axum::Router>> {
+    Ok(open_authenticator(cfg)?
+        .map(crate::auth::router)
+        .into_iter()
+        .collect())
+}
+
+/// The authenticator of `auth_request`; `None` when no key is set (no HTTP route can be served
+/// then: the configuration refuses HTTP sources without it).
+fn open_authenticator(cfg: &Config) -> Result<Option<Arc<crate::auth::Authenticator>>> {
     if cfg.auth.enabled && cfg.auth.hmac_key.is_empty() {
-        // No key means no HTTP route can be served (config refuses HTTP sources without it).
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let auth = crate::auth::Authenticator::shared(&cfg.auth)
-        .map_err(|e| anyhow!("AUTH_* settings: {e}"))?;
-    Ok(vec![crate::auth::router(auth)])
+    crate::auth::Authenticator::shared(&cfg.auth)
+        .map(Some)
+        .map_err(|e| anyhow!("AUTH_* settings: {e}"))
 }
 
 /// Everything the real daemon drives, from `cfg`; `admin_addr` from [`super::bind_admin`].
 pub fn open_parts(cfg: &Config, status: &SharedStatus, admin_addr: SocketAddr) -> Result<Parts> {
+    // A managed nginx binds the HTTP port when the first HTTP route comes: taken by another
+    // program (the ClearML web app's 8080 on a shared host), that would fail much later.
+    if cfg.nginx.managed {
+        crate::port_holder::ensure_free(
+            cfg.http.server_port,
+            "ROUTER__WEBSERVER__SERVER_PORT",
+            &cfg.nginx.conf_dir,
+        )?;
+    }
     let TcpParts {
         tcp,
         status: datapath,
         nginx,
         kernel,
     } = open_tcp_forwarder(cfg)?;
+    let auth = open_authenticator(cfg)?;
     let metrics = crate::metrics::Sources {
         status: status.clone(),
         datapath: kernel,
         nginx: Arc::default(),
+        auth: auth.as_ref().map(|a| a.refusals()),
     };
     let http = open_http_router(cfg, nginx, admin_addr, Arc::clone(&metrics.nginx))
         .context("starting the HTTP router")?;
-    let mut admin_routes = admin_extensions(cfg, status)?;
+    let mut admin_routes: Vec<axum::Router> = auth.map(crate::auth::router).into_iter().collect();
     admin_routes.push(crate::metrics::router(metrics));
     Ok(Parts {
         tcp,
