@@ -195,11 +195,16 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
         .expect("the loopback request is refused");
     assert!(refusal.reason.contains("loopback"), "{}", refusal.reason);
     assert!(admin.runtime(&evil).get("_ROUTER_NAME").is_none());
+    // The task shows why, in a key the web app lists (issue 17 item 4).
+    assert_eq!(
+        admin.runtime(&evil)["router_endpoint_error"],
+        json!(refusal.reason)
+    );
 
-    // Steady state: nothing is written again.
-    let edits = admin.calls("tasks.edit");
+    // Steady state: nothing is written again, the refusal's reason included.
+    let edits = writes(&admin);
     r.cycle().await;
-    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(writes(&admin), edits);
 
     // The task stops (aborted): its route goes, its port rests.
     assert!(admin.set_status(&sdk, "stopped"));
@@ -723,19 +728,31 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
         );
     }
 
+    // Each refused endpoint shows its reason on the task, for the web app.
+    for name in ["b", "c", "d"] {
+        let shown = &admin.runtime(&greedy)[&format!("router_endpoint_error__{name}")];
+        assert!(
+            shown
+                .as_str()
+                .is_some_and(|r| r.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=2")),
+            "{name}: {shown}"
+        );
+    }
+
     // Steady: the same choice next cycle, nothing written again.
-    let edits = admin.calls("tasks.edit");
+    let edits = writes(&admin);
     r.cycle().await;
     assert_eq!(r.tcp.programmed(), tcp);
-    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(writes(&admin), edits);
     assert_eq!(r.status().refused, status.refused);
     drop(r);
 
-    // Restarted with a lower limit: the routes in force stay, nothing is torn down or written.
+    // Restarted with a lower limit: the routes in force stay, nothing is torn down; only the
+    // refusals' reasons change on the task (they name the new limit).
+    let served_before = admin.runtime(&greedy);
     let mut r = engine(&server, &state, &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "1")]).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
     assert_eq!(r.tcp.programmed(), tcp);
-    assert_eq!(admin.calls("tasks.edit"), edits);
     assert!(
         r.status()
             .refused
@@ -744,6 +761,23 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
         "{:?}",
         r.status().refused
     );
+    let now = admin.runtime(&greedy);
+    for (key, value) in &served_before {
+        if key.starts_with("router_endpoint_error") {
+            assert!(
+                now[key].as_str().is_some_and(|r| r.contains("=1")),
+                "{key}: {}",
+                now[key]
+            );
+        } else {
+            assert_eq!(&now[key], value, "{key} untouched");
+        }
+    }
+}
+
+/// Writes of runtime keys the server took so far, by either call.
+fn writes(admin: &router_tests::clearml_server::Admin) -> u64 {
+    admin.calls("tasks.edit") + admin.calls("tasks.edit_runtime")
 }
 
 // ------------------------------------------------------------------------------------------

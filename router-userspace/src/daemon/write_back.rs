@@ -4,10 +4,12 @@
 //! [`reconcile::ENDPOINT_ERROR_KEY`], and the endpoint's own write removes it later.
 
 use super::apply::Owners;
+use crate::clearml::task::Task;
 use crate::clearml::{ApiError, Client, WriteOutcome};
 use crate::endpoint::EndpointId;
-use crate::reconcile::{self, Kind, Settings, WriteBack};
+use crate::reconcile::{self, Kind, RefusalWrite, Settings, WriteBack};
 use crate::validate::UpstreamPolicy;
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -33,6 +35,9 @@ pub(super) struct WriteBacks {
     /// The reasons on tasks instead of their endpoints, so a reason that holds is not written
     /// (nor its task read) again every cycle.
     errors: HashMap<WriteKey, String>,
+    /// Refusal reasons the server would not take (the task stopped meanwhile, a status it
+    /// keeps its runtime in): not tried again every cycle while the refusal holds.
+    refusals_declined: HashMap<EndpointId, String>,
 }
 
 impl WriteBacks {
@@ -74,9 +79,7 @@ impl WriteBacks {
         let Some(client) = client else {
             return Vec::new();
         };
-        // One job per task, its endpoints written one after the other: two concurrent
-        // read-merge-writes of the same runtime dict would each drop the other's keys.
-        let mut by_task: BTreeMap<String, Vec<(WriteBack, Payload)>> = BTreeMap::new();
+        let mut due = Vec::new();
         for wb in writes {
             let key = (wb.key.clone(), wb.want.kind());
             let payload = match owners.unserved(&wb.route) {
@@ -91,19 +94,57 @@ impl WriteBacks {
                 }
                 Some(u) => Payload::Error(u.reason.to_string()),
             };
-            by_task
-                .entry(wb.key.task_id.clone())
-                .or_default()
-                .push((wb, payload));
+            due.push((wb, payload));
         }
-        let finished = write_by_task(by_task, client, settings, policy).await;
+        let finished = write_by_task(due, client, settings, policy).await;
         finished
             .into_iter()
-            .filter_map(|(wb, payload, outcome)| match payload {
+            .filter_map(|((wb, payload), outcome)| match payload {
                 Payload::Endpoint => self.record(&wb, outcome),
                 Payload::Error(reason) => self.record_error(&wb, reason, outcome),
             })
             .collect()
+    }
+
+    /// Writes on each task why its refused requests are not served (the plan lists only those
+    /// the task does not show yet). Returns the transient API errors met.
+    pub(super) async fn write_refusals(
+        &mut self,
+        writes: Vec<RefusalWrite>,
+        client: Option<&Arc<Client>>,
+        settings: &Settings,
+        policy: &UpstreamPolicy,
+    ) -> Vec<ApiError> {
+        let live: HashSet<&EndpointId> = writes.iter().map(|w| &w.key).collect();
+        self.refusals_declined.retain(|k, _| live.contains(k));
+        let Some(client) = client else {
+            return Vec::new();
+        };
+        let due: Vec<RefusalWrite> = writes
+            .into_iter()
+            .filter(|w| self.refusals_declined.get(&w.key) != Some(&w.reason))
+            .collect();
+        let mut transient = Vec::new();
+        for (w, outcome) in write_by_task(due, client, settings, policy).await {
+            match outcome {
+                Ok(WriteOutcome::Written { .. }) => tracing::info!(
+                    task = %w.key.task_id, endpoint = %w.key.endpoint, name = ?w.task_name,
+                    reason = %w.reason, "endpoint request refused: the reason is written on the task"
+                ),
+                Ok(WriteOutcome::Unchanged | WriteOutcome::Gone | WriteOutcome::Lost { .. }) => {}
+                Ok(WriteOutcome::Skipped(why)) => {
+                    tracing::debug!(task = %w.key.task_id, why, "refusal reason not written");
+                    self.refusals_declined.insert(w.key, w.reason);
+                }
+                Err(e) if e.is_transient() => transient.push(e),
+                Err(e) => {
+                    tracing::debug!(task = %w.key.task_id, error = %crate::error::error_chain(&e),
+                        "writing why the request is refused failed");
+                    self.refusals_declined.insert(w.key, w.reason);
+                }
+            }
+        }
+        transient
     }
 
     /// Records how writing the reason an endpoint is not served went; the error when it is
@@ -195,23 +236,73 @@ impl WriteBacks {
     }
 }
 
-/// One finished write: what was written for which endpoint, and how it went.
-type Finished = (WriteBack, Payload, Result<WriteOutcome, ApiError>);
+/// One write on a task, run on the freshly read task: what to write, or why nothing.
+trait TaskWrite: Send + Sync + 'static {
+    fn task_id(&self) -> &str;
+    fn patch(
+        &self,
+        task: &Task,
+        settings: &Settings,
+        policy: &UpstreamPolicy,
+    ) -> Result<BTreeMap<String, Value>, String>;
+}
 
-/// Runs the writes of each task as one job, [`WRITE_CONCURRENCY`] jobs at once; every write
-/// with its outcome. Each write re-checks the task first ([`reconcile::recheck`]): nothing is
-/// written, the reason included, on a task that no longer asks for what was planned.
-async fn write_by_task(
-    by_task: BTreeMap<String, Vec<(WriteBack, Payload)>>,
+/// An endpoint (or why it is not served) for a planned route: written only while the task
+/// still asks for exactly what was planned ([`reconcile::recheck`]), the reason included.
+impl TaskWrite for (WriteBack, Payload) {
+    fn task_id(&self) -> &str {
+        &self.0.key.task_id
+    }
+
+    fn patch(
+        &self,
+        task: &Task,
+        settings: &Settings,
+        policy: &UpstreamPolicy,
+    ) -> Result<BTreeMap<String, Value>, String> {
+        let (wb, payload) = self;
+        let patch = reconcile::recheck(task, wb, settings, policy)?;
+        Ok(match payload {
+            Payload::Endpoint => patch,
+            Payload::Error(reason) => reconcile::error_patch(&wb.key.endpoint, reason),
+        })
+    }
+}
+
+/// Why a request is refused, while the task still asks for it.
+impl TaskWrite for RefusalWrite {
+    fn task_id(&self) -> &str {
+        &self.key.task_id
+    }
+
+    fn patch(
+        &self,
+        task: &Task,
+        settings: &Settings,
+        policy: &UpstreamPolicy,
+    ) -> Result<BTreeMap<String, Value>, String> {
+        reconcile::recheck_refusal(task, self, settings, policy)
+    }
+}
+
+/// Runs the writes of each task as one job (its writes one after the other: two concurrent
+/// read-merge-writes of the same runtime dict would each drop the other's keys),
+/// [`WRITE_CONCURRENCY`] jobs at once; every write with its outcome.
+async fn write_by_task<W: TaskWrite>(
+    writes: Vec<W>,
     client: &Arc<Client>,
     settings: &Settings,
     policy: &UpstreamPolicy,
-) -> Vec<Finished> {
+) -> Vec<(W, Result<WriteOutcome, ApiError>)> {
+    let mut by_task: BTreeMap<String, Vec<W>> = BTreeMap::new();
+    for w in writes {
+        by_task.entry(w.task_id().to_string()).or_default().push(w);
+    }
     let settings = Arc::new(settings.clone());
     let policy = Arc::new(policy.clone());
     let gate = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
     let mut jobs = tokio::task::JoinSet::new();
-    for (task_id, wbs) in by_task {
+    for (task_id, writes) in by_task {
         let (client, settings, policy, gate) = (
             client.clone(),
             settings.clone(),
@@ -220,20 +311,12 @@ async fn write_by_task(
         );
         jobs.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let mut done = Vec::with_capacity(wbs.len());
-            for (wb, payload) in wbs {
+            let mut done = Vec::with_capacity(writes.len());
+            for w in writes {
                 let outcome = client
-                    .update_runtime(&task_id, |task| {
-                        let patch = reconcile::recheck(task, &wb, &settings, &policy)?;
-                        Ok(match &payload {
-                            Payload::Endpoint => patch,
-                            Payload::Error(reason) => {
-                                reconcile::error_patch(&wb.key.endpoint, reason)
-                            }
-                        })
-                    })
+                    .update_runtime(&task_id, |task| w.patch(task, &settings, &policy))
                     .await;
-                done.push((wb, payload, outcome));
+                done.push((w, outcome));
             }
             done
         });

@@ -19,13 +19,15 @@
 //!   `[A-Za-z0-9_-]{1,32}` `task__<readable>-<hash>` (`naming`).
 //!
 //! The rooms: `request` reads a task's runtime into requests, `naming` and `urls` name an
-//! endpoint's route, `write_back` says what to write on the task, `limit` applies
+//! endpoint's route, `write_back` says what to write on the task, `refusal_write` says why a
+//! refused request is not served (on the task, for the web app), `limit` applies
 //! `ROUTER_MAX_ENDPOINTS_PER_TASK`, `plan` puts it together. None of them does I/O: the ClearML
 //! client writes, the daemon applies.
 
 mod limit;
 mod naming;
 mod plan;
+mod refusal_write;
 mod request;
 mod settings;
 mod urls;
@@ -34,6 +36,7 @@ mod write_back;
 pub use limit::over_limit_reason;
 pub use naming::{route_key, subdomain_label};
 pub use plan::{Plan, Reconciler};
+pub use refusal_write::{RefusalWrite, recheck_refusal};
 pub use request::{Kind, Parsed, Refusal, SERVICE_HTTP, SERVICE_TCP, Want, parse_task};
 pub use settings::Settings;
 pub use urls::endpoint_url;

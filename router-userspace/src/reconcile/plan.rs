@@ -4,6 +4,7 @@
 
 use super::limit::limit_per_task;
 use super::naming::route_key;
+use super::refusal_write::{RefusalWrite, refusal_writes};
 use super::request::{Kind, Parsed, Refusal, Req, Want, parse_task};
 use super::settings::Settings;
 use super::urls::endpoint_url;
@@ -24,6 +25,8 @@ pub struct Plan {
     /// Endpoints whose runtime keys differ from what they should be.
     pub writes: Vec<WriteBack>,
     pub refused: Vec<Refusal>,
+    /// Refused endpoints whose task does not show the reason yet.
+    pub refusal_writes: Vec<RefusalWrite>,
     /// Endpoints claimed by other routers.
     pub foreign: usize,
     /// Tasks that want routes.
@@ -62,6 +65,7 @@ impl Reconciler {
         for r in requests {
             add_route(&mut plan, r, &port_of, static_routes, s);
         }
+        plan.refusal_writes = refusal_writes(tasks, &plan.refused);
         plan
     }
 

@@ -114,6 +114,14 @@ const REQUEST_KEYS: &[&str] = &[
     "external_address",
 ];
 
+/// Whether `task` asks for endpoint `name` under exactly that name (a refused name may have
+/// been shortened for the log: only a name the task wrote can carry a key written back).
+pub(super) fn mentions_endpoint(task: &Task, name: &str) -> bool {
+    REQUEST_KEYS
+        .iter()
+        .any(|base| task.runtime.contains_key(&runtime_key(base, name)))
+}
+
 /// The endpoint names a task's runtime mentions (`""` = default), servable names first, each
 /// once (any name the SDK writes is servable but an empty one, one with control characters or
 /// an absurdly long one: `validate::endpoint_name`). A set, not a search of a list: a task may

@@ -14,7 +14,7 @@ use crate::admin::SharedStatus;
 use crate::backoff::backoff;
 use crate::clearml::ApiError;
 use crate::config::Config;
-use crate::reconcile::WriteBack;
+use crate::reconcile::{RefusalWrite, WriteBack};
 use crate::routes::{HttpRouter, RouteSet, TcpForwarder};
 use crate::routes_file::RoutesFile;
 use crate::validate::{self, UpstreamPolicy};
@@ -125,6 +125,7 @@ impl Engine {
         self.reload_routes_file();
         let mut outcome = CycleOutcome::Synced;
         let mut writes = None;
+        let mut refusal_writes = None;
         if self.clearml.client().is_some() {
             let statics = self
                 .routes_file
@@ -148,6 +149,7 @@ impl Engine {
                     self.clearml.adopt(plan.routes);
                     self.report.synced(plan.tasks, plan.foreign, plan.refused);
                     writes = Some(plan.writes);
+                    refusal_writes = Some(plan.refusal_writes);
                 }
                 Err(e) => {
                     self.note_api_error(&e);
@@ -167,6 +169,7 @@ impl Engine {
         }
         self.publish();
         self.write_back(writes).await;
+        self.write_refusals(refusal_writes).await;
         self.save_state();
         let counters = self.owners.read_counters().await;
         self.report.set_counters(counters);
@@ -218,6 +221,26 @@ impl Engine {
                 self.clearml.settings(),
                 &self.policy,
                 &self.owners,
+            )
+            .await;
+        for e in &failures {
+            self.note_api_error(e);
+        }
+    }
+
+    /// Writes on the tasks why their refused requests are not served. `None`: no plan this
+    /// cycle.
+    async fn write_refusals(&mut self, refusal_writes: Option<Vec<RefusalWrite>>) {
+        let Some(refusal_writes) = refusal_writes else {
+            return;
+        };
+        let failures = self
+            .writes
+            .write_refusals(
+                refusal_writes,
+                self.clearml.client(),
+                self.clearml.settings(),
+                &self.policy,
             )
             .await;
         for e in &failures {
