@@ -25,7 +25,7 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 pub struct Timeouts {
     /// Handshake complete, or half-closed (one FIN): a long-lived, possibly quiet connection.
     pub established: Duration,
-    /// SYN seen, handshake not complete.
+    /// SYN seen, handshake not complete (in the half-open table: the client silent that long).
     pub opening: Duration,
     /// Both FINs or a RST seen.
     pub closing: Duration,
@@ -203,6 +203,11 @@ pub struct SweepReport {
     pub orphans: u64,
     /// Tuples of closed connections still reserved (see [`Timeouts::time_wait`]).
     pub tombstones: u64,
+    /// Half-open connections (handshake under way, in the half-open table) after the sweep,
+    /// what that table admits before it evicts, and how many the sweep removed.
+    pub half_open: u64,
+    pub half_open_capacity: u64,
+    pub half_open_expired: u64,
     /// Per route id: live connections and traffic since the datapath was opened.
     pub routes: BTreeMap<u32, RouteCounters>,
     /// Router ports and backend ports with connections in the table.
@@ -285,6 +290,10 @@ impl Conntrack {
 
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timeouts = timeouts;
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     pub fn set_pressure(&mut self, pressure: Pressure) {
