@@ -4,6 +4,7 @@
 
 pub mod attached;
 pub mod clearml_server;
+pub mod connect_loop;
 pub mod daemon;
 pub mod e2e;
 pub mod http_backend;
@@ -15,6 +16,7 @@ pub mod owners;
 pub mod packet;
 pub mod packet_fuzz;
 pub mod pins;
+pub mod syn_flood;
 pub mod topology;
 pub mod traffic;
 pub mod wait;

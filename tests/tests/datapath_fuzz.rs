@@ -136,10 +136,7 @@ impl Fuzzer {
             .dp
             .conntrack_table()
             .expect("read the connection table");
-        let (half_open, _) = self
-            .dp
-            .half_open_table()
-            .expect("read the half-open table");
+        let (half_open, _) = self.dp.half_open_table().expect("read the half-open table");
         table.extend(half_open.into_iter().map(|(k, v)| (k, v.ct)));
         table
     }

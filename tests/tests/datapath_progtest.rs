@@ -1006,7 +1006,12 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         assert_checksums(&out.frame);
         // Half-open on the tuple; the tombstone keeps it until the handshake completes.
         assert!(!env.half_open(&reply_key).ct.is_tombstone());
-        assert!(env.dp.conntrack_entry(&reply_key).expect("CT4").is_tombstone());
+        assert!(
+            env.dp
+                .conntrack_entry(&reply_key)
+                .expect("CT4")
+                .is_tombstone()
+        );
         let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         assert_eq!(env.run(&synack, false).retval, env.redirected());
         let ack = env.client_packet(40000, TCP_ACK).build();
@@ -1351,7 +1356,10 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
         let out = env.run(&synack.build(), false);
         assert_eq!(out.retval, env.redirected());
         let p = parse(&out.frame).expect("parses");
-        assert_eq!((p.saddr, p.daddr, p.dport), (env.net.router, env.net.client, 40000));
+        assert_eq!(
+            (p.saddr, p.daddr, p.dport),
+            (env.net.router, env.net.client, 40000)
+        );
         assert_checksums(&out.frame);
         assert_eq!(env.half_open(&reply_key).ack, 0xffff_fff1);
         assert!(env.dp.conntrack_entry(&fwd_key).is_none());
@@ -1370,16 +1378,27 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
         let out = env.run(&ack.build(), true);
         assert_eq!(out.retval, env.redirected());
         let p = parse(&out.frame).expect("parses");
-        assert_eq!((p.saddr, p.daddr, p.sport), (env.net.nat_source, env.net.backend, 40000));
+        assert_eq!(
+            (p.saddr, p.daddr, p.sport),
+            (env.net.nat_source, env.net.backend, 40000)
+        );
         assert_checksums(&out.frame);
         assert_eq!(env.count(StatReason::HandshakeConfirmed), 1);
         assert!(env.dp.half_open_entry(&fwd_key).is_none());
         assert!(env.dp.half_open_entry(&reply_key).is_none());
         let confirmed = env.dp.conntrack_entry(&fwd_key).expect("confirmed");
         assert_eq!(confirmed.rewritten(), fwd.ct.rewritten(), "the same tuple");
-        assert_eq!(confirmed.packets, 3, "SYN, blind ACK, ACK: the counters carry on");
+        assert_eq!(
+            confirmed.packets, 3,
+            "SYN, blind ACK, ACK: the counters carry on"
+        );
         assert_eq!(CtKey4::partner_of(&confirmed), reply_key);
-        assert!(env.dp.conntrack_entry(&reply_key).expect("reply").to_client());
+        assert!(
+            env.dp
+                .conntrack_entry(&reply_key)
+                .expect("reply")
+                .to_client()
+        );
         assert_eq!(env.dp.fill().expect("fill").0, 1);
         let conns = env.dp.connections().expect("connections");
         assert_eq!(conns.len(), 1, "{conns:?}");
@@ -1423,7 +1442,9 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
         while env.count(StatReason::NewConnectionEvicting) == 0 {
             assert!(admitted <= capacity, "no eviction after {admitted} SYNs");
             let from = Ipv4Addr::new(10, 250, (admitted >> 8) as u8, admitted as u8);
-            let syn = env.packet_from(from, 1024 + admitted as u16, TCP_SYN).build();
+            let syn = env
+                .packet_from(from, 1024 + admitted as u16, TCP_SYN)
+                .build();
             assert_eq!(env.run(&syn, true).retval, env.redirected());
             admitted += 1;
         }
@@ -1444,7 +1465,10 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
             dport: 1024u16.to_be(),
         };
         assert!(env.dp.half_open_entry(&evicted_reply).is_none());
-        assert!(env.dp.half_open_entry(&key(1)).is_some(), "second oldest kept");
+        assert!(
+            env.dp.half_open_entry(&key(1)).is_some(),
+            "second oldest kept"
+        );
         assert!(env.dp.half_open_entry(&key(share)).is_some(), "newest kept");
         let (entries, _) = env.dp.half_open_table().expect("half-open");
         assert_eq!(entries.len(), 2 * share as usize);
@@ -1455,7 +1479,11 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
             .build();
         let out = env.run(&syn, true);
         assert_eq!(out.retval, env.redirected());
-        assert_eq!(parse(&out.frame).expect("parses").sport, 1024, "tuple reused");
+        assert_eq!(
+            parse(&out.frame).expect("parses").sport,
+            1024,
+            "tuple reused"
+        );
         let syn = env
             .packet_from(Ipv4Addr::new(10, 251, 0, 2), 1024 + share as u16, TCP_SYN)
             .build();
@@ -1482,7 +1510,10 @@ fn established_connections_are_never_evicted_by_syns(program: Program) {
         let after = env.dp.conntrack_entry(&fwd_key).expect("still tracked");
         assert_eq!(after.rewritten(), before.rewritten());
         assert_eq!(env.dp.fill().expect("fill").0, 1);
-        let data = env.client_packet(40000, TCP_ACK).payload(b"still here").build();
+        let data = env
+            .client_packet(40000, TCP_ACK)
+            .payload(b"still here")
+            .build();
         let out = env.run(&data, true);
         assert_eq!(out.retval, env.redirected());
         assert_eq!(parse(&out.frame).expect("parses").sport, 40000);

@@ -444,9 +444,9 @@ impl Datapath {
         let started = Instant::now();
         let now = self.clock.now(&mut self.ebpf)?;
         let mut report = self.conntrack.sweep(now, &self.clock)?;
-        let half_open = self
-            .half_open
-            .sweep(now, &self.clock, self.conntrack.timeouts().opening)?;
+        let half_open =
+            self.half_open
+                .sweep(now, &self.clock, self.conntrack.timeouts().opening)?;
         report.half_open = half_open.live;
         report.half_open_capacity = self.half_open.capacity() as u64;
         report.half_open_expired = half_open.expired;
