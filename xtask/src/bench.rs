@@ -26,14 +26,18 @@ pub enum Section {
     /// Cost of observability: datapath throughput and connection rate with `/metrics`
     /// scraped every second versus not (target: under 2 % difference).
     Observability,
+    /// A spoofed SYN flood on a routed port while legitimate clients connect and a long
+    /// connection streams: the datapath, nftables and nginx stream side by side.
+    Hostile,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Datapath,
         Section::Control,
         Section::Http,
         Section::Observability,
+        Section::Hostile,
     ];
 }
 
@@ -74,6 +78,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         match section {
             Section::Datapath => datapath(&object, opts)?,
             Section::Observability => observability(&object, opts)?,
+            Section::Hostile => crate::bench_hostile::run(&object, opts)?,
             Section::Control => {
                 crate::bench_control::run(&crate::bench_control::BenchControlOptions {
                     tasks: 10_000,
@@ -93,7 +98,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
 }
 
 /// Builds `datapath-bench` and makes the report directory: (the driver, the directory).
-fn build_driver(object: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn build_driver(object: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
     cmd::run(build::host_cargo(object).args([
         "build",
         "--package",
@@ -177,7 +182,7 @@ fn observability(object: &std::path::Path, opts: &BenchOptions) -> Result<()> {
 }
 
 /// Runs `cmd` with stderr passed through and returns its stdout.
-fn capture(cmd: &mut Command) -> Result<String> {
+pub(crate) fn capture(cmd: &mut Command) -> Result<String> {
     eprintln!("xtask: $ {cmd:?}");
     let out = cmd
         .stderr(std::process::Stdio::inherit())

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_control;
+mod bench_hostile;
 mod bench_http;
 mod build;
 mod cmd;

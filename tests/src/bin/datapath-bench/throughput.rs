@@ -203,7 +203,7 @@ impl Options {
 }
 
 /// Processes the benchmark started, stopped by PID on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -287,7 +287,7 @@ pub fn sweep_summary(sweeps: &[Sweep]) -> String {
     )
 }
 
-mod tempdir {
+pub(crate) mod tempdir {
     use std::path::{Path, PathBuf};
 
     /// A directory removed on drop.
@@ -321,7 +321,7 @@ fn listening(ns: &Netns, port: u16) -> bool {
         .unwrap_or(false)
 }
 
-fn wait_listening(ns: &Netns, port: u16, what: &str) {
+pub(crate) fn wait_listening(ns: &Netns, port: u16, what: &str) {
     wait::until(
         &format!("{what} listening on port {port}"),
         Duration::from_secs(15),
@@ -330,7 +330,7 @@ fn wait_listening(ns: &Netns, port: u16, what: &str) {
 }
 
 /// Busy CPU time of the whole machine, seconds.
-fn machine_busy() -> Result<f64> {
+pub(crate) fn machine_busy() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
     let v: Vec<u64> = line
@@ -379,7 +379,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Result<std::process::ExitS
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -1054,7 +1054,7 @@ pub fn run(opts: Options) -> Result<(PeerRounds, Vec<Sweep>)> {
     Ok((results, sweeps))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
