@@ -72,12 +72,18 @@ pub struct Sample {
     pub stream_error: Option<String>,
     /// The largest fill seen of the table that holds the flood (the datapath's half-open
     /// table, nftables' conntrack), and its size.
-    pub flood_table: Option<(u64, u64)>,
+    pub flood_table: Fill,
     /// The datapath's connection table: the most connections seen in it.
     pub connections_max: Option<u64>,
     /// The machine's busy CPU µs per flood SYN above the quiet window's rate (everything: the
     /// generator, the router, the backend's SYN cookies, and whatever else runs here).
     pub machine_us_per_syn: f64,
+    /// During the flood: SYN cookies the backend and router namespaces sent
+    /// (`TcpExt.SyncookiesSent`), and SYN retransmissions of the legitimate client
+    /// (`TcpExt.TCPSynRetrans` in the client namespace: each a handshake that waited 1 s or
+    /// more, e.g. on a tuple the backend still held in SYN_RECV for a spoofed SYN).
+    pub syncookies_sent: u64,
+    pub client_syn_retrans: u64,
 }
 
 /// A running peer, torn down on drop.
@@ -214,7 +220,7 @@ impl Setup {
     }
 
     /// The fill of the table that holds the flood, and the datapath's connection count.
-    fn sample(&self, running: &Running) -> Result<(Option<(u64, u64)>, Option<u64>)> {
+    fn sample(&self, running: &Running) -> Result<(Fill, Option<u64>)> {
         match running {
             Running::Datapath(dp, _) => {
                 let dp = dp.lock()?;
@@ -245,6 +251,19 @@ impl Setup {
         }
     }
 
+    /// `TcpExt.SyncookiesSent` of the backend and router namespaces, and
+    /// `TcpExt.TCPSynRetrans` of the client namespace.
+    fn tcp_counters(&self) -> Result<(u64, u64)> {
+        let get = |ns: &router_tests::netns::Netns, name: &str| -> Result<u64> {
+            Ok(ns.tcp_counters()?.get(name).copied().unwrap_or(0))
+        };
+        Ok((
+            get(&self.t.backend, "TcpExt.SyncookiesSent")?
+                + get(&self.t.router, "TcpExt.SyncookiesSent")?,
+            get(&self.t.client, "TcpExt.TCPSynRetrans")?,
+        ))
+    }
+
     fn flood_target(&self) -> Result<Target> {
         Ok(Target {
             dev: self.t.client_end.dev.clone(),
@@ -255,7 +274,10 @@ impl Setup {
     }
 }
 
-fn max_fill(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+/// Entries in a table and its size, when the peer has one.
+type Fill = Option<(u64, u64)>;
+
+fn max_fill(a: Fill, b: Fill) -> Fill {
     match (a, b) {
         (Some(x), Some(y)) => Some(if y.0 > x.0 { y } else { x }),
         (x, None) => x,
@@ -282,6 +304,7 @@ pub fn measure(peer: Peer, rate: Option<u64>, seconds: u64) -> Result<Sample> {
     std::thread::sleep(QUIET);
     let quiet_rate = (machine_busy()? - quiet_busy) / QUIET.as_secs_f64();
     let flood_offset = loop_started.elapsed();
+    let counters_before = setup.tcp_counters()?;
     let busy_before = machine_busy()?;
     let flood = Flood::start(
         &setup.t.client,
@@ -302,6 +325,7 @@ pub fn measure(peer: Peer, rate: Option<u64>, seconds: u64) -> Result<Sample> {
     connections = connections.max(c);
     let flood = flood.stop()?;
     let busy = machine_busy()? - busy_before;
+    let counters = setup.tcp_counters()?;
     let window_end = flood_offset + flood.elapsed;
     let attempts: Vec<Attempt> = legit
         .stop()?
@@ -330,6 +354,8 @@ pub fn measure(peer: Peer, rate: Option<u64>, seconds: u64) -> Result<Sample> {
         flood_table: fill,
         connections_max: connections,
         machine_us_per_syn: above_quiet * 1e6 / flood.sent.max(1) as f64,
+        syncookies_sent: counters.0.saturating_sub(counters_before.0),
+        client_syn_retrans: counters.1.saturating_sub(counters_before.1),
     })
 }
 
@@ -413,7 +439,10 @@ pub fn section(args: &[String]) -> Result<()> {
     use crate::hostile_report as report;
     println!("{}", report::table(&samples, opts.seconds));
     println!("Targets:\n\n{}\n", report::targets(&samples, opts.seconds));
-    println!("Raw rounds:\n\n{}", report::raw_table(&samples, opts.seconds));
+    println!(
+        "Raw rounds:\n\n{}",
+        report::raw_table(&samples, opts.seconds)
+    );
     eprintln!("raw rounds: {}", file.display());
     Ok(())
 }

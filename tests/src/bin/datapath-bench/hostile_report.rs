@@ -22,6 +22,8 @@ pub struct Figures {
     pub fill: Option<(u64, u64)>,
     pub connections: Option<u64>,
     pub machine_us: f64,
+    pub syn_retrans: f64,
+    pub cookies: f64,
 }
 
 pub fn figures(s: &Sample) -> Figures {
@@ -44,6 +46,8 @@ pub fn figures(s: &Sample) -> Figures {
         fill: s.flood_table,
         connections: s.connections_max,
         machine_us: s.machine_us_per_syn,
+        syn_retrans: s.client_syn_retrans as f64,
+        cookies: s.syncookies_sent as f64,
     }
 }
 
@@ -100,6 +104,8 @@ pub fn medians(samples: &[Sample], seconds: u64) -> BTreeMap<Group, (Figures, us
                 fill,
                 connections: f.iter().filter_map(|x| x.connections).max(),
                 machine_us: m(|x| x.machine_us),
+                syn_retrans: m(|x| x.syn_retrans),
+                cookies: m(|x| x.cookies),
             };
             (g, (figures, f.len()))
         })
@@ -135,7 +141,7 @@ fn fill(f: &Figures) -> String {
 
 fn row(g: &Group, f: &Figures, rounds: usize) -> String {
     format!(
-        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} | {rounds} |",
+        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {rounds} |",
         offered_name(g),
         g.peer.name(),
         f.rate,
@@ -144,6 +150,8 @@ fn row(g: &Group, f: &Figures, rounds: usize) -> String {
         ms(f.p50_ms),
         ms(f.p99_ms),
         f.attempts,
+        f.syn_retrans,
+        f.cookies,
         f.lost,
         fill(f),
         f.machine_us,
@@ -151,8 +159,9 @@ fn row(g: &Group, f: &Figures, rounds: usize) -> String {
 }
 
 const HEADER: &str = "| offered SYN/s | peer | flood SYN/s sent | connected ≤ 1 s | connected ≤ 3 s | \
-    connect p50 ms | connect p99 ms | attempts | bytes lost | flood table fill (max) | machine µs \
-    per flood SYN | rounds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|";
+    connect p50 ms | connect p99 ms | attempts | client SYN retransmits | SYN cookies sent | \
+    bytes lost | flood table fill (max) | machine µs per flood SYN | rounds |\n\
+    |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|";
 
 /// The medians table.
 pub fn table(samples: &[Sample], seconds: u64) -> String {
@@ -260,10 +269,10 @@ pub fn targets(samples: &[Sample], seconds: u64) -> String {
             format!(
                 "the tuple space toward the task is never held by half-open entries: at most \
                  {used} half-open (capacity {capacity}, {:.0} % of the {BACKEND_TUPLES} tuples \
-                 of one backend port)",
+                 of one backend port; the rest stays for established connections)",
                 capacity as f64 * 100.0 / BACKEND_TUPLES as f64
             ),
-            used <= capacity && capacity * 4 <= BACKEND_TUPLES,
+            used <= capacity && capacity * 3 <= BACKEND_TUPLES,
         );
     }
     let connections = datapath
@@ -316,6 +325,8 @@ mod tests {
             flood_table: (peer == Peer::Datapath).then_some((100, 16_384)),
             connections_max: (peer == Peer::Datapath).then_some(3),
             machine_us_per_syn: 1.0,
+            syncookies_sent: 0,
+            client_syn_retrans: 0,
         }
     }
 
