@@ -7,6 +7,7 @@ pub mod clearml_server;
 pub mod connect_loop;
 pub mod daemon;
 pub mod e2e;
+pub mod flood_setup;
 pub mod http_backend;
 pub mod http_client;
 pub mod metrics;

@@ -8,15 +8,12 @@
 
 use router_common::stats::{Hook, StatReason};
 use router_tests::connect_loop::ConnectLoop;
+use router_tests::flood_setup;
 use router_tests::require_root;
-use router_tests::syn_flood::{Flood, SPOOFED_SUBNET, Target, mac_of};
+use router_tests::syn_flood::{Flood, Target, mac_of};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::wait;
-use router_userspace::config::{DatapathConfig, DatapathKind};
-use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath};
-use router_userspace::routes::{RouteOwner, TcpRoute};
-use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,38 +30,6 @@ const FLOOD_SECONDS: u64 = 4;
 /// SYN (its listen queue, SYN_RECV) takes a SYN retransmission (1 s) to complete.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ECHO_ROUND: usize = 256 * 1024;
-
-fn open_datapath(t: &Topology) -> Datapath {
-    let cfg = DatapathConfig {
-        kind: DatapathKind::Ebpf(AttachMode::Tc),
-        interfaces: vec![
-            (t.router_client.dev.clone(), None),
-            (t.router_backend.dev.clone(), None),
-        ],
-        bpffs: std::env::temp_dir(),
-        max_connections: MAX_CONNECTIONS,
-        conntrack_pressure: router_userspace::datapath::Pressure::default(),
-        router_addresses: vec![t.router_addr()],
-        nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
-    };
-    let mut dp = t
-        .router
-        .enter(move || Datapath::open(&cfg))
-        .expect("enter the router namespace")
-        .expect("open and attach the datapath");
-    let route = TcpRoute {
-        port: PORT,
-        upstream: SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT),
-        owner: RouteOwner {
-            task_id: "flood".into(),
-            task_name: "flood test".into(),
-            endpoint: String::new(),
-        },
-    };
-    dp.apply_routes(&BTreeMap::from([(PORT, route)]))
-        .expect("route");
-    dp
-}
 
 /// Streams random data through `client` in rounds until `stop`, checking every echoed byte;
 /// returns the bytes verified.
@@ -85,21 +50,14 @@ fn stream_until(
 fn legitimate_clients_connect_and_streams_flow_through_a_spoofed_syn_flood() {
     require_root();
     let t = Topology::new().expect("topology");
-    let (subnet, prefix) = SPOOFED_SUBNET;
     // Answers to spoofed sources go back into the client namespace, which drops them (not its
     // addresses, no forwarding).
-    t.router
-        .ip(&[
-            "route",
-            "add",
-            &format!("{subnet}/{prefix}"),
-            "via",
-            &t.client_end.addr.to_string(),
-        ])
-        .expect("route the spoofed subnet to the client namespace");
+    flood_setup::route_spoofed_subnet(&t).expect("route the spoofed subnet");
     let _server =
         EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "flooded").expect("echo");
-    let dp = open_datapath(&t);
+    let backend = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT);
+    let dp = flood_setup::open_datapath(&t, MAX_CONNECTIONS, &std::env::temp_dir(), PORT, backend)
+        .expect("open the datapath");
     let (_, capacity) = dp.half_open_table().expect("half-open table");
     let target = SocketAddrV4::new(t.router_addr(), PORT);
 

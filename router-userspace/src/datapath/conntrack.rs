@@ -236,6 +236,27 @@ pub struct Conntrack {
     pressure: Pressure,
 }
 
+/// Every entry of the hash map `fd` (named `map` in errors), read in batches.
+pub(super) fn read_table<K, V>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    map: &'static str,
+) -> Result<std::collections::HashMap<K, V>, DatapathError>
+where
+    K: Copy + Default + Eq + std::hash::Hash,
+    V: Copy + Default,
+{
+    let mut entries = std::collections::HashMap::new();
+    sys::for_each_entry::<K, V>(fd, SCAN_CHUNK, |k, v| {
+        entries.insert(*k, *v);
+    })
+    .map_err(|source| DatapathError::MapSyscall {
+        operation: "batch look-up",
+        map,
+        source,
+    })?;
+    Ok(entries)
+}
+
 fn ip(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
 }
@@ -319,20 +340,7 @@ impl Conntrack {
 
     /// Every entry of the table.
     pub fn scan(&self) -> Result<std::collections::HashMap<CtKey4, CtValue4>, DatapathError> {
-        let mut entries = std::collections::HashMap::new();
-        sys::for_each_entry::<CtKey4, CtValue4>(
-            self.table.map().fd().as_fd(),
-            SCAN_CHUNK,
-            |k, v| {
-                entries.insert(*k, *v);
-            },
-        )
-        .map_err(|source| DatapathError::MapSyscall {
-            operation: "batch look-up",
-            map: CT4,
-            source,
-        })?;
-        Ok(entries)
+        read_table(self.table.map().fd().as_fd(), CT4)
     }
 
     fn created(&self) -> Result<u64, DatapathError> {

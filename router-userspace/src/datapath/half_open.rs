@@ -7,9 +7,8 @@
 
 use super::DatapathError;
 use super::clock::KernelClock;
-use super::conntrack::{ConnState, Connection, Counters, OPENING_MIN_IDLE};
+use super::conntrack::{ConnState, Connection, Counters, OPENING_MIN_IDLE, read_table};
 use super::object::maps::{HALF_OPEN_RING, HALF_OPEN4};
-use super::sys;
 use aya::maps::{HashMap, IterableMap, Map, MapData};
 use router_common::conntrack::{CtKey4, HalfOpen4, TCP_RST};
 use std::collections::BTreeSet;
@@ -26,8 +25,6 @@ pub const MIN_CAPACITY: u32 = 256;
 /// half-open entry still lives 160 ms (2 CPUs, flood on one), far more than a handshake needs
 /// between the backend's SYN-ACK and the client's ACK on any but a transcontinental path.
 pub const MAX_CAPACITY: u32 = 16_384;
-/// Entries read per batch syscall.
-const SCAN_CHUNK: usize = 4096;
 /// A half-pair younger than this may be a pair being inserted or confirmed right now.
 const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
@@ -134,20 +131,7 @@ impl HalfOpen {
 
     /// Every entry of the table.
     pub fn scan(&self) -> Result<std::collections::HashMap<CtKey4, HalfOpen4>, DatapathError> {
-        let mut entries = std::collections::HashMap::new();
-        sys::for_each_entry::<CtKey4, HalfOpen4>(
-            self.table.map().fd().as_fd(),
-            SCAN_CHUNK,
-            |k, v| {
-                entries.insert(*k, *v);
-            },
-        )
-        .map_err(|source| DatapathError::MapSyscall {
-            operation: "batch look-up",
-            map: HALF_OPEN4,
-            source,
-        })?;
-        Ok(entries)
+        read_table(self.table.map().fd().as_fd(), HALF_OPEN4)
     }
 
     /// Splits the table into complete pairs and half-pairs.

@@ -11,14 +11,12 @@
 use crate::throughput::{Proc, machine_busy, tempdir, wait_listening};
 use anyhow::{Context, Result};
 use router_tests::connect_loop::{Attempt, ConnectLoop};
-use router_tests::syn_flood::{Flood, FloodReport, SPOOFED_SUBNET, Target, mac_of};
+use router_tests::flood_setup;
+use router_tests::syn_flood::{Flood, FloodReport, Target, mac_of};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
-use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::SharedDatapath;
 use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
-use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, SharedDatapath};
-use router_userspace::routes::{RouteOwner, TcpRoute};
-use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -118,14 +116,7 @@ fn stream(mut client: Client, stop: &AtomicBool, verified: &AtomicU64) -> Option
 impl Setup {
     fn new() -> Result<Setup> {
         let t = Topology::new()?;
-        let (subnet, prefix) = SPOOFED_SUBNET;
-        t.router.ip(&[
-            "route",
-            "add",
-            &format!("{subnet}/{prefix}"),
-            "via",
-            &t.client_end.addr.to_string(),
-        ])?;
+        flood_setup::route_spoofed_subnet(&t)?;
         let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "hostile")?;
         Ok(Setup {
             t,
@@ -142,33 +133,13 @@ impl Setup {
         let (r, b) = (self.t.router_addr(), self.t.backend_end.addr);
         match peer {
             Peer::Datapath => {
-                let cfg = DatapathConfig {
-                    kind: DatapathKind::Ebpf(AttachMode::Auto),
-                    interfaces: vec![
-                        (self.t.router_client.dev.clone(), None),
-                        (self.t.router_backend.dev.clone(), None),
-                    ],
-                    bpffs: self.dir.path().to_path_buf(),
-                    max_connections: MAX_CONNECTIONS,
-                    conntrack_pressure: router_userspace::datapath::Pressure::default(),
-                    router_addresses: vec![r],
-                    nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
-                };
-                let mut dp = self
-                    .t
-                    .router
-                    .enter(move || Datapath::open(&cfg))?
-                    .context("open the datapath")?;
-                let route = TcpRoute {
-                    port: PORT,
-                    upstream: SocketAddrV4::new(b, BACKEND_PORT),
-                    owner: RouteOwner {
-                        task_id: "hostile".into(),
-                        task_name: "hostile".into(),
-                        endpoint: String::new(),
-                    },
-                };
-                dp.apply_routes(&BTreeMap::from([(PORT, route)]))?;
+                let dp = flood_setup::open_datapath(
+                    &self.t,
+                    MAX_CONNECTIONS,
+                    self.dir.path(),
+                    PORT,
+                    SocketAddrV4::new(b, BACKEND_PORT),
+                )?;
                 let dp = SharedDatapath::new(dp);
                 let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
                 Ok(Running::Datapath(dp, sweeper))
