@@ -275,24 +275,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         now,
         ticket,
     };
-    let mut reserved = reserve_reply(&mut out, &pair, key.sport);
-    if !reserved {
-        // Independent random tries: sequential probing from one random start would walk into
-        // the clusters earlier allocations leave, and fail long before the range is full.
-        let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
-        let span = if max >= min { max - min + 1 } else { 1 };
-        let mut i = 0;
-        while i < NAT_PORT_PROBES {
-            // SAFETY: a helper without arguments.
-            let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
-            if reserve_reply(&mut out, &pair, port.to_be()) {
-                reserved = true;
-                break;
-            }
-            i += 1;
-        }
-    }
-    if !reserved {
+    if !allocate_source_port(&mut out, &pair, key.sport, settings) {
         return drop(p, StatReason::DropNoSourcePort);
     }
     let mut fwd = HalfOpen4 {
@@ -347,6 +330,34 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         Some((ifindex, nh)) => Verdict::RedirectNeigh(ifindex, nh),
         None => redirect::cached(&fwd.ct),
     }
+}
+
+/// Reserves a source port for the connection's side toward the backend (`out`): the client's
+/// own port `client_port` when free there, else independent random tries in the NAT source
+/// range (sequential probing from one random start would walk into the clusters earlier
+/// allocations leave, and fail long before the range is full). False: none found.
+#[inline(always)]
+fn allocate_source_port(
+    out: &mut CtKey4,
+    pair: &Pair,
+    client_port: u16,
+    settings: &router_common::config::Settings,
+) -> bool {
+    if reserve_reply(out, pair, client_port) {
+        return true;
+    }
+    let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
+    let span = if max >= min { max - min + 1 } else { 1 };
+    let mut i = 0;
+    while i < NAT_PORT_PROBES {
+        // SAFETY: a helper without arguments.
+        let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
+        if reserve_reply(out, pair, port.to_be()) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// What the two entries of a connection being opened share.
