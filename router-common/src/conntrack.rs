@@ -1,6 +1,9 @@
 //! The connection table (`CT4`, an LRU hash): two entries per connection, one per direction,
 //! each keyed by the tuple its packets arrive with and holding the translation to apply.
 //!
+//! A connection's entries live in the half-open table ([`HalfOpen4`]) from its SYN until the
+//! client acknowledges the backend's SYN-ACK, then in `CT4`.
+//!
 //! Client `C:c -> R:P` is forwarded as `R':s -> B:b`; the backend's replies `B:b -> R':s` go
 //! back as `R:P -> C:c`. The forward entry is keyed `(C, R, c, P)`, the reply entry
 //! `(B, R', b, s)`. Each entry's rewritten tuple, swapped, is its partner's key.
@@ -158,6 +161,63 @@ impl CtKey4 {
     }
 }
 
+/// Value of the half-open table (`HALF_OPEN4`, a hash beside `CT4`): one entry per direction
+/// of a connection whose handshake has not completed, keyed like `CT4`'s. The SYN creates both
+/// (its NAT tuple is reserved here, not in `CT4`); the client's ACK of the backend's SYN-ACK
+/// moves `ct` of both into `CT4`. The table is bounded by a per-CPU ring of admissions
+/// (`HALF_OPEN_RING`): a new half-open connection evicts the oldest one its CPU admitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpen4 {
+    /// The entry this direction becomes in `CT4`.
+    pub ct: CtValue4,
+    /// Which admission this pair is (both entries carry it; see [`HalfOpenSlot::ticket`]).
+    pub ticket: u64,
+    /// Reply entry: the acknowledgment number (host order) of the client's ACK that completes
+    /// the handshake, the backend's initial sequence number + 1, once its SYN-ACK passed
+    /// (`ct.tcp_flags` has SYN and ACK). A blind spoofer cannot know it.
+    pub ack: u32,
+    pub _pad: u32,
+}
+crate::assert_layout!(HalfOpen4, size = 80, align = 8);
+
+/// One slot of the per-CPU admission ring (`HALF_OPEN_RING`): the forward key of a half-open
+/// connection this CPU admitted. When the ring comes round to the slot again, that connection
+/// is evicted if it is still half-open under the same ticket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpenSlot {
+    pub key: CtKey4,
+    pub _pad: u32,
+    /// `admissions << TICKET_CPU_BITS | cpu` at admission; 0 = never used.
+    pub ticket: u64,
+}
+crate::assert_layout!(HalfOpenSlot, size = 24, align = 8);
+
+/// The per-CPU cursor of the admission ring (`HALF_OPEN_NEXT`, one slot per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpenCursor {
+    /// The ring slot the next admission takes (wraps to 0 past the ring's end).
+    pub next: u32,
+    pub _pad: u32,
+    /// Admissions on this CPU so far.
+    pub admitted: u64,
+}
+crate::assert_layout!(HalfOpenCursor, size = 16, align = 8);
+
+/// Low bits of a ticket that hold the CPU, so tickets of different CPUs never collide.
+pub const TICKET_CPU_BITS: u32 = 12;
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, `repr(C)`, explicit padding.
+unsafe impl aya::Pod for HalfOpen4 {}
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, `repr(C)`, explicit padding.
+unsafe impl aya::Pod for HalfOpenSlot {}
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, `repr(C)`, explicit padding.
+unsafe impl aya::Pod for HalfOpenCursor {}
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, `repr(C)`, no padding.
 unsafe impl aya::Pod for CtKey4 {}

@@ -27,7 +27,8 @@ impl Hook {
 pub enum StatReason {
     /// Translated and redirected, for an existing connection.
     Forwarded = 0,
-    /// A SYN that created a connection, translated and redirected.
+    /// A SYN that created a connection (half-open until the client acknowledges the backend's
+    /// SYN-ACK), translated and redirected.
     NewConnection = 1,
     /// An ICMP error about a tracked connection, translated and redirected.
     IcmpTranslated = 2,
@@ -64,10 +65,18 @@ pub enum StatReason {
     DropTooBig = 17,
     /// The checksum helper refused a translated packet (cannot be handed on half-rewritten).
     DropRewriteFailed = 18,
+    /// The client's ACK of the backend's SYN-ACK (its acknowledgment number matched): the
+    /// connection moved from the half-open table into the connection table; translated and
+    /// redirected.
+    HandshakeConfirmed = 19,
+    /// A SYN that opened a connection when its CPU's share of the half-open table was full:
+    /// the oldest half-open connection that CPU admitted was evicted first (both entries; its
+    /// NAT tuple is free again). Translated and redirected, like `NewConnection`.
+    NewConnectionEvicting = 20,
 }
 
 impl StatReason {
-    pub const ALL: [StatReason; 19] = [
+    pub const ALL: [StatReason; 21] = [
         StatReason::Forwarded,
         StatReason::NewConnection,
         StatReason::IcmpTranslated,
@@ -87,6 +96,8 @@ impl StatReason {
         StatReason::DropConntrackInsert,
         StatReason::DropTooBig,
         StatReason::DropRewriteFailed,
+        StatReason::HandshakeConfirmed,
+        StatReason::NewConnectionEvicting,
     ];
 
     /// Stable metric label for the reason.
@@ -111,6 +122,8 @@ impl StatReason {
             StatReason::DropConntrackInsert => "drop_conntrack_insert",
             StatReason::DropTooBig => "drop_too_big",
             StatReason::DropRewriteFailed => "drop_rewrite_failed",
+            StatReason::HandshakeConfirmed => "handshake_confirmed",
+            StatReason::NewConnectionEvicting => "new_connection_evicting",
         }
     }
 

@@ -7,6 +7,7 @@ use router_common::{conntrack::CtKey4, csum, stats::StatReason};
 use crate::config;
 use crate::conntrack;
 use crate::ctx::Packet;
+use crate::half_open;
 use crate::nat::ttl_expires;
 use crate::parse::{
     ETH_LEN, ICMP_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TOT_LEN, IP_TTL, IPPROTO_TCP,
@@ -57,8 +58,14 @@ pub fn handle<P: Packet>(p: &P, ip: usize) -> Verdict {
         sport: q_dport,
         dport: q_sport,
     };
-    let Some(entry) = conntrack::lookup(&key) else {
-        return pass(p, StatReason::PassNotForRange);
+    // In CT4, or in the half-open table (an error about the SYN itself).
+    let entry = match conntrack::lookup(&key) {
+        Some(entry) => entry,
+        None => match half_open::lookup(&key) {
+            // SAFETY: a map value pointer from the look-up.
+            Some(entry) => unsafe { &mut (*entry).ct as *mut _ },
+            None => return pass(p, StatReason::PassNotForRange),
+        },
     };
     // SAFETY: a map value pointer from the conntrack look-up.
     if unsafe { &*entry }.is_tombstone() {

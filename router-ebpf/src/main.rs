@@ -3,7 +3,8 @@
 //! One module per concern, after Cilium's `bpf/lib/`: `parse` (bounds-checked packet access),
 //! `ctx` (what differs between XDP and TC), `verdict` (what a program does with a packet),
 //! `action` (a verdict as the hook's return code), `config` (settings and filters from the
-//! daemon), `conntrack` (the connection table), `nat` (translation and opening connections),
+//! daemon), `conntrack` (the connection table), `half_open` (connections until their handshake
+//! completes), `nat` (translation and opening connections),
 //! `redirect` (next hops and the redirect itself), `icmp` (errors about tracked connections),
 //! `stats` (one counted reason per packet), `clock`.
 //!
@@ -19,6 +20,7 @@ mod clock;
 mod config;
 mod conntrack;
 mod ctx;
+mod half_open;
 mod icmp;
 mod mss;
 mod nat;
@@ -216,27 +218,34 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
         dport,
     };
     let handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    let mut found = None;
     if let Some(entry) = conntrack::lookup(&key)
         // SAFETY: a map value pointer from the look-up.
         && !unsafe { &*entry }.is_tombstone()
     {
         // SAFETY: as above.
         let v = unsafe { &*entry };
-        let reason = if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
-            Some(StatReason::Forwarded)
+        if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
+            found = Some((entry, StatReason::Forwarded));
         } else if to_router && nat::restart_in_place(&key, router_port, entry) {
             // A new SYN on a connection that ended (the client reuses its port), on the same
             // route: the pair starts afresh.
-            Some(StatReason::NewConnection)
+            found = Some((entry, StatReason::NewConnection));
         } else {
             // Otherwise a new connection on the current route (or none).
             conntrack::remove_pair(&key, entry);
-            None
-        };
-        // One call site: `forward` is inlined, and each copy takes program stack.
-        if let Some(reason) = reason {
-            return nat::forward(p, ip, tcp, entry, flags, reason);
         }
+    }
+    if found.is_none() {
+        match half_open::handle(p, tcp, &key, flags) {
+            half_open::Step::Forward(entry, reason) => found = Some((entry, reason)),
+            half_open::Step::Done(verdict) => return verdict,
+            half_open::Step::Missing => {}
+        }
+    }
+    // One call site: `forward` is inlined, and each copy takes program stack.
+    if let Some((entry, reason)) = found {
+        return nat::forward(p, ip, tcp, entry, flags, reason);
     }
     if !to_router {
         return pass(p, StatReason::PassNotForRange);

@@ -1,12 +1,12 @@
 //! Full NAT of TCP: translating a packet by its connection entry, and opening a connection
-//! (route look-up, NAT source address and port, both entries).
+//! (route look-up, NAT source address and port, both entries, half-open until confirmed).
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use router_common::{
     config::NAT_PORT_PROBES,
     conntrack::{
-        CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK, TCP_SYN,
-        TCP_TRACKED,
+        CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, HalfOpen4, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK,
+        TCP_SYN, TCP_TRACKED,
     },
     route::{FAMILY_IPV4, ROUTE_MAP_SIZE, RouteKey, RouteValue},
     stats::{Hook, StatReason},
@@ -16,6 +16,7 @@ use crate::clock;
 use crate::config;
 use crate::conntrack;
 use crate::ctx::Packet;
+use crate::half_open;
 use crate::mss;
 use crate::parse::{
     ETH_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TTL, TCP_CHECK, TCP_DPORT, TCP_SPORT, load8,
@@ -79,10 +80,17 @@ fn clamp_handshake<P: Packet>(p: &P, tcp: usize, v: &CtValue4, out: &Out) -> u16
             sport: v.dport,
             dport: v.sport,
         };
-        if let Some(fwd) = conntrack::lookup(&forward_key) {
+        // In CT4, or in the half-open table while the handshake is under way.
+        let fwd_mtu = match conntrack::lookup(&forward_key) {
             // SAFETY: a map value pointer from the look-up; one field read.
-            mtu = mss::min_mtu(mtu, unsafe { (*fwd).nh_mtu });
-        }
+            Some(fwd) => unsafe { (*fwd).nh_mtu },
+            None => match half_open::lookup(&forward_key) {
+                // SAFETY: as above.
+                Some(fwd) => unsafe { (*fwd).ct.nh_mtu },
+                None => 0,
+            },
+        };
+        mtu = mss::min_mtu(mtu, fwd_mtu);
     }
     if mtu == 0 {
         return 0;
@@ -161,7 +169,7 @@ pub fn forward<P: Packet>(
 /// tracked: closing connections stay 10 s, and a busy client wraps its ephemeral ports faster):
 /// when the route and the next hop are still what the pair was made for, restarts the pair in
 /// place and returns true; the caller then forwards the SYN on it. That is the same tuple
-/// toward the backend `reclaim_own_tuple` would give this client once the pair were gone,
+/// toward the backend `reserve_reply` would give this client once the pair were gone,
 /// without the two deletes and two inserts of removing it and opening it again (in a large
 /// table those LRU operations are most of what a new connection costs). The counters carry
 /// on, so per-route totals never go back. Fields are read through the pointers, not copied:
@@ -206,7 +214,9 @@ pub fn restart_in_place(key: &CtKey4, port: u16, entry: *mut CtValue4) -> bool {
     true
 }
 
-/// Opens a connection for a SYN (`key` is its tuple, `port` the router port in host order).
+/// Opens a connection for a SYN (`key` is its tuple, `port` the router port in host order): a
+/// half-open pair in `HALF_OPEN4` (see `half_open`), which the client's completing ACK moves into
+/// `CT4`.
 #[inline(always)]
 pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) -> Verdict {
     if !config::is_local(key.daddr) {
@@ -251,6 +261,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     }
     let now = clock::now();
     let client_side = key.swapped();
+    let ticket = half_open::next_ticket();
     // The tuple the connection has toward the backend; its source port is allocated below.
     let mut out = CtKey4 {
         saddr: nat_src,
@@ -258,127 +269,142 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         sport: key.sport,
         dport: route.port_be,
     };
-    let mut reserved = reserve_reply(&mut out, &client_side, route.route_id, now, key.sport)
-        || reclaim_own_tuple(&mut out, &client_side, route.route_id, now, key.sport);
-    if !reserved {
-        // Independent random tries: sequential probing from one random start would walk into
-        // the clusters earlier allocations leave, and fail long before the range is full.
-        let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
-        let span = if max >= min { max - min + 1 } else { 1 };
-        let mut i = 0;
-        while i < NAT_PORT_PROBES {
-            // SAFETY: a helper without arguments.
-            let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
-            if reserve_reply(&mut out, &client_side, route.route_id, now, port.to_be()) {
-                reserved = true;
-                break;
-            }
-            i += 1;
-        }
-    }
-    if !reserved {
+    let pair = Pair {
+        client_side: &client_side,
+        route_id: route.route_id,
+        now,
+        ticket,
+    };
+    if !allocate_source_port(&mut out, &pair, key.sport, settings) {
         return drop(p, StatReason::DropNoSourcePort);
     }
-    let mut fwd = CtValue4::rewrite(key, &out, 0);
-    fwd.route_id = route.route_id;
-    fwd.tcp_flags = TCP_SYN;
-    fwd.last_seen = now;
-    fwd.packets = p.segments();
-    fwd.bytes = p.frame_len();
+    let mut fwd = HalfOpen4 {
+        ct: CtValue4::rewrite(key, &out, 0),
+        ticket,
+        ack: 0,
+        _pad: 0,
+    };
+    fwd.ct.route_id = route.route_id;
+    fwd.ct.tcp_flags = TCP_SYN;
+    fwd.ct.last_seen = now;
+    fwd.ct.packets = p.segments();
+    fwd.ct.bytes = p.frame_len();
     match neigh {
         None => {
-            redirect::cache(&mut fwd, &found, settings.nh_epoch);
+            redirect::cache(&mut fwd.ct, &found, settings.nh_epoch);
             if P::HOOK == Hook::Xdp {
-                fwd.flags |= NH_XDP_CHECKED | NH_XDP_OK;
+                fwd.ct.flags |= NH_XDP_CHECKED | NH_XDP_OK;
             }
         }
         // The next hop is not cached, but the SYN-ACK's MSS clamp reads the link's MTU here.
-        Some((ifindex, _)) => fwd.nh_mtu = redirect::dev_mtu(p, ifindex),
+        Some((ifindex, _)) => fwd.ct.nh_mtu = redirect::dev_mtu(p, ifindex),
     }
-    if !conntrack::insert_new(key, &fwd) {
-        // Another CPU opened the same connection a moment ago; a reclaimed tuple is the same
-        // reply entry for both, which stays for the winner.
-        let shared = match conntrack::lookup(key) {
-            // SAFETY: a map value pointer from the look-up, read once.
-            Some(existing) => (unsafe { (*existing).rewritten() }) == out,
-            None => false,
-        };
-        if !shared {
-            conntrack::remove(&out.swapped());
-        }
-        // Another CPU opened the same connection (a retransmitted SYN) a moment ago.
-        return match conntrack::lookup(key) {
-            Some(existing) => forward(p, ip, tcp, existing, TCP_SYN, StatReason::Forwarded),
+    if !half_open::insert_new(key, &fwd) {
+        // Another CPU opened the same connection (a retransmitted SYN) a moment ago, on
+        // another tuple (the reply entries are unique): this one's reservation goes.
+        half_open::remove(&out.swapped());
+        return match half_open::lookup(key) {
+            // SAFETY: a map value pointer from the look-up.
+            Some(existing) => forward(
+                p,
+                ip,
+                tcp,
+                unsafe { &mut (*existing).ct },
+                TCP_SYN,
+                StatReason::Forwarded,
+            ),
             None => drop(p, StatReason::DropConntrackInsert),
         };
     }
-    conntrack::count_created();
-    let extra = mss::clamp(p, tcp, fwd.nh_mtu);
-    if !rewrite(p, ip, tcp, &fwd, neigh.is_none(), extra) {
+    let reason = if half_open::admit(key, ticket) {
+        StatReason::NewConnectionEvicting
+    } else {
+        StatReason::NewConnection
+    };
+    let extra = mss::clamp(p, tcp, fwd.ct.nh_mtu);
+    if !rewrite(p, ip, tcp, &fwd.ct, neigh.is_none(), extra) {
         return drop(p, StatReason::DropRewriteFailed);
     }
-    crate::stats::count(P::HOOK, StatReason::NewConnection, p.frame_len());
+    crate::stats::count(P::HOOK, reason, p.frame_len());
     match neigh {
         Some((ifindex, nh)) => Verdict::RedirectNeigh(ifindex, nh),
-        None => redirect::cached(&fwd),
+        None => redirect::cached(&fwd.ct),
     }
 }
 
-/// Takes back the tuple toward the backend that the same client tuple used last (its reply
-/// entry is a tombstone translating to exactly `client_side`): a client reusing its port for
-/// the same router port. The backend may still hold that tuple in TIME_WAIT; it accepts a new
-/// SYN there only when its timestamp (or sequence number) is newer, which holds for the same
-/// client tuple (the same clock and offset) as it does without NAT, but not for another client
-/// (why other clients probe for another port). Without this, churn from one client spends the
-/// NAT port range, and tuples whose tombstone was evicted meet the backend's TIME_WAIT with
-/// another client's timestamps (PAWS rejects them: a 1 s SYN retransmission each).
+/// Reserves a source port for the connection's side toward the backend (`out`): the client's
+/// own port `client_port` when free there, else independent random tries in the NAT source
+/// range (sequential probing from one random start would walk into the clusters earlier
+/// allocations leave, and fail long before the range is full). False: none found.
 #[inline(always)]
-fn reclaim_own_tuple(
+fn allocate_source_port(
     out: &mut CtKey4,
-    client_side: &CtKey4,
+    pair: &Pair,
+    client_port: u16,
+    settings: &router_common::config::Settings,
+) -> bool {
+    if reserve_reply(out, pair, client_port) {
+        return true;
+    }
+    let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
+    let span = if max >= min { max - min + 1 } else { 1 };
+    let mut i = 0;
+    while i < NAT_PORT_PROBES {
+        // SAFETY: a helper without arguments.
+        let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
+        if reserve_reply(out, pair, port.to_be()) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// What the two entries of a connection being opened share.
+struct Pair<'a> {
+    /// The client's tuple as replies leave toward it (router:port -> client:port).
+    client_side: &'a CtKey4,
     route_id: u32,
     now: u32,
-    sport: u16,
-) -> bool {
-    out.sport = sport;
-    let reply_key = out.swapped();
-    let Some(existing) = conntrack::lookup(&reply_key) else {
-        return false;
-    };
-    // SAFETY: a map value pointer from the look-up; copied out at once.
-    let existing = unsafe { *existing };
-    if !existing.is_tombstone() || existing.rewritten() != *client_side {
-        return false;
-    }
-    conntrack::replace(
-        &reply_key,
-        &reply_entry(&reply_key, client_side, route_id, now),
-    )
-}
-
-/// The entry that translates the backend's packets on `reply_key` back to the client.
-#[inline(always)]
-fn reply_entry(reply_key: &CtKey4, client_side: &CtKey4, route_id: u32, now: u32) -> CtValue4 {
-    let mut reply = CtValue4::rewrite(reply_key, client_side, F_TO_CLIENT);
-    reply.route_id = route_id;
-    reply.last_seen = now;
-    reply
+    ticket: u64,
 }
 
 /// Claims source port `sport` (network order) for the connection's backend side by inserting
-/// its reply entry; fails when another connection to the same backend has it.
+/// its reply entry into the half-open table; fails when another connection to the same backend
+/// has the tuple, half-open or in `CT4`. The one exception is the tuple the same client tuple
+/// used last (its `CT4` reply entry is a tombstone translating to exactly this client): a
+/// client reusing its port for the same router port takes it back, and confirmation replaces
+/// the tombstone. The backend may still hold that tuple in TIME_WAIT; it accepts a new SYN
+/// there only when its timestamp (or sequence number) is newer, which holds for the same client
+/// tuple (the same clock and offset) as it does without NAT, but not for another client (why
+/// other clients probe for another port). Without this, churn from one client spends the NAT
+/// port range, and tuples whose tombstone was evicted meet the backend's TIME_WAIT with another
+/// client's timestamps (PAWS rejects them: a 1 s SYN retransmission each).
+///
+/// The half-open insert comes first and the `CT4` check second: a confirmation inserts into
+/// `CT4` before it removes the half-open entry, so a tuple is never seen free in both.
 #[inline(always)]
-fn reserve_reply(
-    out: &mut CtKey4,
-    client_side: &CtKey4,
-    route_id: u32,
-    now: u32,
-    sport: u16,
-) -> bool {
+fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
     out.sport = sport;
     let reply_key = out.swapped();
-    conntrack::insert_new(
-        &reply_key,
-        &reply_entry(&reply_key, client_side, route_id, now),
-    )
+    let mut reply = HalfOpen4 {
+        ct: CtValue4::rewrite(&reply_key, pair.client_side, F_TO_CLIENT),
+        ticket: pair.ticket,
+        ack: 0,
+        _pad: 0,
+    };
+    reply.ct.route_id = pair.route_id;
+    reply.ct.last_seen = pair.now;
+    if !half_open::insert_new(&reply_key, &reply) {
+        return false;
+    }
+    let Some(existing) = conntrack::lookup(&reply_key) else {
+        return true;
+    };
+    // SAFETY: a map value pointer from the look-up, read once.
+    let own = unsafe { (*existing).is_tombstone() && (*existing).rewritten() == *pair.client_side };
+    if !own {
+        half_open::remove(&reply_key);
+    }
+    own
 }

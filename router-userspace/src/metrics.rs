@@ -554,6 +554,28 @@ fn encode_conntrack(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<()
         )?;
         single(
             encoder,
+            "task_router_half_open_connections",
+            "connections whose handshake is under way (the half-open table), as of the last sweep",
+            MetricType::Gauge,
+            sweep.half_open as f64,
+        )?;
+        single(
+            encoder,
+            "task_router_half_open_capacity",
+            "half-open connections admitted before a SYN evicts the oldest \
+             (verdict reason new_connection_evicting)",
+            MetricType::Gauge,
+            sweep.half_open_capacity as f64,
+        )?;
+        single(
+            encoder,
+            "task_router_half_open_last_sweep_expired",
+            "abandoned or refused handshakes the last sweep removed from the half-open table",
+            MetricType::Gauge,
+            sweep.half_open_expired as f64,
+        )?;
+        single(
+            encoder,
             "task_router_conntrack_last_sweep_seconds",
             "how long the last conntrack sweep took",
             MetricType::Gauge,

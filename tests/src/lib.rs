@@ -6,9 +6,11 @@
 
 pub mod attached;
 pub mod clearml_server;
+pub mod connect_loop;
 pub mod daemon;
 pub mod e2e;
 pub mod engine;
+pub mod flood_setup;
 pub mod http_backend;
 pub mod http_client;
 pub mod metrics;
@@ -21,6 +23,7 @@ pub mod pins;
 pub mod progtest_cases;
 pub mod routes;
 pub mod scenario;
+pub mod syn_flood;
 pub mod topology;
 pub mod traffic;
 pub mod wait;

@@ -5,9 +5,10 @@
 //! The packet paths are tables of cases (`router_tests::progtest_cases`: a frame, the verdict,
 //! what leaves, what the counters say) run in order by [`Env::run_cases`], which names the
 //! failing case. What is about the connection table over time (closing and the sweeper, a full
-//! table, TIME_WAIT, a reused port, the peer hand-off) stays a function.
+//! table, TIME_WAIT, a reused port, the peer hand-off, the half-open table under a flood) stays
+//! a function.
 
-use router_common::conntrack::{CtKey4, CtValue4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN};
+use router_common::conntrack::{CtKey4, CtValue4, HalfOpen4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN};
 use router_common::stats::{Hook, StatReason};
 use router_tests::netns::Netns;
 use router_tests::packet::{
@@ -216,13 +217,20 @@ impl Env {
         if let Some(n) = case.live {
             assert_eq!(self.dp.fill().expect("fill").0, n, "{name}: live count");
         }
+        if let Some(n) = case.half_open_entries {
+            let (entries, _) = self.dp.half_open_table().expect("half-open table");
+            assert_eq!(entries.len(), n, "{name}: half-open entries");
+        }
         if let Some((client_port, router_port, tracked)) = case.tracked {
             let key = CtKey4 {
                 dport: router_port.to_be(),
                 ..self.forward_key(client_port)
             };
+            let entry = self.dp.conntrack_entry(&key);
             assert_eq!(
-                self.dp.conntrack_entry(&key).is_some(),
+                entry
+                    .or_else(|| self.dp.half_open_entry(&key).map(|h| h.ct))
+                    .is_some(),
                 tracked,
                 "{name}: an entry for {client_port} → {router_port}"
             );
@@ -279,10 +287,33 @@ impl Env {
         }
     }
 
+    /// The entry at `key`: in the connection table, or in the half-open table while the
+    /// handshake is under way.
     fn entry(&self, key: &CtKey4) -> CtValue4 {
         self.dp
             .conntrack_entry(key)
+            .or_else(|| self.dp.half_open_entry(key).map(|h| h.ct))
             .unwrap_or_else(|| panic!("no conntrack entry for {key:?}"))
+    }
+
+    /// The half-open table's entry at `key`.
+    fn half_open(&self, key: &CtKey4) -> HalfOpen4 {
+        self.dp
+            .half_open_entry(key)
+            .unwrap_or_else(|| panic!("no half-open entry for {key:?}"))
+    }
+
+    /// SYN, SYN-ACK and the client's ACK: the connection of client port `sport` is confirmed.
+    fn establish(&mut self, sport: u16) {
+        self.open(sport);
+        let synack = self.net.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+        assert_eq!(self.run(&synack, false).retval, self.redirected());
+        let ack = self.net.client_packet(sport, TCP_ACK).build();
+        assert_eq!(self.run(&ack, true).retval, self.redirected());
+        assert!(
+            self.dp.conntrack_entry(&self.forward_key(sport)).is_some(),
+            "confirmed"
+        );
     }
 }
 
@@ -418,6 +449,9 @@ both_hooks!(
     handshake_mss_is_clamped_to_the_links,
     lengths_that_do_not_hold_the_headers_pass_untouched,
     the_peer_hand_off_follows_where_the_egress_peer_lives,
+    a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms,
+    a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple,
+    established_connections_are_never_evicted_by_syns,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -455,6 +489,8 @@ fn new_connection_is_translated_and_tracked(program: Program) {
                 )
             );
             assert_eq!(reply.route_id, fwd.route_id);
+            // Half-open: both entries and the tuple are in the half-open table.
+            assert!(env.dp.conntrack_entry(&env.forward_key(40000)).is_none());
             env.run_cases(retransmitted);
         },
     );
@@ -563,30 +599,33 @@ fn fin_and_rst_close_and_the_sweeper_expires_them(program: Program) {
         let out = env.run(&rst, false);
         assert_eq!(out.retval, env.redirected());
         assert_eq!(parse(&out.frame).expect("parses").flags, TCP_RST | TCP_ACK);
-        // A new SYN from the same client port opens afresh.
+        // A new SYN from the same client port opens afresh (half-open, on the same tuple).
         env.open(40001);
         assert_eq!(env.count(StatReason::NewConnection), 3);
         assert_eq!(env.entry(&env.forward_key(40001)).tcp_flags, CT_SYN);
 
         // Connection 3 stays open. Closing ones expire at once with a zero closing timeout.
-        env.open(40002);
+        env.establish(40002);
         env.dp.set_timeouts(Timeouts {
             closing: Duration::ZERO,
             ..Timeouts::default()
         });
         let report = env.dp.sweep().expect("sweep");
         assert_eq!(report.expired, 1, "{report:?}");
-        assert_eq!(report.live, 2);
+        assert_eq!((report.live, report.half_open), (1, 1), "{report:?}");
         assert!(env.dp.conntrack_entry(&env.forward_key(40000)).is_none());
         assert!(env.dp.conntrack_entry(&env.forward_key(40002)).is_some());
-        assert_eq!(env.dp.fill().expect("fill").0, 2, "kernel count corrected");
-        // Opening connections expire after their own timeout.
+        assert_eq!(env.dp.fill().expect("fill").0, 1, "kernel count corrected");
+        // Opening connections expire after their own timeout, half-open ones too.
         env.dp.set_timeouts(Timeouts {
             opening: Duration::ZERO,
+            established: Duration::ZERO,
             ..Timeouts::default()
         });
         let report = env.dp.sweep().expect("sweep");
-        assert_eq!((report.expired, report.live), (2, 0));
+        assert_eq!((report.expired, report.live), (1, 0), "{report:?}");
+        assert_eq!((report.half_open_expired, report.half_open), (1, 0));
+        assert!(env.dp.half_open_entry(&env.forward_key(40001)).is_none());
         assert_eq!(env.dp.fill().expect("fill").0, 0);
     });
 }
@@ -602,13 +641,28 @@ fn full_table_is_a_counted_drop(program: Program) {
         )
     };
     with_env(program, two, |env, _| {
-        env.open(40000);
+        env.establish(40000);
+        // Two handshakes under way: half-open connections do not count against the table.
         env.open(40001);
-        let syn = env.net.client_packet(40002, TCP_SYN).build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.dropped());
-        assert_eq!(env.count(StatReason::DropTableFull), 1);
-        assert!(env.dp.conntrack_entry(&env.forward_key(40002)).is_none());
+        env.open(40002);
+        assert_eq!(env.dp.fill().expect("fill"), (1, 2));
+        for sport in [40001, 40002] {
+            let synack = env.net.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+            assert_eq!(env.run(&synack, false).retval, env.redirected());
+        }
+        let ack_1 = env.net.client_packet(40001, TCP_ACK).build();
+        assert_eq!(env.run(&ack_1, true).retval, env.redirected());
+        assert_eq!(env.dp.fill().expect("fill"), (2, 2));
+        // Full: a new SYN is dropped, and so is a handshake's completing ACK, whose pair stays
+        // half-open for the client's next segment.
+        let syn = env.net.client_packet(40003, TCP_SYN).build();
+        assert_eq!(env.run(&syn, true).retval, env.dropped());
+        let ack_2 = env.net.client_packet(40002, TCP_ACK).build();
+        assert_eq!(env.run(&ack_2, true).retval, env.dropped());
+        assert_eq!(env.count(StatReason::DropTableFull), 2);
+        assert!(env.dp.conntrack_entry(&env.forward_key(40003)).is_none());
+        assert!(env.dp.half_open_entry(&env.forward_key(40003)).is_none());
+        assert!(env.dp.half_open_entry(&env.forward_key(40002)).is_some());
         assert_eq!(env.dp.fill().expect("fill"), (2, 2));
         // Room again once the sweeper expired a connection.
         let rst = env.net.client_packet(40000, TCP_RST).build();
@@ -620,8 +674,11 @@ fn full_table_is_a_counted_drop(program: Program) {
         let report = env.dp.sweep().expect("sweep");
         assert_eq!((report.live, report.expired), (1, 1));
         assert!((report.fill() - 0.5).abs() < 1e-9);
-        env.open(40002);
-        assert_eq!(env.count(StatReason::DropTableFull), 1);
+        // The waiting handshake completes at the client's next segment.
+        assert_eq!(env.run(&ack_2, true).retval, env.redirected());
+        assert_eq!(env.count(StatReason::HandshakeConfirmed), 3);
+        assert_eq!(env.dp.fill().expect("fill"), (2, 2));
+        assert_eq!(env.count(StatReason::DropTableFull), 2);
     });
 }
 
@@ -675,6 +732,18 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
             "own tuple back"
         );
         assert_checksums(&out.frame);
+        // Half-open on the tuple; the tombstone keeps it until the handshake completes.
+        assert!(!env.half_open(&reply_key).ct.is_tombstone());
+        assert!(
+            env.dp
+                .conntrack_entry(&reply_key)
+                .expect("CT4")
+                .is_tombstone()
+        );
+        let synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        assert_eq!(env.run(&synack, false).retval, env.redirected());
+        let ack = env.net.client_packet(40000, TCP_ACK).build();
+        assert_eq!(env.run(&ack, true).retval, env.redirected());
         let reply = env.entry(&reply_key);
         assert!(!reply.is_tombstone(), "the tuple is live again");
         assert_eq!(
@@ -682,8 +751,6 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
             reply
         );
         // Close it again so the rest of the test sees a tombstone on the tuple.
-        let synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK).build();
-        assert_eq!(env.run(&synack, false).retval, env.redirected());
         let rst = env.net.client_packet(40000, TCP_RST | TCP_ACK).build();
         assert_eq!(env.run(&rst, true).retval, env.redirected());
         let report = env.dp.sweep().expect("sweep");
@@ -823,5 +890,210 @@ fn the_peer_hand_off_follows_where_the_egress_peer_lives(program: Program) {
             dport: 40000u16.to_be(),
         };
         assert_eq!(env.entry(&reply_key).flags & NH_PEER, 0);
+    });
+}
+
+fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Program) {
+    with_env(program, no_cases, |env, _| {
+        env.open(40000);
+        let fwd_key = env.forward_key(40000);
+        let fwd = env.half_open(&fwd_key);
+        let reply_key = CtKey4::partner_of(&fwd.ct);
+        let reply = env.half_open(&reply_key);
+        assert!(!fwd.ct.to_client() && reply.ct.to_client());
+        assert_eq!(fwd.ticket, reply.ticket, "one admission");
+        assert_ne!(fwd.ticket, 0);
+        assert!(env.dp.conntrack_entry(&fwd_key).is_none(), "not confirmed");
+        assert!(env.dp.conntrack_entry(&reply_key).is_none());
+        assert_eq!(env.dp.fill().expect("fill").0, 0);
+        let conns = env.dp.connections().expect("connections");
+        assert_eq!(conns.len(), 1, "{conns:?}");
+        assert_eq!(conns[0].state, ConnState::Opening);
+
+        // The backend's SYN-ACK goes back to the client and records what completes the
+        // handshake; the connection stays half-open.
+        let mut synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK);
+        synack.seq = 0xffff_fff0;
+        let out = env.run(&synack.build(), false);
+        assert_eq!(out.retval, env.redirected());
+        let p = parse(&out.frame).expect("parses");
+        assert_eq!(
+            (p.saddr, p.daddr, p.dport),
+            (env.net.router, env.net.client, 40000)
+        );
+        assert_checksums(&out.frame);
+        assert_eq!(env.half_open(&reply_key).ack, 0xffff_fff1);
+        assert!(env.dp.conntrack_entry(&fwd_key).is_none());
+
+        // An ACK that does not acknowledge the SYN-ACK (what a blind spoofer sends) is
+        // forwarded (the backend answers it with a RST) but confirms nothing.
+        let mut blind = env.net.client_packet(40000, TCP_ACK);
+        blind.ack = 0xffff_fff0;
+        assert_eq!(env.run(&blind.build(), true).retval, env.redirected());
+        assert!(env.dp.conntrack_entry(&fwd_key).is_none());
+        assert_eq!(env.count(StatReason::HandshakeConfirmed), 0);
+
+        // The client's ACK of the SYN-ACK moves both entries into the connection table.
+        let mut ack = env.net.client_packet(40000, TCP_ACK).payload(b"hello");
+        ack.ack = 0xffff_fff1;
+        let out = env.run(&ack.build(), true);
+        assert_eq!(out.retval, env.redirected());
+        let p = parse(&out.frame).expect("parses");
+        assert_eq!(
+            (p.saddr, p.daddr, p.sport),
+            (env.net.nat_source, env.net.backend, 40000)
+        );
+        assert_checksums(&out.frame);
+        assert_eq!(env.count(StatReason::HandshakeConfirmed), 1);
+        assert!(env.dp.half_open_entry(&fwd_key).is_none());
+        assert!(env.dp.half_open_entry(&reply_key).is_none());
+        let confirmed = env.dp.conntrack_entry(&fwd_key).expect("confirmed");
+        assert_eq!(confirmed.rewritten(), fwd.ct.rewritten(), "the same tuple");
+        assert_eq!(
+            confirmed.packets, 3,
+            "SYN, blind ACK, ACK: the counters carry on"
+        );
+        assert_eq!(CtKey4::partner_of(&confirmed), reply_key);
+        assert!(
+            env.dp
+                .conntrack_entry(&reply_key)
+                .expect("reply")
+                .to_client()
+        );
+        assert_eq!(env.dp.fill().expect("fill").0, 1);
+        let conns = env.dp.connections().expect("connections");
+        assert_eq!(conns.len(), 1, "{conns:?}");
+        assert_eq!(conns[0].state, ConnState::Established);
+        // From now on the connection's packets hit the connection table.
+        let answer = env
+            .net
+            .backend_packet(40000, TCP_ACK)
+            .payload(b"world")
+            .build();
+        assert_eq!(env.run(&answer, false).retval, env.redirected());
+        assert_eq!(env.count(StatReason::Forwarded), 3);
+    });
+}
+
+/// Pins the calling thread to one CPU: the half-open ring is per CPU, and BPF_PROG_TEST_RUN
+/// runs the program on the caller's.
+fn pin_to_one_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    let cpu = nix::sched::sched_getcpu().unwrap_or(0);
+    set.set(cpu).expect("cpu set");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to a CPU");
+}
+
+/// Spoofed SYNs from `count` distinct clients in 10.250.0.0/16, client ports from 1024 up;
+/// returns the client addresses and ports.
+fn spoofed_syns(env: &mut Env, count: u32) -> Vec<(Ipv4Addr, u16)> {
+    (0..count)
+        .map(|i| {
+            let from = Ipv4Addr::new(10, 250, (i >> 8) as u8, i as u8);
+            let sport = 1024 + i as u16;
+            let syn = env.net.packet_from(from, sport, TCP_SYN).build();
+            assert_eq!(env.run(&syn, true).retval, env.redirected(), "SYN {i}");
+            (from, sport)
+        })
+        .collect()
+}
+
+fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program) {
+    with_env(program, no_cases, |env, _| {
+        pin_to_one_cpu();
+        let (_, capacity) = env.dp.half_open_table().expect("half-open");
+        // SYNs until the first eviction: that is this CPU's share of the table.
+        let mut admitted = 0u32;
+        while env.count(StatReason::NewConnectionEvicting) == 0 {
+            assert!(admitted <= capacity, "no eviction after {admitted} SYNs");
+            let from = Ipv4Addr::new(10, 250, (admitted >> 8) as u8, admitted as u8);
+            let syn = env
+                .net
+                .packet_from(from, 1024 + admitted as u16, TCP_SYN)
+                .build();
+            assert_eq!(env.run(&syn, true).retval, env.redirected());
+            admitted += 1;
+        }
+        let share = admitted - 1;
+        assert!(share >= 1 && share <= capacity, "{share} of {capacity}");
+        assert_eq!(env.count(StatReason::NewConnection), share as u64);
+        let key = |i: u32| CtKey4 {
+            saddr: raw(Ipv4Addr::new(10, 250, (i >> 8) as u8, i as u8)),
+            sport: (1024 + i as u16).to_be(),
+            ..env.forward_key(0)
+        };
+        // The oldest went, both entries; the newest are there.
+        assert!(env.dp.half_open_entry(&key(0)).is_none(), "oldest evicted");
+        let evicted_reply = CtKey4 {
+            saddr: raw(env.net.backend),
+            daddr: raw(env.net.nat_source),
+            sport: BACKEND_PORT.to_be(),
+            dport: 1024u16.to_be(),
+        };
+        assert!(env.dp.half_open_entry(&evicted_reply).is_none());
+        assert!(
+            env.dp.half_open_entry(&key(1)).is_some(),
+            "second oldest kept"
+        );
+        assert!(env.dp.half_open_entry(&key(share)).is_some(), "newest kept");
+        let (entries, _) = env.dp.half_open_table().expect("half-open");
+        assert_eq!(entries.len(), 2 * share as usize);
+        // Its tuple is free again: another client with that port gets it; a client with the
+        // port of a connection still half-open gets another.
+        let syn = env
+            .net
+            .packet_from(Ipv4Addr::new(10, 251, 0, 1), 1024, TCP_SYN)
+            .build();
+        let out = env.run(&syn, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_eq!(
+            parse(&out.frame).expect("parses").sport,
+            1024,
+            "tuple reused"
+        );
+        let syn = env
+            .net
+            .packet_from(Ipv4Addr::new(10, 251, 0, 2), 1024 + share as u16, TCP_SYN)
+            .build();
+        let out = env.run(&syn, true);
+        assert_eq!(out.retval, env.redirected());
+        let sport = parse(&out.frame).expect("parses").sport;
+        assert!((61000..=65535).contains(&sport), "probed: {sport}");
+        assert_eq!(env.count(StatReason::NewConnectionEvicting), 3);
+        // Nothing reached the connection table.
+        assert_eq!(env.dp.fill().expect("fill").0, 0);
+        assert!(env.dp.conntrack_table().expect("CT4").is_empty());
+    });
+}
+
+fn established_connections_are_never_evicted_by_syns(program: Program) {
+    with_env(program, no_cases, |env, _| {
+        pin_to_one_cpu();
+        env.establish(40000);
+        let fwd_key = env.forward_key(40000);
+        let before = env.entry(&fwd_key);
+        let (_, capacity) = env.dp.half_open_table().expect("half-open");
+        spoofed_syns(env, 2 * capacity + 8);
+        assert!(env.count(StatReason::NewConnectionEvicting) > 0);
+        let after = env.dp.conntrack_entry(&fwd_key).expect("still tracked");
+        assert_eq!(after.rewritten(), before.rewritten());
+        assert_eq!(env.dp.fill().expect("fill").0, 1);
+        let data = env
+            .net
+            .client_packet(40000, TCP_ACK)
+            .payload(b"still here")
+            .build();
+        let out = env.run(&data, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_eq!(parse(&out.frame).expect("parses").sport, 40000);
+        let answer = env.net.backend_packet(40000, TCP_ACK).build();
+        assert_eq!(env.run(&answer, false).retval, env.redirected());
+        let conns = env.dp.connections().expect("connections");
+        let established: Vec<_> = conns
+            .iter()
+            .filter(|c| c.state == ConnState::Established)
+            .collect();
+        assert_eq!(established.len(), 1, "{established:?}");
+        assert!(conns.len() as u32 <= capacity + 1);
     });
 }

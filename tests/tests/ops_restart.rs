@@ -348,10 +348,18 @@ fn connections_survive_sigterm_sigkill_gaps_restarts_and_an_upgrade() {
     let rr = Interactive::start(Client::connect(&s.t.client, s.router()).expect("connect rr"));
     wait_for_traffic("traffic through the first daemon", &bulk, &rr);
 
-    let maps: Vec<(String, u64)> = ["ROUTES", "CT4", "CT_COUNT", "PORT_FLAGS", "STATS"]
-        .iter()
-        .map(|m| (m.to_string(), map_id(&s.pin(m))))
-        .collect();
+    let maps: Vec<(String, u64)> = [
+        "ROUTES",
+        "CT4",
+        "CT_COUNT",
+        "HALF_OPEN4",
+        "HALF_OPEN_RING",
+        "PORT_FLAGS",
+        "STATS",
+    ]
+    .iter()
+    .map(|m| (m.to_string(), map_id(&s.pin(m))))
+    .collect();
     let links_before: Vec<(u64, u64)> = s.link_pins().iter().map(|p| link(p)).collect();
     let connections = map_keys(&s.pin("CT4"));
     assert!(

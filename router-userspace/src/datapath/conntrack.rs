@@ -26,7 +26,7 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 pub struct Timeouts {
     /// Handshake complete, or half-closed (one FIN): a long-lived, possibly quiet connection.
     pub established: Duration,
-    /// SYN seen, handshake not complete.
+    /// SYN seen, handshake not complete (in the half-open table: the client silent that long).
     pub opening: Duration,
     /// Both FINs or a RST seen.
     pub closing: Duration,
@@ -174,6 +174,11 @@ pub struct SweepReport {
     pub orphans: u64,
     /// Tuples of closed connections still reserved (see [`Timeouts::time_wait`]).
     pub tombstones: u64,
+    /// Half-open connections (handshake under way, in the half-open table) after the sweep,
+    /// what that table admits before it evicts, and how many the sweep removed.
+    pub half_open: u64,
+    pub half_open_capacity: u64,
+    pub half_open_expired: u64,
     /// Per route id: live connections and traffic since the datapath was opened.
     pub routes: BTreeMap<u32, RouteCounters>,
     /// Router ports and backend ports with connections in the table.
@@ -200,6 +205,27 @@ pub struct Conntrack {
     retired: BTreeMap<u32, RouteCounters>,
     timeouts: Timeouts,
     pressure: Pressure,
+}
+
+/// Every entry of the hash map `fd` (named `map` in errors), read in batches.
+pub(super) fn read_table<K, V>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    map: &'static str,
+) -> Result<std::collections::HashMap<K, V>, DatapathError>
+where
+    K: Copy + Default + Eq + std::hash::Hash,
+    V: Copy + Default,
+{
+    let mut entries = std::collections::HashMap::new();
+    sys::for_each_entry::<K, V>(fd, SCAN_CHUNK, |k, v| {
+        entries.insert(*k, *v);
+    })
+    .map_err(|source| DatapathError::MapSyscall {
+        operation: "batch look-up",
+        map,
+        source,
+    })?;
+    Ok(entries)
 }
 
 fn ip(raw: u32) -> Ipv4Addr {
@@ -258,6 +284,10 @@ impl Conntrack {
         self.timeouts = timeouts;
     }
 
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     pub fn set_pressure(&mut self, pressure: Pressure) {
         self.pressure = pressure;
     }
@@ -281,20 +311,7 @@ impl Conntrack {
 
     /// Every entry of the table.
     pub fn scan(&self) -> Result<std::collections::HashMap<CtKey4, CtValue4>, DatapathError> {
-        let mut entries = std::collections::HashMap::new();
-        sys::for_each_entry::<CtKey4, CtValue4>(
-            self.table.map().fd().as_fd(),
-            SCAN_CHUNK,
-            |k, v| {
-                entries.insert(*k, *v);
-            },
-        )
-        .map_err(|source| DatapathError::MapSyscall {
-            operation: "batch look-up",
-            map: CT4,
-            source,
-        })?;
-        Ok(entries)
+        read_table(self.table.map().fd().as_fd(), CT4)
     }
 
     fn created(&self) -> Result<u64, DatapathError> {

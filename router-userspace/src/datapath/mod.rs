@@ -26,6 +26,8 @@ pub mod attach;
 pub mod capability;
 pub mod clock;
 pub mod conntrack;
+pub mod half_open;
+pub mod half_open_sizes;
 pub mod kernel_log;
 mod key_set;
 mod netlink;
@@ -75,6 +77,7 @@ pub struct Datapath {
     routes: route_map::RouteMap,
     ports: port_flags::PortFlags,
     conntrack: conntrack::Conntrack,
+    half_open: half_open::HalfOpen,
     addresses: addresses::LocalAddresses,
     peer_devs: peer_devs::PeerDevs,
     xdp_targets: xdp_targets::XdpTargets,
@@ -131,7 +134,12 @@ fn check_pinned_shapes(
         let expected = definitions
             .get(name)
             .ok_or(DatapathError::MissingMap(name))?;
-        let min_entries = (name == maps::CT4).then(|| object::conntrack_entries(max_connections));
+        let min_entries = match name {
+            maps::CT4 => Some(object::conntrack_entries(max_connections)),
+            // Sized with the ring by the daemon that pinned them: any size is adopted.
+            maps::HALF_OPEN4 | maps::HALF_OPEN_RING => Some(0),
+            _ => None,
+        };
         let mismatch = |difference| DatapathError::PinnedMapMismatch {
             dir: pins.dir().to_path_buf(),
             map: name,
@@ -246,6 +254,11 @@ impl Datapath {
             conntrack::Conntrack::new(table, count, cfg.max_connections)?
         };
         conntrack.set_pressure(cfg.conntrack_pressure);
+        let half_open = half_open::HalfOpen::new(
+            take(&mut ebpf, maps::HALF_OPEN4)?,
+            ebpf.map(maps::HALF_OPEN_RING)
+                .ok_or(DatapathError::MissingMap(maps::HALF_OPEN_RING))?,
+        )?;
         let addresses = addresses::LocalAddresses::new(
             take(&mut ebpf, maps::LOCAL_ADDRS)?,
             &cfg.router_addresses,
@@ -265,6 +278,7 @@ impl Datapath {
             routes,
             ports,
             conntrack,
+            half_open,
             addresses,
             peer_devs,
             xdp_targets,
@@ -473,7 +487,15 @@ impl Datapath {
     pub fn sweep(&mut self) -> Result<SweepReport, DatapathError> {
         let started = Instant::now();
         let now = self.clock.now(&mut self.ebpf)?;
-        let report = self.conntrack.sweep(now, &self.clock)?;
+        let mut report = self.conntrack.sweep(now, &self.clock)?;
+        let half_open =
+            self.half_open
+                .sweep(now, &self.clock, self.conntrack.timeouts().opening)?;
+        report.half_open = half_open.live;
+        report.half_open_capacity = self.half_open.capacity() as u64;
+        report.half_open_expired = half_open.expired;
+        report.router_ports.extend(half_open.router_ports);
+        report.backend_ports.extend(half_open.backend_ports);
         self.evicted_total += report.evicted;
         // The epoch bump below makes every connection re-read its next hop, with these sets.
         self.refresh_interfaces();
@@ -522,10 +544,13 @@ impl Datapath {
             .collect()
     }
 
-    /// The tracked connections now (reads the whole table).
+    /// The tracked connections now, half-open ones included (reads both tables).
     pub fn connections(&mut self) -> Result<Vec<Connection>, DatapathError> {
         let now = self.clock.now(&mut self.ebpf)?;
-        self.conntrack.connections(now, &self.clock)
+        let mut all = self.conntrack.connections(now, &self.clock)?;
+        all.extend(self.half_open.connections(now, &self.clock)?);
+        all.sort_by_key(|c| (c.router, c.client));
+        Ok(all)
     }
 
     /// Verdict counters of every hook and reason.
@@ -564,6 +589,25 @@ impl Datapath {
     /// The connection-table entry at `key`, if any.
     pub fn conntrack_entry(&self, key: &CtKey4) -> Option<CtValue4> {
         self.conntrack.get(key)
+    }
+
+    /// The half-open table's entry at `key`, if any.
+    pub fn half_open_entry(&self, key: &CtKey4) -> Option<router_common::conntrack::HalfOpen4> {
+        self.half_open.get(key)
+    }
+
+    /// Every entry of the half-open table, and the half-open connections it admits before
+    /// evicting.
+    pub fn half_open_table(
+        &self,
+    ) -> Result<
+        (
+            std::collections::HashMap<CtKey4, router_common::conntrack::HalfOpen4>,
+            u32,
+        ),
+        DatapathError,
+    > {
+        Ok((self.half_open.scan()?, self.half_open.capacity()))
     }
 
     /// Every entry of the connection table, tombstones and half-pairs included (what the

@@ -25,6 +25,9 @@ pub mod maps {
     pub const ROUTES: &str = "ROUTES";
     pub const CT4: &str = "CT4";
     pub const CT_COUNT: &str = "CT_COUNT";
+    pub const HALF_OPEN4: &str = "HALF_OPEN4";
+    pub const HALF_OPEN_RING: &str = "HALF_OPEN_RING";
+    pub const HALF_OPEN_NEXT: &str = "HALF_OPEN_NEXT";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const CLOCK: &str = "CLOCK";
@@ -38,6 +41,9 @@ pub mod maps {
         ROUTES,
         CT4,
         CT_COUNT,
+        HALF_OPEN4,
+        HALF_OPEN_RING,
+        HALF_OPEN_NEXT,
         TX_PORTS,
         STATS,
     ];
@@ -266,6 +272,9 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(maps::CT4, conntrack_entries(opts.max_connections));
+    let half_open = super::half_open_sizes::Sizes::for_connections(opts.max_connections);
+    loader.map_max_entries(maps::HALF_OPEN4, half_open.table_entries);
+    loader.map_max_entries(maps::HALF_OPEN_RING, half_open.ring_slots);
     if let Some(dir) = opts.pin_dir {
         for name in maps::PINNED {
             loader.map_pin_path(name, dir.join(name));

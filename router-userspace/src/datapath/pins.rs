@@ -13,7 +13,9 @@
 //! created. A pinned table at least as large as the configuration needs is adopted (the limit
 //! the kernel enforces is the configured one); a smaller one is refused, since growing it means
 //! a new, empty table, which cuts every established connection: that takes an explicit
-//! `task-router uninstall` first.
+//! `task-router uninstall` first. The half-open table and its admission ring are sized at load
+//! time too (from `ROUTER_MAX_CONNECTIONS` and the CPUs); pinned ones of any size are adopted as
+//! they are (the ring and the table were sized together by the daemon that pinned them).
 //!
 //! The maps not pinned: `CLOCK` (scratch space of the clock program), `PEER_DEVS` (read from
 //! the kernel's interfaces by each daemon before it attaches; while no daemon runs, the last

@@ -26,7 +26,7 @@ pub struct World {
     pub backend_ports: Vec<u16>,
     /// Client ports the generator draws from: few, so NAT source ports collide.
     pub client_ports: Vec<u16>,
-    /// The connection table before the case.
+    /// The connection table before the case, half-open connections included.
     pub table: Vec<(CtKey4, CtValue4)>,
 }
 
@@ -69,6 +69,10 @@ impl World {
     }
 
     fn tcp(&self, side: Side, key: &CtKey4, flags: u8, rng: &mut StdRng) -> Vec<u8> {
+        self.segment(side, key, flags, rng).build()
+    }
+
+    fn segment(&self, side: Side, key: &CtKey4, flags: u8, rng: &mut StdRng) -> Tcp4 {
         let (src, dst) = self.macs(side);
         let mut t = Tcp4::new(
             addr(key.saddr),
@@ -78,11 +82,21 @@ impl World {
             flags,
         )
         .macs(src, dst);
-        t.seq = rng.random();
-        t.ack = rng.random();
+        // Fixed numbers half the time, so that a SYN-ACK (sequence 1999) and a client ACK
+        // (acknowledging 2000) complete handshakes now and then; random ones otherwise.
+        t.seq = if rng.random_bool(0.5) {
+            pick(rng, &[1000, 1999])
+        } else {
+            rng.random()
+        };
+        t.ack = if rng.random_bool(0.5) {
+            2000
+        } else {
+            rng.random()
+        };
         let len = payload_len(rng);
         t.payload = random_bytes(rng, len);
-        t.build()
+        t
     }
 
     /// A client SYN (or other segment) to a routed port, mostly at the router's address.
@@ -121,10 +135,22 @@ impl World {
         } else {
             Side::Client
         };
-        let f = flags(rng);
+        // Handshake steps more often than random flags give them: the backend's SYN-ACK
+        // (sequence 1999) and the client's ACK of it (acknowledging 2000), which move
+        // half-open connections into the connection table, which must fill up now and then.
+        let step = rng.random_bool(0.5);
+        let f = match (step, side) {
+            (true, Side::Backend) => TCP_SYN | TCP_ACK,
+            (true, Side::Client) => TCP_ACK,
+            (false, _) => flags(rng),
+        };
+        let mut segment = self.segment(side, &key, f, rng);
+        if step {
+            (segment.seq, segment.ack) = (1999, 2000);
+        }
         Some(Case {
             side,
-            frame: self.tcp(side, &key, f, rng),
+            frame: segment.build(),
             what: format!(
                 "segment (flags {f:#04x}) of a tracked connection ({}{})",
                 if value.to_client() {

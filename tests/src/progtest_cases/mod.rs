@@ -194,7 +194,9 @@ pub struct Case {
     pub connections: Option<usize>,
     /// Live connections the kernel counts after the frame.
     pub live: Option<u64>,
-    /// Whether client port → router port has an entry after the frame.
+    /// Entries in the half-open table after the frame (two per connection).
+    pub half_open_entries: Option<usize>,
+    /// Whether client port → router port has an entry (half-open or confirmed) after the frame.
     pub tracked: Option<(u16, u16, bool)>,
 }
 
@@ -213,6 +215,7 @@ impl Case {
             totals: Vec::new(),
             connections: None,
             live: None,
+            half_open_entries: None,
             tracked: None,
         }
     }
@@ -264,6 +267,11 @@ impl Case {
 
     pub fn live(mut self, n: u64) -> Case {
         self.live = Some(n);
+        self
+    }
+
+    pub fn half_open_entries(mut self, n: usize) -> Case {
+        self.half_open_entries = Some(n);
         self
     }
 

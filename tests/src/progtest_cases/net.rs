@@ -12,6 +12,8 @@ pub const PORT_UNRESOLVED: u16 = 20001;
 /// A router port no route was ever programmed for.
 pub const PORT_NEVER_ROUTED: u16 = 20002;
 pub const BACKEND_PORT: u16 = 8080;
+/// The acknowledgment number of client packets with ACK (`Tcp4`'s default).
+pub const CLIENT_ACK: u32 = 2000;
 /// Where a moved route sends new connections.
 pub const MOVED_BACKEND_PORT: u16 = 9090;
 /// A router on the backend's path that sends ICMP errors.
@@ -62,10 +64,16 @@ impl Net {
         Tcp4::new(from, sport, self.router, PORT, flags).macs(self.client_mac, self.client_dev_mac)
     }
 
-    /// A backend packet to the NAT source.
+    /// A backend packet to the NAT source. A SYN-ACK's sequence number is the one the client
+    /// packets' default acknowledgment number acknowledges, so the client's next ACK completes
+    /// the handshake (the connection moves from the half-open table into the main one).
     pub fn backend_packet(&self, dport: u16, flags: u8) -> Tcp4 {
-        Tcp4::new(self.backend, BACKEND_PORT, self.nat_source, dport, flags)
-            .macs(self.backend_mac, self.backend_dev_mac)
+        let mut p = Tcp4::new(self.backend, BACKEND_PORT, self.nat_source, dport, flags)
+            .macs(self.backend_mac, self.backend_dev_mac);
+        if flags & TCP_SYN != 0 {
+            p.seq = CLIENT_ACK - 1;
+        }
+        p
     }
 
     /// The client's SYN from `sport` as the router sends it on toward the backend (what an

@@ -12,7 +12,8 @@ use router_common::stats::StatReason;
 use std::net::Ipv4Addr;
 
 /// The client's SYN leaves toward the backend from the NAT source, keeping the client's port;
-/// a retransmission follows the same entry.
+/// the connection is half-open (not counted live) until the handshake completes; a
+/// retransmission follows the same entry.
 pub fn new_connection_is_translated_and_tracked(net: &Net) -> Table {
     let syn = net.client_packet(40000, TCP_SYN).build();
     Table::new(vec![
@@ -28,7 +29,8 @@ pub fn new_connection_is_translated_and_tracked(net: &Net) -> Table {
                 ..Fields::default()
             })
             .totals(&[(StatReason::NewConnection, 1)])
-            .live(1),
+            .live(0)
+            .half_open_entries(2),
         Case::new("retransmitted SYN", Side::Client, syn, Verdict::Redirect)
             .same_as("client SYN")
             .totals(&[(StatReason::NewConnection, 1), (StatReason::Forwarded, 1)]),
@@ -84,7 +86,11 @@ pub fn established_connection_is_translated_both_ways(net: &Net) -> Table {
             checksums: Checksums::Tcp,
             ..Fields::default()
         })
-        .totals(&[(StatReason::Forwarded, 3)]),
+        // The client's first segment acknowledged the SYN-ACK: it confirmed the connection.
+        .totals(&[
+            (StatReason::Forwarded, 2),
+            (StatReason::HandshakeConfirmed, 1),
+        ]),
     ])
 }
 
@@ -287,8 +293,10 @@ pub fn taken_source_port_is_probed_and_exhaustion_counted(net: &Net) -> Table {
                 .build(),
                 Verdict::Drop,
             )
+            // Both connections are half-open: their tuples are held in the half-open table.
             .totals(&[(StatReason::DropNoSourcePort, 1)])
-            .live(2),
+            .live(0)
+            .half_open_entries(4),
         ],
     )
 }

@@ -15,14 +15,18 @@ pub enum Section {
     /// Cost of observability: datapath throughput and connection rate with `/metrics`
     /// scraped every second versus not (target: under 2 % difference).
     Observability,
+    /// A spoofed SYN flood on a routed port while legitimate clients connect and a long
+    /// connection streams: the datapath, nftables and nginx stream side by side.
+    Hostile,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [
+    pub const ALL: [Section; 5] = [
         Section::Datapath,
         Section::Control,
         Section::Http,
         Section::Observability,
+        Section::Hostile,
     ];
 }
 

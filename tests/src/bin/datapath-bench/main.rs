@@ -3,9 +3,12 @@
 //! `datapath-bench costs` measures per-packet program costs through BPF_PROG_TEST_RUN;
 //! `datapath-bench throughput` compares forwarding peers in a veth topology;
 //! `datapath-bench observability` measures the datapath with and without `/metrics` scraped
-//! every second. Each prints a Markdown table and writes JSON with the raw rounds.
+//! every second; `datapath-bench hostile` floods a routed port with spoofed SYNs, peers side by
+//! side. Each prints a Markdown table and writes JSON with the raw rounds.
 
 mod costs;
+mod hostile;
+mod hostile_report;
 mod throughput;
 
 use anyhow::{Context, Result};
@@ -103,8 +106,11 @@ fn main() -> Result<()> {
             eprintln!("raw rounds: {}", file.display());
             Ok(())
         }
+        "hostile" => hostile::section(&args),
         other => {
-            anyhow::bail!("unknown section {other:?}: expected costs, throughput or observability")
+            anyhow::bail!(
+                "unknown section {other:?}: expected costs, throughput, observability or hostile"
+            )
         }
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Processes the benchmark started, stopped by PID on drop.
-pub(super) struct Proc(pub(super) Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -26,7 +26,7 @@ impl Drop for Proc {
     }
 }
 
-pub(super) mod tempdir {
+pub(crate) mod tempdir {
     use std::path::{Path, PathBuf};
 
     /// A directory removed on drop.
@@ -60,7 +60,7 @@ pub(super) fn listening(ns: &Netns, port: u16) -> bool {
         .unwrap_or(false)
 }
 
-pub(super) fn wait_listening(ns: &Netns, port: u16, what: &str) {
+pub(crate) fn wait_listening(ns: &Netns, port: u16, what: &str) {
     wait::until(
         &format!("{what} listening on port {port}"),
         Duration::from_secs(15),
@@ -69,7 +69,7 @@ pub(super) fn wait_listening(ns: &Netns, port: u16, what: &str) {
 }
 
 /// Busy CPU time of the whole machine, seconds.
-pub(super) fn machine_busy() -> Result<f64> {
+pub(crate) fn machine_busy() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
     let v: Vec<u64> = line
@@ -91,7 +91,7 @@ pub(super) fn machine_busy() -> Result<f64> {
 }
 
 /// Packets the per-CPU input backlogs dropped since boot (`/proc/net/softnet_stat`, column 2).
-pub(super) fn backlog_drops() -> Result<u64> {
+pub(crate) fn backlog_drops() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/net/softnet_stat").context("read softnet_stat")?;
     text.lines()
         .filter_map(|l| l.split_whitespace().nth(1))

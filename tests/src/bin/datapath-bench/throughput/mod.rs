@@ -23,8 +23,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+pub(crate) use host::{Proc, backlog_drops, machine_busy, tempdir, wait_listening};
 pub use observability::{observability, observability_table};
 pub use peers::{Options, Peer};
+pub(crate) use report::{median, percentile};
 pub use report::{output_path, raw_table, sweep_summary, table, targets};
 pub use samples::{Sample, Sweep};
 

@@ -5,6 +5,7 @@ use super::backend::{RR_MESSAGE, one_connection};
 use super::bench::Bench;
 use super::host::{backlog_drops, machine_busy, ns_cmd, wait_exit, wait_listening};
 use super::peers::Peer;
+use super::report::percentile;
 use super::samples::{CPU_PHASE_RATE, Sample};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -19,14 +20,6 @@ use std::time::{Duration, Instant};
 /// 5 s, against which the machine's own background (kernel threads, the VM agent) is a
 /// noticeable share; a longer phase averages it out (rounds of one peer spread ±25 % at 5 s).
 const CPU_PHASE_LENGTH: u64 = 3;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 impl Bench {
     /// iperf3 with `streams` streams (at most `rate` in total when given): Gbit/s received,

@@ -7,7 +7,16 @@ use router_userspace::datapath::sweeper::DEFAULT_INTERVAL;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
+/// The value at fraction `p` of `sorted` (nearest rank); NaN when empty.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
