@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod port_holder;
 pub mod ports;
+pub mod procfs;
 pub mod reconcile;
 pub mod routes;
 pub mod routes_file;

@@ -103,33 +103,20 @@ fn listeners(text: &str, port: u16) -> Vec<u64> {
 /// The processes with a descriptor on one of `inodes`.
 fn holders_of(inodes: &[u64]) -> Vec<Holder> {
     let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|link| targets.iter().any(|t| link.as_os_str() == t.as_str()))
-        });
-        if holds {
-            let command = std::fs::read_to_string(entry.path().join("comm"))
+    crate::procfs::pids()
+        .into_iter()
+        .filter(|&pid| {
+            crate::procfs::holds_open(pid, |link| {
+                targets.iter().any(|t| link.as_os_str() == t.as_str())
+            })
+        })
+        .map(|pid| Holder {
+            pid,
+            command: std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|c| c.trim().to_string())
-                .unwrap_or_default();
-            out.push(Holder { pid, command });
-        }
-    }
-    out
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Whether process `pid` has a file open under `dir`.

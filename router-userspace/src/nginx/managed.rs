@@ -211,34 +211,15 @@ impl Managed {
     /// Called only when no master runs and no test runs (the install lock is held).
     fn orphans(&self) -> Vec<u32> {
         let log = self.dir.join(ERROR_LOG);
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut found = Vec::new();
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let is_nginx = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("nginx:"));
-            if !is_nginx || pid == std::process::id() {
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-                continue;
-            };
-            if fds
-                .flatten()
-                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == log))
-            {
-                found.push(pid);
-            }
-        }
-        found
+        crate::procfs::pids()
+            .into_iter()
+            .filter(|&pid| {
+                pid != std::process::id()
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("nginx:"))
+                    && crate::procfs::holds_open(pid, |target| target == log)
+            })
+            .collect()
     }
 
     /// Graceful reload: new workers with the new files; old ones finish their connections.
@@ -300,12 +281,8 @@ impl Managed {
 
 /// The processes whose parent is `pid` (nginx workers and cache helpers of a master).
 fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    crate::procfs::pids()
+        .into_iter()
         .filter(|child| {
             std::fs::read_to_string(format!("/proc/{child}/stat"))
                 .is_ok_and(|stat| parent_in_stat(&stat) == Some(pid))

@@ -8,7 +8,9 @@
 //! whether and how fast it connected, the fill of the table that holds the flood, the bytes the
 //! long connection lost, and the machine's busy CPU time above the quiet window per flood SYN.
 
-use crate::throughput::{Proc, backlog_drops, machine_busy, tempdir, wait_listening};
+use crate::throughput::{
+    Proc, backlog_drops, load_nft_dnat, machine_busy, tempdir, wait_listening,
+};
 use anyhow::{Context, Result};
 use router_tests::connect_loop::{Attempt, ConnectLoop};
 use router_tests::flood_setup;
@@ -149,18 +151,14 @@ impl Setup {
                 Ok(Running::Datapath(dp, sweeper))
             }
             Peer::Nftables => {
-                let rules = format!(
-                    "table ip trhostile {{\n\
-                     chain pre {{ type nat hook prerouting priority dstnat; \
-                     ip daddr {r} tcp dport {PORT} dnat to {b}:{BACKEND_PORT}; }}\n\
-                     chain post {{ type nat hook postrouting priority srcnat; \
-                     ip daddr {b} masquerade; }}\n}}\n"
-                );
-                let file = self.dir.path().join("nft.conf");
-                std::fs::write(&file, rules)?;
-                self.t
-                    .router
-                    .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
+                load_nft_dnat(
+                    &self.t.router,
+                    self.dir.path(),
+                    "trhostile",
+                    r,
+                    b,
+                    &[(PORT, BACKEND_PORT)],
+                )?;
                 Ok(Running::Nftables)
             }
             Peer::NginxStream => {

@@ -2,7 +2,7 @@
 //! the datapath with its sweeper), and tearing it down after.
 
 use super::bench::Bench;
-use super::host::{Proc, ns_cmd, wait_listening};
+use super::host::{Proc, load_nft_dnat, ns_cmd, wait_listening};
 use super::peers::Peer;
 use super::samples::Sweep;
 use anyhow::{Context, Result};
@@ -54,19 +54,14 @@ impl Bench {
     fn start_nftables(&self, peer: Peer) -> Result<Running> {
         let (r, b) = (self.router(), self.backend());
         let (bulk_port, rr_port, iperf_port, backend_rr_port) = peer.ports();
-        let rules = format!(
-            "table ip trbench {{\n\
-             chain pre {{ type nat hook prerouting priority dstnat; \
-             ip daddr {r} tcp dport {bulk_port} dnat to {b}:{iperf_port}; \
-             ip daddr {r} tcp dport {rr_port} dnat to {b}:{backend_rr_port}; }}\n\
-             chain post {{ type nat hook postrouting priority srcnat; \
-             ip daddr {b} masquerade; }}\n}}\n"
-        );
-        let file = self.dir.path().join("nft.conf");
-        std::fs::write(&file, rules)?;
-        self.t
-            .router
-            .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
+        load_nft_dnat(
+            &self.t.router,
+            self.dir.path(),
+            "trbench",
+            r,
+            b,
+            &[(bulk_port, iperf_port), (rr_port, backend_rr_port)],
+        )?;
         Ok(Running::Nft(self.t.router.name.clone()))
     }
 
