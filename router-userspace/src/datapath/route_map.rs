@@ -112,7 +112,7 @@ impl RouteMap {
             addr,
             port_be: p.upstream.port().to_be(),
             family: FAMILY_IPV4,
-            _pad: 0,
+            flags: 0,
             route_id: p.route_id,
             version: p.version,
             _pad2: 0,
