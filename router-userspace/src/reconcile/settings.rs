@@ -12,8 +12,11 @@ pub struct Settings {
     pub url: String,
     pub domain: Option<String>,
     pub default_mode: HttpMode,
-    /// Ids of the listened queues; empty = all.
+    /// Ids of the listened queues; empty (with `queue_names`) = all.
     pub queue_ids: Vec<String>,
+    /// Names of the listened queues, as a task the open-source Kubernetes glue moved keeps
+    /// them (`clearml::task::K8S_QUEUE_PROPERTY`).
+    pub queue_names: Vec<String>,
     /// `ROUTER_MAX_ENDPOINTS_PER_TASK`: routes (TCP and HTTP together) one task may hold.
     pub max_endpoints_per_task: usize,
 }
@@ -27,6 +30,7 @@ impl Settings {
             domain: cfg.http.domain.clone(),
             default_mode: cfg.http.mode,
             queue_ids: Vec::new(),
+            queue_names: Vec::new(),
             max_endpoints_per_task: cfg.router.max_endpoints_per_task as usize,
         }
     }

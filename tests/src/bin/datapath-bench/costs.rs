@@ -12,6 +12,7 @@ use router_tests::packet::{TCP_ACK, TCP_SYN, Tcp4};
 use router_tests::topology::ProgTestNet;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Program};
+use router_userspace::endpoint::EndpointId;
 use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -145,11 +146,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
         let mut dp = Datapath::open(&cfg)?;
         dp.add_xdp_target(&client_dev)?;
         dp.add_xdp_target(&backend_dev)?;
-        let owner = RouteOwner {
-            task_id: "bench".into(),
-            task_name: "bench".into(),
-            endpoint: String::new(),
-        };
+        let owner = RouteOwner::new(EndpointId::new("bench", String::new()), "bench");
         // Routes make both ends of the looping pairs pass the port filter.
         let mut routes = BTreeMap::new();
         for (port, up) in [
