@@ -11,6 +11,7 @@ pub fn tcp_route(port: u16, ip: Ipv4Addr, backend_port: u16) -> TcpRoute {
         port,
         upstream: SocketAddrV4::new(ip, backend_port),
         owner: RouteOwner::new(EndpointId::new(format!("task-{port}"), ""), "test"),
+        preserve_client_ip: None,
     }
 }
 

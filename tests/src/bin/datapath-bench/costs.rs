@@ -160,6 +160,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
                     port,
                     upstream: SocketAddrV4::new(addrs.backend, up),
                     owner: owner.clone(),
+                    preserve_client_ip: None,
                 },
             );
         }
