@@ -333,7 +333,10 @@ pub fn render(s: &Status) -> String {
             Some(format!("  {}: {} ({})\n", r.router, c.mode(), c.reason))
         })
         .collect();
-    if client_ip.iter().any(|line| !line.contains(": translated (off)")) {
+    if client_ip
+        .iter()
+        .any(|line| !line.contains(": translated (off)"))
+    {
         out.push_str("\nclient addresses (ROUTER_PRESERVE_CLIENT_IP):\n");
         out.push_str(&client_ip.concat());
     }

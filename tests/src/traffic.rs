@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -41,11 +41,7 @@ impl EchoServer {
         let accepted = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let (acc, st, seen) = (
-            Arc::clone(&accepted),
-            Arc::clone(&stop),
-            Arc::clone(&peers),
-        );
+        let (acc, st, seen) = (Arc::clone(&accepted), Arc::clone(&stop), Arc::clone(&peers));
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {

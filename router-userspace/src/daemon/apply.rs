@@ -145,7 +145,8 @@ impl Owners {
     /// How the TCP forwarder translates client addresses per route (none if it panicked).
     pub(super) async fn read_client_ip(&self) -> BTreeMap<u16, ClientIpChoice> {
         let tcp = self.tcp.clone();
-        let read = tokio::task::spawn_blocking(move || tcp.lock().map(|f| f.client_ip()).ok()).await;
+        let read =
+            tokio::task::spawn_blocking(move || tcp.lock().map(|f| f.client_ip()).ok()).await;
         read.ok().flatten().unwrap_or_default()
     }
 

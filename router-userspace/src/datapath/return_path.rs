@@ -104,7 +104,10 @@ pub fn choose_all(
                         .and_then(|(ty, oif, gw)| describe(ty, oif, gw, &links))
                         .map_err(|e| format!("route to {ip}: {e}")),
                 };
-                (port, choose(setting, check.as_ref().map_err(String::as_str)))
+                (
+                    port,
+                    choose(setting, check.as_ref().map_err(String::as_str)),
+                )
             })
             .collect())
     };
@@ -263,11 +266,17 @@ mod tests {
         assert!(choose(PreserveClientIp::Auto, Ok(&safe)).preserved);
         let auto_remote = choose(PreserveClientIp::Auto, Ok(&remote));
         assert!(!auto_remote.preserved);
-        assert!(auto_remote.reason.contains("gateway 10.0.0.1"), "{auto_remote:?}");
+        assert!(
+            auto_remote.reason.contains("gateway 10.0.0.1"),
+            "{auto_remote:?}"
+        );
         assert!(!choose(PreserveClientIp::Auto, Err("no route")).preserved);
         let forced = choose(PreserveClientIp::On, Ok(&remote));
         assert!(forced.preserved);
-        assert!(forced.forced && forced.reason.starts_with("on, forced"), "{forced:?}");
+        assert!(
+            forced.forced && forced.reason.starts_with("on, forced"),
+            "{forced:?}"
+        );
         assert!(!choose(PreserveClientIp::On, Ok(&safe)).forced);
         assert_eq!(forced.mode(), "preserved");
     }
@@ -280,11 +289,20 @@ mod tests {
         body.extend(netlink::attr(RTA_OIF, &7u32.to_ne_bytes()));
         body.extend(netlink::attr(RTA_GATEWAY, &[10, 1, 2, 3]));
         let (ty, oif, gw) = parse_route(&body).expect("parse");
-        assert_eq!((ty, oif, gw), (RTN_UNICAST, 7, Some(Ipv4Addr::new(10, 1, 2, 3))));
+        assert_eq!(
+            (ty, oif, gw),
+            (RTN_UNICAST, 7, Some(Ipv4Addr::new(10, 1, 2, 3)))
+        );
         let links = [link(7, "br0", Some("bridge"))];
         let to = describe(ty, oif, gw, &links).expect("describe");
-        assert_eq!((to.dev.as_str(), to.dev_kind.as_deref()), ("br0", Some("bridge")));
-        assert!(describe(7, oif, None, &links).is_err(), "unreachable is no route");
+        assert_eq!(
+            (to.dev.as_str(), to.dev_kind.as_deref()),
+            ("br0", Some("bridge"))
+        );
+        assert!(
+            describe(7, oif, None, &links).is_err(),
+            "unreachable is no route"
+        );
         assert!(parse_route(&[0; 4]).is_err());
     }
 

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
+use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 
 /// The client's SYN leaves toward the backend from the NAT source, keeping the client's port;
@@ -151,6 +152,7 @@ pub fn route_change_affects_new_connections_only(net: &Net) -> Table {
         .after_routes(RouteChange {
             routes: net.moved_routes(),
             report: (0, 1, 0),
+            client_ip: PreserveClientIp::Off,
         })
         .fields(Fields {
             dport: Some(BACKEND_PORT),
