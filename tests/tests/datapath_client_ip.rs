@@ -41,13 +41,18 @@ fn open(t: &Topology, devs: &[&str]) -> Datapath {
         .expect("open and attach the datapath")
 }
 
-/// The first backend answers every address through the router (a container's default route
-/// is its host's bridge or veth address).
-fn backend_routes_through_the_router(t: &Topology) {
+/// The topology with an echo server on the first backend, which answers every address
+/// through the router (a container's default route is its host's bridge or veth address).
+fn local_backend() -> (Topology, EchoServer) {
+    require_root();
+    let t = Topology::new().expect("topology");
     let via = t.router_backend.addr.to_string();
     t.backend
         .ip(&["route", "add", "default", "via", &via])
         .expect("default route via the router");
+    let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
+        .expect("echo server");
+    (t, server)
 }
 
 fn router_port(t: &Topology) -> SocketAddrV4 {
@@ -63,11 +68,7 @@ fn peer_ip(server: &EchoServer, i: usize) -> Ipv4Addr {
 
 #[test]
 fn a_backend_behind_a_veth_sees_the_client_address_and_transfers_both_ways() {
-    require_root();
-    let t = Topology::new().expect("topology");
-    backend_routes_through_the_router(&t);
-    let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
-        .expect("echo server");
+    let (t, server) = local_backend();
     let mut dp = open(&t, &[&t.router_client.dev, &t.router_backend.dev]);
     dp.apply_routes(&tcp_routes_in(
         &[(PORT, t.backend_end.addr, BACKEND_PORT)],
@@ -133,11 +134,7 @@ fn a_backend_behind_a_gateway_keeps_full_nat_in_auto() {
 
 #[test]
 fn a_route_switched_between_modes_keeps_its_connections_transferring() {
-    require_root();
-    let t = Topology::new().expect("topology");
-    backend_routes_through_the_router(&t);
-    let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
-        .expect("echo server");
+    let (t, server) = local_backend();
     let mut dp = open(&t, &[&t.router_client.dev, &t.router_backend.dev]);
     let routes = [(PORT, t.backend_end.addr, BACKEND_PORT)];
     dp.apply_routes(&tcp_routes_in(&routes, PreserveClientIp::Off))
@@ -185,11 +182,7 @@ fn a_route_switched_between_modes_keeps_its_connections_transferring() {
 
 #[test]
 fn the_daemon_shows_each_routes_choice_in_status_and_metrics() {
-    require_root();
-    let t = Topology::new().expect("topology");
-    backend_routes_through_the_router(&t);
-    let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
-        .expect("echo server");
+    let (t, _server) = local_backend();
     let upstream = format!("{}:{BACKEND_PORT}", t.backend_end.addr);
     let routes = format!(
         "[[tcp]]\nport = {PORT}\nupstream = \"{upstream}\"\n\

@@ -4,7 +4,8 @@
 
 use super::net::{BACKEND_PORT, HOP, PORT, payload};
 use super::{
-    Case, Checksums, Fields, IcmpQuote, Net, RouteChange, Setup, Side, Table, Verdict, client_opens,
+    Case, Checksums, Fields, Net, RouteChange, Setup, Side, Table, Verdict, client_opens,
+    frag_needed_at_client,
 };
 use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN};
 use router_common::stats::StatReason;
@@ -115,21 +116,7 @@ pub fn destination_only_nat_keeps_the_client_address_both_ways(net: &Net) -> Tab
                 frag_needed,
                 Verdict::Redirect,
             )
-            .fields(Fields {
-                macs: Some((net.client_mac, net.client_dev_mac)),
-                addrs: Some((net.router, net.client)),
-                icmp: Some(IcmpQuote {
-                    ty: 3,
-                    code: 4,
-                    mtu: 1400,
-                    saddr: net.client,
-                    daddr: net.router,
-                    sport: 40000,
-                    dport: PORT,
-                }),
-                checksums: Checksums::Icmp,
-                ..Fields::default()
-            })
+            .fields(frag_needed_at_client(net, 40000))
             .counted(StatReason::IcmpTranslated),
             Case::new(
                 "another client on the same port keeps its address and port",

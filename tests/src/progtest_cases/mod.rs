@@ -171,6 +171,26 @@ pub struct IcmpQuote {
     pub dport: u16,
 }
 
+/// What reaches the client of a "fragmentation needed" (MTU 1400) about the packet it sent from
+/// `sport` to the router port: from the router, quoting that packet as the client sent it.
+pub fn frag_needed_at_client(net: &Net, sport: u16) -> Fields {
+    Fields {
+        macs: Some((net.client_mac, net.client_dev_mac)),
+        addrs: Some((net.router, net.client)),
+        icmp: Some(IcmpQuote {
+            ty: 3,
+            code: 4,
+            mtu: 1400,
+            saddr: net.client,
+            daddr: net.router,
+            sport,
+            dport: net::PORT,
+        }),
+        checksums: Checksums::Icmp,
+        ..Fields::default()
+    }
+}
+
 /// The routes programmed before a case, and what applying them must report.
 #[derive(Clone, Debug)]
 pub struct RouteChange {

@@ -4,8 +4,8 @@
 
 use super::net::{BACKEND_PORT, HOP, MOVED_BACKEND_PORT, PORT, PORT_UNRESOLVED, payload};
 use super::{
-    Case, Checksums, Fields, Hooks, IcmpQuote, Net, RouteChange, Setup, Side, Table, Verdict,
-    client_opens,
+    Case, Checksums, Fields, Hooks, Net, RouteChange, Setup, Side, Table, Verdict, client_opens,
+    frag_needed_at_client,
 };
 use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
@@ -112,20 +112,8 @@ pub fn icmp_errors_are_translated_back(net: &Net) -> Table {
             Verdict::Redirect,
         )
         .fields(Fields {
-            macs: Some((net.client_mac, net.client_dev_mac)),
-            addrs: Some((net.router, net.client)),
             ttl: Some(63),
-            icmp: Some(IcmpQuote {
-                ty: 3,
-                code: 4,
-                mtu: 1400,
-                saddr: net.client,
-                daddr: net.router,
-                sport: 40000,
-                dport: PORT,
-            }),
-            checksums: Checksums::Icmp,
-            ..Fields::default()
+            ..frag_needed_at_client(net, 40000)
         })
         .totals(&[(StatReason::IcmpTranslated, 1)]),
         Case::new(
