@@ -225,7 +225,10 @@ fn the_daemon_shows_each_routes_choice_in_status_and_metrics() {
     let route = |port: u16| {
         json["routes"]
             .as_array()
-            .and_then(|r| r.iter().find(|r| r["router"] == port.to_string()))
+            .and_then(|r| {
+                r.iter()
+                    .find(|r| r["router"].as_str() == Some(port.to_string().as_str()))
+            })
             .cloned()
             .unwrap_or_else(|| panic!("no route {port} in {json}"))
     };
