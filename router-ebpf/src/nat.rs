@@ -8,8 +8,8 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use router_common::{
     config::NAT_PORT_PROBES,
     conntrack::{
-        CtKey4, CtValue4, F_KEEP_TTL, F_PRESERVE_CLIENT, F_TO_CLIENT, HalfOpen4, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK,
-        TCP_SYN, TCP_TRACKED,
+        CtKey4, CtValue4, F_KEEP_TTL, F_PRESERVE_CLIENT, F_TO_CLIENT, HalfOpen4, NH_VALID,
+        NH_XDP_CHECKED, NH_XDP_OK, TCP_SYN, TCP_TRACKED,
     },
     route::{FAMILY_IPV4, ROUTE_MAP_SIZE, RouteKey, RouteValue},
     stats::{Hook, StatReason},
