@@ -260,13 +260,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     if router_src == 0 {
         return pass(p, StatReason::PassFibFailed);
     }
-    // Destination-only NAT: the backend sees the client's address (its replies come back
-    // through the router, the daemon checked or was told so).
-    let (nat_src, mode) = if route.preserves_client() {
-        (key.saddr, F_PRESERVE_CLIENT)
-    } else {
-        (router_src, 0)
-    };
+    let (nat_src, mode) = source_toward_backend(&route, key.saddr, router_src);
     if P::HOOK == Hook::Xdp && !redirect::is_xdp_target(found.ifindex) {
         return pass(p, StatReason::XdpToTcNotXdpTarget);
     }
@@ -341,6 +335,18 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     match neigh {
         Some((ifindex, nh)) => Verdict::RedirectNeigh(ifindex, nh),
         None => redirect::cached(&fwd.ct),
+    }
+}
+
+/// The source address toward the backend and the entries' mode bit: the client's own address
+/// for a route in destination-only mode (the backend's replies come back through the router:
+/// the daemon checked, or was told so), else the router's address `router_src`.
+#[inline(always)]
+fn source_toward_backend(route: &RouteValue, client: u32, router_src: u32) -> (u32, u8) {
+    if route.preserves_client() {
+        (client, F_PRESERVE_CLIENT)
+    } else {
+        (router_src, 0)
     }
 }
 

@@ -325,21 +325,7 @@ pub fn render(s: &Status) -> String {
     if s.routes.is_empty() {
         out.push_str("(no routes)\n");
     }
-    let client_ip: Vec<String> = s
-        .routes
-        .iter()
-        .filter_map(|r| {
-            let c = r.client_ip.as_ref()?;
-            Some(format!("  {}: {} ({})\n", r.router, c.mode(), c.reason))
-        })
-        .collect();
-    if client_ip
-        .iter()
-        .any(|line| !line.contains(": translated (off)"))
-    {
-        out.push_str("\nclient addresses (ROUTER_PRESERVE_CLIENT_IP):\n");
-        out.push_str(&client_ip.concat());
-    }
+    out.push_str(&client_addresses(s));
     if !s.refused.is_empty() {
         out.push_str("\nrefused requests:\n");
         let rows: Vec<[String; 4]> = s
@@ -382,6 +368,26 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// Per TCP route, whether the task sees the client's address and why; nothing when every route
+/// is simply off (the default).
+fn client_addresses(s: &Status) -> String {
+    let lines: Vec<String> = s
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let c = r.client_ip.as_ref()?;
+            Some(format!("  {}: {} ({})\n", r.router, c.mode(), c.reason))
+        })
+        .collect();
+    if lines.iter().all(|line| line.contains(": translated (off)")) {
+        return String::new();
+    }
+    format!(
+        "\nclient addresses (ROUTER_PRESERVE_CLIENT_IP):\n{}",
+        lines.concat()
+    )
 }
 
 #[cfg(test)]
