@@ -7,6 +7,10 @@
 //! Client `C:c -> R:P` is forwarded as `R':s -> B:b`; the backend's replies `B:b -> R':s` go
 //! back as `R:P -> C:c`. The forward entry is keyed `(C, R, c, P)`, the reply entry
 //! `(B, R', b, s)`. Each entry's rewritten tuple, swapped, is its partner's key.
+//!
+//! A connection of a route in destination-only mode ([`F_PRESERVE_CLIENT`]) keeps the client's
+//! address: `C:c -> R:P` is forwarded as `C:s -> B:b` (`s` = `c` unless taken), replies
+//! `B:b -> C:s` go back as `R:P -> C:c`. Same two entries, same partner rule.
 
 use crate::csum;
 
@@ -36,6 +40,11 @@ pub const NH_PEER: u8 = 0x40;
 pub const PEER_DEVS_MAX: u32 = 4096;
 /// The bits a next-hop refresh resets.
 pub const NH_MASK: u8 = NH_VALID | NH_XDP_CHECKED | NH_XDP_OK | NH_PEER;
+/// `CtValue4::flags`: the connection was opened in destination-only mode (its route had
+/// `route::ROUTE_PRESERVE_CLIENT`): toward the backend it carries the client's address. Both
+/// entries carry it for the connection's life, whatever its route becomes; the translation
+/// itself is in the entries' tuples, the bit records the mode (restarts, `status`, tombstones).
+pub const F_PRESERVE_CLIENT: u8 = 0x80;
 /// `CtValue4::flags`: the entry matches the backend's packets (replies); clear = the client's.
 pub const F_TO_CLIENT: u8 = 0x08;
 /// `CtValue4::flags`: leave the TTL alone. Only for BPF_PROG_TEST_RUN benchmarks, which replay
@@ -128,6 +137,12 @@ impl CtValue4 {
     #[inline(always)]
     pub const fn to_client(&self) -> bool {
         self.flags & F_TO_CLIENT != 0
+    }
+
+    /// Whether the connection keeps the client's address toward the backend.
+    #[inline(always)]
+    pub const fn preserves_client(&self) -> bool {
+        self.flags & F_PRESERVE_CLIENT != 0
     }
 
     /// Whether this entry only reserves the tuple of an ended connection.

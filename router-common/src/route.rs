@@ -9,6 +9,11 @@ pub const PROTO_TCP: u8 = 6;
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
+/// [`RouteValue::flags`]: destination-only NAT. Connections keep the client's address toward
+/// the backend (only the destination, and the source port if the client's is taken, are
+/// rewritten); the backend's replies must come back through the router. Clear: full NAT.
+pub const ROUTE_PRESERVE_CLIENT: u8 = 0x01;
+
 /// Room in the route map: one entry per possible router port.
 pub const ROUTE_MAP_SIZE: u32 = 65_536;
 
@@ -44,7 +49,8 @@ pub struct RouteValue {
     pub port_be: u16,
     /// [`FAMILY_IPV4`] (the kernel programs forward IPv4 only for now).
     pub family: u8,
-    pub _pad: u8,
+    /// `ROUTE_*` bits: how connections opened through the route are translated.
+    pub flags: u8,
     /// Identifies the route for per-route counters; copied into each connection's entries.
     pub route_id: u32,
     /// Bumped each time the route at this port is (re)programmed.
@@ -58,6 +64,12 @@ impl RouteValue {
     #[inline(always)]
     pub fn ipv4_raw(&self) -> u32 {
         u32::from_ne_bytes([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+    }
+
+    /// Whether connections through the route keep the client's address (destination-only NAT).
+    #[inline(always)]
+    pub const fn preserves_client(&self) -> bool {
+        self.flags & ROUTE_PRESERVE_CLIENT != 0
     }
 }
 

@@ -1,12 +1,15 @@
-//! Full NAT of TCP: translating a packet by its connection entry, and opening a connection
-//! (route look-up, NAT source address and port, both entries, half-open until confirmed).
+//! NAT of TCP: translating a packet by its connection entry, and opening a connection (route
+//! look-up, NAT source address and port, both entries, half-open until confirmed). Full NAT,
+//! or destination-only NAT for a route that keeps the client's address
+//! (`ROUTE_PRESERVE_CLIENT`): the same entries with the client's address as the source toward
+//! the backend.
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
 use router_common::{
     config::NAT_PORT_PROBES,
     conntrack::{
-        CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, HalfOpen4, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK,
-        TCP_SYN, TCP_TRACKED,
+        CtKey4, CtValue4, F_KEEP_TTL, F_PRESERVE_CLIENT, F_TO_CLIENT, HalfOpen4, NH_VALID,
+        NH_XDP_CHECKED, NH_XDP_OK, TCP_SYN, TCP_TRACKED,
     },
     route::{FAMILY_IPV4, ROUTE_MAP_SIZE, RouteKey, RouteValue},
     stats::{Hook, StatReason},
@@ -188,6 +191,7 @@ pub fn restart_in_place(key: &CtKey4, port: u16, entry: *mut CtValue4) -> bool {
         || route.route_id != fwd.route_id
         || route.ipv4_raw() != fwd.daddr
         || route.port_be != fwd.dport
+        || route.preserves_client() != fwd.preserves_client()
         || fwd.flags & NH_VALID == 0
         || fwd.nh_epoch != settings.nh_epoch
     {
@@ -252,10 +256,11 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         Fib::Failed => return pass(p, StatReason::PassFibFailed),
     };
     // SAFETY: union member written by the kernel for BPF_FIB_LOOKUP_SRC.
-    let nat_src = unsafe { found.__bindgen_anon_3.ipv4_src };
-    if nat_src == 0 {
+    let router_src = unsafe { found.__bindgen_anon_3.ipv4_src };
+    if router_src == 0 {
         return pass(p, StatReason::PassFibFailed);
     }
+    let (nat_src, mode) = source_toward_backend(&route, key.saddr, router_src);
     if P::HOOK == Hook::Xdp && !redirect::is_xdp_target(found.ifindex) {
         return pass(p, StatReason::XdpToTcNotXdpTarget);
     }
@@ -274,12 +279,13 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         route_id: route.route_id,
         now,
         ticket,
+        mode,
     };
     if !allocate_source_port(&mut out, &pair, key.sport, settings) {
         return drop(p, StatReason::DropNoSourcePort);
     }
     let mut fwd = HalfOpen4 {
-        ct: CtValue4::rewrite(key, &out, 0),
+        ct: CtValue4::rewrite(key, &out, mode),
         ticket,
         ack: 0,
         _pad: 0,
@@ -332,6 +338,18 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     }
 }
 
+/// The source address toward the backend and the entries' mode bit: the client's own address
+/// for a route in destination-only mode (the backend's replies come back through the router:
+/// the daemon checked, or was told so), else the router's address `router_src`.
+#[inline(always)]
+fn source_toward_backend(route: &RouteValue, client: u32, router_src: u32) -> (u32, u8) {
+    if route.preserves_client() {
+        (client, F_PRESERVE_CLIENT)
+    } else {
+        (router_src, 0)
+    }
+}
+
 /// Reserves a source port for the connection's side toward the backend (`out`): the client's
 /// own port `client_port` when free there, else independent random tries in the NAT source
 /// range (sequential probing from one random start would walk into the clusters earlier
@@ -367,6 +385,8 @@ struct Pair<'a> {
     route_id: u32,
     now: u32,
     ticket: u64,
+    /// `F_PRESERVE_CLIENT` or 0, for both entries.
+    mode: u8,
 }
 
 /// Claims source port `sport` (network order) for the connection's backend side by inserting
@@ -388,7 +408,7 @@ fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
     out.sport = sport;
     let reply_key = out.swapped();
     let mut reply = HalfOpen4 {
-        ct: CtValue4::rewrite(&reply_key, pair.client_side, F_TO_CLIENT),
+        ct: CtValue4::rewrite(&reply_key, pair.client_side, F_TO_CLIENT | pair.mode),
         ticket: pair.ticket,
         ack: 0,
         _pad: 0,

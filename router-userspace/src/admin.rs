@@ -118,6 +118,9 @@ pub struct RouteStatus {
     /// Filled by the datapath's counters when available.
     pub connections: Option<u64>,
     pub bytes: Option<u64>,
+    /// TCP routes of the eBPF datapath: whether the task sees the client's address, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<crate::routes::ClientIpChoice>,
 }
 
 pub type SharedStatus = Arc<RwLock<Status>>;
@@ -322,6 +325,7 @@ pub fn render(s: &Status) -> String {
     if s.routes.is_empty() {
         out.push_str("(no routes)\n");
     }
+    out.push_str(&client_addresses(s));
     if !s.refused.is_empty() {
         out.push_str("\nrefused requests:\n");
         let rows: Vec<[String; 4]> = s
@@ -366,6 +370,26 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
+/// Per TCP route, whether the task sees the client's address and why; nothing when every route
+/// is simply off (the default).
+fn client_addresses(s: &Status) -> String {
+    let lines: Vec<String> = s
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let c = r.client_ip.as_ref()?;
+            Some(format!("  {}: {} ({})\n", r.router, c.mode(), c.reason))
+        })
+        .collect();
+    if lines.iter().all(|line| line.contains(": translated (off)")) {
+        return String::new();
+    }
+    format!(
+        "\nclient addresses (ROUTER_PRESERVE_CLIENT_IP):\n{}",
+        lines.concat()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +422,12 @@ mod tests {
                 state: "active".into(),
                 connections: Some(2),
                 bytes: None,
+                client_ip: Some(crate::routes::ClientIpChoice {
+                    setting: crate::routes::PreserveClientIp::Auto,
+                    preserved: true,
+                    forced: false,
+                    reason: "auto: directly on br0 (bridge)".into(),
+                }),
             }],
             refused: vec![Refusal {
                 owner: RouteOwner::new(crate::endpoint::EndpointId::new("bad", ""), "x"),
@@ -424,6 +454,10 @@ mod tests {
             assert!(row.contains(cell), "{row}");
         }
         assert!(text.contains("address 127.0.0.1 is loopback"), "{text}");
+        assert!(
+            text.contains("30001: preserved (auto: directly on br0 (bridge))"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -437,6 +437,19 @@ fn encode_route_counters(
             .iter()
             .map(|(port, (p, c))| (label(port, &p.upstream), c.active as f64)),
     )?;
+    family(
+        encoder,
+        "task_router_route_client_ip_info",
+        "1 per TCP route: whether new connections keep the client's address (mode preserved) \
+         or come from the router (translated), and the setting that chose it",
+        MetricType::Gauge,
+        routes.iter().map(|(port, (p, _))| {
+            let [port, upstream] = label(port, &p.upstream);
+            let mode = ("mode", p.client_ip.mode().to_string());
+            let setting = ("setting", p.client_ip.setting.as_str().to_string());
+            ([port, upstream, mode, setting], 1.0)
+        }),
+    )?;
     for (direction, help) in [
         ("to_backend", "toward the backend"),
         ("to_client", "toward the client"),

@@ -46,6 +46,94 @@ pub struct TcpRoute {
     pub port: u16,
     pub upstream: SocketAddrV4,
     pub owner: RouteOwner,
+    /// Whether the task sees the client's address (destination-only NAT); `None` = the
+    /// daemon's `ROUTER_PRESERVE_CLIENT_IP`. The routes file sets it per route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_client_ip: Option<PreserveClientIp>,
+}
+
+/// `ROUTER_PRESERVE_CLIENT_IP` and a route's `preserve_client_ip`: whether connections keep the
+/// client's address toward the task (destination-only NAT) or come from the router (full NAT).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PreserveClientIp {
+    /// Full NAT (the task sees the router's address).
+    #[default]
+    Off,
+    /// Destination-only NAT where the backend's replies come back through the router (checked
+    /// per route: `datapath::return_path`), full NAT elsewhere.
+    Auto,
+    /// Destination-only NAT; a warning where the check says the way back may miss the router.
+    On,
+}
+
+/// How a TCP route's new connections are translated, and why (`status`, `/metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientIpChoice {
+    /// What was asked (`ROUTER_PRESERVE_CLIENT_IP` or the route's own setting).
+    pub setting: PreserveClientIp,
+    /// Destination-only NAT: the backend sees the client's address.
+    pub preserved: bool,
+    /// `on` although the return-path check says the task's replies may miss the router.
+    pub forced: bool,
+    pub reason: String,
+}
+
+impl ClientIpChoice {
+    /// Full NAT, for a route asked nothing else.
+    pub fn full_nat() -> ClientIpChoice {
+        ClientIpChoice {
+            setting: PreserveClientIp::Off,
+            preserved: false,
+            forced: false,
+            reason: "off".into(),
+        }
+    }
+
+    /// What a route found in an earlier daemon's pinned map does, until the first apply.
+    pub fn adopted(preserved: bool) -> ClientIpChoice {
+        ClientIpChoice {
+            setting: if preserved {
+                PreserveClientIp::On
+            } else {
+                PreserveClientIp::Off
+            },
+            preserved,
+            forced: false,
+            reason: "as an earlier daemon programmed it".into(),
+        }
+    }
+
+    /// `preserved` or `translated`, the mode label of the metric.
+    pub fn mode(&self) -> &'static str {
+        if self.preserved {
+            "preserved"
+        } else {
+            "translated"
+        }
+    }
+}
+
+impl PreserveClientIp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreserveClientIp::Off => "off",
+            PreserveClientIp::Auto => "auto",
+            PreserveClientIp::On => "on",
+        }
+    }
+
+    /// The value spelled `s` (any case), `None` for anything else.
+    pub fn parse(s: &str) -> Option<PreserveClientIp> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Some(PreserveClientIp::Off),
+            "auto" => Some(PreserveClientIp::Auto),
+            "on" => Some(PreserveClientIp::On),
+            _ => None,
+        }
+    }
 }
 
 /// How an HTTP route is addressed.
@@ -153,6 +241,12 @@ pub trait TcpForwarder: Send {
     /// Counters per programmed router port, read once per sync cycle; an owner that keeps none
     /// returns an empty map (the default).
     fn counters(&self) -> BTreeMap<u16, RouteCounters> {
+        BTreeMap::new()
+    }
+
+    /// How each programmed TCP route translates client addresses, and why, read once per sync
+    /// cycle; an owner that always translates them (nginx) returns an empty map (the default).
+    fn client_ip(&self) -> BTreeMap<u16, ClientIpChoice> {
         BTreeMap::new()
     }
 

@@ -7,6 +7,7 @@
 //! port = 30001
 //! upstream = "10.0.0.5:8888"
 //! name = "ssh-gw"          # optional, default tcp-<port>
+//! preserve_client_ip = "auto"  # optional: off, auto or on; default ROUTER_PRESERVE_CLIENT_IP
 //!
 //! [[http]]
 //! name = "grafana"         # the route key: /service/grafana/
@@ -15,7 +16,7 @@
 //! ```
 
 use crate::endpoint::EndpointId;
-use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteSet, TcpRoute};
+use crate::routes::{HttpMode, HttpRoute, PreserveClientIp, RouteOwner, RouteSet, TcpRoute};
 use crate::validate::{self, UpstreamPolicy};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ struct TcpEntry {
     port: i64,
     upstream: String,
     name: Option<String>,
+    preserve_client_ip: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +113,15 @@ pub fn parse(
         let name = e.name.unwrap_or_else(|| format!("tcp-{port}"));
         validate::task_id(&name).map_err(|r| entry_err(entry.clone(), r))?;
         let upstream = upstream(policy, &e.upstream).map_err(|r| entry_err(entry.clone(), r))?;
+        let preserve_client_ip = match e.preserve_client_ip.as_deref() {
+            None => None,
+            Some(raw) => Some(PreserveClientIp::parse(raw).ok_or_else(|| {
+                entry_err(
+                    entry.clone(),
+                    format!("preserve_client_ip {raw:?} is not off, auto or on"),
+                )
+            })?),
+        };
         if set.tcp.contains_key(&port) {
             return Err(entry_err(entry, format!("port {port} is listed twice")));
         }
@@ -120,6 +131,7 @@ pub fn parse(
                 port,
                 upstream,
                 owner: owner(&name),
+                preserve_client_ip,
             },
         );
     }
@@ -297,6 +309,7 @@ mod tests {
             port = 22
             upstream = "10.0.0.6:22"
             name = "ssh"
+            preserve_client_ip = "Auto"
             [[http]]
             name = "grafana"
             upstream = "10.0.0.6:3000"
@@ -305,6 +318,11 @@ mod tests {
         assert_eq!(set.tcp[&30001].upstream, "10.0.0.5:8888".parse().unwrap());
         assert_eq!(set.tcp[&30001].owner.id.task_id, "file:tcp-30001");
         assert_eq!(set.tcp[&22].owner.task_name, "ssh");
+        assert_eq!(set.tcp[&30001].preserve_client_ip, None);
+        assert_eq!(
+            set.tcp[&22].preserve_client_ip,
+            Some(PreserveClientIp::Auto)
+        );
         assert_eq!(set.http["grafana"].mode, HttpMode::Path);
         assert_eq!(set.http["grafana"].owner.id.task_id, "file:grafana");
         assert_eq!(p("").unwrap(), RouteSet::default());
@@ -325,6 +343,10 @@ mod tests {
             ("[[tcp]]\nport = 1\nupstream = \"10.0.0.5\"", "address:port"),
             ("[[tcp]]\nport = 1\nupstream = \"10.0.0.5:0\"", "not a port"),
             ("[[tcp]]\nport = 1\nupstream = \"8.8.8.8:53\"", "outside"),
+            (
+                "[[tcp]]\nport = 1\nupstream = \"10.0.0.5:1\"\npreserve_client_ip = \"yes\"",
+                "not off, auto or on",
+            ),
             (
                 "[[tcp]]\nport = 1\nupstream = \"10.0.0.5:1\"\n[[tcp]]\nport = 1\nupstream = \"10.0.0.5:2\"",
                 "twice",

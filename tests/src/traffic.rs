@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub const BANNER_LEN: usize = 16;
 pub struct EchoServer {
     pub addr: SocketAddrV4,
     accepted: Arc<AtomicU64>,
+    /// The address each accepted connection came from, in order.
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -38,11 +40,15 @@ impl EchoServer {
             .copy_from_slice(&name.as_bytes()[..name.len().min(BANNER_LEN)]);
         let accepted = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (acc, st) = (Arc::clone(&accepted), Arc::clone(&stop));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (acc, st, seen) = (Arc::clone(&accepted), Arc::clone(&stop), Arc::clone(&peers));
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => {
+                    Ok((conn, peer)) => {
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.push(peer);
+                        }
                         acc.fetch_add(1, Ordering::Relaxed);
                         std::thread::spawn(move || echo(conn, banner));
                     }
@@ -56,6 +62,7 @@ impl EchoServer {
         Ok(EchoServer {
             addr,
             accepted,
+            peers,
             stop,
             thread: Some(thread),
         })
@@ -64,6 +71,11 @@ impl EchoServer {
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Where the connections accepted so far came from, as the server saw them.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
     }
 }
 

@@ -17,11 +17,11 @@ use router_tests::packet::{
 };
 use router_tests::progtest_cases::net::{BACKEND_PORT, MOVED_BACKEND_PORT, PORT};
 use router_tests::progtest_cases::{
-    Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, limits, passing,
-    split_after, translation,
+    Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_ip, limits,
+    passing, split_after, translation,
 };
 use router_tests::require_root;
-use router_tests::routes::tcp_routes;
+use router_tests::routes::{tcp_routes, tcp_routes_in};
 use router_tests::topology::ProgTestNet;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, ConnState, Datapath, Program, RunOutput, Timeouts};
@@ -69,7 +69,7 @@ fn with_env(
             dp.add_xdp_target(&net.backend_dev).expect("xdp target");
         }
         let report = dp
-            .apply_routes(&tcp_routes(&net.routes()))
+            .apply_routes(&tcp_routes_in(&net.routes(), setup.client_ip))
             .expect("program routes");
         assert_eq!(report.added, 2, "{report:?}");
         if let Some(mtu) = setup.backend_mtu {
@@ -167,7 +167,7 @@ impl Env {
         if let Some(change) = &case.routes_before {
             let report = self
                 .dp
-                .apply_routes(&tcp_routes(&change.routes))
+                .apply_routes(&tcp_routes_in(&change.routes, change.client_ip))
                 .expect("apply the route change");
             assert_eq!(
                 (report.added, report.changed, report.removed),
@@ -452,6 +452,8 @@ both_hooks!(
     a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms,
     a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple,
     established_connections_are_never_evicted_by_syns,
+    destination_only_nat_keeps_the_client_address_both_ways,
+    a_route_switched_between_modes_keeps_its_connections,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -541,7 +543,34 @@ tables!(
     ttl_that_would_expire_is_dropped in limits,
     oversized_frames_are_not_forwarded_blindly in limits,
     handshake_mss_is_clamped_to_the_links in translation,
+    destination_only_nat_keeps_the_client_address_both_ways in client_ip,
 );
+
+/// The connections list the mode each was opened in, whatever the route's is now.
+fn a_route_switched_between_modes_keeps_its_connections(program: Program) {
+    with_env(
+        program,
+        client_ip::a_route_switched_between_modes_keeps_its_connections,
+        |env, table| {
+            env.run_cases(&table.cases);
+            let conns = env.dp.connections().expect("connections");
+            let preserved: Vec<(u16, bool, Ipv4Addr)> = conns
+                .iter()
+                .map(|c| (c.client.port(), c.client_ip_preserved, *c.nat_source.ip()))
+                .collect();
+            let (client, nat) = (env.net.client, env.net.nat_source);
+            assert_eq!(
+                preserved,
+                [
+                    (40000, false, nat),
+                    (40001, true, client),
+                    (40002, false, nat)
+                ],
+                "{conns:?}"
+            );
+        },
+    );
+}
 
 fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
     run_table(

@@ -24,6 +24,7 @@ fn tcp_route(port: u16, upstream: SocketAddrV4) -> TcpRoute {
             EndpointId::new("task\"; } server { listen 1; } #", "}"),
             "ssh $remote_addr ;\n",
         ),
+        preserve_client_ip: None,
     }
 }
 

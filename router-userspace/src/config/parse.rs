@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::datapath::options::{AttachMode, DatapathKind, parse_attach_mode};
 use crate::logging::LogFormat;
-use crate::routes::HttpMode;
+use crate::routes::{HttpMode, PreserveClientIp};
 
 /// What a parser returns: the value, or the detail of what is wrong.
 pub type Parsed<T> = Result<T, String>;
@@ -200,6 +200,10 @@ pub fn parse_interface(s: &str) -> Parsed<(String, Option<AttachMode>)> {
 
 pub fn interfaces(s: &str) -> Parsed<Vec<(String, Option<AttachMode>)>> {
     split_list(s).map(parse_interface).collect()
+}
+
+pub fn preserve_client_ip(s: &str) -> Parsed<PreserveClientIp> {
+    PreserveClientIp::parse(s).ok_or_else(String::new)
 }
 
 pub fn datapath(s: &str) -> Parsed<DatapathKind> {

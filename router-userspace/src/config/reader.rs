@@ -19,7 +19,7 @@ use super::spec::EnvVar;
 use super::vars::ENV_VARS;
 use crate::datapath::options::{AttachMode, DatapathConfig, DatapathKind, Pressure};
 use crate::logging::LogFormat;
-use crate::routes::HttpMode;
+use crate::routes::{HttpMode, PreserveClientIp};
 
 /// What reading found besides the values: the refused ones, and what the operator set.
 #[derive(Debug, Default)]
@@ -130,6 +130,7 @@ fn unread() -> Config {
             port_end: 0,
             allowed_upstreams: Vec::new(),
             port_grace: Duration::ZERO,
+            preserve_client_ip: PreserveClientIp::Off,
         },
         datapath: DatapathConfig {
             kind: DatapathKind::Ebpf(AttachMode::Auto),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::datapath::options::DatapathConfig;
-use crate::routes::HttpMode;
+use crate::routes::{HttpMode, PreserveClientIp};
 use crate::routes_file::HttpRules;
 
 /// Everything `task-router run` needs, validated.
@@ -97,6 +97,9 @@ pub struct TcpConfig {
     pub allowed_upstreams: Vec<Ipv4Net>,
     /// `ROUTER_PORT_GRACE`: port reuse grace period after a route ends (default 60 s).
     pub port_grace: Duration,
+    /// `ROUTER_PRESERVE_CLIENT_IP` (default off): the translation of TCP routes that do not
+    /// name their own (`TcpRoute::preserve_client_ip`).
+    pub preserve_client_ip: PreserveClientIp,
 }
 
 /// HTTP routes through nginx.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::datapath::options::{AttachMode, DatapathKind, attach_mode_name};
 use crate::logging::LogFormat;
-use crate::routes::HttpMode;
+use crate::routes::{HttpMode, PreserveClientIp};
 
 /// A value in the spelling of its variable.
 pub trait Shown {
@@ -69,6 +69,12 @@ impl Shown for HttpMode {
             HttpMode::Subdomain => "subdomain",
         }
         .to_string()
+    }
+}
+
+impl Shown for PreserveClientIp {
+    fn shown(&self) -> String {
+        self.as_str().to_string()
     }
 }
 

@@ -195,6 +195,19 @@ pub const ENV_VARS: &[EnvVar] = &[
         }),
     },
     EnvVar {
+        section: Tcp,
+        name: "ROUTER_PRESERVE_CLIENT_IP",
+        default: "off",
+        help: "whether tasks see the client's address (destination-only NAT): off, auto (where \
+               the task's replies come back through the router: a backend directly on a local \
+               veth or bridge) or on (everywhere, warning where unsafe); routes-file entries may \
+               set their own `preserve_client_ip`",
+        secret: false,
+        alias: None,
+        expected: "off, auto or on",
+        field: field!(tcp.preserve_client_ip, parse::preserve_client_ip),
+    },
+    EnvVar {
         section: Router,
         name: "ROUTER_MAX_ENDPOINTS_PER_TASK",
         default: "16",

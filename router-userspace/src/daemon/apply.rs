@@ -2,7 +2,9 @@
 //! set, what each took of it, and whether what the TCP forwarder took can be served.
 
 use super::serving::{Serving, Unserved};
-use crate::routes::{ApplyReport, HttpRouter, RouteCounters, RouteRef, RouteSet, TcpForwarder};
+use crate::routes::{
+    ApplyReport, ClientIpChoice, HttpRouter, RouteCounters, RouteRef, RouteSet, TcpForwarder,
+};
 use anyhow::{Result, anyhow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -137,6 +139,14 @@ impl Owners {
     pub(super) async fn read_counters(&self) -> BTreeMap<u16, RouteCounters> {
         let tcp = self.tcp.clone();
         let read = tokio::task::spawn_blocking(move || tcp.lock().map(|f| f.counters()).ok()).await;
+        read.ok().flatten().unwrap_or_default()
+    }
+
+    /// How the TCP forwarder translates client addresses per route (none if it panicked).
+    pub(super) async fn read_client_ip(&self) -> BTreeMap<u16, ClientIpChoice> {
+        let tcp = self.tcp.clone();
+        let read =
+            tokio::task::spawn_blocking(move || tcp.lock().map(|f| f.client_ip()).ok()).await;
         read.ok().flatten().unwrap_or_default()
     }
 

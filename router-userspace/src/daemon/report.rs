@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::endpoint::EndpointId;
 use crate::ports::PortStats;
 use crate::reconcile::{self, Kind, Refusal, Settings};
-use crate::routes::{RouteCounters, RouteRef, RouteSet};
+use crate::routes::{ClientIpChoice, RouteCounters, RouteRef, RouteSet};
 use crate::routes_file::RoutesFile;
 use crate::time::now_millis;
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +73,7 @@ pub(super) struct Report {
     refused: Vec<Refusal>,
     logged_refusals: HashMap<(EndpointId, String), String>,
     counters: BTreeMap<u16, RouteCounters>,
+    client_ip: BTreeMap<u16, ClientIpChoice>,
     /// The last failure to save the state files (`None` once a save succeeds).
     state_error: Option<String>,
     was_ready: bool,
@@ -108,6 +109,7 @@ impl Report {
             refused: Vec::new(),
             logged_refusals: HashMap::new(),
             counters: BTreeMap::new(),
+            client_ip: BTreeMap::new(),
             state_error: None,
             was_ready: false,
         }
@@ -188,6 +190,10 @@ impl Report {
 
     pub(super) fn set_counters(&mut self, counters: BTreeMap<u16, RouteCounters>) {
         self.counters = counters;
+    }
+
+    pub(super) fn set_client_ip(&mut self, client_ip: BTreeMap<u16, ClientIpChoice>) {
+        self.client_ip = client_ip;
     }
 
     /// How the last save of the state files went (`error`: what failed); logs a change.
@@ -282,6 +288,7 @@ impl Report {
                 ),
                 connections: self.counters.get(port).map(|c| c.connections),
                 bytes: self.counters.get(port).map(|c| c.bytes),
+                client_ip: self.client_ip.get(port).cloned(),
             });
         }
         for (k, r) in &wanted.http {
@@ -303,6 +310,7 @@ impl Report {
                 ),
                 connections: None,
                 bytes: None,
+                client_ip: None,
             });
         }
         out

@@ -149,8 +149,12 @@ pub struct RouteCounters {
 pub struct Connection {
     pub client: SocketAddrV4,
     pub router: SocketAddrV4,
+    /// The source toward the backend: the router's address, or the client's own where the
+    /// connection was opened in destination-only mode (`client_ip_preserved`).
     pub nat_source: SocketAddrV4,
     pub backend: SocketAddrV4,
+    /// Opened with the client's address kept toward the backend (`F_PRESERVE_CLIENT`).
+    pub client_ip_preserved: bool,
     pub route_id: u32,
     pub state: ConnState,
     pub idle: Duration,
@@ -377,6 +381,7 @@ impl Conntrack {
                 client: sock(p.fwd_key.saddr, p.fwd_key.sport),
                 router: sock(p.fwd_key.daddr, p.fwd_key.dport),
                 nat_source: sock(p.fwd.saddr, p.fwd.sport),
+                client_ip_preserved: p.fwd.preserves_client(),
                 backend: sock(p.fwd.daddr, p.fwd.dport),
                 route_id: p.fwd.route_id,
                 state: state(p.fwd.tcp_flags, p.rev.tcp_flags),

@@ -135,6 +135,7 @@ impl HalfOpen {
                 client: sock(p.fwd_key.saddr, p.fwd_key.sport),
                 router: sock(p.fwd_key.daddr, p.fwd_key.dport),
                 nat_source: sock(p.fwd.ct.saddr, p.fwd.ct.sport),
+                client_ip_preserved: p.fwd.ct.preserves_client(),
                 backend: sock(p.fwd.ct.daddr, p.fwd.ct.dport),
                 route_id: p.fwd.ct.route_id,
                 state: ConnState::Opening,

@@ -31,11 +31,13 @@ pub mod half_open_sizes;
 pub mod kernel_log;
 mod key_set;
 mod netlink;
+mod netns;
 pub mod object;
 pub mod options;
 pub mod peer_devs;
 pub mod pins;
 pub mod port_flags;
+pub mod return_path;
 pub mod route_map;
 pub mod settings;
 pub mod stats;
@@ -55,7 +57,7 @@ pub use route_map::Programmed;
 pub use test_run::{Program, RunOutput};
 
 use crate::error::error_chain;
-use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
+use crate::routes::{ApplyReport, PreserveClientIp, TcpForwarder, TcpRoute};
 use aya::Ebpf;
 use aya::maps::Map;
 use object::maps;
@@ -90,6 +92,8 @@ pub struct Datapath {
     evicted_total: u64,
     /// The network namespace the datapath serves (the sweeper's thread joins it).
     netns: Option<OwnedFd>,
+    /// `ROUTER_PRESERVE_CLIENT_IP`: for routes that name no client-address mode of their own.
+    client_ip_default: PreserveClientIp,
     /// Where maps and links are pinned (`None`: nothing pinned, all gone with the process).
     pins: Option<pins::PinDir>,
     adoption: Adoption,
@@ -288,6 +292,7 @@ impl Datapath {
             last_sweep: None,
             evicted_total: 0,
             netns,
+            client_ip_default: PreserveClientIp::Off,
             adoption: Adoption {
                 maps: adopted_maps.clone(),
                 routes: 0,
@@ -431,7 +436,9 @@ impl Datapath {
         wanted: &BTreeMap<u16, TcpRoute>,
     ) -> Result<ApplyReport, DatapathError> {
         let before = self.routes.programmed().clone();
-        let report = self.routes.apply(wanted);
+        let client_ip =
+            return_path::choose_all(wanted, self.client_ip_default, self.netns.as_ref());
+        let report = self.routes.apply(wanted, &client_ip);
         let now = Instant::now();
         let after = self.routes.programmed();
         for (port, old) in &before {
@@ -473,6 +480,12 @@ impl Datapath {
     /// Sets the idle timeouts the sweeper enforces.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.conntrack.set_timeouts(timeouts);
+    }
+
+    /// Sets whether routes that name no mode of their own keep the client's address (applies
+    /// from the next `apply_routes`).
+    pub fn set_client_ip_default(&mut self, setting: PreserveClientIp) {
+        self.client_ip_default = setting;
     }
 
     /// Sets when the sweeper evicts idle connections before their timeout.

@@ -1,13 +1,15 @@
 //! Owner of `ROUTES` (router port → backend): diffs the wanted TCP routes against what it
 //! programmed. The kernel reads the map only when a SYN opens a connection, so a change or a
-//! removal affects new connections at once and established ones never.
+//! removal affects new connections at once and established ones never. Each route's value
+//! says whether its connections keep the client's address (`ROUTE_PRESERVE_CLIENT`, chosen per
+//! route by [`super::return_path`]); a change of that choice is a change of the route.
 
 use super::DatapathError;
 use super::object::maps::ROUTES;
 use crate::endpoint::EndpointId;
-use crate::routes::{ApplyReport, RouteOwner, RouteRef, TcpRoute};
+use crate::routes::{ApplyReport, ClientIpChoice, RouteOwner, RouteRef, TcpRoute};
 use aya::maps::{HashMap, Map, MapData};
-use router_common::route::{FAMILY_IPV4, RouteKey, RouteValue};
+use router_common::route::{FAMILY_IPV4, ROUTE_PRESERVE_CLIENT, RouteKey, RouteValue};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
@@ -18,8 +20,10 @@ pub struct Programmed {
     pub owner: RouteOwner,
     /// Stable while the same owner holds the port; counters are kept per id.
     pub route_id: u32,
-    /// Bumped when the owner's backend changes.
+    /// Bumped when the owner's backend (or the client-address choice) changes.
     pub version: u32,
+    /// Whether new connections keep the client's address, and why.
+    pub client_ip: ClientIpChoice,
 }
 
 pub struct RouteMap {
@@ -93,6 +97,7 @@ impl RouteMap {
                     owner: adopted_owner(),
                     route_id: value.route_id,
                     version: value.version,
+                    client_ip: ClientIpChoice::adopted(value.preserves_client()),
                 },
             );
             owner.adopted.insert(key.port);
@@ -112,7 +117,11 @@ impl RouteMap {
             addr,
             port_be: p.upstream.port().to_be(),
             family: FAMILY_IPV4,
-            _pad: 0,
+            flags: if p.client_ip.preserved {
+                ROUTE_PRESERVE_CLIENT
+            } else {
+                0
+            },
             route_id: p.route_id,
             version: p.version,
             _pad2: 0,
@@ -125,9 +134,14 @@ impl RouteMap {
             })
     }
 
-    /// Makes the map equal `wanted`; routes that fail validation or the map write are reported
-    /// and left out (the previous route at that port, if any, is removed).
-    pub fn apply(&mut self, wanted: &BTreeMap<u16, TcpRoute>) -> ApplyReport {
+    /// Makes the map equal `wanted`, each route with its client-address choice from `client_ip`
+    /// (full NAT for a port it does not name); routes that fail validation or the map write are
+    /// reported and left out (the previous route at that port, if any, is removed).
+    pub fn apply(
+        &mut self,
+        wanted: &BTreeMap<u16, TcpRoute>,
+        client_ip: &BTreeMap<u16, ClientIpChoice>,
+    ) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut invalid = Vec::new();
         for (&port, route) in wanted {
@@ -160,28 +174,32 @@ impl RouteMap {
                 continue;
             }
             let adopted = self.adopted.remove(&port);
+            let choice = client_ip
+                .get(&port)
+                .cloned()
+                .unwrap_or_else(ClientIpChoice::full_nat);
+            let same_mode = |p: &Programmed| p.client_ip.preserved == choice.preserved;
             let (next, changed) = match self.programmed.get_mut(&port) {
-                Some(p) if p.upstream == route.upstream && p.owner == route.owner => continue,
-                Some(p) if adopted && p.upstream == route.upstream => {
-                    // The entry an earlier daemon wrote for this route: kept as it is.
-                    p.owner = route.owner.clone();
+                Some(p)
+                    if p.upstream == route.upstream && p.owner == route.owner && same_mode(p) =>
+                {
+                    // Only the reason may differ: nothing to write.
+                    p.client_ip = choice;
                     continue;
                 }
-                Some(p) if adopted => (
+                Some(p) if adopted && p.upstream == route.upstream && same_mode(p) => {
+                    // The entry an earlier daemon wrote for this route: kept as it is.
+                    p.owner = route.owner.clone();
+                    p.client_ip = choice;
+                    continue;
+                }
+                Some(p) if adopted || p.owner == route.owner => (
                     Programmed {
                         upstream: route.upstream,
                         owner: route.owner.clone(),
                         route_id: p.route_id,
                         version: p.version.wrapping_add(1),
-                    },
-                    true,
-                ),
-                Some(p) if p.owner == route.owner => (
-                    Programmed {
-                        upstream: route.upstream,
-                        owner: route.owner.clone(),
-                        route_id: p.route_id,
-                        version: p.version.wrapping_add(1),
+                        client_ip: choice,
                     },
                     true,
                 ),
@@ -194,6 +212,7 @@ impl RouteMap {
                             owner: route.owner.clone(),
                             route_id: id,
                             version: 1,
+                            client_ip: choice,
                         },
                         other.is_some(),
                     )
@@ -201,6 +220,15 @@ impl RouteMap {
             };
             match self.write(port, &next) {
                 Ok(()) => {
+                    if next.client_ip.forced {
+                        tracing::warn!(
+                            port,
+                            upstream = %next.upstream,
+                            reason = %next.client_ip.reason,
+                            "preserve_client_ip=on where the task's replies may not come back \
+                             through the router: its connections may never open"
+                        );
+                    }
                     self.programmed.insert(port, next);
                     if changed {
                         report.changed += 1;
@@ -227,6 +255,7 @@ mod tests {
             port,
             upstream: SocketAddrV4::new(Ipv4Addr::from(ip), upstream_port),
             owner: RouteOwner::new(EndpointId::new("t", String::new()), "n"),
+            preserve_client_ip: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The conntrack sweeper: a thread that sweeps the shared datapath at an interval, in the
 //! network namespace the datapath serves, until dropped.
 
+use super::netns::is_current_netns;
 use super::{SharedDatapath, SweepReport};
 use crate::error::error_chain;
 use std::os::fd::AsFd;
@@ -88,31 +89,5 @@ impl Drop for Sweeper {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Whether `ns` (a network namespace descriptor) is the calling thread's own network namespace
-/// (same device and inode as `/proc/thread-self/ns/net`).
-fn is_current_netns(ns: &impl AsFd) -> bool {
-    let id = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
-    match (
-        nix::sys::stat::fstat(ns.as_fd()),
-        nix::sys::stat::stat("/proc/thread-self/ns/net"),
-    ) {
-        (Ok(a), Ok(b)) => id(a) == id(b),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_own_network_namespace_is_recognised() {
-        let own = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-        assert!(is_current_netns(&own));
-        let not_a_namespace = std::fs::File::open("/proc/self/exe").expect("a file");
-        assert!(!is_current_netns(&not_a_namespace));
     }
 }

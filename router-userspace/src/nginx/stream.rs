@@ -209,6 +209,7 @@ mod tests {
             port,
             upstream: SocketAddrV4::new(Ipv4Addr::from(up), up_port),
             owner: RouteOwner::new(EndpointId::new("t", String::new()), "}; evil $x\n"),
+            preserve_client_ip: None,
         }
     }
 

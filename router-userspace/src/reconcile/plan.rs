@@ -182,6 +182,7 @@ fn add_route(
                     port,
                     upstream,
                     owner,
+                    preserve_client_ip: None,
                 },
             );
             (
@@ -381,6 +382,7 @@ mod tests {
                 port: 30000,
                 upstream: "10.0.0.1:1".parse().unwrap(),
                 owner: owner.clone(),
+                preserve_client_ip: None,
             },
         );
         statics.http.insert(

@@ -6,6 +6,7 @@
 //! connection table say afterwards. Cases run in order on one datapath, so a case may rely on
 //! the connections the cases before it opened.
 
+pub mod client_ip;
 pub mod limits;
 pub mod net;
 pub mod passing;
@@ -13,6 +14,7 @@ pub mod translation;
 
 use crate::packet::Mac;
 use router_common::stats::StatReason;
+use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
@@ -27,6 +29,8 @@ pub struct Setup {
     pub xdp_targets: bool,
     /// The MTU of the backend link, when not the default 1500.
     pub backend_mtu: Option<u32>,
+    /// `preserve_client_ip` of the table's routes.
+    pub client_ip: PreserveClientIp,
 }
 
 impl Default for Setup {
@@ -35,6 +39,7 @@ impl Default for Setup {
             max_connections: 1024,
             nat_source_ports: router_userspace::datapath::DEFAULT_NAT_SOURCE_PORTS,
             xdp_targets: true,
+            client_ip: PreserveClientIp::Off,
             backend_mtu: None,
         }
     }
@@ -166,6 +171,26 @@ pub struct IcmpQuote {
     pub dport: u16,
 }
 
+/// What reaches the client of a "fragmentation needed" (MTU 1400) about the packet it sent from
+/// `sport` to the router port: from the router, quoting that packet as the client sent it.
+pub fn frag_needed_at_client(net: &Net, sport: u16) -> Fields {
+    Fields {
+        macs: Some((net.client_mac, net.client_dev_mac)),
+        addrs: Some((net.router, net.client)),
+        icmp: Some(IcmpQuote {
+            ty: 3,
+            code: 4,
+            mtu: 1400,
+            saddr: net.client,
+            daddr: net.router,
+            sport,
+            dport: net::PORT,
+        }),
+        checksums: Checksums::Icmp,
+        ..Fields::default()
+    }
+}
+
 /// The routes programmed before a case, and what applying them must report.
 #[derive(Clone, Debug)]
 pub struct RouteChange {
@@ -173,6 +198,8 @@ pub struct RouteChange {
     pub routes: Vec<(u16, Ipv4Addr, u16)>,
     /// (added, changed, removed).
     pub report: (usize, usize, usize),
+    /// `preserve_client_ip` of the routes.
+    pub client_ip: PreserveClientIp,
 }
 
 /// One frame through a program and what must hold afterwards.

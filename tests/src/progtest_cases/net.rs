@@ -76,6 +76,22 @@ impl Net {
         p
     }
 
+    /// A backend packet to the client's own address (a connection in destination-only mode),
+    /// a SYN-ACK numbered as [`Net::backend_packet`]'s.
+    pub fn backend_packet_to_client(&self, dport: u16, flags: u8) -> Tcp4 {
+        let mut p = self.backend_packet(dport, flags);
+        p.daddr = self.client;
+        p
+    }
+
+    /// The client's SYN from `sport` as the router sends it on in destination-only mode.
+    pub fn sent_syn_keeping_the_client(&self, sport: u16) -> Vec<u8> {
+        let mut syn = Tcp4::new(self.client, sport, self.backend, BACKEND_PORT, TCP_SYN)
+            .macs(self.backend_dev_mac, self.backend_mac);
+        syn.ttl = 63;
+        syn.build()
+    }
+
     /// The client's SYN from `sport` as the router sends it on toward the backend (what an
     /// ICMP error from the backend's path quotes).
     pub fn sent_syn(&self, sport: u16) -> Vec<u8> {

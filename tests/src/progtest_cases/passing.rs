@@ -6,6 +6,7 @@ use super::net::{BACKEND_PORT, HOP, PORT_NEVER_ROUTED, PORT_UNRESOLVED};
 use super::{Case, Checksums, Fields, Hooks, Net, RouteChange, Side, Table, Verdict, client_opens};
 use crate::packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
+use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 
 /// A frame from the client handed to the stack as it came, counted as `reason`.
@@ -69,6 +70,7 @@ pub fn syn_without_route_passes_to_the_stack(net: &Net) -> Table {
         .after_routes(RouteChange {
             routes: vec![(PORT_UNRESOLVED, net.backend_unresolved, BACKEND_PORT)],
             report: (0, 0, 1),
+            client_ip: PreserveClientIp::Off,
         })
         .untouched()
         .totals(&[(StatReason::PassNoRoute, 1)]),

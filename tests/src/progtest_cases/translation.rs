@@ -4,11 +4,12 @@
 
 use super::net::{BACKEND_PORT, HOP, MOVED_BACKEND_PORT, PORT, PORT_UNRESOLVED, payload};
 use super::{
-    Case, Checksums, Fields, Hooks, IcmpQuote, Net, RouteChange, Setup, Side, Table, Verdict,
-    client_opens,
+    Case, Checksums, Fields, Hooks, Net, RouteChange, Setup, Side, Table, Verdict, client_opens,
+    frag_needed_at_client,
 };
 use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
+use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 
 /// The client's SYN leaves toward the backend from the NAT source, keeping the client's port;
@@ -111,20 +112,8 @@ pub fn icmp_errors_are_translated_back(net: &Net) -> Table {
             Verdict::Redirect,
         )
         .fields(Fields {
-            macs: Some((net.client_mac, net.client_dev_mac)),
-            addrs: Some((net.router, net.client)),
             ttl: Some(63),
-            icmp: Some(IcmpQuote {
-                ty: 3,
-                code: 4,
-                mtu: 1400,
-                saddr: net.client,
-                daddr: net.router,
-                sport: 40000,
-                dport: PORT,
-            }),
-            checksums: Checksums::Icmp,
-            ..Fields::default()
+            ..frag_needed_at_client(net, 40000)
         })
         .totals(&[(StatReason::IcmpTranslated, 1)]),
         Case::new(
@@ -151,6 +140,7 @@ pub fn route_change_affects_new_connections_only(net: &Net) -> Table {
         .after_routes(RouteChange {
             routes: net.moved_routes(),
             report: (0, 1, 0),
+            client_ip: PreserveClientIp::Off,
         })
         .fields(Fields {
             dport: Some(BACKEND_PORT),

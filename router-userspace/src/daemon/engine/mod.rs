@@ -173,6 +173,8 @@ impl Engine {
         self.save_state();
         let counters = self.owners.read_counters().await;
         self.report.set_counters(counters);
+        let client_ip = self.owners.read_client_ip().await;
+        self.report.set_client_ip(client_ip);
         self.report.cycle_took(started.elapsed());
         self.publish();
         outcome

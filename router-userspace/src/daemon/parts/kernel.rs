@@ -6,7 +6,9 @@
 use crate::admin::DatapathStatus;
 use crate::config::{Config, DatapathKind};
 use crate::datapath::{Attached, Datapath, SharedDatapath, capability, sweeper::Sweeper};
-use crate::routes::{ApplyReport, RouteCounters, ServeCheck, TcpForwarder, TcpRoute};
+use crate::routes::{
+    ApplyReport, ClientIpChoice, RouteCounters, ServeCheck, TcpForwarder, TcpRoute,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -80,6 +82,17 @@ impl TcpForwarder for KernelForwarder {
                     };
                     (port, counters)
                 })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    fn client_ip(&self) -> BTreeMap<u16, ClientIpChoice> {
+        match self.datapath.lock() {
+            Ok(dp) => dp
+                .routes()
+                .iter()
+                .map(|(port, p)| (*port, p.client_ip.clone()))
                 .collect(),
             Err(_) => BTreeMap::new(),
         }
@@ -166,6 +179,7 @@ pub(super) fn open(cfg: &Config) -> Result<KernelParts> {
             .map_err(|e| anyhow!(crate::error::error_chain(&e)))
             .context("handing XDP's packets to TC")?;
     }
+    dp.set_client_ip_default(cfg.tcp.preserve_client_ip);
     log_adoption(&dp);
     let kernel_log = dp.spawn_kernel_log();
     let mut status = DatapathStatus {

@@ -6,7 +6,8 @@
 
 use anyhow::{Context, Result};
 use router_common::conntrack::{
-    CtKey4, CtValue4, F_KEEP_TTL, F_TO_CLIENT, NH_VALID, NH_XDP_CHECKED, NH_XDP_OK,
+    CtKey4, CtValue4, F_KEEP_TTL, F_PRESERVE_CLIENT, F_TO_CLIENT, NH_VALID, NH_XDP_CHECKED,
+    NH_XDP_OK,
 };
 use router_tests::packet::{TCP_ACK, TCP_SYN, Tcp4};
 use router_tests::topology::ProgTestNet;
@@ -117,6 +118,35 @@ impl Bench {
     }
 }
 
+/// Looping pairs of a connection in destination-only mode (`F_PRESERVE_CLIENT`: only the
+/// destination rewritten toward the task, only the source back), on client ports of their own;
+/// returns the client's and the task's 1400-byte segments.
+fn destination_only_pairs(b: &mut Bench, payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let n = b.net.clone();
+    let (c2t_port, t2c_port) = (CLIENT_PORT + 2, CLIENT_PORT + 3);
+    b.loop_pair(
+        key(n.client, c2t_port, n.router, PORT),
+        key(n.client, c2t_port, n.backend, BACKEND_PORT),
+        F_PRESERVE_CLIENT,
+        b.backend_if,
+        (n.backend_mac, n.backend_dev_mac),
+    )?;
+    b.loop_pair(
+        key(n.backend, BACKEND_PORT, n.client, t2c_port),
+        key(n.router, PORT, n.client, t2c_port),
+        F_TO_CLIENT | F_PRESERVE_CLIENT,
+        b.client_if,
+        (n.client_mac, n.client_dev_mac),
+    )?;
+    let c2t = Tcp4::new(n.client, c2t_port, n.router, PORT, TCP_ACK)
+        .payload(payload)
+        .build();
+    let t2c = Tcp4::new(n.backend, BACKEND_PORT, n.client, t2c_port, TCP_ACK)
+        .payload(payload)
+        .build();
+    Ok((c2t, t2c))
+}
+
 /// Measures every path for both hooks; `repeat` runs per sample, `samples` samples.
 pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Vec<Cost>> {
     let t = ProgTestNet::new().context("bench namespace")?;
@@ -160,6 +190,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
                     port,
                     upstream: SocketAddrV4::new(addrs.backend, up),
                     owner: owner.clone(),
+                    preserve_client_ip: None,
                 },
             );
         }
@@ -206,6 +237,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
         .payload(&payload)
         .build();
         let other = Tcp4::new(n.client, 50000, n.router, 22, TCP_ACK).build();
+        let (c2t_kept, t2c_kept) = destination_only_pairs(&mut b, &payload)?;
 
         let mut costs = Vec::new();
         for (program, empty, name) in [
@@ -216,6 +248,16 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
                 ("not for the range (TCP to port 22)", &other, b.client_if),
                 ("established client→task, 1400 B", &c2t, b.client_if),
                 ("established task→client, 1400 B", &t2c, b.backend_if),
+                (
+                    "established client→task, client address kept",
+                    &c2t_kept,
+                    b.client_if,
+                ),
+                (
+                    "established task→client, client address kept",
+                    &t2c_kept,
+                    b.backend_if,
+                ),
             ] {
                 let mut samples_v = b.timed(program, frame, repeat, samples, ifindex)?;
                 let mut floor = b.timed(empty, frame, repeat, samples, ifindex)?;

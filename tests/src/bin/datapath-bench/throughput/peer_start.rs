@@ -162,6 +162,7 @@ impl Bench {
                         port,
                         upstream: SocketAddrV4::new(b, up),
                         owner: owner.clone(),
+                        preserve_client_ip: None,
                     },
                 )
             })
