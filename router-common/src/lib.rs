@@ -6,6 +6,7 @@
 //! the packet) unless a field's doc says otherwise.
 #![no_std]
 
+pub mod client_allow;
 pub mod config;
 pub mod conntrack;
 pub mod csum;
@@ -14,7 +15,7 @@ pub mod stats;
 
 /// Bumped whenever a map key or value layout changes incompatibly; the daemon refuses to adopt
 /// pinned maps of another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Asserts a type's size and alignment at compile time.
 #[macro_export]

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod backoff;
 pub mod clearml;
+pub mod client_allow;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

@@ -21,6 +21,7 @@
 
 pub mod addresses;
 pub mod attach;
+pub mod client_allow;
 pub mod clock;
 pub mod conntrack;
 pub mod half_open;

@@ -31,6 +31,7 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const CLOCK: &str = "CLOCK";
+    pub const CLIENT_ALLOW: &str = "CLIENT_ALLOW";
 }
 
 #[derive(Debug, thiserror::Error)]

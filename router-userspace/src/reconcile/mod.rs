@@ -22,6 +22,7 @@
 //! `ROUTER_MAX_ENDPOINTS_PER_TASK`, `plan` puts it together. None of them does I/O: the ClearML
 //! client writes, the daemon applies.
 
+mod client_allow;
 mod limit;
 mod naming;
 mod plan;
