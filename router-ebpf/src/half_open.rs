@@ -26,9 +26,8 @@ use router_common::{
 
 use crate::conntrack;
 use crate::ctx::Packet;
-use crate::drop;
 use crate::parse::load32;
-use crate::redirect::Verdict;
+use crate::verdict::{Verdict, drop};
 
 /// Sized by the daemon at load time: two entries per ring slot of every CPU, plus room for the
 /// pair each CPU inserts before its admission evicts.

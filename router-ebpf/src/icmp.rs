@@ -13,8 +13,8 @@ use crate::parse::{
     ETH_LEN, ICMP_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TOT_LEN, IP_TTL, IPPROTO_TCP,
     load8, load16, load32, ptr_at, store_mac, store8, store16, store32,
 };
-use crate::redirect::{self, Out, Verdict};
-use crate::{drop, pass};
+use crate::redirect::{self, Out};
+use crate::verdict::{Verdict, drop, pass};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;

@@ -1,12 +1,13 @@
 //! task-router kernel programs: full-NAT TCP forwarding of the router's port range.
 //!
 //! One module per concern, after Cilium's `bpf/lib/`: `parse` (bounds-checked packet access),
-//! `ctx` (what differs between XDP and TC), `config` (settings and filters from the daemon),
-//! `conntrack` (the connection table), `half_open` (connections until their handshake completes),
-//! `nat` (translation and opening connections), `redirect`
-//! (next hops and the redirect itself), `icmp` (errors about tracked connections), `stats`
-//! (one counted reason per packet), `clock`. `client_allow` (which clients may open a
-//! connection) is asked only for a SYN that would open one.
+//! `ctx` (what differs between XDP and TC), `verdict` (what a program does with a packet),
+//! `action` (a verdict as the hook's return code), `config` (settings and filters from the
+//! daemon), `conntrack` (the connection table), `half_open` (connections until their handshake
+//! completes), `nat` (translation and opening connections),
+//! `redirect` (next hops and the redirect itself), `icmp` (errors about tracked connections),
+//! `stats` (one counted reason per packet), `clock`. `client_allow` (which clients may open
+//! a connection) is asked only for a SYN that would open one.
 //!
 //! Both entry points run the same logic. Every packet that is not TCP for a router port or a
 //! tracked connection leaves as it came, after a filter of two array look-ups.
@@ -15,6 +16,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod action;
 mod client_allow;
 mod clock;
 mod config;
@@ -27,6 +29,7 @@ mod nat;
 mod parse;
 mod redirect;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
@@ -43,14 +46,14 @@ use parse::{
     ETH_LEN, ETH_P_IP, IP_DADDR, IP_FRAG, IP_LEN, IP_PROTO, IP_SADDR, IP_TOT_LEN, IPPROTO_ICMP,
     IPPROTO_TCP, TCP_DOFF, TCP_FLAGS, TCP_LEN, load8, load16, load32, ptr_at,
 };
-use redirect::Verdict;
+use verdict::{Verdict, pass};
 
 /// Entry point on interfaces where native XDP serves (physical NICs, or veth when asked). What
 /// it cannot deliver itself it passes untouched to the TC program on the same interface.
 #[xdp]
 pub fn task_router_xdp(ctx: XdpContext) -> u32 {
     upgrade_test_mark();
-    ctx::xdp_action(handle(&ctx))
+    action::xdp_action(handle(&ctx))
 }
 
 /// The `upgrade-test` build (`cargo xtask test` builds it for the hitless-upgrade test) reads
@@ -71,7 +74,7 @@ fn upgrade_test_mark() {
 pub fn task_router_tc(ctx: TcContext) -> i32 {
     upgrade_test_mark();
     make_headers_linear(&ctx);
-    ctx::tc_action(&ctx, handle(&ctx))
+    action::tc_action(&ctx, handle(&ctx))
 }
 
 /// What the programs read must be in the linear part of the skb: Ethernet, IPv4 and TCP
@@ -117,20 +120,6 @@ pub fn bench_empty_xdp(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn bench_empty_tc(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
-}
-
-/// Counts `reason` and lets the packet go on untouched.
-#[inline(always)]
-pub(crate) fn pass<P: Packet>(p: &P, reason: StatReason) -> Verdict {
-    stats::count(P::HOOK, reason, p.frame_len());
-    Verdict::Pass
-}
-
-/// Counts `reason` and drops the packet.
-#[inline(always)]
-pub(crate) fn drop<P: Packet>(p: &P, reason: StatReason) -> Verdict {
-    stats::count(P::HOOK, reason, p.frame_len());
-    Verdict::Drop
 }
 
 #[inline(always)]

@@ -22,8 +22,8 @@ use crate::parse::{
     ETH_LEN, IP_CHECK, IP_DADDR, IP_LEN, IP_SADDR, IP_TTL, TCP_CHECK, TCP_DPORT, TCP_SPORT, load8,
     load16, store_mac, store8, store16, store32,
 };
-use crate::redirect::{self, Fib, Out, Verdict};
-use crate::{drop, pass};
+use crate::redirect::{self, Fib, Out};
+use crate::verdict::{Verdict, drop, pass};
 
 #[map(name = "ROUTES")]
 static ROUTES: HashMap<RouteKey, RouteValue> =

@@ -18,6 +18,7 @@ use router_common::{
 
 use crate::ctx::Packet;
 use crate::parse::IPPROTO_TCP;
+use crate::verdict::Verdict;
 
 pub const AF_INET: u32 = 2;
 
@@ -34,22 +35,6 @@ static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(256, 0);
 /// is in this namespace, where `bpf_redirect_peer` would drop) TC redirects to its egress.
 #[map(name = "PEER_DEVS")]
 static PEER_DEVS: HashMap<u32, u32> = HashMap::with_max_entries(PEER_DEVS_MAX, 0);
-
-/// What a program does with a packet.
-#[derive(Clone, Copy)]
-pub enum Verdict {
-    /// To the host stack (XDP: and then TC), untouched.
-    Pass,
-    Drop,
-    /// Out of an interface, Ethernet header already written.
-    Redirect(u32),
-    /// TC: into the ingress of the peer device of an interface (`PEER_DEVS`), Ethernet header
-    /// already written; XDP treats it as `Redirect`.
-    RedirectPeer(u32),
-    /// TC only: out of an interface through the neighbour subsystem, to the IPv4 next hop
-    /// (network order; 0 = route the packet's destination).
-    RedirectNeigh(u32, u32),
-}
 
 #[inline(always)]
 pub fn xdp_redirect(ifindex: u32) -> u32 {

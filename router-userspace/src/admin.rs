@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use crate::reconcile::Refusal;
+use crate::routes::RouteOwner;
 
 /// Everything `status` shows; the daemon keeps it current.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -56,6 +57,9 @@ pub struct DatapathStatus {
     pub kind: String,
     /// `interface mode` for each attached interface.
     pub interfaces: Vec<String>,
+    /// Interfaces whose mode forwards, but not as well as it could (from the start-up check).
+    #[serde(default)]
+    pub degraded: Vec<crate::datapath::capability::Degradation>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -99,19 +103,25 @@ pub struct RoutesFileStatus {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteStatus {
-    pub task_id: String,
-    pub task_name: String,
-    pub endpoint: String,
+    /// Whose route: flattened, so the JSON keeps its `task_id`, `task_name` and `endpoint`.
+    #[serde(flatten)]
+    pub owner: RouteOwner,
     /// `tcp` or `http`.
     pub kind: String,
     /// The router port (TCP) or URL (HTTP).
     pub router: String,
     pub upstream: String,
-    /// `active`, `writing back`, `write-back failed: ...` or `failed: ...`.
+    /// `active`, `writing back`, `write-back failed: ...`, `failed: ...` (not programmed),
+    /// `not served: ...` (programmed, but the forwarder cannot serve it: its task gets the
+    /// reason instead of the endpoint) or `waiting to be served: ...`.
     pub state: String,
     /// Filled by the datapath's counters when available.
     pub connections: Option<u64>,
     pub bytes: Option<u64>,
+    /// TCP: the clients that may open connections (`any`, `none` or CIDRs), the effective
+    /// allow-list the kernel enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_allow: Option<String>,
 }
 
 pub type SharedStatus = Arc<RwLock<Status>>;
@@ -290,31 +300,27 @@ pub fn render(s: &Status) -> String {
         }
     }
     out.push('\n');
-    let rows: Vec<[String; 8]> = s
+    let rows: Vec<[String; 9]> = s
         .routes
         .iter()
         .map(|r| {
-            let task = if r.endpoint.is_empty() {
-                r.task_id.clone()
-            } else {
-                format!("{}__{}", r.task_id, r.endpoint)
-            };
             let count = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
             [
-                task,
-                r.task_name.clone(),
+                r.owner.id.to_string(),
+                r.owner.task_name.clone(),
                 r.kind.clone(),
                 r.router.clone(),
                 r.upstream.clone(),
                 r.state.clone(),
                 count(r.connections),
                 count(r.bytes),
+                r.client_allow.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     out.push_str(&table(
         &[
-            "TASK", "NAME", "KIND", "ROUTER", "UPSTREAM", "STATE", "CONNS", "BYTES",
+            "TASK", "NAME", "KIND", "ROUTER", "UPSTREAM", "STATE", "CONNS", "BYTES", "CLIENTS",
         ],
         &rows,
     ));
@@ -327,12 +333,12 @@ pub fn render(s: &Status) -> String {
             .refused
             .iter()
             .map(|r| {
-                let task = if r.endpoint.is_empty() {
-                    r.task_id.clone()
-                } else {
-                    format!("{}__{}", r.task_id, r.endpoint)
-                };
-                [task, r.task_name.clone(), r.kind.clone(), r.reason.clone()]
+                [
+                    r.owner.id.to_string(),
+                    r.owner.task_name.clone(),
+                    r.kind.clone(),
+                    r.reason.clone(),
+                ]
             })
             .collect();
         out.push_str(&table(&["TASK", "NAME", "KIND", "REASON"], &rows));
@@ -390,20 +396,17 @@ mod tests {
             router_name: "r1".into(),
             ready: true,
             routes: vec![RouteStatus {
-                task_id: "abc".into(),
-                task_name: "notebook".into(),
-                endpoint: "ssh".into(),
+                owner: RouteOwner::new(crate::endpoint::EndpointId::new("abc", "ssh"), "notebook"),
                 kind: "tcp".into(),
                 router: "30001".into(),
                 upstream: "10.0.0.5:22".into(),
                 state: "active".into(),
                 connections: Some(2),
                 bytes: None,
+                client_allow: Some("10.8.0.0/16".into()),
             }],
             refused: vec![Refusal {
-                task_id: "bad".into(),
-                task_name: "x".into(),
-                endpoint: String::new(),
+                owner: RouteOwner::new(crate::endpoint::EndpointId::new("bad", ""), "x"),
                 kind: "tcp".into(),
                 reason: "address 127.0.0.1 is loopback".into(),
             }],
@@ -421,6 +424,7 @@ mod tests {
             "30001",
             "10.0.0.5:22",
             "active",
+            "10.8.0.0/16",
             "2",
             "-",
         ] {

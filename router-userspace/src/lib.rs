@@ -1,19 +1,26 @@
 //! task-router: gives ClearML tasks reachable endpoints.
 //!
-//! Modules are split by owner: `datapath` owns the kernel programs and their maps, `logging` the
-//! log pipeline (tracing, with the kernel's aya-log records forwarded into it); the control plane
-//! is `config`, `clearml` (API client), `reconcile` (tasks → wanted routes), `ports` (allocator),
-//! `routes_file`, `validate` (untrusted input), `admin` (health/status), `daemon` (wiring) and
-//! `instance_lock` (one daemon per router instance).
+//! Modules are split by owner: `datapath` owns the kernel programs and their maps, `nginx` the
+//! generated nginx configuration (HTTP routes, the TCP fallback) and the nginx it drives, `auth`
+//! the answers to nginx's `auth_request`, `logging` the log pipeline (tracing, with the kernel's
+//! aya-log records forwarded into it); the control plane is `config`, `clearml` (API client),
+//! `reconcile` (tasks → wanted routes), `routes` (the wanted-route model and its owners'
+//! traits), `ports` (allocator), `routes_file`, `validate` (untrusted input), `admin`
+//! (health/status), `metrics` (`/metrics`), `daemon` (wiring) and `instance_lock` (one daemon
+//! per router instance). `endpoint` (the identity of a task endpoint), `error`, `fsutil`, `time`
+//! and `backoff` sit one floor below them all. `docs/architecture.md` maps the rooms.
 
 pub mod admin;
 pub mod auth;
 pub mod backoff;
+pub mod build_info;
 pub mod clearml;
+pub mod cli_assets;
 pub mod client_allow;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod endpoint;
 pub mod error;
 pub mod fsutil;
 pub mod instance_lock;

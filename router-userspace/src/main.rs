@@ -1,10 +1,11 @@
 //! `task-router`: the daemon binary.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use router_userspace::config::{self, Config, ENV_VARS, Sources};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use router_userspace::config::show::Shown;
+use router_userspace::config::{self, Config, Sources};
 use router_userspace::logging::{self, LogFormat};
-use router_userspace::{admin, daemon};
+use router_userspace::{admin, daemon, instance_lock};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,11 +36,11 @@ struct Cli {
 enum Command {
     /// Attach the datapath, sync routes from ClearML (and/or a routes file), write endpoints back
     /// and serve until SIGINT/SIGTERM.
-    #[command(after_long_help = variables_help())]
+    #[command(after_long_help = config::docs::help_table())]
     Run(ConfigArgs),
     /// Validate the whole configuration and print the effective values (secrets masked) with
     /// where each comes from. Exits 2 when something is wrong.
-    #[command(after_long_help = variables_help())]
+    #[command(after_long_help = config::docs::help_table())]
     CheckConfig(ConfigArgs),
     /// Show the running daemon's routes, refusals and health, read from its admin endpoint.
     Status(StatusArgs),
@@ -49,8 +50,15 @@ enum Command {
     /// runs on this instance (it holds ROUTER_STATE_DIR/task-router.lock) or on the same
     /// pins (it holds a lock on the ROUTER_BPFFS directory): stop it first; give it the
     /// configuration the daemon ran with. Safe to repeat.
-    #[command(after_long_help = variables_help())]
+    #[command(after_long_help = config::docs::help_table())]
     Uninstall(ConfigArgs),
+    /// Write the man pages and shell completions (generated from these definitions) into DIR;
+    /// `cargo xtask dist` packs them.
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -88,6 +96,10 @@ struct ConfigArgs {
     /// Set any variable (see the list below); wins over the environment. Repeatable.
     #[arg(long = "set", value_name = "VAR=VALUE", value_parser = parse_assignment)]
     set: Vec<(String, String)>,
+    /// Refuse names that look like task-router variables but are none (ROUTER_*, TCP_*, AUTH_*,
+    /// CLEARML_API_* in the --env-file, ROUTER__* in the environment) instead of warning.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args)]
@@ -114,19 +126,6 @@ fn parse_assignment(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-fn variables_help() -> String {
-    let mut out = String::from("Variables (default in brackets):\n");
-    for v in ENV_VARS {
-        let default = if v.default.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", v.default)
-        };
-        out.push_str(&format!("  {}{default}\n      {}\n", v.name, v.help));
-    }
-    out
-}
-
 impl ConfigArgs {
     /// The flags as `(VARIABLE, value)` pairs.
     fn flags(&self, cli: &Cli) -> Vec<(String, String)> {
@@ -137,24 +136,9 @@ impl ConfigArgs {
             }
         };
         add("LOGGER_LEVEL", cli.log_level.clone());
-        add(
-            "LOG_FORMAT",
-            cli.log_format.map(|f| match f {
-                LogFormat::Text => "text".to_string(),
-                LogFormat::Json => "json".to_string(),
-            }),
-        );
+        add("LOG_FORMAT", cli.log_format.map(|f| f.shown()));
         if !self.interfaces.is_empty() {
-            let list = self
-                .interfaces
-                .iter()
-                .map(|(name, mode)| match mode {
-                    Some(m) => format!("{name}:{}", config::attach_mode_name(*m)),
-                    None => name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            add("ROUTER_INTERFACES", Some(list));
+            add("ROUTER_INTERFACES", Some(self.interfaces.shown()));
         }
         add("ROUTER_DATAPATH", self.mode.clone());
         add(
@@ -176,13 +160,34 @@ impl ConfigArgs {
     }
 }
 
+/// The command line, with the build's identity as its version (`-V` short, `--version` long).
+fn command() -> clap::Command {
+    Cli::command()
+        .version(router_userspace::build_info::short_version())
+        .long_version(router_userspace::build_info::long_version())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     match &cli.command {
         Command::Run(args) => run(&cli, args.clone()),
         Command::CheckConfig(args) => check_config(&cli, args),
         Command::Status(args) => status(args),
         Command::Uninstall(args) => uninstall(&cli, args),
+        Command::GenerateAssets { out_dir } => generate_assets(out_dir),
+    }
+}
+
+fn generate_assets(dir: &std::path::Path) -> ExitCode {
+    match router_userspace::cli_assets::write(command(), dir) {
+        Ok(files) => {
+            files.iter().for_each(|f| println!("{}", f.display()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -197,7 +202,7 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
     }
     // Held until everything is removed: a daemon starting meanwhile waits for nothing, it is
     // refused.
-    let _instance = match daemon::lock_for_uninstall(&cfg) {
+    let _instance = match instance_lock::lock_for_uninstall(&cfg) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("task-router uninstall: {e:#}");
@@ -238,9 +243,17 @@ fn uninstall(cli: &Cli, args: &ConfigArgs) -> ExitCode {
     }
 }
 
-/// Loads the configuration or says why not (exit 2).
+/// Loads the configuration or says why not (exit 2); under `--strict` a misspelled variable
+/// is refused too.
 fn load(cli: &Cli, args: &ConfigArgs) -> Result<(Config, Sources), ExitCode> {
-    Config::load(args.flags(cli), args.env_file.as_deref()).map_err(|e| {
+    let loaded =
+        Config::load(args.flags(cli), args.env_file.as_deref()).and_then(|(cfg, sources)| {
+            if args.strict {
+                sources.strict()?;
+            }
+            Ok((cfg, sources))
+        });
+    loaded.map_err(|e| {
         eprintln!("task-router: {e}");
         ExitCode::from(2)
     })
@@ -254,16 +267,21 @@ fn check_config(cli: &Cli, args: &ConfigArgs) -> ExitCode {
     for w in &sources.warnings {
         eprintln!("warning: {w}");
     }
+    // The CA bundles are read where the client is built: a missing one fails here, not at start.
+    if cfg.clearml_enabled()
+        && let Err(e) = router_userspace::clearml::Client::new(&cfg.clearml)
+    {
+        eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
+        return ExitCode::from(2);
+    }
     if let Some(path) = &cfg.routes_file {
         let policy = router_userspace::validate::UpstreamPolicy::new(
             cfg.tcp.allowed_upstreams.clone(),
             cfg.datapath.router_addresses.clone(),
         );
-        if let Err(e) = router_userspace::routes_file::RoutesFile::load(
-            path,
-            &policy,
-            cfg.http.domain.is_some(),
-        ) {
+        if let Err(e) =
+            router_userspace::routes_file::RoutesFile::load(path, &policy, cfg.routes_file_rules())
+        {
             eprintln!("task-router: {}", router_userspace::error::error_chain(&e));
             return ExitCode::from(2);
         }
@@ -286,7 +304,7 @@ fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
     }
     // First, before anything is touched; declared before the runtime so it is released only
     // after the runtime (and every owner it drove) is gone.
-    let _instance = match daemon::lock_instance(&cfg) {
+    let _instance = match instance_lock::lock_instance(&cfg) {
         Ok(lock) => lock,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -307,7 +325,7 @@ fn run(cli: &Cli, args: ConfigArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            daemon::exit_code(&e)
         }
     }
 }

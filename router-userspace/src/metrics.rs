@@ -4,7 +4,7 @@
 //! maps (verdict counters, per-route counters of the last sweep, the connection count), the
 //! daemon's shared [`Status`] (sync loop, ClearML, datapath modes) and nginx's own status.
 
-use crate::admin::{SharedStatus, Status};
+use crate::admin::{ClearmlStatus, SharedStatus, Status};
 use crate::datapath::Datapath;
 use crate::nginx::Nginx;
 use axum::Router;
@@ -177,6 +177,19 @@ fn interface_modes(status: &Status) -> Vec<(String, String)> {
 }
 
 fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    family(
+        encoder,
+        "task_router_build_info",
+        "the running build: version and git revision (task-router --version)",
+        MetricType::Gauge,
+        [(
+            [
+                ("version", crate::build_info::VERSION),
+                ("revision", crate::build_info::REVISION),
+            ],
+            1.0,
+        )],
+    )?;
     single(
         encoder,
         "task_router_ready",
@@ -186,21 +199,70 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
     )?;
     family(
         encoder,
-        "task_router_datapath_kind",
+        "task_router_datapath_info",
         "the TCP datapath in use (ebpf mode, nginx or nginx (fallback))",
         MetricType::Gauge,
         [([("kind", s.datapath.kind.clone())], 1.0)],
     )?;
     family(
         encoder,
-        "task_router_datapath_mode",
+        "task_router_datapath_mode_info",
         "the hook the kernel programs run at, per attached interface",
         MetricType::Gauge,
         interface_modes(s)
             .into_iter()
             .map(|(interface, mode)| ([("interface", interface), ("mode", mode)], 1.0)),
     )?;
-    let c = &s.clearml;
+    family(
+        encoder,
+        "task_router_datapath_degraded",
+        "1 per interface whose mode forwards, but not as well as it could, by reason (the \
+         start-up check; the log and /readyz say what to do)",
+        MetricType::Gauge,
+        s.datapath.degraded.iter().map(|d| {
+            (
+                [
+                    ("interface", d.interface.clone()),
+                    ("reason", d.reason.clone()),
+                ],
+                1.0,
+            )
+        }),
+    )?;
+    encode_sync(encoder, &s.clearml)?;
+    single(
+        encoder,
+        "task_router_state_save_failing",
+        "1 while the state files in ROUTER_STATE_DIR cannot be saved",
+        MetricType::Gauge,
+        if s.state_error.is_some() { 1.0 } else { 0.0 },
+    )?;
+    single(
+        encoder,
+        "task_router_degraded",
+        "reasons the router is degraded while it forwards (see /readyz)",
+        MetricType::Gauge,
+        s.degraded.len() as f64,
+    )?;
+    family(
+        encoder,
+        "task_router_routes",
+        "routes in the status, by kind and state",
+        MetricType::Gauge,
+        route_states(s),
+    )?;
+    single(
+        encoder,
+        "task_router_refused_routes",
+        "routes refused by validation or port allocation",
+        MetricType::Gauge,
+        s.refused.len() as f64,
+    )?;
+    Ok(())
+}
+
+/// The sync loop and the ClearML connection.
+fn encode_sync(encoder: &mut DescriptorEncoder, c: &ClearmlStatus) -> Result<(), std::fmt::Error> {
     single(
         encoder,
         "task_router_sync_cycles",
@@ -272,34 +334,6 @@ fn encode_status(encoder: &mut DescriptorEncoder, s: &Status) -> Result<(), std:
         MetricType::Counter,
         c.concurrent_writes as f64,
     )?;
-    single(
-        encoder,
-        "task_router_state_save_failing",
-        "1 while the state files in ROUTER_STATE_DIR cannot be saved",
-        MetricType::Gauge,
-        if s.state_error.is_some() { 1.0 } else { 0.0 },
-    )?;
-    single(
-        encoder,
-        "task_router_degraded",
-        "reasons the router is degraded while it forwards (see /readyz)",
-        MetricType::Gauge,
-        s.degraded.len() as f64,
-    )?;
-    family(
-        encoder,
-        "task_router_routes",
-        "routes in the status, by kind and state",
-        MetricType::Gauge,
-        route_states(s),
-    )?;
-    single(
-        encoder,
-        "task_router_refused_routes",
-        "routes refused by validation or port allocation",
-        MetricType::Gauge,
-        s.refused.len() as f64,
-    )?;
     Ok(())
 }
 
@@ -360,6 +394,16 @@ fn route_states(s: &Status) -> Vec<([(&'static str, String); 2], f64)> {
 }
 
 fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
+    encode_route_counters(encoder, dp)?;
+    encode_verdicts(encoder, dp)?;
+    encode_conntrack(encoder, dp)
+}
+
+/// Per-route connections, bytes and packets, as of the last sweep.
+fn encode_route_counters(
+    encoder: &mut DescriptorEncoder,
+    dp: &Datapath,
+) -> Result<(), std::fmt::Error> {
     let routes = dp.route_counters();
     let label = |port: &u16, upstream: &std::net::SocketAddrV4| {
         [
@@ -403,6 +447,11 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
                 .map(|(port, (p, c))| (label(port, &p.upstream), pick(c).packets as f64)),
         )?;
     }
+    Ok(())
+}
+
+/// The kernel's verdict counters by hook and reason (logged, not encoded, when unreadable).
+fn encode_verdicts(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
     match dp.stats() {
         Ok(stats) => {
             let samples = |bytes: bool| {
@@ -438,6 +487,11 @@ fn encode_datapath(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(),
             tracing::warn!(error = %crate::error::error_chain(&e), "reading the verdict counters for /metrics")
         }
     }
+    Ok(())
+}
+
+/// The connection table: fill, evictions, the last sweep.
+fn encode_conntrack(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<(), std::fmt::Error> {
     match dp.fill() {
         Ok((live, capacity)) => {
             single(
@@ -535,6 +589,11 @@ mod tests {
             datapath: DatapathStatus {
                 kind: "auto".into(),
                 interfaces: vec!["veth-a tc".into(), "eth0 xdp".into()],
+                degraded: vec![crate::datapath::capability::Degradation {
+                    interface: "veth-a".into(),
+                    reason: "xdp_generic".into(),
+                    detail: "slow".into(),
+                }],
             },
             ..Status::default()
         };
@@ -576,11 +635,15 @@ mod tests {
         for (series, value) in [
             ("task_router_ready", 1.0),
             (
-                "task_router_datapath_mode{interface=\"veth-a\",mode=\"tc\"}",
+                "task_router_datapath_mode_info{interface=\"veth-a\",mode=\"tc\"}",
                 1.0,
             ),
             (
-                "task_router_datapath_mode{interface=\"eth0\",mode=\"xdp\"}",
+                "task_router_datapath_mode_info{interface=\"eth0\",mode=\"xdp\"}",
+                1.0,
+            ),
+            (
+                "task_router_datapath_degraded{interface=\"veth-a\",reason=\"xdp_generic\"}",
                 1.0,
             ),
             ("task_router_sync_cycles_total", 7.0),
@@ -624,5 +687,11 @@ mod tests {
             assert_eq!(found, Some(value), "{series} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        let build = format!(
+            "task_router_build_info{{version=\"{}\",revision=\"{}\"}} 1.0",
+            crate::build_info::VERSION,
+            crate::build_info::REVISION
+        );
+        assert!(text.lines().any(|l| l == build), "{build} in:\n{text}");
     }
 }

@@ -13,35 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::endpoint::EndpointId;
 use crate::fsutil::write_atomic;
 use crate::time::{Millis, now_millis};
-
-/// Who holds a port: one endpoint of one task (or a routes-file entry).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct EndpointKey {
-    pub task_id: String,
-    /// Empty for the default endpoint.
-    pub endpoint: String,
-}
-
-impl EndpointKey {
-    pub fn new(task_id: impl Into<String>, endpoint: impl Into<String>) -> Self {
-        EndpointKey {
-            task_id: task_id.into(),
-            endpoint: endpoint.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for EndpointKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.endpoint.is_empty() {
-            f.write_str(&self.task_id)
-        } else {
-            write!(f, "{}__{}", self.task_id, self.endpoint)
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortsError {
@@ -116,8 +90,8 @@ pub struct PortAllocator {
     start: u16,
     end: u16,
     grace_ms: Millis,
-    by_port: BTreeMap<u16, EndpointKey>,
-    by_owner: HashMap<EndpointKey, u16>,
+    by_port: BTreeMap<u16, EndpointId>,
+    by_owner: HashMap<EndpointId, u16>,
     resting: BTreeMap<u16, Millis>,
     reserved: BTreeSet<u16>,
     cursor: u16,
@@ -173,7 +147,7 @@ impl PortAllocator {
         }
         for entry in state.assigned {
             if a.in_range(entry.port) && !a.by_port.contains_key(&entry.port) {
-                let key = EndpointKey::new(entry.task_id, entry.endpoint);
+                let key = EndpointId::new(entry.task_id, entry.endpoint);
                 if a.by_owner.contains_key(&key) {
                     continue;
                 }
@@ -201,12 +175,12 @@ impl PortAllocator {
     }
 
     /// The port `key` holds, if any.
-    pub fn port_of(&self, key: &EndpointKey) -> Option<u16> {
+    pub fn port_of(&self, key: &EndpointId) -> Option<u16> {
         self.by_owner.get(key).copied()
     }
 
     /// Who holds `port`.
-    pub fn owner_of(&self, port: u16) -> Option<&EndpointKey> {
+    pub fn owner_of(&self, port: u16) -> Option<&EndpointId> {
         self.by_port.get(&port)
     }
 
@@ -229,11 +203,7 @@ impl PortAllocator {
     /// Records that the server says `key` has `port` (written on the task). The server wins:
     /// a local holder of the same port loses it and is returned, so the caller can give it a
     /// new one. A different port `key` held before is released.
-    pub fn claim(
-        &mut self,
-        key: &EndpointKey,
-        port: u16,
-    ) -> Result<Option<EndpointKey>, PortsError> {
+    pub fn claim(&mut self, key: &EndpointId, port: u16) -> Result<Option<EndpointId>, PortsError> {
         if !self.in_range(port) {
             return Err(PortsError::OutOfRange {
                 port,
@@ -265,7 +235,7 @@ impl PortAllocator {
 
     /// The port of `key`: the one it holds, else the next free port after the cursor that is
     /// neither assigned, reserved nor resting.
-    pub fn allocate(&mut self, key: &EndpointKey, now: Millis) -> Result<u16, PortsError> {
+    pub fn allocate(&mut self, key: &EndpointId, now: Millis) -> Result<u16, PortsError> {
         if let Some(port) = self.by_owner.get(key) {
             return Ok(*port);
         }
@@ -303,7 +273,7 @@ impl PortAllocator {
     }
 
     /// Gives `key`'s port back; it rests for the grace period.
-    pub fn release(&mut self, key: &EndpointKey, now: Millis) -> Option<u16> {
+    pub fn release(&mut self, key: &EndpointId, now: Millis) -> Option<u16> {
         let port = self.by_owner.remove(key)?;
         self.by_port.remove(&port);
         self.resting.insert(port, now);
@@ -312,8 +282,8 @@ impl PortAllocator {
     }
 
     /// Releases every holder `keep` says is gone; returns the released ports.
-    pub fn retain(&mut self, now: Millis, mut keep: impl FnMut(&EndpointKey) -> bool) -> Vec<u16> {
-        let gone: Vec<EndpointKey> = self.by_owner.keys().filter(|k| !keep(k)).cloned().collect();
+    pub fn retain(&mut self, now: Millis, mut keep: impl FnMut(&EndpointId) -> bool) -> Vec<u16> {
+        let gone: Vec<EndpointId> = self.by_owner.keys().filter(|k| !keep(k)).cloned().collect();
         gone.iter().filter_map(|k| self.release(k, now)).collect()
     }
 
@@ -328,7 +298,7 @@ impl PortAllocator {
     }
 
     /// Every assignment, by port.
-    pub fn assignments(&self) -> impl Iterator<Item = (u16, &EndpointKey)> {
+    pub fn assignments(&self) -> impl Iterator<Item = (u16, &EndpointId)> {
         self.by_port.iter().map(|(p, k)| (*p, k))
     }
 
@@ -385,8 +355,8 @@ impl PortAllocator {
 mod tests {
     use super::*;
 
-    fn key(t: &str) -> EndpointKey {
-        EndpointKey::new(t, "")
+    fn key(t: &str) -> EndpointId {
+        EndpointId::new(t, "")
     }
 
     const GRACE: Duration = Duration::from_secs(60);
@@ -397,7 +367,7 @@ mod tests {
         assert_eq!(a.allocate(&key("a"), 0).unwrap(), 100);
         assert_eq!(a.allocate(&key("b"), 0).unwrap(), 101);
         assert_eq!(a.allocate(&key("a"), 0).unwrap(), 100);
-        assert_eq!(a.allocate(&EndpointKey::new("a", "api"), 0).unwrap(), 102);
+        assert_eq!(a.allocate(&EndpointId::new("a", "api"), 0).unwrap(), 102);
         assert_eq!(a.port_of(&key("b")), Some(101));
         assert_eq!(a.owner_of(100), Some(&key("a")));
     }
@@ -495,7 +465,7 @@ mod tests {
         let path = dir.path().join("sub/ports.json");
         let mut a = PortAllocator::open(100, 110, GRACE, &path).unwrap();
         assert_eq!(a.allocate(&key("a"), 0).unwrap(), 100);
-        assert_eq!(a.allocate(&EndpointKey::new("a", "ssh"), 0).unwrap(), 101);
+        assert_eq!(a.allocate(&EndpointId::new("a", "ssh"), 0).unwrap(), 101);
         a.allocate(&key("b"), 0).unwrap();
         a.release(&key("b"), now_millis());
         a.save().unwrap();
@@ -503,7 +473,7 @@ mod tests {
 
         let mut a = PortAllocator::open(100, 110, GRACE, &path).unwrap();
         assert_eq!(a.port_of(&key("a")), Some(100));
-        assert_eq!(a.port_of(&EndpointKey::new("a", "ssh")), Some(101));
+        assert_eq!(a.port_of(&EndpointId::new("a", "ssh")), Some(101));
         assert_eq!(a.stats().resting, 1, "the rest survives too");
         // The cursor survived: the next port is after the last handed out, 102 rests.
         assert_eq!(a.allocate(&key("c"), now_millis()).unwrap(), 103);
@@ -512,7 +482,7 @@ mod tests {
         a.save().unwrap();
         let a = PortAllocator::open(101, 110, GRACE, &path).unwrap();
         assert_eq!(a.port_of(&key("a")), None);
-        assert_eq!(a.port_of(&EndpointKey::new("a", "ssh")), Some(101));
+        assert_eq!(a.port_of(&EndpointId::new("a", "ssh")), Some(101));
     }
 
     #[test]

@@ -5,28 +5,53 @@
 //! has programmed → write-back. Owners are idempotent: applying the same set twice changes
 //! nothing the second time, so a missed cycle or a crash heals on the next one.
 
+use crate::client_allow::ClientAllow;
+use crate::endpoint::EndpointId;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 /// Who asked for a route: a ClearML task endpoint, or an entry of the static routes file.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct RouteOwner {
-    /// ClearML task id, or `file:<name>` for a static route.
-    pub task_id: String,
+    /// Task id (or `file:<name>` for a static route) and endpoint name: the route's identity.
+    /// Flattened, so persisted routes and `/status` keep their `task_id` and `endpoint` fields.
+    #[serde(flatten)]
+    pub id: EndpointId,
     /// Task name, for people reading `status`.
     pub task_name: String,
-    /// Endpoint name: empty for the default endpoint, else the `__<name>` suffix without `__`.
-    pub endpoint: String,
 }
 
-/// A TCP route: connections to the router's `port` go to `upstream`.
+impl RouteOwner {
+    pub fn new(id: EndpointId, task_name: impl Into<String>) -> Self {
+        RouteOwner {
+            id,
+            task_name: task_name.into(),
+        }
+    }
+}
+
+/// A TCP route: connections to the router's `port` from the clients `allow` admits go to
+/// `upstream`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpRoute {
     pub port: u16,
     pub upstream: SocketAddrV4,
     pub owner: RouteOwner,
+    /// The effective client allow-list (`ROUTER_TCP_CLIENT_ALLOW` narrowed by the route's own
+    /// `allow` or the task's key); routes saved before it existed admit everyone.
+    #[serde(default)]
+    pub allow: ClientAllow,
 }
 
 /// How an HTTP route is addressed.
@@ -43,7 +68,8 @@ pub enum HttpMode {
 /// An HTTP route: requests under the route's prefix (or host name) go to `upstream`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HttpRoute {
-    /// `task_id` for the default endpoint, `task_id__name` for a named one. Validated
+    /// `task_id` for the default endpoint, `task_id__name` for a named one (a derived key for
+    /// names outside `[A-Za-z0-9_-]`: `reconcile::naming`). Validated
     /// (`[A-Za-z0-9_-]`, bounded length) before it gets here.
     pub key: String,
     pub upstream: SocketAddrV4,
@@ -58,16 +84,31 @@ pub struct RouteSet {
     pub http: BTreeMap<String, HttpRoute>,
 }
 
+/// Which route of a [`RouteSet`]: a TCP route by its router port, an HTTP route by its key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum RouteRef {
+    Tcp(u16),
+    Http(String),
+}
+
+impl std::fmt::Display for RouteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRef::Tcp(port) => write!(f, "tcp port {port}"),
+            RouteRef::Http(key) => write!(f, "http route {}", key.escape_debug()),
+        }
+    }
+}
+
 /// What an owner did in one `apply`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ApplyReport {
     pub added: usize,
     pub changed: usize,
     pub removed: usize,
-    /// Routes that could not be programmed, with the reason (the rest were applied). A TCP
-    /// route is named by its port in decimal (`"30001"`), an HTTP route by its `key`: the
-    /// control plane matches these ids to hold back the write-back of routes not programmed.
-    pub failed: Vec<(String, String)>,
+    /// Routes that could not be programmed, with the reason (the rest were applied): the
+    /// control plane holds back the write-back of these.
+    pub failed: Vec<(RouteRef, String)>,
 }
 
 impl ApplyReport {
@@ -85,6 +126,26 @@ pub struct RouteCounters {
     pub bytes: u64,
 }
 
+/// Whether a forwarder can serve the routes it programmed, as of now: what
+/// [`TcpForwarder::check_serving`] answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServeCheck {
+    /// Why no route can be served (an attached interface gone), if so.
+    pub all: Option<String>,
+    /// Programmed routes that cannot be served, by router port, with why (nothing listens on
+    /// the port an nginx should hold).
+    pub ports: BTreeMap<u16, String>,
+}
+
+impl ServeCheck {
+    /// Why the route on `port` cannot be served, if so.
+    pub fn problem(&self, port: u16) -> Option<&str> {
+        self.all
+            .as_deref()
+            .or_else(|| self.ports.get(&port).map(String::as_str))
+    }
+}
+
 /// Owner of the kernel's TCP route map (or of nginx `stream` servers in the fallback datapath).
 pub trait TcpForwarder: Send {
     /// Makes the programmed TCP routes equal `wanted`. New connections follow the new routes at
@@ -95,6 +156,14 @@ pub trait TcpForwarder: Send {
     /// returns an empty map (the default).
     fn counters(&self) -> BTreeMap<u16, RouteCounters> {
         BTreeMap::new()
+    }
+
+    /// Can the routes programmed now be served, and if not why: asked once per sync cycle,
+    /// after `apply`, before their endpoints are written back (an endpoint nothing serves is
+    /// never handed to a task). Cheap and without traffic: it looks (listening sockets,
+    /// interfaces), it never connects. An owner that cannot tell says yes (the default).
+    fn check_serving(&self) -> ServeCheck {
+        ServeCheck::default()
     }
 }
 

@@ -7,6 +7,8 @@
 //! port = 30001
 //! upstream = "10.0.0.5:8888"
 //! name = "ssh-gw"          # optional, default tcp-<port>
+//! allow = "10.8.0.0/16"    # optional: the clients that may connect (narrows
+//!                          # ROUTER_TCP_CLIENT_ALLOW; absent = that list)
 //!
 //! [[http]]
 //! name = "grafana"         # the route key: /service/grafana/
@@ -14,6 +16,8 @@
 //! mode = "subdomain"       # optional: path (default) or subdomain
 //! ```
 
+use crate::client_allow::ClientAllow;
+use crate::endpoint::EndpointId;
 use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteSet, TcpRoute};
 use crate::validate::{self, UpstreamPolicy};
 use serde::Deserialize;
@@ -56,6 +60,7 @@ struct TcpEntry {
     port: i64,
     upstream: String,
     name: Option<String>,
+    allow: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +71,18 @@ struct HttpEntry {
     mode: Option<String>,
 }
 
+/// What the rest of the configuration allows of the file's routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileRules {
+    /// `ROUTER_DOMAIN` is set, so `mode = "subdomain"` can be served.
+    pub domain_set: bool,
+    /// `AUTH_ENABLED=true` without `AUTH_BASE64_JWKS_KEY`: no request to an HTTP route could be
+    /// authenticated, so the file may hold TCP routes only (a TCP-only router needs no key).
+    pub auth_key_missing: bool,
+    /// `ROUTER_TCP_CLIENT_ALLOW`: a TCP route's `allow` may only narrow it.
+    pub client_allow: ClientAllow,
+}
+
 /// `a.b.c.d:port`, checked by `policy`.
 fn upstream(policy: &UpstreamPolicy, raw: &str) -> Result<std::net::SocketAddrV4, String> {
     let (addr, port) = raw
@@ -74,12 +91,27 @@ fn upstream(policy: &UpstreamPolicy, raw: &str) -> Result<std::net::SocketAddrV4
     policy.upstream(addr, port)
 }
 
+/// The effective client allow-list of a TCP entry: the operator's list narrowed by the entry's
+/// `allow`, which may not admit anyone the operator's list does not.
+fn tcp_allow(rules: &FileRules, allow: Option<&str>) -> Result<ClientAllow, String> {
+    let Some(text) = allow else {
+        return Ok(rules.client_allow.clone());
+    };
+    let own = ClientAllow::parse(text).map_err(|reason| format!("allow: {reason}"))?;
+    rules.client_allow.narrow(&own).map_err(|outside| {
+        format!(
+            "allow: {outside} is outside ROUTER_TCP_CLIENT_ALLOW ({}): a route may only narrow it",
+            rules.client_allow
+        )
+    })
+}
+
 /// Parses and validates the file's text.
 pub fn parse(
     path: &Path,
     text: &str,
     policy: &UpstreamPolicy,
-    domain_set: bool,
+    rules: &FileRules,
 ) -> Result<RouteSet, RoutesFileError> {
     let shape: FileShape = toml::from_str(text).map_err(|e| RoutesFileError::Syntax {
         path: path.to_path_buf(),
@@ -100,6 +132,8 @@ pub fn parse(
         let name = e.name.unwrap_or_else(|| format!("tcp-{port}"));
         validate::task_id(&name).map_err(|r| entry_err(entry.clone(), r))?;
         let upstream = upstream(policy, &e.upstream).map_err(|r| entry_err(entry.clone(), r))?;
+        let allow =
+            tcp_allow(rules, e.allow.as_deref()).map_err(|r| entry_err(entry.clone(), r))?;
         if set.tcp.contains_key(&port) {
             return Err(entry_err(entry, format!("port {port} is listed twice")));
         }
@@ -109,16 +143,25 @@ pub fn parse(
                 port,
                 upstream,
                 owner: owner(&name),
+                allow,
             },
         );
     }
     for (i, e) in shape.http.into_iter().enumerate() {
         let entry = format!("[[http]] #{} ({:?})", i + 1, validate::truncate(&e.name));
+        if rules.auth_key_missing {
+            return Err(entry_err(
+                entry,
+                "AUTH_ENABLED=true and AUTH_BASE64_JWKS_KEY is unset, so HTTP routes cannot be \
+                 authenticated: set the key or AUTH_ENABLED=false"
+                    .into(),
+            ));
+        }
         validate::task_id(&e.name).map_err(|r| entry_err(entry.clone(), r))?;
         let upstream = upstream(policy, &e.upstream).map_err(|r| entry_err(entry.clone(), r))?;
         let mode = match e.mode.as_deref() {
             None | Some("path") => HttpMode::Path,
-            Some("subdomain") if domain_set => HttpMode::Subdomain,
+            Some("subdomain") if rules.domain_set => HttpMode::Subdomain,
             Some("subdomain") => {
                 return Err(entry_err(
                     entry,
@@ -149,18 +192,17 @@ pub fn parse(
 }
 
 fn owner(name: &str) -> RouteOwner {
-    RouteOwner {
-        task_id: format!("file:{name}"),
-        task_name: name.to_string(),
-        endpoint: String::new(),
-    }
+    RouteOwner::new(
+        EndpointId::new(format!("file:{name}"), String::new()),
+        name.to_string(),
+    )
 }
 
 /// The file, its last good routes, and the content they came from.
 #[derive(Debug)]
 pub struct RoutesFile {
     path: PathBuf,
-    domain_set: bool,
+    rules: FileRules,
     content: Option<String>,
     routes: RouteSet,
     /// The last reload's error; the routes of the last good content stay in force.
@@ -172,13 +214,13 @@ impl RoutesFile {
     pub fn load(
         path: &Path,
         policy: &UpstreamPolicy,
-        domain_set: bool,
+        rules: FileRules,
     ) -> Result<Self, RoutesFileError> {
         let text = read(path)?;
-        let routes = parse(path, &text, policy, domain_set)?;
+        let routes = parse(path, &text, policy, &rules)?;
         Ok(RoutesFile {
             path: path.to_path_buf(),
-            domain_set,
+            rules,
             content: Some(text),
             routes,
             error: None,
@@ -210,7 +252,7 @@ impl RoutesFile {
             return Ok(false);
         }
         self.content = Some(text.clone());
-        match parse(&self.path, &text, policy, self.domain_set) {
+        match parse(&self.path, &text, policy, &self.rules) {
             Ok(routes) => {
                 self.error = None;
                 let changed = routes != self.routes;
@@ -241,8 +283,62 @@ mod tests {
     }
 
     fn p(text: &str) -> Result<RouteSet, String> {
-        parse(Path::new("routes.toml"), text, &policy(), false)
-            .map_err(|e| crate::error::error_chain(&e))
+        parse(
+            Path::new("routes.toml"),
+            text,
+            &policy(),
+            &FileRules::default(),
+        )
+        .map_err(|e| crate::error::error_chain(&e))
+    }
+
+    #[test]
+    fn without_a_jwt_key_tcp_routes_load_and_http_routes_are_refused_naming_the_fix() {
+        let rules = FileRules {
+            domain_set: false,
+            auth_key_missing: true,
+            ..FileRules::default()
+        };
+        let tcp = "[[tcp]]\nport = 1000\nupstream = \"10.0.0.5:1\"\n";
+        let set = parse(Path::new("routes.toml"), tcp, &policy(), &rules).unwrap();
+        assert_eq!(set.tcp.len(), 1);
+        let both = format!("{tcp}[[http]]\nname = \"a\"\nupstream = \"10.0.0.5:2\"\n");
+        let e = parse(Path::new("routes.toml"), &both, &policy(), &rules).unwrap_err();
+        let e = crate::error::error_chain(&e);
+        assert!(
+            e.contains("[[http]] #1") && e.contains("AUTH_BASE64_JWKS_KEY"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_routes_allow_narrows_the_operators_list_and_never_widens_it() {
+        let rules = FileRules {
+            client_allow: ClientAllow::parse("10.0.0.0/8").unwrap(),
+            ..FileRules::default()
+        };
+        let parse_with = |allow: &str| {
+            let text = format!("[[tcp]]\nport = 1000\nupstream = \"10.0.0.5:1\"\n{allow}");
+            parse(Path::new("routes.toml"), &text, &policy(), &rules)
+                .map(|set| set.tcp[&1000].allow.to_string())
+                .map_err(|e| crate::error::error_chain(&e))
+        };
+        assert_eq!(parse_with("").unwrap(), "10.0.0.0/8");
+        assert_eq!(
+            parse_with("allow = \"10.8.0.0/16 10.9.0.1\"").unwrap(),
+            "10.8.0.0/16,10.9.0.1/32"
+        );
+        let e = parse_with("allow = \"10.8.0.0/16,192.168.0.0/16\"").unwrap_err();
+        assert!(
+            e.contains("[[tcp]] #1")
+                && e.contains("192.168.0.0/16 is outside ROUTER_TCP_CLIENT_ALLOW"),
+            "{e}"
+        );
+        let e = parse_with("allow = \"10.8.0.0/33\"").unwrap_err();
+        assert!(
+            e.contains("[[tcp]] #1: allow: \"10.8.0.0/33\" is not an IPv4 CIDR"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -261,10 +357,10 @@ mod tests {
         "#)
         .unwrap();
         assert_eq!(set.tcp[&30001].upstream, "10.0.0.5:8888".parse().unwrap());
-        assert_eq!(set.tcp[&30001].owner.task_id, "file:tcp-30001");
+        assert_eq!(set.tcp[&30001].owner.id.task_id, "file:tcp-30001");
         assert_eq!(set.tcp[&22].owner.task_name, "ssh");
         assert_eq!(set.http["grafana"].mode, HttpMode::Path);
-        assert_eq!(set.http["grafana"].owner.task_id, "file:grafana");
+        assert_eq!(set.http["grafana"].owner.id.task_id, "file:grafana");
         assert_eq!(p("").unwrap(), RouteSet::default());
     }
 
@@ -315,7 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.toml");
         std::fs::write(&path, "[[tcp]]\nport = 1000\nupstream = \"10.0.0.5:1\"\n").unwrap();
-        let mut f = RoutesFile::load(&path, &policy(), false).unwrap();
+        let mut f = RoutesFile::load(&path, &policy(), FileRules::default()).unwrap();
         assert_eq!(f.routes().tcp.len(), 1);
         assert!(!f.reload(&policy()).unwrap(), "unchanged content");
         std::fs::write(
@@ -349,13 +445,13 @@ mod tests {
     fn load_refuses_a_bad_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.toml");
-        assert!(RoutesFile::load(&path, &policy(), false).is_err());
+        assert!(RoutesFile::load(&path, &policy(), FileRules::default()).is_err());
         std::fs::write(
             &path,
             "[[http]]\nname = \"../x\"\nupstream = \"10.0.0.5:1\"\n",
         )
         .unwrap();
-        assert!(RoutesFile::load(&path, &policy(), false).is_err());
+        assert!(RoutesFile::load(&path, &policy(), FileRules::default()).is_err());
     }
 }
 

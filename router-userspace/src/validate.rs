@@ -4,8 +4,9 @@
 //! allowed CIDRs, never loopback, link-local (169.254/16, the usual cloud metadata service),
 //! multicast, broadcast, "this network" (0/8), reserved (240/4), a known cloud metadata address
 //! outside link-local, or one of the router's own addresses, and a port 1-65535 become an
-//! upstream — whatever `ROUTER_ALLOWED_UPSTREAMS` says; ids and names that reach the maps, nginx
-//! or a URL are restricted to `[A-Za-z0-9_-]`.
+//! upstream — whatever `ROUTER_ALLOWED_UPSTREAMS` says; task ids that reach the maps, nginx
+//! or a URL are restricted to `[A-Za-z0-9_-]`; endpoint names may be any printable text (what
+//! reaches nginx and URLs is a key derived from them).
 
 use ipnet::Ipv4Net;
 use std::collections::BTreeSet;
@@ -119,16 +120,36 @@ pub fn task_id(raw: &str) -> Result<&str, String> {
     }
 }
 
-/// An endpoint name (the `__<name>` suffix): `[A-Za-z0-9_-]`, 1-32 bytes.
+/// The longest endpoint name served, in characters: longer ones would not fit a status row or
+/// a log line (the SDK sets no limit; real names are a word or two).
+pub const MAX_ENDPOINT_NAME: usize = 128;
+
+/// An endpoint name (the `__<name>` suffix) as the SDK writes it: any text
+/// (`str(endpoint_name)`, clearml `task.py:1025`), since the URL and nginx use a key derived
+/// from it (`reconcile::naming`). Refused only when it cannot be shown as it is: empty, with
+/// control characters, or longer than [`MAX_ENDPOINT_NAME`] characters.
 pub fn endpoint_name(raw: &str) -> Result<&str, String> {
-    if ident(raw, 32) {
-        Ok(raw)
-    } else {
+    if raw.is_empty() {
+        Err("the endpoint name after `__` is empty".into())
+    } else if raw.chars().any(char::is_control) {
         Err(format!(
-            "endpoint name {:?} is not 1-32 characters of A-Z a-z 0-9 _ -",
+            "endpoint name {:?} holds control characters",
             truncate(raw)
         ))
+    } else if raw.chars().count() > MAX_ENDPOINT_NAME {
+        Err(format!(
+            "endpoint name {:?} is longer than {MAX_ENDPOINT_NAME} characters",
+            truncate(raw)
+        ))
+    } else {
+        Ok(raw)
     }
+}
+
+/// Whether an endpoint name stands in URLs and nginx names as it is: `[A-Za-z0-9_-]`, 1-32
+/// bytes (other names get a derived key).
+pub fn plain_endpoint_name(raw: &str) -> bool {
+    ident(raw, 32)
 }
 
 fn ident(s: &str, max: usize) -> bool {
@@ -275,10 +296,22 @@ mod tests {
         ] {
             assert!(task_id(bad).is_err(), "{bad:?}");
         }
-        assert!(endpoint_name("api").is_ok());
-        assert!(endpoint_name("my_app-2").is_ok());
-        assert!(endpoint_name(&"n".repeat(33)).is_err());
-        assert!(endpoint_name("a.b").is_err());
+        for name in [
+            "api",
+            "my_app-2",
+            "a.b",
+            "My App",
+            "café ☕",
+            "a/b?c",
+            &"n".repeat(128),
+        ] {
+            assert_eq!(endpoint_name(name), Ok(name));
+        }
+        for bad in ["", "a\nb", "tab\there", "\u{7f}", &"n".repeat(129)] {
+            assert!(endpoint_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(plain_endpoint_name("my_app-2"));
+        assert!(!plain_endpoint_name("a.b") && !plain_endpoint_name(&"n".repeat(33)));
     }
 
     #[test]

@@ -11,6 +11,9 @@ Commands ({"cmd": NAME, ...}):
            user of SDK >= 2.1 must do: wait=True may return the task's own address first)
   session  address, port                  the clearml-session way: runtime keys and the
                                           external_service tag written directly, no SDK call
+  oss_request  port, protocol, name       tests/python/oss_endpoint.py's request_endpoint (the
+                                          open-source way: keys and tag, no feature-set check)
+  oss_read     protocol, name             oss_endpoint.read_endpoint: what the router wrote back
   runtime                                 reload() + the runtime properties
   stop                                    mark the task stopped, then exit
   close                                   Task.close(), then exit
@@ -40,6 +43,8 @@ def main():
     import clearml
     from clearml import Task
     from clearml.backend_api import Session
+
+    import oss_endpoint  # beside this script, so on sys.path
 
     task = Task.init(
         project_name="task-router tests",
@@ -119,6 +124,13 @@ def main():
                 )
                 task.set_system_tags(list(set((task.get_system_tags() or []) + ["external_service"])))
                 result = None
+            elif op == "oss_request":
+                oss_endpoint.request_endpoint(
+                    task, int(cmd["port"]), protocol=cmd.get("protocol", "http"), name=cmd.get("name")
+                )
+                result = None
+            elif op == "oss_read":
+                result = oss_endpoint.read_endpoint(task, protocol=cmd.get("protocol", "http"), name=cmd.get("name"))
             elif op == "runtime":
                 task.reload()
                 result = task._get_runtime_properties()

@@ -14,6 +14,8 @@ pub struct Daemon {
     reader: Option<std::thread::JoinHandle<()>>,
     /// The pin directory given when the test named none (dropped after the child is killed).
     _pins: Option<crate::pins::PinRoot>,
+    /// Files the daemon was started with (routes file, state), removed after it is killed.
+    _files: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
@@ -52,7 +54,14 @@ impl Daemon {
             log,
             reader: Some(reader),
             _pins: pins,
+            _files: None,
         })
+    }
+
+    /// Keeps `files` (what the daemon was started with) until the daemon is gone.
+    pub fn keeping(mut self, files: tempfile::TempDir) -> Daemon {
+        self._files = Some(files);
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -112,6 +121,15 @@ impl Daemon {
             let _ = reader.join();
         }
         (status, self.log())
+    }
+
+    /// Stops the daemon with SIGTERM and asserts that it exits 0, showing its log if not.
+    pub fn terminate(self) {
+        let log = self.log();
+        let status = self
+            .stop(nix::sys::signal::Signal::SIGTERM)
+            .expect("stop the daemon");
+        assert!(status.success(), "daemon exit {status}; log:\n{log}");
     }
 
     /// Sends `signal` and waits for the exit status.

@@ -99,7 +99,7 @@ impl Testbed {
             .context("bind the ClearML server in the router namespace")?;
         let server = ClearmlServer::start_with(ServerOptions {
             listener: Some(listener),
-            ..ServerOptions::default()
+            ..ServerOptions::default().advanced()
         })?;
 
         let dir = tempfile::tempdir().context("temporary directory")?;
@@ -197,7 +197,7 @@ impl Testbed {
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(reply) = http_request(&self.router, ADMIN, "GET", "/readyz", &[])
+            if let Ok(reply) = crate::http_client::get_in(&self.router, ADMIN, "/readyz", &[])
                 && reply.status == 200
             {
                 return Ok(());
@@ -220,7 +220,7 @@ impl Testbed {
 
     /// The daemon's `/status` JSON.
     pub fn status_json(&self) -> Result<serde_json::Value> {
-        let reply = http_request(&self.router, ADMIN, "GET", "/status", &[])?;
+        let reply = crate::http_client::get_in(&self.router, ADMIN, "/status", &[])?;
         serde_json::from_slice(&reply.body).context("/status is not JSON")
     }
 
@@ -305,130 +305,9 @@ fn kill_all_in(ns: &Netns) {
     }
 }
 
-/// One HTTP/1.1 answer.
-#[derive(Debug)]
-pub struct HttpReply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpReply {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A plain HTTP/1.1 request from inside `ns` (the socket is made there), `Connection: close`.
-pub fn http_request(
-    ns: &Netns,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<HttpReply> {
-    let mut stream = connect_in(ns, addr)?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .with_context(|| format!("send {method} {path} to {addr}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("read the answer of {addr}"))?;
-    parse_reply(&raw).with_context(|| format!("answer of {addr}{path}"))
-}
-
-/// An HTTP request to a full `http://host:port/path` URL from inside `ns`.
-pub fn http_get_url(ns: &Netns, url: &str, headers: &[(&str, &str)]) -> Result<HttpReply> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url} is not an http:// URL"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr: SocketAddr = host
-        .parse()
-        .with_context(|| format!("{url}: the host is not ADDR:PORT"))?;
-    http_request(ns, addr, "GET", path, headers)
-}
-
-fn parse_reply(raw: &[u8]) -> Result<HttpReply> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect::<Vec<_>>();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    if chunked {
-        body = dechunk(&body)?;
-    }
-    Ok(HttpReply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunk size line")?;
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .context("chunk size")?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// A TCP connection made from inside `ns`, with 5 s connect and I/O timeouts.
-pub fn connect_in(ns: &Netns, addr: SocketAddr) -> Result<TcpStream> {
-    let stream = ns
-        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
-        .with_context(|| format!("connect to {addr} from {}", ns.name))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    Ok(stream)
-}
-
 /// Sends `payload` to `addr` from `ns`, half-closes, and returns everything that came back.
 pub fn echo_through(ns: &Netns, addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
-    let mut stream = connect_in(ns, addr)?;
+    let mut stream = ns.connect(addr, Duration::from_secs(5))?;
     stream
         .write_all(payload)
         .with_context(|| format!("send to {addr}"))?;
@@ -550,23 +429,4 @@ pub fn parse_endpoint(endpoint: &str) -> Result<SocketAddr> {
     endpoint
         .parse()
         .with_context(|| format!("{endpoint:?} is not ADDR:PORT"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replies_parse_with_and_without_chunking() {
-        let r = parse_reply(b"HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 2\r\n\r\nhi").unwrap();
-        assert_eq!(
-            (r.status, r.header("a"), r.text().as_str()),
-            (200, Some("b"), "hi")
-        );
-        let r = parse_reply(
-            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((r.status, r.text().as_str()), (401, "abcde"));
-    }
 }

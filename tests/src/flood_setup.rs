@@ -7,7 +7,6 @@ use crate::topology::Topology;
 use anyhow::{Context, Result};
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure};
-use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -52,15 +51,7 @@ pub fn open_datapath(
         .router
         .enter(move || Datapath::open(&cfg))?
         .context("open the datapath")?;
-    let route = TcpRoute {
-        port,
-        upstream: backend,
-        owner: RouteOwner {
-            task_id: "flood".into(),
-            task_name: "flood".into(),
-            endpoint: String::new(),
-        },
-    };
+    let route = crate::routes::tcp_route(port, *backend.ip(), backend.port());
     dp.apply_routes(&BTreeMap::from([(port, route)]))?;
     Ok(dp)
 }

@@ -1,12 +1,15 @@
-//! A raw HTTP/1.1 client for the HTTP-route tests: it sends the request target and headers
-//! exactly as given (no normalisation, so path traversal and odd Host headers reach nginx as a
-//! hostile client would send them), and a WebSocket client.
+//! The one HTTP/1.1 client of the tests: it sends the request target and headers exactly as
+//! given (no normalisation, so path traversal and odd Host headers reach nginx as a hostile
+//! client would send them), from this thread's namespace or from inside a test's namespace
+//! (`*_in`), and a WebSocket client.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -45,10 +48,21 @@ pub fn send(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<TcpStream> {
-    let mut conn = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+    let conn = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .with_context(|| format!("connect to {addr}"))?;
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    send_on(conn, addr, method, target, headers)
+}
+
+/// Sends the request on a connection made elsewhere (e.g. inside a namespace).
+fn send_on(
+    mut conn: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<TcpStream> {
     let mut req = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -57,7 +71,8 @@ pub fn send(
         req.push_str(&format!("{n}: {v}\r\n"));
     }
     req.push_str("Connection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).context("send the request")?;
+    conn.write_all(req.as_bytes())
+        .with_context(|| format!("send {method} {target} to {addr}"))?;
     Ok(conn)
 }
 
@@ -69,7 +84,57 @@ pub fn request(
     headers: &[(&str, &str)],
 ) -> Result<Response> {
     let conn = send(addr, method, target, headers)?;
-    let mut reader = BufReader::new(conn);
+    read_response(BufReader::new(conn), method)
+        .with_context(|| format!("the answer to {method} {target} from {addr}"))
+}
+
+/// `GET target` with `headers`.
+pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    request(addr, "GET", target, headers)
+}
+
+/// One request from inside `ns` (the socket is made there), the whole response.
+pub fn request_in(
+    ns: &Netns,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
+    let conn = ns.connect(addr, IO_TIMEOUT)?;
+    let conn = send_on(conn, addr, method, target, headers)?;
+    read_response(BufReader::new(conn), method)
+        .with_context(|| format!("the answer to {method} {target} from {addr}"))
+}
+
+/// `GET target` with `headers` from inside `ns`.
+pub fn get_in(
+    ns: &Netns,
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
+    request_in(ns, addr, "GET", target, headers)
+}
+
+/// `GET` of a full `http://ADDR:PORT/path` URL (as the router writes endpoints) from inside
+/// `ns`.
+pub fn get_url_in(ns: &Netns, url: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an http:// URL"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: SocketAddr = host
+        .parse()
+        .with_context(|| format!("{url}: the host is not ADDR:PORT"))?;
+    get_in(ns, addr, path, headers)
+}
+
+/// A response to `method`: status line, headers, and the body (to the end, or de-chunked).
+fn read_response(mut reader: impl BufRead, method: &str) -> Result<Response> {
     let (status, headers) = read_head(&mut reader)?;
     let chunked = headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
@@ -88,11 +153,6 @@ pub fn request(
         headers,
         body,
     })
-}
-
-/// `GET target` with `headers`.
-pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Result<Response> {
-    request(addr, "GET", target, headers)
 }
 
 /// Reads a status line and headers.
@@ -172,5 +232,24 @@ pub fn ws_roundtrip(ws: &mut tungstenite::WebSocket<TcpStream>, text: &str) -> R
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
             other => bail!("unexpected WebSocket message {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_read_with_and_without_chunking() {
+        let raw: &[u8] = b"HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 2\r\n\r\nhi";
+        let r = read_response(raw, "GET").unwrap();
+        assert_eq!(
+            (r.status, r.header("a"), r.text().as_str()),
+            (200, Some("b"), "hi")
+        );
+        let raw: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let r = read_response(raw, "GET").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (401, "abcde"));
     }
 }

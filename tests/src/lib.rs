@@ -1,12 +1,15 @@
 //! Fixtures for the scenario tests: network namespaces and veth links that remove themselves
-//! (also when a test fails), running code inside a namespace, the daemon as a child process,
-//! and waiting on conditions instead of sleeping.
+//! (also when a test fails), running code inside a namespace, the daemon as a child process
+//! (`scenario` builds its command line and waits until it is ready), the sync engine with
+//! recording owners (`engine`), one HTTP client (`http_client`), packet cases as data
+//! (`progtest_cases`), and waiting on conditions instead of sleeping.
 
 pub mod attached;
 pub mod clearml_server;
 pub mod connect_loop;
 pub mod daemon;
 pub mod e2e;
+pub mod engine;
 pub mod flood_setup;
 pub mod http_backend;
 pub mod http_client;
@@ -17,6 +20,9 @@ pub mod owners;
 pub mod packet;
 pub mod packet_fuzz;
 pub mod pins;
+pub mod progtest_cases;
+pub mod routes;
+pub mod scenario;
 pub mod syn_flood;
 pub mod topology;
 pub mod traffic;

@@ -14,10 +14,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 /// `GET /metrics` from the admin endpoint on `127.0.0.1:admin_port` inside `ns`.
 pub fn scrape(ns: &Netns, admin_port: u16) -> String {
     let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let response = ns
-        .enter(move || crate::http_client::get(addr, "/metrics", &[]))
-        .expect("enter the router namespace")
-        .expect("GET /metrics");
+    let response = crate::http_client::get_in(ns, addr, "/metrics", &[]).expect("GET /metrics");
     assert_eq!(response.status, 200, "{}", response.text());
     response.text()
 }

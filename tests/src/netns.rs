@@ -5,10 +5,11 @@
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -94,6 +95,17 @@ impl Netns {
         handle
             .join()
             .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+    }
+
+    /// A TCP connection made from inside the namespace, with `timeout` for the connect and
+    /// for every read and write after it.
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        let stream = self
+            .enter(move || TcpStream::connect_timeout(&addr, timeout))?
+            .with_context(|| format!("connect to {addr} from {}", self.name))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(stream)
     }
 
     /// Sets a sysctl inside the namespace, e.g. `net.ipv4.ip_forward=1`.

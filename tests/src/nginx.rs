@@ -309,11 +309,10 @@ pub fn route(
         key: key.to_string(),
         upstream,
         mode,
-        owner: router_userspace::routes::RouteOwner {
-            task_id: task.to_string(),
-            task_name: format!("test task {task}"),
-            endpoint: endpoint.to_string(),
-        },
+        owner: router_userspace::routes::RouteOwner::new(
+            router_userspace::endpoint::EndpointId::new(task.to_string(), endpoint.to_string()),
+            format!("test task {task}"),
+        ),
     }
 }
 

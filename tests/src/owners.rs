@@ -3,7 +3,7 @@
 //! one clone to look at while the engine owns the other.
 
 use router_userspace::routes::{
-    ApplyReport, HttpRoute, HttpRouter, RouteCounters, TcpForwarder, TcpRoute,
+    ApplyReport, HttpRoute, HttpRouter, RouteCounters, RouteRef, TcpForwarder, TcpRoute,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +44,7 @@ impl TcpForwarder for RecordingForwarder {
             return Ok(ApplyReport {
                 failed: wanted
                     .keys()
-                    .map(|p| (p.to_string(), reason.clone()))
+                    .map(|p| (RouteRef::Tcp(*p), reason.clone()))
                     .collect(),
                 ..ApplyReport::default()
             });

@@ -2,6 +2,7 @@
 //!
 //! - [`ProgTestNet`]: one router namespace with two interfaces and permanent neighbour
 //!   entries, so BPF_PROG_TEST_RUN frames get deterministic next hops and MAC addresses.
+//! - [`ClientRouter`]: a client ns and a router ns linked by veth pairs.
 //! - [`Topology`]: client ns — router ns — backend ns (and a second backend ns), veth pairs;
 //!   optionally a container-like namespace behind a bridge in the router ns.
 
@@ -20,9 +21,16 @@ fn mac_str(m: &Mac) -> String {
 
 /// A router namespace for BPF_PROG_TEST_RUN: `client_dev` (10.70.1.1/24) toward a client at
 /// 10.70.1.2, `backend_dev` (10.70.2.1/24) toward a backend at 10.70.2.2; a second backend at
-/// 10.70.2.3 has no neighbour entry. Forwarding is on (fib look-ups need it).
+/// 10.70.2.3 has no neighbour entry. Forwarding is on (fib look-ups need it). Its addresses
+/// ([`ProgTestAddrs`]) are its fields too.
 pub struct ProgTestNet {
     pub ns: Netns,
+    pub addrs: ProgTestAddrs,
+}
+
+/// The devices and addresses of a [`ProgTestNet`], usable inside it.
+#[derive(Clone, Debug)]
+pub struct ProgTestAddrs {
     pub client_dev: String,
     pub backend_dev: String,
     pub client_dev_mac: Mac,
@@ -36,22 +44,32 @@ pub struct ProgTestNet {
     pub backend_unresolved: Ipv4Addr,
 }
 
+impl std::ops::Deref for ProgTestNet {
+    type Target = ProgTestAddrs;
+
+    fn deref(&self) -> &ProgTestAddrs {
+        &self.addrs
+    }
+}
+
 impl ProgTestNet {
     pub fn new() -> Result<ProgTestNet> {
         let ns = Netns::new("trpt")?;
         let net = ProgTestNet {
             ns,
-            client_dev: "dclient".into(),
-            backend_dev: "dbackend".into(),
-            client_dev_mac: [0x02, 0x10, 0, 0, 0, 0x01],
-            backend_dev_mac: [0x02, 0x10, 0, 0, 0, 0x02],
-            router: Ipv4Addr::new(10, 70, 1, 1),
-            client: Ipv4Addr::new(10, 70, 1, 2),
-            client_mac: [0x02, 0x20, 0, 0, 0, 0x02],
-            nat_source: Ipv4Addr::new(10, 70, 2, 1),
-            backend: Ipv4Addr::new(10, 70, 2, 2),
-            backend_mac: [0x02, 0x30, 0, 0, 0, 0x02],
-            backend_unresolved: Ipv4Addr::new(10, 70, 2, 3),
+            addrs: ProgTestAddrs {
+                client_dev: "dclient".into(),
+                backend_dev: "dbackend".into(),
+                client_dev_mac: [0x02, 0x10, 0, 0, 0, 0x01],
+                backend_dev_mac: [0x02, 0x10, 0, 0, 0, 0x02],
+                router: Ipv4Addr::new(10, 70, 1, 1),
+                client: Ipv4Addr::new(10, 70, 1, 2),
+                client_mac: [0x02, 0x20, 0, 0, 0, 0x02],
+                nat_source: Ipv4Addr::new(10, 70, 2, 1),
+                backend: Ipv4Addr::new(10, 70, 2, 2),
+                backend_mac: [0x02, 0x30, 0, 0, 0, 0x02],
+                backend_unresolved: Ipv4Addr::new(10, 70, 2, 3),
+            },
         };
         for (dev, mac, addr) in [
             (&net.client_dev, net.client_dev_mac, "10.70.1.1/24"),
@@ -96,6 +114,43 @@ impl ProgTestNet {
             .trim()
             .parse()
             .with_context(|| format!("ifindex of {dev}"))
+    }
+}
+
+/// A client namespace and a router namespace linked by one veth pair per subnet: in
+/// `10.<n>.0.0/24` the client's end is `.1` and the router's end `.2`.
+pub struct ClientRouter {
+    pub client: Netns,
+    pub router: Netns,
+    /// `(client end, router end)` of each link, in the order of the subnets.
+    pub links: Vec<(VethEnd, VethEnd)>,
+}
+
+impl ClientRouter {
+    pub fn new(subnets: &[u8]) -> Result<ClientRouter> {
+        let client = Netns::new("trlc")?;
+        let router = Netns::new("trlr")?;
+        let links = subnets
+            .iter()
+            .map(|&n| {
+                veth(
+                    &client,
+                    Ipv4Addr::new(10, n, 0, 1),
+                    &router,
+                    Ipv4Addr::new(10, n, 0, 2),
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(ClientRouter {
+            client,
+            router,
+            links,
+        })
+    }
+
+    /// The router's end of link `i`.
+    pub fn router_end(&self, i: usize) -> &VethEnd {
+        &self.links[i].1
     }
 }
 

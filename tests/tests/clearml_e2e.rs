@@ -5,28 +5,18 @@
 //! endpoints and releases its port. Run with the newest SDK and the last 2.0.x, plus a named
 //! second endpoint and the clearml-session way.
 
-use router_tests::clearml_server::sdk::sdk_versions;
+use router_tests::clearml_server::sdk::{last_2_0, newest};
 use router_tests::e2e::{
     HOST1, HOST2, ROUTER_PUBLIC, ServerThread, TCP_PORT_END, TCP_PORT_START, Testbed,
-    TestbedOptions, echo_through, http_get_url, parse_endpoint,
+    TestbedOptions, echo_through, parse_endpoint,
 };
+use router_tests::http_client::{get_in, get_url_in};
 use router_tests::{require_root, wait};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn newest() -> &'static str {
-    sdk_versions()[0]
-}
-
-fn last_2_0() -> &'static str {
-    sdk_versions()
-        .into_iter()
-        .find(|v| v.starts_with("2.0."))
-        .expect("a 2.0.x release in tests/python/sdk-versions.txt")
-}
 
 fn testbed() -> Testbed {
     require_root();
@@ -87,7 +77,7 @@ fn tcp_and_http_through_the_router(version: &str) {
         url,
         format!("{}/service/{}/", bed.router_url, http_task.task_id)
     );
-    let refused = http_get_url(&bed.client, &format!("{url}hello"), &[])
+    let refused = get_url_in(&bed.client, &format!("{url}hello"), &[])
         .unwrap_or_else(|e| panic!("GET {url}: {e:#}\ndaemon log:\n{}", bed.daemon_log()));
     assert!(
         [401, 302, 303].contains(&refused.status),
@@ -96,7 +86,7 @@ fn tcp_and_http_through_the_router(version: &str) {
         refused.text()
     );
     let cookie = bed.auth_cookie();
-    let ok = http_get_url(
+    let ok = get_url_in(
         &bed.client,
         &format!("{url}hello?x=1"),
         &[("Cookie", &cookie)],
@@ -130,7 +120,7 @@ fn tcp_and_http_through_the_router(version: &str) {
         },
     );
     wait::until("the HTTP endpoint to stop serving the app", WAIT, || {
-        let r = http_get_url(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)]).ok()?;
+        let r = get_url_in(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)]).ok()?;
         (r.status != 200).then_some(())
     });
     wait::until("the routes to leave the daemon's status", WAIT, || {
@@ -232,8 +222,7 @@ fn e2e_harness_sdk_tasks_on_hosts_reach_the_server_and_their_servers_answer() {
     let back =
         echo_through(&bed.router, (HOST1, 9000).into(), b"hi").expect("echo from the router");
     assert_eq!(back, b"hi");
-    let page = router_tests::e2e::http_request(&bed.router, (HOST2, 8080).into(), "GET", "/x", &[])
-        .expect("GET from the router");
+    let page = get_in(&bed.router, (HOST2, 8080).into(), "/x", &[]).expect("GET from the router");
     assert_eq!(page.status, 200);
     assert!(
         page.text().contains("request: GET /x HTTP/1.1"),

@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 use router_tests::clearml_server::client::ApiClient;
-use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, sdk_versions};
+use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, last_2_0, newest};
 use router_tests::clearml_server::{ClearmlServer, ServerOptions};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -22,17 +22,6 @@ const TCP_ROUTER_ADDRESS: &str = "203.0.113.7";
 const ROUTER_URL: &str = "http://router.example.invalid:8010";
 const TASK_IP: &str = "198.51.100.20";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn newest() -> &'static str {
-    sdk_versions()[0]
-}
-
-fn last_2_0() -> &'static str {
-    sdk_versions()
-        .into_iter()
-        .find(|v| v.starts_with("2.0."))
-        .expect("a 2.0.x release in tests/python/sdk-versions.txt")
-}
 
 /// The endpoints (suffix → protocol) a runtime asks for. Keys, not `_SERVICE`, decide the
 /// protocol: SDK 2.0 keeps one unsuffixed `_SERVICE`, so a task asking for both protocols
@@ -172,14 +161,11 @@ impl Drop for RouterLoop {
 }
 
 fn env(server: &ClearmlServer) -> SdkEnv {
-    SdkEnv {
-        host_ip: Some(TASK_IP.into()),
-        ..SdkEnv::for_server(server)
-    }
+    SdkEnv::on_host(server, TASK_IP)
 }
 
 fn tcp_and_http_reach_the_sdk(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let admin = server.admin();
     let mut task = SdkTask::start(version, &env(&server), None, "tcp and http").expect("SDK task");
     assert_eq!(
@@ -268,7 +254,7 @@ fn sdk_2_0_tcp_and_http_endpoints_come_from_the_router() {
 /// What a user does with `wait=True`: SDK 2.0 blocks until the router wrote
 /// `upstream_task_port`; SDK 2.1 may return its own address first, so it keeps polling.
 fn wait_true_then_poll(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let _router = RouterLoop::start(&server);
     let mut task = SdkTask::start(version, &env(&server), None, "wait").expect("SDK task");
     let got = task
@@ -316,7 +302,7 @@ fn sdk_2_0_wait_true() {
 
 #[test]
 fn sdk_newest_named_and_numbered_endpoints() {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let admin = server.admin();
     let mut task = SdkTask::start(newest(), &env(&server), None, "named").expect("SDK task");
     task.request(9000, "tcp", false, None).expect("default tcp");
@@ -363,7 +349,7 @@ fn sdk_newest_named_and_numbered_endpoints() {
 
 #[test]
 fn sdk_2_0_refuses_a_second_endpoint_of_one_protocol() {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let mut task =
         SdkTask::start(last_2_0(), &env(&server), None, "one per protocol").expect("task");
     task.request(9000, "tcp", false, None).expect("first tcp");
@@ -379,7 +365,7 @@ fn sdk_2_0_refuses_a_second_endpoint_of_one_protocol() {
 /// clearml-session writes the runtime keys and the tag itself (no feature-set check) and its
 /// client reads `external_address` / `external_tcp_port` back until the router rewrote them.
 fn session_way(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let admin = server.admin();
     let mut task = SdkTask::start(version, &env(&server), None, "session").expect("SDK task");
     task.session_request(TASK_IP, 10022)

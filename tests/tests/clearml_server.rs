@@ -27,7 +27,7 @@ fn claims(token: &str) -> Value {
 }
 
 #[test]
-fn login_refuses_bad_keys_and_issues_a_token_the_sdk_reads_as_advanced() {
+fn login_refuses_bad_keys_and_issues_a_token_as_the_open_source_server() {
     let server = ClearmlServer::start().expect("server");
     let http = reqwest::blocking::Client::new();
     let login = |user: &str, pass: &str| {
@@ -71,8 +71,13 @@ fn login_refuses_bad_keys_and_issues_a_token_the_sdk_reads_as_advanced() {
     assert_eq!(status, 200, "{body}");
     let token = body["data"]["token"].as_str().expect("token");
     let c = claims(token);
-    assert_eq!(c["feature_set"], "advanced");
-    assert_eq!(c["api_version"], "2.31");
+    assert_eq!(
+        c["feature_set"], "basic",
+        "what the open-source server says"
+    );
+    assert_eq!(c["api_version"], "2.34");
+    assert_eq!(c["server_version"], "2.3.0");
+    assert_eq!(c["auth_type"], "Bearer");
     assert_eq!(c["identity"]["company"], server.admin().identity().company);
     assert_eq!(
         c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
@@ -117,7 +122,8 @@ fn login_refuses_bad_keys_and_issues_a_token_the_sdk_reads_as_advanced() {
     );
 
     // A token of another server (other key) is refused.
-    let other = ClearmlServer::start().expect("second server");
+    let other = ClearmlServer::start_with(ServerOptions::default().token_secret("another secret"))
+        .expect("second server");
     let foreign = other.admin().issue_token(Duration::from_secs(60));
     let (s, body) = get(http.post(&url).bearer_auth(&foreign));
     assert_eq!(
@@ -125,17 +131,15 @@ fn login_refuses_bad_keys_and_issues_a_token_the_sdk_reads_as_advanced() {
         (401, Some(30))
     );
 
-    // `feature_set` follows the options: an OSS-like server says basic.
-    let oss = ClearmlServer::start_with(ServerOptions {
-        feature_set: "basic".into(),
-        ..ServerOptions::default()
-    })
-    .expect("oss-like server");
-    let mut c = ApiClient::new(&oss.url());
+    // `feature_set` follows the options: an Enterprise-like server says advanced.
+    let enterprise = ClearmlServer::start_with(ServerOptions::default().advanced())
+        .expect("enterprise-like server");
+    let mut c = ApiClient::new(&enterprise.url());
+    let creds = enterprise.credentials();
     let t = c
-        .login(&oss.credentials().access_key, &oss.credentials().secret_key)
+        .login(&creds.access_key, &creds.secret_key)
         .expect("login");
-    assert_eq!(claims(&t)["feature_set"], "basic");
+    assert_eq!(claims(&t)["feature_set"], "advanced");
 }
 
 #[test]
@@ -477,13 +481,23 @@ fn edit_replaces_runtime_whole_and_needs_force_on_a_running_task() {
         admin.runtime(&id),
         *json!({"endpoint": "y"}).as_object().unwrap()
     );
-    let a = client
-        .call(
+    // Any values (a `SafeDictField`), but no empty or `$` keys.
+    client
+        .ok(
             "tasks.edit",
-            &json!({"task": id, "force": true, "runtime": {"a": {"nested": 1}}}),
+            &json!({"task": id, "force": true, "runtime": {"a": {"nested": 1}, "endpoint": "y"}}),
         )
-        .unwrap();
-    assert_eq!(a.codes(), (400, 12));
+        .expect("nested values are stored");
+    assert_eq!(admin.runtime(&id)["a"], json!({"nested": 1}));
+    for key in ["", "$set"] {
+        let a = client
+            .call(
+                "tasks.edit",
+                &json!({"task": id, "force": true, "runtime": {key: "v"}}),
+            )
+            .unwrap();
+        assert_eq!(a.codes(), (400, 12), "{key:?}");
+    }
     // Keys tasks.edit does not write are ignored (the SDK sends `"method": "get"` in every body).
     client
         .ok(

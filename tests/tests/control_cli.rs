@@ -2,15 +2,16 @@
 //! endpoint (`/healthz`, `/readyz`, `/status`, its loopback guard), `task-router status`, and a
 //! routes file reloaded on change. No ClearML server involved.
 
-use router_tests::netns::{Netns, veth};
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use router_tests::http_client;
+use router_tests::netns::Netns;
+use router_tests::scenario::DaemonSetup;
+use router_tests::topology::ClientRouter;
+use router_tests::{daemon_binary, require_root};
+use std::net::SocketAddr;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
-/// A directory removed on drop.
 /// A temporary directory of the test's own, removed on drop.
 fn temp_dir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -154,15 +155,13 @@ fn a_failing_extra_bash_command_stops_start_up_with_its_output() {
     require_root();
     let router = Netns::new("trxc").expect("router ns");
     // Its own state directory (the instance lock), so no other daemon on the machine matters.
-    let state = temp_dir("xcs");
-    let mut cmd = router.command(daemon_binary().to_str().expect("utf-8"));
-    cmd.args(["run", "--interface", "lo"])
+    let out = DaemonSetup::new(&router)
+        .interface("lo")
         .env(
             "EXTRA_BASH_COMMAND",
             "echo preparing-things; echo broken-step >&2; exit 3",
         )
-        .env("ROUTER_STATE_DIR", state.path());
-    let out = cmd.output().expect("run daemon");
+        .run_to_end();
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("EXTRA_BASH_COMMAND failed"), "{stderr}");
@@ -175,104 +174,54 @@ fn a_failing_extra_bash_command_stops_start_up_with_its_output() {
     );
 }
 
-/// One HTTP/1.1 GET; returns the status code and body.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+/// `GET path` from inside `ns`: the status code and the body.
+fn get_in(ns: &Netns, addr: SocketAddr, path: &str) -> (u16, String) {
+    let r =
+        http_client::get_in(ns, addr, path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+    (r.status, r.text())
 }
 
 #[test]
 fn admin_endpoint_status_command_and_routes_file_reload() {
     require_root();
-    let client = Netns::new("trac").expect("client ns");
-    let router = Netns::new("trar").expect("router ns");
-    let (_c1, r1) = veth(
-        &client,
-        Ipv4Addr::new(10, 204, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 204, 0, 2),
-    )
-    .expect("veth 1");
-    let (_c2, r2) = veth(
-        &client,
-        Ipv4Addr::new(10, 205, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 205, 0, 2),
-    )
-    .expect("veth 2");
-    let dir = temp_dir("adm");
-    let routes = dir.path().join("routes.toml");
-    std::fs::write(
-        &routes,
-        "[[tcp]]\nport = 30001\nupstream = \"10.204.0.1:8888\"\nname = \"echo\"\n\
-         [[http]]\nname = \"grafana\"\nupstream = \"10.204.0.1:3000\"\n",
-    )
-    .expect("write routes");
-    let binary = daemon_binary();
-    let binary = binary.to_str().expect("utf-8");
-    let mut cmd = router.command(binary);
-    cmd.args([
-        "run",
-        "--interface",
-        &r1.dev,
-        "--routes-file",
-        routes.to_str().expect("utf-8"),
-        "--admin-addr",
-        "0.0.0.0:9180",
-        "--poll-interval",
-        "200ms",
-    ])
-    .env("ROUTER_ADMIN_ALLOW", "10.205.0.0/24")
-    .env("AUTH_ENABLED", "false")
-    .env("ROUTER_STATE_DIR", dir.path().join("state"))
+    let net = ClientRouter::new(&[204, 205]).expect("client and router namespaces");
+    let (client, router) = (&net.client, &net.router);
+    let (r1, r2) = (net.router_end(0), net.router_end(1));
+    let setup = DaemonSetup::new(router)
+        .interface(&r1.dev)
+        .routes(
+            "[[tcp]]\nport = 30001\nupstream = \"10.204.0.1:8888\"\nname = \"echo\"\n\
+             [[http]]\nname = \"grafana\"\nupstream = \"10.204.0.1:3000\"\n",
+        )
+        .admin("0.0.0.0:9180")
+        .args(["--poll-interval", "200ms"])
+        .env("ROUTER_ADMIN_ALLOW", "10.205.0.0/24")
+        .env("AUTH_ENABLED", "false");
+    let (routes, nginx) = (setup.routes_path(), setup.dir().join("nginx"));
     // The HTTP route goes to a config dir of the test's own, never the host's nginx; this test
     // is about the admin endpoint, so installing is enough (nginx itself: tests/tests/http_*).
-    .env("NGINX_CONF_DIR", dir.path().join("nginx"))
-    .env("NGINX_TEST_CMD", "true")
-    .env("NGINX_RELOAD_CMD", "true");
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+    let mut daemon = setup
+        .env("NGINX_CONF_DIR", nginx)
+        .env("NGINX_TEST_CMD", "true")
+        .env("NGINX_RELOAD_CMD", "true")
+        .spawn();
     daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
     daemon.wait_for_log("ready", Duration::from_secs(20));
+    let binary = daemon_binary();
+    let binary = binary.to_str().expect("utf-8");
 
     // Loopback inside the router namespace is served.
-    let (code, body) = router
-        .enter(|| http_get("127.0.0.1:9180".parse().expect("addr"), "/healthz"))
-        .expect("enter")
-        .expect("healthz");
+    let admin: SocketAddr = "127.0.0.1:9180".parse().expect("addr");
+    let (code, body) = get_in(router, admin, "/healthz");
     assert_eq!((code, body.trim()), (200, "ok"));
-    let (code, body) = router
-        .enter(|| http_get("127.0.0.1:9180".parse().expect("addr"), "/readyz"))
-        .expect("enter")
-        .expect("readyz");
+    let (code, body) = get_in(router, admin, "/readyz");
     assert_eq!((code, body.trim()), (200, "ready"));
     // From another host: refused unless inside ROUTER_ADMIN_ALLOW.
     let not_allowed = SocketAddr::from((r1.addr, 9180));
-    let (code, _) = client
-        .enter(move || http_get(not_allowed, "/status"))
-        .expect("enter")
-        .expect("status from 10.204.0.1");
+    let (code, _) = get_in(client, not_allowed, "/status");
     assert_eq!(code, 403, "a caller outside ROUTER_ADMIN_ALLOW is refused");
     let allowed = SocketAddr::from((r2.addr, 9180));
-    let (code, body) = client
-        .enter(move || http_get(allowed, "/status"))
-        .expect("enter")
-        .expect("status from 10.205.0.1");
+    let (code, body) = get_in(client, allowed, "/status");
     assert_eq!(code, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
     assert_eq!(json["ready"], true);
@@ -347,11 +296,7 @@ fn admin_endpoint_status_command_and_routes_file_reload() {
     assert!(t.contains("loopback"), "{t}");
     assert!(t.contains("30002") && !t.contains("30003"), "{t}");
 
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "exit {status}; log:\n{log}");
+    daemon.terminate();
 }
 
 #[test]
@@ -366,4 +311,55 @@ fn status_without_a_daemon_says_what_is_wrong() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot reach the daemon"), "{stderr}");
+}
+
+/// The README's first example, a routes file with TCP routes only and no ClearML, needs no JWT
+/// key; an `[[http]]` entry without one is refused naming the fix. `uninstall` on such a router
+/// leaves nginx alone: it wrote no nginx file, so it neither tests nor reloads nginx (here the
+/// reload command would fail).
+#[test]
+fn a_tcp_only_router_needs_no_jwt_key_and_its_uninstall_leaves_nginx_alone() {
+    require_root();
+    let dir = temp_dir("tcp-only");
+    let routes = dir.path().join("routes.toml");
+    let tcp = "[[tcp]]\nport = 30001\nupstream = \"10.0.0.5:22\"\n";
+    std::fs::write(&routes, tcp).expect("write routes file");
+    let routes_arg = routes.to_str().expect("utf-8 path");
+    let out = task_router(&["check-config", "--routes-file", routes_arg])
+        .output()
+        .expect("check-config");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+
+    std::fs::write(
+        &routes,
+        format!("{tcp}[[http]]\nname = \"web\"\nupstream = \"10.0.0.6:80\"\n"),
+    )
+    .expect("write routes file");
+    let out = task_router(&["check-config", "--routes-file", routes_arg])
+        .output()
+        .expect("check-config");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("[[http]] #1") && stderr.contains("AUTH_BASE64_JWKS_KEY"),
+        "{stderr}"
+    );
+
+    std::fs::write(&routes, tcp).expect("write routes file");
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir(&nginx_dir).expect("nginx dir");
+    std::fs::write(nginx_dir.join("someone-else.conf"), "# not ours\n").expect("other file");
+    let out = task_router(&["uninstall", "--routes-file", routes_arg])
+        .env("ROUTER_STATE_DIR", dir.path().join("state"))
+        .env("ROUTER_BPFFS", dir.path().join("no-pins"))
+        .env("NGINX_CONF_DIR", &nginx_dir)
+        .env("NGINX_RELOAD_CMD", "false")
+        .env("NGINX_TEST_CMD", "false")
+        .output()
+        .expect("uninstall");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("no nginx files of task-router"), "{stdout}");
+    assert!(nginx_dir.join("someone-else.conf").exists());
 }

@@ -2,13 +2,10 @@
 //! task-router's sync engine (recording route owners): `request_external_endpoint` for TCP and
 //! HTTP, a named endpoint, the clearml-session way, and the route going when the task stops.
 
-use router_tests::clearml_server::ClearmlServer;
-use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, sdk_versions};
-use router_tests::owners::{RecordingForwarder, RecordingRouter};
-use router_userspace::config::{Config, Sources};
-use router_userspace::daemon::{Engine, new_status};
+use router_tests::clearml_server::sdk::{SdkEnv, SdkTask, last_2_0, newest};
+use router_tests::clearml_server::{ClearmlServer, ServerOptions};
+use router_tests::engine::{EngineThread, clearml_config};
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const ROUTER_ADDRESS: &str = "203.0.113.7";
@@ -17,96 +14,41 @@ const ROUTER_URL: &str = "http://router.example.invalid:8010";
 const TASK_IP: &str = "10.20.0.20";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The sync loop in a thread of its own; stops on drop.
+/// The sync loop in a thread of its own, its state in a directory of its own; stops on drop.
 struct RouterLoop {
-    tcp: RecordingForwarder,
-    http: RecordingRouter,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    state: PathBuf,
+    engine: EngineThread,
+    _state: tempfile::TempDir,
 }
 
 impl RouterLoop {
     fn start(server: &ClearmlServer) -> RouterLoop {
-        let state = std::env::temp_dir().join(format!(
-            "task-router-sdk-{}",
-            router_tests::netns::unique("s")
-        ));
-        let creds = server.credentials();
-        let env: Vec<(String, String)> = [
-            ("CLEARML_API_HOST", server.url()),
-            ("CLEARML_API_ACCESS_KEY", creds.access_key),
-            ("CLEARML_API_SECRET_KEY", creds.secret_key),
-            ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS.into()),
-            ("ROUTER_URL", ROUTER_URL.into()),
-            ("ROUTER_NAME", "task-router".into()),
-            ("AUTH_ENABLED", "false".into()),
-            ("ROUTER_STATE_DIR", state.display().to_string()),
-            ("ROUTER_POLL_INTERVAL", "200ms".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let sources = Sources::new(Vec::new(), env, None).expect("sources");
-        let cfg = Config::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
-        let (tcp, http) = (RecordingForwarder::default(), RecordingRouter::default());
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let (t, h) = (tcp.clone(), http.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut engine =
-                    Engine::new(cfg.clone(), Box::new(t), Box::new(h), new_status(&cfg))
-                        .expect("engine");
-                engine.connect_at_start().await.expect("connect");
-                engine.run(stop_rx).await.expect("loop");
-            });
-        });
+        let state = tempfile::Builder::new()
+            .prefix("task-router-sdk-")
+            .tempdir()
+            .expect("state dir");
+        let cfg = clearml_config(
+            server,
+            state.path(),
+            &[
+                ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
+                ("ROUTER_URL", ROUTER_URL),
+                ("ROUTER_NAME", "task-router"),
+                ("ROUTER_POLL_INTERVAL", "200ms"),
+            ],
+        );
         RouterLoop {
-            tcp,
-            http,
-            stop: Some(stop),
-            thread: Some(thread),
-            state,
+            engine: EngineThread::start(cfg),
+            _state: state,
         }
-    }
-}
-
-impl Drop for RouterLoop {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
 fn env(server: &ClearmlServer) -> SdkEnv {
-    SdkEnv {
-        host_ip: Some(TASK_IP.into()),
-        ..SdkEnv::for_server(server)
-    }
-}
-
-fn newest() -> &'static str {
-    sdk_versions()[0]
-}
-
-fn last_2_0() -> &'static str {
-    sdk_versions()
-        .into_iter()
-        .find(|v| v.starts_with("2.0."))
-        .expect("a 2.0.x release in tests/python/sdk-versions.txt")
+    SdkEnv::on_host(server, TASK_IP)
 }
 
 fn the_sdk_gets_working_endpoints(version: &str) {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let router = RouterLoop::start(&server);
     let mut task = SdkTask::start(version, &env(&server), None, "endpoints").expect("SDK task");
     task.request(9000, "tcp", false, None).expect("request tcp");
@@ -124,6 +66,7 @@ fn the_sdk_gets_working_endpoints(version: &str) {
         .expect("a port");
     assert!((30000..=30999).contains(&port), "{endpoint}");
     let route = router
+        .engine
         .tcp
         .programmed()
         .get(&port)
@@ -133,14 +76,14 @@ fn the_sdk_gets_working_endpoints(version: &str) {
         route.upstream,
         format!("{TASK_IP}:9000").parse().expect("addr")
     );
-    assert_eq!(route.owner.task_id, task.task_id);
+    assert_eq!(route.owner.id.task_id, task.task_id);
 
     let url = format!("{ROUTER_URL}/service/{}/", task.task_id);
     let http = task
         .poll("http", None, &url, WAIT)
         .expect("the SDK sees the router's HTTP endpoint");
     assert_eq!(http["browser_endpoint"], json!(url));
-    let served = router.http.programmed();
+    let served = router.engine.http.programmed();
     assert_eq!(
         served[&task.task_id].upstream,
         format!("{TASK_IP}:8080").parse().expect("addr")
@@ -153,15 +96,17 @@ fn the_sdk_gets_working_endpoints(version: &str) {
     task.stop().expect("stop");
     router_tests::wait::until("the stopped task's routes gone", WAIT, || {
         (router
+            .engine
             .tcp
             .programmed()
             .values()
-            .all(|r| r.owner.task_id != id)
+            .all(|r| r.owner.id.task_id != id)
             && router
+                .engine
                 .http
                 .programmed()
                 .values()
-                .all(|r| r.owner.task_id != id))
+                .all(|r| r.owner.id.task_id != id))
         .then_some(())
     });
 }
@@ -179,7 +124,7 @@ fn sdk_2_0_gets_tcp_and_http_endpoints_from_task_router() {
 
 #[test]
 fn sdk_newest_named_endpoints_each_get_their_own_route() {
-    let server = ClearmlServer::start().expect("server");
+    let server = ClearmlServer::start_with(ServerOptions::default().advanced()).expect("server");
     let router = RouterLoop::start(&server);
     let mut task = SdkTask::start(newest(), &env(&server), None, "named").expect("SDK task");
     // The three requests back to back, while the router polls every 200 ms: the SDK and the
@@ -200,7 +145,7 @@ fn sdk_newest_named_endpoints_each_get_their_own_route() {
     assert_ne!(first["endpoint"], second["endpoint"]);
     let ui = format!("{ROUTER_URL}/service/{}__ui/", task.task_id);
     task.poll("http", Some("ui"), &ui, WAIT).expect("__ui");
-    let tcp = router.tcp.programmed();
+    let tcp = router.engine.tcp.programmed();
     assert_eq!(tcp.len(), 2);
     let upstreams: Vec<String> = tcp.values().map(|r| r.upstream.to_string()).collect();
     assert!(
@@ -209,6 +154,7 @@ fn sdk_newest_named_endpoints_each_get_their_own_route() {
     );
     assert!(
         router
+            .engine
             .http
             .programmed()
             .contains_key(&format!("{}__ui", task.task_id))
@@ -234,7 +180,7 @@ fn clearml_session_way_is_served() {
     assert_eq!(rt["upstream_task_address"], json!(TASK_IP));
     assert_eq!(rt["upstream_task_port"], json!(10022));
     assert_eq!(
-        router.tcp.programmed()[&port].upstream,
+        router.engine.tcp.programmed()[&port].upstream,
         format!("{TASK_IP}:10022").parse().expect("addr")
     );
 }

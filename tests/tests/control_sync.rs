@@ -6,22 +6,22 @@
 //! The sync engine runs in-process with recording route owners (what the kernel datapath and
 //! nginx are asked to serve); the last tests run the real daemon binary.
 
-use router_tests::clearml_server::{ClearmlServer, FaultKind, ServerOptions, TaskSpec};
-use router_tests::netns::{Netns, veth};
-use router_tests::owners::{RecordingForwarder, RecordingRouter};
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
-use router_userspace::admin::SharedStatus;
-use router_userspace::config::{Config, Sources};
-use router_userspace::daemon::{CycleOutcome, Engine, new_status};
+use router_tests::clearml_server::{ClearmlServer, FaultKind, TaskSpec};
+use router_tests::engine::{RecordingEngine, clearml_config};
+use router_tests::http_client;
+use router_tests::netns::Netns;
+use router_tests::scenario::{DaemonSetup, clearml_server_in};
+use router_tests::topology::ClientRouter;
+use router_tests::{daemon_binary, require_root};
+use router_userspace::config::Config;
+use router_userspace::daemon::CycleOutcome;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 const ROUTER_ADDRESS: &str = "203.0.113.7";
 
-/// A directory removed on drop.
 /// A temporary directory of the test's own, removed on drop.
 fn temp_dir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -31,68 +31,27 @@ fn temp_dir(tag: &str) -> tempfile::TempDir {
 }
 
 fn config(server: &ClearmlServer, state: &Path, extra: &[(&str, &str)]) -> Config {
-    let creds = server.credentials();
-    let mut env: Vec<(String, String)> = [
-        ("CLEARML_API_HOST", server.url()),
-        ("CLEARML_API_ACCESS_KEY", creds.access_key),
-        ("CLEARML_API_SECRET_KEY", creds.secret_key),
-        ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS.to_string()),
-        ("TCP_PORT_START", "30000".into()),
-        ("TCP_PORT_END", "30099".into()),
-        ("ROUTER_NAME", "edge-a".into()),
-        ("ROUTER_URL", "https://router.example.com".into()),
-        ("AUTH_ENABLED", "false".into()),
-        ("ROUTER_STATE_DIR", state.display().to_string()),
+    let mut vars = vec![
+        ("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS),
+        ("TCP_PORT_START", "30000"),
+        ("TCP_PORT_END", "30099"),
+        ("ROUTER_NAME", "edge-a"),
+        ("ROUTER_URL", "https://router.example.com"),
         // Generous: the whole suite runs in parallel on two shared cores.
-        ("ROUTER_API_TIMEOUT", "3s".into()),
-        ("ROUTER_POLL_INTERVAL", "200ms".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    let sources = Sources::new(Vec::new(), env, None).expect("sources");
-    Config::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"))
+        ("ROUTER_API_TIMEOUT", "3s"),
+        ("ROUTER_POLL_INTERVAL", "200ms"),
+    ];
+    vars.extend_from_slice(extra);
+    clearml_config(server, state, &vars)
 }
 
-/// One router: the engine with recording owners.
-struct Router {
-    engine: Engine,
-    tcp: RecordingForwarder,
-    http: RecordingRouter,
-    status: SharedStatus,
-}
-
-impl Router {
-    async fn start(cfg: Config) -> Router {
-        let (tcp, http) = (RecordingForwarder::default(), RecordingRouter::default());
-        let status = new_status(&cfg);
-        let mut engine = Engine::new(
-            cfg,
-            Box::new(tcp.clone()),
-            Box::new(http.clone()),
-            status.clone(),
-        )
-        .expect("engine");
-        engine.connect_at_start().await.expect("connect");
-        Router {
-            engine,
-            tcp,
-            http,
-            status,
-        }
-    }
-
-    async fn cycle(&mut self) -> CycleOutcome {
-        self.engine.cycle().await
-    }
-
-    fn status(&self) -> router_userspace::admin::Status {
-        self.status.read().expect("status").clone()
-    }
+/// The engine synced with `server`, its state in `state`, `extra` variables on top.
+async fn engine(
+    server: &ClearmlServer,
+    state: &tempfile::TempDir,
+    extra: &[(&str, &str)],
+) -> RecordingEngine {
+    RecordingEngine::start(config(server, state.path(), extra)).await
 }
 
 fn running(name: &str, runtime: Value) -> TaskSpec {
@@ -158,12 +117,7 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     let evil = admin.create_task(running("evil", tcp_request("127.0.0.1", 22)).queue(&gpu));
 
     let state = temp_dir("sync");
-    let mut r = Router::start(config(
-        &server,
-        state.path(),
-        &[("LISTEN_QUEUE_NAME", "gpu")],
-    ))
-    .await;
+    let mut r = engine(&server, &state, &[("LISTEN_QUEUE_NAME", "gpu")]).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
 
     // TCP: routes programmed, then written back as the SDK waits for them.
@@ -171,7 +125,7 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     assert_eq!(tcp.len(), 2, "{tcp:?}");
     let port_of = |task: &str| {
         *tcp.iter()
-            .find(|(_, route)| route.owner.task_id == task)
+            .find(|(_, route)| route.owner.id.task_id == task)
             .unwrap_or_else(|| panic!("no route for {task}: {tcp:?}"))
             .0
     };
@@ -237,7 +191,7 @@ async fn requests_are_served_written_back_and_removed_when_the_task_ends() {
     let refusal = status
         .refused
         .iter()
-        .find(|f| f.task_id == evil)
+        .find(|f| f.owner.id.task_id == evil)
         .expect("the loopback request is refused");
     assert!(refusal.reason.contains("loopback"), "{}", refusal.reason);
     assert!(admin.runtime(&evil).get("_ROUTER_NAME").is_none());
@@ -291,7 +245,7 @@ async fn api_faults_change_nothing_that_forwards() {
         })
         .collect();
     let state = temp_dir("fault");
-    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    let mut r = engine(&server, &state, &[]).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
     let before = r.tcp.programmed();
     assert_eq!(before.len(), 3);
@@ -358,14 +312,14 @@ async fn api_faults_change_nothing_that_forwards() {
         .tcp
         .programmed()
         .iter()
-        .find(|(_, route)| route.owner.task_id == late)
+        .find(|(_, route)| route.owner.id.task_id == late)
         .expect("route programmed before the write-back")
         .0;
     let s = r.status();
     let row = s
         .routes
         .iter()
-        .find(|row| row.task_id == late)
+        .find(|row| row.owner.id.task_id == late)
         .expect("row");
     assert!(row.state.contains("write-back failed"), "{}", row.state);
     r.cycle().await;
@@ -392,7 +346,7 @@ async fn a_task_writing_its_runtime_at_the_same_moment_loses_nothing() {
         }
     });
     let state = temp_dir("race");
-    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    let mut r = engine(&server, &state, &[]).await;
     let edits = admin.calls("tasks.edit");
     r.cycle().await;
     assert_eq!(
@@ -425,7 +379,7 @@ async fn a_task_writing_its_runtime_at_the_same_moment_loses_nothing() {
     let row = s
         .routes
         .iter()
-        .find(|row| row.task_id == u)
+        .find(|row| row.owner.id.task_id == u)
         .expect("route of u");
     assert!(row.state.contains("overwritten 3 times"), "{}", row.state);
     admin.clear_after_edit();
@@ -453,7 +407,7 @@ async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
         }
     });
     let state = temp_dir("lost");
-    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    let mut r = engine(&server, &state, &[]).await;
     let edits = admin.calls("tasks.edit");
     r.cycle().await;
     let rt = admin.runtime(&t);
@@ -501,7 +455,11 @@ async fn a_task_writing_between_the_routers_read_and_write_keeps_its_keys() {
         "a write of the task was lost: {rt:?}"
     );
     let s = r.status();
-    let row = s.routes.iter().find(|row| row.task_id == u).expect("row");
+    let row = s
+        .routes
+        .iter()
+        .find(|row| row.owner.id.task_id == u)
+        .expect("row");
     assert!(row.state.contains("keeps changing"), "{}", row.state);
     admin.clear_after_read();
     r.cycle().await;
@@ -521,7 +479,7 @@ async fn an_endpoint_the_task_can_read_is_already_in_the_status() {
     let admin = server.admin();
     let tcp_task = admin.create_task(running("tcp echo", tcp_request("10.6.3.10", 9000)));
     let state = temp_dir("published");
-    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    let mut r = engine(&server, &state, &[]).await;
     r.cycle().await;
     assert_eq!(r.status().clearml.tasks, 1);
 
@@ -552,7 +510,7 @@ async fn an_endpoint_the_task_can_read_is_already_in_the_status() {
     let rows: Vec<(&str, &str)> = at_write
         .routes
         .iter()
-        .map(|row| (row.task_id.as_str(), row.kind.as_str()))
+        .map(|row| (row.owner.id.task_id.as_str(), row.kind.as_str()))
         .collect();
     assert_eq!(
         at_write.clearml.tasks, 2,
@@ -565,7 +523,7 @@ async fn an_endpoint_the_task_can_read_is_already_in_the_status() {
     let row = at_write
         .routes
         .iter()
-        .find(|row| row.task_id == http_task)
+        .find(|row| row.owner.id.task_id == http_task)
         .expect("row");
     assert_eq!(row.state, "writing back");
     assert!(r.status().routes.iter().all(|row| row.state == "active"));
@@ -583,7 +541,7 @@ async fn paging_reads_every_task_in_few_calls() {
         ));
     }
     let state = temp_dir("page");
-    let mut r = Router::start(config(&server, state.path(), &[])).await;
+    let mut r = engine(&server, &state, &[]).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
     assert_eq!(r.http.programmed().len(), 1203);
     admin.reset_call_counts();
@@ -600,21 +558,21 @@ async fn several_routers_share_one_server_without_touching_each_others_tasks() {
     let ta = admin.create_task(running("a", tcp_request("10.8.0.10", 22)).queue(&qa));
     let tb = admin.create_task(running("b", tcp_request("10.8.0.11", 22)).queue(&qb));
     let (sa, sb) = (temp_dir("ra"), temp_dir("rb"));
-    let mut a = Router::start(config(
+    let mut a = engine(
         &server,
-        sa.path(),
+        &sa,
         &[("ROUTER_NAME", "edge-a"), ("LISTEN_QUEUE_NAME", "queue-a")],
-    ))
+    )
     .await;
-    let mut b = Router::start(config(
+    let mut b = engine(
         &server,
-        sb.path(),
+        &sb,
         &[
             ("ROUTER_NAME", "edge-b"),
             ("LISTEN_QUEUE_NAME", "queue-b"),
             ("TCP_ROUTER_ADDRESS", "203.0.113.8"),
         ],
-    ))
+    )
     .await;
     a.cycle().await;
     b.cycle().await;
@@ -626,7 +584,7 @@ async fn several_routers_share_one_server_without_touching_each_others_tasks() {
 
     // A third router listening to every queue leaves both claimed tasks alone.
     let sc = temp_dir("rc");
-    let mut c = Router::start(config(&server, sc.path(), &[("ROUTER_NAME", "edge-c")])).await;
+    let mut c = engine(&server, &sc, &[("ROUTER_NAME", "edge-c")]).await;
     let edits = admin.calls("tasks.edit");
     c.cycle().await;
     assert!(c.tcp.programmed().is_empty());
@@ -649,7 +607,7 @@ async fn a_restarted_router_keeps_every_port() {
     }
     let state = temp_dir("restart");
     let cfg = config(&server, state.path(), &[]);
-    let mut r = Router::start(cfg.clone()).await;
+    let mut r = RecordingEngine::start(cfg.clone()).await;
     r.cycle().await;
     let before = r.tcp.programmed();
     assert_eq!(before.len(), 5);
@@ -665,7 +623,7 @@ async fn a_restarted_router_keeps_every_port() {
         1000,
         None,
     );
-    let mut r = Router::start(cfg.clone()).await;
+    let mut r = RecordingEngine::start(cfg.clone()).await;
     assert_eq!(r.cycle().await, CycleOutcome::ApiFailed);
     assert_eq!(r.tcp.programmed(), before);
     assert!(r.status().ready_reason.contains("first ClearML sync"));
@@ -676,7 +634,7 @@ async fn a_restarted_router_keeps_every_port() {
 
     // Restarted with the local state gone: the ports written on the tasks win.
     std::fs::remove_dir_all(state.path()).expect("wipe state");
-    let mut r = Router::start(cfg).await;
+    let mut r = RecordingEngine::start(cfg).await;
     r.cycle().await;
     assert_eq!(r.tcp.programmed(), before);
 }
@@ -708,20 +666,15 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
     ));
     let modest = admin.create_task(running("modest", tcp_request("10.9.1.11", 22)));
     let state = temp_dir("limit");
-    let mut r = Router::start(config(
-        &server,
-        state.path(),
-        &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "2")],
-    ))
-    .await;
+    let mut r = engine(&server, &state, &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "2")]).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
 
     let tcp = r.tcp.programmed();
     let endpoints_of = |task: &str| {
         let mut v: Vec<String> = tcp
             .values()
-            .filter(|route| route.owner.task_id == task)
-            .map(|route| route.owner.endpoint.clone())
+            .filter(|route| route.owner.id.task_id == task)
+            .map(|route| route.owner.id.endpoint.clone())
             .collect();
         v.sort();
         v
@@ -751,8 +704,8 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
     let mut refused: Vec<&str> = status
         .refused
         .iter()
-        .filter(|f| f.task_id == greedy)
-        .map(|f| f.endpoint.as_str())
+        .filter(|f| f.owner.id.task_id == greedy)
+        .map(|f| f.owner.id.endpoint.as_str())
         .collect();
     refused.sort();
     assert_eq!(refused, ["b", "c", "d"], "{:?}", status.refused);
@@ -779,12 +732,7 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
     drop(r);
 
     // Restarted with a lower limit: the routes in force stay, nothing is torn down or written.
-    let mut r = Router::start(config(
-        &server,
-        state.path(),
-        &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "1")],
-    ))
-    .await;
+    let mut r = engine(&server, &state, &[("ROUTER_MAX_ENDPOINTS_PER_TASK", "1")]).await;
     assert_eq!(r.cycle().await, CycleOutcome::Synced);
     assert_eq!(r.tcp.programmed(), tcp);
     assert_eq!(admin.calls("tasks.edit"), edits);
@@ -801,73 +749,31 @@ async fn a_task_over_the_endpoint_limit_gets_the_limit_and_the_rest_are_refused(
 // ------------------------------------------------------------------------------------------
 // The daemon binary.
 
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-/// A ClearML test server listening inside `ns` on 127.0.0.1.
-fn server_in(ns: &Netns) -> ClearmlServer {
-    let listener = ns
-        .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("enter")
-        .expect("bind in namespace");
-    ClearmlServer::start_with(ServerOptions {
-        listener: Some(listener),
-        ..ServerOptions::default()
-    })
-    .expect("server")
-}
-
-fn daemon_command(
-    ns: &Netns,
-    server: &ClearmlServer,
-    iface: &str,
-    state: &Path,
-) -> std::process::Command {
-    let creds = server.credentials();
-    let mut cmd = ns.command(daemon_binary().to_str().expect("utf-8"));
-    cmd.args(["run", "--interface", iface, "--poll-interval", "200ms"])
-        .env("CLEARML_API_HOST", server.url())
-        .env("CLEARML_API_ACCESS_KEY", creds.access_key)
-        .env("CLEARML_API_SECRET_KEY", creds.secret_key)
+/// `task-router run` in `ns` on `iface`, synced with `server`.
+fn daemon_setup<'a>(ns: &'a Netns, server: &ClearmlServer, iface: &str) -> DaemonSetup<'a> {
+    DaemonSetup::new(ns)
+        .interface(iface)
+        .args(["--poll-interval", "200ms"])
+        .clearml(server)
         .env("TCP_ROUTER_ADDRESS", ROUTER_ADDRESS)
         .env("ROUTER_NAME", "edge-bin")
         .env("AUTH_ENABLED", "false")
         .env("ROUTER_API_TIMEOUT", "3s")
-        .env("ROUTER_STATE_DIR", state);
-    cmd
+}
+
+/// `GET /readyz` from inside `ns`: the status code and the body.
+fn readyz(ns: &Netns) -> (u16, String) {
+    let admin: SocketAddr = "127.0.0.1:9180".parse().expect("addr");
+    let r = http_client::get_in(ns, admin, "/readyz", &[]).expect("readyz");
+    (r.status, r.text())
 }
 
 #[test]
 fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
     require_root();
-    let client = Netns::new("trsc").expect("client ns");
-    let router = Netns::new("trsr").expect("router ns");
-    let (_c, r) = veth(
-        &client,
-        Ipv4Addr::new(10, 206, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 206, 0, 2),
-    )
-    .expect("veth");
-    let server = server_in(&router);
+    let net = ClientRouter::new(&[206]).expect("client and router namespaces");
+    let (router, r) = (&net.router, net.router_end(0));
+    let server = clearml_server_in(router);
     let admin = server.admin();
     let evil = admin.create_task(running("evil", tcp_request("169.254.169.254", 80)));
     // Six failed listings: 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s of back-off, then it heals by itself.
@@ -880,22 +786,16 @@ fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
         6,
         Some("tasks.get_all"),
     );
-    let state = temp_dir("bin");
-    let mut daemon = Daemon::spawn(daemon_command(&router, &server, &r.dev, state.path()))
-        .expect("start daemon");
+    let mut daemon = daemon_setup(router, &server, &r.dev).spawn();
     daemon.wait_for_log("admin endpoint listening", Duration::from_secs(20));
     daemon.wait_for_log("ClearML API unavailable", Duration::from_secs(20));
-    let admin_addr: SocketAddr = "127.0.0.1:9180".parse().expect("addr");
     // The failure is logged inside the cycle and the status is published at its end, so the
     // first read may still see the initial "starting".
     let (code, body) = router_tests::wait::until(
         "the status of the first failed sync",
         Duration::from_secs(20),
         || {
-            let (code, body) = router
-                .enter(move || http_get(admin_addr, "/readyz"))
-                .expect("enter")
-                .expect("readyz");
+            let (code, body) = readyz(router);
             (!body.contains("starting")).then_some((code, body))
         },
     );
@@ -907,10 +807,7 @@ fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
 
     daemon.wait_for_log("ClearML API reachable again", Duration::from_secs(30));
     daemon.wait_for_log("ready", Duration::from_secs(10));
-    let (code, _) = router
-        .enter(move || http_get(admin_addr, "/readyz"))
-        .expect("enter")
-        .expect("readyz");
+    let (code, _) = readyz(router);
     assert_eq!(code, 200);
     let line = daemon.wait_for_log("endpoint request refused", Duration::from_secs(20));
     assert!(
@@ -937,43 +834,30 @@ fn the_daemon_waits_for_the_first_sync_and_shows_refusals_in_status() {
         row.contains("address 169.254.169.254 is link-local"),
         "{row}"
     );
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success());
+    daemon.terminate();
 }
 
 #[test]
 fn an_unknown_queue_or_bad_credentials_stop_start_up() {
     require_root();
-    let router = Netns::new("trsq").expect("router ns");
-    let client = Netns::new("trsk").expect("client ns");
-    let (_c, r) = veth(
-        &client,
-        Ipv4Addr::new(10, 207, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 207, 0, 2),
-    )
-    .expect("veth");
-    let server = server_in(&router);
-    let state = temp_dir("q");
+    let net = ClientRouter::new(&[207]).expect("client and router namespaces");
+    let (router, r) = (&net.router, net.router_end(0));
+    let server = clearml_server_in(router);
     // Run to completion here, not through `Daemon`: the pins need a bpffs of this test's own.
     let pins = router_tests::pins::PinRoot::new("trsq");
-    let out = daemon_command(&router, &server, &r.dev, state.path())
+    let out = daemon_setup(router, &server, &r.dev)
         .env("ROUTER_BPFFS", pins.path())
         .env("LISTEN_QUEUE_NAME", "gpu-queue")
-        .output()
-        .expect("run");
+        .run_to_end();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("queue \"gpu-queue\""), "{stderr}");
     assert!(!stderr.contains("admin endpoint listening"), "{stderr}");
 
-    let out = daemon_command(&router, &server, &r.dev, state.path())
+    let out = daemon_setup(router, &server, &r.dev)
         .env("ROUTER_BPFFS", pins.path())
         .env("CLEARML_API_SECRET_KEY", "wrong")
-        .output()
-        .expect("run");
+        .run_to_end();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("credentials refused"), "{stderr}");

@@ -28,13 +28,13 @@ use router_tests::packet_fuzz::{
     self, Case, CorpusEntry, ETH_LEN, Side, World, addr, checksums, concerns_router, may_change,
     mss_option, raw,
 };
+use router_tests::routes::tcp_routes;
 use router_tests::topology::ProgTestNet;
 use router_tests::{require_root, workspace_root};
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, Datapath, Program, Timeouts};
-use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -69,21 +69,6 @@ fn env_u64(name: &str) -> Option<u64> {
         None => v.parse(),
     };
     Some(parsed.unwrap_or_else(|e| panic!("{name}={v}: {e}")))
-}
-
-fn route(port: u16, ip: Ipv4Addr, backend_port: u16) -> (u16, TcpRoute) {
-    (
-        port,
-        TcpRoute {
-            port,
-            upstream: SocketAddrV4::new(ip, backend_port),
-            owner: RouteOwner {
-                task_id: format!("task-{port}"),
-                task_name: "fuzz".into(),
-                endpoint: String::new(),
-            },
-        },
-    )
 }
 
 struct Fuzzer {
@@ -545,13 +530,11 @@ fn fuzz(program: Program) {
         let mut dp = Datapath::open(&cfg).expect("open the datapath");
         dp.add_xdp_target(&client_dev).expect("xdp target");
         dp.add_xdp_target(&backend_dev).expect("xdp target");
-        let routes: BTreeMap<u16, TcpRoute> = [
-            route(PORT, backend, BACKEND_PORT),
-            route(PORT_UNRESOLVED, unresolved, BACKEND_PORT),
-            route(PORT_OTHER_BACKEND, backend, OTHER_BACKEND_PORT),
-        ]
-        .into_iter()
-        .collect();
+        let routes = tcp_routes(&[
+            (PORT, backend, BACKEND_PORT),
+            (PORT_UNRESOLVED, unresolved, BACKEND_PORT),
+            (PORT_OTHER_BACKEND, backend, OTHER_BACKEND_PORT),
+        ]);
         dp.apply_routes(&routes).expect("program routes");
         let hook = if program == Program::Xdp {
             Hook::Xdp

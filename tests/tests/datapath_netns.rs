@@ -5,14 +5,15 @@
 
 use router_common::stats::{Hook, StatReason};
 use router_tests::netns::{Netns, unique, veth};
+use router_tests::require_root;
+use router_tests::routes::tcp_routes;
+use router_tests::scenario::DaemonSetup;
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{
     AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, ResolvedMode, Timeouts,
 };
-use router_userspace::routes::{RouteOwner, TcpRoute};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -22,26 +23,6 @@ const PORT: u16 = 20000;
 const BACKEND_PORT: u16 = 8080;
 const MIB: usize = 1 << 20;
 
-fn routes(list: &[(u16, Ipv4Addr, u16)]) -> BTreeMap<u16, TcpRoute> {
-    list.iter()
-        .map(|&(port, ip, backend_port)| {
-            (
-                port,
-                TcpRoute {
-                    port,
-                    upstream: SocketAddrV4::new(ip, backend_port),
-                    owner: RouteOwner {
-                        task_id: format!("task-{port}"),
-                        task_name: "netns test".into(),
-                        endpoint: String::new(),
-                    },
-                },
-            )
-        })
-        .collect()
-}
-
-/// Opens the datapath in the router namespace on `interfaces`.
 fn open(router: &Netns, interfaces: &[(&str, AttachMode)], router_addr: Ipv4Addr) -> Datapath {
     let cfg = DatapathConfig {
         kind: DatapathKind::Ebpf(AttachMode::Auto),
@@ -87,7 +68,7 @@ fn echo_through_route(
     banner: &str,
     len: usize,
 ) {
-    dp.apply_routes(&routes(&[(PORT, backend, BACKEND_PORT)]))
+    dp.apply_routes(&tcp_routes(&[(PORT, backend, BACKEND_PORT)]))
         .expect("routes");
     let mut client = Client::connect(&t.client, router_port(t)).expect("connect");
     assert_eq!(client.banner, banner);
@@ -101,7 +82,7 @@ fn echo_through_route(
 fn forward_and_check(t: &Topology, dp: &mut Datapath, hook: Hook, len: usize) {
     let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("echo server");
-    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+    dp.apply_routes(&tcp_routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
         .expect("routes");
     let mut client = Client::connect(&t.client, router_port(t)).expect("connect");
     assert_eq!(client.banner, "backend1");
@@ -258,7 +239,7 @@ fn receivers_merge_forwarded_segments_as_behind_kernel_forwarding() {
         .expect("routes through the router without NAT");
     let mut dp = open_client_and_backend(&t, AttachMode::Auto);
     let sink = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT);
-    dp.apply_routes(&routes(&[(PORT, *sink.ip(), sink.port())]))
+    dp.apply_routes(&tcp_routes(&[(PORT, *sink.ip(), sink.port())]))
         .expect("routes");
     // Not a route's port: plain kernel forwarding, the datapath passes it.
     let direct = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT + 1);
@@ -379,7 +360,7 @@ fn xdp_forwards_tcp_with_senders_offload_off() {
     assert_eq!(modes(&dp), [ResolvedMode::Xdp, ResolvedMode::Xdp]);
     let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("echo server");
-    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+    dp.apply_routes(&tcp_routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
         .expect("routes");
     for _ in 0..3 {
         let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
@@ -420,7 +401,7 @@ fn many_concurrent_connections_to_two_backends() {
         .expect("server 1");
     let s2 = EchoServer::start(&t.backend2, t.backend2_end.addr, BACKEND_PORT, "backend2")
         .expect("server 2");
-    dp.apply_routes(&routes(&[
+    dp.apply_routes(&tcp_routes(&[
         (PORT, t.backend_end.addr, BACKEND_PORT),
         (PORT + 1, t.backend2_end.addr, BACKEND_PORT),
     ]))
@@ -486,7 +467,7 @@ fn route_change_mid_transfer_moves_only_new_connections() {
         .expect("server 1");
     let s2 =
         EchoServer::start(&t.backend2, t.backend2_end.addr, 9090, "backend2").expect("server 2");
-    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+    dp.apply_routes(&tcp_routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
         .expect("routes");
     let mut old = Client::connect(&t.client, router_port(&t)).expect("connect");
     assert_eq!(old.banner, "backend1");
@@ -494,7 +475,7 @@ fn route_change_mid_transfer_moves_only_new_connections() {
     old.echo_random(4 * MIB, 64 * 1024, |chunk| {
         if chunk == 20 && moved.is_none() {
             let report = dp
-                .apply_routes(&routes(&[(PORT, t.backend2_end.addr, 9090)]))
+                .apply_routes(&tcp_routes(&[(PORT, t.backend2_end.addr, 9090)]))
                 .expect("change the route");
             assert_eq!(report.changed, 1);
             let new = Client::connect(&t.client, router_port(&t)).expect("connect anew");
@@ -520,7 +501,7 @@ fn route_removal_keeps_established_and_refuses_new() {
     let mut dp = open_client_and_backend(&t, AttachMode::Tc);
     let _server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("server");
-    dp.apply_routes(&routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
+    dp.apply_routes(&tcp_routes(&[(PORT, t.backend_end.addr, BACKEND_PORT)]))
         .expect("routes");
     let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
     client.echo_random(MIB, 64 * 1024, |_| {}).expect("echo");
@@ -582,41 +563,14 @@ fn daemon_forwards_a_route_from_its_routes_file() {
     let t = Topology::new().expect("topology");
     let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("server");
-    let mut cmd = t
-        .router
-        .command(daemon_binary().to_str().expect("utf-8 path"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let routes = dir.path().join("routes.toml");
-    std::fs::write(
-        &routes,
-        format!(
-            "[[tcp]]\nport = {PORT}\nupstream = \"{}:{BACKEND_PORT}\"\n",
-            t.backend_end.addr
-        ),
-    )
-    .expect("write routes file");
-    let state = dir.path().join("state");
-    cmd.args([
-        "run",
-        "--interface",
-        &t.router_client.dev,
-        "--interface",
-        &format!("{}:tc", t.router_backend.dev),
-        "--routes-file",
-        routes.to_str().expect("utf-8 path"),
-        "--state-dir",
-        state.to_str().expect("utf-8 path"),
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--set",
-        &format!("TCP_PORT_START={PORT}"),
-        "--set",
-        &format!("TCP_PORT_END={PORT}"),
-        "--set",
-        "AUTH_ENABLED=false",
-    ]);
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-    daemon.wait_for_log("ready", Duration::from_secs(20));
+    let daemon = DaemonSetup::new(&t.router)
+        .interface(&t.router_client.dev)
+        .interface_as(&t.router_backend.dev, "tc")
+        .tcp_route(PORT, format!("{}:{BACKEND_PORT}", t.backend_end.addr))
+        .admin("127.0.0.1:0")
+        .tcp_ports(PORT, PORT)
+        .no_auth()
+        .start(Duration::from_secs(20));
     let mut client = Client::connect(&t.client, router_port(&t)).expect("connect");
     assert_eq!(client.banner, "backend1");
     client
@@ -624,11 +578,7 @@ fn daemon_forwards_a_route_from_its_routes_file() {
         .expect("echo");
     client.finish().expect("close");
     assert_eq!(server.accepted(), 1);
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+    daemon.terminate();
 }
 
 #[test]
@@ -700,7 +650,7 @@ fn path_mtu_discovery_works_through_the_nat() {
     );
     let _server =
         EchoServer::start(&backend, b_end.addr, BACKEND_PORT, "far").expect("echo server");
-    dp.apply_routes(&routes(&[(PORT, b_end.addr, BACKEND_PORT)]))
+    dp.apply_routes(&tcp_routes(&[(PORT, b_end.addr, BACKEND_PORT)]))
         .expect("routes");
     let mut c = Client::connect(&client, SocketAddrV4::new(r_client.addr, PORT)).expect("connect");
     assert_eq!(c.banner, "far");

@@ -1,47 +1,33 @@
 //! Every packet path of the kernel programs, through BPF_PROG_TEST_RUN, for XDP and TC: the
 //! verdict, the bytes that leave (addresses, ports, TTL, MACs, checksums verified from scratch
 //! by `router_tests::packet`), the counters and the connection table.
+//!
+//! The packet paths are tables of cases (`router_tests::progtest_cases`: a frame, the verdict,
+//! what leaves, what the counters say) run in order by [`Env::run_cases`], which names the
+//! failing case. What is about the connection table over time (closing and the sweeper, a full
+//! table, TIME_WAIT, a reused port, the peer hand-off, the half-open table under a flood) stays
+//! a function.
 
 use router_common::conntrack::{CtKey4, CtValue4, HalfOpen4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN};
 use router_common::stats::{Hook, StatReason};
 use router_tests::netns::Netns;
 use router_tests::packet::{
-    self, TCP_ACK, TCP_FIN as FIN, TCP_PSH, TCP_RST, TCP_SYN, Tcp4, icmp_checksum_ok,
-    ipv4_checksum_ok, parse, tcp_checksum_ok,
+    self, TCP_ACK, TCP_FIN as FIN, TCP_RST, TCP_SYN, icmp_checksum_ok, ipv4_checksum_ok, parse,
+    tcp_checksum_ok,
+};
+use router_tests::progtest_cases::net::{BACKEND_PORT, MOVED_BACKEND_PORT, PORT};
+use router_tests::progtest_cases::{
+    Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_allow, limits,
+    passing, split_after, translation,
 };
 use router_tests::require_root;
-use router_tests::topology::{Mac, ProgTestNet};
+use router_tests::routes::{tcp_routes, tcp_routes_allowing};
+use router_tests::topology::ProgTestNet;
 use router_userspace::config::{DatapathConfig, DatapathKind};
-use router_userspace::datapath::{
-    AttachMode, ConnState, DEFAULT_NAT_SOURCE_PORTS, Datapath, Program, RunOutput, Timeouts,
-};
-use router_userspace::routes::{RouteOwner, TcpRoute};
-use std::collections::BTreeMap;
+use router_userspace::datapath::{AttachMode, ConnState, Datapath, Program, RunOutput, Timeouts};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
-
-const PORT: u16 = 20000;
-const PORT_UNRESOLVED: u16 = 20001;
-const PORT_NEVER_ROUTED: u16 = 20002;
-const BACKEND_PORT: u16 = 8080;
-/// The acknowledgment number of client packets with ACK (`Tcp4`'s default).
-const CLIENT_ACK: u32 = 2000;
-
-/// The router namespace's addresses, usable inside it.
-#[derive(Clone)]
-struct Net {
-    client_dev: String,
-    backend_dev: String,
-    client_dev_mac: Mac,
-    backend_dev_mac: Mac,
-    router: Ipv4Addr,
-    client: Ipv4Addr,
-    client_mac: Mac,
-    nat_source: Ipv4Addr,
-    backend: Ipv4Addr,
-    backend_mac: Mac,
-    backend_unresolved: Ipv4Addr,
-}
 
 struct Env {
     dp: Datapath,
@@ -49,92 +35,78 @@ struct Env {
     program: Program,
     client_if: u32,
     backend_if: u32,
+    /// What each case run so far put out, by name (for [`Output::SameAs`]).
+    outputs: HashMap<String, Vec<u8>>,
 }
 
-struct Opts {
-    max_connections: u32,
-    nat_source_ports: (u16, u16),
-    xdp_targets: bool,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            max_connections: 1024,
-            nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
-            xdp_targets: true,
-        }
-    }
-}
-
-fn route(port: u16, ip: Ipv4Addr, backend_port: u16) -> (u16, TcpRoute) {
-    (
-        port,
-        TcpRoute {
-            port,
-            upstream: SocketAddrV4::new(ip, backend_port),
-            owner: RouteOwner {
-                task_id: format!("task-{port}"),
-                task_name: "test".into(),
-                endpoint: String::new(),
-            },
-        },
-    )
-}
-
-/// Runs `body` inside a fresh router namespace with a datapath (not attached anywhere) whose
-/// routes are PORT → backend:8080 and PORT_UNRESOLVED → an address without a neighbour entry.
-fn with_env(program: Program, opts: Opts, body: impl FnOnce(&mut Env) + Send + 'static) {
+/// Runs `body` inside a fresh router namespace with a datapath (not attached anywhere) set up
+/// as the table `make` builds says, its routes [`Net::routes`].
+fn with_env(
+    program: Program,
+    make: fn(&Net) -> Table,
+    body: impl FnOnce(&mut Env, &Table) + Send + 'static,
+) {
     require_root();
     let t = ProgTestNet::new().expect("router namespace");
     let client_if = t.ifindex(&t.client_dev).expect("ifindex");
     let backend_if = t.ifindex(&t.backend_dev).expect("ifindex");
-    let net = Net {
-        client_dev: t.client_dev.clone(),
-        backend_dev: t.backend_dev.clone(),
-        client_dev_mac: t.client_dev_mac,
-        backend_dev_mac: t.backend_dev_mac,
-        router: t.router,
-        client: t.client,
-        client_mac: t.client_mac,
-        nat_source: t.nat_source,
-        backend: t.backend,
-        backend_mac: t.backend_mac,
-        backend_unresolved: t.backend_unresolved,
-    };
+    let net = Net::of(&t);
+    let table = make(&net);
     let result = t.ns.enter(move || {
+        let setup = &table.setup;
         let cfg = DatapathConfig {
             kind: DatapathKind::Ebpf(AttachMode::Tc),
             interfaces: Vec::new(),
             bpffs: std::env::temp_dir(),
-            max_connections: opts.max_connections,
+            max_connections: setup.max_connections,
             conntrack_pressure: router_userspace::datapath::Pressure::default(),
             router_addresses: vec![net.router],
-            nat_source_ports: opts.nat_source_ports,
+            nat_source_ports: setup.nat_source_ports,
         };
         let mut dp = Datapath::open(&cfg).expect("open the datapath");
-        if opts.xdp_targets {
+        if setup.xdp_targets {
             dp.add_xdp_target(&net.client_dev).expect("xdp target");
             dp.add_xdp_target(&net.backend_dev).expect("xdp target");
         }
-        let routes: BTreeMap<u16, TcpRoute> = [
-            route(PORT, net.backend, BACKEND_PORT),
-            route(PORT_UNRESOLVED, net.backend_unresolved, BACKEND_PORT),
-        ]
-        .into_iter()
-        .collect();
-        let report = dp.apply_routes(&routes).expect("program routes");
+        let report = dp
+            .apply_routes(&tcp_routes(&net.routes()))
+            .expect("program routes");
         assert_eq!(report.added, 2, "{report:?}");
+        if let Some(mtu) = setup.backend_mtu {
+            let set_mtu = std::process::Command::new("ip")
+                .args([
+                    "link",
+                    "set",
+                    "dev",
+                    &net.backend_dev,
+                    "mtu",
+                    &mtu.to_string(),
+                ])
+                .status()
+                .expect("run ip");
+            assert!(set_mtu.success(), "ip link set mtu {mtu}");
+        }
         let mut env = Env {
             dp,
             net,
             program,
             client_if,
             backend_if,
+            outputs: HashMap::new(),
         };
-        body(&mut env);
+        body(&mut env, &table);
     });
     result.expect("the test body failed (see the panic above)");
+}
+
+/// Runs every case of the table `make` builds.
+fn run_table(program: Program, make: fn(&Net) -> Table) {
+    with_env(program, make, |env, table| env.run_cases(&table.cases));
+}
+
+/// No cases; the datapath set up as `setup` says.
+fn no_cases(_: &Net) -> Table {
+    Table::new(Vec::new())
 }
 
 impl Env {
@@ -176,54 +148,131 @@ impl Env {
         self.dp.stat(self.hook(), reason).expect("stats").packets
     }
 
-    /// A client packet to the router port.
-    fn client_packet(&self, sport: u16, flags: u8) -> Tcp4 {
-        self.packet_from(self.net.client, sport, flags)
+    /// Runs `cases` in order (those for this program), each failure naming its case.
+    fn run_cases(&mut self, cases: &[Case]) {
+        for case in cases {
+            let for_this_program = match case.hooks {
+                Hooks::Both => true,
+                Hooks::XdpOnly => self.hook() == Hook::Xdp,
+                Hooks::TcOnly => self.hook() == Hook::Tc,
+            };
+            if for_this_program {
+                self.run_case(case);
+            }
+        }
     }
 
-    /// A packet from another client address `from` to the router port.
-    fn packet_from(&self, from: Ipv4Addr, sport: u16, flags: u8) -> Tcp4 {
-        Tcp4::new(from, sport, self.net.router, PORT, flags)
-            .macs(self.net.client_mac, self.net.client_dev_mac)
+    fn run_case(&mut self, case: &Case) {
+        let name = &case.name;
+        if let Some(change) = &case.routes_before {
+            let report = self
+                .dp
+                .apply_routes(&tcp_routes_allowing(&change.routes, &change.allow))
+                .expect("apply the route change");
+            assert_eq!(
+                (report.added, report.changed, report.removed),
+                change.report,
+                "{name}: the route change applied as {report:?}"
+            );
+        }
+        let counted_before = case.counted.map(|reason| self.count(reason));
+        let ifindex = match case.from {
+            Side::Client => self.client_if,
+            Side::Backend => self.backend_if,
+        };
+        let result = self
+            .dp
+            .test_run(self.program, &case.input, 1, Some(ifindex));
+        let retval = match case.verdict {
+            Verdict::Refused => {
+                assert!(
+                    result.is_err(),
+                    "{name}: the kernel now takes it; check the verdict"
+                );
+                return;
+            }
+            Verdict::Redirect => self.redirected(),
+            Verdict::Pass => self.passed(),
+            Verdict::Drop => self.dropped(),
+        };
+        let out = result.unwrap_or_else(|e| panic!("{name}: BPF_PROG_TEST_RUN: {e}"));
+        assert_eq!(out.retval, retval, "{name}: verdict");
+        self.check_output(case, &out.frame);
+        self.outputs.insert(name.clone(), out.frame);
+        if let (Some(reason), Some(before)) = (case.counted, counted_before) {
+            assert_eq!(
+                self.count(reason),
+                before + 1,
+                "{name}: {} not counted",
+                reason.name()
+            );
+        }
+        for &(reason, total) in &case.totals {
+            assert_eq!(self.count(reason), total, "{name}: {}", reason.name());
+        }
+        if let Some(n) = case.connections {
+            let conns = self.dp.connections().expect("connections");
+            assert_eq!(conns.len(), n, "{name}: connections {conns:?}");
+        }
+        if let Some(n) = case.live {
+            assert_eq!(self.dp.fill().expect("fill").0, n, "{name}: live count");
+        }
+        if let Some(n) = case.half_open_entries {
+            let (entries, _) = self.dp.half_open_table().expect("half-open table");
+            assert_eq!(entries.len(), n, "{name}: half-open entries");
+        }
+        if let Some((client_port, router_port, tracked)) = case.tracked {
+            let key = CtKey4 {
+                dport: router_port.to_be(),
+                ..self.forward_key(client_port)
+            };
+            let entry = self.dp.conntrack_entry(&key);
+            assert_eq!(
+                entry
+                    .or_else(|| self.dp.half_open_entry(&key).map(|h| h.ct))
+                    .is_some(),
+                tracked,
+                "{name}: an entry for {client_port} → {router_port}"
+            );
+        }
+    }
+
+    fn check_output(&self, case: &Case, frame: &[u8]) {
+        let name = &case.name;
+        match &case.output {
+            Output::Unchecked => {}
+            Output::Untouched => assert_eq!(frame, &case.input[..], "{name}: frame changed"),
+            Output::SameAs(earlier) => {
+                let before = self
+                    .outputs
+                    .get(*earlier)
+                    .unwrap_or_else(|| panic!("{name}: no output of {earlier:?} yet"));
+                assert_eq!(frame, &before[..], "{name}: differs from {earlier:?}");
+            }
+            Output::Frame(expected) => assert_eq!(frame, &expected[..], "{name}: frame"),
+            Output::Fields(fields) => check_fields(name, frame, fields),
+        }
     }
 
     /// Answers the SYN of client port `sport` and closes the connection (FIN both ways).
     fn handshake_and_close(&mut self, sport: u16) {
-        let synack = self.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+        let synack = self.net.backend_packet(sport, TCP_SYN | TCP_ACK).build();
         assert_eq!(self.run(&synack, false).retval, self.redirected());
         self.close(sport);
     }
 
     /// FIN both ways on the connection of client port `sport`.
     fn close(&mut self, sport: u16) {
-        let fin = self.client_packet(sport, FIN | TCP_ACK).build();
+        let fin = self.net.client_packet(sport, FIN | TCP_ACK).build();
         assert_eq!(self.run(&fin, true).retval, self.redirected());
-        let fin = self.backend_packet(sport, FIN | TCP_ACK).build();
+        let fin = self.net.backend_packet(sport, FIN | TCP_ACK).build();
         assert_eq!(self.run(&fin, false).retval, self.redirected());
-    }
-
-    /// A backend packet to the NAT source. A SYN-ACK's sequence number is the one the client
-    /// packets' default acknowledgment number acknowledges, so the client's next ACK completes
-    /// the handshake (the connection moves from the half-open table into the main one).
-    fn backend_packet(&self, dport: u16, flags: u8) -> Tcp4 {
-        let mut p = Tcp4::new(
-            self.net.backend,
-            BACKEND_PORT,
-            self.net.nat_source,
-            dport,
-            flags,
-        )
-        .macs(self.net.backend_mac, self.net.backend_dev_mac);
-        if flags & TCP_SYN != 0 {
-            p.seq = CLIENT_ACK - 1;
-        }
-        p
     }
 
     /// Sends a client SYN and checks it leaves translated toward the backend; returns the
     /// translated frame.
     fn open(&mut self, sport: u16) -> Vec<u8> {
-        let syn = self.client_packet(sport, TCP_SYN).build();
+        let syn = self.net.client_packet(sport, TCP_SYN).build();
         let out = self.run(&syn, true);
         assert_eq!(out.retval, self.redirected(), "SYN verdict");
         out.frame
@@ -257,9 +306,9 @@ impl Env {
     /// SYN, SYN-ACK and the client's ACK: the connection of client port `sport` is confirmed.
     fn establish(&mut self, sport: u16) {
         self.open(sport);
-        let synack = self.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+        let synack = self.net.backend_packet(sport, TCP_SYN | TCP_ACK).build();
         assert_eq!(self.run(&synack, false).retval, self.redirected());
-        let ack = self.client_packet(sport, TCP_ACK).build();
+        let ack = self.net.client_packet(sport, TCP_ACK).build();
         assert_eq!(self.run(&ack, true).retval, self.redirected());
         assert!(
             self.dp.conntrack_entry(&self.forward_key(sport)).is_some(),
@@ -268,17 +317,101 @@ impl Env {
     }
 }
 
-fn raw(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
+/// Checks the fields of `frame` (the output of case `name`) that `want` names.
+fn check_fields(name: &str, frame: &[u8], want: &Fields) {
+    let frame = &frame[..frame.len() - want.padding];
+    let p = parse(frame).unwrap_or_else(|| panic!("{name}: what leaves does not parse"));
+    if let Some(macs) = want.macs {
+        assert_eq!(
+            (p.dst_mac, p.src_mac),
+            macs,
+            "{name}: MACs (next hop, egress)"
+        );
+    }
+    if let Some(addrs) = want.addrs {
+        assert_eq!((p.saddr, p.daddr), addrs, "{name}: addresses");
+    }
+    if let Some(ports) = want.ports {
+        assert_eq!((p.sport, p.dport), ports, "{name}: ports");
+    }
+    if let Some(sport) = want.sport {
+        assert_eq!(p.sport, sport, "{name}: source port");
+    }
+    if let Some(range) = &want.sport_in {
+        assert!(range.contains(&p.sport), "{name}: source port {}", p.sport);
+    }
+    if let Some(dport) = want.dport {
+        assert_eq!(p.dport, dport, "{name}: destination port");
+    }
+    if let Some(ttl) = want.ttl {
+        assert_eq!(p.ttl, ttl, "{name}: TTL");
+    }
+    if let Some(flags) = want.flags {
+        assert_eq!(p.flags, flags, "{name}: TCP flags");
+    }
+    if let Some(payload) = &want.payload {
+        let doff = (p.l4[12] >> 4) as usize * 4;
+        assert_eq!(&p.l4[doff..], &payload[..], "{name}: payload");
+    }
+    if let Some(mss) = want.mss {
+        assert_eq!(mss_of(frame), mss, "{name}: MSS");
+    }
+    if let Some(q) = &want.icmp {
+        assert_eq!(
+            (p.l4[0], p.l4[1]),
+            (q.ty, q.code),
+            "{name}: ICMP type and code"
+        );
+        let mtu = u16::from_be_bytes([p.l4[6], p.l4[7]]);
+        assert_eq!(mtu, q.mtu, "{name}: MTU kept");
+        let inner = &p.l4[8..];
+        assert_eq!(
+            packet::checksum(&inner[..20]),
+            0,
+            "{name}: quoted IPv4 checksum"
+        );
+        assert_eq!(&inner[12..16], &q.saddr.octets(), "{name}: quoted source");
+        assert_eq!(
+            &inner[16..20],
+            &q.daddr.octets(),
+            "{name}: quoted destination"
+        );
+        let port = |at: usize| u16::from_be_bytes([inner[at], inner[at + 1]]);
+        assert_eq!(
+            (port(20), port(22)),
+            (q.sport, q.dport),
+            "{name}: quoted ports"
+        );
+    }
+    match want.checksums {
+        Checksums::Unchecked => {}
+        Checksums::Tcp => {
+            assert!(ipv4_checksum_ok(frame), "{name}: IPv4 header checksum");
+            assert!(tcp_checksum_ok(frame), "{name}: TCP checksum");
+        }
+        Checksums::Icmp => {
+            assert!(ipv4_checksum_ok(frame), "{name}: outer IPv4 checksum");
+            assert!(icmp_checksum_ok(frame), "{name}: ICMP checksum");
+        }
+    }
 }
 
-fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+fn raw(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
 }
 
 fn assert_checksums(frame: &[u8]) {
     assert!(ipv4_checksum_ok(frame), "IPv4 header checksum is wrong");
     assert!(tcp_checksum_ok(frame), "TCP checksum is wrong");
+}
+
+/// The MSS option a translated handshake packet carries (first option), if any.
+fn mss_of(frame: &[u8]) -> Option<u16> {
+    let p = parse(frame)?;
+    let doff = (p.l4.get(12)? >> 4) as usize * 4;
+    let opts = p.l4.get(20..doff)?;
+    (opts.len() >= 4 && opts[0] == 2 && opts[1] == 4)
+        .then(|| u16::from_be_bytes([opts[2], opts[3]]))
 }
 
 macro_rules! both_hooks {
@@ -319,167 +452,152 @@ both_hooks!(
     a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms,
     a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple,
     established_connections_are_never_evicted_by_syns,
+    client_allow_is_asked_only_when_a_connection_opens,
 );
 
-fn new_connection_is_translated_and_tracked(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let body = payload(0);
-        let out = env.open(40000);
-        let p = parse(&out).expect("translated SYN parses");
-        assert_eq!(p.dst_mac, env.net.backend_mac, "next hop MAC");
-        assert_eq!(p.src_mac, env.net.backend_dev_mac, "egress MAC");
-        assert_eq!((p.saddr, p.daddr), (env.net.nat_source, env.net.backend));
-        assert_eq!(
-            (p.sport, p.dport),
-            (40000, BACKEND_PORT),
-            "client port kept"
-        );
-        assert_eq!((p.ttl, p.flags), (63, TCP_SYN));
-        assert_eq!(&p.l4[20..], &body[..]);
-        assert_checksums(&out);
+// ------------------------------------------------------------------------------------------
+// Tables of cases, with what the connection table says in between.
 
-        let fwd = env.entry(&env.forward_key(40000));
-        assert!(!fwd.to_client());
-        assert_eq!(
-            (fwd.saddr, fwd.daddr, fwd.sport, fwd.dport),
-            (
-                raw(env.net.nat_source),
-                raw(env.net.backend),
-                40000u16.to_be(),
-                BACKEND_PORT.to_be()
-            )
-        );
-        assert_eq!((fwd.tcp_flags, fwd.packets), (CT_SYN, 1));
-        assert_ne!(fwd.route_id, 0);
-        let reply = env.entry(&CtKey4::partner_of(&fwd));
-        assert!(reply.to_client());
-        assert_eq!(
-            (reply.saddr, reply.daddr, reply.sport, reply.dport),
-            (
-                raw(env.net.router),
-                raw(env.net.client),
-                PORT.to_be(),
-                40000u16.to_be()
-            )
-        );
-        assert_eq!(reply.route_id, fwd.route_id);
-        assert_eq!(env.count(StatReason::NewConnection), 1);
-        // Half-open: both entries and the tuple are in the half-open table, not counted yet.
-        assert!(env.dp.conntrack_entry(&env.forward_key(40000)).is_none());
-        assert_eq!(env.dp.fill().expect("fill").0, 0);
-        // A retransmitted SYN follows the same entry.
-        let again = env.open(40000);
-        assert_eq!(again, out);
-        assert_eq!(env.count(StatReason::NewConnection), 1);
-        assert_eq!(env.count(StatReason::Forwarded), 1);
-    });
+fn new_connection_is_translated_and_tracked(program: Program) {
+    with_env(
+        program,
+        translation::new_connection_is_translated_and_tracked,
+        |env, table| {
+            let (syn, retransmitted) = table.split_after("client SYN");
+            env.run_cases(syn);
+            let fwd = env.entry(&env.forward_key(40000));
+            assert!(!fwd.to_client());
+            assert_eq!(
+                (fwd.saddr, fwd.daddr, fwd.sport, fwd.dport),
+                (
+                    raw(env.net.nat_source),
+                    raw(env.net.backend),
+                    40000u16.to_be(),
+                    BACKEND_PORT.to_be()
+                )
+            );
+            assert_eq!((fwd.tcp_flags, fwd.packets), (CT_SYN, 1));
+            assert_ne!(fwd.route_id, 0);
+            let reply = env.entry(&CtKey4::partner_of(&fwd));
+            assert!(reply.to_client());
+            assert_eq!(
+                (reply.saddr, reply.daddr, reply.sport, reply.dport),
+                (
+                    raw(env.net.router),
+                    raw(env.net.client),
+                    PORT.to_be(),
+                    40000u16.to_be()
+                )
+            );
+            assert_eq!(reply.route_id, fwd.route_id);
+            // Half-open: both entries and the tuple are in the half-open table.
+            assert!(env.dp.conntrack_entry(&env.forward_key(40000)).is_none());
+            env.run_cases(retransmitted);
+        },
+    );
 }
 
 fn established_connection_is_translated_both_ways(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        env.open(40000);
-        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
-        let out = env.run(&synack, false);
-        assert_eq!(out.retval, env.redirected(), "SYN-ACK verdict");
-        let p = parse(&out.frame).expect("parses");
-        assert_eq!(
-            (p.dst_mac, p.src_mac),
-            (env.net.client_mac, env.net.client_dev_mac)
-        );
-        assert_eq!((p.saddr, p.daddr), (env.net.router, env.net.client));
-        assert_eq!((p.sport, p.dport, p.ttl), (PORT, 40000, 63));
-        assert_checksums(&out.frame);
-
-        let data = payload(1001);
-        let seg = env
-            .client_packet(40000, TCP_ACK | TCP_PSH)
-            .payload(&data)
-            .build();
-        let out = env.run(&seg, true);
-        assert_eq!(out.retval, env.redirected());
-        let p = parse(&out.frame).expect("parses");
-        assert_eq!((p.saddr, p.daddr), (env.net.nat_source, env.net.backend));
-        assert_eq!((p.sport, p.dport), (40000, BACKEND_PORT));
-        assert_eq!(&p.l4[20..], &data[..], "payload untouched");
-        assert_checksums(&out.frame);
-
-        let answer = payload(777);
-        let seg = env
-            .backend_packet(40000, TCP_ACK | TCP_PSH)
-            .payload(&answer)
-            .build();
-        let out = env.run(&seg, false);
-        assert_eq!(out.retval, env.redirected());
-        let p = parse(&out.frame).expect("parses");
-        assert_eq!(
-            (p.saddr, p.daddr, p.sport, p.dport),
-            (env.net.router, env.net.client, PORT, 40000)
-        );
-        assert_eq!(&p.l4[20..], &answer[..]);
-        assert_checksums(&out.frame);
-
-        let conns = env.dp.connections().expect("connections");
-        assert_eq!(conns.len(), 1);
-        let c = &conns[0];
-        assert_eq!(c.state, ConnState::Established);
-        assert_eq!(c.client, SocketAddrV4::new(env.net.client, 40000));
-        assert_eq!(c.router, SocketAddrV4::new(env.net.router, PORT));
-        assert_eq!(c.backend, SocketAddrV4::new(env.net.backend, BACKEND_PORT));
-        assert_eq!(c.nat_source, SocketAddrV4::new(env.net.nat_source, 40000));
-        assert_eq!((c.to_backend.packets, c.to_client.packets), (2, 2));
-        // The client's first segment acknowledged the SYN-ACK: it confirmed the connection.
-        assert_eq!(env.count(StatReason::Forwarded), 2);
-        assert_eq!(env.count(StatReason::HandshakeConfirmed), 1);
-        let sweep = env.dp.sweep().expect("sweep");
-        assert_eq!((sweep.live, sweep.expired), (1, 0));
-        let (_, counters) = env.dp.route_counters()[&PORT];
-        assert_eq!((counters.active, counters.connections), (1, 1));
-        assert_eq!(counters.to_backend.packets, 2);
-        assert!(counters.to_client.bytes > 777);
-    });
+    with_env(
+        program,
+        translation::established_connection_is_translated_both_ways,
+        |env, table| {
+            env.run_cases(&table.cases);
+            let conns = env.dp.connections().expect("connections");
+            assert_eq!(conns.len(), 1);
+            let c = &conns[0];
+            assert_eq!(c.state, ConnState::Established);
+            assert_eq!(c.client, SocketAddrV4::new(env.net.client, 40000));
+            assert_eq!(c.router, SocketAddrV4::new(env.net.router, PORT));
+            assert_eq!(c.backend, SocketAddrV4::new(env.net.backend, BACKEND_PORT));
+            assert_eq!(c.nat_source, SocketAddrV4::new(env.net.nat_source, 40000));
+            assert_eq!((c.to_backend.packets, c.to_client.packets), (2, 2));
+            let sweep = env.dp.sweep().expect("sweep");
+            assert_eq!((sweep.live, sweep.expired), (1, 0));
+            let (_, counters) = env.dp.route_counters()[&PORT];
+            assert_eq!((counters.active, counters.connections), (1, 1));
+            assert_eq!(counters.to_backend.packets, 2);
+            assert!(counters.to_client.bytes > 777);
+        },
+    );
 }
 
-fn rst_and_stray_segments_never_create_connections(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        for flags in [
-            TCP_RST,
-            TCP_RST | TCP_ACK,
-            TCP_ACK,
-            TCP_SYN | TCP_ACK,
-            TCP_FIN | TCP_ACK,
-        ] {
-            let frame = env.client_packet(41000, flags).build();
-            let out = env.run(&frame, true);
-            assert_eq!(out.retval, env.passed(), "flags {flags:#x}");
-            assert_eq!(out.frame, frame, "passed untouched");
+/// Scenarios that are one table and nothing else.
+macro_rules! tables {
+    ($($name:ident in $cases:ident),+ $(,)?) => {$(
+        fn $name(program: Program) {
+            run_table(program, $cases::$name);
         }
-        assert_eq!(env.count(StatReason::PassNoConnection), 5);
-        assert_eq!(env.count(StatReason::NewConnection), 0);
-        assert!(env.dp.connections().expect("connections").is_empty());
-        assert_eq!(env.dp.fill().expect("fill").0, 0);
-    });
+    )+};
 }
+
+tables!(
+    rst_and_stray_segments_never_create_connections in passing,
+    syn_without_route_passes_to_the_stack in passing,
+    route_change_affects_new_connections_only in translation,
+    taken_source_port_is_probed_and_exhaustion_counted in translation,
+    truncated_and_malformed_headers_pass_untouched in passing,
+    icmp_errors_are_translated_back in translation,
+    traffic_not_for_the_range_passes_untouched in passing,
+    ttl_that_would_expire_is_dropped in limits,
+    oversized_frames_are_not_forwarded_blindly in limits,
+    handshake_mss_is_clamped_to_the_links in translation,
+    client_allow_is_asked_only_when_a_connection_opens in client_allow,
+);
+
+fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
+    run_table(
+        program,
+        limits::unresolved_neighbour_goes_through_the_neighbour_path,
+    );
+    if program == Program::Xdp {
+        run_table(program, limits::xdp_hands_over_what_it_cannot_redirect_to);
+    }
+}
+
+fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
+    with_env(
+        program,
+        passing::lengths_that_do_not_hold_the_headers_pass_untouched,
+        |env, table| {
+            let (open, rest) = table.split_after("client SYN from 40000");
+            let (not_held, padded) = split_after(rest, "ICMP total length past the frame");
+            env.run_cases(open);
+            let entries = env.dp.conntrack_table().expect("table").len();
+            env.run_cases(not_held);
+            assert_eq!(
+                env.dp.conntrack_table().expect("table").len(),
+                entries,
+                "no entry made or lost"
+            );
+            env.run_cases(padded);
+        },
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The connection table over time.
 
 fn fin_and_rst_close_and_the_sweeper_expires_them(program: Program) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         // Connection 1 ends with FINs both ways.
         env.open(40000);
-        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        let synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         assert_eq!(env.run(&synack, false).retval, env.redirected());
-        let ack = env.client_packet(40000, TCP_ACK).build();
+        let ack = env.net.client_packet(40000, TCP_ACK).build();
         assert_eq!(env.run(&ack, true).retval, env.redirected());
-        let fin = env.client_packet(40000, FIN | TCP_ACK).build();
+        let fin = env.net.client_packet(40000, FIN | TCP_ACK).build();
         assert_eq!(env.run(&fin, true).retval, env.redirected());
         let state = |env: &mut Env| env.dp.connections().expect("connections")[0].state;
         assert_eq!(state(env), ConnState::Established, "half-closed stays open");
-        let fin = env.backend_packet(40000, FIN | TCP_ACK).build();
+        let fin = env.net.backend_packet(40000, FIN | TCP_ACK).build();
         assert_eq!(env.run(&fin, false).retval, env.redirected());
         assert_eq!(state(env), ConnState::Closing);
         assert_ne!(env.entry(&env.forward_key(40000)).tcp_flags & TCP_FIN, 0);
 
         // Connection 2 is reset by the backend; the RST is forwarded.
         env.open(40001);
-        let rst = env.backend_packet(40001, TCP_RST | TCP_ACK).build();
+        let rst = env.net.backend_packet(40001, TCP_RST | TCP_ACK).build();
         let out = env.run(&rst, false);
         assert_eq!(out.retval, env.redirected());
         assert_eq!(parse(&out.frame).expect("parses").flags, TCP_RST | TCP_ACK);
@@ -514,89 +632,34 @@ fn fin_and_rst_close_and_the_sweeper_expires_them(program: Program) {
     });
 }
 
-fn syn_without_route_passes_to_the_stack(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let syn = Tcp4::new(
-            env.net.client,
-            40000,
-            env.net.router,
-            PORT_NEVER_ROUTED,
-            TCP_SYN,
-        )
-        .build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.passed());
-        assert_eq!(out.frame, syn);
-        assert_eq!(env.count(StatReason::PassNotForRange), 1);
-
-        // A removed route: established connections carry on, new SYNs go to the stack.
-        env.open(40000);
-        let kept = BTreeMap::from([route(
-            PORT_UNRESOLVED,
-            env.net.backend_unresolved,
-            BACKEND_PORT,
-        )]);
-        let report = env.dp.apply_routes(&kept).expect("apply");
-        assert_eq!(report.removed, 1);
-        let syn = env.client_packet(40001, TCP_SYN).build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.passed());
-        assert_eq!(out.frame, syn);
-        assert_eq!(env.count(StatReason::PassNoRoute), 1);
-        let data = env
-            .client_packet(40000, TCP_ACK)
-            .payload(b"still here")
-            .build();
-        assert_eq!(env.run(&data, true).retval, env.redirected());
-        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
-        assert_eq!(env.run(&synack, false).retval, env.redirected());
-    });
-}
-
-fn route_change_affects_new_connections_only(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        env.open(40000);
-        let moved = BTreeMap::from([
-            route(PORT, env.net.backend, 9090),
-            route(PORT_UNRESOLVED, env.net.backend_unresolved, BACKEND_PORT),
-        ]);
-        let report = env.dp.apply_routes(&moved).expect("apply");
-        assert_eq!(report.changed, 1, "{report:?}");
-        let old = env.client_packet(40000, TCP_ACK).build();
-        let out = env.run(&old, true);
-        assert_eq!(parse(&out.frame).expect("parses").dport, BACKEND_PORT);
-        let new = env.open(40001);
-        assert_eq!(parse(&new).expect("parses").dport, 9090);
-        assert_checksums(&new);
-        // Replies of the old connection still come back from the old backend port.
-        let reply = env.backend_packet(40000, TCP_ACK).build();
-        assert_eq!(env.run(&reply, false).retval, env.redirected());
-    });
-}
-
 fn full_table_is_a_counted_drop(program: Program) {
-    let opts = Opts {
-        max_connections: 2,
-        ..Opts::default()
+    let two = |_: &Net| {
+        Table::with_setup(
+            Setup {
+                max_connections: 2,
+                ..Setup::default()
+            },
+            Vec::new(),
+        )
     };
-    with_env(program, opts, |env| {
+    with_env(program, two, |env, _| {
         env.establish(40000);
         // Two handshakes under way: half-open connections do not count against the table.
         env.open(40001);
         env.open(40002);
         assert_eq!(env.dp.fill().expect("fill"), (1, 2));
         for sport in [40001, 40002] {
-            let synack = env.backend_packet(sport, TCP_SYN | TCP_ACK).build();
+            let synack = env.net.backend_packet(sport, TCP_SYN | TCP_ACK).build();
             assert_eq!(env.run(&synack, false).retval, env.redirected());
         }
-        let ack_1 = env.client_packet(40001, TCP_ACK).build();
+        let ack_1 = env.net.client_packet(40001, TCP_ACK).build();
         assert_eq!(env.run(&ack_1, true).retval, env.redirected());
         assert_eq!(env.dp.fill().expect("fill"), (2, 2));
         // Full: a new SYN is dropped, and so is a handshake's completing ACK, whose pair stays
         // half-open for the client's next segment.
-        let syn = env.client_packet(40003, TCP_SYN).build();
+        let syn = env.net.client_packet(40003, TCP_SYN).build();
         assert_eq!(env.run(&syn, true).retval, env.dropped());
-        let ack_2 = env.client_packet(40002, TCP_ACK).build();
+        let ack_2 = env.net.client_packet(40002, TCP_ACK).build();
         assert_eq!(env.run(&ack_2, true).retval, env.dropped());
         assert_eq!(env.count(StatReason::DropTableFull), 2);
         assert!(env.dp.conntrack_entry(&env.forward_key(40003)).is_none());
@@ -604,7 +667,7 @@ fn full_table_is_a_counted_drop(program: Program) {
         assert!(env.dp.half_open_entry(&env.forward_key(40002)).is_some());
         assert_eq!(env.dp.fill().expect("fill"), (2, 2));
         // Room again once the sweeper expired a connection.
-        let rst = env.client_packet(40000, TCP_RST).build();
+        let rst = env.net.client_packet(40000, TCP_RST).build();
         assert_eq!(env.run(&rst, true).retval, env.redirected());
         env.dp.set_timeouts(Timeouts {
             closing: Duration::ZERO,
@@ -621,342 +684,8 @@ fn full_table_is_a_counted_drop(program: Program) {
     });
 }
 
-fn taken_source_port_is_probed_and_exhaustion_counted(program: Program) {
-    let opts = Opts {
-        nat_source_ports: (61000, 61000),
-        ..Opts::default()
-    };
-    with_env(program, opts, |env| {
-        env.open(40000);
-        // Another client with the same port, to the same backend: the port is taken there.
-        let other = Ipv4Addr::new(10, 70, 1, 3);
-        let syn = env.packet_from(other, 40000, TCP_SYN).build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.redirected());
-        let p = parse(&out.frame).expect("parses");
-        assert_eq!(p.sport, 61000, "probed within the NAT source range");
-        assert_checksums(&out.frame);
-        // A third one finds neither its own port nor the range free.
-        let third = Ipv4Addr::new(10, 70, 1, 4);
-        let syn = Tcp4::new(third, 40000, env.net.router, PORT, TCP_SYN).build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.dropped());
-        assert_eq!(env.count(StatReason::DropNoSourcePort), 1);
-        // Both connections are half-open: their tuples are held in the half-open table.
-        assert_eq!(env.dp.fill().expect("fill").0, 0);
-        assert_eq!(env.dp.half_open_table().expect("half-open").0.len(), 4);
-    });
-}
-
-fn truncated_and_malformed_headers_pass_untouched(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let good = env.client_packet(40000, TCP_SYN).build();
-        let mut cases: Vec<(&str, Vec<u8>, StatReason)> = Vec::new();
-        let mut not_ip = good[..14].to_vec();
-        not_ip[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-        cases.push(("ethernet only", not_ip, StatReason::PassNotForRange));
-        cases.push((
-            "no IPv4 header",
-            good[..14].to_vec(),
-            StatReason::PassMalformed,
-        ));
-        cases.push((
-            "IPv4 header cut",
-            good[..14 + 12].to_vec(),
-            StatReason::PassMalformed,
-        ));
-        cases.push((
-            "TCP header cut",
-            good[..14 + 20 + 10].to_vec(),
-            StatReason::PassMalformed,
-        ));
-        let mut v6 = good.clone();
-        v6[14] = 0x65;
-        cases.push(("version 6", v6, StatReason::PassMalformed));
-        let mut short_ihl = good.clone();
-        short_ihl[14] = 0x44;
-        cases.push(("IHL 4", short_ihl, StatReason::PassMalformed));
-        let mut doff = good.clone();
-        doff[14 + 20 + 12] = 2 << 4;
-        cases.push(("TCP data offset 2", doff, StatReason::PassMalformed));
-        let mut opts = env.client_packet(40000, TCP_SYN);
-        opts.ip_options = vec![1, 1, 1, 0];
-        cases.push(("IP options", opts.build(), StatReason::PassIpOptions));
-        let mut opts_cut = opts.build();
-        opts_cut.truncate(14 + 24 + 2);
-        cases.push(("IP options, ports cut", opts_cut, StatReason::PassMalformed));
-        let mut opts_other = Tcp4::new(env.net.client, 40000, env.net.router, 22, TCP_SYN);
-        opts_other.ip_options = vec![1, 1, 1, 0];
-        cases.push((
-            "IP options, port 22",
-            opts_other.build(),
-            StatReason::PassNotForRange,
-        ));
-        let mut more = env.client_packet(40000, TCP_SYN);
-        more.frag = 0x2000;
-        cases.push(("first fragment", more.build(), StatReason::PassFragment));
-        let mut later = env.client_packet(40000, TCP_SYN);
-        later.frag = 0x0010;
-        cases.push(("later fragment", later.build(), StatReason::PassFragment));
-        let icmp_cut = packet::ipv4_frame(
-            env.net.backend_mac,
-            env.net.backend_dev_mac,
-            env.net.backend,
-            env.net.nat_source,
-            1,
-            64,
-            0,
-            &[],
-            &[3, 4, 0, 0],
-        );
-        cases.push(("ICMP header cut", icmp_cut, StatReason::PassMalformed));
-        let quoted = env.client_packet(40000, TCP_SYN).build();
-        let mut icmp_short_quote =
-            packet::icmp_error(env.net.backend, env.net.nat_source, 3, 4, 1400, &quoted, 0);
-        icmp_short_quote.truncate(icmp_short_quote.len() - 6);
-        cases.push((
-            "ICMP quote cut",
-            icmp_short_quote,
-            StatReason::PassNotForRange,
-        ));
-
-        for (what, frame, reason) in cases {
-            let before = env.count(reason);
-            if env.hook() == Hook::Tc && frame.len() < 14 + 20 && frame[12..14] == [8, 0] {
-                // BPF_PROG_TEST_RUN builds an skb for TC and refuses IPv4 frames shorter than
-                // an IPv4 header (EINVAL); the verifier already proved no access goes past
-                // the end.
-                let err = env.dp.test_run(env.program, &frame, 1, Some(env.client_if));
-                assert!(
-                    err.is_err(),
-                    "{what}: the kernel now takes it; check the verdict"
-                );
-                continue;
-            }
-            let out = env.run(&frame, true);
-            assert_eq!(out.retval, env.passed(), "{what}: verdict");
-            assert_eq!(out.frame, frame, "{what}: frame changed");
-            assert_eq!(
-                env.count(reason),
-                before + 1,
-                "{what}: {} not counted",
-                reason.name()
-            );
-        }
-        assert!(env.dp.connections().expect("connections").is_empty());
-    });
-}
-
-fn icmp_errors_are_translated_back(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let sent = env.open(40000);
-        // "Fragmentation needed" from a router on the backend's path, about the packet the
-        // router sent there.
-        let hop = Ipv4Addr::new(10, 70, 2, 254);
-        let mut icmp = packet::icmp_error(hop, env.net.nat_source, 3, 4, 1400, &sent, 8);
-        icmp[0..6].copy_from_slice(&env.net.backend_dev_mac);
-        let out = env.run(&icmp, false);
-        assert_eq!(out.retval, env.redirected(), "ICMP verdict");
-        let p = parse(&out.frame).expect("parses");
-        assert_eq!(
-            (p.dst_mac, p.src_mac),
-            (env.net.client_mac, env.net.client_dev_mac)
-        );
-        assert_eq!(
-            (p.saddr, p.daddr, p.ttl),
-            (env.net.router, env.net.client, 63)
-        );
-        assert!(ipv4_checksum_ok(&out.frame), "outer IPv4 checksum");
-        assert!(icmp_checksum_ok(&out.frame), "ICMP checksum");
-        assert_eq!((p.l4[0], p.l4[1]), (3, 4));
-        assert_eq!(u16::from_be_bytes([p.l4[6], p.l4[7]]), 1400, "MTU kept");
-        let inner = &p.l4[8..];
-        assert_eq!(packet::checksum(&inner[..20]), 0, "quoted IPv4 checksum");
-        assert_eq!(&inner[12..16], &env.net.client.octets());
-        assert_eq!(&inner[16..20], &env.net.router.octets());
-        assert_eq!(u16::from_be_bytes([inner[20], inner[21]]), 40000);
-        assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), PORT);
-        assert_eq!(env.count(StatReason::IcmpTranslated), 1);
-
-        // An error about a connection the router does not track passes untouched.
-        let stranger = Tcp4::new(env.net.nat_source, 45555, env.net.backend, 22, TCP_SYN).build();
-        let icmp = packet::icmp_error(hop, env.net.nat_source, 3, 1, 0, &stranger, 8);
-        let out = env.run(&icmp, false);
-        assert_eq!(out.retval, env.passed());
-        assert_eq!(out.frame, icmp);
-    });
-}
-
-fn traffic_not_for_the_range_passes_untouched(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        env.open(40000);
-        let net = env.net.clone();
-        let mut frames = vec![
-            (
-                "ssh to the router",
-                Tcp4::new(net.client, 50000, net.router, 22, TCP_SYN).build(),
-            ),
-            (
-                "https to the router",
-                Tcp4::new(net.client, 50000, net.router, 443, TCP_ACK).build(),
-            ),
-            (
-                "router port on another host",
-                Tcp4::new(
-                    net.client,
-                    50001,
-                    Ipv4Addr::new(10, 70, 1, 99),
-                    PORT,
-                    TCP_SYN,
-                )
-                .build(),
-            ),
-            (
-                "from a backend port, not a tracked connection",
-                Tcp4::new(net.backend, BACKEND_PORT, net.nat_source, 50002, TCP_ACK).build(),
-            ),
-            (
-                "udp to the router port",
-                packet::ipv4_frame(
-                    net.client_mac,
-                    net.client_dev_mac,
-                    net.client,
-                    net.router,
-                    17,
-                    64,
-                    0,
-                    &[],
-                    &[0x9c, 0x40, 0x4e, 0x20, 0, 8, 0, 0],
-                ),
-            ),
-            (
-                "icmp echo",
-                packet::ipv4_frame(
-                    net.client_mac,
-                    net.client_dev_mac,
-                    net.client,
-                    net.router,
-                    1,
-                    64,
-                    0,
-                    &[],
-                    &[8, 0, 0xf7, 0xff, 0, 0, 0, 0],
-                ),
-            ),
-        ];
-        let mut arp = vec![0xffu8; 6];
-        arp.extend_from_slice(&net.client_mac);
-        arp.extend_from_slice(&[0x08, 0x06]);
-        arp.extend_from_slice(&[0u8; 28]);
-        frames.push(("arp", arp));
-        let mut v6 = vec![0u8; 14 + 40 + 20];
-        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-        v6[14] = 0x60;
-        frames.push(("ipv6", v6));
-        let before = env.count(StatReason::PassNotForRange);
-        let n = frames.len() as u64;
-        for (what, frame) in frames {
-            let out = env.run(&frame, true);
-            assert_eq!(out.retval, env.passed(), "{what}");
-            assert_eq!(out.frame, frame, "{what}: changed");
-        }
-        assert_eq!(env.count(StatReason::PassNotForRange), before + n);
-        assert_eq!(env.dp.connections().expect("connections").len(), 1);
-    });
-}
-
-fn unresolved_neighbour_goes_through_the_neighbour_path(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let syn = Tcp4::new(
-            env.net.client,
-            40000,
-            env.net.router,
-            PORT_UNRESOLVED,
-            TCP_SYN,
-        )
-        .macs(env.net.client_mac, env.net.client_dev_mac)
-        .build();
-        let out = env.run(&syn, true);
-        let key = CtKey4 {
-            dport: PORT_UNRESOLVED.to_be(),
-            ..env.forward_key(40000)
-        };
-        if env.hook() == Hook::Xdp {
-            // XDP cannot resolve neighbours: the TC program behind it does.
-            assert_eq!(out.retval, env.passed());
-            assert_eq!(out.frame, syn);
-            assert_eq!(env.count(StatReason::XdpToTcNoNeigh), 1);
-            assert!(env.dp.conntrack_entry(&key).is_none());
-        } else {
-            assert_eq!(out.retval, env.redirected(), "bpf_redirect_neigh");
-            let p = parse(&out.frame).expect("parses");
-            assert_eq!(
-                (p.saddr, p.daddr),
-                (env.net.nat_source, env.net.backend_unresolved)
-            );
-            assert_checksums(&out.frame);
-            assert_eq!(env.count(StatReason::NewConnection), 1);
-            assert!(env.dp.half_open_entry(&key).is_some(), "half-open");
-        }
-    });
-    // XDP also hands over what it cannot redirect to.
-    if program == Program::Xdp {
-        let opts = Opts {
-            xdp_targets: false,
-            ..Opts::default()
-        };
-        with_env(program, opts, |env| {
-            let syn = env.client_packet(40000, TCP_SYN).build();
-            let out = env.run(&syn, true);
-            assert_eq!(out.retval, env.passed());
-            assert_eq!(out.frame, syn);
-            assert_eq!(env.count(StatReason::XdpToTcNotXdpTarget), 1);
-        });
-    }
-}
-
-fn ttl_that_would_expire_is_dropped(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let mut syn = env.client_packet(40000, TCP_SYN);
-        syn.ttl = 1;
-        let out = env.run(&syn.build(), true);
-        assert_eq!(out.retval, env.dropped());
-        assert_eq!(env.count(StatReason::DropTtlExceeded), 1);
-        assert!(env.dp.connections().expect("connections").is_empty());
-        env.open(40000);
-        let mut seg = env.client_packet(40000, TCP_ACK);
-        seg.ttl = 1;
-        assert_eq!(env.run(&seg.build(), true).retval, env.dropped());
-        assert_eq!(env.count(StatReason::DropTtlExceeded), 2);
-    });
-}
-
-fn oversized_frames_are_not_forwarded_blindly(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        env.open(40000);
-        let big = env
-            .client_packet(40000, TCP_ACK)
-            .payload(&payload(1600))
-            .build();
-        let out = env.run(&big, true);
-        if env.hook() == Hook::Xdp {
-            assert_eq!(out.retval, env.passed());
-            assert_eq!(out.frame, big);
-            assert_eq!(env.count(StatReason::XdpToTcTooBig), 1);
-        } else {
-            assert_eq!(out.retval, env.dropped());
-            assert_eq!(env.count(StatReason::DropTooBig), 1);
-        }
-        let fits = env
-            .client_packet(40000, TCP_ACK)
-            .payload(&payload(1460))
-            .build();
-        assert_eq!(env.run(&fits, true).retval, env.redirected());
-    });
-}
-
 fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         env.open(40000);
         env.handshake_and_close(40000);
         env.dp.set_timeouts(Timeouts {
@@ -976,7 +705,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         assert!(env.dp.connections().expect("connections").is_empty());
 
         // The backend's late segments on the tuple are not translated any more.
-        let late = env.backend_packet(40000, FIN | TCP_ACK).build();
+        let late = env.net.backend_packet(40000, FIN | TCP_ACK).build();
         let out = env.run(&late, false);
         assert_eq!(out.retval, env.passed());
         assert_eq!(out.frame, late);
@@ -984,6 +713,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         // Another client on the same port gets another NAT source port meanwhile (the
         // backend's TIME_WAIT would refuse its timestamps) ...
         let other = env
+            .net
             .packet_from(Ipv4Addr::new(10, 70, 1, 3), 40000, TCP_SYN)
             .build();
         let out = env.run(&other, true);
@@ -995,7 +725,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         );
         // ... while the same client reusing its port for the same router port takes its tuple
         // back, as it would without NAT (its timestamps are newer than the backend's record).
-        let again = env.client_packet(40000, TCP_SYN).build();
+        let again = env.net.client_packet(40000, TCP_SYN).build();
         let out = env.run(&again, true);
         assert_eq!(out.retval, env.redirected());
         assert_eq!(
@@ -1012,9 +742,9 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
                 .expect("CT4")
                 .is_tombstone()
         );
-        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        let synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         assert_eq!(env.run(&synack, false).retval, env.redirected());
-        let ack = env.client_packet(40000, TCP_ACK).build();
+        let ack = env.net.client_packet(40000, TCP_ACK).build();
         assert_eq!(env.run(&ack, true).retval, env.redirected());
         let reply = env.entry(&reply_key);
         assert!(!reply.is_tombstone(), "the tuple is live again");
@@ -1023,7 +753,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
             reply
         );
         // Close it again so the rest of the test sees a tombstone on the tuple.
-        let rst = env.client_packet(40000, TCP_RST | TCP_ACK).build();
+        let rst = env.net.client_packet(40000, TCP_RST | TCP_ACK).build();
         assert_eq!(env.run(&rst, true).retval, env.redirected());
         let report = env.dp.sweep().expect("sweep");
         assert!(env.entry(&reply_key).is_tombstone(), "{report:?}");
@@ -1037,6 +767,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         assert_eq!(report.tombstones, 0, "{report:?}");
         assert!(env.dp.conntrack_entry(&reply_key).is_none());
         let syn = env
+            .net
             .packet_from(Ipv4Addr::new(10, 70, 1, 4), 40000, TCP_SYN)
             .build();
         let out = env.run(&syn, true);
@@ -1047,7 +778,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
 fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_route(
     program: Program,
 ) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         env.open(40000);
         env.handshake_and_close(40000);
         let fwd_key = env.forward_key(40000);
@@ -1058,7 +789,7 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
 
         // The client reuses its port while the ended pair is still tracked (closing, 10 s):
         // a new connection, on the same tuple toward the backend.
-        let again = env.client_packet(40000, TCP_SYN).build();
+        let again = env.net.client_packet(40000, TCP_SYN).build();
         let out = env.run(&again, true);
         assert_eq!(out.retval, env.redirected());
         assert_checksums(&out.frame);
@@ -1077,7 +808,7 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
         assert_eq!(fwd.packets, closed.packets + 1, "the counters carry on");
         assert_eq!(env.dp.fill().expect("fill").0, live, "still one connection");
         // The handshake completes both ways on it, and it is one live connection again.
-        let synack = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        let synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         let out = env.run(&synack, false);
         assert_eq!(out.retval, env.redirected());
         let seg = parse(&out.frame).expect("parses");
@@ -1086,7 +817,7 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
             (env.net.router, PORT, env.net.client, 40000)
         );
         assert_checksums(&out.frame);
-        let ack = env.client_packet(40000, TCP_ACK).build();
+        let ack = env.net.client_packet(40000, TCP_ACK).build();
         assert_eq!(env.run(&ack, true).retval, env.redirected());
         let conns = env.dp.connections().expect("connections");
         assert_eq!(conns.len(), 1, "{conns:?}");
@@ -1094,184 +825,16 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
 
         // Ended again, and the route moved meanwhile: the reused port follows the new route.
         env.close(40000);
-        let moved = BTreeMap::from([
-            route(PORT, env.net.backend, 9090),
-            route(PORT_UNRESOLVED, env.net.backend_unresolved, BACKEND_PORT),
-        ]);
-        env.dp.apply_routes(&moved).expect("apply");
+        env.dp
+            .apply_routes(&tcp_routes(&env.net.moved_routes()))
+            .expect("apply");
         let out = env.open(40000);
         assert_checksums(&out);
-        assert_eq!(parse(&out).expect("parses").dport, 9090);
+        assert_eq!(parse(&out).expect("parses").dport, MOVED_BACKEND_PORT);
         assert_eq!(env.count(StatReason::NewConnection), opened + 2);
         let conns = env.dp.connections().expect("connections");
         assert_eq!(conns.len(), 1, "the old pair went: {conns:?}");
-        assert_eq!(conns[0].backend.port(), 9090, "{conns:?}");
-    });
-}
-
-/// The MSS option a translated handshake packet carries (first option), if any.
-fn mss_of(frame: &[u8]) -> Option<u16> {
-    let p = parse(frame)?;
-    let doff = (p.l4.get(12)? >> 4) as usize * 4;
-    let opts = p.l4.get(20..doff)?;
-    (opts.len() >= 4 && opts[0] == 2 && opts[1] == 4)
-        .then(|| u16::from_be_bytes([opts[2], opts[3]]))
-}
-
-/// With a 1400-byte link toward the backend, a client SYN asking for MSS 1460 leaves asking for
-/// 1360, and so does the backend's SYN-ACK toward the client: no end sends a segment the router's
-/// links cannot carry (it could not fragment it, and the kernel's "fragmentation needed" would
-/// go to the NAT address). Smaller MSS values pass unchanged; checksums stay valid.
-fn handshake_mss_is_clamped_to_the_links(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let set_mtu = std::process::Command::new("ip")
-            .args(["link", "set", "dev", &env.net.backend_dev, "mtu", "1400"])
-            .status()
-            .expect("run ip");
-        assert!(set_mtu.success(), "ip link set mtu 1400");
-
-        let syn = env.client_packet(40000, TCP_SYN).mss(1460).build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.redirected(), "SYN verdict");
-        assert_eq!(mss_of(&out.frame), Some(1360), "SYN MSS toward the backend");
-        assert_checksums(&out.frame);
-
-        let synack = env
-            .backend_packet(40000, TCP_SYN | TCP_ACK)
-            .mss(1460)
-            .build();
-        let out = env.run(&synack, false);
-        assert_eq!(out.retval, env.redirected(), "SYN-ACK verdict");
-        assert_eq!(
-            mss_of(&out.frame),
-            Some(1360),
-            "SYN-ACK MSS toward the client: the backend link is the smaller"
-        );
-        assert_checksums(&out.frame);
-
-        // No neighbour entry for the backend yet: TC sends the SYN through the neighbour
-        // path, clamped to the device's MTU; XDP hands it to TC untouched.
-        let syn = Tcp4::new(
-            env.net.client,
-            40002,
-            env.net.router,
-            PORT_UNRESOLVED,
-            TCP_SYN,
-        )
-        .macs(env.net.client_mac, env.net.client_dev_mac)
-        .mss(1460)
-        .build();
-        let out = env.run(&syn, true);
-        if env.hook() == Hook::Tc {
-            assert_eq!(out.retval, env.redirected(), "SYN verdict (neighbour path)");
-            assert_eq!(mss_of(&out.frame), Some(1360), "SYN MSS, neighbour path");
-            assert_checksums(&out.frame);
-        } else {
-            assert_eq!(out.retval, env.passed());
-            assert_eq!(out.frame, syn);
-        }
-
-        // Already small enough: untouched.
-        let syn = env.client_packet(40001, TCP_SYN).mss(1200).build();
-        let out = env.run(&syn, true);
-        assert_eq!(out.retval, env.redirected());
-        assert_eq!(mss_of(&out.frame), Some(1200));
-        assert_checksums(&out.frame);
-        // Data segments are never touched even if their first bytes look like an MSS option.
-        let ack = env
-            .client_packet(40001, TCP_ACK)
-            .payload(&[2, 4, 0x05, 0xb4])
-            .build();
-        let out = env.run(&ack, true);
-        assert_eq!(out.retval, env.redirected());
-        assert_eq!(
-            &parse(&out.frame).expect("parses").l4[20..24],
-            &[2, 4, 0x05, 0xb4]
-        );
-        assert_checksums(&out.frame);
-    });
-}
-
-/// Found by the packet fuzzer (`datapath_fuzz`): segments and ICMP errors whose IPv4 total
-/// length does not hold the headers the programs rewrite were translated, with ports and
-/// checksums rewritten outside the bytes the receiver checks. They now pass untouched.
-fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
-    with_env(program, Opts::default(), |env| {
-        let sent = env.open(40000);
-        let set_tot_len = |frame: &mut Vec<u8>, tot: u16| {
-            frame[16..18].copy_from_slice(&tot.to_be_bytes());
-            frame[24..26].copy_from_slice(&[0, 0]);
-            let c = packet::checksum(&frame[14..34]);
-            frame[24..26].copy_from_slice(&c.to_be_bytes());
-        };
-        let ack = env.client_packet(40000, TCP_ACK).build();
-        let mut short = ack.clone();
-        set_tot_len(&mut short, 30);
-        let mut long = ack.clone();
-        set_tot_len(&mut long, 400);
-        let mut options_past_end = ack.clone();
-        options_past_end[14 + 20 + 12] = 15 << 4;
-        let hop = Ipv4Addr::new(10, 70, 2, 254);
-        let icmp = packet::icmp_error(hop, env.net.nat_source, 3, 4, 1400, &sent, 0);
-        let mut quote_outside = icmp.clone();
-        set_tot_len(&mut quote_outside, 20 + 8 + 20);
-        let mut icmp_long = icmp.clone();
-        set_tot_len(&mut icmp_long, 200);
-        let cases = [
-            (
-                "TCP header past the total length",
-                short,
-                true,
-                StatReason::PassMalformed,
-            ),
-            (
-                "total length past the frame",
-                long,
-                true,
-                StatReason::PassMalformed,
-            ),
-            (
-                "TCP options past the total length",
-                options_past_end,
-                true,
-                StatReason::PassMalformed,
-            ),
-            (
-                "ICMP quote past the total length",
-                quote_outside,
-                false,
-                StatReason::PassNotForRange,
-            ),
-            (
-                "ICMP total length past the frame",
-                icmp_long,
-                false,
-                StatReason::PassMalformed,
-            ),
-        ];
-        let entries = env.dp.conntrack_table().expect("table");
-        for (what, frame, from_client, reason) in cases {
-            let before = env.count(reason);
-            let out = env.run(&frame, from_client);
-            assert_eq!(out.retval, env.passed(), "{what}: verdict");
-            assert_eq!(out.frame, frame, "{what}: frame changed");
-            assert_eq!(
-                env.count(reason),
-                before + 1,
-                "{what}: {} not counted",
-                reason.name()
-            );
-        }
-        assert_eq!(
-            env.dp.conntrack_table().expect("table").len(),
-            entries.len()
-        );
-        // Ethernet padding after a well-formed packet is fine: still translated.
-        let mut padded = ack;
-        padded.extend_from_slice(&[0; 6]);
-        let out = env.run(&padded, true);
-        assert_eq!(out.retval, env.redirected(), "padded frame");
-        assert_checksums(&out.frame[..out.frame.len() - 6]);
+        assert_eq!(conns[0].backend.port(), MOVED_BACKEND_PORT, "{conns:?}");
     });
 }
 
@@ -1281,7 +844,7 @@ fn lengths_that_do_not_hold_the_headers_pass_untouched(program: Program) {
 /// kernel would drop it there. The set is re-read at each sweep, and connections follow at
 /// their next packet.
 fn the_peer_hand_off_follows_where_the_egress_peer_lives(program: Program) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         env.open(40000);
         let first = env.forward_key(40000);
         assert_eq!(
@@ -1309,7 +872,7 @@ fn the_peer_hand_off_follows_where_the_egress_peer_lives(program: Program) {
             "{:?}",
             env.dp.peer_devs()
         );
-        let seg = env.client_packet(40000, TCP_ACK).build();
+        let seg = env.net.client_packet(40000, TCP_ACK).build();
         let out = env.run(&seg, true);
         assert_eq!(out.retval, env.redirected());
         assert_ne!(
@@ -1320,7 +883,7 @@ fn the_peer_hand_off_follows_where_the_egress_peer_lives(program: Program) {
         env.open(40002);
         assert_ne!(env.entry(&env.forward_key(40002)).flags & NH_PEER, 0);
         // Replies go to the client's link, whose other end is still here.
-        let reply = env.backend_packet(40000, TCP_SYN | TCP_ACK).build();
+        let reply = env.net.backend_packet(40000, TCP_SYN | TCP_ACK).build();
         assert_eq!(env.run(&reply, false).retval, env.redirected());
         let reply_key = CtKey4 {
             saddr: raw(env.net.backend),
@@ -1333,7 +896,7 @@ fn the_peer_hand_off_follows_where_the_egress_peer_lives(program: Program) {
 }
 
 fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Program) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         env.open(40000);
         let fwd_key = env.forward_key(40000);
         let fwd = env.half_open(&fwd_key);
@@ -1351,7 +914,7 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
 
         // The backend's SYN-ACK goes back to the client and records what completes the
         // handshake; the connection stays half-open.
-        let mut synack = env.backend_packet(40000, TCP_SYN | TCP_ACK);
+        let mut synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK);
         synack.seq = 0xffff_fff0;
         let out = env.run(&synack.build(), false);
         assert_eq!(out.retval, env.redirected());
@@ -1366,14 +929,14 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
 
         // An ACK that does not acknowledge the SYN-ACK (what a blind spoofer sends) is
         // forwarded (the backend answers it with a RST) but confirms nothing.
-        let mut blind = env.client_packet(40000, TCP_ACK);
+        let mut blind = env.net.client_packet(40000, TCP_ACK);
         blind.ack = 0xffff_fff0;
         assert_eq!(env.run(&blind.build(), true).retval, env.redirected());
         assert!(env.dp.conntrack_entry(&fwd_key).is_none());
         assert_eq!(env.count(StatReason::HandshakeConfirmed), 0);
 
         // The client's ACK of the SYN-ACK moves both entries into the connection table.
-        let mut ack = env.client_packet(40000, TCP_ACK).payload(b"hello");
+        let mut ack = env.net.client_packet(40000, TCP_ACK).payload(b"hello");
         ack.ack = 0xffff_fff1;
         let out = env.run(&ack.build(), true);
         assert_eq!(out.retval, env.redirected());
@@ -1404,7 +967,11 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
         assert_eq!(conns.len(), 1, "{conns:?}");
         assert_eq!(conns[0].state, ConnState::Established);
         // From now on the connection's packets hit the connection table.
-        let answer = env.backend_packet(40000, TCP_ACK).payload(b"world").build();
+        let answer = env
+            .net
+            .backend_packet(40000, TCP_ACK)
+            .payload(b"world")
+            .build();
         assert_eq!(env.run(&answer, false).retval, env.redirected());
         assert_eq!(env.count(StatReason::Forwarded), 3);
     });
@@ -1426,7 +993,7 @@ fn spoofed_syns(env: &mut Env, count: u32) -> Vec<(Ipv4Addr, u16)> {
         .map(|i| {
             let from = Ipv4Addr::new(10, 250, (i >> 8) as u8, i as u8);
             let sport = 1024 + i as u16;
-            let syn = env.packet_from(from, sport, TCP_SYN).build();
+            let syn = env.net.packet_from(from, sport, TCP_SYN).build();
             assert_eq!(env.run(&syn, true).retval, env.redirected(), "SYN {i}");
             (from, sport)
         })
@@ -1434,7 +1001,7 @@ fn spoofed_syns(env: &mut Env, count: u32) -> Vec<(Ipv4Addr, u16)> {
 }
 
 fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         pin_to_one_cpu();
         let (_, capacity) = env.dp.half_open_table().expect("half-open");
         // SYNs until the first eviction: that is this CPU's share of the table.
@@ -1443,6 +1010,7 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
             assert!(admitted <= capacity, "no eviction after {admitted} SYNs");
             let from = Ipv4Addr::new(10, 250, (admitted >> 8) as u8, admitted as u8);
             let syn = env
+                .net
                 .packet_from(from, 1024 + admitted as u16, TCP_SYN)
                 .build();
             assert_eq!(env.run(&syn, true).retval, env.redirected());
@@ -1475,6 +1043,7 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
         // Its tuple is free again: another client with that port gets it; a client with the
         // port of a connection still half-open gets another.
         let syn = env
+            .net
             .packet_from(Ipv4Addr::new(10, 251, 0, 1), 1024, TCP_SYN)
             .build();
         let out = env.run(&syn, true);
@@ -1485,6 +1054,7 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
             "tuple reused"
         );
         let syn = env
+            .net
             .packet_from(Ipv4Addr::new(10, 251, 0, 2), 1024 + share as u16, TCP_SYN)
             .build();
         let out = env.run(&syn, true);
@@ -1499,7 +1069,7 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
 }
 
 fn established_connections_are_never_evicted_by_syns(program: Program) {
-    with_env(program, Opts::default(), |env| {
+    with_env(program, no_cases, |env, _| {
         pin_to_one_cpu();
         env.establish(40000);
         let fwd_key = env.forward_key(40000);
@@ -1511,13 +1081,14 @@ fn established_connections_are_never_evicted_by_syns(program: Program) {
         assert_eq!(after.rewritten(), before.rewritten());
         assert_eq!(env.dp.fill().expect("fill").0, 1);
         let data = env
+            .net
             .client_packet(40000, TCP_ACK)
             .payload(b"still here")
             .build();
         let out = env.run(&data, true);
         assert_eq!(out.retval, env.redirected());
         assert_eq!(parse(&out.frame).expect("parses").sport, 40000);
-        let answer = env.backend_packet(40000, TCP_ACK).build();
+        let answer = env.net.backend_packet(40000, TCP_ACK).build();
         assert_eq!(env.run(&answer, false).retval, env.redirected());
         let conns = env.dp.connections().expect("connections");
         let established: Vec<_> = conns

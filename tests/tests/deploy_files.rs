@@ -92,18 +92,40 @@ fn workspace_version() -> String {
         .to_string()
 }
 
-/// `FROM image AS stage` lines of the Dockerfile, in order.
+/// `FROM image AS stage` lines of the Dockerfile, in order, each with the image it starts from:
+/// `${ARG}` resolved to the default of the `ARG` lines above the first stage, and an earlier
+/// stage's name to that stage's image.
 fn dockerfile_stages() -> Vec<(String, String)> {
-    read_deploy("Dockerfile")
+    let text = read_deploy("Dockerfile");
+    let args: Vec<(String, String)> = text
         .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next()? == "FROM").then_some(())?;
-            let image = words.next()?.to_string();
-            (words.next()?.eq_ignore_ascii_case("AS")).then_some(())?;
-            Some((image, words.next()?.to_string()))
-        })
-        .collect()
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.strip_prefix("ARG ")?.split_once('='))
+        .map(|(k, v)| (format!("${{{k}}}"), v.to_string()))
+        .collect();
+    let mut stages: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [from, image, as_, stage] = words[..] else {
+            continue;
+        };
+        if from != "FROM" || !as_.eq_ignore_ascii_case("AS") {
+            continue;
+        }
+        let resolved = args
+            .iter()
+            .find(|(k, _)| k == image)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                stages
+                    .iter()
+                    .find(|(_, s)| s == image)
+                    .map(|(i, _)| i.clone())
+            })
+            .unwrap_or_else(|| image.to_string());
+        stages.push((resolved, stage.to_string()));
+    }
+    stages
 }
 
 #[test]
@@ -439,7 +461,8 @@ fn the_image_builds_with_the_project_recipe() {
     assert_eq!(
         runs,
         [
-            "rustup toolchain install nightly --profile minimal",
+            "rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly \
+             --profile minimal",
             "cargo xtask build --release",
         ],
         "build stage RUN lines"
@@ -476,8 +499,13 @@ fn the_image_builds_with_the_project_recipe() {
 fn the_image_stages_match_the_workspace_and_each_other() {
     let stages = dockerfile_stages();
     let names: Vec<&str> = stages.iter().map(|(_, s)| s.as_str()).collect();
-    assert_eq!(names, ["build", "runtime"]);
-    let (build, runtime) = (&stages[0].0, &stages[1].0);
+    // `runtime` (the default target) adds the build stage's daemon to `runtime-base`;
+    // `runtime-prebuilt` adds one built elsewhere (`cargo xtask image --prebuilt`).
+    assert_eq!(
+        names,
+        ["build", "runtime-base", "runtime-prebuilt", "runtime"]
+    );
+    let (build, runtime) = (&stages[0].0, &stages[3].0);
     let manifest: toml::Table = read(&workspace_root().join("Cargo.toml"))
         .parse()
         .expect("Cargo.toml");

@@ -7,10 +7,11 @@
 mod deploy_support;
 
 use deploy_support::*;
-use router_tests::netns::{Netns, veth};
+use router_tests::http_client;
+use router_tests::netns::Netns;
+use router_tests::topology::ClientRouter;
 use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -54,19 +55,12 @@ fn daemon_starts_and_is_healthy_with_only_the_compose_capabilities() {
     require_root();
     let compose = compose();
     let caps = compose_router_caps(&compose);
-    let client = Netns::new("tdhc").expect("client ns");
-    let router = Netns::new("tdhr").expect("router ns");
-    let (_c, r) = veth(
-        &client,
-        Ipv4Addr::new(10, 211, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 211, 0, 2),
-    )
-    .expect("veth");
+    let net = ClientRouter::new(&[211]).expect("client and router namespaces");
+    let (router, r) = (&net.router, net.router_end(0));
     let bpffs = BpffsDir::new("trdep");
     let state = tempfile::tempdir().expect("state dir");
     let mut daemon = Daemon::spawn(daemon_with_caps(
-        &router,
+        router,
         &r.dev,
         &caps,
         &bpffs,
@@ -74,7 +68,7 @@ fn daemon_starts_and_is_healthy_with_only_the_compose_capabilities() {
     ))
     .expect("start the daemon under setpriv");
     daemon.wait_for_log("ready", Duration::from_secs(30));
-    let attached = router_tests::attached::program_names(&router, &r.dev).expect("query");
+    let attached = router_tests::attached::program_names(router, &r.dev).expect("query");
     assert!(
         attached.iter().any(|p| p == "task_router_tc"),
         "attached: {attached:?}\n{}",
@@ -102,11 +96,7 @@ fn daemon_starts_and_is_healthy_with_only_the_compose_capabilities() {
         },
     );
 
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "daemon exit {status}:\n{log}");
+    daemon.terminate();
 }
 
 #[test]
@@ -456,18 +446,16 @@ impl Drop for Webserver {
     }
 }
 
+/// The body of `GET path` from nginx on `port` inside `ns`, once it answers.
 fn http_get(ns: &Netns, port: u16, path: &str) -> Option<String> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
-    ns.enter(move || -> Option<String> {
-        let mut conn =
-            TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(2))
-                .ok()?;
-        conn.write_all(request.as_bytes()).ok()?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response).ok()?;
-        Some(response)
-    })
-    .expect("enter ns")
+    http_client::get_in(
+        ns,
+        (Ipv4Addr::LOCALHOST, port).into(),
+        path,
+        &[("Host", "t")],
+    )
+    .ok()
+    .map(|r| r.text())
 }
 
 #[test]

@@ -18,9 +18,10 @@
 
 use router_tests::metrics::sample;
 use router_tests::netns::Netns;
+use router_tests::scenario::DaemonSetup;
 use router_tests::topology::Topology;
 use router_tests::traffic::{BANNER_LEN, Client, EchoServer};
-use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
+use router_tests::{require_root, wait};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -113,6 +114,24 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// Sends `message` on `stream` and expects no answer from `peer` within 3 s (a read timeout,
+/// neither data, nor an end, nor a reset).
+fn expect_no_answer(stream: &mut TcpStream, message: &[u8], peer: &str) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    stream.write_all(message).expect("send into the void");
+    let mut buf = [0u8; 16];
+    let err = match stream.read(&mut buf) {
+        Ok(n) => panic!("no answer from {peer} expected, got {n} bytes"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() {
     require_root();
@@ -126,43 +145,16 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     let upstream_b = SocketAddrV4::new(t.backend2_end.addr, BACKEND_PORT);
     let _echo_b = EchoServer::start(&t.backend2, t.backend2_end.addr, BACKEND_PORT, "B")
         .expect("echo server B");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let routes = dir.path().join("routes.toml");
-    std::fs::write(
-        &routes,
-        format!(
-            "[[tcp]]\nport = {PORT_A}\nupstream = \"{upstream_a}\"\n\n\
-             [[tcp]]\nport = {PORT_B}\nupstream = \"{upstream_b}\"\n\n\
-             [[tcp]]\nport = {PORT_C}\nupstream = \"{upstream_c}\"\n"
-        ),
-    )
-    .expect("routes file");
-    let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
-    cmd.args([
-        "run",
-        "--interface",
-        &format!("{}:tc", t.router_client.dev),
-        "--interface",
-        &format!("{}:tc", t.router_backend.dev),
-        "--interface",
-        &format!("{}:tc", t.router_backend2.dev),
-        "--interface",
-        &format!("{bridge}:tc"),
-        "--routes-file",
-        routes.to_str().expect("utf-8"),
-        "--state-dir",
-        dir.path().join("state").to_str().expect("utf-8"),
-        "--admin-addr",
-        &format!("127.0.0.1:{ADMIN_PORT}"),
-        "--set",
-        &format!("TCP_PORT_START={PORT_A}"),
-        "--set",
-        &format!("TCP_PORT_END={PORT_C}"),
-        "--set",
-        "AUTH_ENABLED=false",
-    ]);
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-    daemon.wait_for_log("ready", WAIT);
+    let daemon = DaemonSetup::tc_on(&t)
+        .interface_as(&t.router_backend2.dev, "tc")
+        .interface_as(&bridge, "tc")
+        .tcp_route(PORT_A, upstream_a)
+        .tcp_route(PORT_B, upstream_b)
+        .tcp_route(PORT_C, upstream_c)
+        .admin_port(ADMIN_PORT)
+        .tcp_ports(PORT_A, PORT_C)
+        .no_auth()
+        .start(WAIT);
     let to_a = SocketAddrV4::new(t.router_addr(), PORT_A);
     let to_b = SocketAddrV4::new(t.router_addr(), PORT_B);
 
@@ -208,20 +200,7 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     t.backend
         .ip(&["link", "set", "dev", &t.backend_end.dev, "down"])
         .expect("A's backend link down");
-    a.stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("read timeout");
-    a.stream
-        .write_all(b"anyone there?")
-        .expect("send into the void");
-    let err = a
-        .stream
-        .read(&mut buf)
-        .expect_err("no answer from a vanished backend");
-    assert!(
-        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        "{err}"
-    );
+    expect_no_answer(&mut a.stream, b"anyone there?", "a vanished backend");
     // New connections through B keep being forwarded meanwhile.
     let mut b2 = Client::connect(&t.client, to_b).expect("a new connection through B");
     b2.echo_random(8 << 10, 4 << 10, |_| {}).expect("echo B2");
@@ -253,20 +232,7 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     t.router
         .ip(&["link", "del", "dev", &port_dev])
         .expect("destroy the container's veth pair");
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("read timeout");
-    c.stream
-        .write_all(b"still there?")
-        .expect("send into the void");
-    let err = c
-        .stream
-        .read(&mut buf)
-        .expect_err("no answer from a dead container");
-    assert!(
-        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        "{err}"
-    );
+    expect_no_answer(&mut c.stream, b"still there?", "a dead container");
     b.echo_random(32 << 10, 8 << 10, |_| {})
         .expect("B echoes after the container died");
     reset(c.stream);
@@ -277,9 +243,5 @@ fn a_backend_vanishing_mid_connection_resets_or_times_out_and_frees_its_entry() 
     b.echo_random(32 << 10, 8 << 10, |_| {})
         .expect("B's connection outlived everything");
     b.finish().expect("close B");
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+    daemon.terminate();
 }

@@ -12,12 +12,13 @@
 //! - once the server answers again the daemon heals without a restart: state `ok`, nothing
 //!   degraded, and a task that asked for a route during the outage is routed.
 
-use router_tests::clearml_server::{ClearmlServer, FaultKind, ServerOptions, TaskSpec};
+use router_tests::clearml_server::{ClearmlServer, FaultKind, TaskSpec};
 use router_tests::http_client;
+use router_tests::scenario::{DaemonSetup, clearml_server_in};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::wait;
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use router_tests::{daemon::Daemon, require_root};
 use serde_json::{Value, json};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -33,10 +34,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn admin_get(t: &Topology, path: &'static str) -> http_client::Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    t.router
-        .enter(move || http_client::get(addr, path, &[]))
-        .expect("enter the router namespace")
-        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+    http_client::get_in(&t.router, addr, path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
 }
 
 fn status(t: &Topology) -> Value {
@@ -72,26 +70,30 @@ struct Rig {
     server_addr: SocketAddr,
     _echo: EchoServer,
     daemon: Daemon,
-    _state: tempfile::TempDir,
+}
+
+/// What holds before a fault (see [`Rig::start`]).
+struct Baseline {
+    /// The tasks that asked for a route.
+    ids: Vec<String>,
+    /// The router port written on each.
+    ports: Vec<u16>,
+    runtimes: Vec<(String, serde_json::Map<String, Value>)>,
+    long: Client,
+    edits: u64,
 }
 
 impl Rig {
-    fn start(tasks: usize) -> (Rig, Vec<String>) {
+    /// The daemon routing `tasks` tasks, and what holds before a fault: their written ports
+    /// and runtimes, an open connection through the route of task `long_on` (echoed once),
+    /// the writes so far.
+    fn start(tasks: usize, long_on: usize) -> (Rig, Baseline) {
         let t = Topology::new().expect("topology");
         let echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
             .expect("echo server");
-        let listener = t
-            .router
-            .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("enter")
-            .expect("bind the API server in the router namespace");
-        let server = ClearmlServer::start_with(ServerOptions {
-            listener: Some(listener),
-            ..ServerOptions::default()
-        })
-        .expect("server");
+        let server = clearml_server_in(&t.router);
         let admin = server.admin();
-        let ids = (0..tasks)
+        let ids: Vec<String> = (0..tasks)
             .map(|i| {
                 admin.create_task(running(
                     &format!("app{i}"),
@@ -99,44 +101,46 @@ impl Rig {
                 ))
             })
             .collect();
-        let state = tempfile::tempdir().expect("state dir");
-        let creds = server.credentials();
-        let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
-        cmd.args([
-            "run",
-            "--interface",
-            &format!("{}:tc", t.router_client.dev),
-            "--interface",
-            &format!("{}:tc", t.router_backend.dev),
-            "--poll-interval",
-            "100ms",
-            "--admin-addr",
-            &format!("127.0.0.1:{ADMIN_PORT}"),
-        ])
-        .env("CLEARML_API_HOST", server.url())
-        .env("CLEARML_API_ACCESS_KEY", creds.access_key)
-        .env("CLEARML_API_SECRET_KEY", creds.secret_key)
-        .env("TCP_ROUTER_ADDRESS", t.router_addr().to_string())
-        .env("TCP_PORT_START", PORT_START.to_string())
-        .env("TCP_PORT_END", PORT_END.to_string())
-        .env("ROUTER_NAME", "edge-faults")
-        .env("AUTH_ENABLED", "false")
-        .env("ROUTER_API_TIMEOUT", "1s")
-        .env("ROUTER_STATE_DIR", state.path());
-        let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-        daemon.wait_for_log("ready", WAIT);
+        let daemon = DaemonSetup::tc_on(&t)
+            .args(["--poll-interval", "100ms"])
+            .admin_port(ADMIN_PORT)
+            .clearml(&server)
+            .env("TCP_ROUTER_ADDRESS", t.router_addr().to_string())
+            .env("TCP_PORT_START", PORT_START.to_string())
+            .env("TCP_PORT_END", PORT_END.to_string())
+            .env("ROUTER_NAME", "edge-faults")
+            .env("AUTH_ENABLED", "false")
+            .env("ROUTER_API_TIMEOUT", "1s")
+            .start(WAIT);
         let server_addr = server.addr();
-        (
-            Rig {
-                t,
-                server,
-                server_addr,
-                _echo: echo,
-                daemon,
-                _state: state,
-            },
+        let rig = Rig {
+            t,
+            server,
+            server_addr,
+            _echo: echo,
+            daemon,
+        };
+        let baseline = rig.baseline(ids, long_on);
+        (rig, baseline)
+    }
+
+    fn baseline(&self, ids: Vec<String>, long_on: usize) -> Baseline {
+        let ports: Vec<u16> = ids.iter().map(|id| self.written_port(id)).collect();
+        let admin = self.server.admin();
+        let runtimes = ids
+            .iter()
+            .map(|id| (id.clone(), admin.runtime(id)))
+            .collect();
+        let mut long = self.connect(ports[long_on]);
+        long.echo_random(64 * KIB, 16 * KIB, |_| {})
+            .expect("echo before the fault");
+        Baseline {
             ids,
-        )
+            ports,
+            runtimes,
+            long,
+            edits: admin.calls("tasks.edit"),
+        }
     }
 
     /// The router port written on `task`, once written.
@@ -187,14 +191,9 @@ fn failed_cycles(s: &Value) -> u64 {
 }
 
 /// Everything that must hold while a fault lasts (see the module comment).
-fn assert_forwarding_and_degraded(
-    rig: &Rig,
-    long: &mut Client,
-    ports: &[u16],
-    runtimes: &[(String, serde_json::Map<String, Value>)],
-    edits: u64,
-    reason: &str,
-) {
+fn assert_forwarding_and_degraded(rig: &Rig, baseline: &mut Baseline, reason: &str) {
+    let (ports, runtimes, edits) = (&baseline.ports, &baseline.runtimes, baseline.edits);
+    let long = &mut baseline.long;
     long.echo_random(64 * KIB, 16 * KIB, |_| {})
         .unwrap_or_else(|e| panic!("{reason}: the open connection broke: {e:#}"));
     for port in ports {
@@ -247,17 +246,8 @@ fn wait_healed(rig: &Rig, what: &str) {
 #[test]
 fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
     require_root();
-    let (mut rig, ids) = Rig::start(2);
-    let ports: Vec<u16> = ids.iter().map(|id| rig.written_port(id)).collect();
+    let (mut rig, mut baseline) = Rig::start(2, 0);
     let admin = rig.server.admin();
-    let runtimes: Vec<_> = ids
-        .iter()
-        .map(|id| (id.clone(), admin.runtime(id)))
-        .collect();
-    let mut long = rig.connect(ports[0]);
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
-        .expect("echo before any fault");
-    let edits = admin.calls("tasks.edit");
 
     // Expected for each: the listing fails for at least 6 cycles; everything above holds; then
     // it heals by itself once the fault is lifted.
@@ -287,7 +277,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         assert_eq!(s["clearml"]["state"], "error", "{what}: {s:#}");
         let error = s["clearml"]["error"].as_str().unwrap_or_default();
         assert!(error.contains(in_error), "{what}: error {error:?}");
-        assert_forwarding_and_degraded(&rig, &mut long, &ports, &runtimes, edits, what);
+        assert_forwarding_and_degraded(&rig, &mut baseline, what);
         admin.clear_faults();
         wait_healed(&rig, what);
     }
@@ -308,7 +298,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         failed,
         "the expired token failed a cycle"
     );
-    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(admin.calls("tasks.edit"), baseline.edits);
 
     // The server gone (connection refused) for many cycles.
     let before = failed_cycles(&status(&rig.t));
@@ -330,7 +320,7 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         "asked during the outage",
         tcp_request(rig.t.backend_end.addr, BACKEND_PORT),
     ));
-    assert_forwarding_and_degraded(&rig, &mut long, &ports, &runtimes, edits, "the server down");
+    assert_forwarding_and_degraded(&rig, &mut baseline, "the server down");
     let listener = rig
         .t
         .router
@@ -347,16 +337,14 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
         .finish()
         .expect("the late task's route");
 
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
+    baseline
+        .long
+        .echo_random(64 * KIB, 16 * KIB, |_| {})
         .expect("the open connection outlived every fault");
-    long.finish().expect("close");
+    baseline.long.finish().expect("close");
     let log = rig.daemon.log();
     assert!(log.contains("ClearML API reachable again"), "{log}");
-    let exit = rig
-        .daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(exit.success(), "daemon exit {exit}; log:\n{log}");
+    rig.daemon.terminate();
 }
 
 /// A task list that suddenly lacks every task (the listing and the by-id confirmation both
@@ -370,17 +358,8 @@ fn clearml_faults_keep_every_route_and_heal_without_a_restart() {
 #[test]
 fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
     require_root();
-    let (mut rig, ids) = Rig::start(3);
-    let ports: Vec<u16> = ids.iter().map(|id| rig.written_port(id)).collect();
+    let (mut rig, mut baseline) = Rig::start(3, 1);
     let admin = rig.server.admin();
-    let runtimes: Vec<_> = ids
-        .iter()
-        .map(|id| (id.clone(), admin.runtime(id)))
-        .collect();
-    let mut long = rig.connect(ports[1]);
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
-        .expect("echo before the fault");
-    let edits = admin.calls("tasks.edit");
 
     // One cycle's answers (the listing, then the by-id confirmation) say there are no tasks.
     admin.inject(FaultKind::Empty, 2, Some("tasks.get_all"));
@@ -391,15 +370,17 @@ fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
             && s["clearml"]["held_removals"].as_u64() == Some(0)
     });
     assert_eq!(metric(&rig.t, "task_router_clearml_held_cycles_total"), 1.0);
-    long.echo_random(64 * KIB, 16 * KIB, |_| {})
+    baseline
+        .long
+        .echo_random(64 * KIB, 16 * KIB, |_| {})
         .expect("the open connection survived the empty answer");
-    for port in &ports {
+    for port in &baseline.ports {
         rig.connect(*port).finish().expect("new connection");
     }
-    for (id, before) in &runtimes {
-        assert_eq!(&admin.runtime(id), before, "written endpoint changed");
+    for (id, runtime) in &baseline.runtimes {
+        assert_eq!(&admin.runtime(id), runtime, "written endpoint changed");
     }
-    assert_eq!(admin.calls("tasks.edit"), edits);
+    assert_eq!(admin.calls("tasks.edit"), baseline.edits);
     let s = status(&rig.t);
     assert_eq!(s["routes"].as_array().map(Vec::len), Some(3), "{s:#}");
 
@@ -416,13 +397,9 @@ fn a_task_list_that_suddenly_lacks_every_task_tears_nothing_down() {
     rig.wait_status("the routes back", |s| {
         s["routes"].as_array().map(Vec::len) == Some(3)
     });
-    for (id, port) in ids.iter().zip(&ports) {
+    for (id, port) in baseline.ids.iter().zip(&baseline.ports) {
         assert_eq!(rig.written_port(id), *port, "a task lost its port");
     }
-    let _ = long.finish();
-    let exit = rig
-        .daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(exit.success());
+    let _ = baseline.long.finish();
+    rig.daemon.terminate();
 }

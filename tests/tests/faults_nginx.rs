@@ -7,9 +7,9 @@
 
 use router_tests::clearml_server::TaskSpec;
 use router_tests::e2e::{
-    ADMIN, HOST1, ROUTER_PUBLIC, ServerThread, Testbed, TestbedOptions, echo_through, http_get_url,
-    http_request,
+    ADMIN, HOST1, ROUTER_PUBLIC, ServerThread, Testbed, TestbedOptions, echo_through,
 };
+use router_tests::http_client::{get_in, get_url_in};
 use router_tests::{require_root, wait};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -56,7 +56,7 @@ fn a_killed_nginx_is_started_again_and_http_routes_come_back() {
     let tcp_addr = SocketAddr::from((ROUTER_PUBLIC, port as u16));
     let cookie = bed.auth_cookie();
     let served = || {
-        http_get_url(&bed.client, &url, &[("Cookie", &cookie)])
+        get_url_in(&bed.client, &url, &[("Cookie", &cookie)])
             .ok()
             .filter(|r| r.status == 200 && r.text().starts_with("app ui"))
     };
@@ -78,7 +78,7 @@ fn a_killed_nginx_is_started_again_and_http_routes_come_back() {
         bed.nginx_pid().filter(|p| *p != pid)
     });
     wait::until("the HTTP route served again", WAIT, served);
-    let metrics = http_request(&bed.router, ADMIN, "GET", "/metrics", &[]).expect("metrics");
+    let metrics = get_in(&bed.router, ADMIN, "/metrics", &[]).expect("metrics");
     let restarts = metrics
         .text()
         .lines()

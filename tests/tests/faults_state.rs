@@ -8,10 +8,10 @@
 //! next cycle saves the current state.
 
 use router_tests::clearml_server::{ClearmlServer, TaskSpec};
-use router_tests::owners::{RecordingForwarder, RecordingRouter};
+use router_tests::engine::{RecordingEngine, clearml_config};
 use router_tests::require_root;
-use router_userspace::config::{Config, Sources};
-use router_userspace::daemon::{CycleOutcome, Engine, new_status};
+use router_userspace::config::Config;
+use router_userspace::daemon::CycleOutcome;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -87,24 +87,17 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 fn config(server: &ClearmlServer, state: &Path) -> Config {
-    let creds = server.credentials();
-    let env: Vec<(String, String)> = [
-        ("CLEARML_API_HOST", server.url()),
-        ("CLEARML_API_ACCESS_KEY", creds.access_key),
-        ("CLEARML_API_SECRET_KEY", creds.secret_key),
-        ("TCP_ROUTER_ADDRESS", "203.0.113.7".to_string()),
-        ("TCP_PORT_START", "30000".into()),
-        ("TCP_PORT_END", "30099".into()),
-        ("ROUTER_NAME", "edge-state".into()),
-        ("AUTH_ENABLED", "false".into()),
-        ("ROUTER_STATE_DIR", state.display().to_string()),
-        ("ROUTER_API_TIMEOUT", "3s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let sources = Sources::new(Vec::new(), env, None).expect("sources");
-    Config::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"))
+    clearml_config(
+        server,
+        state,
+        &[
+            ("TCP_ROUTER_ADDRESS", "203.0.113.7"),
+            ("TCP_PORT_START", "30000"),
+            ("TCP_PORT_END", "30099"),
+            ("ROUTER_NAME", "edge-state"),
+            ("ROUTER_API_TIMEOUT", "3s"),
+        ],
+    )
 }
 
 fn task(server: &ClearmlServer, i: u32) -> String {
@@ -149,17 +142,12 @@ async fn a_full_or_read_only_state_dir_never_stops_forwarding_nor_tears_the_stat
     for i in 0..2 {
         task(&server, i);
     }
-    let cfg = config(&server, &state);
-    let (tcp, http) = (RecordingForwarder::default(), RecordingRouter::default());
-    let status = new_status(&cfg);
-    let mut engine = Engine::new(
-        cfg,
-        Box::new(tcp.clone()),
-        Box::new(http.clone()),
-        status.clone(),
-    )
-    .expect("engine");
-    engine.connect_at_start().await.expect("connect");
+    let RecordingEngine {
+        mut engine,
+        tcp,
+        status,
+        ..
+    } = RecordingEngine::start(config(&server, &state)).await;
     assert_eq!(engine.cycle().await, CycleOutcome::Synced);
     assert_eq!((assigned(&state), routes_saved(&state)), (2, 2));
 

@@ -2,8 +2,10 @@
 //! traffic without disturbing it, and the daemon detaches cleanly on SIGTERM.
 
 use router_common::stats::{Hook, StatReason};
-use router_tests::netns::{Netns, veth};
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
+use router_tests::netns::Netns;
+use router_tests::require_root;
+use router_tests::scenario::DaemonSetup;
+use router_tests::topology::ClientRouter;
 use router_userspace::datapath::{self, AttachMode, ResolvedMode};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -50,16 +52,8 @@ fn echo_through(client: &Netns, server: &Netns, server_addr: Ipv4Addr, len: usiz
 
 fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, hook: Hook) {
     require_root();
-    let client = Netns::new("trfc").expect("client ns");
-    let router = Netns::new("trfr").expect("router ns");
-    let (c_end, r_end) = veth(
-        &client,
-        Ipv4Addr::new(10, 201, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 201, 0, 2),
-    )
-    .expect("veth");
-    let _ = c_end;
+    let net = ClientRouter::new(&[201]).expect("client and router namespaces");
+    let (client, router, r_end) = (&net.client, &net.router, net.router_end(0));
     let dev = r_end.dev.clone();
     let ebpf = router
         .enter(move || -> anyhow::Result<_> {
@@ -71,7 +65,7 @@ fn counts_traffic_in(mode: AttachMode, expect: ResolvedMode, hook: Hook) {
     let (ebpf, attached) = ebpf.expect("load and attach (verifier accepted the programs)");
     assert_eq!(attached.mode, expect);
     let before = datapath::stats::seen(&ebpf, hook).expect("read counters");
-    echo_through(&client, &router, r_end.addr, 1 << 20);
+    echo_through(client, router, r_end.addr, 1 << 20);
     let after = datapath::stats::seen(&ebpf, hook).expect("read counters");
     assert!(
         after.packets > before.packets + 10,
@@ -111,38 +105,17 @@ fn attached_programs(ns: &Netns, dev: &str) -> String {
 #[test]
 fn daemon_reports_modes_and_detaches_on_sigterm() {
     require_root();
-    let client = Netns::new("trdc").expect("client ns");
-    let router = Netns::new("trdr").expect("router ns");
-    let (_c, r1) = veth(
-        &client,
-        Ipv4Addr::new(10, 202, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 202, 0, 2),
-    )
-    .expect("veth 1");
-    let (_c2, r2) = veth(
-        &client,
-        Ipv4Addr::new(10, 203, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 203, 0, 2),
-    )
-    .expect("veth 2");
-    // Its own state directory: it holds the instance lock, which the default
+    let net = ClientRouter::new(&[202, 203]).expect("client and router namespaces");
+    let (client, router) = (&net.client, &net.router);
+    let (r1, r2) = (net.router_end(0), net.router_end(1));
+    // Its own state directory (the setup's): it holds the instance lock, which the default
     // (/var/lib/task-router) would share with any other daemon on the machine.
-    let state = tempfile::tempdir().expect("state dir");
-    let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args([
-        "run",
-        "--interface",
-        &format!("{}:xdp", r1.dev),
-        "--interface",
-        &r2.dev,
-        "--state-dir",
-        state.path().to_str().expect("utf-8 path"),
+    let mut daemon = DaemonSetup::new(router)
+        .interface_as(&r1.dev, "xdp")
+        .interface(&r2.dev)
         // The default leaves the programs attached for the next daemon (see ops_restart).
-        "--detach-on-exit",
-    ]);
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
+        .args(["--detach-on-exit"])
+        .spawn();
     let line = daemon.wait_for_log(
         &format!("attached interface={}", r1.dev),
         Duration::from_secs(20),
@@ -157,20 +130,13 @@ fn daemon_reports_modes_and_detaches_on_sigterm() {
         "auto on veth must pick tc: {line}"
     );
     daemon.wait_for_log("ready", Duration::from_secs(20));
-    assert!(attached_programs(&router, &r1.dev).contains("task_router_xdp"));
-    assert!(attached_programs(&router, &r2.dev).contains("task_router_tc"));
-    echo_through(&client, &router, r2.addr, 64 * 1024);
+    assert!(attached_programs(router, &r1.dev).contains("task_router_xdp"));
+    assert!(attached_programs(router, &r2.dev).contains("task_router_tc"));
+    echo_through(client, router, r2.addr, 64 * 1024);
 
-    let log_before_stop = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop daemon");
-    assert!(
-        status.success(),
-        "daemon exit {status}; log:\n{log_before_stop}"
-    );
-    assert!(!attached_programs(&router, &r1.dev).contains("task_router"));
-    assert!(!attached_programs(&router, &r2.dev).contains("task_router"));
+    daemon.terminate();
+    assert!(!attached_programs(router, &r1.dev).contains("task_router"));
+    assert!(!attached_programs(router, &r2.dev).contains("task_router"));
 }
 
 #[test]
@@ -178,11 +144,7 @@ fn daemon_refuses_unknown_interface_with_a_clear_error() {
     require_root();
     let router = Netns::new("trer").expect("router ns");
     // Its own state directory (the instance lock), so no other daemon on the machine matters.
-    let state = tempfile::tempdir().expect("state dir");
-    let mut cmd = router.command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args(["run", "--interface", "nosuch0"])
-        .env("ROUTER_STATE_DIR", state.path());
-    let out = cmd.output().expect("run daemon");
+    let out = DaemonSetup::new(&router).interface("nosuch0").run_to_end();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -325,3 +325,208 @@ fn removing_the_last_route_with_auth_on_stops_serving_it() {
         });
     });
 }
+
+/// nginx with the auth check, and the authenticator behind it: its counters say which requests
+/// reached the daemon and which nginx answered from its cache of the daemon's answers.
+struct CachingRig {
+    router: NginxHttpRouter,
+    auth: std::sync::Arc<router_userspace::auth::Authenticator>,
+    servers: router_tests::http_backend::Servers,
+    /// Last: stops nginx (on drop) after everything else is gone.
+    _dir: ManagedDir,
+}
+
+impl CachingRig {
+    fn new() -> CachingRig {
+        let servers = router_tests::http_backend::Servers::new().expect("servers");
+        let auth = router_userspace::auth::Authenticator::shared(&auth_config()).expect("auth");
+        let auth_addr = servers
+            .serve(router_userspace::auth::router(auth.clone()))
+            .expect("auth endpoint");
+        let dir = ManagedDir::new().expect("dir");
+        let nginx = Nginx::managed(&dir.config()).expect("nginx");
+        let router = NginxHttpRouter::with_settings(nginx, settings(Some(auth_addr)));
+        CachingRig {
+            router,
+            auth,
+            servers,
+            _dir: dir,
+        }
+    }
+
+    /// The rig serving route `taska` (an echo backend), once a valid cookie reaches it.
+    fn serving_a_route() -> CachingRig {
+        let mut rig = CachingRig::new();
+        let a = rig.servers.backend("A").expect("backend");
+        rig.router
+            .apply(&wanted(&[route("taska", a.addr, HttpMode::Path)]))
+            .expect("apply");
+        let warm = format!("{COOKIE}={}", valid());
+        until("route served", Duration::from_secs(15), || {
+            get(http_addr(), "/service/taska/", &[("Cookie", &warm)])
+                .ok()
+                .filter(served)
+        });
+        rig
+    }
+
+    /// `/auth` requests the daemon has answered.
+    fn daemon_calls(&self) -> u64 {
+        let s = self.auth.stats();
+        s.allowed + s.denied
+    }
+
+    /// GET `path` with `headers`, and whether the daemon was asked.
+    fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (router_tests::http_client::Response, bool) {
+        let before = self.daemon_calls();
+        let r = get(http_addr(), path, headers).expect("request");
+        (r, self.daemon_calls() > before)
+    }
+}
+
+fn token_for(user: &str, exp_in: i64) -> String {
+    let mut c = claims(exp_in);
+    c["identity"]["user"] = json!(user);
+    sign(&c, Algorithm::HS256, KEY)
+}
+
+fn user_seen(r: &router_tests::http_client::Response) -> Option<String> {
+    r.echo().ok()?.headers.get("x-clearml-user").cloned()
+}
+
+/// nginx reuses the daemon's yes only for a request carrying exactly the same credentials: a
+/// forged token of the same user, asked right after the valid one was cached, is refused; a new
+/// token is checked and passes with its own identity; the forwarded cookie is always the
+/// request's own, the ClearML cookie cut, also when the answer comes from the cache.
+#[test]
+fn cached_answers_serve_only_the_same_credentials() {
+    in_netns("thae", || {
+        let rig = CachingRig::serving_a_route();
+        let token = token_for("u-1234", 3600);
+        let cookie = format!("theme=dark; {COOKIE}={token}");
+        let (r, asked) = rig.get("/service/taska/", &[("Cookie", &cookie)]);
+        assert!(served(&r), "{} {}", r.status, r.text());
+        assert!(asked, "a new token was decided without the daemon");
+
+        // The same request again: nginx answers from its cache, and still cuts the token.
+        let (r, asked) = rig.get("/service/taska/x", &[("Cookie", &cookie)]);
+        assert!(served(&r), "{} {}", r.status, r.text());
+        assert!(
+            !asked,
+            "the same cookie again should be answered from nginx's cache"
+        );
+        let e = r.echo().unwrap();
+        assert_eq!(user_seen(&r).as_deref(), Some("u-1234"));
+        assert_eq!(
+            e.headers.get("cookie").map(String::as_str),
+            Some("theme=dark")
+        );
+
+        // Same user, not signed by the server: refused, right after the valid one was cached.
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut admin = claims(3600);
+        admin["identity"]["role"] = json!("admin");
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&admin).unwrap());
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        for (what, forged) in [
+            (
+                "payload swapped",
+                format!("{}.{payload}.{}", parts[0], parts[2]),
+            ),
+            (
+                "wrong key",
+                sign(&claims(3600), Algorithm::HS256, b"not the server's"),
+            ),
+            ("alg=none", format!("{none_header}.{}.", parts[1])),
+            ("signature cut", format!("{}.{}.", parts[0], parts[1])),
+        ] {
+            let forged_cookie = format!("theme=dark; {COOKIE}={forged}");
+            let (r, asked) = rig.get(
+                "/service/taska/x",
+                &[("Cookie", &forged_cookie), ("Accept", "application/json")],
+            );
+            assert_eq!(r.status, 401, "{what}: {}", r.text());
+            assert!(r.echo().is_err(), "{what}: the task was reached");
+            assert!(asked, "{what}: decided without the daemon");
+            let bearer = format!("Bearer {forged}");
+            let (r, _) = rig.get("/service/taska/x", &[("Authorization", &bearer)]);
+            assert_eq!(r.status, 401, "{what} as a bearer token: {}", r.text());
+        }
+        // Refusals are never reused: asked again, the daemon is asked again.
+        let (r, asked) = rig.get("/service/taska/", &[]);
+        assert_eq!(r.status, 401);
+        assert!(asked, "a refusal was answered from the cache");
+
+        // A new token: checked by the daemon, passes with its own identity.
+        let other = format!("theme=dark; {COOKIE}={}", token_for("u-9999", 3600));
+        let (r, asked) = rig.get("/service/taska/x", &[("Cookie", &other)]);
+        assert!(served(&r), "{} {}", r.status, r.text());
+        assert!(asked, "a new token was decided without the daemon");
+        assert_eq!(user_seen(&r).as_deref(), Some("u-9999"));
+
+        // The same token beside other cookies: the task gets this request's cookies.
+        let light = format!("theme=light; {COOKIE}={token}; _xsrf=1");
+        let (r, _) = rig.get("/service/taska/x", &[("Cookie", &light)]);
+        assert_eq!(
+            r.echo().unwrap().headers.get("cookie").map(String::as_str),
+            Some("theme=light; _xsrf=1")
+        );
+
+        // A bearer answer comes from the cache whole: identity, the token cut, the cookie set.
+        let bearer = format!("Bearer {token}");
+        for round in ["first", "cached"] {
+            let (r, asked) = rig.get("/service/taska/api", &[("Authorization", &bearer)]);
+            assert!(served(&r), "{round}: {} {}", r.status, r.text());
+            assert_eq!(asked, round == "first", "{round}: daemon asked = {asked}");
+            assert_eq!(user_seen(&r).as_deref(), Some("u-1234"), "{round}");
+            assert_eq!(
+                r.echo().unwrap().headers.get("authorization"),
+                None,
+                "{round}"
+            );
+            let set = r.header("set-cookie").unwrap_or_default();
+            assert!(
+                set.starts_with(&format!("{COOKIE}={token};")),
+                "{round}: {set}"
+            );
+        }
+    });
+}
+
+/// A token accepted and cached a moment ago is refused once its `exp` has passed: nginx never
+/// reuses a yes into the second the token expires, and the daemon allows no leeway on `exp`.
+#[test]
+fn a_token_that_just_expired_is_refused_though_its_yes_was_cached() {
+    in_netns("thaf", || {
+        let rig = CachingRig::serving_a_route();
+
+        // Valid for 3 more seconds: accepted, then answered from nginx's cache.
+        let mut short = claims(3);
+        short["identity"]["user"] = json!("u-short");
+        let exp = short["exp"].as_i64().unwrap();
+        let cookie = format!("{COOKIE}={}", sign(&short, Algorithm::HS256, KEY));
+        let (r, asked) = rig.get("/service/taska/", &[("Cookie", &cookie)]);
+        assert!(served(&r), "{} {}", r.status, r.text());
+        assert!(asked);
+        let (r, asked) = rig.get("/service/taska/", &[("Cookie", &cookie)]);
+        assert!(served(&r), "{} {}", r.status, r.text());
+        assert!(!asked, "the yes was not cached");
+
+        until(
+            "the token's exp has passed",
+            Duration::from_secs(10),
+            || (now() >= exp).then_some(()),
+        );
+        let (r, asked) = rig.get(
+            "/service/taska/",
+            &[("Cookie", &cookie), ("Accept", "application/json")],
+        );
+        assert_eq!(r.status, 401, "an expired token passed: {}", r.text());
+        assert!(r.echo().is_err());
+        assert!(asked, "nginx decided on an expired token by itself");
+    });
+}

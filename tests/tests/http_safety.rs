@@ -174,9 +174,9 @@ fn injection_attempts_through_task_fields_change_nothing() {
         // The served routes with every owner field hostile: the text nginx gets is the same.
         for r in &benign {
             let mut evil: HttpRoute = r.clone();
-            evil.owner.task_id = "x\"; } server { listen 81; } #".into();
+            evil.owner.id.task_id = "x\"; } server { listen 81; } #".into();
             evil.owner.task_name = "$request_uri ; { } \n\r ' \" \\ ../../etc/passwd".into();
-            evil.owner.endpoint = "api}; include /etc/shadow; #".into();
+            evil.owner.id.endpoint = "api}; include /etc/shadow; #".into();
             hostile.insert(r.key.clone(), evil);
         }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use router_tests::nginx::{Rig, in_netns};
 use router_tests::wait::until;
+use router_userspace::endpoint::EndpointId;
 use router_userspace::nginx::{NginxStreamForwarder, Slot};
 use router_userspace::routes::{RouteOwner, TcpForwarder, TcpRoute};
 
@@ -19,11 +20,11 @@ fn tcp_route(port: u16, upstream: SocketAddrV4) -> TcpRoute {
     TcpRoute {
         port,
         upstream,
-        owner: RouteOwner {
-            task_id: "task\"; } server { listen 1; } #".into(),
-            task_name: "ssh $remote_addr ;\n".into(),
-            endpoint: "}".into(),
-        },
+        owner: RouteOwner::new(
+            EndpointId::new("task\"; } server { listen 1; } #", "}"),
+            "ssh $remote_addr ;\n",
+        ),
+        allow: router_userspace::client_allow::ClientAllow::Any,
     }
 }
 

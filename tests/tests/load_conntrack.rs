@@ -17,13 +17,13 @@
 //! stack answers), and the connections that kept sending were never evicted.
 
 use router_tests::metrics::sample;
+use router_tests::scenario::DaemonSetup;
 use router_tests::topology::Topology;
 use router_tests::traffic::{BANNER_LEN, Client, EchoServer};
-use router_tests::{daemon::Daemon, daemon_binary, require_root, wait};
+use router_tests::{daemon::Daemon, require_root, wait};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -133,45 +133,18 @@ fn short_connection(to: SocketAddr) -> bool {
 }
 
 /// The daemon routing `PORT` to the echo server, with a table of `MAX_CONNECTIONS` and
-/// `settings` (`NAME=value`) on top, ready.
-fn start_daemon(t: &Topology, dir: &Path, settings: &[String]) -> Daemon {
-    let routes = dir.join("routes.toml");
-    std::fs::write(
-        &routes,
-        format!(
-            "[[tcp]]\nport = {PORT}\nupstream = \"{}:{BACKEND_PORT}\"\n",
-            t.backend_end.addr
-        ),
-    )
-    .expect("routes file");
-    let mut cmd = t.router.command(daemon_binary().to_str().expect("utf-8"));
-    cmd.args([
-        "run",
-        "--interface",
-        &format!("{}:tc", t.router_client.dev),
-        "--interface",
-        &format!("{}:tc", t.router_backend.dev),
-        "--routes-file",
-        routes.to_str().expect("utf-8"),
-        "--state-dir",
-        dir.join("state").to_str().expect("utf-8"),
-        "--admin-addr",
-        &format!("127.0.0.1:{ADMIN_PORT}"),
-        "--set",
-        &format!("TCP_PORT_START={PORT}"),
-        "--set",
-        &format!("TCP_PORT_END={PORT}"),
-        "--set",
-        &format!("ROUTER_MAX_CONNECTIONS={MAX_CONNECTIONS}"),
-        "--set",
-        "AUTH_ENABLED=false",
-    ]);
-    for setting in settings {
-        cmd.args(["--set", setting]);
+/// `setting` (`NAME`, value) on top, ready.
+fn start_daemon(t: &Topology, setting: Option<(&str, String)>) -> Daemon {
+    let mut setup = DaemonSetup::tc_on(t)
+        .tcp_route(PORT, format!("{}:{BACKEND_PORT}", t.backend_end.addr))
+        .admin_port(ADMIN_PORT)
+        .tcp_ports(PORT, PORT)
+        .set("ROUTER_MAX_CONNECTIONS", MAX_CONNECTIONS)
+        .no_auth();
+    if let Some((name, value)) = setting {
+        setup = setup.set(name, value);
     }
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-    daemon.wait_for_log("ready", Duration::from_secs(30));
-    daemon
+    setup.start(Duration::from_secs(30))
 }
 
 #[test]
@@ -180,8 +153,7 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
     let t = Topology::new().expect("topology");
     let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
         .expect("echo server");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = start_daemon(&t, dir.path(), &[]);
+    let daemon = start_daemon(&t, None);
     let to = SocketAddrV4::new(t.router_addr(), PORT);
 
     // The long connections, each checked once.
@@ -311,11 +283,7 @@ fn a_storm_past_the_table_evicts_no_live_connection_and_is_counted() {
         c.finish()
             .unwrap_or_else(|e| panic!("close long {i}: {e:#}"));
     }
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+    daemon.terminate();
 }
 
 /// Sends one byte and reads its echo: `true` when echoed, `false` when the connection was
@@ -343,11 +311,12 @@ fn idle_connections_holding_the_table_full_are_evicted_longest_idle_first() {
     let t = Topology::new().expect("topology");
     let _echo = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend")
         .expect("echo server");
-    let dir = tempfile::tempdir().expect("temp dir");
     let daemon = start_daemon(
         &t,
-        dir.path(),
-        &[format!("ROUTER_CONNTRACK_MIN_IDLE={}s", MIN_IDLE.as_secs())],
+        Some((
+            "ROUTER_CONNTRACK_MIN_IDLE",
+            format!("{}s", MIN_IDLE.as_secs()),
+        )),
     );
     let to = SocketAddrV4::new(t.router_addr(), PORT);
     let evicted_series = "task_router_conntrack_evicted_total";
@@ -479,9 +448,5 @@ fn idle_connections_holding_the_table_full_are_evicted_longest_idle_first() {
         c.finish()
             .unwrap_or_else(|e| panic!("close active {i}: {e:#}"));
     }
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+    daemon.terminate();
 }

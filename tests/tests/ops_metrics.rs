@@ -2,10 +2,11 @@
 //! counters, the verdict counters and the conntrack fill, and the mode per interface shows.
 
 use router_tests::metrics::sample;
+use router_tests::require_root;
+use router_tests::scenario::DaemonSetup;
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_tests::wait;
-use router_tests::{daemon::Daemon, daemon_binary, require_root};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
@@ -25,43 +26,17 @@ fn metrics_show_a_route_s_traffic_verdicts_and_modes() {
     let t = Topology::new().expect("topology");
     let server = EchoServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, "backend1")
         .expect("server");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let routes = dir.path().join("routes.toml");
     let upstream = format!("{}:{BACKEND_PORT}", t.backend_end.addr);
-    std::fs::write(
-        &routes,
-        format!("[[tcp]]\nport = {PORT}\nupstream = \"{upstream}\"\n"),
-    )
-    .expect("write routes file");
-    let state = dir.path().join("state");
-    let mut cmd = t
-        .router
-        .command(daemon_binary().to_str().expect("utf-8 path"));
-    cmd.args([
-        "run",
-        "--interface",
-        &format!("{}:tc", t.router_client.dev),
-        "--interface",
-        &format!("{}:tc", t.router_backend.dev),
-        "--routes-file",
-        routes.to_str().expect("utf-8 path"),
-        "--state-dir",
-        state.to_str().expect("utf-8 path"),
-        "--admin-addr",
-        &format!("127.0.0.1:{ADMIN_PORT}"),
-        "--set",
-        &format!("TCP_PORT_START={PORT}"),
-        "--set",
-        &format!("TCP_PORT_END={PORT}"),
-        "--set",
-        "AUTH_ENABLED=false",
-    ]);
-    let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-    daemon.wait_for_log("ready", Duration::from_secs(20));
+    let daemon = DaemonSetup::tc_on(&t)
+        .tcp_route(PORT, &upstream)
+        .admin_port(ADMIN_PORT)
+        .tcp_ports(PORT, PORT)
+        .no_auth()
+        .start(Duration::from_secs(20));
 
     let before = scrape(&t);
     for dev in [&t.router_client.dev, &t.router_backend.dev] {
-        let series = format!("task_router_datapath_mode{{interface=\"{dev}\",mode=\"tc\"}}");
+        let series = format!("task_router_datapath_mode_info{{interface=\"{dev}\",mode=\"tc\"}}");
         assert_eq!(
             sample(&before, &series),
             Some(1.0),
@@ -136,11 +111,7 @@ fn metrics_show_a_route_s_traffic_verdicts_and_modes() {
     client.finish().expect("close");
     assert_eq!(server.accepted(), 1);
 
-    let log = daemon.log();
-    let status = daemon
-        .stop(nix::sys::signal::Signal::SIGTERM)
-        .expect("stop");
-    assert!(status.success(), "daemon exit {status}; log:\n{log}");
+    daemon.terminate();
 }
 
 /// Every metric `deploy/grafana-dashboard.json` queries is in a real scrape: as samples, or,

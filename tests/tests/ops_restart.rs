@@ -12,9 +12,10 @@ use nix::sys::signal::Signal;
 use rand::RngCore;
 use router_tests::daemon::Daemon;
 use router_tests::pins::PinRoot;
+use router_tests::scenario::DaemonSetup;
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
-use router_tests::{daemon_binary, require_root, wait, workspace_root};
+use router_tests::{require_root, wait, workspace_root};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::SocketAddrV4;
@@ -132,46 +133,30 @@ impl Setup {
 
     /// [`Setup::command`] with another state directory and nginx directory (the same pins).
     fn command_in(&self, sub: &str, state_dir: &str, nginx_dir: &str) -> Command {
-        let mut cmd = self
-            .t
-            .router
-            .command(daemon_binary().to_str().expect("utf-8 path"));
-        cmd.args([
-            sub,
-            "--interface",
-            &format!("{}:xdp-generic", self.t.router_client.dev),
-            "--interface",
-            &format!("{}:tc", self.t.router_backend.dev),
-            "--routes-file",
-            &self.path("routes.toml"),
-            "--state-dir",
-            state_dir,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--set",
-            &format!("TCP_PORT_START={PORT}"),
-            "--set",
-            &format!("TCP_PORT_END={PORT}"),
-            "--set",
-            "AUTH_ENABLED=false",
-            "--set",
-            "ROUTER_MAX_CONNECTIONS=4096",
-            "--set",
-            &format!("ROUTER_BPFFS={}", self.pins.path().display()),
-            "--set",
-            &format!("NGINX_CONF_DIR={nginx_dir}"),
-        ]);
-        cmd
+        self.daemon(state_dir, nginx_dir).subcommand(sub).command()
+    }
+
+    fn daemon(&self, state_dir: &str, nginx_dir: &str) -> DaemonSetup<'_> {
+        DaemonSetup::new(&self.t.router)
+            .files_in(self.dir.path())
+            .with_routes_file()
+            .state_in(Path::new(state_dir))
+            .interface_as(&self.t.router_client.dev, "xdp-generic")
+            .interface_as(&self.t.router_backend.dev, "tc")
+            .admin("127.0.0.1:0")
+            .tcp_ports(PORT, PORT)
+            .no_auth()
+            .set("ROUTER_MAX_CONNECTIONS", 4096)
+            .set("ROUTER_BPFFS", self.pins.path().display())
+            .set("NGINX_CONF_DIR", nginx_dir)
     }
 
     fn start(&self, extra_env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = self.command("run");
+        let mut daemon = self.daemon(&self.path("state"), &self.path("nginx"));
         for (k, v) in extra_env {
-            cmd.env(k, v);
+            daemon = daemon.env(k, v);
         }
-        let mut daemon = Daemon::spawn(cmd).expect("start daemon");
-        daemon.wait_for_log("ready", READY);
-        daemon
+        daemon.start(READY)
     }
 
     fn router(&self) -> SocketAddrV4 {
@@ -837,6 +822,19 @@ fn assert_nothing_attached(s: &Setup, programs: &[u64]) {
     }
 }
 
+/// Pins at `path` a `ROUTES` map of an older shape (24-byte values); returns its id.
+fn pin_old_routes_map(path: &Path) -> u64 {
+    let created = Command::new("bpftool")
+        .args(["map", "create", &path.to_string_lossy()])
+        .args([
+            "type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES",
+        ])
+        .status()
+        .expect("bpftool map create");
+    assert!(created.success());
+    map_id(path)
+}
+
 #[test]
 fn an_incompatible_pinned_layout_is_refused_untouched() {
     require_root();
@@ -845,15 +843,7 @@ fn an_incompatible_pinned_layout_is_refused_untouched() {
     let old = s.pins.path().join("layout-1");
     std::fs::create_dir_all(&old).expect("old layout dir");
     let old_map = old.join("ROUTES");
-    let created = Command::new("bpftool")
-        .args(["map", "create", &old_map.to_string_lossy()])
-        .args([
-            "type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES",
-        ])
-        .status()
-        .expect("bpftool map create");
-    assert!(created.success());
-    let id = map_id(&old_map);
+    let id = pin_old_routes_map(&old_map);
     let out = s.command("run").output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -877,15 +867,7 @@ fn an_incompatible_pinned_layout_is_refused_untouched() {
     std::fs::remove_file(&old_map).expect("unpin the old map");
     std::fs::remove_dir(&old).expect("remove the old layout dir");
     let wrong = s.pin("ROUTES");
-    let created = Command::new("bpftool")
-        .args(["map", "create", &wrong.to_string_lossy()])
-        .args([
-            "type", "hash", "key", "4", "value", "24", "entries", "16", "name", "ROUTES",
-        ])
-        .status()
-        .expect("bpftool map create");
-    assert!(created.success());
-    let id = map_id(&wrong);
+    let id = pin_old_routes_map(&wrong);
     let out = s.command("run").output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

@@ -9,11 +9,12 @@
 use axum::routing::get;
 use ipnet::Ipv4Net;
 use router_tests::http_client;
-use router_tests::netns::{Netns, veth};
+use router_tests::netns::Netns;
 use router_tests::require_root;
+use router_tests::topology::ClientRouter;
 use router_userspace::admin;
 use router_userspace::config::{Config, Sources};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 const PATHS: [&str; 4] = ["/status", "/readyz", "/healthz", "/merged"];
 
@@ -48,9 +49,7 @@ async fn serve_in(
 
 /// `GET path` from inside `ns` to `addr`, with a forged `X-Forwarded-For`.
 async fn status_code(ns: &Netns, addr: SocketAddr, path: &'static str) -> u16 {
-    let response = ns
-        .enter(move || http_client::get(addr, path, &[("X-Forwarded-For", "127.0.0.1")]))
-        .expect("enter")
+    let response = http_client::get_in(ns, addr, path, &[("X-Forwarded-For", "127.0.0.1")])
         .unwrap_or_else(|e| panic!("GET {path} from the namespace: {e:#}"));
     response.status
 }
@@ -58,30 +57,24 @@ async fn status_code(ns: &Netns, addr: SocketAddr, path: &'static str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_serves_loopback_and_allowed_callers_only() {
     require_root();
-    let client = Netns::new("trac").expect("client ns");
-    let router = Netns::new("trar").expect("router ns");
-    let (c, r) = veth(
-        &client,
-        Ipv4Addr::new(10, 208, 0, 1),
-        &router,
-        Ipv4Addr::new(10, 208, 0, 2),
-    )
-    .expect("veth");
+    let net = ClientRouter::new(&[208]).expect("client and router namespaces");
+    let (client, router) = (&net.client, &net.router);
+    let (c, r) = &net.links[0];
 
     // Bound wide, no allow-list: the client is refused on every path, loopback is served.
-    let (port, stop, task) = serve_in(&router, Vec::new()).await;
+    let (port, stop, task) = serve_in(router, Vec::new()).await;
     let from_client = SocketAddr::from((r.addr, port));
     for path in PATHS {
-        assert_eq!(status_code(&client, from_client, path).await, 403, "{path}");
+        assert_eq!(status_code(client, from_client, path).await, 403, "{path}");
         // Past the guard (`/readyz` says 503 "not ready" on this empty status: served).
         let local = SocketAddr::from(([127, 0, 0, 1], port));
-        assert_ne!(status_code(&router, local, path).await, 403, "{path}");
+        assert_ne!(status_code(router, local, path).await, 403, "{path}");
     }
     let local = SocketAddr::from(([127, 0, 0, 1], port));
-    assert_eq!(status_code(&router, local, "/status").await, 200);
+    assert_eq!(status_code(router, local, "/status").await, 200);
     // The router's own non-loopback address from inside the router is not loopback either.
     assert_eq!(
-        status_code(&router, SocketAddr::from((r.addr, port)), "/status").await,
+        status_code(router, SocketAddr::from((r.addr, port)), "/status").await,
         403
     );
     let _ = stop.send(());
@@ -89,24 +82,24 @@ async fn the_admin_endpoint_serves_loopback_and_allowed_callers_only() {
 
     // An allow-list with the client's address: served; one without: refused.
     let allow: Ipv4Net = format!("{}/32", c.addr).parse().expect("cidr");
-    let (port, stop, task) = serve_in(&router, vec![allow]).await;
+    let (port, stop, task) = serve_in(router, vec![allow]).await;
     for path in PATHS {
         assert_ne!(
-            status_code(&client, SocketAddr::from((r.addr, port)), path).await,
+            status_code(client, SocketAddr::from((r.addr, port)), path).await,
             403,
             "{path}"
         );
     }
     assert_eq!(
-        status_code(&client, SocketAddr::from((r.addr, port)), "/merged").await,
+        status_code(client, SocketAddr::from((r.addr, port)), "/merged").await,
         200
     );
     let _ = stop.send(());
     let _ = task.await;
     let other: Ipv4Net = "10.209.0.0/16".parse().expect("cidr");
-    let (port, stop, task) = serve_in(&router, vec![other]).await;
+    let (port, stop, task) = serve_in(router, vec![other]).await;
     assert_eq!(
-        status_code(&client, SocketAddr::from((r.addr, port)), "/status").await,
+        status_code(client, SocketAddr::from((r.addr, port)), "/status").await,
         403
     );
     let _ = stop.send(());

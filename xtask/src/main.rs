@@ -1,12 +1,11 @@
 //! `cargo xtask`: every step a developer or CI needs, so a fresh machine needs no hand step.
 
 mod bench;
-mod bench_control;
-mod bench_hostile;
-mod bench_http;
 mod build;
 mod cmd;
 mod demo;
+mod dist;
+mod image;
 mod prereq;
 mod setup;
 mod test;
@@ -36,15 +35,21 @@ enum Command {
     /// Build and run the daemon: `cargo xtask run -- run --interfaces eth0`.
     Run(build::RunOptions),
     /// Control-plane benchmark: a 10,000-task sync cycle, request-to-endpoint time.
-    BenchControl(bench_control::BenchControlOptions),
+    BenchControl(bench::control::BenchControlOptions),
     /// HTTP routes benchmark: generated vs hand-written nginx config, apply-to-routed time.
-    BenchHttp(bench_http::BenchHttpOptions),
+    BenchHttp(bench::http::BenchHttpOptions),
     /// The whole system on one machine: namespaces for a client, the router and two task hosts,
     /// the ClearML test server, the daemon and nginx, two SDK tasks (TCP and HTTP) and real
     /// traffic through their endpoints; removed when done or on Ctrl-C (`--keep` to explore).
     Demo(demo::DemoOptions),
     /// Benchmarks (root): `bench datapath`, or `bench` for every section.
     Bench(bench::BenchOptions),
+    /// The router's OCI image from deploy/Dockerfile (podman; `--local-bases` where the public
+    /// base images cannot be pulled, `--prebuilt BINARY` to skip the in-image build).
+    Image(image::ImageOptions),
+    /// Release artifacts in target/dist/: the Debian package (binary, systemd unit, example
+    /// configuration, man pages, shell completions) and the OCI image.
+    Dist(dist::DistOptions),
 }
 
 fn main() -> Result<()> {
@@ -54,9 +59,11 @@ fn main() -> Result<()> {
         Command::Build(opts) => build::all(&opts).map(|_| ()),
         Command::Test(opts) => test::run(&opts),
         Command::Run(opts) => build::run(&opts),
-        Command::BenchControl(opts) => bench_control::run(&opts),
-        Command::BenchHttp(opts) => bench_http::run(&opts),
+        Command::BenchControl(opts) => bench::control::run(&opts),
+        Command::BenchHttp(opts) => bench::http::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Image(opts) => image::run(&opts),
+        Command::Dist(opts) => dist::run(&opts),
     }
 }

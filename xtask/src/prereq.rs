@@ -144,7 +144,78 @@ pub fn ensure_all() -> Result<()> {
     }
     ensure_packages()?;
     ensure_node_packages()?;
+    ensure_container_tools()?;
+    ensure_deploy_venv()?;
+    ensure_cargo_deb()?;
     ensure_bpffs()
+}
+
+/// What the container tests and `cargo xtask image` drive: podman with runc (crun refuses this
+/// kind of machine's hybrid cgroups), debootstrap for the local base images, and podman's
+/// helpers for rootless networking and overlay storage.
+const CONTAINER_PACKAGES: &[(&str, &str)] = &[
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+    ("debootstrap", "/usr/sbin/debootstrap"),
+    ("uidmap", "/usr/bin/newuidmap"),
+    ("slirp4netns", "/usr/bin/slirp4netns"),
+    ("fuse-overlayfs", "/usr/bin/fuse-overlayfs"),
+    // The init process compose's `init: true` asks for.
+    ("catatonit", "/usr/libexec/podman/catatonit"),
+];
+
+pub fn ensure_container_tools() -> Result<()> {
+    install_missing(CONTAINER_PACKAGES)
+}
+
+/// The deploy tests' Python tools (podman-compose, kubernetes-validate, checkov) in a
+/// project-local virtualenv, `target/deploy-venv/`, from `tests/deploy/requirements.txt`. A copy
+/// of the requirements inside the venv records what is installed, so a second run does nothing.
+pub fn ensure_deploy_venv() -> Result<()> {
+    let root = crate::cmd::workspace_root();
+    let requirements = root.join("tests/deploy/requirements.txt");
+    let wanted = std::fs::read(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let dir = root.join("target/deploy-venv");
+    let stamp = dir.join("task-router-requirements.txt");
+    if std::fs::read(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing the deploy tests' Python tools in {}",
+        dir.display()
+    );
+    if !dir.join("bin/pip").exists() {
+        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+            .context("python3 -m venv failed (Debian package python3-venv)")?;
+    }
+    cmd::run(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+    )
+    .context("pip install -r tests/deploy/requirements.txt failed")?;
+    std::fs::write(&stamp, &wanted).with_context(|| format!("cannot write {}", stamp.display()))
+}
+
+/// cargo-deb, which `cargo xtask dist` packs the Debian package with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+pub fn ensure_cargo_deb() -> Result<()> {
+    if output(Command::new("cargo-deb").arg("--version"))
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (about two minutes, once)");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+    .context("cargo install cargo-deb failed")
 }
 
 /// The clearml SDK releases the tests drive (`tests/python/sdk-versions.txt`).

@@ -1,13 +1,20 @@
 //! Offline validation of the ClearML token: an HMAC-signed JWT (`auth.login`'s token, also the
 //! webapp's cookie). The algorithm comes from the configuration, never from the token.
+//!
+//! `exp` is enforced to the second, with no leeway (like the ClearML server's own check): a
+//! token is valid while now < `exp`, so nothing downstream (this daemon's cache, nginx's cache
+//! of the answers, see `web`) ever has to trust one past it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::{AuthError, Identity};
 
-/// Clock skew tolerated on `exp` and `nbf` between the ClearML server and this host.
-pub const LEEWAY_SECS: u64 = 10;
+/// Clock skew tolerated on `nbf` between the ClearML server and this host (a token used the
+/// moment it was issued by a server whose clock runs ahead). `exp` gets none.
+pub const NBF_LEEWAY_SECS: u64 = 10;
 /// Larger "tokens" are refused before any parsing (ClearML's are well under 1 KiB).
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -65,8 +72,9 @@ impl Verifier {
         }
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
+        validation.leeway = NBF_LEEWAY_SECS;
+        // Checked in `verify`, without the leeway.
+        validation.validate_exp = false;
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
@@ -78,11 +86,20 @@ impl Verifier {
 
     /// The identity in a valid token and its `exp` (seconds since the epoch).
     pub fn verify(&self, token: &str) -> Result<(Identity, u64), AuthError> {
+        self.verify_at(token, SystemTime::now())
+    }
+
+    /// [`Verifier::verify`] as of `now`.
+    fn verify_at(&self, token: &str, now: SystemTime) -> Result<(Identity, u64), AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::TooLong);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(AuthError::Token)?;
+        let exp = data.claims.exp;
+        if !before(now, exp) {
+            return Err(AuthError::Expired(exp));
+        }
         let id = data.claims.identity.ok_or(AuthError::NoCompany)?;
         let company = id
             .company
@@ -96,9 +113,14 @@ impl Verifier {
                 company_name: id.company_name,
                 role: id.role,
             },
-            data.claims.exp,
+            exp,
         ))
     }
+}
+
+/// Whether `now` is before the whole second `unix_secs` (seconds since the epoch) begins.
+fn before(now: SystemTime, unix_secs: u64) -> bool {
+    now < UNIX_EPOCH + Duration::from_secs(unix_secs)
 }
 
 #[cfg(test)]
@@ -194,19 +216,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn small_clock_skew_is_tolerated() {
+    fn small_clock_skew_is_tolerated_on_nbf_only() {
         let v = verifier();
-        assert!(
-            v.verify(&sign(
-                &claims(-(LEEWAY_SECS as i64) / 2),
-                Algorithm::HS256,
-                KEY
-            ))
-            .is_ok()
-        );
         let mut skewed = claims(3600);
-        skewed["nbf"] = json!(now() + LEEWAY_SECS / 2);
+        skewed["nbf"] = json!(now() + NBF_LEEWAY_SECS / 2);
         assert!(v.verify(&sign(&skewed, Algorithm::HS256, KEY)).is_ok());
+        let just_expired = sign(&claims(-1), Algorithm::HS256, KEY);
+        assert!(matches!(
+            v.verify(&just_expired),
+            Err(AuthError::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_is_valid_until_the_second_of_its_exp_begins() {
+        let v = verifier();
+        let exp = 2_000_000_000u64;
+        let mut c = claims(0);
+        c["exp"] = json!(exp);
+        let token = sign(&c, Algorithm::HS256, KEY);
+        let at = |secs: f64| UNIX_EPOCH + Duration::from_secs_f64(secs);
+        assert!(v.verify_at(&token, at(exp as f64 - 0.001)).is_ok());
+        assert!(matches!(
+            v.verify_at(&token, at(exp as f64)),
+            Err(AuthError::Expired(e)) if e == exp
+        ));
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! requests (assets, WebSockets, which cannot carry headers) pass too.
 
 mod cache;
+mod error;
 #[cfg(test)]
 mod fuzz;
+mod identity;
 mod jwt;
 mod web;
 
@@ -23,44 +25,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::AuthConfig;
 
-pub use cache::TokenCache;
-pub use jwt::{LEEWAY_SECS, Verifier, algorithm, decode_jwks_key};
+pub use cache::{TTL as CACHE_TTL, TokenCache};
+pub use error::AuthError;
+pub use identity::Identity;
+pub use jwt::{NBF_LEEWAY_SECS, Verifier, algorithm, decode_jwks_key};
 pub use web::router;
 
 /// The admin-server path nginx's `auth_request` subrequests go to.
 pub const AUTH_PATH: &str = "/auth";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error(
-        "AUTH_BASE64_JWKS_KEY is empty: authentication needs the ClearML server's token secret"
-    )]
-    NoKey,
-    #[error("AUTH_JWT_ALGORITHM {0:?} is not supported: use HS256, HS384 or HS512")]
-    Algorithm(String),
-    #[error("AUTH_BASE64_JWKS_KEY is not base64url")]
-    KeyEncoding(#[source] base64::DecodeError),
-    #[error("AUTH_COOKIE_NAME {0:?} is not a valid cookie name")]
-    CookieName(String),
-    #[error("AUTH_LOGIN_URL {0:?} is not an http(s) URL")]
-    LoginUrl(String),
-    #[error("the ClearML token is not valid")]
-    Token(#[source] jsonwebtoken::errors::Error),
-    #[error("the ClearML token has no identity.company")]
-    NoCompany,
-    #[error("the ClearML token is too long")]
-    TooLong,
-}
-
-/// Who a valid token says the caller is.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Identity {
-    pub user: String,
-    pub company: String,
-    pub user_name: Option<String>,
-    pub company_name: Option<String>,
-    pub role: Option<String>,
-}
 
 /// What the request to authorise carried (from nginx's subrequest headers).
 #[derive(Clone, Debug, Default)]
@@ -101,6 +73,9 @@ pub struct Decision {
     pub set_cookie: Option<String>,
     /// Where to send a refused browser.
     pub login: Option<String>,
+    /// The `exp` (seconds since the epoch) of the token that let the request through: the
+    /// answer must not be reused past it.
+    pub expires: Option<u64>,
 }
 
 impl Decision {
@@ -208,6 +183,7 @@ impl Authenticator {
                 forward_authorization: req.authorization.map(str::to_string),
                 set_cookie: None,
                 login: None,
+                expires: None,
             };
         }
         let bearer = req.authorization.and_then(bearer_token);
@@ -230,14 +206,17 @@ impl Authenticator {
             forward_authorization,
             set_cookie: None,
             login: None,
+            expires: None,
         };
-        if let Some((id, _)) = from_cookie {
+        if let Some((id, exp)) = from_cookie {
             decision.identity = Some(id);
             decision.via = Some(Via::Cookie);
+            decision.expires = Some(exp);
         } else if let (Some(token), Some(Ok((id, exp)))) = (bearer, &bearer_result) {
             decision.set_cookie = self.session_cookie(token, *exp);
             decision.identity = Some(id.clone());
             decision.via = Some(Via::Bearer);
+            decision.expires = Some(*exp);
         } else {
             let reason = match (&refusal, &bearer_result) {
                 (_, Some(Err(e))) | (Some(e), _) => crate::error::error_chain(e),

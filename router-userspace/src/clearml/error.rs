@@ -6,6 +6,12 @@ use std::time::Duration;
 pub enum ApiError {
     #[error("building the HTTP client for the ClearML API failed")]
     ClientSetup(#[source] reqwest::Error),
+    #[error("{var}={}: the CA bundle {reason}", path.display())]
+    CaBundle {
+        var: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("{call}: cannot reach the ClearML API server")]
     Transport {
         call: String,
@@ -47,6 +53,7 @@ impl ApiError {
             }
             ApiError::Server { status, .. } => *status >= 500 || *status == 429 || *status == 409,
             ApiError::ClientSetup(_)
+            | ApiError::CaBundle { .. }
             | ApiError::Unauthorized { .. }
             | ApiError::UnknownQueue { .. } => false,
         }
@@ -56,7 +63,7 @@ impl ApiError {
     /// same state.
     pub fn class(&self) -> String {
         match self {
-            ApiError::ClientSetup(_) => "client setup".into(),
+            ApiError::ClientSetup(_) | ApiError::CaBundle { .. } => "client setup".into(),
             ApiError::Transport { .. } => "unreachable".into(),
             ApiError::Timeout { .. } => "timeout".into(),
             ApiError::Unauthorized { .. } => "unauthorized".into(),

@@ -1,7 +1,8 @@
 //! A small in-process stand-in for the ClearML API, for unit tests of the client and the sync
 //! engine (the full test server lives in `tests/src/clearml_server`). It speaks the envelope,
-//! Basic login → Bearer tokens, paging with the 500 cap, `search_hidden`, and `tasks.edit`
-//! replacing the runtime dict whole; faults are injected per call.
+//! Basic login → Bearer tokens, paging with the 500 cap, `search_hidden`, `tasks.edit`
+//! replacing the runtime dict whole, `tasks.edit_runtime` setting keys (when switched on:
+//! otherwise 404/0 as on a server before 2.3.0); faults are injected per call.
 
 use crate::config::ClearmlConfig;
 use axum::Router;
@@ -21,6 +22,8 @@ pub fn client_config(url: &str) -> ClearmlConfig {
         access_key: "ak".into(),
         secret_key: "sk".into(),
         ssl_verify: true,
+        ssl_verify_bundle: None,
+        ca_bundle: None,
         listen_queues: Vec::new(),
         poll_interval: Duration::from_millis(100),
         request_timeout: Duration::from_secs(2),
@@ -53,8 +56,11 @@ pub struct MockState {
     pub calls: Vec<String>,
     /// Faults for the next calls (any endpoint but login), in order.
     pub faults: VecDeque<Fault>,
-    /// Called after each `tasks.edit`, e.g. to simulate the task overwriting the runtime.
+    /// Called after each `tasks.edit` (and `tasks.edit_runtime`), e.g. to simulate the task
+    /// overwriting the runtime.
     pub after_edit: Option<EditHook>,
+    /// Serve `tasks.edit_runtime` (server 2.3.0 and later).
+    pub edit_runtime: bool,
 }
 
 pub type Shared = Arc<Mutex<MockState>>;
@@ -208,6 +214,14 @@ async fn handle(
                             && body["execution.queue"]
                                 .as_array()
                                 .is_none_or(|q| q.contains(&t["execution"]["queue"]))
+                            && body["hyperparams.properties.k8s-queue.value"]
+                                .as_array()
+                                .is_none_or(|q| {
+                                    let name = t.get("hyperparams").map_or(&Value::Null, |h| {
+                                        &h["properties"]["k8s-queue"]["value"]
+                                    });
+                                    q.contains(name)
+                                })
                     }
                 })
                 .collect();
@@ -225,14 +239,28 @@ async fn handle(
                 None => envelope(400, 101, "Invalid task id", json!({})),
             }
         }
-        "tasks.edit" => {
+        "tasks.edit" | "tasks.edit_runtime" if call == "tasks.edit" || s.edit_runtime => {
             let id = body["task"].as_str().unwrap_or("").to_string();
-            let runtime = body["runtime"].as_object().cloned().unwrap_or_default();
             let mut hook = s.after_edit.take();
             let Some(t) = s.tasks.iter_mut().find(|t| t["id"] == id) else {
                 return envelope(400, 101, "Invalid task id", json!({}));
             };
-            t.insert("runtime".into(), Value::Object(runtime));
+            if call == "tasks.edit" {
+                let runtime = body["runtime"].as_object().cloned().unwrap_or_default();
+                t.insert("runtime".into(), Value::Object(runtime));
+            } else if let Some(Value::Object(rt)) = t.get_mut("runtime") {
+                // Only keys the real server stores as they are reach this mock.
+                for (k, v) in body["add_or_update"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    rt.insert(k, v);
+                }
+                for k in body["remove"].as_array().cloned().unwrap_or_default() {
+                    rt.remove(k.as_str().unwrap_or_default());
+                }
+            }
             if let Some(h) = &mut hook
                 && let Some(Value::Object(rt)) = t.get_mut("runtime")
             {
@@ -255,6 +283,7 @@ async fn handle(
                 .collect();
             envelope(200, 0, "OK", json!({ "queues": queues }))
         }
-        _ => envelope(400, 1, "unknown call", json!({})),
+        // As the real server answers a call it does not have (`service_repo.py:180-194`).
+        _ => envelope(404, 0, "Unable to find endpoint", json!({})),
     }
 }

@@ -6,24 +6,11 @@
 
 use super::object::maps::TX_PORTS;
 use super::object::{DatapathError, TC_PROGRAM, XDP_PROGRAM, tc_program, xdp_program};
+use super::options::AttachMode;
 use aya::Ebpf;
 use aya::maps::DevMapHash;
 use aya::programs::{TcAttachType, XdpMode};
 use std::fmt;
-
-/// The mode asked for an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttachMode {
-    /// Native XDP on physical NICs that support it, TC elsewhere.
-    Auto,
-    /// Native (driver) XDP; fails where the driver has none.
-    Xdp,
-    /// Generic (skb) XDP: slow, only when asked.
-    XdpGeneric,
-    /// TC ingress (TCX link).
-    Tc,
-}
 
 /// The mode an interface actually got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -95,7 +82,7 @@ fn interface_index(interface: &str) -> Option<u32> {
 }
 
 /// `(driver, bus_info)` from `ETHTOOL_GDRVINFO`.
-fn driver_info(interface: &str) -> Option<(String, String)> {
+pub(super) fn driver_info(interface: &str) -> Option<(String, String)> {
     const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     #[repr(C)]
@@ -153,17 +140,16 @@ fn driver_info(interface: &str) -> Option<(String, String)> {
 
 /// Attaches to `interface` in `mode`; returns the mode it got. In the XDP modes the TC
 /// program is attached too: XDP passes it what XDP cannot deliver (no neighbour entry yet, an
-/// egress that takes no XDP redirects, an oversized frame) untouched. Interfaces in native XDP
-/// mode become XDP redirect targets (`TX_PORTS`); a veth there needs an XDP program or GRO on
-/// its peer, or redirected frames are lost.
+/// egress that takes no XDP redirects, an oversized frame) untouched. Which native XDP
+/// interfaces XDP may redirect to (`TX_PORTS`) is [`super::xdp_targets`]' to say.
 pub fn attach(
     ebpf: &mut Ebpf,
     interface: &str,
     mode: AttachMode,
 ) -> Result<Attached, DatapathError> {
-    let Some(ifindex) = interface_index(interface) else {
+    if interface_index(interface).is_none() {
         return Err(DatapathError::NoSuchInterface(interface.to_string()));
-    };
+    }
     let mode = match mode {
         AttachMode::Xdp => attach_xdp(ebpf, interface, XdpMode::Driver)?,
         AttachMode::XdpGeneric => attach_xdp(ebpf, interface, XdpMode::Skb)?,
@@ -185,9 +171,6 @@ pub fn attach(
     };
     if mode != ResolvedMode::Tc {
         attach_tc(ebpf, interface)?;
-    }
-    if mode == ResolvedMode::Xdp {
-        add_xdp_target(ebpf, ifindex)?;
     }
     Ok(Attached {
         interface: interface.to_string(),
@@ -442,9 +425,9 @@ pub fn attach_pinned(
     interface: &str,
     mode: AttachMode,
 ) -> Result<(Attached, Vec<LinkChange>), DatapathError> {
-    let Some(ifindex) = interface_index(interface) else {
+    if interface_index(interface).is_none() {
         return Err(DatapathError::NoSuchInterface(interface.to_string()));
-    };
+    }
     let has = |k: LinkKind| pinned.contains(&k);
     let xdp_kind = match mode {
         AttachMode::Tc => None,
@@ -492,9 +475,6 @@ pub fn attach_pinned(
             LinkKind::Xdp => ResolvedMode::Xdp,
             LinkKind::XdpGeneric => ResolvedMode::XdpGeneric,
         };
-    }
-    if resolved == ResolvedMode::Xdp {
-        add_xdp_target(ebpf, ifindex)?;
     }
     Ok((
         Attached {

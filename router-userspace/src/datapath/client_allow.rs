@@ -10,6 +10,7 @@
 use super::DatapathError;
 use super::object::maps::CLIENT_ALLOW;
 use crate::client_allow::ClientAllow;
+use crate::routes::{RouteRef, TcpRoute};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData};
 use ipnet::Ipv4Net;
@@ -72,6 +73,32 @@ impl ClientAllowMap {
     /// The restricted ports and their CIDRs, as in the map.
     pub fn programmed(&self) -> &BTreeMap<u16, BTreeSet<Ipv4Net>> {
         &self.programmed
+    }
+
+    /// Programs the allow-list of each wanted route; returns the routes whose list is in force
+    /// (a route whose list could not be written is left out, so it is never served wider than
+    /// asked) and the failures.
+    pub fn apply(
+        &mut self,
+        wanted: &BTreeMap<u16, TcpRoute>,
+    ) -> (BTreeMap<u16, TcpRoute>, Vec<(RouteRef, String)>) {
+        let mut failed = Vec::new();
+        let mut kept = BTreeMap::new();
+        for (&port, route) in wanted {
+            match self.set(port, &route.allow) {
+                Ok(()) => {
+                    kept.insert(port, route.clone());
+                }
+                Err(e) => failed.push((
+                    RouteRef::Tcp(port),
+                    format!(
+                        "programming its client allow-list: {}",
+                        crate::error::error_chain(&e)
+                    ),
+                )),
+            }
+        }
+        (kept, failed)
     }
 
     /// Makes `port` admit exactly `allow`.

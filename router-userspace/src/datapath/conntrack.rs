@@ -6,6 +6,7 @@
 use super::DatapathError;
 use super::clock::KernelClock;
 use super::object::maps::{CT_COUNT, CT4};
+use super::options::Pressure;
 use super::sys;
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use router_common::config::{CT_CREATED, CT_REMOVED};
@@ -42,36 +43,6 @@ impl Default for Timeouts {
             opening: Duration::from_secs(60),
             closing: Duration::from_secs(10),
             time_wait: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Early expiry when the table is nearly full (as Linux conntrack's early drop): a full table
-/// refuses new connections, so idle ones must not hold it for the whole established timeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pressure {
-    /// Live connections, in percent of the capacity, at which a sweep starts evicting.
-    pub high_percent: u8,
-    /// Live connections, in percent of the capacity, down to which a sweep evicts.
-    pub low_percent: u8,
-    /// An established connection that saw a packet within this is never evicted, however full
-    /// the table.
-    pub min_idle: Duration,
-}
-
-/// 30 s: longer than any pause inside one exchange of a working connection (a lost segment is
-/// retransmitted after 0.2 s, 0.4 s, ... and five back-offs in a row add up to about this; a
-/// request and its response follow each other within seconds), so an evicted connection was
-/// between exchanges, not in the middle of one; and short enough that holding the table now
-/// costs a packet per slot and per 30 s instead of one handshake per 6 h.
-pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(30);
-
-impl Default for Pressure {
-    fn default() -> Self {
-        Pressure {
-            high_percent: 90,
-            low_percent: 80,
-            min_idle: DEFAULT_MIN_IDLE,
         }
     }
 }
@@ -437,6 +408,35 @@ impl Conntrack {
             capacity: self.capacity as u64,
             ..SweepReport::default()
         };
+        self.sweep_orphans(orphans, now, clock, &mut report);
+        let mut routes = self.retired.clone();
+        let remove = self.keep_or_remove(&pairs, now, clock, &mut routes, &mut report);
+        let tombstoned = self.remove_pairs(remove, &mut routes, &mut report);
+        report.tombstones = self.sweep_tombstones(tombstones, now, clock, report.live) + tombstoned;
+        // Connections the kernel removed itself (a SYN reopening a closed one) or the LRU
+        // evicted never pass through here: every connection counted before the scan and not
+        // found in it is gone, so the removed count is at least that.
+        self.removed = self.removed.max(created_before.saturating_sub(report.live));
+        self.count
+            .set(CT_REMOVED, self.removed, 0)
+            .map_err(|source| DatapathError::MapWrite {
+                map: CT_COUNT,
+                source: Box::new(source),
+            })?;
+        report.routes = routes;
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// Half-pairs: a young one may be a connection being opened (counted, its ports kept); an
+    /// old one is removed and its counters retired.
+    fn sweep_orphans(
+        &mut self,
+        orphans: Vec<(&CtKey4, &CtValue4)>,
+        now: u64,
+        clock: &KernelClock,
+        report: &mut SweepReport,
+    ) {
         for (key, value) in orphans {
             if clock.since(now, value.last_seen) < ORPHAN_GRACE {
                 // Possibly being opened: still counts against the table and keeps its ports.
@@ -464,9 +464,21 @@ impl Conntrack {
             }
             report.orphans += 1;
         }
+    }
+
+    /// Counts the pairs that stay (in `routes` and `report`) and returns those to remove: idle
+    /// past their state's timeout, or evicted early (`true`) because the table is nearly full.
+    fn keep_or_remove<'p, 'a>(
+        &self,
+        pairs: &'p [Pair<'a>],
+        now: u64,
+        clock: &KernelClock,
+        routes: &mut BTreeMap<u32, RouteCounters>,
+        report: &mut SweepReport,
+    ) -> Vec<(&'p Pair<'a>, ConnState, bool)> {
         let mut expired = Vec::new();
         let mut kept = Vec::new();
-        for p in &pairs {
+        for p in pairs {
             let st = state(p.fwd.tcp_flags, p.rev.tcp_flags);
             let idle = clock
                 .since(now, p.fwd.last_seen)
@@ -495,7 +507,6 @@ impl Conntrack {
         .collect();
         let mut remove: Vec<(&Pair, ConnState, bool)> =
             expired.into_iter().map(|(p, st)| (p, st, false)).collect();
-        let mut routes = self.retired.clone();
         for (i, (p, st, _)) in kept.into_iter().enumerate() {
             if evict.contains(&i) {
                 remove.push((p, st, true));
@@ -512,6 +523,17 @@ impl Conntrack {
             report.router_ports.insert(u16::from_be(p.fwd_key.dport));
             report.backend_ports.insert(u16::from_be(p.rev_key.sport));
         }
+        remove
+    }
+
+    /// Removes pairs, their counters retired; a closed connection's reply entry stays as a
+    /// tombstone. Returns the tombstones made.
+    fn remove_pairs(
+        &mut self,
+        remove: Vec<(&Pair, ConnState, bool)>,
+        routes: &mut BTreeMap<u32, RouteCounters>,
+        report: &mut SweepReport,
+    ) -> u64 {
         let mut tombstoned = 0u64;
         for (p, st, evicted) in remove {
             // A failed removal means the kernel or the LRU removed it first.
@@ -542,8 +564,18 @@ impl Conntrack {
                 report.expired += 1;
             }
         }
-        // Tombstones go after TIME_WAIT, and early (oldest first) when they would crowd the
-        // room the table keeps for live connections.
+        tombstoned
+    }
+
+    /// Tombstones go after TIME_WAIT, and early (oldest first) when they would crowd the room
+    /// the table keeps for `live` connections. Returns the tombstones kept.
+    fn sweep_tombstones(
+        &mut self,
+        tombstones: Vec<(&CtKey4, &CtValue4)>,
+        now: u64,
+        clock: &KernelClock,
+        live: u64,
+    ) -> u64 {
         let mut kept: Vec<(&CtKey4, Duration)> = Vec::new();
         for (key, value) in tombstones {
             let idle = clock.since(now, value.last_seen);
@@ -553,7 +585,7 @@ impl Conntrack {
                 kept.push((key, idle));
             }
         }
-        let room = 2 * (self.capacity as u64).saturating_sub(report.live);
+        let room = 2 * (self.capacity as u64).saturating_sub(live);
         if kept.len() as u64 > room {
             kept.sort_by_key(|(_, idle)| std::cmp::Reverse(*idle));
             let excess = kept.len() - room as usize;
@@ -561,20 +593,7 @@ impl Conntrack {
                 let _ = self.table.remove(key);
             }
         }
-        report.tombstones = kept.len() as u64 + tombstoned;
-        // Connections the kernel removed itself (a SYN reopening a closed one) or the LRU
-        // evicted never pass through here: every connection counted before the scan and not
-        // found in it is gone, so the removed count is at least that.
-        self.removed = self.removed.max(created_before.saturating_sub(report.live));
-        self.count
-            .set(CT_REMOVED, self.removed, 0)
-            .map_err(|source| DatapathError::MapWrite {
-                map: CT_COUNT,
-                source: Box::new(source),
-            })?;
-        report.routes = routes;
-        report.took = started.elapsed();
-        Ok(report)
+        kept.len() as u64
     }
 }
 

@@ -1,8 +1,10 @@
 //! The kernel side as the daemon sees it: [`Datapath`] loads the embedded object (in one place,
 //! [`object`]), attaches it, and owns its maps through one module each: routes
-//! ([`route_map`]), the port filter ([`port_flags`]), connections and their sweeper
-//! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), interfaces whose peer
-//! is in another namespace ([`peer_devs`]), settings ([`settings`]), counters ([`stats`]).
+//! ([`route_map`]) and who may open connections to them ([`client_allow`]), the port filter
+//! ([`port_flags`]), connections and their sweeper ([`conntrack`], [`sweeper`]), the router's
+//! addresses ([`addresses`]), interfaces whose peer is in another namespace ([`peer_devs`]),
+//! XDP redirect targets ([`xdp_targets`]), settings ([`settings`]), counters ([`stats`]). [`capability`] says what an interface can do in a
+//! mode before anything is attached.
 //!
 //! The daemon's part: `Datapath::open_pinned(&cfg.datapath)` (maps and links pinned under
 //! `ROUTER_BPFFS` and adopted from an earlier daemon, see [`pins`]), report `attached()` and
@@ -21,13 +23,17 @@
 
 pub mod addresses;
 pub mod attach;
+pub mod capability;
 pub mod client_allow;
 pub mod clock;
 pub mod conntrack;
 pub mod half_open;
+pub mod half_open_sizes;
 pub mod kernel_log;
 mod key_set;
+mod netlink;
 pub mod object;
+pub mod options;
 pub mod peer_devs;
 pub mod pins;
 pub mod port_flags;
@@ -37,17 +43,18 @@ pub mod stats;
 pub mod sweeper;
 mod sys;
 pub mod test_run;
+pub mod xdp_features;
+mod xdp_targets;
 
-pub use attach::{AttachMode, Attached, LinkChange, ResolvedMode};
-pub use conntrack::{
-    ConnState, Connection, Counters, DEFAULT_MIN_IDLE, Pressure, RouteCounters, SweepReport,
-    Timeouts,
-};
+pub use attach::{Attached, LinkChange, ResolvedMode};
+pub use conntrack::{ConnState, Connection, Counters, RouteCounters, SweepReport, Timeouts};
 pub use object::{DatapathError, load};
+pub use options::{
+    AttachMode, DEFAULT_MIN_IDLE, DEFAULT_NAT_SOURCE_PORTS, DatapathConfig, DatapathKind, Pressure,
+};
 pub use route_map::Programmed;
 pub use test_run::{Program, RunOutput};
 
-use crate::config::{DatapathConfig, DatapathKind};
 use crate::error::error_chain;
 use crate::routes::{ApplyReport, TcpForwarder, TcpRoute};
 use aya::Ebpf;
@@ -59,9 +66,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-/// NAT source ports probed when a client's own port is taken toward a backend. Above Linux's
-/// default ephemeral range (32768-60999), so they rarely meet the router host's own connections.
-pub const DEFAULT_NAT_SOURCE_PORTS: (u16, u16) = (61000, 65535);
 /// A removed route's ports stay in the kernel filter until a sweep that started this long after
 /// the removal found no connection on them.
 const PORT_LINGER: Duration = Duration::from_secs(1);
@@ -72,11 +76,13 @@ pub struct Datapath {
     attached: Vec<Attached>,
     settings: settings::SettingsMap,
     routes: route_map::RouteMap,
+    client_allow: client_allow::ClientAllowMap,
     ports: port_flags::PortFlags,
     conntrack: conntrack::Conntrack,
     half_open: half_open::HalfOpen,
     addresses: addresses::LocalAddresses,
     peer_devs: peer_devs::PeerDevs,
+    xdp_targets: xdp_targets::XdpTargets,
     clock: clock::KernelClock,
     /// Ports of removed routes, kept in the filter until a sweep shows no connection uses them.
     lingering_router_ports: BTreeMap<u16, Instant>,
@@ -221,7 +227,7 @@ impl Datapath {
         let adopting = |name: &str| adopted_maps.contains(&name);
         let mut ebpf = object::load_with(&object::LoadOptions {
             max_connections: cfg.max_connections,
-            pins: pins.as_ref(),
+            pin_dir: pins.as_ref().map(|p| p.dir()),
             object: object_bytes,
         })?;
         object::verify_all(&mut ebpf)?;
@@ -230,6 +236,8 @@ impl Datapath {
             cfg.max_connections,
             cfg.nat_source_ports,
         )?;
+        // Taken with what it holds (a pinned map's lists stay enforced until the first apply).
+        let client_allow = client_allow::ClientAllowMap::new(take(&mut ebpf, maps::CLIENT_ALLOW)?)?;
         let routes = if adopting(maps::ROUTES) {
             route_map::RouteMap::adopt(take(&mut ebpf, maps::ROUTES)?)?
         } else {
@@ -263,6 +271,7 @@ impl Datapath {
         // the peer hand-off.
         let peer_devs = peer_devs::PeerDevs::new(take(&mut ebpf, maps::PEER_DEVS)?)?;
         let clock = clock::KernelClock::new(&mut ebpf)?;
+        let xdp_targets = xdp_targets::XdpTargets::open(&mut ebpf)?;
         let netns = std::fs::File::open("/proc/thread-self/ns/net")
             .map(OwnedFd::from)
             .ok();
@@ -271,11 +280,13 @@ impl Datapath {
             attached: Vec::new(),
             settings,
             routes,
+            client_allow,
             ports,
             conntrack,
             half_open,
             addresses,
             peer_devs,
+            xdp_targets,
             clock,
             lingering_router_ports: BTreeMap::new(),
             lingering_backend_ports: BTreeMap::new(),
@@ -295,13 +306,36 @@ impl Datapath {
             let sweep = dp.sweep()?;
             dp.adoption.connections = sweep.live;
         }
-        let mut pinned_links = match &dp.pins {
+        dp.attach_interfaces(cfg, default_mode)?;
+        let native = dp
+            .attached
+            .iter()
+            .filter(|a| a.mode == ResolvedMode::Xdp)
+            .map(|a| a.interface.clone())
+            .collect();
+        dp.xdp_targets.manage(native);
+        if dp.xdp_targets.refresh(&mut dp.ebpf)? {
+            // Adopted connections may have cached a target that is gone.
+            dp.settings.bump_epoch()?;
+        }
+        Ok(dp)
+    }
+
+    /// Attaches the programs to every configured interface: pinned links are updated in place
+    /// (adoption), missing ones created, and pinned links of interfaces no longer configured
+    /// removed.
+    fn attach_interfaces(
+        &mut self,
+        cfg: &DatapathConfig,
+        default_mode: AttachMode,
+    ) -> Result<(), DatapathError> {
+        let mut pinned_links = match &self.pins {
             Some(p) => p.pinned_links()?,
             None => Vec::new(),
         };
         for (interface, mode) in &cfg.interfaces {
             let mode = mode.unwrap_or(default_mode);
-            let attached = match &dp.pins {
+            let attached = match &self.pins {
                 Some(pins) => {
                     let kinds: Vec<pins::LinkKind> = pinned_links
                         .iter()
@@ -310,24 +344,24 @@ impl Datapath {
                         .collect();
                     pinned_links.retain(|(_, i)| i != interface);
                     let (attached, changes) =
-                        attach::attach_pinned(&mut dp.ebpf, pins, &kinds, interface, mode)?;
-                    dp.adoption
+                        attach::attach_pinned(&mut self.ebpf, pins, &kinds, interface, mode)?;
+                    self.adoption
                         .links
                         .extend(changes.into_iter().map(|c| (interface.clone(), c)));
                     attached
                 }
-                None => attach::attach(&mut dp.ebpf, interface, mode)?,
+                None => attach::attach(&mut self.ebpf, interface, mode)?,
             };
             warn_if_not_forwarding(interface);
-            dp.attached.push(attached);
+            self.attached.push(attached);
         }
-        if let Some(pins) = &dp.pins {
+        if let Some(pins) = &self.pins {
             for (kind, interface) in pinned_links {
                 attach::remove_pinned(pins, kind, &interface)?;
-                dp.adoption.removed_links.push((interface, kind));
+                self.adoption.removed_links.push((interface, kind));
             }
         }
-        Ok(dp)
+        Ok(())
     }
 
     /// What was adopted from an earlier daemon's pins.
@@ -369,6 +403,20 @@ impl Datapath {
         if let Err(e) = self.peer_devs.refresh() {
             tracing::warn!(error = %error_chain(&e), "refreshing the interfaces with a peer elsewhere failed; keeping the last set");
         }
+        if let Err(e) = self.xdp_targets.refresh(&mut self.ebpf) {
+            tracing::warn!(error = %error_chain(&e), "refreshing the XDP redirect targets failed; keeping the last set");
+        }
+    }
+
+    /// Keeps XDP from redirecting, and so from translating, anything: every packet goes on to
+    /// TC untouched. The daemon does this while a veth runs native XDP (see
+    /// [`xdp_targets`]); connections that cached a target look again.
+    pub fn keep_xdp_from_redirecting(&mut self) -> Result<(), DatapathError> {
+        self.xdp_targets.set_redirects(false);
+        if self.xdp_targets.refresh(&mut self.ebpf)? {
+            self.settings.bump_epoch()?;
+        }
+        Ok(())
     }
 
     /// Interfaces (ifindexes) TC hands packets to the peer of, as of the last refresh.
@@ -381,14 +429,20 @@ impl Datapath {
         kernel_log::spawn(&mut self.ebpf)
     }
 
-    /// Makes the route map equal `wanted`. New connections follow at once; established ones
-    /// keep their backend until they end.
+    /// Makes the route map and the client allow-lists equal `wanted`. New connections follow
+    /// at once; established ones keep their backend and stay connected until they end.
     pub fn apply_routes(
         &mut self,
         wanted: &BTreeMap<u16, TcpRoute>,
     ) -> Result<ApplyReport, DatapathError> {
         let before = self.routes.programmed().clone();
-        let report = self.routes.apply(wanted);
+        // A route's allow-list is in force before the route itself, and goes after it.
+        let (wanted, allow_failed) = self.client_allow.apply(wanted);
+        let mut report = self.routes.apply(&wanted);
+        report.failed.extend(allow_failed);
+        let programmed = self.routes.programmed();
+        self.client_allow
+            .retain(|port| programmed.contains_key(&port))?;
         let now = Instant::now();
         let after = self.routes.programmed();
         for (port, old) in &before {
@@ -535,7 +589,7 @@ impl Datapath {
     /// drive the programs through BPF_PROG_TEST_RUN).
     pub fn add_xdp_target(&mut self, interface: &str) -> Result<(), DatapathError> {
         let ifindex = attach::ifindex(interface)?;
-        attach::add_xdp_target(&mut self.ebpf, ifindex)
+        self.xdp_targets.add(&mut self.ebpf, ifindex)
     }
 
     /// The settings the kernel reads now.

@@ -32,6 +32,23 @@ pub mod maps {
     pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const CLOCK: &str = "CLOCK";
     pub const CLIENT_ALLOW: &str = "CLIENT_ALLOW";
+
+    /// The maps whose contents are the datapath's state: pinned under `ROUTER_BPFFS` and
+    /// adopted by the next daemon (see `datapath::pins`).
+    pub const PINNED: &[&str] = &[
+        CONFIG,
+        PORT_FLAGS,
+        LOCAL_ADDRS,
+        ROUTES,
+        CT4,
+        CT_COUNT,
+        HALF_OPEN4,
+        HALF_OPEN_RING,
+        HALF_OPEN_NEXT,
+        TX_PORTS,
+        STATS,
+        CLIENT_ALLOW,
+    ];
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,9 +199,10 @@ pub enum DatapathError {
 pub struct LoadOptions<'a> {
     /// Connections the table must hold (two entries each).
     pub max_connections: u32,
-    /// Where the state maps are pinned: pinned ones are reused, missing ones created and
-    /// pinned. `None`: private maps, gone with the process.
-    pub pins: Option<&'a super::pins::PinDir>,
+    /// The directory where the state maps ([`maps::PINNED`]) are pinned (`PinDir::dir`):
+    /// pinned ones are reused, missing ones created and pinned. `None`: private maps, gone with
+    /// the process.
+    pub pin_dir: Option<&'a std::path::Path>,
     /// The object to load (default [`OBJECT`]).
     pub object: &'a [u8],
 }
@@ -193,7 +211,7 @@ impl Default for LoadOptions<'_> {
     fn default() -> Self {
         LoadOptions {
             max_connections: 262_144,
-            pins: None,
+            pin_dir: None,
             object: OBJECT,
         }
     }
@@ -256,12 +274,12 @@ pub fn load_with(opts: &LoadOptions) -> Result<Ebpf, DatapathError> {
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(maps::CT4, conntrack_entries(opts.max_connections));
-    let half_open = super::half_open::Sizes::for_connections(opts.max_connections);
+    let half_open = super::half_open_sizes::Sizes::for_connections(opts.max_connections);
     loader.map_max_entries(maps::HALF_OPEN4, half_open.table_entries);
     loader.map_max_entries(maps::HALF_OPEN_RING, half_open.ring_slots);
-    if let Some(pins) = opts.pins {
-        for name in super::pins::PINNED_MAPS {
-            loader.map_pin_path(name, pins.map_path(name));
+    if let Some(dir) = opts.pin_dir {
+        for name in maps::PINNED {
+            loader.map_pin_path(name, dir.join(name));
         }
     }
     loader

@@ -16,12 +16,12 @@
 
 use super::DatapathError;
 use super::key_set::KeySet;
+use super::netlink::{self, NLM_F_DUMP, NLM_F_REQUEST, attributes, c_string, malformed, u32_at};
 use super::object::maps::PEER_DEVS;
 use aya::maps::Map;
 use router_common::conntrack::PEER_DEVS_MAX;
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Device kinds whose peer `bpf_redirect_peer` can deliver to.
 const PEER_KINDS: &[&str] = &["veth", "netkit"];
@@ -100,146 +100,36 @@ impl Link {
     }
 }
 
-// rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
-const NLMSG_HDR: usize = 16;
+// rtnetlink constants (linux/rtnetlink.h, linux/if_link.h).
 const IFINFOMSG: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_DUMP: u16 = 0x300;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_INFO_KIND: u16 = 1;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// Every link of the calling thread's network namespace (`RTM_GETLINK` dump).
 pub fn dump_links() -> io::Result<Vec<Link>> {
-    // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let seq: u32 = 1;
-    let mut req = [0u8; NLMSG_HDR + IFINFOMSG];
-    req[0..4].copy_from_slice(&((NLMSG_HDR + IFINFOMSG) as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    req[NLMSG_HDR] = libc::AF_UNSPEC as u8;
-    // SAFETY: `req` is a live buffer of the length given; the kernel is the destination (a
-    // zeroed sockaddr_nl).
-    let sent = unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut ifinfomsg = [0u8; IFINFOMSG];
+    ifinfomsg[0] = libc::AF_UNSPEC as u8;
+    let request = netlink::message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, &ifinfomsg);
     let mut links = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: `buf` is a live buffer of the length given.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if parse_dump(&buf[..n as usize], seq, &mut links)? {
-            return Ok(links);
-        }
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn malformed(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("malformed netlink answer: {what}"),
-    )
+    netlink::exchange(libc::NETLINK_ROUTE, &request, |datagram| {
+        parse_dump(datagram, seq, &mut links)
+    })?;
+    Ok(links)
 }
 
 /// Parses one datagram of a link dump into `links`; true when the dump is complete.
-pub fn parse_dump(mut b: &[u8], seq: u32, links: &mut Vec<Link>) -> io::Result<bool> {
-    while b.len() >= NLMSG_HDR {
-        let len = u32_at(b, 0).unwrap_or(0) as usize;
-        let kind = u16_at(b, 4).unwrap_or(0);
-        if len < NLMSG_HDR || len > b.len() {
-            return Err(malformed("message length"));
+pub fn parse_dump(b: &[u8], seq: u32, links: &mut Vec<Link>) -> io::Result<bool> {
+    netlink::answer_datagram(b, seq, |kind, body| {
+        if kind == RTM_NEWLINK {
+            links.push(parse_link(body)?);
         }
-        let msg_seq = u32_at(b, 8).unwrap_or(0);
-        let body = &b[NLMSG_HDR..len];
-        if msg_seq == seq {
-            match kind {
-                NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR => {
-                    let errno = u32_at(body, 0).ok_or_else(|| malformed("error message"))? as i32;
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                }
-                RTM_NEWLINK => links.push(parse_link(body)?),
-                _ => {}
-            }
-        }
-        b = &b[align4(len).min(b.len())..];
-    }
-    Ok(false)
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The attributes of a netlink attribute stream: (type, payload).
-fn attributes(mut b: &[u8]) -> impl Iterator<Item = io::Result<(u16, &[u8])>> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16_at(b, 0).unwrap_or(0) as usize;
-        let kind = u16_at(b, 2).unwrap_or(0) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            b = &[];
-            return Some(Err(malformed("attribute length")));
-        }
-        let payload = &b[4..len];
-        b = &b[align4(len).min(b.len())..];
-        Some(Ok((kind, payload)))
+        Ok(())
     })
-}
-
-fn c_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// One `RTM_NEWLINK` body: `ifinfomsg`, then attributes.
@@ -280,25 +170,10 @@ fn parse_link(body: &[u8]) -> io::Result<Link> {
 mod tests {
     use super::*;
 
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(payload);
-        a.resize(align4(a.len()), 0);
-        a
-    }
+    use crate::datapath::netlink::{NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, attr};
 
     fn message(kind: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HDR + body.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&0u16.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(body);
-        m.resize(align4(m.len()), 0);
-        m
+        netlink::message(kind, 0, seq, body)
     }
 
     fn newlink(index: u32, name: &str, kind: Option<&str>, netnsid: Option<i32>) -> Vec<u8> {

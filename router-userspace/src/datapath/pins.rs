@@ -2,7 +2,7 @@
 //! so the kernel keeps forwarding while no daemon runs, and the next daemon adopts them.
 //!
 //! Layout: `<ROUTER_BPFFS>/layout-<LAYOUT_VERSION>/` holds one pin per state map (by its name,
-//! [`PINNED_MAPS`]) and one per program link (`link-<hook>-<interface>`, [`LinkKind`]). The
+//! [`maps::PINNED`]) and one per program link (`link-<hook>-<interface>`, [`LinkKind`]). The
 //! version in the directory name is `router_common::LAYOUT_VERSION` of the build that pinned
 //! them: a daemon finding another version there refuses to start and touches nothing (the maps'
 //! keys and values would be read with the wrong layout). Maps of the right version are checked
@@ -23,30 +23,12 @@
 //! records of the programs it loaded).
 
 use super::DatapathError;
-use super::object::maps::{
-    CONFIG, CT_COUNT, CT4, HALF_OPEN_NEXT, HALF_OPEN_RING, HALF_OPEN4, LOCAL_ADDRS, PORT_FLAGS,
-    ROUTES, STATS, TX_PORTS,
-};
+use super::object::maps;
 use super::sys;
 use std::path::{Path, PathBuf};
 
 /// `f_type` of a bpffs mount (`BPF_FS_MAGIC`, linux/magic.h).
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// The maps whose contents are the datapath's state.
-pub const PINNED_MAPS: &[&str] = &[
-    CONFIG,
-    PORT_FLAGS,
-    LOCAL_ADDRS,
-    ROUTES,
-    CT4,
-    CT_COUNT,
-    HALF_OPEN4,
-    HALF_OPEN_RING,
-    HALF_OPEN_NEXT,
-    TX_PORTS,
-    STATS,
-];
 
 const LAYOUT_PREFIX: &str = "layout-";
 const LINK_PREFIX: &str = "link-";
@@ -203,7 +185,7 @@ impl PinDir {
 
     /// The state maps already pinned (a daemon ran here before).
     pub fn pinned_maps(&self) -> Vec<&'static str> {
-        PINNED_MAPS
+        maps::PINNED
             .iter()
             .copied()
             .filter(|name| self.map_path(name).exists())
@@ -394,7 +376,7 @@ mod tests {
         assert_eq!(parse_link_file_name("CT4"), None);
         assert_eq!(parse_link_file_name("link-foo-eth0"), None);
         // Map names never look like link pins.
-        for map in PINNED_MAPS {
+        for map in maps::PINNED {
             assert!(parse_link_file_name(map).is_none());
             assert!(map.len() <= 15);
         }

@@ -4,7 +4,8 @@
 
 use super::DatapathError;
 use super::object::maps::ROUTES;
-use crate::routes::{ApplyReport, RouteOwner, TcpRoute};
+use crate::endpoint::EndpointId;
+use crate::routes::{ApplyReport, RouteOwner, RouteRef, TcpRoute};
 use aya::maps::{HashMap, Map, MapData};
 use router_common::route::{FAMILY_IPV4, RouteKey, RouteValue};
 use std::collections::BTreeMap;
@@ -33,11 +34,10 @@ pub struct RouteMap {
 
 /// The owner shown for a route found in the pinned map until the control plane names it.
 fn adopted_owner() -> RouteOwner {
-    RouteOwner {
-        task_id: "adopted".into(),
-        task_name: "(pinned by an earlier daemon)".into(),
-        endpoint: String::new(),
-    }
+    RouteOwner::new(
+        EndpointId::new("adopted", String::new()),
+        "(pinned by an earlier daemon)",
+    )
 }
 
 /// Why a route cannot be programmed, if it cannot.
@@ -132,7 +132,7 @@ impl RouteMap {
         let mut invalid = Vec::new();
         for (&port, route) in wanted {
             if let Some(reason) = invalid_reason(port, route) {
-                report.failed.push((format!("tcp port {port}"), reason));
+                report.failed.push((RouteRef::Tcp(port), reason));
                 invalid.push(port);
             }
         }
@@ -150,7 +150,7 @@ impl RouteMap {
                     report.removed += 1;
                 }
                 Err(e) => report.failed.push((
-                    format!("tcp port {port}"),
+                    RouteRef::Tcp(port),
                     format!("removing it from {ROUTES}: {e}"),
                 )),
             }
@@ -210,7 +210,7 @@ impl RouteMap {
                 }
                 Err(e) => report
                     .failed
-                    .push((format!("tcp port {port}"), crate::error::error_chain(&e))),
+                    .push((RouteRef::Tcp(port), crate::error::error_chain(&e))),
             }
         }
         report
@@ -226,11 +226,8 @@ mod tests {
         TcpRoute {
             port,
             upstream: SocketAddrV4::new(Ipv4Addr::from(ip), upstream_port),
-            owner: RouteOwner {
-                task_id: "t".into(),
-                task_name: "n".into(),
-                endpoint: String::new(),
-            },
+            owner: RouteOwner::new(EndpointId::new("t", String::new()), "n"),
+            allow: crate::client_allow::ClientAllow::Any,
         }
     }
 

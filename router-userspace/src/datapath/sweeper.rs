@@ -31,7 +31,10 @@ impl Sweeper {
         let thread = std::thread::Builder::new()
             .name("conntrack-sweeper".into())
             .spawn(move || {
+                // setns needs CAP_SYS_ADMIN even into the namespace the thread is already in, and
+                // the daemon runs without it (containers, the systemd unit): enter only another.
                 if let Some(ns) = netns
+                    && !is_current_netns(&ns)
                     && let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 {
                     tracing::error!(error = %e, "sweeper cannot enter the datapath's network namespace");
@@ -85,5 +88,31 @@ impl Drop for Sweeper {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Whether `ns` (a network namespace descriptor) is the calling thread's own network namespace
+/// (same device and inode as `/proc/thread-self/ns/net`).
+fn is_current_netns(ns: &impl AsFd) -> bool {
+    let id = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
+    match (
+        nix::sys::stat::fstat(ns.as_fd()),
+        nix::sys::stat::stat("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => id(a) == id(b),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_network_namespace_is_recognised() {
+        let own = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        assert!(is_current_netns(&own));
+        let not_a_namespace = std::fs::File::open("/proc/self/exe").expect("a file");
+        assert!(!is_current_netns(&not_a_namespace));
     }
 }

@@ -32,6 +32,9 @@ pub enum CommandError {
     },
 }
 
+/// How long `nginx -t` or the operator's test and reload commands may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 const KEEP_OUTPUT: usize = 4096;
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 

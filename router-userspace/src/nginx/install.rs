@@ -16,166 +16,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::config::NginxConfig;
 
-use super::command::{self, CommandError};
+use super::command::{self, COMMAND_TIMEOUT};
+use super::error::{NginxError, io};
+use super::files::{EMPTY_SLOT, Slot, sync_dir, write_synced};
 use super::managed::{self, StreamModule};
-use super::names::NameError;
+use super::status::{NginxStatus, set_rejection, unix_now};
 
-/// How long nginx -t or the operator's commands may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the supervisor checks the managed nginx.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
-
-/// One generated file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
-    /// `task-router-http.conf`, included in the `http` context (matches `conf.d/*.conf`).
-    Http,
-    /// `task-router-stream.inc`, included in a `stream` context (`.inc` keeps it out of an
-    /// `http`-level `conf.d/*.conf` glob).
-    Stream,
-}
-
-impl Slot {
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Slot::Http => "task-router-http.conf",
-            Slot::Stream => "task-router-stream.inc",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Slot::Http => "http",
-            Slot::Stream => "stream",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NginxError {
-    #[error("{op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "nginx rejected the generated {slot} configuration (the previous one stays live): {error}"
-    )]
-    Rejected { slot: &'static str, error: String },
-    #[error("the {slot} configuration passed the test but reloading nginx failed: {error}")]
-    Reload { slot: &'static str, error: String },
-    #[error("starting nginx failed: {0}")]
-    Start(String),
-    #[error("nginx master {pid} did not take the new configuration: {reason}")]
-    ReloadNotTaken { pid: u32, reason: String },
-    #[error("{0} has no stream module (Debian: libnginx-mod-stream)")]
-    NoStream(String),
-    #[error("nginx configuration value")]
-    Name(#[from] NameError),
-    #[error("running an nginx command")]
-    Command(#[from] CommandError),
-}
-
-/// `task-router uninstall`'s nginx part: removes the generated files from `NGINX_CONF_DIR`
-/// (and, for a managed nginx, stops it and removes its main file, PID file, log and temp
-/// directory; the directory too when that leaves it empty); an external nginx is tested and
-/// reloaded without them. Returns what it did, one line each. Idempotent.
-pub fn uninstall(cfg: &NginxConfig) -> Result<Vec<String>, NginxError> {
-    let dir = &cfg.conf_dir;
-    let mut done = Vec::new();
-    if cfg.managed {
-        done.extend(managed::uninstall(&cfg.binary, dir, COMMAND_TIMEOUT)?);
-    }
-    let mut removed_slot = false;
-    for slot in [Slot::Http, Slot::Stream] {
-        let name = slot.file_name();
-        for path in [
-            dir.join(name),
-            dir.join(format!(".{name}.tmp")),
-            dir.join(format!(".{name}.prev")),
-        ] {
-            if path.exists() {
-                std::fs::remove_file(&path).map_err(io("remove", &path))?;
-                done.push(format!("removed {}", path.display()));
-                removed_slot = true;
-            }
-        }
-    }
-    if cfg.managed {
-        if std::fs::remove_dir(dir).is_ok() {
-            done.push(format!("removed {}", dir.display()));
-        }
-    } else if removed_slot {
-        // The nginx that included them must let go of them now, not at its next reload.
-        for (what, cmd) in [("test", &cfg.test_cmd), ("reload", &cfg.reload_cmd)] {
-            match command::run(command::shell(cmd), COMMAND_TIMEOUT) {
-                Ok(f) if f.status.success() => {}
-                Ok(f) => {
-                    return Err(NginxError::Reload {
-                        slot: "uninstall",
-                        error: format!(
-                            "the {what} command `{cmd}` failed ({}) without task-router's files \
-                             (does nginx.conf include them by name?): {}",
-                            f.status, f.output
-                        ),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        done.push(format!("reloaded nginx with `{}`", cfg.reload_cmd));
-    }
-    Ok(done)
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NginxError {
-    let path = path.to_path_buf();
-    move |source| NginxError::Io { op, path, source }
-}
-
-/// A candidate nginx refused, kept for health and `status` until a later one is installed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Rejection {
-    pub slot: &'static str,
-    pub error: String,
-    pub at_unix: u64,
-}
-
-/// What health and `status` show about nginx.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct NginxStatus {
-    pub managed: bool,
-    /// The managed master's PID.
-    pub pid: Option<u32>,
-    /// Whether the managed nginx runs; `None` for an external nginx.
-    pub running: Option<bool>,
-    /// Reloads done since start.
-    pub reloads: u64,
-    /// Times the supervisor had to start a managed nginx that had died.
-    pub restarts: u64,
-    pub last_reload_unix: Option<u64>,
-    /// The most recent rejected candidate per slot, until a good one replaces it.
-    pub rejected: Vec<Rejection>,
-    /// The most recent reload or start failure, until a reload succeeds.
-    pub last_error: Option<String>,
-}
-
-impl NginxStatus {
-    /// Healthy: running (when managed), nothing rejected, no pending failure.
-    pub fn healthy(&self) -> bool {
-        self.running != Some(false) && self.rejected.is_empty() && self.last_error.is_none()
-    }
-}
 
 /// What `install` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,7 +99,7 @@ impl Nginx {
         for slot in [Slot::Http, Slot::Stream] {
             let path = dir.join(slot.file_name());
             if !path.exists() {
-                write_synced(&path, managed::EMPTY_SLOT).map_err(io("write", &path))?;
+                write_synced(&path, EMPTY_SLOT).map_err(io("write", &path))?;
             }
         }
         let m = managed::Managed::prepare(&cfg.binary, &dir)?;
@@ -273,7 +125,7 @@ impl Nginx {
                     tracing::warn!(%error, "the generated files left in NGINX_CONF_DIR are rejected; starting from empty ones");
                     for slot in [Slot::Http, Slot::Stream] {
                         let path = nginx.path(slot);
-                        write_synced(&path, managed::EMPTY_SLOT).map_err(io("write", &path))?;
+                        write_synced(&path, EMPTY_SLOT).map_err(io("write", &path))?;
                     }
                     m.install_main(&nginx.shared.dir)?
                 }
@@ -313,7 +165,7 @@ impl Nginx {
         for slot in [Slot::Http, Slot::Stream] {
             let path = dir.join(slot.file_name());
             if !path.exists() {
-                write_synced(&path, managed::EMPTY_SLOT).map_err(io("write", &path))?;
+                write_synced(&path, EMPTY_SLOT).map_err(io("write", &path))?;
             }
         }
         Ok(Nginx {
@@ -523,17 +375,6 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn set_rejection(status: &mut NginxStatus, slot: Slot, error: Option<&str>) {
-    status.rejected.retain(|r| r.slot != slot.name());
-    if let Some(error) = error {
-        status.rejected.push(Rejection {
-            slot: slot.name(),
-            error: error.to_string(),
-            at_unix: unix_now(),
-        });
-    }
-}
-
 /// Restarts the managed nginx when it dies, until the handle is dropped or stopped.
 fn supervise(weak: Weak<Shared>) {
     let mut backoff = SUPERVISE_EVERY;
@@ -574,26 +415,6 @@ fn supervise(weak: Weak<Shared>) {
             }
         }
     }
-}
-
-/// Writes `path` and flushes it to disk, so a rename after it never exposes a partial file.
-pub(super) fn write_synced(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -672,7 +493,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = external(dir.path(), "false", "true");
         let placeholder = std::fs::read_to_string(n.path(Slot::Stream)).unwrap();
-        assert_eq!(placeholder, managed::EMPTY_SLOT);
+        assert_eq!(placeholder, EMPTY_SLOT);
         assert!(n.install(Slot::Stream, "x").is_err());
         assert_eq!(
             std::fs::read_to_string(n.path(Slot::Stream)).unwrap(),

@@ -18,14 +18,19 @@
 //! [`crate::auth::router`] merged into the admin server when authentication is on.
 
 pub mod command;
+mod diff;
+mod error;
+mod files;
 pub mod http;
 pub mod install;
+mod listening;
 pub mod managed;
 pub mod names;
+mod status;
 pub mod stream;
+mod uninstall;
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
@@ -33,9 +38,14 @@ use anyhow::Context as _;
 use crate::config::{AuthConfig, HttpConfig, RouterConfig};
 use crate::routes::{ApplyReport, HttpRoute, HttpRouter};
 
+use diff::diff;
+pub use error::NginxError;
+pub use files::Slot;
 pub use http::HttpSettings;
-pub use install::{Installed, Nginx, NginxError, NginxStatus, Rejection, Slot, uninstall};
+pub use install::{Installed, Nginx};
+pub use status::{NginxStatus, Rejection};
 pub use stream::NginxStreamForwarder;
+pub use uninstall::uninstall;
 
 /// HTTP routes as generated nginx configuration: the [`HttpRouter`] of the daemon.
 pub struct NginxHttpRouter {
@@ -87,7 +97,7 @@ impl HttpRouter for NginxHttpRouter {
     fn apply(&mut self, wanted: &BTreeMap<String, HttpRoute>) -> anyhow::Result<ApplyReport> {
         let rendered = http::render(&self.settings, wanted);
         for (key, reason) in &rendered.failed {
-            tracing::warn!(route = %key.escape_debug(), reason = %reason, "HTTP route left out of the nginx configuration");
+            tracing::warn!(route = %key, reason = %reason, "HTTP route left out of the nginx configuration");
         }
         self.nginx
             .install(Slot::Http, &rendered.text)
@@ -101,42 +111,5 @@ impl HttpRouter for NginxHttpRouter {
         );
         self.programmed = rendered.accepted;
         Ok(report)
-    }
-}
-
-/// Counts what changed between two programmed sets; `same` says whether two versions of a route
-/// are served the same way.
-pub(crate) fn diff<K: Ord + Display, V>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    failed: Vec<(String, String)>,
-    same: impl Fn(&V, &V) -> bool,
-) -> ApplyReport {
-    let mut report = ApplyReport {
-        failed,
-        ..ApplyReport::default()
-    };
-    for (k, v) in new {
-        match old.get(k) {
-            None => report.added += 1,
-            Some(o) if !same(o, v) => report.changed += 1,
-            Some(_) => {}
-        }
-    }
-    report.removed = old.keys().filter(|k| !new.contains_key(*k)).count();
-    report
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diff_counts_added_changed_removed() {
-        let old: BTreeMap<String, u8> = [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)].into();
-        let new: BTreeMap<String, u8> = [("a".into(), 1), ("b".into(), 2), ("d".into(), 1)].into();
-        let r = diff(&old, &new, vec![], |a, b| a == b);
-        assert_eq!((r.added, r.changed, r.removed), (1, 1, 1));
-        assert!(diff(&new, &new, vec![], |a, b| a == b).is_noop());
     }
 }

@@ -8,7 +8,8 @@
 
 use std::net::SocketAddrV4;
 
-/// The longest route key accepted (a 32-character task id, `__`, a name).
+/// The longest route key accepted (a task id of up to 64 characters, `__`, a plain endpoint
+/// name or the key `reconcile::naming` derives from any other).
 pub const MAX_KEY_LEN: usize = 128;
 /// A DNS label is at most 63 bytes.
 const MAX_LABEL_LEN: usize = 63;

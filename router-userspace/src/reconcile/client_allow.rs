@@ -37,7 +37,8 @@ pub fn effective(task: &Task, name: &str, operator: &ClientAllow) -> Result<Clie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::test_support::task;
+    use crate::reconcile::test_support::{policy, reconciler, settings, task};
+    use crate::routes::RouteSet;
     use serde_json::json;
 
     fn list(text: &str) -> ClientAllow {
@@ -100,5 +101,43 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("is not an IPv4 CIDR"), "{err}");
+    }
+
+    #[test]
+    fn the_plan_carries_each_routes_list_and_refuses_a_widening_key_alone() {
+        let mut r = reconciler(30000, 30010);
+        let mut s = settings();
+        s.client_allow = list("10.0.0.0/8");
+        let tcp = |id: &str, allow: Option<&str>| {
+            let mut rt = json!({"external_address": "10.0.0.9", "external_tcp_port": 22});
+            if let Some(allow) = allow {
+                rt["_ROUTER_CLIENT_ALLOW"] = json!(allow);
+            }
+            task(id, rt)
+        };
+        let tasks = vec![
+            tcp("narrow", Some("10.8.0.0/16")),
+            tcp("plain", None),
+            tcp("wide", Some("0.0.0.0/1")),
+        ];
+        let (none, p) = (RouteSet::default(), policy());
+        let plan = r.plan(&tasks, &none, &none, &s, &p, 0);
+        let allow_of: std::collections::BTreeMap<&str, String> = plan
+            .routes
+            .tcp
+            .values()
+            .map(|t| (t.owner.id.task_id.as_str(), t.allow.to_string()))
+            .collect();
+        assert_eq!(
+            allow_of,
+            [
+                ("narrow", "10.8.0.0/16".into()),
+                ("plain", "10.0.0.0/8".into())
+            ]
+            .into()
+        );
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!(plan.refused[0].owner.id.task_id, "wide");
+        assert!(plan.refused[0].reason.contains("0.0.0.0/1 is outside"));
     }
 }

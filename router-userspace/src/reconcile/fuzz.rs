@@ -10,7 +10,7 @@ use super::{
     subdomain_label,
 };
 use crate::clearml::task::{Task, runtime_key};
-use crate::ports::EndpointKey;
+use crate::endpoint::EndpointId;
 use crate::proptest_config as config;
 use crate::routes::{HttpMode, RouteSet};
 use crate::validate::{self, UpstreamPolicy};
@@ -32,9 +32,9 @@ fn routes_by_task(routes: &RouteSet) -> BTreeMap<String, BTreeSet<(String, Kind)
     let mut by_task: BTreeMap<String, BTreeSet<(String, Kind)>> = BTreeMap::new();
     for (owner, kind) in route_owners(routes) {
         by_task
-            .entry(owner.task_id.clone())
+            .entry(owner.id.task_id.clone())
             .or_default()
-            .insert((owner.endpoint.clone(), kind));
+            .insert((owner.id.endpoint.clone(), kind));
     }
     by_task
 }
@@ -180,7 +180,7 @@ proptest! {
         let want_upstream = SocketAddrV4::new(addr, port);
         prop_assert_eq!(parsed.len(), 1, "{:?}", parsed);
         match &parsed[0] {
-            Parsed::Request { key, want: Want::Tcp { upstream, routed_port: None } } if tcp => {
+            Parsed::Request { key, want: Want::Tcp { upstream, routed_port: None, .. } } if tcp => {
                 prop_assert_eq!(*upstream, want_upstream);
                 prop_assert_eq!(&key.endpoint, &name);
             }
@@ -268,7 +268,7 @@ fn valid_task(i: usize, requests: &[(u8, bool, bool)]) -> Task {
             if forged {
                 let url = endpoint_url(
                     &settings(),
-                    &EndpointKey::new(format!("{i:032x}"), name.as_str()),
+                    &EndpointId::new(format!("{i:032x}"), name.as_str()),
                     HttpMode::Path,
                 );
                 rt.insert(runtime_key("endpoint", &name), json!(url));
@@ -306,7 +306,7 @@ proptest! {
         assert_limit(&first, &none, limit)?;
         for f in &first.refused {
             prop_assert!(f.reason.contains(&format!("ROUTER_MAX_ENDPOINTS_PER_TASK={limit}")), "{f:?}");
-            prop_assert!(f.reason.contains(&f.task_id), "{f:?}");
+            prop_assert!(f.reason.contains(&f.owner.id.task_id), "{f:?}");
         }
         test_support::write_back(&mut tasks, &first);
         let second = r.plan(&tasks, &none, &first.routes, &s, &p, 1);

@@ -46,7 +46,7 @@ pub(super) fn limit_per_task<'a>(
 ) -> Vec<Req<'a>> {
     let limit = s.max_endpoints_per_task;
     let held: HashSet<(&str, &str, Kind)> = route_owners(in_force)
-        .map(|(owner, kind)| (owner.task_id.as_str(), owner.endpoint.as_str(), kind))
+        .map(|(owner, kind)| (owner.id.task_id.as_str(), owner.id.endpoint.as_str(), kind))
         .collect();
     let tier = |r: &Req| -> u8 {
         let kind = r.want.kind();
@@ -132,8 +132,8 @@ mod tests {
     /// `(endpoint, kind)` of the routes of `task_id`.
     fn routed(p: &Plan, task_id: &str) -> Vec<(String, Kind)> {
         let mut out: Vec<_> = route_owners(&p.routes)
-            .filter(|(o, _)| o.task_id == task_id)
-            .map(|(o, k)| (o.endpoint.clone(), k))
+            .filter(|(o, _)| o.id.task_id == task_id)
+            .map(|(o, k)| (o.id.endpoint.clone(), k))
             .collect();
         out.sort();
         out
@@ -162,10 +162,17 @@ mod tests {
             names(&[""]),
             "another task still gets its port"
         );
-        let refused: Vec<&str> = p.refused.iter().map(|f| f.endpoint.as_str()).collect();
+        let refused: Vec<&str> = p
+            .refused
+            .iter()
+            .map(|f| f.owner.id.endpoint.as_str())
+            .collect();
         assert_eq!(refused, ["c", "d", "e"]);
         for f in &p.refused {
-            assert_eq!((f.task_id.as_str(), f.kind.as_str()), ("greedy", "tcp"));
+            assert_eq!(
+                (f.owner.id.task_id.as_str(), f.kind.as_str()),
+                ("greedy", "tcp")
+            );
             assert!(
                 f.reason.contains("task greedy")
                     && f.reason.contains("ROUTER_MAX_ENDPOINTS_PER_TASK=3"),
@@ -204,7 +211,11 @@ mod tests {
         let p2 = plan_limited(&mut r, &tasks, &p.routes, 2);
         assert_eq!(p2.routes, p.routes);
         assert_eq!(routed(&p2, "t"), names(&["m", "n"]));
-        let refused: Vec<&str> = p2.refused.iter().map(|f| f.endpoint.as_str()).collect();
+        let refused: Vec<&str> = p2
+            .refused
+            .iter()
+            .map(|f| f.owner.id.endpoint.as_str())
+            .collect();
         assert_eq!(refused, ["a", "b"]);
         // The same from ClearML's data alone: the runtime shows m and n routed by us.
         let mut fresh = reconciler(30000, 30099);
@@ -217,7 +228,7 @@ mod tests {
         let p4 = plan_limited(&mut r, &tasks, &p2.routes, 2);
         assert_eq!(routed(&p4, "t"), names(&["a", "n"]));
         assert_eq!(p4.refused.len(), 1);
-        assert_eq!(p4.refused[0].endpoint, "b");
+        assert_eq!(p4.refused[0].owner.id.endpoint, "b");
     }
 
     #[test]
@@ -239,7 +250,7 @@ mod tests {
         assert_eq!(p2.routes, p.routes);
         assert!(p2.writes.is_empty());
         assert_eq!(p2.refused.len(), 1);
-        assert_eq!(p2.refused[0].endpoint, "e");
+        assert_eq!(p2.refused[0].owner.id.endpoint, "e");
         assert!(
             p2.refused[0]
                 .reason
@@ -281,7 +292,10 @@ mod tests {
         );
         assert_eq!(p.refused.len(), 1);
         assert_eq!(
-            (p.refused[0].endpoint.as_str(), p.refused[0].kind.as_str()),
+            (
+                p.refused[0].owner.id.endpoint.as_str(),
+                p.refused[0].kind.as_str()
+            ),
             ("db", "tcp")
         );
     }

@@ -14,8 +14,9 @@
 //! - TCP write-back: `external_address` = `TCP_ROUTER_ADDRESS`, `external_tcp_port` = the
 //!   router port, the task's own values kept as `upstream_task_address` / `upstream_task_port`;
 //!   "already routed" = our claim, our address and a port in the range;
-//! - HTTP write-back: `endpoint` = `browser_endpoint` = `{ROUTER_URL}/service/{task}[__name]/`
-//!   (or `{task}[--name].{ROUTER_DOMAIN}` in subdomain mode).
+//! - HTTP write-back: `endpoint` = `browser_endpoint` = `{ROUTER_URL}/service/{key}/` (or
+//!   `{label}.{ROUTER_DOMAIN}` in subdomain mode), the key `task[__name]`, or for names outside
+//!   `[A-Za-z0-9_-]{1,32}` `task__<readable>-<hash>` (`naming`).
 //!
 //! The rooms: `request` reads a task's runtime into requests, `naming` and `urls` name an
 //! endpoint's route, `write_back` says what to write on the task, `limit` applies
@@ -31,13 +32,14 @@ mod settings;
 mod urls;
 mod write_back;
 
+pub use client_allow::CLIENT_ALLOW_KEY;
 pub use limit::over_limit_reason;
-pub use naming::{http_key, subdomain_label};
+pub use naming::{route_key, subdomain_label};
 pub use plan::{Plan, Reconciler};
 pub use request::{Kind, Parsed, Refusal, SERVICE_HTTP, SERVICE_TCP, Want, parse_task};
 pub use settings::Settings;
 pub use urls::endpoint_url;
-pub use write_back::{RouteRef, WriteBack, http_patch, recheck, tcp_patch};
+pub use write_back::{ENDPOINT_ERROR_KEY, WriteBack, error_patch, http_patch, recheck, tcp_patch};
 
 #[cfg(test)]
 mod fuzz;

@@ -3,14 +3,15 @@
 //! it owns, the server's claims winning over local allocations.
 
 use super::limit::limit_per_task;
-use super::naming::http_key;
+use super::naming::route_key;
 use super::request::{Kind, Parsed, Refusal, Req, Want, parse_task};
 use super::settings::Settings;
 use super::urls::endpoint_url;
-use super::write_back::{RouteRef, WriteBack, http_patch, tcp_patch};
+use super::write_back::{WriteBack, http_patch, tcp_patch};
 use crate::clearml::task::{Task, applied};
-use crate::ports::{EndpointKey, PortAllocator};
-use crate::routes::{HttpRoute, RouteOwner, RouteSet, TcpRoute};
+use crate::endpoint::EndpointId;
+use crate::ports::PortAllocator;
+use crate::routes::{HttpMode, HttpRoute, RouteOwner, RouteRef, RouteSet, TcpRoute};
 use crate::time::Millis;
 use crate::validate::{self, UpstreamPolicy};
 use std::collections::{HashMap, HashSet};
@@ -72,10 +73,10 @@ impl Reconciler {
         static_routes: &RouteSet,
         now: Millis,
         refused: &mut Vec<Refusal>,
-    ) -> HashMap<EndpointKey, u16> {
+    ) -> HashMap<EndpointId, u16> {
         self.ports.set_reserved(static_routes.tcp.keys().copied());
-        let mut port_of: HashMap<EndpointKey, u16> = HashMap::new();
-        let mut claimed: HashMap<u16, EndpointKey> = HashMap::new();
+        let mut port_of: HashMap<EndpointId, u16> = HashMap::new();
+        let mut claimed: HashMap<u16, EndpointId> = HashMap::new();
         for r in requests {
             if let Want::Tcp {
                 routed_port: Some(port),
@@ -93,7 +94,7 @@ impl Reconciler {
                 }
             }
         }
-        let live: HashSet<&EndpointKey> = requests
+        let live: HashSet<&EndpointId> = requests
             .iter()
             .filter(|r| matches!(r.want, Want::Tcp { .. }))
             .map(|r| &r.key)
@@ -134,7 +135,7 @@ fn read_requests<'a>(
 ) -> Vec<Req<'a>> {
     let mut requests: Vec<Req> = Vec::new();
     for task in tasks {
-        if !task.wants_routes(&s.queue_ids) {
+        if !task.wants_routes(&s.queue_ids, &s.queue_names) {
             continue;
         }
         plan.tasks += 1;
@@ -158,17 +159,20 @@ fn read_requests<'a>(
 fn add_route(
     plan: &mut Plan,
     r: Req,
-    port_of: &HashMap<EndpointKey, u16>,
+    port_of: &HashMap<EndpointId, u16>,
     static_routes: &RouteSet,
     s: &Settings,
 ) {
-    let owner = RouteOwner {
-        task_id: r.key.task_id.clone(),
-        task_name: validate::truncate(&r.task.name),
-        endpoint: r.key.endpoint.clone(),
-    };
+    let owner = RouteOwner::new(
+        EndpointId::new(r.key.task_id.clone(), r.key.endpoint.clone()),
+        validate::truncate(&r.task.name),
+    );
     let (route, patch) = match r.want {
-        Want::Tcp { upstream, .. } => {
+        Want::Tcp {
+            upstream,
+            ref allow,
+            ..
+        } => {
             let Some(&port) = port_of.get(&r.key) else {
                 return;
             };
@@ -178,6 +182,7 @@ fn add_route(
                     port,
                     upstream,
                     owner,
+                    allow: allow.clone(),
                 },
             );
             (
@@ -186,13 +191,14 @@ fn add_route(
             )
         }
         Want::Http { upstream, mode } => {
-            let key = http_key(&r.key);
-            if static_routes.http.contains_key(&key) {
-                let reason = format!("HTTP key {key:?} is taken by a static route");
-                plan.refused
-                    .push(Refusal::new(r.task, r.key, Some(Kind::Http), reason));
-                return;
-            }
+            let key = match free_http_key(plan, static_routes, &r.key, mode) {
+                Ok(key) => key,
+                Err(reason) => {
+                    plan.refused
+                        .push(Refusal::new(r.task, r.key, Some(Kind::Http), reason));
+                    return;
+                }
+            };
             let url = endpoint_url(s, &r.key, mode);
             plan.routes.http.insert(
                 key.clone(),
@@ -217,11 +223,32 @@ fn add_route(
     }
 }
 
+/// The key of the HTTP route of endpoint `id` in `mode`, unless a static route or another
+/// endpoint of the plan has it (two names of one task deriving one key: `a.b` and the literal
+/// `a-b-<hash of a.b>`).
+fn free_http_key(
+    plan: &Plan,
+    static_routes: &RouteSet,
+    id: &EndpointId,
+    mode: HttpMode,
+) -> Result<String, String> {
+    let key = route_key(&id.task_id, &id.endpoint, mode)?;
+    if static_routes.http.contains_key(&key) {
+        return Err(format!("HTTP key {key:?} is taken by a static route"));
+    }
+    if let Some(other) = plan.routes.http.get(&key) {
+        return Err(format!(
+            "HTTP key {key:?} is taken by endpoint {:?} of the same task",
+            other.owner.id.endpoint
+        ));
+    }
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::reconcile::test_support::*;
-    use crate::routes::HttpMode;
     use serde_json::json;
 
     #[test]
@@ -292,7 +319,7 @@ mod tests {
             json!({"_SERVICE": "EXTERNAL_TCP", "external_address": "10.0.0.8", "external_tcp_port": 22}),
         );
         plan(&mut r, std::slice::from_ref(&local));
-        assert_eq!(r.ports.port_of(&EndpointKey::new("local", "")), Some(30000));
+        assert_eq!(r.ports.port_of(&EndpointId::new("local", "")), Some(30000));
         // ... but the server shows "srv" on 30000.
         let srv = task(
             "srv",
@@ -301,12 +328,12 @@ mod tests {
                    "upstream_task_port": 22, "_ROUTER_NAME": "r1"}),
         );
         let p = plan(&mut r, &[local, srv]);
-        assert_eq!(p.routes.tcp[&30000].owner.task_id, "srv");
+        assert_eq!(p.routes.tcp[&30000].owner.id.task_id, "srv");
         let moved = p
             .routes
             .tcp
             .values()
-            .find(|t| t.owner.task_id == "local")
+            .find(|t| t.owner.id.task_id == "local")
             .unwrap();
         assert_ne!(moved.port, 30000);
         assert_eq!(p.writes.len(), 1);
@@ -326,7 +353,7 @@ mod tests {
         };
         let p = plan(&mut r, &[claim("a"), claim("b")]);
         assert_eq!(p.routes.tcp.len(), 2);
-        assert_eq!(p.routes.tcp[&30003].owner.task_id, "a");
+        assert_eq!(p.routes.tcp[&30003].owner.id.task_id, "a");
         assert_eq!(p.writes.len(), 1);
         assert_eq!(p.writes[0].key.task_id, "b");
     }
@@ -347,17 +374,14 @@ mod tests {
     fn static_routes_reserve_ports_and_keys() {
         let mut r = reconciler(30000, 30001);
         let mut statics = RouteSet::default();
-        let owner = RouteOwner {
-            task_id: "file:x".into(),
-            task_name: "x".into(),
-            endpoint: String::new(),
-        };
+        let owner = RouteOwner::new(EndpointId::new("file:x", ""), "x");
         statics.tcp.insert(
             30000,
             TcpRoute {
                 port: 30000,
                 upstream: "10.0.0.1:1".parse().unwrap(),
                 owner: owner.clone(),
+                allow: crate::client_allow::ClientAllow::Any,
             },
         );
         statics.http.insert(

@@ -1,11 +1,13 @@
 //! Reading a task's runtime properties into endpoint requests: which endpoints it asks for, of
 //! which protocol, to which upstream, and why a request is refused or left to another router.
 
+use super::client_allow;
 use super::naming::subdomain_label;
 use super::settings::Settings;
 use crate::clearml::task::{Task, runtime_key};
-use crate::ports::EndpointKey;
-use crate::routes::HttpMode;
+use crate::client_allow::ClientAllow;
+use crate::endpoint::EndpointId;
+use crate::routes::{HttpMode, RouteOwner};
 use crate::validate::{self, UpstreamPolicy};
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
@@ -16,9 +18,9 @@ pub const SERVICE_TCP: &str = "EXTERNAL_TCP";
 /// An endpoint request the router refused, with the reason (shown in the log and `status`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
-    pub task_id: String,
-    pub task_name: String,
-    pub endpoint: String,
+    /// Whose request: flattened, so the JSON keeps its `task_id`, `task_name` and `endpoint`.
+    #[serde(flatten)]
+    pub owner: RouteOwner,
     /// `tcp` or `http` (empty when the kind could not be told).
     #[serde(default)]
     pub kind: String,
@@ -28,11 +30,9 @@ pub struct Refusal {
 impl Refusal {
     /// `task`'s request for endpoint `key` of protocol `kind` (`None`: not told), refused for
     /// `reason`.
-    pub(super) fn new(task: &Task, key: EndpointKey, kind: Option<Kind>, reason: String) -> Self {
+    pub(super) fn new(task: &Task, key: EndpointId, kind: Option<Kind>, reason: String) -> Self {
         Refusal {
-            task_id: key.task_id,
-            task_name: validate::truncate(&task.name),
-            endpoint: key.endpoint,
+            owner: RouteOwner::new(key, validate::truncate(&task.name)),
             kind: kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
             reason,
         }
@@ -62,6 +62,8 @@ pub enum Want {
         upstream: SocketAddrV4,
         /// The router port already written on the task by this router.
         routed_port: Option<u16>,
+        /// Who may connect: `ROUTER_TCP_CLIENT_ALLOW` narrowed by the task's key.
+        allow: ClientAllow,
     },
     Http {
         upstream: SocketAddrV4,
@@ -82,18 +84,18 @@ impl Want {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
     Request {
-        key: EndpointKey,
+        key: EndpointId,
         want: Want,
     },
     /// Refused; `kind` is `None` when the request could not be read that far.
     Refused {
-        key: EndpointKey,
+        key: EndpointId,
         kind: Option<Kind>,
         reason: String,
     },
     /// Claimed by another router.
     Foreign {
-        key: EndpointKey,
+        key: EndpointId,
         router: String,
     },
 }
@@ -101,7 +103,7 @@ pub enum Parsed {
 /// One readable request of a task during planning.
 pub(super) struct Req<'a> {
     pub(super) task: &'a Task,
-    pub(super) key: EndpointKey,
+    pub(super) key: EndpointId,
     pub(super) want: Want,
 }
 
@@ -116,10 +118,12 @@ const REQUEST_KEYS: &[&str] = &[
     "external_address",
 ];
 
-/// The endpoint names a task's runtime mentions (`""` = default), valid names first, each
-/// once. A set, not a search of a list: a task may write thousands of keys, and deduplicating
-/// by search made reading one such task quadratic (found by the parser fuzz tests: 20 000
-/// endpoints took 25 s and stalled the reconcile loop for every other task).
+/// The endpoint names a task's runtime mentions (`""` = default), servable names first, each
+/// once (any name the SDK writes is servable but an empty one, one with control characters or
+/// an absurdly long one: `validate::endpoint_name`). A set, not a search of a list: a task may
+/// write thousands of keys, and deduplicating by search made reading one such task quadratic
+/// (found by the parser fuzz tests: 20 000 endpoints took 25 s and stalled the reconcile loop
+/// for every other task).
 fn endpoint_names(task: &Task) -> Vec<Result<String, (String, String)>> {
     let mut names: BTreeSet<Result<String, (String, String)>> = BTreeSet::new();
     for k in task.runtime.keys() {
@@ -181,7 +185,7 @@ pub fn parse_task(task: &Task, s: &Settings, policy: &UpstreamPolicy) -> Vec<Par
     }
     if let Err(reason) = validate::task_id(&task.id) {
         return vec![Parsed::Refused {
-            key: EndpointKey::new(validate::truncate(&task.id), ""),
+            key: EndpointId::new(validate::truncate(&task.id), ""),
             kind: None,
             reason,
         }];
@@ -192,14 +196,14 @@ pub fn parse_task(task: &Task, s: &Settings, policy: &UpstreamPolicy) -> Vec<Par
             Ok(name) => name,
             Err((name, reason)) => {
                 out.push(Parsed::Refused {
-                    key: EndpointKey::new(task.id.clone(), name),
+                    key: EndpointId::new(task.id.clone(), name),
                     kind: None,
                     reason,
                 });
                 continue;
             }
         };
-        let key = EndpointKey::new(task.id.clone(), name.as_str());
+        let key = EndpointId::new(task.id.clone(), name.as_str());
         if let Some(router) = task.runtime_str(&runtime_key("_ROUTER_NAME", &name))
             && router != s.router_name
         {
@@ -233,7 +237,7 @@ fn parse_endpoint(
     s: &Settings,
     policy: &UpstreamPolicy,
 ) -> Parsed {
-    let key = EndpointKey::new(task.id.clone(), name);
+    let key = EndpointId::new(task.id.clone(), name);
     let get = |base: &str| task.runtime_str(&runtime_key(base, name));
     let refuse = |reason: String| Parsed::Refused {
         key: key.clone(),
@@ -261,12 +265,17 @@ fn parse_endpoint(
                     runtime_key(port_key, name)
                 ));
             };
-            match policy.upstream(&address, &port) {
-                Ok(upstream) => Parsed::Request {
+            let upstream = match policy.upstream(&address, &port) {
+                Ok(upstream) => upstream,
+                Err(reason) => return refuse(reason),
+            };
+            match client_allow::effective(task, name, &s.client_allow) {
+                Ok(allow) => Parsed::Request {
                     key,
                     want: Want::Tcp {
                         upstream,
                         routed_port,
+                        allow,
                     },
                 },
                 Err(reason) => refuse(reason),
@@ -398,7 +407,7 @@ mod tests {
             ),
             task("d", json!({"_SERVICE": "EXTERNAL", "_PORT": 80})),
             task("e", json!({"_SERVICE": "SOMETHING"})),
-            task("f", json!({"_SERVICE__bad.name": "EXTERNAL"})),
+            task("f", json!({"_SERVICE__bad\nname": "EXTERNAL"})),
             task(
                 "g;rm",
                 json!({"_SERVICE": "EXTERNAL", "_ADDRESS": "10.0.0.1", "_PORT": 80}),
@@ -417,7 +426,7 @@ mod tests {
         let reasons: BTreeMap<&str, &str> = p
             .refused
             .iter()
-            .map(|f| (f.task_id.as_str(), f.reason.as_str()))
+            .map(|f| (f.owner.id.task_id.as_str(), f.reason.as_str()))
             .collect();
         assert!(reasons["a"].contains("loopback"), "{reasons:?}");
         assert!(reasons["b"].contains("not a port"), "{reasons:?}");
@@ -429,6 +438,6 @@ mod tests {
         assert!(reasons["h"].contains("neither path nor subdomain"));
         assert_eq!(p.refused.len(), 8);
         assert_eq!(p.routes.tcp.len(), 1);
-        assert_eq!(p.routes.tcp[&30000].owner.task_id, "ok");
+        assert_eq!(p.routes.tcp[&30000].owner.id.task_id, "ok");
     }
 }

@@ -18,7 +18,9 @@ pub(super) fn settings() -> Settings {
         domain: Some("apps.example.com".into()),
         default_mode: HttpMode::Path,
         queue_ids: Vec::new(),
+        queue_names: Vec::new(),
         max_endpoints_per_task: 16,
+        client_allow: crate::client_allow::ClientAllow::Any,
     }
 }
 
@@ -40,6 +42,7 @@ pub(super) fn running_task(id: &str, runtime: Map<String, Value>) -> Task {
         status: "in_progress".into(),
         system_tags: vec!["external_service".into()],
         queue: Some("q1".into()),
+        k8s_queue: None,
         runtime,
     }
 }

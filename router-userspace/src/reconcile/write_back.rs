@@ -5,33 +5,35 @@
 use super::request::{Parsed, Want, parse_task};
 use super::settings::Settings;
 use crate::clearml::task::{Task, runtime_key};
-use crate::ports::EndpointKey;
+use crate::endpoint::EndpointId;
+use crate::routes::RouteRef;
 use crate::validate::UpstreamPolicy;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
-/// Where a write-back's route lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RouteRef {
-    Tcp(u16),
-    Http(String),
+/// The runtime key (per endpoint, with the request keys' suffix: `router_endpoint_error`,
+/// `router_endpoint_error__<name>`) that says why the router does not serve an endpoint the
+/// task asked for. It has no leading `_`, so the ClearML web app lists it on the task's INFO
+/// tab. Written instead of the endpoint while the route cannot be served; every endpoint patch
+/// below removes it, so it goes when the endpoint is written.
+pub const ENDPOINT_ERROR_KEY: &str = "router_endpoint_error";
+
+/// The keys that say why endpoint `name` is not served.
+pub fn error_patch(name: &str, reason: &str) -> BTreeMap<String, Value> {
+    BTreeMap::from([(runtime_key(ENDPOINT_ERROR_KEY, name), Value::from(reason))])
 }
 
-impl RouteRef {
-    /// The id an owner's `ApplyReport::failed` uses for this route.
-    pub fn id(&self) -> String {
-        match self {
-            RouteRef::Tcp(port) => port.to_string(),
-            RouteRef::Http(key) => key.clone(),
-        }
-    }
+/// The patch entry removing the endpoint's error key (a `null` in a patch removes the key:
+/// `crate::clearml::task::applied`).
+fn clear_error(name: &str) -> (String, Value) {
+    (runtime_key(ENDPOINT_ERROR_KEY, name), Value::Null)
 }
 
 /// Runtime keys to write on one task endpoint once its route is programmed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteBack {
-    pub key: EndpointKey,
+    pub key: EndpointId,
     pub task_name: String,
     pub route: RouteRef,
     /// The request the write answers; the write is skipped if the task changed it meanwhile.
@@ -64,6 +66,7 @@ pub fn tcp_patch(
             runtime_key("_ROUTER_NAME", name),
             Value::from(s.router_name.clone()),
         ),
+        clear_error(name),
     ])
 }
 
@@ -76,6 +79,7 @@ pub fn http_patch(s: &Settings, name: &str, url: &str) -> BTreeMap<String, Value
             runtime_key("_ROUTER_NAME", name),
             Value::from(s.router_name.clone()),
         ),
+        clear_error(name),
     ])
 }
 
@@ -87,7 +91,7 @@ pub fn recheck(
     s: &Settings,
     policy: &UpstreamPolicy,
 ) -> Result<BTreeMap<String, Value>, String> {
-    if !task.wants_routes(&s.queue_ids) {
+    if !task.wants_routes(&s.queue_ids, &s.queue_names) {
         return Err(format!(
             "task is {} (or untagged, archived, requeued)",
             task.status
@@ -111,6 +115,7 @@ pub fn recheck(
                     Want::Tcp {
                         upstream,
                         routed_port,
+                        ..
                     },
                     Want::Tcp { upstream: ours, .. },
                     RouteRef::Tcp(port),
@@ -152,7 +157,7 @@ mod tests {
         assert_eq!(p.routes.tcp.len(), 1);
         let route = &p.routes.tcp[&30000];
         assert_eq!(route.upstream, "10.1.2.3:22".parse().unwrap());
-        assert_eq!(route.owner.task_id, "t1");
+        assert_eq!(route.owner.id.task_id, "t1");
         assert_eq!(p.writes.len(), 1);
         let patch = &p.writes[0].patch;
         assert_eq!(patch["external_address"], json!("203.0.113.7"));
@@ -160,12 +165,46 @@ mod tests {
         assert_eq!(patch["upstream_task_address"], json!("10.1.2.3"));
         assert_eq!(patch["upstream_task_port"], json!(22));
         assert_eq!(patch["_ROUTER_NAME"], json!("r1"));
+        assert_eq!(
+            patch[ENDPOINT_ERROR_KEY],
+            Value::Null,
+            "clears an earlier error"
+        );
 
         // After the write-back the task reads as routed: same route, nothing more to write.
         write_back(&mut tasks, &p);
         let p2 = plan(&mut r, &tasks);
         assert_eq!(p2.routes, p.routes);
         assert!(p2.writes.is_empty(), "{:?}", p2.writes);
+    }
+
+    #[test]
+    fn an_error_written_instead_of_the_endpoint_goes_with_the_endpoint() {
+        let mut r = reconciler(30000, 30010);
+        let mut tasks = vec![task(
+            "t",
+            json!({"_SERVICE__ssh": "EXTERNAL_TCP", "external_address__ssh": "10.0.0.9",
+                   "external_tcp_port__ssh": 22}),
+        )];
+        let p = plan(&mut r, &tasks);
+        let error = error_patch("ssh", "nothing listens on port 30000");
+        assert_eq!(
+            error,
+            BTreeMap::from([(
+                "router_endpoint_error__ssh".to_string(),
+                json!("nothing listens on port 30000")
+            )])
+        );
+        tasks[0].runtime.extend(error);
+        // Still to be written, and the write removes the error.
+        let p2 = plan(&mut r, &tasks);
+        assert_eq!(p2.writes.len(), 1);
+        assert_eq!(
+            p2.writes[0].patch["router_endpoint_error__ssh"],
+            Value::Null
+        );
+        write_back(&mut tasks, &p);
+        assert!(plan(&mut r, &tasks).writes.is_empty());
     }
 
     #[test]

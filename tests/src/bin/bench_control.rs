@@ -282,7 +282,7 @@ fn run(o: &Options, state: &Path) -> Result<()> {
                 let programmed = written.is_some_and(|p| {
                     tcp.programmed()
                         .get(&(p as u16))
-                        .is_some_and(|r| r.owner.task_id == id)
+                        .is_some_and(|r| r.owner.id.task_id == id)
                 });
                 if programmed {
                     break;

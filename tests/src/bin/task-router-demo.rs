@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use router_tests::clearml_server::sdk::sdk_versions;
 use router_tests::e2e::{
     CLIENT, HOST1, HOST2, ROUTER_PUBLIC, ServerThread, Testbed, TestbedOptions, echo_through,
-    http_get_url, parse_endpoint,
+    parse_endpoint,
 };
+use router_tests::http_client::get_url_in;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -150,9 +151,9 @@ fn demo(bed: &Testbed, steps: &mut Steps, keep: bool, sdk: &str) -> Result<()> {
     )?;
     let cookie = bed.auth_cookie();
     steps.run(&format!("HTTP GET {url}hello from the client"), || {
-        let without = http_get_url(&bed.client, &format!("{url}hello"), &[])?;
+        let without = get_url_in(&bed.client, &format!("{url}hello"), &[])?;
         println!("    without the ClearML cookie: HTTP {}", without.status);
-        let with = http_get_url(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)])?;
+        let with = get_url_in(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)])?;
         println!("    with the cookie: HTTP {}", with.status);
         for line in with.text().lines() {
             println!("      {line}");
@@ -197,7 +198,7 @@ fn demo(bed: &Testbed, steps: &mut Steps, keep: bool, sdk: &str) -> Result<()> {
         }
         println!("    {tcp} no longer answers");
         loop {
-            let r = http_get_url(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)])?;
+            let r = get_url_in(&bed.client, &format!("{url}hello"), &[("Cookie", &cookie)])?;
             if r.status != 200 {
                 println!("    {url} now answers HTTP {}", r.status);
                 break;

@@ -1,8 +1,14 @@
-//! Credentials and tokens as the real server has them: `auth.login` takes HTTP Basic
-//! `access_key:secret_key` and returns an HS256 JWT whose claims are `identity{...}`, `iat`, `exp`,
-//! `env`, `session_id` plus the extra claims the SDK reads without verifying (`api_version`,
-//! `server_version`, `server_build`, `feature_set`). Every other call carries
-//! `Authorization: Bearer <JWT>` (or Basic credentials, which the real server accepts on any call).
+//! Credentials and tokens as the real server has them (clearml-server v2.3.0): `auth.login` takes
+//! HTTP Basic `access_key:secret_key` and returns a JWT made by PyJWT's
+//! `jwt.encode(payload, token_secret)` (`apiserver/service_repo/auth/payload/token.py:81-83`):
+//! HS256 (PyJWT's default), the UTF-8 bytes of the `secure.auth.token_secret` string as the key.
+//! The payload is `Token.to_dict(**extra)` (`service_repo/auth/dictable.py:13-20`: every public
+//! property with a truthy value, then the extra claims): `auth_type` ("Bearer",
+//! `payload/payload.py:13-15`, `payload/auth_type.py`), `identity` (`identity.py`: user, company,
+//! role, user_name, company_name), `exp`, `iat` (datetimes PyJWT turns into seconds),
+//! `session_id`, `env`, then `api_version`, `server_version`, `server_build` and `feature_set`
+//! (`bll/auth/__init__.py:57-65`). Every other call carries `Authorization: Bearer <JWT>` (or
+//! Basic credentials, which the real server accepts on any call).
 
 use super::error::ApiError;
 use base64::Engine;
@@ -18,6 +24,20 @@ pub struct Identity {
     pub company_name: String,
 }
 
+impl Identity {
+    /// A new user (role `user`) of `company`, e.g. a tenant other than the server's own.
+    pub fn in_company(company: &str) -> Identity {
+        let user = super::store::new_id();
+        Identity {
+            user_name: format!("User {}", &user[..6]),
+            user,
+            company: company.into(),
+            role: "user".into(),
+            company_name: format!("company {company}"),
+        }
+    }
+}
+
 /// An API key pair and the user it logs in as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
@@ -29,6 +49,9 @@ pub struct Credential {
 /// The claims of a token this server issues.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Claims {
+    /// `Payload.auth_type` of a bearer token.
+    #[serde(default)]
+    pub auth_type: String,
     pub identity: Identity,
     pub iat: i64,
     pub exp: i64,
@@ -48,34 +71,54 @@ pub struct ServerClaims<'a> {
     pub feature_set: &'a str,
 }
 
-pub fn issue_token(
-    secret: &[u8],
-    identity: &Identity,
-    session_id: &str,
-    iat: i64,
-    lifetime_secs: i64,
-    server: &ServerClaims<'_>,
-) -> String {
-    let claims = Claims {
-        identity: identity.clone(),
-        iat,
-        exp: iat + lifetime_secs,
-        env: "<unknown>".into(),
-        session_id: session_id.into(),
-        api_version: server.api_version.into(),
-        server_version: server.server_version.into(),
-        server_build: server.server_build.into(),
-        feature_set: server.feature_set.into(),
-    };
-    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    // Encoding fixed claims with an HMAC key cannot fail; an empty string would surface as
-    // 401/30 on first use rather than a panic inside the server.
-    jsonwebtoken::encode(
-        &header,
-        &claims,
+impl Claims {
+    /// The payload `auth.login` signs for `identity` at `iat`.
+    pub fn new(
+        identity: &Identity,
+        session_id: &str,
+        iat: i64,
+        lifetime_secs: i64,
+        server: &ServerClaims<'_>,
+    ) -> Claims {
+        Claims {
+            auth_type: "Bearer".into(),
+            identity: identity.clone(),
+            iat,
+            exp: iat + lifetime_secs,
+            env: "<unknown>".into(),
+            session_id: session_id.into(),
+            api_version: server.api_version.into(),
+            server_version: server.server_version.into(),
+            server_build: server.server_build.into(),
+            feature_set: server.feature_set.into(),
+        }
+    }
+}
+
+/// The header PyJWT writes (`json.dumps(header, separators=(",", ":"), sort_keys=True)`).
+const PYJWT_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// Signs `payload` as PyJWT's `jwt.encode(payload, secret)` does: its header, the compact JSON
+/// payload, HMAC-SHA256 over `header.payload` with `secret` (the secret string's bytes) as the
+/// key, all base64url without padding.
+pub fn sign(secret: &[u8], payload: &impl Serialize) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let body = serde_json::to_vec(payload).unwrap_or_default();
+    let message = format!("{}.{}", b64(PYJWT_HEADER.as_bytes()), b64(&body));
+    sign_message(secret, &message)
+}
+
+/// `message.signature` with the HS256 signature of `message` (two base64url parts).
+fn sign_message(secret: &[u8], message: &str) -> String {
+    // HMAC over any bytes with any key cannot fail; an empty signature would surface as 401/30
+    // on first use rather than a panic inside the server.
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
         &jsonwebtoken::EncodingKey::from_secret(secret),
+        jsonwebtoken::Algorithm::HS256,
     )
-    .unwrap_or_default()
+    .unwrap_or_default();
+    format!("{message}.{signature}")
 }
 
 /// Verifies signature (HS256 only) and expiry (no leeway, like PyJWT) of a bearer token.
@@ -149,17 +192,45 @@ mod tests {
     fn token_round_trip_and_refusals() {
         let now = super::super::store::now_secs();
         let none = std::collections::HashSet::new();
-        let t = issue_token(b"k", &identity(), "s1", now, 60, &SERVER);
+        let t = sign(b"k", &Claims::new(&identity(), "s1", now, 60, &SERVER));
         let c = verify_token(b"k", &t, &none).expect("valid token");
         assert_eq!(c.identity, identity());
         assert_eq!(c.feature_set, "advanced");
+        assert_eq!(c.auth_type, "Bearer");
         let e = verify_token(b"other", &t, &none).expect_err("wrong key");
         assert_eq!((e.code, e.subcode), (401, 30));
-        let old = issue_token(b"k", &identity(), "s2", now - 100, 10, &SERVER);
+        let old = sign(
+            b"k",
+            &Claims::new(&identity(), "s2", now - 100, 10, &SERVER),
+        );
         let e = verify_token(b"k", &old, &none).expect_err("expired");
         assert!(e.msg.contains("Signature has expired"), "{}", e.msg);
         let expired = std::collections::HashSet::from(["s1".to_string()]);
         let e = verify_token(b"k", &t, &expired).expect_err("expired by the admin");
+        assert_eq!((e.code, e.subcode), (401, 30));
+    }
+
+    /// Made by PyJWT 2.15.1 (the SDK virtualenv's): `jwt.encode(payload, DEFAULT_TOKEN_SECRET)`.
+    const PYJWT_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdXRoX3R5cGUiOiJCZWFyZXIiLCJpZGVudGl0eSI6eyJ1c2VyIjoidTEiLCJjb21wYW55IjoiZDFiZDkyYTNiMDM5NDAwY2JhZmM2MGE3YTViMWU1MmIiLCJyb2xlIjoiYWRtaW4iLCJ1c2VyX25hbWUiOiJVc2VyIiwiY29tcGFueV9uYW1lIjoiQ28ifSwiaWF0IjoxNzY3MjI1NjAwLCJleHAiOjQxMDI0NDQ4MDAsInNlc3Npb25faWQiOiJzMSIsImVudiI6Ijx1bmtub3duPiIsImFwaV92ZXJzaW9uIjoiMi4zNCIsInNlcnZlcl92ZXJzaW9uIjoiMi4zLjAiLCJzZXJ2ZXJfYnVpbGQiOiIxIiwiZmVhdHVyZV9zZXQiOiJiYXNpYyJ9.mGa_KqGyFEJDT-o2RJfPSREjyYm4dnoN6thA901cOhw";
+
+    #[test]
+    fn signs_byte_for_byte_as_pyjwt_with_the_secret_strings_bytes() {
+        let secret = crate::clearml_server::DEFAULT_TOKEN_SECRET.as_bytes();
+        let (message, _) = PYJWT_TOKEN.rsplit_once('.').unwrap();
+        assert_eq!(sign_message(secret, message), PYJWT_TOKEN);
+        assert!(
+            message.starts_with(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(PYJWT_HEADER)
+            )
+        );
+        let claims = verify_token(secret, PYJWT_TOKEN, &Default::default()).expect("verifies");
+        assert_eq!(claims.identity.company, "d1bd92a3b039400cbafc60a7a5b1e52b");
+        assert_eq!(claims.auth_type, "Bearer");
+        // The secret is valid base64url: decoding it first (the JWKS reading) is another key.
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(secret)
+            .expect("the default secret decodes silently");
+        let e = verify_token(&decoded, PYJWT_TOKEN, &Default::default()).expect_err("other key");
         assert_eq!((e.code, e.subcode), (401, 30));
     }
 

@@ -55,6 +55,20 @@ impl ApiClient {
         }
     }
 
+    /// A client of `server` that trusts its CA when it serves HTTPS.
+    pub fn for_server(server: &super::ClearmlServer) -> Result<ApiClient> {
+        let mut client = ApiClient::new(&server.url());
+        if let Some(ca) = server.ca_pem() {
+            let pem = std::fs::read(&ca).with_context(|| format!("read {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).context("the test CA")?;
+            client.http = reqwest::blocking::Client::builder()
+                .add_root_certificate(cert)
+                .build()
+                .context("an HTTPS client")?;
+        }
+        Ok(client)
+    }
+
     /// Logs in and keeps the token; fails unless the server says 200.
     pub fn login(&mut self, access_key: &str, secret_key: &str) -> Result<String> {
         let resp = self

@@ -101,6 +101,30 @@ impl ApiError {
             &[("id", Value::from(id))],
         )
     }
+    /// A task of another company, or none, looked up for writing (`get_task_with_write_access`
+    /// raises with the whole query).
+    pub fn invalid_task_id_of(id: &str, company: &str) -> ApiError {
+        Self::coded(
+            400,
+            101,
+            "invalid task id",
+            None,
+            &[("id", Value::from(id)), ("company", Value::from(company))],
+        )
+    }
+    /// A status change the state machine refuses (`validate_status_change`).
+    pub fn invalid_status_change(current: &str, new: &str) -> ApiError {
+        Self::coded(
+            400,
+            110,
+            "invalid task status",
+            Some("Invalid status change"),
+            &[
+                ("current_status", Value::from(current)),
+                ("new_status", Value::from(new)),
+            ],
+        )
+    }
     pub fn invalid_task_status(expected: &str, status: &str) -> ApiError {
         Self::coded(
             400,

@@ -8,7 +8,7 @@
 use super::Shared;
 use super::auth::{self, Identity};
 use super::error::ApiError;
-use super::services::{self, Call, MAX_API_VERSION};
+use super::services::{self, Call};
 use super::store::{FaultKind, new_id};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,9 +16,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, LazyLock};
-
-/// The cookie the real OSS server sets on login and accepts instead of a header.
-pub const AUTH_COOKIE: &str = "clearml_token_basic";
 
 /// Longest token lifetime a login may ask for (`max_expiration_sec`).
 const MAX_EXPIRATION_SECS: i64 = 365 * 24 * 3600;
@@ -90,10 +87,6 @@ fn parse_version(s: &str) -> Option<(u32, u32)> {
         Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
         None => Some((s.parse().ok()?, 0)),
     }
-}
-
-fn max_version() -> (u32, u32) {
-    parse_version(MAX_API_VERSION).unwrap_or((2, 31))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
@@ -231,14 +224,15 @@ enum Auth {
 }
 
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<Auth, ApiError> {
-    let explicit = header_str(headers, &["authorization"]).map(str::to_string);
-    let value =
-        match explicit.or_else(|| cookie(headers, AUTH_COOKIE).map(|c| format!("Bearer {c}"))) {
-            Some(v) => v,
-            None => return Ok(Auth::None),
-        };
-    let (scheme, data) = value.split_once(' ').unwrap_or((value.as_str(), ""));
     let state = shared.lock();
+    let explicit = header_str(headers, &["authorization"]).map(str::to_string);
+    let value = match explicit
+        .or_else(|| cookie(headers, &state.cookie_name).map(|c| format!("Bearer {c}")))
+    {
+        Some(v) => v,
+        None => return Ok(Auth::None),
+    };
+    let (scheme, data) = value.split_once(' ').unwrap_or((value.as_str(), ""));
     match scheme {
         "Bearer" => {
             let claims = auth::verify_token(&state.token_secret, data, &state.expired_sessions)?;
@@ -307,8 +301,9 @@ pub async fn api(
         .unwrap_or_default()
         .to_string();
     meta.endpoint = name.clone();
+    let release = shared.lock().release;
     let requested = match caps.name("v") {
-        None => max_version(),
+        None => release.api,
         Some(v) => match parse_version(v.as_str()) {
             Some(v) => v,
             None => return envelope(&meta, Err(ApiError::invalid_version(v.as_str()))),
@@ -347,7 +342,8 @@ pub async fn api(
         );
     }
 
-    let Some(endpoint) = services::find(&name).filter(|e| e.min_version <= requested) else {
+    let Some(endpoint) = services::find(&name, release.api).filter(|e| e.min_version <= requested)
+    else {
         let v = format!("{}.{}", requested.0, requested.1);
         return envelope(&meta, Err(ApiError::unknown_endpoint(&name, &v)));
     };
@@ -387,9 +383,12 @@ pub async fn api(
             .unwrap_or(state.token_lifetime_secs)
             .min(MAX_EXPIRATION_SECS);
         let token = state.issue_token(&identity, lifetime);
+        let cookie_name = state.cookie_name.clone();
         drop(state);
         let mut resp = envelope(&meta, Ok(json!({"token": token})));
-        let cookie = format!("{AUTH_COOKIE}={token}; Max-Age={lifetime}; Path=/; HttpOnly");
+        // `apiserver.auth.cookies` (apiserver.conf:75-81): HttpOnly, no Domain, SameSite=Lax.
+        let cookie =
+            format!("{cookie_name}={token}; Max-Age={lifetime}; Path=/; HttpOnly; SameSite=Lax");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }

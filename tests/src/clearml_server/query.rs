@@ -13,10 +13,22 @@ use std::collections::HashMap;
 /// The server's `max_page_size` (`services/_mongo.conf`).
 pub const MAX_PAGE_SIZE: usize = 500;
 
-/// What a collection allows as list filters, and the allowed values of enum fields.
+/// What a collection allows as list filters (`a.*` = any path under `a`), and the allowed
+/// values of enum fields.
 pub struct Collection {
     pub list_fields: &'static [&'static str],
     pub enums: &'static [(&'static str, &'static [&'static str])],
+}
+
+impl Collection {
+    fn is_list_field(&self, key: &str) -> bool {
+        self.list_fields.iter().any(|f| match f.strip_suffix(".*") {
+            Some(prefix) => key
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.')),
+            None => *f == key,
+        })
+    }
 }
 
 /// Request keys that steer the query rather than filter.
@@ -43,14 +55,29 @@ pub struct Page {
     pub scroll_id: Option<String>,
 }
 
+/// Whether a caller of `company` reads `doc`: its company's documents and public ones (no
+/// company), as `_prepare_perm_query` scopes every query (`database/model/base.py:779-782`).
+pub fn visible_to(doc: &Value, company: &str) -> bool {
+    match doc.get("company") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(c)) => c.is_empty() || c == company,
+        Some(_) => false,
+    }
+}
+
+/// The page of `docs` matching `req`; only those visible to `company`, when given.
 pub fn get_all(
     docs: &[Value],
     req: &Map<String, Value>,
     coll: &Collection,
+    company: Option<&str>,
     scrolls: &mut HashMap<String, usize>,
 ) -> Result<Page, ApiError> {
     let filter = Filter::parse(req, coll)?;
-    let mut matched: Vec<&Value> = docs.iter().filter(|d| filter.matches(d)).collect();
+    let mut matched: Vec<&Value> = docs
+        .iter()
+        .filter(|d| company.is_none_or(|c| visible_to(d, c)) && filter.matches(d))
+        .collect();
     if let Some(order) = req.get("order_by") {
         let keys = order_keys(order)?;
         matched.sort_by(|a, b| {
@@ -199,7 +226,7 @@ impl Filter {
             if CONTROL_KEYS.contains(&key.as_str()) {
                 continue;
             }
-            if coll.list_fields.contains(&key.as_str()) {
+            if coll.is_list_field(key) {
                 if value.is_null() {
                     continue;
                 }
@@ -465,9 +492,23 @@ mod tests {
     use serde_json::json;
 
     const TASKS: Collection = Collection {
-        list_fields: &["id", "system_tags", "status", "execution.queue"],
+        list_fields: &[
+            "id",
+            "system_tags",
+            "status",
+            "execution.queue",
+            "hyperparams.*",
+        ],
         enums: &[("status", &["created", "in_progress", "stopped"])],
     };
+
+    #[test]
+    fn wildcard_list_fields() {
+        assert!(TASKS.is_list_field("hyperparams.properties.k8s-queue.value"));
+        assert!(!TASKS.is_list_field("hyperparams"));
+        assert!(!TASKS.is_list_field("hyperparamsx.a"));
+        assert!(TASKS.is_list_field("execution.queue"));
+    }
 
     fn docs() -> Vec<Value> {
         vec![
@@ -481,9 +522,25 @@ mod tests {
         ]
     }
 
+    /// `get_all` over `docs` with the test collection, no company scope.
+    fn query(
+        docs: &[Value],
+        req: &Value,
+        scrolls: &mut HashMap<String, usize>,
+    ) -> Result<Page, ApiError> {
+        let empty = Map::new();
+        get_all(
+            docs,
+            req.as_object().unwrap_or(&empty),
+            &TASKS,
+            None,
+            scrolls,
+        )
+    }
+
     fn ids(req: Value) -> Vec<String> {
         let mut scrolls = HashMap::new();
-        let page = get_all(&docs(), req.as_object().unwrap(), &TASKS, &mut scrolls).unwrap();
+        let page = query(&docs(), &req, &mut scrolls).unwrap();
         page.items
             .iter()
             .map(|t| t["id"].as_str().unwrap().to_string())
@@ -511,23 +568,13 @@ mod tests {
         assert_eq!(ids(json!({"runtime._PORT": 8080})), ["a"]);
         assert_eq!(ids(json!({"order_by": ["-name"]})), ["c", "a"]);
         let mut scrolls = HashMap::new();
-        let e = get_all(
-            &docs(),
-            json!({"status": ["bogus"]}).as_object().unwrap(),
-            &TASKS,
-            &mut scrolls,
-        )
-        .err()
-        .unwrap();
+        let e = query(&docs(), &json!({"status": ["bogus"]}), &mut scrolls)
+            .err()
+            .unwrap();
         assert_eq!((e.code, e.subcode), (400, 12));
-        let e = get_all(
-            &docs(),
-            json!({"status": "in_progress"}).as_object().unwrap(),
-            &TASKS,
-            &mut scrolls,
-        )
-        .err()
-        .unwrap();
+        let e = query(&docs(), &json!({"status": "in_progress"}), &mut scrolls)
+            .err()
+            .unwrap();
         assert_eq!((e.code, e.subcode), (400, 12));
     }
 
@@ -536,7 +583,7 @@ mod tests {
         let mut scrolls = HashMap::new();
         let req = json!({"only_fields": ["execution.queue"], "page": 1, "page_size": 1,
                          "search_hidden": true});
-        let page = get_all(&docs(), req.as_object().unwrap(), &TASKS, &mut scrolls).unwrap();
+        let page = query(&docs(), &req, &mut scrolls).unwrap();
         assert_eq!(
             page.items,
             vec![json!({"id": "b", "execution": {"queue": "q2"}})]
@@ -544,17 +591,17 @@ mod tests {
         let many: Vec<Value> = (0..1200)
             .map(|i| json!({"id": format!("{i:04}")}))
             .collect();
-        let page = get_all(&many, &Map::new(), &TASKS, &mut scrolls).unwrap();
+        let page = query(&many, &json!({}), &mut scrolls).unwrap();
         assert_eq!(page.items.len(), MAX_PAGE_SIZE, "unpaged get_all is capped");
         let req = json!({"page_size": 10_000, "page": 2});
-        let page = get_all(&many, req.as_object().unwrap(), &TASKS, &mut scrolls).unwrap();
+        let page = query(&many, &req, &mut scrolls).unwrap();
         assert_eq!(page.items.len(), 200, "page_size is clamped to 500");
         // A scroll walks everything once, then comes back short.
         let mut seen = 0;
         let mut scroll = Value::String(String::new());
         loop {
             let req = json!({"scroll_id": scroll, "size": 500});
-            let page = get_all(&many, req.as_object().unwrap(), &TASKS, &mut scrolls).unwrap();
+            let page = query(&many, &req, &mut scrolls).unwrap();
             seen += page.items.len();
             scroll = Value::from(page.scroll_id.unwrap());
             if page.items.len() < 500 {

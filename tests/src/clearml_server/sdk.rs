@@ -24,6 +24,19 @@ pub fn sdk_versions() -> Vec<&'static str> {
         .collect()
 }
 
+/// The newest SDK release under test.
+pub fn newest() -> &'static str {
+    sdk_versions()[0]
+}
+
+/// The last 2.0.x release under test (SDK 2.0 keeps one endpoint per protocol).
+pub fn last_2_0() -> &'static str {
+    sdk_versions()
+        .into_iter()
+        .find(|v| v.starts_with("2.0."))
+        .expect("a 2.0.x release in tests/python/sdk-versions.txt")
+}
+
 /// The virtualenv's python for `version`; panics (test set-up) when `cargo xtask test` has not
 /// made it.
 pub fn sdk_python(version: &str) -> PathBuf {
@@ -49,6 +62,9 @@ pub struct SdkEnv {
     /// `CLEARML_AGENT_HOST_IP`: the address the task reports as its own (`_ADDRESS`,
     /// `external_address`); the SDK's guess of the private IP otherwise.
     pub host_ip: Option<String>,
+    /// `CLEARML_API_HOST_VERIFY_CERT`: a CA bundle path (the SDK hands a value that is not a
+    /// boolean to `requests` as `verify`, clearml 2.1.7 `backend_api/utils.py:174-178`).
+    pub verify_cert: Option<String>,
 }
 
 impl SdkEnv {
@@ -59,6 +75,15 @@ impl SdkEnv {
             access_key: c.access_key,
             secret_key: c.secret_key,
             host_ip: None,
+            verify_cert: server.ca_pem().map(|p| p.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// [`SdkEnv::for_server`] on a task host whose address is `host_ip`.
+    pub fn on_host(server: &super::ClearmlServer, host_ip: &str) -> SdkEnv {
+        SdkEnv {
+            host_ip: Some(host_ip.to_string()),
+            ..SdkEnv::for_server(server)
         }
     }
 }
@@ -98,6 +123,8 @@ impl SdkTask {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", home.path())
             .env("PYTHONUNBUFFERED", "1")
+            // No __pycache__ beside the scripts in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("CLEARML_API_HOST", &env.api_host)
             .env("CLEARML_WEB_HOST", &env.api_host)
             .env("CLEARML_FILES_HOST", &env.api_host)
@@ -109,6 +136,9 @@ impl SdkTask {
             .stderr(Stdio::piped());
         if let Some(ip) = &env.host_ip {
             cmd.env("CLEARML_AGENT_HOST_IP", ip);
+        }
+        if let Some(ca) = &env.verify_cert {
+            cmd.env("CLEARML_API_HOST_VERIFY_CERT", ca);
         }
         let mut child = cmd
             .spawn()
@@ -257,6 +287,24 @@ impl SdkTask {
             Duration::from_secs(60),
         )
         .map(|_| ())
+    }
+
+    /// The open-source way (`tests/python/oss_endpoint.py`, `request_endpoint`): the request
+    /// keys and the tag written with SDK calls that need no `advanced` feature set.
+    pub fn oss_request(&mut self, port: u16, protocol: &str, name: Option<&str>) -> Result<()> {
+        self.command(
+            json!({"cmd": "oss_request", "port": port, "protocol": protocol, "name": name}),
+            Duration::from_secs(60),
+        )
+        .map(|_| ())
+    }
+
+    /// `oss_endpoint.read_endpoint`: the endpoint the router wrote back, or null.
+    pub fn oss_read(&mut self, protocol: &str, name: Option<&str>) -> Result<Value> {
+        self.command(
+            json!({"cmd": "oss_read", "protocol": protocol, "name": name}),
+            Duration::from_secs(60),
+        )
     }
 
     /// `reload()` + the task's runtime properties as the SDK sees them.

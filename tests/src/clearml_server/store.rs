@@ -2,7 +2,8 @@
 //! insertion order, like Mongo's natural order; the credentials; the faults waiting to be served;
 //! the call counters.
 
-use super::auth::{Credential, Identity};
+use super::auth::{Claims, Credential, Identity};
+use super::options::{COMPOSE_COOKIE, ServerRelease};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,7 +92,8 @@ pub struct Fault {
     pub endpoint: Option<String>,
 }
 
-/// Runs right after `tasks.edit` stored a task's runtime: (task id, the stored runtime).
+/// Runs right after `tasks.edit` or `tasks.edit_runtime` stored a task's runtime: (task id, the
+/// stored runtime).
 pub type EditHook = Box<dyn FnMut(&str, &mut Map<String, Value>) + Send>;
 
 /// Everything the server knows; behind one mutex, held only for short, non-async sections.
@@ -100,6 +102,9 @@ pub struct State {
     pub token_secret: Vec<u8>,
     pub feature_set: String,
     pub token_lifetime_secs: i64,
+    pub release: ServerRelease,
+    /// The browser cookie `auth.login` sets and calls are authorized with.
+    pub cookie_name: String,
     /// Session ids of every token issued so far.
     pub sessions: Vec<String>,
     /// Sessions whose tokens are refused as expired (admin "expire all tokens").
@@ -130,6 +135,8 @@ impl State {
             token_secret,
             feature_set,
             token_lifetime_secs,
+            release: ServerRelease::V2_3,
+            cookie_name: COMPOSE_COOKIE.into(),
             sessions: Vec::new(),
             expired_sessions: HashSet::new(),
             tasks: Vec::new(),
@@ -148,24 +155,28 @@ impl State {
         s
     }
 
-    /// A token for `identity` living `lifetime_secs`, its session recorded.
-    pub fn issue_token(&mut self, identity: &Identity, lifetime_secs: i64) -> String {
-        let session = new_id();
-        let token = super::auth::issue_token(
-            &self.token_secret,
+    /// What `auth.login` signs for `identity` now, living `lifetime_secs`, in a new session.
+    pub fn claims(&self, identity: &Identity, lifetime_secs: i64) -> Claims {
+        let api_version = self.release.api_string();
+        Claims::new(
             identity,
-            &session,
+            &new_id(),
             now_secs(),
             lifetime_secs,
             &super::auth::ServerClaims {
-                api_version: super::services::MAX_API_VERSION,
-                server_version: super::services::SERVER_VERSION,
+                api_version: &api_version,
+                server_version: self.release.version,
                 server_build: super::services::SERVER_BUILD,
                 feature_set: &self.feature_set,
             },
-        );
-        self.sessions.push(session);
-        token
+        )
+    }
+
+    /// A token for `identity` living `lifetime_secs`, its session recorded.
+    pub fn issue_token(&mut self, identity: &Identity, lifetime_secs: i64) -> String {
+        let claims = self.claims(identity, lifetime_secs);
+        self.sessions.push(claims.session_id.clone());
+        super::auth::sign(&self.token_secret, &claims)
     }
 
     /// Every token issued so far is refused from now on.

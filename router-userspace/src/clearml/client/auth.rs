@@ -13,6 +13,9 @@ pub(super) struct Token {
     jwt: String,
     /// Wall clock, since `exp` is.
     refresh_at: SystemTime,
+    /// The server's highest API version, from the token's `api_version` claim (clearml-server
+    /// `apiserver/bll/auth/__init__.py:61`); `None` when the token does not say.
+    pub(super) api_version: Option<(u32, u32)>,
 }
 
 impl Token {
@@ -30,8 +33,18 @@ impl Token {
                 reason: "no data.token in the answer".into(),
             })?
             .to_string();
-        let refresh_at = refresh_time(&jwt, now);
-        Ok(Token { jwt, refresh_at })
+        let claims = unverified_claims(&jwt);
+        let refresh_at = refresh_time(claims.as_ref(), now);
+        let api_version = claims
+            .as_ref()
+            .and_then(|c| c.get("api_version"))
+            .and_then(Value::as_str)
+            .and_then(parse_api_version);
+        Ok(Token {
+            jwt,
+            refresh_at,
+            api_version,
+        })
     }
 }
 
@@ -75,26 +88,30 @@ impl TokenSlot {
     }
 }
 
-/// When to refresh `jwt`: `exp` minus the threshold (a quarter of the lifetime for short-lived
-/// tokens). The token is decoded without verifying it, as the SDK does; an opaque token is
-/// refreshed every 10 minutes and on a 401.
-pub(super) fn refresh_time(jwt: &str, now: SystemTime) -> SystemTime {
+/// The claims of `jwt`, decoded without verifying it (as the SDK does: the client only reads
+/// when to refresh and what the server is); `None` for an opaque token.
+pub(super) fn unverified_claims(jwt: &str) -> Option<Value> {
     use base64::Engine as _;
-    let claims = jwt
-        .split('.')
+    jwt.split('.')
         .nth(1)
         .and_then(|p| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(p.trim_end_matches('='))
                 .ok()
         })
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-    let num = |k: &str| {
-        claims
-            .as_ref()
-            .and_then(|c| c.get(k))
-            .and_then(Value::as_f64)
-    };
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+}
+
+/// `2.34` as `(2, 34)`.
+pub(super) fn parse_api_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// When to refresh a token with `claims`: `exp` minus the threshold (a quarter of the lifetime
+/// for short-lived tokens); an opaque token is refreshed every 10 minutes and on a 401.
+pub(super) fn refresh_time(claims: Option<&Value>, now: SystemTime) -> SystemTime {
+    let num = |k: &str| claims.and_then(|c| c.get(k)).and_then(Value::as_f64);
     let exp = num("exp").and_then(|e| Duration::try_from_secs_f64(e).ok());
     match exp.and_then(|e| UNIX_EPOCH.checked_add(e)) {
         Some(exp_at) => {
@@ -121,6 +138,26 @@ mod tests {
             e.encode(br#"{"alg":"HS256"}"#),
             e.encode(claims.to_string())
         )
+    }
+
+    fn refresh_time(jwt: &str, now: SystemTime) -> SystemTime {
+        super::refresh_time(unverified_claims(jwt).as_ref(), now)
+    }
+
+    #[test]
+    fn the_servers_api_version_is_read_from_the_token() {
+        let login = |claims: Value| {
+            let data = json!({ "token": jwt(claims) });
+            Token::from_login(data.as_object().unwrap(), SystemTime::now()).unwrap()
+        };
+        assert_eq!(
+            login(json!({"exp": 2_000_000_000u64, "api_version": "2.34"})).api_version,
+            Some((2, 34))
+        );
+        assert_eq!(login(json!({"exp": 2_000_000_000u64})).api_version, None);
+        assert_eq!(login(json!({"api_version": "two"})).api_version, None);
+        assert_eq!(parse_api_version("2.9"), Some((2, 9)));
+        assert!(parse_api_version("2.9") < parse_api_version("2.34"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! call and what was wrong; valid answers still decode to what they hold.
 
 use super::Client;
-use super::auth::refresh_time;
+use super::auth::{refresh_time, unverified_claims};
 use super::envelope::parse_envelope;
 use crate::clearml::{ApiError, Task};
 use crate::config::ClearmlConfig;
@@ -166,7 +166,7 @@ proptest! {
         ],
     ) {
         let now = SystemTime::now();
-        let _ = refresh_time(&token, now);
+        let _ = refresh_time(unverified_claims(&token).as_ref(), now);
     }
 }
 
@@ -230,13 +230,8 @@ fn generated_task_lists_decode_through_the_client() {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let client = Client::new(&ClearmlConfig {
-            api_host: Some(url),
-            access_key: "ak".into(),
-            secret_key: "sk".into(),
-            ssl_verify: true,
-            listen_queues: Vec::new(),
-            poll_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
+            ..crate::clearml::mock::client_config(&url)
         })
         .expect("client");
         let lists = prop_oneof![
@@ -249,7 +244,7 @@ fn generated_task_lists_decode_through_the_client() {
         for case in 0..cases {
             let data = lists.new_tree(&mut runner).expect("generate").current();
             *answer.lock().expect("lock") = data.clone();
-            let result = client.tasks_requesting_endpoints(&[]).await;
+            let result = client.tasks_requesting_endpoints(&[], &[]).await;
             match (data.get("tasks").and_then(Value::as_array), result) {
                 (Some(entries), Ok((tasks, skipped))) => {
                     let mut ids: Vec<&str> = entries

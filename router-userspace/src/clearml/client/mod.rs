@@ -1,23 +1,30 @@
 //! The HTTP client of the ClearML API: one connection (base URL, credentials, token) and
 //! authenticated calls, each answer read through the response envelope. The calls the router
-//! makes are beside it: `tasks` (list, look up, edit), `write` (read-merge-write of runtime
-//! keys), `queues` (names to ids).
+//! makes are beside it: `tasks` (list, look up, edit), `runtime_edit` (the atomic per-key call
+//! of newer servers), `write` (writing runtime keys back: atomically where the server can,
+//! read-merge-write otherwise), `queues` (names to ids).
 
 mod auth;
 mod envelope;
 mod queues;
+mod runtime_capability;
+mod runtime_edit;
 mod stats;
 mod tasks;
+mod tls;
 mod write;
 
 pub use queues::regex_escape;
+pub use runtime_capability::{EDIT_RUNTIME_SINCE, written_as_is};
 pub use stats::{ApiCallStats, ApiStats, LATENCY_BUCKETS};
+pub use tls::ca_bundle;
 pub use write::{SETTLE, SETTLE_ROUNDS, WRITE_ATTEMPTS, WriteOutcome};
 
 use super::error::ApiError;
 use crate::config::ClearmlConfig;
 use auth::{Token, TokenSlot};
 use envelope::parse_envelope;
+use runtime_capability::RuntimeEdits;
 use serde_json::{Map, Value, json};
 use stats::status_label;
 use std::sync::atomic::Ordering;
@@ -38,18 +45,21 @@ pub struct Client {
     timeout: Duration,
     page_size: usize,
     token: TokenSlot,
+    /// Whether the server has `tasks.edit_runtime`, learnt at each login.
+    runtime_edits: RuntimeEdits,
     pub stats: ApiStats,
 }
 
 impl Client {
-    /// A client for `cfg.api_host` (which must be set).
+    /// A client for `cfg.api_host` (which must be set), trusting the system store, the
+    /// built-in roots and the CA bundles `cfg` names (a missing or bad one is an error).
     pub fn new(cfg: &ClearmlConfig) -> Result<Client, ApiError> {
         let base = cfg.api_host.clone().unwrap_or_default();
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
-            .danger_accept_invalid_certs(!cfg.ssl_verify)
-            .user_agent(concat!("task-router/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("task-router/", env!("CARGO_PKG_VERSION")));
+        let http = tls::trust(builder, cfg)?
             .build()
             .map_err(ApiError::ClientSetup)?;
         Ok(Client {
@@ -60,6 +70,7 @@ impl Client {
             timeout: cfg.request_timeout,
             page_size: MAX_PAGE_SIZE,
             token: TokenSlot::default(),
+            runtime_edits: RuntimeEdits::default(),
             stats: ApiStats::default(),
         })
     }
@@ -78,7 +89,9 @@ impl Client {
     async fn fetch_token(&self) -> Result<Token, ApiError> {
         self.stats.logins.fetch_add(1, Ordering::Relaxed);
         let data = self.send("auth.login", &json!({}), Auth::Basic).await?;
-        Token::from_login(&data, SystemTime::now())
+        let token = Token::from_login(&data, SystemTime::now())?;
+        self.runtime_edits.learn(token.api_version);
+        Ok(token)
     }
 
     /// One authenticated call; on a 401 the token is refreshed once and the call retried.
@@ -184,7 +197,10 @@ mod tests {
         let server = MockServer::start().await;
         let client = Client::new(&config(&server.url)).unwrap();
         server.fault(Fault::Status500);
-        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        let e = client
+            .tasks_requesting_endpoints(&[], &[])
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -199,10 +215,16 @@ mod tests {
         );
         assert!(e.is_transient());
         server.fault(Fault::Garbage);
-        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        let e = client
+            .tasks_requesting_endpoints(&[], &[])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::Malformed { .. }), "{e}");
         server.fault(Fault::Hang(Duration::from_secs(3)));
-        let e = client.tasks_requesting_endpoints(&[]).await.unwrap_err();
+        let e = client
+            .tasks_requesting_endpoints(&[], &[])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ApiError::Timeout { .. }), "{e}");
         assert!(e.to_string().contains("tasks.get_all"), "{e}");
         assert!(client.get_task("nope").await.unwrap().is_none());
@@ -219,7 +241,7 @@ mod tests {
         let server = MockServer::start().await;
         let client = Client::new(&config(&server.url)).unwrap();
         let e = client.call("no.such", &json!({})).await.unwrap_err();
-        assert!(matches!(e, ApiError::Server { status: 400, .. }), "{e}");
+        assert!(matches!(e, ApiError::Server { status: 404, .. }), "{e}");
         assert!(!e.is_transient(), "{e}");
     }
 }

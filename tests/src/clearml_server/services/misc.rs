@@ -1,13 +1,12 @@
 //! The other services the SDK and routers touch: server, debug, users, queues, projects,
 //! models, events.
 
-use super::{Call, MAX_API_VERSION};
+use super::Call;
 use crate::clearml_server::error::ApiError;
 use crate::clearml_server::query::{self, Collection};
 use crate::clearml_server::store::{State, new_id, now_iso};
 use serde_json::{Value, json};
 
-pub const SERVER_VERSION: &str = "2.0.0";
 pub const SERVER_BUILD: &str = "test-server";
 
 const QUEUES: Collection = Collection {
@@ -36,10 +35,12 @@ pub fn auth_login_placeholder(_: &mut State, _: &Call) -> Result<Value, ApiError
     Err(ApiError::general("auth.login is handled by the HTTP layer"))
 }
 
-pub fn server_info(_: &mut State, _: &Call) -> Result<Value, ApiError> {
+/// `server.info` from 2.12 on: no `uid` (the 2.12 handler calls the base one and adds
+/// `api_version` = the highest endpoint version; `services/server/__init__.py:59-77` at v2.3.0).
+pub fn server_info(state: &mut State, _: &Call) -> Result<Value, ApiError> {
     Ok(json!({
-        "version": SERVER_VERSION, "build": SERVER_BUILD, "commit": "0000000",
-        "uid": "00000000000000000000000000000000", "api_version": MAX_API_VERSION,
+        "version": state.release.version, "build": SERVER_BUILD, "commit": "0000000",
+        "api_version": state.release.api_string(),
     }))
 }
 
@@ -76,7 +77,7 @@ pub fn users_get_all(state: &mut State, _: &Call) -> Result<Value, ApiError> {
 }
 
 pub fn queues_get_all(state: &mut State, call: &Call) -> Result<Value, ApiError> {
-    let page = query::get_all(&state.queues, &call.data, &QUEUES, &mut state.scrolls)?;
+    let page = query::get_all(&state.queues, &call.data, &QUEUES, None, &mut state.scrolls)?;
     let mut out = json!({"queues": page.items});
     if let Some(s) = page.scroll_id {
         out["scroll_id"] = json!(s);
@@ -129,7 +130,13 @@ pub fn queues_create(state: &mut State, call: &Call) -> Result<Value, ApiError> 
 }
 
 pub fn projects_get_all(state: &mut State, call: &Call) -> Result<Value, ApiError> {
-    let page = query::get_all(&state.projects, &call.data, &PROJECTS, &mut state.scrolls)?;
+    let page = query::get_all(
+        &state.projects,
+        &call.data,
+        &PROJECTS,
+        None,
+        &mut state.scrolls,
+    )?;
     let mut out = json!({"projects": page.items});
     if let Some(s) = page.scroll_id {
         out["scroll_id"] = json!(s);
@@ -187,7 +194,7 @@ pub fn projects_create(state: &mut State, call: &Call) -> Result<Value, ApiError
 }
 
 pub fn models_get_all(state: &mut State, call: &Call) -> Result<Value, ApiError> {
-    let page = query::get_all(&state.models, &call.data, &MODELS, &mut state.scrolls)?;
+    let page = query::get_all(&state.models, &call.data, &MODELS, None, &mut state.scrolls)?;
     let mut out = json!({"models": page.items});
     if let Some(s) = page.scroll_id {
         out["scroll_id"] = json!(s);

@@ -2,9 +2,12 @@
 //! authorization and its required fields, like the real server's `ServiceRepo` registry.
 
 mod misc;
+mod queueing;
+mod runtime;
 mod tasks;
 
-pub use misc::{SERVER_BUILD, SERVER_VERSION};
+pub use misc::SERVER_BUILD;
+pub use runtime::escape_key;
 
 use super::auth::Identity;
 use super::error::ApiError;
@@ -34,6 +37,10 @@ pub struct Endpoint {
     pub name: &'static str,
     /// The lowest API version serving this endpoint (`actual_version` in the envelope).
     pub min_version: (u32, u32),
+    /// The server API level that brought it (a server posing as an older release answers it
+    /// as unknown); mostly `min_version`, but `tasks.edit_runtime` came with API 2.34 while
+    /// being served from version 1.0.
+    pub added_in: (u32, u32),
     pub authorize: bool,
     pub required: &'static [&'static str],
     pub handler: Handler,
@@ -48,16 +55,23 @@ const fn ep(
     Endpoint {
         name,
         min_version,
+        added_in: min_version,
         authorize: true,
         required,
         handler,
     }
 }
 
+/// `e`, brought by server API level `api`.
+const fn added_in(api: (u32, u32), e: Endpoint) -> Endpoint {
+    Endpoint { added_in: api, ..e }
+}
+
 const fn open(name: &'static str, min_version: (u32, u32), handler: Handler) -> Endpoint {
     Endpoint {
         name,
         min_version,
+        added_in: min_version,
         authorize: false,
         required: &[],
         handler,
@@ -121,8 +135,8 @@ pub static ENDPOINTS: &[Endpoint] = &[
     ep("tasks.failed", (2, 1), &["task"], tasks::failed),
     ep("tasks.close", (2, 1), &["task"], tasks::close),
     ep("tasks.ping", (2, 1), &["task"], tasks::ping),
-    ep("tasks.enqueue", (2, 1), &["task"], tasks::enqueue),
-    ep("tasks.dequeue", (2, 1), &["task"], tasks::dequeue),
+    ep("tasks.enqueue", (2, 1), &["task"], queueing::enqueue),
+    ep("tasks.dequeue", (2, 1), &["task"], queueing::dequeue),
     ep("tasks.delete", (2, 1), &["task"], tasks::delete),
     ep(
         "tasks.edit_hyper_params",
@@ -148,6 +162,13 @@ pub static ENDPOINTS: &[Endpoint] = &[
         &["task"],
         tasks::add_or_update_model,
     ),
+    // Registered without `min_version` (so from 1.0) and validated by its data model only
+    // (`services/tasks.py:1425`, `service_repo/__init__.py:17-24`), new in 2.3.0 = API 2.34
+    // (`service_repo.py:42` at v2.3.0; absent at v2.2.0).
+    added_in(
+        (2, 34),
+        ep("tasks.edit_runtime", (1, 0), &[], runtime::edit_runtime),
+    ),
     ep(
         "tasks.set_requirements",
         (2, 1),
@@ -156,9 +177,9 @@ pub static ENDPOINTS: &[Endpoint] = &[
     ),
 ];
 
-/// The highest version any endpoint serves, reported by `server.info` and the token.
-pub const MAX_API_VERSION: &str = "2.31";
-
-pub fn find(name: &str) -> Option<&'static Endpoint> {
-    ENDPOINTS.iter().find(|e| e.name == name)
+/// The endpoint `name` as a server of API level `api` has it.
+pub fn find(name: &str, api: (u32, u32)) -> Option<&'static Endpoint> {
+    ENDPOINTS
+        .iter()
+        .find(|e| e.name == name && e.added_in <= api)
 }

@@ -1,7 +1,9 @@
 //! `tasks.*`: what routers and the SDK call, with the real server's rules: `runtime` is a plain
 //! field replaced whole by `tasks.edit`; `tasks.edit` without `force` only on `created` tasks
 //! (400/110); `tasks.reset` clears `runtime` and `execution.queue` but keeps `system_tags`;
-//! hidden tasks are found by `get_by_id` and by `get_all` with `search_hidden` or `id`.
+//! hidden tasks are found by `get_by_id` and by `get_all` with `search_hidden` or `id`; a caller
+//! reads its own company's tasks and public ones, and writes only its own company's
+//! (`database/model/base.py:779-782`, `bll/task/utils.py:214-231` at v2.3.0).
 
 use super::Call;
 use crate::clearml_server::error::ApiError;
@@ -9,6 +11,7 @@ use crate::clearml_server::query::{self, Collection};
 use crate::clearml_server::store::{State, TASK_STATUSES, now_iso, set_path};
 use serde_json::{Map, Value, json};
 
+/// `Task.get_all_query_options` (`database/model/task/task.py:232-250` at v2.3.0).
 pub const TASKS: Collection = Collection {
     list_fields: &[
         "id",
@@ -19,6 +22,7 @@ pub const TASKS: Collection = Collection {
         "status",
         "project",
         "parent",
+        "hyperparams.*",
         "execution.queue",
         "models.input.model",
     ],
@@ -94,25 +98,40 @@ const CREATE_FIELDS: &[&str] = &[
     "runtime",
 ];
 
-fn task_id(call: &Call) -> Result<&str, ApiError> {
+pub(super) fn task_id(call: &Call) -> Result<&str, ApiError> {
     call.str("task")
         .ok_or_else(|| ApiError::validation("task: expected a string"))
 }
 
-fn existing<'a>(state: &'a mut State, id: &str) -> Result<&'a mut Map<String, Value>, ApiError> {
+/// The task `id` of `company` for writing (`get_task_with_write_access`): another company's
+/// task does not exist for the caller.
+pub(super) fn existing_for_write<'a>(
+    state: &'a mut State,
+    id: &str,
+    company: &str,
+) -> Result<&'a mut Map<String, Value>, ApiError> {
     state
         .task_mut(id)
-        .ok_or_else(|| ApiError::invalid_task_id(id))
+        .filter(|t| t.get("company").and_then(Value::as_str) == Some(company))
+        .ok_or_else(|| ApiError::invalid_task_id_of(id, company))
 }
 
-fn status_of(task: &Map<String, Value>) -> String {
+pub(super) fn existing<'a>(
+    state: &'a mut State,
+    id: &str,
+    call: &Call,
+) -> Result<&'a mut Map<String, Value>, ApiError> {
+    existing_for_write(state, id, &call.identity.company)
+}
+
+pub(super) fn status_of(task: &Map<String, Value>) -> String {
     task.get("status")
         .and_then(Value::as_str)
         .unwrap_or("unknown")
         .to_string()
 }
 
-fn touch(task: &mut Map<String, Value>, user: &str) -> String {
+pub(super) fn touch(task: &mut Map<String, Value>, user: &str) -> String {
     let now = now_iso();
     task.insert("last_update".into(), json!(now));
     task.insert("last_change".into(), json!(now));
@@ -120,7 +139,12 @@ fn touch(task: &mut Map<String, Value>, user: &str) -> String {
     now
 }
 
-fn set_status(task: &mut Map<String, Value>, status: &str, user: &str, call: &Call) -> Value {
+pub(super) fn set_status(
+    task: &mut Map<String, Value>,
+    status: &str,
+    user: &str,
+    call: &Call,
+) -> Value {
     let now = touch(task, user);
     task.insert("status".into(), json!(status));
     task.insert("status_changed".into(), json!(now));
@@ -136,7 +160,13 @@ fn set_status(task: &mut Map<String, Value>, status: &str, user: &str, call: &Ca
 }
 
 pub fn get_all(state: &mut State, call: &Call) -> Result<Value, ApiError> {
-    let page = query::get_all(&state.tasks, &call.data, &TASKS, &mut state.scrolls)?;
+    let page = query::get_all(
+        &state.tasks,
+        &call.data,
+        &TASKS,
+        Some(&call.identity.company),
+        &mut state.scrolls,
+    )?;
     let mut out = json!({"tasks": page.items});
     if let Some(scroll) = page.scroll_id {
         out["scroll_id"] = json!(scroll);
@@ -148,6 +178,7 @@ pub fn get_by_id(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?;
     let task = state
         .task(id)
+        .filter(|t| query::visible_to(t, &call.identity.company))
         .ok_or_else(|| ApiError::invalid_task_id(id))?;
     let answer = json!({"task": task});
     if let Some(hook) = state.after_read.as_mut()
@@ -180,6 +211,7 @@ pub fn create(state: &mut State, call: &Call) -> Result<Value, ApiError> {
         }
     }
     doc.insert("user".into(), json!(call.identity.user));
+    doc.insert("company".into(), json!(call.identity.company));
     let id = doc.get("id").cloned().unwrap_or(Value::Null);
     state.tasks.push(Value::Object(doc));
     Ok(json!({"id": id}))
@@ -237,11 +269,14 @@ fn check_types(call: &Call) -> Result<(), ApiError> {
             }
         }
     }
+    // `runtime` is a `SafeDictField` (`database/model/task/task.py:289`, `database/fields.py:
+    // 139-191` at v2.3.0): any values, but string keys that are not empty and do not start
+    // with `$`.
     if let Some(Value::Object(runtime)) = call.data.get("runtime")
-        && let Some((k, v)) = runtime.iter().find(|(_, v)| v.is_object() || v.is_array())
+        && let Some(k) = runtime.keys().find(|k| k.is_empty() || k.starts_with('$'))
     {
         return Err(ApiError::validation(format!(
-            "runtime.{k}: {v} is not a string, number or boolean"
+            "runtime: invalid dictionary key {k:?}: empty or starting with \"$\""
         )));
     }
     Ok(())
@@ -256,7 +291,7 @@ pub fn edit(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     check_project(state, call.data.get("project"))?;
     let force = call.flag("force");
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
     if status != "created" && !force {
         return Err(ApiError::invalid_task_status("created", &status));
@@ -271,24 +306,30 @@ pub fn edit(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let now = touch(task, &user);
     fields.insert("last_change".into(), json!(now));
     fields.insert("last_changed_by".into(), json!(user));
-    if call.data.contains_key("runtime")
-        && let Some(hook) = state.after_edit.as_mut()
+    if call.data.contains_key("runtime") {
+        run_after_edit(state, &id);
+    }
+    Ok(json!({"updated": 1, "fields": fields}))
+}
+
+/// Runs the admin's after-edit hook, if any, on the stored runtime of task `id`.
+pub(super) fn run_after_edit(state: &mut State, id: &str) {
+    if let Some(hook) = state.after_edit.as_mut()
         && let Some(Value::Object(runtime)) = state
             .tasks
             .iter_mut()
-            .find(|t| t["id"] == id.as_str())
+            .find(|t| t["id"] == id)
             .and_then(|t| t.get_mut("runtime"))
     {
-        hook(&id, runtime);
+        hook(id, runtime);
     }
-    Ok(json!({"updated": 1, "fields": fields}))
 }
 
 pub fn update(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
     check_types(call)?;
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let mut fields = Map::new();
     for field in UPDATE_FIELDS {
         if let Some(v) = call.data.get(*field) {
@@ -304,7 +345,7 @@ pub fn reset(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
     let force = call.flag("force");
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
     if (status == "published" || status == "publishing") && !force {
         return Err(ApiError::invalid_task_status("not published", &status));
@@ -339,7 +380,7 @@ pub fn stop(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
     let force = call.flag("force");
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
     let dev = task
         .get("system_tags")
@@ -373,7 +414,7 @@ fn transition(state: &mut State, call: &Call, to: &str, from: &[&str]) -> Result
     let id = task_id(call)?.to_string();
     let force = call.flag("force");
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
     if !force && !from.contains(&status.as_str()) {
         return Err(ApiError::invalid_task_status(&from.join(" or "), &status));
@@ -421,79 +462,14 @@ pub fn close(state: &mut State, call: &Call) -> Result<Value, ApiError> {
 
 pub fn ping(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     task.insert("last_update".into(), json!(now_iso()));
     Ok(json!({}))
 }
 
-pub fn enqueue(state: &mut State, call: &Call) -> Result<Value, ApiError> {
-    let id = task_id(call)?.to_string();
-    let queue = match (call.str("queue"), call.str("queue_name")) {
-        (Some(q), _) => state
-            .queues
-            .iter()
-            .find(|x| x["id"] == q)
-            .map(|x| x["id"].clone())
-            .ok_or_else(|| ApiError::invalid_queue_id(q))?,
-        (None, Some(name)) => state
-            .queues
-            .iter()
-            .find(|x| x["name"] == name)
-            .map(|x| x["id"].clone())
-            .ok_or_else(|| ApiError::invalid_queue_id(name))?,
-        (None, None) => state
-            .queues
-            .iter()
-            .find(|x| {
-                x["system_tags"]
-                    .as_array()
-                    .is_some_and(|t| t.contains(&json!("default")))
-            })
-            .map(|x| x["id"].clone())
-            .ok_or_else(|| {
-                ApiError::plain(
-                    400,
-                    707,
-                    "No queue is tagged as the default queue for this company",
-                )
-            })?,
-    };
-    let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
-    let status = status_of(task);
-    if !["created", "stopped", "failed", "completed"].contains(&status.as_str())
-        && !call.flag("force")
-    {
-        return Err(ApiError::invalid_task_status("created", &status));
-    }
-    set_path(task, "execution.queue", queue.clone());
-    let mut out = set_status(task, "queued", &user, call);
-    out["queued"] = json!(1);
-    let _ = queue;
-    Ok(out)
-}
-
-pub fn dequeue(state: &mut State, call: &Call) -> Result<Value, ApiError> {
-    let id = task_id(call)?.to_string();
-    let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
-    let status = status_of(task);
-    if status != "queued" {
-        return Err(ApiError::plain(
-            400,
-            703,
-            format!("Invalid queue id or task not in queue: task={id}"),
-        ));
-    }
-    set_path(task, "execution.queue", Value::Null);
-    let mut out = set_status(task, "created", &user, call);
-    out["dequeued"] = json!(1);
-    Ok(out)
-}
-
 pub fn delete(state: &mut State, call: &Call) -> Result<Value, ApiError> {
     let id = task_id(call)?.to_string();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
     if status == "in_progress" && !call.flag("force") {
         return Err(ApiError::invalid_task_status("not in_progress", &status));
@@ -523,10 +499,28 @@ fn edit_section_map(
         .and_then(Value::as_array)
         .cloned()
         .ok_or_else(|| ApiError::missing_required_fields(&[items_key]))?;
+    // Only `properties` (any case, normalized): any status, as `HyperParams.edit_params`
+    // allows (`bll/task/hyperparams.py:55-64,110-126` at v2.3.0; the k8s glue relies on it).
+    let properties_only = sectioned
+        && items.iter().all(|i| {
+            i["section"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("properties"))
+        });
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|mut i| {
+            if properties_only {
+                i["section"] = json!("properties");
+            }
+            i
+        })
+        .collect();
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
-    if status != "created" && !force {
+    let running_ok = force && (status == "queued" || status == "in_progress");
+    if status != "created" && !running_ok && !properties_only {
         return Err(ApiError::invalid_task_status("created", &status));
     }
     let replace_all = replace == "all" || call.flag("replace_configuration");
@@ -569,7 +563,7 @@ pub fn add_or_update_artifacts(state: &mut State, call: &Call) -> Result<Value, 
         .and_then(Value::as_array)
         .cloned()
         .ok_or_else(|| ApiError::missing_required_fields(&["artifacts"]))?;
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let exec = task.entry("execution").or_insert_with(|| json!({}));
     if !exec.is_object() {
         *exec = json!({});
@@ -593,7 +587,7 @@ pub fn add_or_update_model(state: &mut State, call: &Call) -> Result<Value, ApiE
     let id = task_id(call)?.to_string();
     let kind = call.str("type").unwrap_or("output").to_string();
     let entry = json!({"name": call.str("name").unwrap_or_default(), "model": call.str("model").unwrap_or_default()});
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let models = task.entry("models").or_insert_with(|| json!({}));
     if let Some(models) = models.as_object_mut()
         && let Value::Array(list) = models.entry(kind).or_insert_with(|| json!([]))
@@ -613,7 +607,7 @@ pub fn set_requirements(state: &mut State, call: &Call) -> Result<Value, ApiErro
         .cloned()
         .ok_or_else(|| ApiError::missing_required_fields(&["requirements"]))?;
     let user = call.identity.user.clone();
-    let task = existing(state, &id)?;
+    let task = existing(state, &id, call)?;
     let status = status_of(task);
     if status != "created" && status != "in_progress" && !call.flag("force") {
         return Err(ApiError::invalid_task_status(
