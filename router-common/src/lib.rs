@@ -6,6 +6,7 @@
 //! the packet) unless a field's doc says otherwise.
 #![no_std]
 
+pub mod client_allow;
 pub mod config;
 pub mod conntrack;
 pub mod csum;

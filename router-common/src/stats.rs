@@ -73,10 +73,14 @@ pub enum StatReason {
     /// the oldest half-open connection that CPU admitted was evicted first (both entries; its
     /// NAT tuple is free again). Translated and redirected, like `NewConnection`.
     NewConnectionEvicting = 20,
+    /// A SYN that would open a connection from a client outside the route's allow-list
+    /// (`ROUTER_TCP_CLIENT_ALLOW`, the route's `allow`, the task's narrowing key): dropped,
+    /// nothing answers (a scanner learns nothing).
+    DropClientNotAllowed = 21,
 }
 
 impl StatReason {
-    pub const ALL: [StatReason; 21] = [
+    pub const ALL: [StatReason; 22] = [
         StatReason::Forwarded,
         StatReason::NewConnection,
         StatReason::IcmpTranslated,
@@ -98,6 +102,7 @@ impl StatReason {
         StatReason::DropRewriteFailed,
         StatReason::HandshakeConfirmed,
         StatReason::NewConnectionEvicting,
+        StatReason::DropClientNotAllowed,
     ];
 
     /// Stable metric label for the reason.
@@ -124,6 +129,7 @@ impl StatReason {
             StatReason::DropRewriteFailed => "drop_rewrite_failed",
             StatReason::HandshakeConfirmed => "handshake_confirmed",
             StatReason::NewConnectionEvicting => "new_connection_evicting",
+            StatReason::DropClientNotAllowed => "drop_client_not_allowed",
         }
     }
 
@@ -137,6 +143,7 @@ impl StatReason {
                 | StatReason::DropConntrackInsert
                 | StatReason::DropTooBig
                 | StatReason::DropRewriteFailed
+                | StatReason::DropClientNotAllowed
         )
     }
 }

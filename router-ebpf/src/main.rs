@@ -6,7 +6,8 @@
 //! daemon), `conntrack` (the connection table), `half_open` (connections until their handshake
 //! completes), `nat` (translation and opening connections),
 //! `redirect` (next hops and the redirect itself), `icmp` (errors about tracked connections),
-//! `stats` (one counted reason per packet), `clock`.
+//! `stats` (one counted reason per packet), `clock`. `client_allow` (which clients may open
+//! a connection) is asked only for a SYN that would open one.
 //!
 //! Both entry points run the same logic. Every packet that is not TCP for a router port or a
 //! tracked connection leaves as it came, after a filter of two array look-ups.
@@ -16,6 +17,7 @@
 #![allow(internal_features)]
 
 mod action;
+mod client_allow;
 mod clock;
 mod config;
 mod conntrack;
@@ -227,7 +229,10 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
         let v = unsafe { &*entry };
         if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
             found = Some((entry, StatReason::Forwarded));
-        } else if to_router && nat::restart_in_place(&key, router_port, entry) {
+        } else if to_router
+            && client_allow::admits(key.saddr, router_port)
+            && nat::restart_in_place(&key, router_port, entry)
+        {
             // A new SYN on a connection that ended (the client reuses its port), on the same
             // route: the pair starts afresh.
             found = Some((entry, StatReason::NewConnection));

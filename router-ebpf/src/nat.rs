@@ -234,6 +234,9 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     if route.family != FAMILY_IPV4 {
         return pass(p, StatReason::PassNoRoute);
     }
+    if !crate::client_allow::admits(key.saddr, port) {
+        return drop(p, StatReason::DropClientNotAllowed);
+    }
     let Some(settings) = config::settings() else {
         return pass(p, StatReason::PassNoRoute);
     };

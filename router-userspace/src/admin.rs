@@ -121,6 +121,10 @@ pub struct RouteStatus {
     /// TCP routes of the eBPF datapath: whether the task sees the client's address, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<crate::routes::ClientIpChoice>,
+    /// TCP: the clients that may open connections (`any`, `none` or CIDRs), the effective
+    /// allow-list the kernel enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_allow: Option<String>,
 }
 
 pub type SharedStatus = Arc<RwLock<Status>>;
@@ -299,7 +303,7 @@ pub fn render(s: &Status) -> String {
         }
     }
     out.push('\n');
-    let rows: Vec<[String; 8]> = s
+    let rows: Vec<[String; 9]> = s
         .routes
         .iter()
         .map(|r| {
@@ -313,12 +317,13 @@ pub fn render(s: &Status) -> String {
                 r.state.clone(),
                 count(r.connections),
                 count(r.bytes),
+                r.client_allow.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     out.push_str(&table(
         &[
-            "TASK", "NAME", "KIND", "ROUTER", "UPSTREAM", "STATE", "CONNS", "BYTES",
+            "TASK", "NAME", "KIND", "ROUTER", "UPSTREAM", "STATE", "CONNS", "BYTES", "CLIENTS",
         ],
         &rows,
     ));
@@ -428,6 +433,7 @@ mod tests {
                     forced: false,
                     reason: "auto: directly on br0 (bridge)".into(),
                 }),
+                client_allow: Some("10.8.0.0/16".into()),
             }],
             refused: vec![Refusal {
                 owner: RouteOwner::new(crate::endpoint::EndpointId::new("bad", ""), "x"),
@@ -448,6 +454,7 @@ mod tests {
             "30001",
             "10.0.0.5:22",
             "active",
+            "10.8.0.0/16",
             "2",
             "-",
         ] {

@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod build_info;
 pub mod clearml;
 pub mod cli_assets;
+pub mod client_allow;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

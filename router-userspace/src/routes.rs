@@ -5,6 +5,7 @@
 //! has programmed → write-back. Owners are idempotent: applying the same set twice changes
 //! nothing the second time, so a missed cycle or a crash heals on the next one.
 
+use crate::client_allow::ClientAllow;
 use crate::endpoint::EndpointId;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -40,7 +41,8 @@ impl RouteOwner {
     }
 }
 
-/// A TCP route: connections to the router's `port` go to `upstream`.
+/// A TCP route: connections to the router's `port` from the clients `allow` admits go to
+/// `upstream`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpRoute {
     pub port: u16,
@@ -50,6 +52,10 @@ pub struct TcpRoute {
     /// daemon's `ROUTER_PRESERVE_CLIENT_IP`. The routes file sets it per route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preserve_client_ip: Option<PreserveClientIp>,
+    /// The effective client allow-list (`ROUTER_TCP_CLIENT_ALLOW` narrowed by the route's own
+    /// `allow` or the task's key); routes saved before it existed admit everyone.
+    #[serde(default)]
+    pub allow: ClientAllow,
 }
 
 /// `ROUTER_PRESERVE_CLIENT_IP` and a route's `preserve_client_ip`: whether connections keep the

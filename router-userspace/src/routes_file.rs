@@ -8,6 +8,8 @@
 //! upstream = "10.0.0.5:8888"
 //! name = "ssh-gw"          # optional, default tcp-<port>
 //! preserve_client_ip = "auto"  # optional: off, auto or on; default ROUTER_PRESERVE_CLIENT_IP
+//! allow = "10.8.0.0/16"    # optional: the clients that may connect (narrows
+//!                          # ROUTER_TCP_CLIENT_ALLOW; absent = that list)
 //!
 //! [[http]]
 //! name = "grafana"         # the route key: /service/grafana/
@@ -15,6 +17,7 @@
 //! mode = "subdomain"       # optional: path (default) or subdomain
 //! ```
 
+use crate::client_allow::ClientAllow;
 use crate::endpoint::EndpointId;
 use crate::routes::{HttpMode, HttpRoute, PreserveClientIp, RouteOwner, RouteSet, TcpRoute};
 use crate::validate::{self, UpstreamPolicy};
@@ -59,6 +62,7 @@ struct TcpEntry {
     upstream: String,
     name: Option<String>,
     preserve_client_ip: Option<String>,
+    allow: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -69,14 +73,16 @@ struct HttpEntry {
     mode: Option<String>,
 }
 
-/// What the rest of the configuration allows of the file's HTTP routes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HttpRules {
+/// What the rest of the configuration allows of the file's routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileRules {
     /// `ROUTER_DOMAIN` is set, so `mode = "subdomain"` can be served.
     pub domain_set: bool,
     /// `AUTH_ENABLED=true` without `AUTH_BASE64_JWKS_KEY`: no request to an HTTP route could be
     /// authenticated, so the file may hold TCP routes only (a TCP-only router needs no key).
     pub auth_key_missing: bool,
+    /// `ROUTER_TCP_CLIENT_ALLOW`: a TCP route's `allow` may only narrow it.
+    pub client_allow: ClientAllow,
 }
 
 /// `a.b.c.d:port`, checked by `policy`.
@@ -87,12 +93,27 @@ fn upstream(policy: &UpstreamPolicy, raw: &str) -> Result<std::net::SocketAddrV4
     policy.upstream(addr, port)
 }
 
+/// The effective client allow-list of a TCP entry: the operator's list narrowed by the entry's
+/// `allow`, which may not admit anyone the operator's list does not.
+fn tcp_allow(rules: &FileRules, allow: Option<&str>) -> Result<ClientAllow, String> {
+    let Some(text) = allow else {
+        return Ok(rules.client_allow.clone());
+    };
+    let own = ClientAllow::parse(text).map_err(|reason| format!("allow: {reason}"))?;
+    rules.client_allow.narrow(&own).map_err(|outside| {
+        format!(
+            "allow: {outside} is outside ROUTER_TCP_CLIENT_ALLOW ({}): a route may only narrow it",
+            rules.client_allow
+        )
+    })
+}
+
 /// Parses and validates the file's text.
 pub fn parse(
     path: &Path,
     text: &str,
     policy: &UpstreamPolicy,
-    rules: HttpRules,
+    rules: &FileRules,
 ) -> Result<RouteSet, RoutesFileError> {
     let shape: FileShape = toml::from_str(text).map_err(|e| RoutesFileError::Syntax {
         path: path.to_path_buf(),
@@ -122,6 +143,8 @@ pub fn parse(
                 )
             })?),
         };
+        let allow =
+            tcp_allow(rules, e.allow.as_deref()).map_err(|r| entry_err(entry.clone(), r))?;
         if set.tcp.contains_key(&port) {
             return Err(entry_err(entry, format!("port {port} is listed twice")));
         }
@@ -132,6 +155,7 @@ pub fn parse(
                 upstream,
                 owner: owner(&name),
                 preserve_client_ip,
+                allow,
             },
         );
     }
@@ -191,7 +215,7 @@ fn owner(name: &str) -> RouteOwner {
 #[derive(Debug)]
 pub struct RoutesFile {
     path: PathBuf,
-    rules: HttpRules,
+    rules: FileRules,
     content: Option<String>,
     routes: RouteSet,
     /// The last reload's error; the routes of the last good content stay in force.
@@ -203,10 +227,10 @@ impl RoutesFile {
     pub fn load(
         path: &Path,
         policy: &UpstreamPolicy,
-        rules: HttpRules,
+        rules: FileRules,
     ) -> Result<Self, RoutesFileError> {
         let text = read(path)?;
-        let routes = parse(path, &text, policy, rules)?;
+        let routes = parse(path, &text, policy, &rules)?;
         Ok(RoutesFile {
             path: path.to_path_buf(),
             rules,
@@ -241,7 +265,7 @@ impl RoutesFile {
             return Ok(false);
         }
         self.content = Some(text.clone());
-        match parse(&self.path, &text, policy, self.rules) {
+        match parse(&self.path, &text, policy, &self.rules) {
             Ok(routes) => {
                 self.error = None;
                 let changed = routes != self.routes;
@@ -276,25 +300,56 @@ mod tests {
             Path::new("routes.toml"),
             text,
             &policy(),
-            HttpRules::default(),
+            &FileRules::default(),
         )
         .map_err(|e| crate::error::error_chain(&e))
     }
 
     #[test]
     fn without_a_jwt_key_tcp_routes_load_and_http_routes_are_refused_naming_the_fix() {
-        let rules = HttpRules {
+        let rules = FileRules {
             domain_set: false,
             auth_key_missing: true,
+            ..FileRules::default()
         };
         let tcp = "[[tcp]]\nport = 1000\nupstream = \"10.0.0.5:1\"\n";
-        let set = parse(Path::new("routes.toml"), tcp, &policy(), rules).unwrap();
+        let set = parse(Path::new("routes.toml"), tcp, &policy(), &rules).unwrap();
         assert_eq!(set.tcp.len(), 1);
         let both = format!("{tcp}[[http]]\nname = \"a\"\nupstream = \"10.0.0.5:2\"\n");
-        let e = parse(Path::new("routes.toml"), &both, &policy(), rules).unwrap_err();
+        let e = parse(Path::new("routes.toml"), &both, &policy(), &rules).unwrap_err();
         let e = crate::error::error_chain(&e);
         assert!(
             e.contains("[[http]] #1") && e.contains("AUTH_BASE64_JWKS_KEY"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_routes_allow_narrows_the_operators_list_and_never_widens_it() {
+        let rules = FileRules {
+            client_allow: ClientAllow::parse("10.0.0.0/8").unwrap(),
+            ..FileRules::default()
+        };
+        let parse_with = |allow: &str| {
+            let text = format!("[[tcp]]\nport = 1000\nupstream = \"10.0.0.5:1\"\n{allow}");
+            parse(Path::new("routes.toml"), &text, &policy(), &rules)
+                .map(|set| set.tcp[&1000].allow.to_string())
+                .map_err(|e| crate::error::error_chain(&e))
+        };
+        assert_eq!(parse_with("").unwrap(), "10.0.0.0/8");
+        assert_eq!(
+            parse_with("allow = \"10.8.0.0/16 10.9.0.1\"").unwrap(),
+            "10.8.0.0/16,10.9.0.1/32"
+        );
+        let e = parse_with("allow = \"10.8.0.0/16,192.168.0.0/16\"").unwrap_err();
+        assert!(
+            e.contains("[[tcp]] #1")
+                && e.contains("192.168.0.0/16 is outside ROUTER_TCP_CLIENT_ALLOW"),
+            "{e}"
+        );
+        let e = parse_with("allow = \"10.8.0.0/33\"").unwrap_err();
+        assert!(
+            e.contains("[[tcp]] #1: allow: \"10.8.0.0/33\" is not an IPv4 CIDR"),
             "{e}"
         );
     }
@@ -379,7 +434,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.toml");
         std::fs::write(&path, "[[tcp]]\nport = 1000\nupstream = \"10.0.0.5:1\"\n").unwrap();
-        let mut f = RoutesFile::load(&path, &policy(), HttpRules::default()).unwrap();
+        let mut f = RoutesFile::load(&path, &policy(), FileRules::default()).unwrap();
         assert_eq!(f.routes().tcp.len(), 1);
         assert!(!f.reload(&policy()).unwrap(), "unchanged content");
         std::fs::write(
@@ -413,13 +468,13 @@ mod tests {
     fn load_refuses_a_bad_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.toml");
-        assert!(RoutesFile::load(&path, &policy(), HttpRules::default()).is_err());
+        assert!(RoutesFile::load(&path, &policy(), FileRules::default()).is_err());
         std::fs::write(
             &path,
             "[[http]]\nname = \"../x\"\nupstream = \"10.0.0.5:1\"\n",
         )
         .unwrap();
-        assert!(RoutesFile::load(&path, &policy(), HttpRules::default()).is_err());
+        assert!(RoutesFile::load(&path, &policy(), FileRules::default()).is_err());
     }
 }
 

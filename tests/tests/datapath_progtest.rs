@@ -17,11 +17,11 @@ use router_tests::packet::{
 };
 use router_tests::progtest_cases::net::{BACKEND_PORT, MOVED_BACKEND_PORT, PORT};
 use router_tests::progtest_cases::{
-    Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_ip, limits,
-    passing, split_after, translation,
+    Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_allow,
+    client_ip, limits, passing, split_after, translation,
 };
 use router_tests::require_root;
-use router_tests::routes::{tcp_routes, tcp_routes_in};
+use router_tests::routes::{tcp_routes, tcp_routes_in, tcp_routes_with};
 use router_tests::topology::ProgTestNet;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, ConnState, Datapath, Program, RunOutput, Timeouts};
@@ -167,7 +167,11 @@ impl Env {
         if let Some(change) = &case.routes_before {
             let report = self
                 .dp
-                .apply_routes(&tcp_routes_in(&change.routes, change.client_ip))
+                .apply_routes(&tcp_routes_with(
+                    &change.routes,
+                    change.client_ip,
+                    &change.allow,
+                ))
                 .expect("apply the route change");
             assert_eq!(
                 (report.added, report.changed, report.removed),
@@ -454,6 +458,7 @@ both_hooks!(
     established_connections_are_never_evicted_by_syns,
     destination_only_nat_keeps_the_client_address_both_ways,
     a_route_switched_between_modes_keeps_its_connections,
+    client_allow_is_asked_only_when_a_connection_opens,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -544,6 +549,7 @@ tables!(
     oversized_frames_are_not_forwarded_blindly in limits,
     handshake_mss_is_clamped_to_the_links in translation,
     destination_only_nat_keeps_the_client_address_both_ways in client_ip,
+    client_allow_is_asked_only_when_a_connection_opens in client_allow,
 );
 
 /// The connections list the mode each was opened in, whatever the route's is now.

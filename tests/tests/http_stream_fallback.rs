@@ -25,6 +25,7 @@ fn tcp_route(port: u16, upstream: SocketAddrV4) -> TcpRoute {
             "ssh $remote_addr ;\n",
         ),
         preserve_client_ip: None,
+        allow: router_userspace::client_allow::ClientAllow::Any,
     }
 }
 

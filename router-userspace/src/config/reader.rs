@@ -131,6 +131,7 @@ fn unread() -> Config {
             allowed_upstreams: Vec::new(),
             port_grace: Duration::ZERO,
             preserve_client_ip: PreserveClientIp::Off,
+            client_allow: crate::client_allow::ClientAllow::Any,
         },
         datapath: DatapathConfig {
             kind: DatapathKind::Ebpf(AttachMode::Auto),

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client_allow::ClientAllow;
 use crate::datapath::options::DatapathConfig;
 use crate::routes::{HttpMode, PreserveClientIp};
-use crate::routes_file::HttpRules;
+use crate::routes_file::FileRules;
 
 /// Everything `task-router run` needs, validated.
 #[derive(Clone, Debug)]
@@ -100,6 +101,9 @@ pub struct TcpConfig {
     /// `ROUTER_PRESERVE_CLIENT_IP` (default off): the translation of TCP routes that do not
     /// name their own (`TcpRoute::preserve_client_ip`).
     pub preserve_client_ip: PreserveClientIp,
+    /// `ROUTER_TCP_CLIENT_ALLOW` (default: everyone): the clients that may connect to any TCP
+    /// route; a route's own list only narrows it.
+    pub client_allow: ClientAllow,
 }
 
 /// HTTP routes through nginx.
@@ -165,11 +169,12 @@ impl Config {
         self.clearml.api_host.is_some()
     }
 
-    /// What the routes file may hold, given the HTTP and auth settings.
-    pub fn routes_file_rules(&self) -> HttpRules {
-        HttpRules {
+    /// What the routes file may hold, given the HTTP, auth and TCP settings.
+    pub fn routes_file_rules(&self) -> FileRules {
+        FileRules {
             domain_set: self.http.domain.is_some(),
             auth_key_missing: self.auth.enabled && self.auth.hmac_key.is_empty(),
+            client_allow: self.tcp.client_allow.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client_allow::ClientAllow;
 use crate::datapath::options::{AttachMode, DatapathKind, attach_mode_name};
 use crate::logging::LogFormat;
 use crate::routes::{HttpMode, PreserveClientIp};
@@ -30,6 +31,15 @@ macro_rules! shown_as_displayed {
 }
 
 shown_as_displayed!(bool, u16, u32, SocketAddr, DatapathKind, Ipv4Net, Ipv4Addr);
+
+/// Everyone is the empty list.
+impl Shown for ClientAllow {
+    fn shown(&self) -> String {
+        self.nets()
+            .map(|nets| nets.to_vec().shown())
+            .unwrap_or_default()
+    }
+}
 
 impl Shown for String {
     fn shown(&self) -> String {

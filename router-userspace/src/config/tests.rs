@@ -368,6 +368,16 @@ fn bad_values_name_variable_value_and_expectation() {
         ("TCP_PORT_START", "0", "port 1-65535"),
         ("TCP_PORT_END", "70000", "port 1-65535"),
         ("ROUTER_ALLOWED_UPSTREAMS", "10.0.0.0/33", "IPv4 CIDRs"),
+        (
+            "ROUTER_TCP_CLIENT_ALLOW",
+            "10.8.0.0/16,10.9.0.300",
+            "\"10.9.0.300\" is not an IPv4 CIDR",
+        ),
+        (
+            "ROUTER_TCP_CLIENT_ALLOW",
+            "10.8.1.0/16",
+            "did you mean 10.8.0.0/16 or 10.8.1.0/32",
+        ),
         ("ROUTER_PORT_GRACE", "2d", "duration"),
         (
             "ROUTER_MAX_ENDPOINTS_PER_TASK",
@@ -448,6 +458,18 @@ fn bad_values_name_variable_value_and_expectation() {
         );
         assert!(e.contains(expected), "{var}: expectation missing: {e}");
     }
+}
+
+#[test]
+fn the_tcp_client_allow_list_defaults_to_everyone_and_shows_as_given() {
+    let c = ok(&[]);
+    assert_eq!(c.tcp.client_allow, crate::client_allow::ClientAllow::Any);
+    let c = ok(&[("ROUTER_TCP_CLIENT_ALLOW", "192.0.2.7 10.8.0.0/16")]);
+    assert_eq!(c.tcp.client_allow.to_string(), "10.8.0.0/16,192.0.2.7/32");
+    assert!(
+        c.effective()
+            .contains(&("ROUTER_TCP_CLIENT_ALLOW", "10.8.0.0/16,192.0.2.7/32".into()))
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ use super::sections::{DEFAULT_ALLOWED_UPSTREAMS, RouterConfig};
 use super::show::{self, Shown};
 use super::spec::Section::{Admin, Auth, Clearml, Daemon, Datapath, Http, Nginx, Router, Tcp};
 use super::spec::{EnvVar, Field, field};
+use crate::client_allow::ClientAllow;
 
 const MS_100: Duration = Duration::from_millis(100);
 const SECOND: Duration = Duration::from_secs(1);
@@ -181,6 +182,19 @@ pub const ENV_VARS: &[EnvVar] = &[
         alias: None,
         expected: "IPv4 CIDRs separated by commas or spaces (10.0.0.0/8,192.168.0.0/16)",
         field: field!(tcp.allowed_upstreams, parse::cidrs),
+    },
+    EnvVar {
+        section: Tcp,
+        name: "ROUTER_TCP_CLIENT_ALLOW",
+        default: "",
+        help: "CIDRs of the clients that may connect to TCP routes (every port of the range); a \
+               routes-file entry's `allow` or a task's `_ROUTER_CLIENT_ALLOW` key may narrow it \
+               for one route; empty = all",
+        secret: false,
+        alias: None,
+        expected: "IPv4 CIDRs or addresses separated by commas or spaces, without host bits \
+                   (10.8.0.0/16,192.0.2.7)",
+        field: field!(tcp.client_allow, ClientAllow::parse),
     },
     EnvVar {
         section: Tcp,

@@ -289,6 +289,7 @@ impl Report {
                 connections: self.counters.get(port).map(|c| c.connections),
                 bytes: self.counters.get(port).map(|c| c.bytes),
                 client_ip: self.client_ip.get(port).cloned(),
+                client_allow: Some(r.allow.to_string()),
             });
         }
         for (k, r) in &wanted.http {
@@ -311,6 +312,7 @@ impl Report {
                 connections: None,
                 bytes: None,
                 client_ip: None,
+                client_allow: None,
             });
         }
         out

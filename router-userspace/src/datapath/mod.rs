@@ -1,9 +1,9 @@
 //! The kernel side as the daemon sees it: [`Datapath`] loads the embedded object (in one place,
 //! [`object`]), attaches it, and owns its maps through one module each: routes
-//! ([`route_map`]), the port filter ([`port_flags`]), connections and their sweeper
-//! ([`conntrack`], [`sweeper`]), the router's addresses ([`addresses`]), interfaces whose peer
-//! is in another namespace ([`peer_devs`]), XDP redirect targets ([`xdp_targets`]), settings
-//! ([`settings`]), counters ([`stats`]). [`capability`] says what an interface can do in a
+//! ([`route_map`]) and who may open connections to them ([`client_allow`]), the port filter
+//! ([`port_flags`]), connections and their sweeper ([`conntrack`], [`sweeper`]), the router's
+//! addresses ([`addresses`]), interfaces whose peer is in another namespace ([`peer_devs`]),
+//! XDP redirect targets ([`xdp_targets`]), settings ([`settings`]), counters ([`stats`]). [`capability`] says what an interface can do in a
 //! mode before anything is attached.
 //!
 //! The daemon's part: `Datapath::open_pinned(&cfg.datapath)` (maps and links pinned under
@@ -24,6 +24,7 @@
 pub mod addresses;
 pub mod attach;
 pub mod capability;
+pub mod client_allow;
 pub mod clock;
 pub mod conntrack;
 pub mod half_open;
@@ -77,6 +78,7 @@ pub struct Datapath {
     attached: Vec<Attached>,
     settings: settings::SettingsMap,
     routes: route_map::RouteMap,
+    client_allow: client_allow::ClientAllowMap,
     ports: port_flags::PortFlags,
     conntrack: conntrack::Conntrack,
     half_open: half_open::HalfOpen,
@@ -238,6 +240,8 @@ impl Datapath {
             cfg.max_connections,
             cfg.nat_source_ports,
         )?;
+        // Taken with what it holds (a pinned map's lists stay enforced until the first apply).
+        let client_allow = client_allow::ClientAllowMap::new(take(&mut ebpf, maps::CLIENT_ALLOW)?)?;
         let routes = if adopting(maps::ROUTES) {
             route_map::RouteMap::adopt(take(&mut ebpf, maps::ROUTES)?)?
         } else {
@@ -280,6 +284,7 @@ impl Datapath {
             attached: Vec::new(),
             settings,
             routes,
+            client_allow,
             ports,
             conntrack,
             half_open,
@@ -429,16 +434,22 @@ impl Datapath {
         kernel_log::spawn(&mut self.ebpf)
     }
 
-    /// Makes the route map equal `wanted`. New connections follow at once; established ones
-    /// keep their backend until they end.
+    /// Makes the route map and the client allow-lists equal `wanted`. New connections follow
+    /// at once; established ones keep their backend and stay connected until they end.
     pub fn apply_routes(
         &mut self,
         wanted: &BTreeMap<u16, TcpRoute>,
     ) -> Result<ApplyReport, DatapathError> {
         let before = self.routes.programmed().clone();
+        // A route's allow-list is in force before the route itself, and goes after it.
+        let (wanted, allow_failed) = self.client_allow.apply(wanted);
         let client_ip =
-            return_path::choose_all(wanted, self.client_ip_default, self.netns.as_ref());
-        let report = self.routes.apply(wanted, &client_ip);
+            return_path::choose_all(&wanted, self.client_ip_default, self.netns.as_ref());
+        let mut report = self.routes.apply(&wanted, &client_ip);
+        report.failed.extend(allow_failed);
+        let programmed = self.routes.programmed();
+        self.client_allow
+            .retain(|port| programmed.contains_key(&port))?;
         let now = Instant::now();
         let after = self.routes.programmed();
         for (port, old) in &before {

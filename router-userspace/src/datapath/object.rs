@@ -31,6 +31,7 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const PEER_DEVS: &str = "PEER_DEVS";
     pub const CLOCK: &str = "CLOCK";
+    pub const CLIENT_ALLOW: &str = "CLIENT_ALLOW";
 
     /// The maps whose contents are the datapath's state: pinned under `ROUTER_BPFFS` and
     /// adopted by the next daemon (see `datapath::pins`).
@@ -46,6 +47,7 @@ pub mod maps {
         HALF_OPEN_NEXT,
         TX_PORTS,
         STATS,
+        CLIENT_ALLOW,
     ];
 }
 

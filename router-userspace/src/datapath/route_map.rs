@@ -256,6 +256,7 @@ mod tests {
             upstream: SocketAddrV4::new(Ipv4Addr::from(ip), upstream_port),
             owner: RouteOwner::new(EndpointId::new("t", String::new()), "n"),
             preserve_client_ip: None,
+            allow: crate::client_allow::ClientAllow::Any,
         }
     }
 

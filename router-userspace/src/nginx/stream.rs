@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, TcpListener};
 
 use anyhow::Context as _;
 
+use crate::client_allow::ClientAllow;
 use crate::routes::{ApplyReport, RouteRef, ServeCheck, TcpForwarder, TcpRoute};
 
 use super::diff::diff;
@@ -88,11 +89,26 @@ pub fn render(
             out.text,
             "\nserver {{\n    listen {port} so_keepalive={CLIENT_KEEPALIVE};\n    proxy_pass {};\n    \
              proxy_connect_timeout {CONNECT_TIMEOUT};\n    proxy_timeout {IDLE_TIMEOUT};\n    \
-             proxy_half_close on;\n    proxy_socket_keepalive on;\n}}",
-            route.upstream
+             proxy_half_close on;\n    proxy_socket_keepalive on;\n{}}}",
+            route.upstream,
+            client_access(&route.allow)
         );
         out.accepted.insert(port, route.clone());
     }
+    out
+}
+
+/// The route's client allow-list as `stream` access rules (checked when nginx accepts a
+/// connection, so as in the kernel datapath a change holds for new connections only).
+fn client_access(allow: &ClientAllow) -> String {
+    let Some(nets) = allow.nets() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for net in nets {
+        let _ = writeln!(out, "    allow {net};");
+    }
+    out.push_str("    deny all;\n");
     out
 }
 
@@ -210,6 +226,7 @@ mod tests {
             upstream: SocketAddrV4::new(Ipv4Addr::from(up), up_port),
             owner: RouteOwner::new(EndpointId::new("t", String::new()), "}; evil $x\n"),
             preserve_client_ip: None,
+            allow: crate::client_allow::ClientAllow::Any,
         }
     }
 
@@ -239,6 +256,24 @@ mod tests {
             !r.text.contains("evil"),
             "task names never reach the config"
         );
+    }
+
+    #[test]
+    fn a_routes_client_allow_list_becomes_access_rules() {
+        let mut narrowed = route(10001, [10, 0, 0, 2], 22);
+        narrowed.allow = ClientAllow::parse("10.8.0.0/16,192.0.2.7").unwrap();
+        let wanted: BTreeMap<u16, TcpRoute> =
+            [(10001, narrowed), (10002, route(10002, [10, 0, 0, 3], 22))].into();
+        let r = render(&wanted, &BTreeSet::new(), |_| true);
+        assert!(
+            r.text.contains(
+                "proxy_socket_keepalive on;\n    allow 10.8.0.0/16;\n    allow 192.0.2.7/32;\n    \
+                 deny all;\n}"
+            ),
+            "{}",
+            r.text
+        );
+        assert_eq!(r.text.matches("deny all;").count(), 1, "{}", r.text);
     }
 
     #[test]

@@ -180,7 +180,7 @@ proptest! {
         let want_upstream = SocketAddrV4::new(addr, port);
         prop_assert_eq!(parsed.len(), 1, "{:?}", parsed);
         match &parsed[0] {
-            Parsed::Request { key, want: Want::Tcp { upstream, routed_port: None } } if tcp => {
+            Parsed::Request { key, want: Want::Tcp { upstream, routed_port: None, .. } } if tcp => {
                 prop_assert_eq!(*upstream, want_upstream);
                 prop_assert_eq!(&key.endpoint, &name);
             }

@@ -24,6 +24,7 @@
 //! `ROUTER_MAX_ENDPOINTS_PER_TASK`, `plan` puts it together. None of them does I/O: the ClearML
 //! client writes, the daemon applies.
 
+mod client_allow;
 mod limit;
 mod naming;
 mod plan;
@@ -33,6 +34,7 @@ mod settings;
 mod urls;
 mod write_back;
 
+pub use client_allow::CLIENT_ALLOW_KEY;
 pub use limit::over_limit_reason;
 pub use naming::{route_key, subdomain_label};
 pub use plan::{Plan, Reconciler};

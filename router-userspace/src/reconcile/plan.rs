@@ -172,7 +172,11 @@ fn add_route(
         validate::truncate(&r.task.name),
     );
     let (route, patch) = match r.want {
-        Want::Tcp { upstream, .. } => {
+        Want::Tcp {
+            upstream,
+            ref allow,
+            ..
+        } => {
             let Some(&port) = port_of.get(&r.key) else {
                 return;
             };
@@ -183,6 +187,7 @@ fn add_route(
                     upstream,
                     owner,
                     preserve_client_ip: None,
+                    allow: allow.clone(),
                 },
             );
             (
@@ -383,6 +388,7 @@ mod tests {
                 upstream: "10.0.0.1:1".parse().unwrap(),
                 owner: owner.clone(),
                 preserve_client_ip: None,
+                allow: crate::client_allow::ClientAllow::Any,
             },
         );
         statics.http.insert(

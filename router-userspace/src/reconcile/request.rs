@@ -1,9 +1,11 @@
 //! Reading a task's runtime properties into endpoint requests: which endpoints it asks for, of
 //! which protocol, to which upstream, and why a request is refused or left to another router.
 
+use super::client_allow;
 use super::naming::subdomain_label;
 use super::settings::Settings;
 use crate::clearml::task::{Task, runtime_key};
+use crate::client_allow::ClientAllow;
 use crate::endpoint::EndpointId;
 use crate::routes::{HttpMode, RouteOwner};
 use crate::validate::{self, UpstreamPolicy};
@@ -60,6 +62,8 @@ pub enum Want {
         upstream: SocketAddrV4,
         /// The router port already written on the task by this router.
         routed_port: Option<u16>,
+        /// Who may connect: `ROUTER_TCP_CLIENT_ALLOW` narrowed by the task's key.
+        allow: ClientAllow,
     },
     Http {
         upstream: SocketAddrV4,
@@ -269,12 +273,17 @@ fn parse_endpoint(
                     runtime_key(port_key, name)
                 ));
             };
-            match policy.upstream(&address, &port) {
-                Ok(upstream) => Parsed::Request {
+            let upstream = match policy.upstream(&address, &port) {
+                Ok(upstream) => upstream,
+                Err(reason) => return refuse(reason),
+            };
+            match client_allow::effective(task, name, &s.client_allow) {
+                Ok(allow) => Parsed::Request {
                     key,
                     want: Want::Tcp {
                         upstream,
                         routed_port,
+                        allow,
                     },
                 },
                 Err(reason) => refuse(reason),

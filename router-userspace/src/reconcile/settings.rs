@@ -1,5 +1,6 @@
 //! What the reconciler needs to know about this router (from the configuration).
 
+use crate::client_allow::ClientAllow;
 use crate::routes::HttpMode;
 
 /// What the reconciler needs to know about this router.
@@ -19,6 +20,9 @@ pub struct Settings {
     pub queue_names: Vec<String>,
     /// `ROUTER_MAX_ENDPOINTS_PER_TASK`: routes (TCP and HTTP together) one task may hold.
     pub max_endpoints_per_task: usize,
+    /// `ROUTER_TCP_CLIENT_ALLOW`: who may connect to a task's TCP endpoint unless the task
+    /// narrows it (`client_allow`).
+    pub client_allow: ClientAllow,
 }
 
 impl Settings {
@@ -32,6 +36,7 @@ impl Settings {
             queue_ids: Vec::new(),
             queue_names: Vec::new(),
             max_endpoints_per_task: cfg.router.max_endpoints_per_task as usize,
+            client_allow: cfg.tcp.client_allow.clone(),
         }
     }
 }

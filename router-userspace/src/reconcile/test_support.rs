@@ -20,6 +20,7 @@ pub(super) fn settings() -> Settings {
         queue_ids: Vec::new(),
         queue_names: Vec::new(),
         max_endpoints_per_task: 16,
+        client_allow: crate::client_allow::ClientAllow::Any,
     }
 }
 

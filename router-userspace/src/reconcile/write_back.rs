@@ -115,6 +115,7 @@ pub fn recheck(
                     Want::Tcp {
                         upstream,
                         routed_port,
+                        ..
                     },
                     Want::Tcp { upstream: ours, .. },
                     RouteRef::Tcp(port),

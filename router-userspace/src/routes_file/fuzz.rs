@@ -15,10 +15,13 @@ fn policy() -> UpstreamPolicy {
 const PATH: &str = "/etc/task-router/routes.toml";
 
 /// `ROUTER_DOMAIN` set and a JWT key configured: every kind of entry may be served.
-const RULES: HttpRules = HttpRules {
-    domain_set: true,
-    auth_key_missing: false,
-};
+fn rules() -> FileRules {
+    FileRules {
+        domain_set: true,
+        auth_key_missing: false,
+        client_allow: crate::client_allow::ClientAllow::Any,
+    }
+}
 
 fn check_error(e: &RoutesFileError) -> Result<(), TestCaseError> {
     let text = crate::error::error_chain(e);
@@ -123,7 +126,7 @@ proptest! {
             "(\\[\\[(tcp|http|udp)\\]\\]\n((port|upstream|name|mode|x) = (-?[0-9]{1,6}|\"[^\"\n]{0,24}\"|\\[\\]|true|1e9|\\{\\})\n){0,4}){0,4}",
         ]
     ) {
-        match parse(Path::new(PATH), &text, &policy(), RULES) {
+        match parse(Path::new(PATH), &text, &policy(), &rules()) {
             Ok(set) => {
                 for (port, r) in &set.tcp {
                     prop_assert!(*port != 0 && r.port == *port);
@@ -139,7 +142,7 @@ proptest! {
     #[test]
     fn valid_route_sets_round_trip((tcp, http) in valid_set()) {
         let text = render(&tcp, &http);
-        let set = parse(Path::new(PATH), &text, &policy(), RULES)
+        let set = parse(Path::new(PATH), &text, &policy(), &rules())
             .map_err(|e| TestCaseError::fail(format!("{}\n{text}", crate::error::error_chain(&e))))?;
         prop_assert_eq!(set.tcp.len(), tcp.len());
         for t in &tcp {
@@ -180,7 +183,7 @@ proptest! {
             None => lines.insert(1, format!("{prefix}{value}")),
         }
         let text = lines.join("\n");
-        match parse(Path::new(PATH), &text, &policy(), RULES) {
+        match parse(Path::new(PATH), &text, &policy(), &rules()) {
             Ok(set) => {
                 // Only a value valid for the field may pass: a name of [A-Za-z0-9_-], or the
                 // subdomain mode (the router has a domain here).
@@ -210,7 +213,7 @@ fn duplicates_and_unknown_keys_are_refused_by_entry() {
         ("[[udp]]\nport = 1\n", "not valid TOML"),
         ("tcp = 5", "not valid TOML"),
     ] {
-        let e = parse(Path::new(PATH), text, &policy(), RULES).expect_err(text);
+        let e = parse(Path::new(PATH), text, &policy(), &rules()).expect_err(text);
         let msg = crate::error::error_chain(&e);
         assert!(msg.contains(wants), "{msg}");
     }

@@ -143,6 +143,7 @@ pub fn a_route_switched_between_modes_keeps_its_connections(net: &Net) -> Table 
         routes: net.routes(),
         report: (0, 2, 0),
         client_ip,
+        allow: Vec::new(),
     };
     Table::new(vec![
         client_opens(net, 40000).fields(toward_backend(net, net.nat_source, 40000)),

@@ -6,6 +6,7 @@
 //! connection table say afterwards. Cases run in order on one datapath, so a case may rely on
 //! the connections the cases before it opened.
 
+pub mod client_allow;
 pub mod client_ip;
 pub mod limits;
 pub mod net;
@@ -196,6 +197,8 @@ pub fn frag_needed_at_client(net: &Net, sport: u16) -> Fields {
 pub struct RouteChange {
     /// `(router port, backend, backend port)`.
     pub routes: Vec<(u16, Ipv4Addr, u16)>,
+    /// `(router port, client allow-list)` of the routes that have one (the rest admit all).
+    pub allow: Vec<(u16, String)>,
     /// (added, changed, removed).
     pub report: (usize, usize, usize),
     /// `preserve_client_ip` of the routes.

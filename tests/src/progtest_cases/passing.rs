@@ -69,6 +69,7 @@ pub fn syn_without_route_passes_to_the_stack(net: &Net) -> Table {
         )
         .after_routes(RouteChange {
             routes: vec![(PORT_UNRESOLVED, net.backend_unresolved, BACKEND_PORT)],
+            allow: Vec::new(),
             report: (0, 0, 1),
             client_ip: PreserveClientIp::Off,
         })

@@ -139,6 +139,7 @@ pub fn route_change_affects_new_connections_only(net: &Net) -> Table {
         )
         .after_routes(RouteChange {
             routes: net.moved_routes(),
+            allow: Vec::new(),
             report: (0, 1, 0),
             client_ip: PreserveClientIp::Off,
         })

@@ -11,6 +11,7 @@ use router_common::conntrack::{
 };
 use router_tests::packet::{TCP_ACK, TCP_SYN, Tcp4};
 use router_tests::topology::ProgTestNet;
+use router_userspace::client_allow::ClientAllow;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Program};
 use router_userspace::endpoint::EndpointId;
@@ -21,6 +22,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 const PORT: u16 = 20000;
 const BACKEND_PORT: u16 = 8080;
 const CLIENT_PORT: u16 = 40000;
+/// A router port whose route has a client allow-list.
+const PORT_LISTED: u16 = 20010;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Cost {
@@ -168,7 +171,7 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
             kind: DatapathKind::Ebpf(AttachMode::Tc),
             interfaces: Vec::new(),
             bpffs: std::env::temp_dir(),
-            max_connections: (new_connections as u32 * 2 + 1024).max(4096),
+            max_connections: (new_connections as u32 * 4 + 1024).max(4096),
             conntrack_pressure: router_userspace::datapath::Pressure::default(),
             router_addresses: vec![addrs.router],
             nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
@@ -191,9 +194,20 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
                     upstream: SocketAddrV4::new(addrs.backend, up),
                     owner: owner.clone(),
                     preserve_client_ip: None,
+                    allow: ClientAllow::Any,
                 },
             );
         }
+        routes.insert(
+            PORT_LISTED,
+            TcpRoute {
+                port: PORT_LISTED,
+                upstream: SocketAddrV4::new(addrs.backend, BACKEND_PORT),
+                owner: owner.clone(),
+                preserve_client_ip: None,
+                allow: listed_clients(),
+            },
+        );
         dp.apply_routes(&routes)?;
         let mut b = Bench {
             dp,
@@ -273,47 +287,26 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
                 });
             }
             // First packet of a connection: one call per packet, each a fresh tuple.
-            let mut per = Vec::with_capacity(new_connections);
-            let mut floor = Vec::with_capacity(new_connections);
-            let base = if program == Program::Xdp {
-                0u32
-            } else {
-                1 << 16
-            };
-            for i in 0..new_connections as u32 {
-                let id = base + i;
-                let client = Ipv4Addr::new(
-                    10,
-                    70,
-                    1,
-                    10 + (id >> 16) as u8 * 50 + ((id >> 12) & 0x0f) as u8,
-                );
-                let sport = 1024 + (id & 0x0fff) as u16 * 8 + (id >> 16) as u16;
-                let syn = Tcp4::new(client, sport, n.router, PORT, TCP_SYN)
-                    .macs(n.client_mac, n.client_dev_mac)
-                    .build();
-                let r = b.dp.test_run(program, &syn, 1, Some(b.client_if))?;
-                if r.retval != if program == Program::Xdp { 4 } else { 7 } {
-                    let stats: Vec<String> =
-                        b.dp.stats()?
-                            .into_iter()
-                            .filter(|(_, _, v)| v.packets > 0)
-                            .map(|(h, r, v)| format!("{}/{}={}", h.name(), r.name(), v.packets))
-                            .collect();
-                    anyhow::bail!(
-                        "SYN {i} ({client}:{sport}) was not forwarded (verdict {}); counters: {}",
-                        r.retval,
-                        stats.join(" ")
-                    );
-                }
-                per.push(r.per_run.as_nanos() as f64);
-                let r = b.dp.test_run(empty, &syn, 1, Some(b.client_if))?;
-                floor.push(r.per_run.as_nanos() as f64);
-            }
-            let m = median(&mut per);
-            let e = median(&mut floor);
+            let tuples = if program == Program::Xdp { 0 } else { 1 };
+            let (m, e) = first_packet(&mut b, program, empty, PORT, tuples, new_connections)?;
             costs.push(Cost {
                 path: "first packet of a connection (SYN, fresh tuple)",
+                program: name,
+                median_ns: m,
+                empty_ns: e,
+                cost_ns: m - e,
+                samples: Vec::new(),
+            });
+            let (m, e) = first_packet(
+                &mut b,
+                program,
+                empty,
+                PORT_LISTED,
+                tuples + 2,
+                new_connections,
+            )?;
+            costs.push(Cost {
+                path: "first packet, route with a client allow-list of 33 CIDRs",
                 program: name,
                 median_ns: m,
                 empty_ns: e,
@@ -324,4 +317,61 @@ pub fn measure(repeat: u32, samples: usize, new_connections: usize) -> Result<Ve
         Ok(costs)
     })??;
     Ok(costs)
+}
+
+/// Median ns per run of the first packet of `n` connections to router `port` (each a fresh
+/// tuple from the block `tuples` of client addresses and ports), and of the empty program on
+/// the same frames.
+fn first_packet(
+    b: &mut Bench,
+    program: Program,
+    empty: Program,
+    port: u16,
+    tuples: u32,
+    n: usize,
+) -> Result<(f64, f64)> {
+    let mut per = Vec::with_capacity(n);
+    let mut floor = Vec::with_capacity(n);
+    let base = tuples << 16;
+    for i in 0..n as u32 {
+        let id = base + i;
+        let client = Ipv4Addr::new(
+            10,
+            70,
+            1,
+            10 + (id >> 16) as u8 * 50 + ((id >> 12) & 0x0f) as u8,
+        );
+        let sport = 1024 + (id & 0x0fff) as u16 * 8 + (id >> 16) as u16;
+        let syn = Tcp4::new(client, sport, b.net.router, port, TCP_SYN)
+            .macs(b.net.client_mac, b.net.client_dev_mac)
+            .build();
+        let r = b.dp.test_run(program, &syn, 1, Some(b.client_if))?;
+        if r.retval != if program == Program::Xdp { 4 } else { 7 } {
+            let stats: Vec<String> =
+                b.dp.stats()?
+                    .into_iter()
+                    .filter(|(_, _, v)| v.packets > 0)
+                    .map(|(h, r, v)| format!("{}/{}={}", h.name(), r.name(), v.packets))
+                    .collect();
+            anyhow::bail!(
+                "SYN {i} ({client}:{sport}) was not forwarded (verdict {}); counters: {}",
+                r.retval,
+                stats.join(" ")
+            );
+        }
+        per.push(r.per_run.as_nanos() as f64);
+        let r = b.dp.test_run(empty, &syn, 1, Some(b.client_if))?;
+        floor.push(r.per_run.as_nanos() as f64);
+    }
+    Ok((median(&mut per), median(&mut floor)))
+}
+
+/// A client allow-list as a VPN's and offices' ranges make one: the bench clients' /24 among
+/// 32 other CIDRs.
+fn listed_clients() -> ClientAllow {
+    let mut text = String::from("10.70.1.0/24");
+    for i in 0..32u8 {
+        text.push_str(&format!(",172.{}.{}.0/24", 16 + i / 8, i * 8));
+    }
+    ClientAllow::parse(&text).expect("a valid list")
 }

@@ -163,6 +163,7 @@ impl Bench {
                         upstream: SocketAddrV4::new(b, up),
                         owner: owner.clone(),
                         preserve_client_ip: None,
+                        allow: router_userspace::client_allow::ClientAllow::Any,
                     },
                 )
             })
