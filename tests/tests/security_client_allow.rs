@@ -170,6 +170,11 @@ async fn a_task_narrows_its_own_endpoint_and_a_widening_key_is_refused_alone() {
         "{}",
         refusal.reason
     );
+    // The task shows why, in the key the web app lists.
+    assert_eq!(
+        admin.runtime(&wide)["router_endpoint_error"],
+        json!(refusal.reason)
+    );
     let shown: Vec<_> = status
         .routes
         .iter()
@@ -187,4 +192,10 @@ async fn a_task_narrows_its_own_endpoint_and_a_widening_key_is_refused_alone() {
     assert_eq!(allow_of(&r, &narrow).as_deref(), Some("10.8.1.7/32"));
     assert_eq!(allow_of(&r, &wide).as_deref(), Some("10.9.0.0/16"));
     assert!(r.status().refused.is_empty());
+    // Served now: the endpoint's write took the reason away.
+    assert!(
+        admin.runtime(&wide).get("router_endpoint_error").is_none(),
+        "{:?}",
+        admin.runtime(&wide)
+    );
 }
