@@ -5,6 +5,7 @@
 //! (`progtest_cases`), and waiting on conditions instead of sleeping.
 
 pub mod attached;
+pub mod churn;
 pub mod clearml_server;
 pub mod connect_loop;
 pub mod daemon;
