@@ -14,7 +14,7 @@ pub mod stats;
 
 /// Bumped whenever a map key or value layout changes incompatibly; the daemon refuses to adopt
 /// pinned maps of another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Asserts a type's size and alignment at compile time.
 #[macro_export]

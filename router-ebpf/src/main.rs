@@ -6,7 +6,7 @@
 //! daemon), `conntrack` (the connection table), `half_open` (connections until their handshake
 //! completes), `nat` (translation and opening connections),
 //! `redirect` (next hops and the redirect itself), `icmp` (errors about tracked connections),
-//! `stats` (one counted reason per packet), `clock`.
+//! `stats` (one counted reason per packet), `timestamps` (TCP timestamp translation), `clock`.
 //!
 //! Both entry points run the same logic. Every packet that is not TCP for a router port or a
 //! tracked connection leaves as it came, after a filter of two array look-ups.
@@ -27,6 +27,7 @@ mod nat;
 mod parse;
 mod redirect;
 mod stats;
+mod timestamps;
 mod verdict;
 
 use aya_ebpf::{

@@ -212,6 +212,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// One connection from `source` (port chosen by the kernel at connect, per destination) to
 /// `to`: its connect time, `None` when it failed or the answer did not come whole.
 fn one_connection(source: Ipv4Addr, to: SocketAddrV4) -> Option<Duration> {
+    connect_and_read(SocketAddrV4::new(source, 0), to)
+}
+
+/// One connection from `source` (port 0: chosen at connect) to `to`, made by the calling
+/// thread (in its namespace): connects, reads the answer to its end and closes. Its connect
+/// time; `None` when it failed or the answer did not come whole.
+pub fn connect_and_read(source: SocketAddrV4, to: SocketAddrV4) -> Option<Duration> {
     let mut stream = bound_socket(source).ok()?;
     let started = Instant::now();
     connect(&stream, to).ok()?;
@@ -239,9 +246,9 @@ fn check(ret: libc::c_int, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A TCP socket bound to `source` with its port left to `connect` (`IP_BIND_ADDRESS_NO_PORT`,
-/// as a client with many addresses binds), with send and receive timeouts.
-fn bound_socket(source: Ipv4Addr) -> Result<TcpStream> {
+/// A TCP socket bound to `source`; port 0 is left to `connect` (`IP_BIND_ADDRESS_NO_PORT`, as a
+/// client with many addresses binds). With send and receive timeouts.
+fn bound_socket(source: SocketAddrV4) -> Result<TcpStream> {
     // SAFETY: plain socket calls on a descriptor owned by the returned stream.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -258,7 +265,7 @@ fn bound_socket(source: Ipv4Addr) -> Result<TcpStream> {
             ),
             "IP_BIND_ADDRESS_NO_PORT",
         )?;
-        let addr = sockaddr(SocketAddrV4::new(source, 0));
+        let addr = sockaddr(source);
         check(
             libc::bind(
                 fd,

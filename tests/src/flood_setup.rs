@@ -35,6 +35,25 @@ pub fn open_datapath(
     port: u16,
     backend: SocketAddrV4,
 ) -> Result<Datapath> {
+    open_datapath_with_nat_ports(
+        t,
+        max_connections,
+        bpffs,
+        port,
+        backend,
+        DEFAULT_NAT_SOURCE_PORTS,
+    )
+}
+
+/// [`open_datapath`] with the NAT source port range `nat_source_ports`.
+pub fn open_datapath_with_nat_ports(
+    t: &Topology,
+    max_connections: u32,
+    bpffs: &Path,
+    port: u16,
+    backend: SocketAddrV4,
+    nat_source_ports: (u16, u16),
+) -> Result<Datapath> {
     let cfg = DatapathConfig {
         kind: DatapathKind::Ebpf(AttachMode::Auto),
         interfaces: vec![
@@ -45,7 +64,7 @@ pub fn open_datapath(
         max_connections,
         conntrack_pressure: Pressure::default(),
         router_addresses: vec![t.router_addr()],
-        nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
+        nat_source_ports,
     };
     let mut dp = t
         .router
