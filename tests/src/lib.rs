@@ -16,6 +16,7 @@ pub mod http_backend;
 pub mod http_client;
 pub mod metrics;
 pub mod netns;
+pub mod nft_nat;
 pub mod nginx;
 pub mod owners;
 pub mod packet;

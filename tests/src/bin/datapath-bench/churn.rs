@@ -11,9 +11,10 @@
 //! by reason.
 
 use crate::throughput::{median, tempdir};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use router_tests::churn::{Churn, CloseFirstServer, ConnectTimes};
 use router_tests::flood_setup;
+use router_tests::nft_nat;
 use router_tests::topology::Topology;
 use router_userspace::datapath::SharedDatapath;
 use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
@@ -120,18 +121,14 @@ impl Setup {
                 Ok((Running::Plain, SocketAddrV4::new(b, BACKEND_PORT)))
             }
             Peer::Nftables => {
-                let rules = format!(
-                    "table ip trchurn {{\n\
-                     chain pre {{ type nat hook prerouting priority dstnat; \
-                     ip daddr {r} tcp dport {PORT} dnat to {b}:{BACKEND_PORT}; }}\n\
-                     chain post {{ type nat hook postrouting priority srcnat; \
-                     ip daddr {b} masquerade; }}\n}}\n"
-                );
-                let file = self.dir.path().join("nft.conf");
-                std::fs::write(&file, rules)?;
-                self.t
-                    .router
-                    .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
+                nft_nat::dnat_masquerade(
+                    &self.t.router,
+                    self.dir.path(),
+                    "trchurn",
+                    r,
+                    &[(PORT, BACKEND_PORT)],
+                    b,
+                )?;
                 Ok((Running::Plain, routed))
             }
             Peer::Datapath => {

@@ -12,6 +12,7 @@ use crate::throughput::{Proc, backlog_drops, machine_busy, tempdir, wait_listeni
 use anyhow::{Context, Result};
 use router_tests::connect_loop::{Attempt, ConnectLoop};
 use router_tests::flood_setup;
+use router_tests::nft_nat;
 use router_tests::syn_flood::{Flood, FloodReport, Target, mac_of};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
@@ -149,18 +150,14 @@ impl Setup {
                 Ok(Running::Datapath(dp, sweeper))
             }
             Peer::Nftables => {
-                let rules = format!(
-                    "table ip trhostile {{\n\
-                     chain pre {{ type nat hook prerouting priority dstnat; \
-                     ip daddr {r} tcp dport {PORT} dnat to {b}:{BACKEND_PORT}; }}\n\
-                     chain post {{ type nat hook postrouting priority srcnat; \
-                     ip daddr {b} masquerade; }}\n}}\n"
-                );
-                let file = self.dir.path().join("nft.conf");
-                std::fs::write(&file, rules)?;
-                self.t
-                    .router
-                    .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
+                nft_nat::dnat_masquerade(
+                    &self.t.router,
+                    self.dir.path(),
+                    "trhostile",
+                    r,
+                    &[(PORT, BACKEND_PORT)],
+                    b,
+                )?;
                 Ok(Running::Nftables)
             }
             Peer::NginxStream => {

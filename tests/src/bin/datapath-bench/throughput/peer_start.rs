@@ -54,19 +54,14 @@ impl Bench {
     fn start_nftables(&self, peer: Peer) -> Result<Running> {
         let (r, b) = (self.router(), self.backend());
         let (bulk_port, rr_port, iperf_port, backend_rr_port) = peer.ports();
-        let rules = format!(
-            "table ip trbench {{\n\
-             chain pre {{ type nat hook prerouting priority dstnat; \
-             ip daddr {r} tcp dport {bulk_port} dnat to {b}:{iperf_port}; \
-             ip daddr {r} tcp dport {rr_port} dnat to {b}:{backend_rr_port}; }}\n\
-             chain post {{ type nat hook postrouting priority srcnat; \
-             ip daddr {b} masquerade; }}\n}}\n"
-        );
-        let file = self.dir.path().join("nft.conf");
-        std::fs::write(&file, rules)?;
-        self.t
-            .router
-            .run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
+        router_tests::nft_nat::dnat_masquerade(
+            &self.t.router,
+            self.dir.path(),
+            "trbench",
+            r,
+            &[(bulk_port, iperf_port), (rr_port, backend_rr_port)],
+            b,
+        )?;
         Ok(Running::Nft(self.t.router.name.clone()))
     }
 
