@@ -6,7 +6,10 @@ use crate::syn_flood::SPOOFED_SUBNET;
 use crate::topology::Topology;
 use anyhow::{Context, Result};
 use router_userspace::config::{DatapathConfig, DatapathKind};
-use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure};
+use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
+use router_userspace::datapath::{
+    AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure, SharedDatapath,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -43,6 +46,19 @@ pub fn open_datapath(
         backend,
         DEFAULT_NAT_SOURCE_PORTS,
     )
+}
+
+/// [`open_datapath`] as the daemon runs it: shared, with its sweeper at the default interval.
+pub fn run_datapath(
+    t: &Topology,
+    max_connections: u32,
+    bpffs: &Path,
+    port: u16,
+    backend: SocketAddrV4,
+) -> Result<(SharedDatapath, Sweeper)> {
+    let dp = SharedDatapath::new(open_datapath(t, max_connections, bpffs, port, backend)?);
+    let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
+    Ok((dp, sweeper))
 }
 
 /// [`open_datapath`] with the NAT source port range `nat_source_ports`.

@@ -17,7 +17,7 @@ use router_tests::flood_setup;
 use router_tests::nft_nat;
 use router_tests::topology::Topology;
 use router_userspace::datapath::SharedDatapath;
-use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
+use router_userspace::datapath::sweeper::Sweeper;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -132,15 +132,13 @@ impl Setup {
                 Ok((Running::Plain, routed))
             }
             Peer::Datapath => {
-                let dp = flood_setup::open_datapath(
+                let (dp, sweeper) = flood_setup::run_datapath(
                     &self.t,
                     MAX_CONNECTIONS,
                     self.dir.path(),
                     PORT,
                     SocketAddrV4::new(b, BACKEND_PORT),
                 )?;
-                let dp = SharedDatapath::new(dp);
-                let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
                 Ok((Running::Datapath(dp, sweeper), routed))
             }
         }

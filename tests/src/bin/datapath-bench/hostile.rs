@@ -17,7 +17,7 @@ use router_tests::syn_flood::{Flood, FloodReport, Target, mac_of};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_userspace::datapath::SharedDatapath;
-use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
+use router_userspace::datapath::sweeper::Sweeper;
 use std::net::SocketAddrV4;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -138,15 +138,13 @@ impl Setup {
         let (r, b) = (self.t.router_addr(), self.t.backend_end.addr);
         match peer {
             Peer::Datapath => {
-                let dp = flood_setup::open_datapath(
+                let (dp, sweeper) = flood_setup::run_datapath(
                     &self.t,
                     MAX_CONNECTIONS,
                     self.dir.path(),
                     PORT,
                     SocketAddrV4::new(b, BACKEND_PORT),
                 )?;
-                let dp = SharedDatapath::new(dp);
-                let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
                 Ok(Running::Datapath(dp, sweeper))
             }
             Peer::Nftables => {
