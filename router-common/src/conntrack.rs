@@ -63,7 +63,8 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_TRACKED: u8 = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK;
 
-/// One direction of a connection: one cache line.
+/// One direction of a connection: one cache line of what every packet reads, then the
+/// timestamp offset (read only by connections that have one).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue4 {
@@ -94,8 +95,20 @@ pub struct CtValue4 {
     pub last_seen: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// TCP timestamp translation (0: none). Chosen at the SYN so that the timestamps the
+    /// backend sees on this connection's tuple start from the router's timestamp clock: the
+    /// forward entry adds it to TSval, the reply entry subtracts it from TSecr. Every
+    /// connection on a tuple then carries timestamps newer than the last one's, whichever
+    /// client it came from, so the backend accepts a SYN on a tuple it still holds in
+    /// TIME_WAIT (RFC 6191) instead of refusing it (PAWS) for a 1 s SYN retransmission.
+    pub ts_off: u32,
+    /// Only in a half-open reply entry (`HalfOpen4::ct`): the acknowledgment number (host
+    /// order) of the client's ACK that completes the handshake, the backend's initial sequence
+    /// number + 1, once its SYN-ACK passed (`tcp_flags` has SYN and ACK). A blind spoofer cannot
+    /// know it. 0 elsewhere.
+    pub handshake_ack: u32,
 }
-crate::assert_layout!(CtValue4, size = 64, align = 8);
+crate::assert_layout!(CtValue4, size = 72, align = 8);
 
 impl CtValue4 {
     /// An entry that rewrites packets arriving as `from` into `to`, with its checksum deltas;
@@ -188,11 +201,6 @@ pub struct HalfOpen4 {
     pub ct: CtValue4,
     /// Which admission this pair is (both entries carry it; see [`HalfOpenSlot::ticket`]).
     pub ticket: u64,
-    /// Reply entry: the acknowledgment number (host order) of the client's ACK that completes
-    /// the handshake, the backend's initial sequence number + 1, once its SYN-ACK passed
-    /// (`ct.tcp_flags` has SYN and ACK). A blind spoofer cannot know it.
-    pub ack: u32,
-    pub _pad: u32,
 }
 crate::assert_layout!(HalfOpen4, size = 80, align = 8);
 

@@ -66,6 +66,20 @@ pub fn has_ended(value: &CtValue4) -> bool {
     }
 }
 
+/// Whether the connection of entry `value` is over in both directions: a RST either way, or a
+/// FIN each way (a missing partner counts as over).
+#[inline(always)]
+pub fn has_closed(value: *const CtValue4) -> bool {
+    // SAFETY: a map value pointer from `lookup`, single fields read.
+    let (flags, partner) = unsafe { ((*value).tcp_flags, CtKey4::partner_of(&*value)) };
+    let partner_flags = match lookup(&partner) {
+        // SAFETY: as above.
+        Some(p) => unsafe { (*p).tcp_flags },
+        None => TCP_FIN,
+    };
+    (flags | partner_flags) & TCP_RST != 0 || flags & partner_flags & TCP_FIN != 0
+}
+
 /// Connections created minus removed (by the daemon's sweeper).
 #[inline(always)]
 pub fn live() -> u64 {

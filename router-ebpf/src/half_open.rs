@@ -152,7 +152,7 @@ pub fn handle<P: Packet>(p: &P, tcp: usize, key: &CtKey4, flags: u8) -> Step {
     let handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
     if v.ct.to_client() {
         if handshake == TCP_SYN | TCP_ACK {
-            v.ack = u32::from_be(load32(tcp + TCP_SEQ)).wrapping_add(1);
+            v.ct.handshake_ack = u32::from_be(load32(tcp + TCP_SEQ)).wrapping_add(1);
         }
     } else if handshake & (TCP_SYN | TCP_RST) == 0 && handshake & TCP_ACK != 0 {
         if let Some(step) = confirm(p, tcp, key, v) {
@@ -185,7 +185,7 @@ fn restart_if_ended(fwd: &mut HalfOpen4) -> bool {
         // SAFETY: as above.
         let reply = unsafe { &mut *reply };
         reply.ct.tcp_flags = 0;
-        reply.ack = 0;
+        reply.ct.handshake_ack = 0;
     }
     true
 }
@@ -201,7 +201,7 @@ fn confirm<P: Packet>(p: &P, tcp: usize, key: &CtKey4, fwd: &mut HalfOpen4) -> O
     let reply = unsafe { &*lookup(&reply_key)? };
     if reply.ticket != fwd.ticket
         || reply.ct.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK
-        || reply.ack != u32::from_be(load32(tcp + TCP_ACK_SEQ))
+        || reply.ct.handshake_ack != u32::from_be(load32(tcp + TCP_ACK_SEQ))
     {
         return None;
     }
@@ -220,7 +220,9 @@ fn confirm<P: Packet>(p: &P, tcp: usize, key: &CtKey4, fwd: &mut HalfOpen4) -> O
         };
         // SAFETY: a map value pointer from the look-up, copied out at once.
         let taken = unsafe { *taken };
-        if taken.rewritten() != client_side {
+        // A tombstone is taken over: `nat::reserve_reply` let this connection have its tuple
+        // (this client tuple's own, or both connections translate timestamps).
+        if !taken.is_tombstone() && taken.rewritten() != client_side {
             // Another connection holds the tuple in CT4 (it was free when reserved): this one
             // cannot complete; the client's retransmitted SYN opens it anew.
             remove(&reply_key);

@@ -6,7 +6,8 @@
 //! daemon), `conntrack` (the connection table), `half_open` (connections until their handshake
 //! completes), `nat` (translation and opening connections),
 //! `redirect` (next hops and the redirect itself), `icmp` (errors about tracked connections),
-//! `stats` (one counted reason per packet), `clock`. `client_allow` (which clients may open
+//! `stats` (one counted reason per packet), `timestamps` (TCP timestamp translation), `clock`.
+//! `client_allow` (which clients may open
 //! a connection) is asked only for a SYN that would open one.
 //!
 //! Both entry points run the same logic. Every packet that is not TCP for a router port or a
@@ -29,6 +30,7 @@ mod nat;
 mod parse;
 mod redirect;
 mod stats;
+mod timestamps;
 mod verdict;
 
 use aya_ebpf::{

@@ -26,6 +26,7 @@ use crate::parse::{
     load16, store_mac, store8, store16, store32,
 };
 use crate::redirect::{self, Fib, Out};
+use crate::timestamps;
 use crate::verdict::{Verdict, drop, pass};
 
 #[map(name = "ROUTES")]
@@ -36,9 +37,9 @@ static ROUTES: HashMap<RouteKey, RouteValue> =
 const TCP_CHECK_OFF: usize = ETH_LEN + IP_LEN + TCP_CHECK;
 
 /// Writes the entry's tuple, TTL and checksums into the IPv4/TCP headers at `ip`/`tcp` (both
-/// already bounds-checked), and its cached Ethernet addresses when `l2`; `extra` is the folded
-/// checksum delta of other TCP header changes (a clamped MSS). The TCP checksum comes last: on
-/// TC it may move the packet.
+/// already bounds-checked), its timestamp translation, and its cached Ethernet addresses when
+/// `l2`; `extra` is the folded checksum delta of other TCP header changes (a clamped MSS). The
+/// TCP checksum comes last: on TC it may move the packet.
 #[inline(always)]
 fn rewrite<P: Packet>(p: &P, ip: usize, tcp: usize, v: &CtValue4, l2: bool, extra: u16) -> bool {
     if v.flags & F_KEEP_TTL == 0 {
@@ -57,10 +58,11 @@ fn rewrite<P: Packet>(p: &P, ip: usize, tcp: usize, v: &CtValue4, l2: bool, extr
         store_mac(eth, &v.nh_dmac);
         store_mac(eth + 6, &v.nh_smac);
     }
-    let l4 = if extra == 0 {
+    let ts = timestamps::translate(p, tcp, v);
+    let l4 = if extra == 0 && ts == 0 {
         v.l4_port_csum
     } else {
-        router_common::csum::fold(v.l4_port_csum as u32 + extra as u32)
+        router_common::csum::fold(v.l4_port_csum as u32 + extra as u32 + ts as u32)
     };
     p.tcp_csum(TCP_CHECK_OFF, v.l4_pseudo_csum, l4)
 }
@@ -283,6 +285,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         now,
         ticket,
         mode,
+        ts_off: timestamps::offset_for_syn(p, tcp),
     };
     if !allocate_source_port(&mut out, &pair, key.sport, settings) {
         return drop(p, StatReason::DropNoSourcePort);
@@ -290,10 +293,9 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     let mut fwd = HalfOpen4 {
         ct: CtValue4::rewrite(key, &out, mode),
         ticket,
-        ack: 0,
-        _pad: 0,
     };
     fwd.ct.route_id = route.route_id;
+    fwd.ct.ts_off = pair.ts_off;
     fwd.ct.tcp_flags = TCP_SYN;
     fwd.ct.last_seen = now;
     fwd.ct.packets = p.segments();
@@ -390,19 +392,20 @@ struct Pair<'a> {
     ticket: u64,
     /// `F_PRESERVE_CLIENT` or 0, for both entries.
     mode: u8,
+    /// The connection's timestamp translation (0: its SYN has no timestamp).
+    ts_off: u32,
 }
 
 /// Claims source port `sport` (network order) for the connection's backend side by inserting
 /// its reply entry into the half-open table; fails when another connection to the same backend
-/// has the tuple, half-open or in `CT4`. The one exception is the tuple the same client tuple
-/// used last (its `CT4` reply entry is a tombstone translating to exactly this client): a
-/// client reusing its port for the same router port takes it back, and confirmation replaces
-/// the tombstone. The backend may still hold that tuple in TIME_WAIT; it accepts a new SYN
-/// there only when its timestamp (or sequence number) is newer, which holds for the same client
-/// tuple (the same clock and offset) as it does without NAT, but not for another client (why
-/// other clients probe for another port). Without this, churn from one client spends the NAT
-/// port range, and tuples whose tombstone was evicted meet the backend's TIME_WAIT with another
-/// client's timestamps (PAWS rejects them: a 1 s SYN retransmission each).
+/// has the tuple, half-open or in `CT4`. The exceptions are tuples of ended connections (their
+/// `CT4` reply entry a tombstone) the backend will accept this SYN on although it may still hold
+/// them in TIME_WAIT: it accepts a new SYN there only when its timestamp (or sequence number)
+/// is newer. That holds for the tuple the same client tuple used last (the same clock and
+/// offset, as without NAT: a client reusing its port for the same router port takes it back),
+/// and for any tuple when both the last connection and this one translate their timestamps
+/// (`timestamps`); confirmation replaces the tombstone. Other clients without timestamps probe
+/// for another port: their SYN would meet PAWS there (a 1 s SYN retransmission each).
 ///
 /// The half-open insert comes first and the `CT4` check second: a confirmation inserts into
 /// `CT4` before it removes the half-open entry, so a tuple is never seen free in both.
@@ -413,11 +416,10 @@ fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
     let mut reply = HalfOpen4 {
         ct: CtValue4::rewrite(&reply_key, pair.client_side, F_TO_CLIENT | pair.mode),
         ticket: pair.ticket,
-        ack: 0,
-        _pad: 0,
     };
     reply.ct.route_id = pair.route_id;
     reply.ct.last_seen = pair.now;
+    reply.ct.ts_off = pair.ts_off;
     if !half_open::insert_new(&reply_key, &reply) {
         return false;
     }
@@ -425,9 +427,31 @@ fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
         return true;
     };
     // SAFETY: a map value pointer from the look-up, read once.
-    let own = unsafe { (*existing).is_tombstone() && (*existing).rewritten() == *pair.client_side };
-    if !own {
+    let (tombstone, client, ts_off) = unsafe {
+        (
+            (*existing).is_tombstone(),
+            (*existing).rewritten(),
+            (*existing).ts_off,
+        )
+    };
+    // A tuple whose last connection and this one both translate timestamps: the backend's
+    // TIME_WAIT there accepts this SYN, whichever client it comes from.
+    let both_translated = ts_off != 0 && pair.ts_off != 0;
+    let reusable = if tombstone {
+        client == *pair.client_side || both_translated
+    } else if both_translated && conntrack::has_closed(existing) {
+        // The last connection closed both ways (or was reset) a moment ago: its pair goes now,
+        // so the backend's answers on the tuple find this connection's half-open entry. The
+        // backend accepts the SYN on the tuple it holds in TIME_WAIT (newer timestamps), and
+        // the tuple is not held for the closing timeout: at thousands of connections per
+        // second that would run out of tuples toward the backend.
+        conntrack::remove_pair(&reply_key, existing);
+        true
+    } else {
+        false
+    };
+    if !reusable {
         half_open::remove(&reply_key);
     }
-    own
+    reusable
 }

@@ -6,7 +6,10 @@ use crate::syn_flood::SPOOFED_SUBNET;
 use crate::topology::Topology;
 use anyhow::{Context, Result};
 use router_userspace::config::{DatapathConfig, DatapathKind};
-use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure};
+use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
+use router_userspace::datapath::{
+    AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure, SharedDatapath,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -35,6 +38,38 @@ pub fn open_datapath(
     port: u16,
     backend: SocketAddrV4,
 ) -> Result<Datapath> {
+    open_datapath_with_nat_ports(
+        t,
+        max_connections,
+        bpffs,
+        port,
+        backend,
+        DEFAULT_NAT_SOURCE_PORTS,
+    )
+}
+
+/// [`open_datapath`] as the daemon runs it: shared, with its sweeper at the default interval.
+pub fn run_datapath(
+    t: &Topology,
+    max_connections: u32,
+    bpffs: &Path,
+    port: u16,
+    backend: SocketAddrV4,
+) -> Result<(SharedDatapath, Sweeper)> {
+    let dp = SharedDatapath::new(open_datapath(t, max_connections, bpffs, port, backend)?);
+    let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
+    Ok((dp, sweeper))
+}
+
+/// [`open_datapath`] with the NAT source port range `nat_source_ports`.
+pub fn open_datapath_with_nat_ports(
+    t: &Topology,
+    max_connections: u32,
+    bpffs: &Path,
+    port: u16,
+    backend: SocketAddrV4,
+    nat_source_ports: (u16, u16),
+) -> Result<Datapath> {
     let cfg = DatapathConfig {
         kind: DatapathKind::Ebpf(AttachMode::Auto),
         interfaces: vec![
@@ -45,7 +80,7 @@ pub fn open_datapath(
         max_connections,
         conntrack_pressure: Pressure::default(),
         router_addresses: vec![t.router_addr()],
-        nat_source_ports: DEFAULT_NAT_SOURCE_PORTS,
+        nat_source_ports,
     };
     let mut dp = t
         .router

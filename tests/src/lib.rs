@@ -5,6 +5,7 @@
 //! (`progtest_cases`), and waiting on conditions instead of sleeping.
 
 pub mod attached;
+pub mod churn;
 pub mod clearml_server;
 pub mod connect_loop;
 pub mod daemon;
@@ -15,6 +16,7 @@ pub mod http_backend;
 pub mod http_client;
 pub mod metrics;
 pub mod netns;
+pub mod nft_nat;
 pub mod nginx;
 pub mod owners;
 pub mod packet;

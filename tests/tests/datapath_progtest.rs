@@ -15,7 +15,9 @@ use router_tests::packet::{
     self, TCP_ACK, TCP_FIN as FIN, TCP_RST, TCP_SYN, icmp_checksum_ok, ipv4_checksum_ok, parse,
     tcp_checksum_ok,
 };
-use router_tests::progtest_cases::net::{BACKEND_PORT, MOVED_BACKEND_PORT, PORT};
+use router_tests::progtest_cases::net::{
+    BACKEND_PORT, MOVED_BACKEND_PORT, PORT, handshake_timestamps, segment_timestamps, timestamps_of,
+};
 use router_tests::progtest_cases::{
     Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_allow,
     client_ip, limits, passing, split_after, translation,
@@ -459,6 +461,7 @@ both_hooks!(
     destination_only_nat_keeps_the_client_address_both_ways,
     a_route_switched_between_modes_keeps_its_connections,
     client_allow_is_asked_only_when_a_connection_opens,
+    timestamps_are_translated_and_a_closed_tuple_is_taken_over,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -957,7 +960,7 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
             (env.net.router, env.net.client, 40000)
         );
         assert_checksums(&out.frame);
-        assert_eq!(env.half_open(&reply_key).ack, 0xffff_fff1);
+        assert_eq!(env.half_open(&reply_key).ct.handshake_ack, 0xffff_fff1);
         assert!(env.dp.conntrack_entry(&fwd_key).is_none());
 
         // An ACK that does not acknowledge the SYN-ACK (what a blind spoofer sends) is
@@ -1130,5 +1133,97 @@ fn established_connections_are_never_evicted_by_syns(program: Program) {
             .collect();
         assert_eq!(established.len(), 1, "{established:?}");
         assert!(conns.len() as u32 <= capacity + 1);
+    });
+}
+
+/// A client SYN with timestamps from `from:sport`, TSval `tsval`.
+fn syn_with_timestamps(env: &Env, from: Ipv4Addr, sport: u16, tsval: u32) -> Vec<u8> {
+    let mut syn = env.net.packet_from(from, sport, TCP_SYN);
+    syn.tcp_options = handshake_timestamps(tsval, 0);
+    syn.build()
+}
+
+/// Timestamps toward the backend start at the router's clock and come back as the client sent
+/// them; once the connection closed both ways, another client's SYN with timestamps takes its
+/// tuple at once (the backend accepts it in TIME_WAIT: newer timestamps), one without
+/// timestamps does not.
+fn timestamps_are_translated_and_a_closed_tuple_is_taken_over(program: Program) {
+    with_env(program, no_cases, |env, _| {
+        let out = env.run(&syn_with_timestamps(env, env.net.client, 40000, 5000), true);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        let (tsval, tsecr) = timestamps_of(&out.frame).expect("timestamps");
+        assert_eq!(tsecr, 0);
+        assert_ne!(tsval, 5000, "translated");
+        let mut synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK);
+        synack.tcp_options = handshake_timestamps(777, tsval);
+        let out = env.run(&synack.build(), false);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        assert_eq!(timestamps_of(&out.frame), Some((777, 5000)), "echo as sent");
+        let mut ack = env.net.client_packet(40000, TCP_ACK);
+        ack.tcp_options = segment_timestamps(5001, 777);
+        let out = env.run(&ack.build(), true);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        assert_eq!(
+            timestamps_of(&out.frame),
+            Some((tsval.wrapping_add(1), 777))
+        );
+        assert!(env.dp.conntrack_entry(&env.forward_key(40000)).is_some());
+
+        // Half-closed: the tuple stays the connection's.
+        let other = Ipv4Addr::new(10, 70, 1, 3);
+        let mut fin = env.net.backend_packet(40000, FIN | TCP_ACK);
+        fin.tcp_options = segment_timestamps(778, tsval.wrapping_add(1));
+        assert_eq!(env.run(&fin.build(), false).retval, env.redirected());
+        let out = env.run(&syn_with_timestamps(env, other, 40000, 1), true);
+        assert_ne!(
+            parse(&out.frame).expect("parses").sport,
+            40000,
+            "still open"
+        );
+        // Closed both ways: another client with timestamps takes the tuple over.
+        let mut fin = env.net.client_packet(40000, FIN | TCP_ACK);
+        fin.tcp_options = segment_timestamps(5002, 778);
+        assert_eq!(env.run(&fin.build(), true).retval, env.redirected());
+        // A client without timestamps would meet the backend's TIME_WAIT with its own clock:
+        // it probes for another port.
+        let plain = env
+            .net
+            .packet_from(Ipv4Addr::new(10, 70, 1, 5), 40000, TCP_SYN)
+            .build();
+        let out = env.run(&plain, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_eq!(timestamps_of(&out.frame), None);
+        assert_ne!(
+            parse(&out.frame).expect("parses").sport,
+            40000,
+            "no timestamps"
+        );
+        // Another client with timestamps takes the tuple over, with newer timestamps.
+        let third = Ipv4Addr::new(10, 70, 1, 4);
+        let out = env.run(&syn_with_timestamps(env, third, 40000, 1), true);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        assert_eq!(
+            parse(&out.frame).expect("parses").sport,
+            40000,
+            "taken over"
+        );
+        let (taken, _) = timestamps_of(&out.frame).expect("timestamps");
+        assert!(
+            taken.wrapping_sub(tsval) as i32 >= 0,
+            "not older: {taken} vs {tsval}"
+        );
+        assert!(
+            env.dp.conntrack_entry(&env.forward_key(40000)).is_none(),
+            "the closed pair went"
+        );
+        let key = CtKey4 {
+            saddr: raw(third),
+            ..env.forward_key(40000)
+        };
+        assert!(env.dp.half_open_entry(&key).is_some());
     });
 }

@@ -102,6 +102,33 @@ impl Net {
     }
 }
 
+/// TCP options of a Linux handshake segment: MSS 1460, SACK permitted, timestamps, NOP,
+/// window scale 7.
+pub fn handshake_timestamps(tsval: u32, tsecr: u32) -> Vec<u8> {
+    let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+    o.extend_from_slice(&tsval.to_be_bytes());
+    o.extend_from_slice(&tsecr.to_be_bytes());
+    o.extend_from_slice(&[1, 3, 3, 7]);
+    o
+}
+
+/// TCP options of a segment after the handshake: NOP, NOP, timestamps.
+pub fn segment_timestamps(tsval: u32, tsecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend_from_slice(&tsval.to_be_bytes());
+    o.extend_from_slice(&tsecr.to_be_bytes());
+    o
+}
+
+/// (TSval, TSecr) of a frame built with [`handshake_timestamps`] or [`segment_timestamps`].
+pub fn timestamps_of(frame: &[u8]) -> Option<(u32, u32)> {
+    let p = crate::packet::parse(frame)?;
+    let opts = &p.l4[20..(p.l4[12] >> 4) as usize * 4];
+    let at = opts.windows(2).position(|w| w == [8, 10])?;
+    let word = |i: usize| u32::from_be_bytes(opts[i..i + 4].try_into().expect("4 bytes"));
+    Some((word(at + 2), word(at + 6)))
+}
+
 /// `len` bytes of a pattern.
 pub fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()

@@ -1,9 +1,10 @@
 //! `cargo xtask bench [SECTION]`: benchmarks, never timed tests. Each section is a driver
 //! binary run as root after the kernel object is built; `bench` alone runs every section.
-//! One module per section (`datapath`, `control`, `http`, `observability`, `hostile`); `driver` builds
+//! One module per section (`datapath`, `control`, `http`, `observability`, `hostile`, `churn`); `driver` builds
 //! and runs the drivers. Results: Markdown on stdout and in `target/bench/<section>.md`, raw
 //! rounds as JSON next to it.
 
+mod churn;
 pub mod control;
 mod datapath;
 mod driver;
@@ -29,6 +30,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             Section::Datapath => datapath::run(&object, opts)?,
             Section::Observability => observability::run(&object, opts)?,
             Section::Hostile => hostile::run(&object, opts)?,
+            Section::Churn => churn::run(&object, opts)?,
             Section::Control => control::run(&control::BenchControlOptions {
                 tasks: 10_000,
                 requests: 20,

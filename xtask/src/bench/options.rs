@@ -18,15 +18,19 @@ pub enum Section {
     /// A spoofed SYN flood on a routed port while legitimate clients connect and a long
     /// connection streams: the datapath, nftables and nginx stream side by side.
     Hostile,
+    /// Many clients churning short connections the task closes first to one task port: the
+    /// ceiling, nftables and the datapath side by side.
+    Churn,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Datapath,
         Section::Control,
         Section::Http,
         Section::Observability,
         Section::Hostile,
+        Section::Churn,
     ];
 }
 

@@ -8,17 +8,16 @@
 //! whether and how fast it connected, the fill of the table that holds the flood, the bytes the
 //! long connection lost, and the machine's busy CPU time above the quiet window per flood SYN.
 
-use crate::throughput::{
-    Proc, backlog_drops, load_nft_dnat, machine_busy, tempdir, wait_listening,
-};
+use crate::throughput::{Proc, backlog_drops, machine_busy, tempdir, wait_listening};
 use anyhow::{Context, Result};
 use router_tests::connect_loop::{Attempt, ConnectLoop};
 use router_tests::flood_setup;
+use router_tests::nft_nat;
 use router_tests::syn_flood::{Flood, FloodReport, Target, mac_of};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_userspace::datapath::SharedDatapath;
-use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
+use router_userspace::datapath::sweeper::Sweeper;
 use std::net::SocketAddrV4;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -139,25 +138,23 @@ impl Setup {
         let (r, b) = (self.t.router_addr(), self.t.backend_end.addr);
         match peer {
             Peer::Datapath => {
-                let dp = flood_setup::open_datapath(
+                let (dp, sweeper) = flood_setup::run_datapath(
                     &self.t,
                     MAX_CONNECTIONS,
                     self.dir.path(),
                     PORT,
                     SocketAddrV4::new(b, BACKEND_PORT),
                 )?;
-                let dp = SharedDatapath::new(dp);
-                let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
                 Ok(Running::Datapath(dp, sweeper))
             }
             Peer::Nftables => {
-                load_nft_dnat(
+                nft_nat::dnat_masquerade(
                     &self.t.router,
                     self.dir.path(),
                     "trhostile",
                     r,
-                    b,
                     &[(PORT, BACKEND_PORT)],
+                    b,
                 )?;
                 Ok(Running::Nftables)
             }

@@ -4,8 +4,9 @@
 //! `datapath-bench throughput` compares forwarding peers in a veth topology;
 //! `datapath-bench observability` measures the datapath with and without `/metrics` scraped
 //! every second; `datapath-bench hostile` floods a routed port with spoofed SYNs, peers side by
-//! side. Each prints a Markdown table and writes JSON with the raw rounds.
+//! side; `datapath-bench churn` has many clients churn short connections to one task. Each prints a Markdown table and writes JSON with the raw rounds.
 
+mod churn;
 mod costs;
 mod hostile;
 mod hostile_report;
@@ -107,9 +108,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         "hostile" => hostile::section(&args),
+        "churn" => churn::section(&args),
         other => {
             anyhow::bail!(
-                "unknown section {other:?}: expected costs, throughput, observability or hostile"
+                "unknown section {other:?}: expected costs, throughput, observability, hostile or churn"
             )
         }
     }

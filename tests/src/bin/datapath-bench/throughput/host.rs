@@ -1,12 +1,9 @@
 //! The machine the benchmark runs on: processes it started (stopped by PID on drop), its
-//! scratch directory, waiting for a listener, the machine's busy time and backlog drops, and
-//! the nftables DNAT + masquerade peer's rules.
+//! scratch directory, waiting for a listener, the machine's busy time and backlog drops.
 
 use anyhow::{Context, Result, bail};
 use router_tests::netns::Netns;
 use router_tests::wait;
-use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -119,33 +116,4 @@ pub(super) fn wait_exit(child: &mut Child, timeout: Duration) -> Result<std::pro
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Loads the nftables peer into `router`: table `table` forwarding each `(port, backend port)`
-/// of `router_addr` to `backend` (DNAT), with masquerade toward `backend`, as a router without
-/// eBPF would be set up. The rules file goes to `dir`.
-pub(crate) fn load_nft_dnat(
-    router: &Netns,
-    dir: &Path,
-    table: &str,
-    router_addr: Ipv4Addr,
-    backend: Ipv4Addr,
-    forwards: &[(u16, u16)],
-) -> Result<()> {
-    let dnat: String = forwards
-        .iter()
-        .map(|(port, to)| {
-            format!("ip daddr {router_addr} tcp dport {port} dnat to {backend}:{to}; ")
-        })
-        .collect();
-    let rules = format!(
-        "table ip {table} {{\n\
-         chain pre {{ type nat hook prerouting priority dstnat; {dnat}}}\n\
-         chain post {{ type nat hook postrouting priority srcnat; \
-         ip daddr {backend} masquerade; }}\n}}\n"
-    );
-    let file = dir.join("nft.conf");
-    std::fs::write(&file, rules)?;
-    router.run("nft", &["-f", file.to_str().context("utf-8 path")?])?;
-    Ok(())
 }

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub(crate) use host::{Proc, backlog_drops, load_nft_dnat, machine_busy, tempdir, wait_listening};
+pub(crate) use host::{Proc, backlog_drops, machine_busy, tempdir, wait_listening};
 pub use observability::{observability, observability_table};
 pub use peers::{Options, Peer};
 pub(crate) use report::{median, percentile};

@@ -2,7 +2,7 @@
 //! the datapath with its sweeper), and tearing it down after.
 
 use super::bench::Bench;
-use super::host::{Proc, load_nft_dnat, ns_cmd, wait_listening};
+use super::host::{Proc, ns_cmd, wait_listening};
 use super::peers::Peer;
 use super::samples::Sweep;
 use anyhow::{Context, Result};
@@ -54,13 +54,13 @@ impl Bench {
     fn start_nftables(&self, peer: Peer) -> Result<Running> {
         let (r, b) = (self.router(), self.backend());
         let (bulk_port, rr_port, iperf_port, backend_rr_port) = peer.ports();
-        load_nft_dnat(
+        router_tests::nft_nat::dnat_masquerade(
             &self.t.router,
             self.dir.path(),
             "trbench",
             r,
-            b,
             &[(bulk_port, iperf_port), (rr_port, backend_rr_port)],
+            b,
         )?;
         Ok(Running::Nft(self.t.router.name.clone()))
     }

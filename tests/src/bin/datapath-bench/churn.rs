@@ -1,0 +1,325 @@
+//! The `churn` section: many clients, one task, short connections the task closes first.
+//! Per measurement a fresh veth topology; the client namespace gets [`CLIENTS`] addresses and
+//! a narrow ephemeral port range (`--client-ports`), so every client's ports wrap many times in
+//! a run while the task still holds their tuples in TIME_WAIT; workers bound to the addresses
+//! connect, read the task's answer and close, as fast as they go. Peers: the no-NAT ceiling
+//! (plain forwarding to the task's address), nftables DNAT + masquerade and this datapath.
+//! Recorded: connections per second (overall and the slowest second), connects that waited for
+//! a SYN retransmission, the clients' `TCPSynRetrans`, the task's PAWS counters (a SYN on a
+//! tuple the task holds in TIME_WAIT whose timestamp is older than the last one seen there:
+//! answered with an ACK, the client resets and retransmits after 1 s), and the datapath's drops
+//! by reason.
+
+use crate::throughput::{median, tempdir};
+use anyhow::Result;
+use router_tests::churn::{Churn, CloseFirstServer, ConnectTimes};
+use router_tests::flood_setup;
+use router_tests::nft_nat;
+use router_tests::topology::Topology;
+use router_userspace::datapath::SharedDatapath;
+use router_userspace::datapath::sweeper::Sweeper;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 20500;
+const BACKEND_PORT: u16 = 8500;
+/// Client addresses in the client namespace.
+pub const CLIENTS: u8 = 16;
+/// Client workers: two per address.
+const WORKERS: usize = 2 * CLIENTS as usize;
+const MAX_CONNECTIONS: u32 = 262_144;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Peer {
+    Ceiling,
+    Nftables,
+    Datapath,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 3] = [Peer::Ceiling, Peer::Nftables, Peer::Datapath];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Ceiling => "ceiling (no NAT)",
+            Peer::Nftables => "nftables DNAT + masquerade",
+            Peer::Datapath => "datapath (TC)",
+        }
+    }
+}
+
+/// One measurement of one peer.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sample {
+    pub peer: Peer,
+    pub seconds: f64,
+    pub connects: ConnectTimes,
+    /// Connections finished in each whole second of the run.
+    pub per_second: Vec<u64>,
+    /// `TcpExt.TCPSynRetrans` of the client namespace.
+    pub client_syn_retrans: u64,
+    /// The task namespace's `TcpExt.PAWS*` counters, summed.
+    pub task_paws: u64,
+    /// The datapath's drops by reason (`drop_*` verdicts).
+    pub datapath_drops: BTreeMap<String, u64>,
+}
+
+impl Sample {
+    pub fn rate(&self) -> f64 {
+        self.connects.completed as f64 / self.seconds
+    }
+
+    /// The slowest whole second's connections.
+    pub fn slowest_second(&self) -> u64 {
+        self.per_second.iter().copied().min().unwrap_or(0)
+    }
+}
+
+/// A running peer, torn down on drop.
+enum Running {
+    Plain,
+    Datapath(SharedDatapath, #[allow(dead_code)] Sweeper),
+}
+
+struct Setup {
+    t: Topology,
+    _server: CloseFirstServer,
+    sources: Vec<Ipv4Addr>,
+    dir: tempdir::Dir,
+}
+
+impl Setup {
+    fn new(client_ports: u16) -> Result<Setup> {
+        let t = Topology::new()?;
+        let server = CloseFirstServer::start(&t.backend, t.backend_end.addr, BACKEND_PORT, 2)?;
+        let base = u32::from(t.client_end.addr) & 0xffff_ff00;
+        let sources: Vec<Ipv4Addr> = (0..CLIENTS)
+            .map(|i| Ipv4Addr::from(base | (100 + u32::from(i))))
+            .collect();
+        for a in &sources {
+            t.client
+                .ip(&["addr", "add", &format!("{a}/24"), "dev", &t.client_end.dev])?;
+        }
+        let last = 40_000 + client_ports.max(1) - 1;
+        t.client
+            .sysctl(&format!("net.ipv4.ip_local_port_range=40000 {last}"))?;
+        Ok(Setup {
+            t,
+            _server: server,
+            sources,
+            dir: tempdir::Dir::new()?,
+        })
+    }
+
+    fn start(&self, peer: Peer) -> Result<(Running, SocketAddrV4)> {
+        let (r, b) = (self.t.router_addr(), self.t.backend_end.addr);
+        let routed = SocketAddrV4::new(r, PORT);
+        match peer {
+            Peer::Ceiling => {
+                self.t.route_client_and_backend_directly()?;
+                Ok((Running::Plain, SocketAddrV4::new(b, BACKEND_PORT)))
+            }
+            Peer::Nftables => {
+                nft_nat::dnat_masquerade(
+                    &self.t.router,
+                    self.dir.path(),
+                    "trchurn",
+                    r,
+                    &[(PORT, BACKEND_PORT)],
+                    b,
+                )?;
+                Ok((Running::Plain, routed))
+            }
+            Peer::Datapath => {
+                let (dp, sweeper) = flood_setup::run_datapath(
+                    &self.t,
+                    MAX_CONNECTIONS,
+                    self.dir.path(),
+                    PORT,
+                    SocketAddrV4::new(b, BACKEND_PORT),
+                )?;
+                Ok((Running::Datapath(dp, sweeper), routed))
+            }
+        }
+    }
+
+    /// (client SYN retransmissions, task PAWS counters summed).
+    fn counters(&self) -> Result<(u64, u64)> {
+        let client = self.t.client.tcp_counters()?;
+        let task = self.t.backend.tcp_counters()?;
+        let paws = task
+            .iter()
+            .filter(|(name, _)| name.starts_with("TcpExt.PAWS"))
+            .map(|(_, v)| v)
+            .sum();
+        Ok((
+            client.get("TcpExt.TCPSynRetrans").copied().unwrap_or(0),
+            paws,
+        ))
+    }
+}
+
+fn drops(running: &Running) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    if let Running::Datapath(dp, _) = running {
+        for (_, reason, value) in dp.lock()?.stats()? {
+            if reason.is_drop() && value.packets > 0 {
+                *out.entry(reason.name().to_string()).or_default() += value.packets;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Churns `peer` for `seconds` in a fresh topology.
+pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
+    let setup = Setup::new(client_ports)?;
+    let (running, target) = setup.start(peer)?;
+    let before = setup.counters()?;
+    let drops_before = drops(&running)?;
+    let churn = Churn::start(&setup.t.client, &setup.sources, target, WORKERS)?;
+    let started = Instant::now();
+    let mut per_second = Vec::new();
+    let mut last = 0;
+    for s in 1..=seconds {
+        let next = started + Duration::from_secs(s);
+        // A sampling interval, not a readiness wait.
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let done = churn.done();
+        per_second.push(done - last);
+        last = done;
+    }
+    let connects = churn.stop()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = setup.counters()?;
+    let mut datapath_drops = drops(&running)?;
+    for (reason, n) in drops_before {
+        if let Some(v) = datapath_drops.get_mut(&reason) {
+            *v = v.saturating_sub(n);
+        }
+    }
+    drop(running);
+    Ok(Sample {
+        peer,
+        seconds: elapsed,
+        connects,
+        per_second,
+        client_syn_retrans: after.0.saturating_sub(before.0),
+        task_paws: after.1.saturating_sub(before.1),
+        datapath_drops,
+    })
+}
+
+/// Every peer `rounds` times, interleaved (the order rotates per round).
+pub fn run(rounds: usize, seconds: u64, client_ports: u16) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for i in 0..Peer::ALL.len() {
+            let peer = Peer::ALL[(i + round) % Peer::ALL.len()];
+            eprintln!("churn: round {}/{rounds}, {}", round + 1, peer.name());
+            samples.push(measure(peer, seconds, client_ports)?);
+        }
+    }
+    Ok(samples)
+}
+
+fn row(s: &Sample) -> String {
+    let drops: Vec<String> = s
+        .datapath_drops
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    format!(
+        "| {} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+        s.peer.name(),
+        s.rate(),
+        s.slowest_second(),
+        s.connects.percentile_ms(0.5),
+        s.connects.percentile_ms(0.99),
+        s.connects.stalled,
+        s.connects.failed,
+        s.client_syn_retrans,
+        s.task_paws,
+        if drops.is_empty() {
+            "–".to_string()
+        } else {
+            drops.join(", ")
+        },
+    )
+}
+
+const HEADER: &str = "| peer | conn/s | slowest second | connect p50 ms (≤) | connect p99 ms (≤) | \
+connects ≥ 0.9 s | failed | client SYN retransmits | task PAWS rejects | datapath drops |\n\
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+
+/// The median round of each peer (by conn/s), then the targets judged on it.
+pub fn report(samples: &[Sample]) -> String {
+    let mut out = format!("Median round per peer (by conn/s):\n\n{HEADER}\n");
+    let mut medians: BTreeMap<Peer, &Sample> = BTreeMap::new();
+    for peer in Peer::ALL {
+        let mut of: Vec<&Sample> = samples.iter().filter(|s| s.peer == peer).collect();
+        of.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        if let Some(m) = of.get(of.len() / 2) {
+            medians.insert(peer, m);
+            out.push_str(&row(m));
+            out.push('\n');
+        }
+    }
+    if let (Some(c), Some(n), Some(d)) = (
+        medians.get(&Peer::Ceiling),
+        medians.get(&Peer::Nftables),
+        medians.get(&Peer::Datapath),
+    ) {
+        let rates = |p: Peer| {
+            median(
+                samples
+                    .iter()
+                    .filter(|s| s.peer == p)
+                    .map(Sample::rate)
+                    .collect(),
+            )
+        };
+        let ratio = rates(Peer::Datapath) / rates(Peer::Ceiling);
+        let slowest = d.slowest_second() as f64 / c.rate();
+        let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
+        out.push_str(&format!(
+            "\nTargets:\n\n- {} conn/s ≥ 0.95× the ceiling: {ratio:.2}× (median conn/s)\n\
+             - {} throughout: the slowest second {slowest:.2}× the ceiling's mean\n\
+             - {} no SYN retransmit from a tuple the task holds in TIME_WAIT: {} task PAWS \
+             rejects, {} client SYN retransmits\n\
+             - {} better than nftables: {} vs {} stalled connects\n",
+            mark(ratio >= 0.95),
+            mark(slowest >= 0.95),
+            mark(d.task_paws == 0 && d.client_syn_retrans == 0),
+            d.task_paws,
+            d.client_syn_retrans,
+            mark(d.connects.stalled < n.connects.stalled.max(1)),
+            d.connects.stalled,
+            n.connects.stalled,
+        ));
+    }
+    out.push_str(&format!("\nRaw rounds:\n\n{HEADER}\n"));
+    for s in samples {
+        out.push_str(&row(s));
+        out.push('\n');
+    }
+    out
+}
+
+/// `datapath-bench churn [--rounds N] [--seconds S] [--client-ports P]`: runs the section,
+/// prints the Markdown report and writes the raw rounds as JSON.
+pub fn section(args: &[String]) -> Result<()> {
+    let number = |flag: &str| crate::arg(args, flag);
+    let rounds = number("--rounds").unwrap_or(3) as usize;
+    let seconds = number("--seconds").unwrap_or(60);
+    let client_ports = number("--client-ports").unwrap_or(1000) as u16;
+    let samples = run(rounds, seconds, client_ports)?;
+    let dir = crate::throughput::output_path();
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("churn.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&samples)?)?;
+    println!("{}", report(&samples));
+    eprintln!("raw rounds: {}", file.display());
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Many clients, one task, the task closing first (issue 19, section 2): clients on different
+//! addresses reuse one client port one after another through the datapath with a NAT source
+//! range of one port. Each connection closes both ways before the next; the next client's SYN
+//! takes the closed connection's tuple toward the task at once (the task holds it in TIME_WAIT)
+//! and is accepted there, because the datapath translates TCP timestamps so that they are newer
+//! than the last connection's: no SYN is dropped for want of a tuple, none meets PAWS at the
+//! task, none is retransmitted. The throughput of this under load is the bench's
+//! (`cargo xtask bench churn`), not this test's.
+
+use router_common::stats::StatReason;
+use router_tests::churn::{CloseFirstServer, STALLED, connect_and_read};
+use router_tests::flood_setup;
+use router_tests::require_root;
+use router_tests::topology::Topology;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+const PORT: u16 = 20600;
+const BACKEND_PORT: u16 = 8600;
+const CLIENT_PORT: u16 = 40000;
+const CLIENTS: u32 = 8;
+
+#[test]
+fn clients_taking_turns_on_one_tuple_are_accepted_without_retransmissions() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    let backend = SocketAddrV4::new(t.backend_end.addr, BACKEND_PORT);
+    let _server = CloseFirstServer::start(&t.backend, *backend.ip(), BACKEND_PORT, 1)
+        .expect("close-first server");
+    let base = u32::from(t.client_end.addr) & 0xffff_ff00;
+    let clients: Vec<Ipv4Addr> = (0..CLIENTS)
+        .map(|i| Ipv4Addr::from(base | (100 + i)))
+        .collect();
+    for a in &clients {
+        t.client
+            .ip(&["addr", "add", &format!("{a}/24"), "dev", &t.client_end.dev])
+            .expect("client address");
+    }
+    let dp = flood_setup::open_datapath_with_nat_ports(
+        &t,
+        1024,
+        &std::env::temp_dir(),
+        PORT,
+        backend,
+        (61000, 61000),
+    )
+    .expect("datapath");
+    let counter = |ns: &router_tests::netns::Netns, prefix: &str| -> u64 {
+        ns.tcp_counters()
+            .expect("counters")
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let (retrans_before, paws_before) = (
+        counter(&t.client, "TcpExt.TCPSynRetrans"),
+        counter(&t.backend, "TcpExt.PAWS"),
+    );
+    let target = SocketAddrV4::new(t.router_addr(), PORT);
+    for a in clients {
+        let source = SocketAddrV4::new(a, CLIENT_PORT);
+        let took = t
+            .client
+            .enter(move || connect_and_read(source, target))
+            .expect("enter the client namespace")
+            .unwrap_or_else(|| panic!("{source}: no connection"));
+        assert!(took < STALLED, "{source}: connect took {took:?}");
+    }
+    assert_eq!(
+        counter(&t.client, "TcpExt.TCPSynRetrans") - retrans_before,
+        0,
+        "SYN retransmissions"
+    );
+    assert_eq!(
+        counter(&t.backend, "TcpExt.PAWS") - paws_before,
+        0,
+        "PAWS rejects at the task"
+    );
+    let no_port: u64 = dp
+        .stats()
+        .expect("stats")
+        .into_iter()
+        .filter(|(_, reason, _)| *reason == StatReason::DropNoSourcePort)
+        .map(|(_, _, v)| v.packets)
+        .sum();
+    assert_eq!(no_port, 0, "SYNs dropped for want of a tuple");
+}
