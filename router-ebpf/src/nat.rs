@@ -4,7 +4,11 @@
 //! (`ROUTE_PRESERVE_CLIENT`): the same entries with the client's address as the source toward
 //! the backend.
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
+use aya_ebpf::{
+    helpers::bpf_get_prandom_u32,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
 use router_common::{
     config::NAT_PORT_PROBES,
     conntrack::{
@@ -28,6 +32,22 @@ use crate::parse::{
 use crate::redirect::{self, Fib, Out};
 use crate::timestamps;
 use crate::verdict::{Verdict, drop, pass};
+
+/// Scratch room for the two half-open entries [`open`] builds (slot [`FWD_SLOT`]: the client's,
+/// [`REPLY_SLOT`]: the backend's): on the stack, beside the FIB look-up and the keys, they took
+/// the TC program past BPF's 512 bytes once the entries carried the timestamp offset.
+#[map(name = "OPEN_ENTRIES")]
+static OPEN_ENTRIES: PerCpuArray<HalfOpen4> = PerCpuArray::with_max_entries(2, 0);
+const FWD_SLOT: u32 = 0;
+const REPLY_SLOT: u32 = 1;
+
+/// This CPU's scratch entry `slot` of [`OPEN_ENTRIES`].
+#[inline(always)]
+fn scratch(slot: u32) -> Option<&'static mut HalfOpen4> {
+    // SAFETY: a per-CPU map value; each slot has one user, within one program run (a program
+    // runs to its end on its CPU).
+    OPEN_ENTRIES.get_ptr_mut(slot).map(|e| unsafe { &mut *e })
+}
 
 #[map(name = "ROUTES")]
 static ROUTES: HashMap<RouteKey, RouteValue> =
@@ -290,10 +310,11 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
     if !allocate_source_port(&mut out, &pair, key.sport, settings) {
         return drop(p, StatReason::DropNoSourcePort);
     }
-    let mut fwd = HalfOpen4 {
-        ct: CtValue4::rewrite(key, &out, mode),
-        ticket,
+    let Some(fwd) = scratch(FWD_SLOT) else {
+        return drop(p, StatReason::DropConntrackInsert);
     };
+    fwd.ct = CtValue4::rewrite(key, &out, mode);
+    fwd.ticket = ticket;
     fwd.ct.route_id = route.route_id;
     fwd.ct.ts_off = pair.ts_off;
     fwd.ct.tcp_flags = TCP_SYN;
@@ -310,7 +331,7 @@ pub fn open<P: Packet>(p: &P, ip: usize, tcp: usize, key: &CtKey4, port: u16) ->
         // The next hop is not cached, but the SYN-ACK's MSS clamp reads the link's MTU here.
         Some((ifindex, _)) => fwd.ct.nh_mtu = redirect::dev_mtu(p, ifindex),
     }
-    if !half_open::insert_new(key, &fwd) {
+    if !half_open::insert_new(key, fwd) {
         // Another CPU opened the same connection (a retransmitted SYN) a moment ago, on
         // another tuple (the reply entries are unique): this one's reservation goes.
         half_open::remove(&out.swapped());
@@ -413,14 +434,15 @@ struct Pair<'a> {
 fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
     out.sport = sport;
     let reply_key = out.swapped();
-    let mut reply = HalfOpen4 {
-        ct: CtValue4::rewrite(&reply_key, pair.client_side, F_TO_CLIENT | pair.mode),
-        ticket: pair.ticket,
+    let Some(reply) = scratch(REPLY_SLOT) else {
+        return false;
     };
+    reply.ct = CtValue4::rewrite(&reply_key, pair.client_side, F_TO_CLIENT | pair.mode);
+    reply.ticket = pair.ticket;
     reply.ct.route_id = pair.route_id;
     reply.ct.last_seen = pair.now;
     reply.ct.ts_off = pair.ts_off;
-    if !half_open::insert_new(&reply_key, &reply) {
+    if !half_open::insert_new(&reply_key, reply) {
         return false;
     }
     let Some(existing) = conntrack::lookup(&reply_key) else {

@@ -18,7 +18,8 @@
 //! they are (the ring and the table were sized together by the daemon that pinned them).
 //!
 //! The maps not pinned: `CLOCK` (scratch space of the clock program), `ALLOW_KEY` (scratch
-//! space of the client allow-list look-up), `PEER_DEVS` (read from
+//! space of the client allow-list look-up), `OPEN_ENTRIES` (scratch space of a connection's
+//! opening), `PEER_DEVS` (read from
 //! the kernel's interfaces by each daemon before it attaches; while no daemon runs, the last
 //! set stays with the programs using it) and aya-log's ring buffer (each daemon reads the
 //! records of the programs it loaded).
