@@ -34,6 +34,7 @@ pub mod procfs;
 pub mod reconcile;
 pub mod routes;
 pub mod routes_file;
+pub mod tcp_listeners;
 pub mod time;
 pub mod validate;
 

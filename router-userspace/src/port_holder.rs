@@ -5,9 +5,6 @@
 
 use std::path::Path;
 
-/// `TCP_LISTEN` in the `st` column.
-const LISTEN: &str = "0A";
-
 /// A process with a descriptor on a listening socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -78,25 +75,11 @@ pub fn describe(port: u16) -> String {
 
 /// The inodes of the sockets listening on `port` (any address, IPv4 and IPv6).
 fn listening_inodes(port: u16) -> Vec<u64> {
-    ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
-        .iter()
-        .filter_map(|table| std::fs::read_to_string(table).ok())
-        .flat_map(|text| listeners(&text, port))
-        .collect()
-}
-
-/// The inodes of `port`'s listening sockets in one table: `sl local_address rem_address st
-/// tx:rx tr:when retrnsmt uid timeout inode ...`, the local address as `HEXADDR:HEXPORT`.
-fn listeners(text: &str, port: u16) -> Vec<u64> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (_, local_port) = fields.get(1)?.rsplit_once(':')?;
-            let listening = *fields.get(3)? == LISTEN;
-            let matches = u16::from_str_radix(local_port, 16).ok()? == port;
-            (listening && matches).then(|| fields.get(9)?.parse().ok())?
-        })
+    crate::tcp_listeners::listeners()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l.port == port)
+        .filter_map(|l| l.inode)
         .collect()
 }
 
@@ -121,26 +104,12 @@ fn holders_of(inodes: &[u64]) -> Vec<Holder> {
 
 /// Whether process `pid` has a file open under `dir`.
 fn has_file_under(pid: u32, dir: &Path) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten()
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.starts_with(dir)))
+    crate::procfs::holds_open(pid, |link| link.starts_with(dir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_inodes_of_a_ports_listening_sockets_are_read() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 00000000:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n\
-   1: 0100007F:1F92 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 77 1 0 20 4 30 10 -1\n\
-   2: garbage\n";
-        assert_eq!(listeners(table, 8082), [4242]);
-        assert!(listeners(table, 8083).is_empty());
-    }
 
     #[test]
     fn a_port_this_test_holds_is_named_with_this_process() {

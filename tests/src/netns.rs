@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Command, Output};
+use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -19,6 +20,56 @@ pub fn unique(prefix: &str) -> String {
     let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
     assert!(name.len() <= 15, "interface name {name} is too long");
     name
+}
+
+/// Prefixes of the names this crate's fixtures give namespaces.
+const OWN_PREFIXES: [&str; 3] = ["tr", "td", "e2"];
+
+/// The PID (mod 100 000) in a name [`unique`] made with one of [`OWN_PREFIXES`]; `None` for any
+/// other name.
+fn owner_pid(name: &str) -> Option<u32> {
+    if !OWN_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return None;
+    }
+    let (head, counter) = name.rsplit_once('x')?;
+    if counter.is_empty() || !counter.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = head.len() - head.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 || digits == head.len() {
+        return None;
+    }
+    head[head.len() - digits..].parse().ok()
+}
+
+/// Whether a process whose PID is `pid_mod` modulo 100 000 runs now.
+fn any_process_with(pid_mod: u32) -> bool {
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304);
+    (pid_mod..=pid_max)
+        .step_by(100_000)
+        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes, once per process, the namespaces of test processes that no longer run (killed
+/// before their fixtures' drop could run: a timeout, a SIGKILL), so a suite starts clean.
+fn remove_stale_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let Ok(out) = ip(&["netns", "list"]) else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            if owner_pid(name).is_some_and(|pid| !any_process_with(pid)) {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    });
 }
 
 fn ip(args: &[&str]) -> Result<Output> {
@@ -43,6 +94,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(prefix: &str) -> Result<Netns> {
+        remove_stale_once();
         let name = unique(prefix);
         ip(&["netns", "add", &name])?;
         let ns = Netns { name };
@@ -216,4 +268,27 @@ pub fn veth(
             addr: addr_b,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_of_a_fixture_name_is_read_back() {
+        assert_eq!(owner_pid("trpt30705x38"), Some(30705));
+        assert_eq!(owner_pid("e2c1234x0"), Some(1234));
+        assert_eq!(
+            owner_pid(&unique("tdwr")),
+            Some(std::process::id() % 100_000)
+        );
+        for other in ["ns1", "trpt", "trptx3", "trpt12x", "myns30705x38", "tr12xy"] {
+            assert_eq!(owner_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn this_process_counts_as_running() {
+        assert!(any_process_with(std::process::id() % 100_000));
+    }
 }

@@ -20,7 +20,7 @@ use router_tests::clearml_server::{ClearmlServer, TaskSpec};
 use router_tests::e2e::ServerThread;
 use router_tests::http_client::get_url_in;
 use router_tests::netns::{Netns, unique};
-use router_tests::{require_root, workspace_root};
+use router_tests::{require_root, wait, workspace_root};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -182,31 +182,20 @@ fn admin_status(port: u16, path: &str) -> Option<u16> {
 }
 
 fn wait_ready(project: &ComposeProject, admin: u16) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while admin_status(admin, "/readyz") != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the router container was not ready in 120 s:\n{}",
-            project.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let ready = wait::within(Duration::from_secs(120), || {
+        (admin_status(admin, "/readyz") == Some(200)).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the router container was not ready in 120 s:\n{}",
+        project.logs()
+    );
 }
 
 /// Waits for `check` (60 s), failing with the containers' logs.
-fn until<T>(project: &ComposeProject, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            project.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn until<T>(project: &ComposeProject, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait::within(Duration::from_secs(60), check)
+        .unwrap_or_else(|| panic!("timed out waiting for {what}:\n{}", project.logs()))
 }
 
 /// A runtime value the router writes back, once it is there.

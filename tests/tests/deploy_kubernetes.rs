@@ -13,7 +13,7 @@ use deploy_podman::*;
 use deploy_support::read_deploy;
 use router_tests::clearml_server::ClearmlServer;
 use router_tests::netns::{Netns, unique};
-use router_tests::{require_root, workspace_root};
+use router_tests::{require_root, wait, workspace_root};
 use serde_json::{Value, json};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -608,15 +608,14 @@ fn the_pod_template_runs_the_daemon_under_podman_kube_play() {
             out.map(|o| show(&o)).unwrap_or_default()
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while admin_answers("/readyz") != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the router never got ready:\n{report}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let ready = wait::within(Duration::from_secs(90), || {
+        (admin_answers("/readyz") == Some(200)).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the router never got ready:\n{report}\n{}",
+        logs()
+    );
     eprintln!("pod ready {:?} after kube play", started.elapsed());
     assert_eq!(admin_answers("/healthz"), Some(200));
     // The datapath pinned on the host's bpffs and attached to the test link.

@@ -23,7 +23,6 @@ mod error;
 mod files;
 pub mod http;
 pub mod install;
-mod listening;
 pub mod managed;
 pub mod names;
 mod status;

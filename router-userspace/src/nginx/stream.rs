@@ -6,7 +6,7 @@
 //! what the kernel datapath gives a TCP connection (half-close, long idle sessions, dead peers
 //! found by keepalive); [`header`], written at the top of the generated file, says why for each
 //! directive. Whether nginx really serves the routes is checked by looking at the namespace's
-//! listening sockets ([`super::listening`]), never by connecting through it.
+//! listening sockets ([`crate::tcp_listeners`]), never by connecting through it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -20,7 +20,8 @@ use crate::routes::{ApplyReport, RouteRef, ServeCheck, TcpForwarder, TcpRoute};
 use super::diff::diff;
 use super::files::Slot;
 use super::install::Nginx;
-use super::{listening, names};
+use super::names;
+use crate::tcp_listeners;
 
 /// SSH and database sessions sit idle for long stretches; a day bounds a dead peer.
 const IDLE_TIMEOUT: &str = "86400s";
@@ -193,7 +194,7 @@ impl TcpForwarder for NginxStreamForwarder {
             check.all = Some("the managed nginx is not running (it is being started again)".into());
             return check;
         }
-        match listening::listening_ports() {
+        match tcp_listeners::listening_ports() {
             Ok(listening) => {
                 for &port in self.programmed.keys() {
                     if !listening.contains(&port) {

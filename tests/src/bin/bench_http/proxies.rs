@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use router_tests::http_client::get;
 use router_tests::nginx::{ExternalNginx, ManagedDir, settings};
+use router_tests::wait;
 use router_userspace::nginx::{Nginx, NginxHttpRouter};
 use router_userspace::routes::{HttpRoute, HttpRouter};
 
@@ -67,14 +68,10 @@ pub fn app() -> Result<(ExternalNginx, SocketAddrV4)> {
 
 /// Waits until `GET path` on `addr` answers `ok`.
 pub fn wait_ok(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<()> {
-    let ready = Instant::now() + Duration::from_secs(15);
-    while get(addr, path, headers).map(|r| r.text()).ok().as_deref() != Some("ok") {
-        if Instant::now() > ready {
-            bail!("{addr}{path} does not answer");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    wait::within(Duration::from_secs(15), || {
+        (get(addr, path, headers).map(|r| r.text()).ok().as_deref() == Some("ok")).then_some(())
+    })
+    .with_context(|| format!("{addr}{path} does not answer"))
 }
 
 /// The generated configuration on a managed nginx listening on `port`, with the auth check
