@@ -62,6 +62,13 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_TRACKED: u8 = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK;
+/// `CtValue4::tcp_flags`, not a packet's flag: the partner direction sent a FIN (set by that
+/// FIN, in `CT4`); `awaited_ack` holds the acknowledgment number that acknowledges it.
+pub const TCP_PEER_FIN: u8 = 0x40;
+/// `CtValue4::tcp_flags`, not a packet's flag: this direction acknowledged the partner's FIN
+/// (a packet carrying `awaited_ack` or later passed). A tuple is handed to another client only
+/// once both FINs are acknowledged: until then a last ACK may still be on its way through it.
+pub const TCP_PEER_FIN_ACKED: u8 = 0x80;
 
 /// One direction of a connection: one cache line of what every packet reads, then the
 /// timestamp offset (read only by connections that have one).
@@ -102,11 +109,13 @@ pub struct CtValue4 {
     /// client it came from, so the backend accepts a SYN on a tuple it still holds in
     /// TIME_WAIT (RFC 6191) instead of refusing it (PAWS) for a 1 s SYN retransmission.
     pub ts_off: u32,
-    /// Only in a half-open reply entry (`HalfOpen4::ct`): the acknowledgment number (host
-    /// order) of the client's ACK that completes the handshake, the backend's initial sequence
-    /// number + 1, once its SYN-ACK passed (`tcp_flags` has SYN and ACK). A blind spoofer cannot
-    /// know it. 0 elsewhere.
-    pub handshake_ack: u32,
+    /// An acknowledgment number (host order) awaited from one direction. In a half-open reply
+    /// entry (`HalfOpen4::ct`): the one the client's ACK completing the handshake carries, the
+    /// backend's initial sequence number + 1, once its SYN-ACK passed (`tcp_flags` has SYN and
+    /// ACK); a blind spoofer cannot know it. In `CT4`, valid while `tcp_flags` has
+    /// [`TCP_PEER_FIN`]: the one that acknowledges the partner direction's FIN (the sequence
+    /// number after it), awaited from this direction's packets.
+    pub awaited_ack: u32,
 }
 crate::assert_layout!(CtValue4, size = 72, align = 8);
 

@@ -77,10 +77,16 @@ pub enum StatReason {
     /// (`ROUTER_TCP_CLIENT_ALLOW`, the route's `allow`, the task's narrowing key): dropped,
     /// nothing answers (a scanner learns nothing).
     DropClientNotAllowed = 21,
+    /// A backend's packet on a half-open connection that is neither a SYN-ACK nor a RST
+    /// (the client, in SYN_SENT, answers an unacceptable ACK with a RST and sends its SYN
+    /// again): a challenge ACK from a backend that still holds the tuple in a synchronized
+    /// state (the RST frees it), a late packet of the tuple's last connection, or data after a
+    /// TCP Fast Open SYN-ACK. Translated and redirected.
+    ForwardedBeforeHandshake = 22,
 }
 
 impl StatReason {
-    pub const ALL: [StatReason; 22] = [
+    pub const ALL: [StatReason; 23] = [
         StatReason::Forwarded,
         StatReason::NewConnection,
         StatReason::IcmpTranslated,
@@ -103,6 +109,7 @@ impl StatReason {
         StatReason::HandshakeConfirmed,
         StatReason::NewConnectionEvicting,
         StatReason::DropClientNotAllowed,
+        StatReason::ForwardedBeforeHandshake,
     ];
 
     /// Stable metric label for the reason.
@@ -130,6 +137,7 @@ impl StatReason {
             StatReason::HandshakeConfirmed => "handshake_confirmed",
             StatReason::NewConnectionEvicting => "new_connection_evicting",
             StatReason::DropClientNotAllowed => "drop_client_not_allowed",
+            StatReason::ForwardedBeforeHandshake => "forwarded_before_handshake",
         }
     }
 

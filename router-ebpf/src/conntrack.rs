@@ -1,5 +1,6 @@
 //! The connection table: lookups, creation with NAT source-port allocation, removal of a pair,
-//! and the live-connection count that makes a full table a counted drop.
+//! and the live-connection count that makes a full table a counted drop. How far a
+//! connection's close got is `closing`'s.
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
@@ -8,7 +9,7 @@ use aya_ebpf::{
 };
 use router_common::{
     config::{CT_COUNT_SIZE, CT_CREATED, CT_REMOVED},
-    conntrack::{CtKey4, CtValue4, TCP_FIN, TCP_RST},
+    conntrack::{CtKey4, CtValue4},
 };
 
 /// Sized by the daemon at load time (`2 * max_connections` plus headroom for the LRU's per-CPU
@@ -48,36 +49,6 @@ pub fn remove_pair(key: &CtKey4, value: *const CtValue4) {
     let partner = CtKey4::partner_of(unsafe { &*value });
     remove(&partner);
     remove(key);
-}
-
-/// Whether either direction of the connection of entry `value` saw a FIN or a RST (or its
-/// partner is gone). Only asked for a SYN on an existing entry, which is rare.
-#[inline(always)]
-pub fn has_ended(value: &CtValue4) -> bool {
-    if value.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        return true;
-    }
-    match lookup(&CtKey4::partner_of(value)) {
-        // SAFETY: a map value pointer from the look-up, read once.
-        Some(partner) => unsafe {
-            (*partner).tcp_flags & (TCP_FIN | TCP_RST) != 0 || (*partner).is_tombstone()
-        },
-        None => true,
-    }
-}
-
-/// Whether the connection of entry `value` is over in both directions: a RST either way, or a
-/// FIN each way (a missing partner counts as over).
-#[inline(always)]
-pub fn has_closed(value: *const CtValue4) -> bool {
-    // SAFETY: a map value pointer from `lookup`, single fields read.
-    let (flags, partner) = unsafe { ((*value).tcp_flags, CtKey4::partner_of(&*value)) };
-    let partner_flags = match lookup(&partner) {
-        // SAFETY: as above.
-        Some(p) => unsafe { (*p).tcp_flags },
-        None => TCP_FIN,
-    };
-    (flags | partner_flags) & TCP_RST != 0 || flags & partner_flags & TCP_FIN != 0
 }
 
 /// Connections created minus removed (by the daemon's sweeper).

@@ -26,7 +26,7 @@ use router_common::{
 
 use crate::conntrack;
 use crate::ctx::Packet;
-use crate::parse::load32;
+use crate::parse::{TCP_ACK_SEQ, TCP_SEQ, load32};
 use crate::verdict::{Verdict, drop};
 
 /// Sized by the daemon at load time: two entries per ring slot of every CPU, plus room for the
@@ -41,10 +41,6 @@ static HALF_OPEN_RING: PerCpuArray<HalfOpenSlot> = PerCpuArray::with_max_entries
 
 #[map(name = "HALF_OPEN_NEXT")]
 static HALF_OPEN_NEXT: PerCpuArray<HalfOpenCursor> = PerCpuArray::with_max_entries(1, 0);
-
-/// Offsets inside the TCP header.
-const TCP_SEQ: usize = 4;
-const TCP_ACK_SEQ: usize = 8;
 
 #[inline(always)]
 pub fn lookup(key: &CtKey4) -> Option<*mut HalfOpen4> {
@@ -152,7 +148,9 @@ pub fn handle<P: Packet>(p: &P, tcp: usize, key: &CtKey4, flags: u8) -> Step {
     let handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
     if v.ct.to_client() {
         if handshake == TCP_SYN | TCP_ACK {
-            v.ct.handshake_ack = u32::from_be(load32(tcp + TCP_SEQ)).wrapping_add(1);
+            v.ct.awaited_ack = u32::from_be(load32(tcp + TCP_SEQ)).wrapping_add(1);
+        } else if handshake & TCP_RST == 0 {
+            return Step::Forward(&mut v.ct, StatReason::ForwardedBeforeHandshake);
         }
     } else if handshake & (TCP_SYN | TCP_RST) == 0 && handshake & TCP_ACK != 0 {
         if let Some(step) = confirm(p, tcp, key, v) {
@@ -185,7 +183,7 @@ fn restart_if_ended(fwd: &mut HalfOpen4) -> bool {
         // SAFETY: as above.
         let reply = unsafe { &mut *reply };
         reply.ct.tcp_flags = 0;
-        reply.ct.handshake_ack = 0;
+        reply.ct.awaited_ack = 0;
     }
     true
 }
@@ -201,7 +199,7 @@ fn confirm<P: Packet>(p: &P, tcp: usize, key: &CtKey4, fwd: &mut HalfOpen4) -> O
     let reply = unsafe { &*lookup(&reply_key)? };
     if reply.ticket != fwd.ticket
         || reply.ct.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK
-        || reply.ct.handshake_ack != u32::from_be(load32(tcp + TCP_ACK_SEQ))
+        || reply.ct.awaited_ack != u32::from_be(load32(tcp + TCP_ACK_SEQ))
     {
         return None;
     }

@@ -6,7 +6,8 @@
 //! daemon), `conntrack` (the connection table), `half_open` (connections until their handshake
 //! completes), `nat` (translation and opening connections),
 //! `redirect` (next hops and the redirect itself), `icmp` (errors about tracked connections),
-//! `stats` (one counted reason per packet), `timestamps` (TCP timestamp translation), `clock`.
+//! `stats` (one counted reason per packet), `timestamps` (TCP timestamp translation), `clock`,
+//! `closing` (how far a connection's close got: when its tuple may go to another client).
 //! `client_allow` (which clients may open
 //! a connection) is asked only for a SYN that would open one.
 //!
@@ -20,6 +21,7 @@
 mod action;
 mod client_allow;
 mod clock;
+mod closing;
 mod config;
 mod conntrack;
 mod ctx;
@@ -229,7 +231,7 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
     {
         // SAFETY: as above.
         let v = unsafe { &*entry };
-        if v.to_client() || handshake != TCP_SYN || !conntrack::has_ended(v) {
+        if v.to_client() || handshake != TCP_SYN || !closing::has_ended(v) {
             found = Some((entry, StatReason::Forwarded));
         } else if to_router
             && client_allow::admits(key.saddr, router_port)

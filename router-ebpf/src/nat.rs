@@ -20,6 +20,7 @@ use router_common::{
 };
 
 use crate::clock;
+use crate::closing;
 use crate::config;
 use crate::conntrack;
 use crate::ctx::Packet;
@@ -171,6 +172,9 @@ pub fn forward<P: Packet>(
     let now = clock::now();
     if v.last_seen != now {
         v.last_seen = now;
+    }
+    if closing::has_news(v, tcp_flags) {
+        closing::note(p, ip, tcp, v, tcp_flags);
     }
     v.packets += p.segments();
     v.bytes += p.frame_len();
@@ -461,9 +465,10 @@ fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
     let both_translated = ts_off != 0 && pair.ts_off != 0;
     let reusable = if tombstone {
         client == *pair.client_side || both_translated
-    } else if both_translated && conntrack::has_closed(existing) {
-        // The last connection closed both ways (or was reset) a moment ago: its pair goes now,
-        // so the backend's answers on the tuple find this connection's half-open entry. The
+    } else if both_translated && closing::has_closed(existing) {
+        // The last connection closed both ways, both FINs acknowledged (or was reset) a moment
+        // ago: its pair goes now, so the backend's answers on the tuple find this connection's
+        // half-open entry (its last ACK has passed: `closing`). The
         // backend accepts the SYN on the tuple it holds in TIME_WAIT (newer timestamps), and
         // the tuple is not held for the closing timeout: at thousands of connections per
         // second that would run out of tuples toward the backend.

@@ -20,6 +20,8 @@ pub const IP_FRAG: usize = 6;
 /// Offsets inside the TCP header.
 pub const TCP_SPORT: usize = 0;
 pub const TCP_DPORT: usize = 2;
+pub const TCP_SEQ: usize = 4;
+pub const TCP_ACK_SEQ: usize = 8;
 pub const TCP_DOFF: usize = 12;
 pub const TCP_FLAGS: usize = 13;
 pub const TCP_CHECK: usize = 16;

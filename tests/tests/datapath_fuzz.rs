@@ -201,6 +201,7 @@ impl Fuzzer {
                 | StatReason::NewConnection
                 | StatReason::NewConnectionEvicting
                 | StatReason::HandshakeConfirmed
+                | StatReason::ForwardedBeforeHandshake
                 | StatReason::IcmpTranslated
         );
         let kind_ok = match verdict {

@@ -20,7 +20,7 @@ use router_tests::progtest_cases::net::{
 };
 use router_tests::progtest_cases::{
     Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_allow,
-    client_ip, limits, passing, split_after, translation,
+    client_ip, limits, passing, split_after, takeover, translation,
 };
 use router_tests::require_root;
 use router_tests::routes::{tcp_routes, tcp_routes_in, tcp_routes_with};
@@ -462,6 +462,8 @@ both_hooks!(
     a_route_switched_between_modes_keeps_its_connections,
     client_allow_is_asked_only_when_a_connection_opens,
     timestamps_are_translated_and_a_closed_tuple_is_taken_over,
+    the_task_closing_first_keeps_its_tuple_until_its_last_ack,
+    the_client_closing_first_keeps_its_tuple_until_its_last_ack,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -553,6 +555,8 @@ tables!(
     handshake_mss_is_clamped_to_the_links in translation,
     destination_only_nat_keeps_the_client_address_both_ways in client_ip,
     client_allow_is_asked_only_when_a_connection_opens in client_allow,
+    the_task_closing_first_keeps_its_tuple_until_its_last_ack in takeover,
+    the_client_closing_first_keeps_its_tuple_until_its_last_ack in takeover,
 );
 
 /// The connections list the mode each was opened in, whatever the route's is now.
@@ -960,7 +964,7 @@ fn a_syn_opens_a_half_open_pair_that_the_completing_ack_confirms(program: Progra
             (env.net.router, env.net.client, 40000)
         );
         assert_checksums(&out.frame);
-        assert_eq!(env.half_open(&reply_key).ct.handshake_ack, 0xffff_fff1);
+        assert_eq!(env.half_open(&reply_key).ct.awaited_ack, 0xffff_fff1);
         assert!(env.dp.conntrack_entry(&fwd_key).is_none());
 
         // An ACK that does not acknowledge the SYN-ACK (what a blind spoofer sends) is
@@ -1144,7 +1148,7 @@ fn syn_with_timestamps(env: &Env, from: Ipv4Addr, sport: u16, tsval: u32) -> Vec
 }
 
 /// Timestamps toward the backend start at the router's clock and come back as the client sent
-/// them; once the connection closed both ways, another client's SYN with timestamps takes its
+/// them; once the connection closed both ways (both FINs acknowledged), another client's SYN with timestamps takes its
 /// tuple at once (the backend accepts it in TIME_WAIT: newer timestamps), one without
 /// timestamps does not.
 fn timestamps_are_translated_and_a_closed_tuple_is_taken_over(program: Program) {
@@ -1183,10 +1187,14 @@ fn timestamps_are_translated_and_a_closed_tuple_is_taken_over(program: Program) 
             40000,
             "still open"
         );
-        // Closed both ways: another client with timestamps takes the tuple over.
+        // Closed both ways, and the backend's last ACK passed: another client with timestamps
+        // takes the tuple over.
         let mut fin = env.net.client_packet(40000, FIN | TCP_ACK);
         fin.tcp_options = segment_timestamps(5002, 778);
         assert_eq!(env.run(&fin.build(), true).retval, env.redirected());
+        let mut last_ack = env.net.backend_packet(40000, TCP_ACK);
+        last_ack.tcp_options = segment_timestamps(779, tsval.wrapping_add(2));
+        assert_eq!(env.run(&last_ack.build(), false).retval, env.redirected());
         // A client without timestamps would meet the backend's TIME_WAIT with its own clock:
         // it probes for another port.
         let plain = env

@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod limits;
 pub mod net;
 pub mod passing;
+pub mod takeover;
 pub mod translation;
 
 use crate::packet::Mac;

@@ -4,14 +4,18 @@
 //! a run while the task still holds their tuples in TIME_WAIT; workers bound to the addresses
 //! connect, read the task's answer and close, as fast as they go. Peers: the no-NAT ceiling
 //! (plain forwarding to the task's address), nftables DNAT + masquerade and this datapath.
-//! Recorded: connections per second (overall and the slowest second), connects that waited for
-//! a SYN retransmission, the clients' `TCPSynRetrans`, the task's PAWS counters (a SYN on a
-//! tuple the task holds in TIME_WAIT whose timestamp is older than the last one seen there:
-//! answered with an ACK, the client resets and retransmits after 1 s), and the datapath's drops
-//! by reason.
+//! Recorded: connections finished in each second (the report judges 5 s windows:
+//! `churn_report`), connects that waited for a SYN retransmission, the clients'
+//! `TCPSynRetrans`, the task's PAWS counters (a SYN on a tuple the task holds in TIME_WAIT
+//! whose timestamp is older than the last one seen there: answered with an ACK, the client
+//! resets and retransmits after 1 s), the backend's packets the datapath forwarded to a client
+//! still in SYN_SENT (`forwarded_before_handshake`: each makes that client reset and retransmit
+//! its SYN), and the datapath's drops by reason.
 
-use crate::throughput::{median, tempdir};
+use crate::churn_report::report;
+use crate::throughput::tempdir;
 use anyhow::Result;
+use router_common::stats::StatReason;
 use router_tests::churn::{Churn, CloseFirstServer, ConnectTimes};
 use router_tests::flood_setup;
 use router_tests::nft_nat;
@@ -63,6 +67,9 @@ pub struct Sample {
     pub task_paws: u64,
     /// The datapath's drops by reason (`drop_*` verdicts).
     pub datapath_drops: BTreeMap<String, u64>,
+    /// The datapath's `forwarded_before_handshake` verdicts: backend packets on a half-open
+    /// connection that were neither its SYN-ACK nor a RST.
+    pub before_handshake: u64,
 }
 
 impl Sample {
@@ -70,9 +77,12 @@ impl Sample {
         self.connects.completed as f64 / self.seconds
     }
 
-    /// The slowest whole second's connections.
-    pub fn slowest_second(&self) -> u64 {
-        self.per_second.iter().copied().min().unwrap_or(0)
+    /// Connections per second in each whole window of `seconds` seconds, in order.
+    pub fn windows(&self, seconds: usize) -> Vec<f64> {
+        self.per_second
+            .chunks_exact(seconds.max(1))
+            .map(|w| w.iter().sum::<u64>() as f64 / w.len() as f64)
+            .collect()
     }
 }
 
@@ -160,11 +170,14 @@ impl Setup {
     }
 }
 
-fn drops(running: &Running) -> Result<BTreeMap<String, u64>> {
+/// The datapath's verdicts that tell about churn: drops by reason, and
+/// `forwarded_before_handshake` under its own name. Empty for the other peers.
+fn verdicts(running: &Running) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     if let Running::Datapath(dp, _) = running {
         for (_, reason, value) in dp.lock()?.stats()? {
-            if reason.is_drop() && value.packets > 0 {
+            let wanted = reason.is_drop() || reason == StatReason::ForwardedBeforeHandshake;
+            if wanted && value.packets > 0 {
                 *out.entry(reason.name().to_string()).or_default() += value.packets;
             }
         }
@@ -177,7 +190,7 @@ pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
     let setup = Setup::new(client_ports)?;
     let (running, target) = setup.start(peer)?;
     let before = setup.counters()?;
-    let drops_before = drops(&running)?;
+    let verdicts_before = verdicts(&running)?;
     let churn = Churn::start(&setup.t.client, &setup.sources, target, WORKERS)?;
     let started = Instant::now();
     let mut per_second = Vec::new();
@@ -193,12 +206,16 @@ pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
     let connects = churn.stop()?;
     let elapsed = started.elapsed().as_secs_f64();
     let after = setup.counters()?;
-    let mut datapath_drops = drops(&running)?;
-    for (reason, n) in drops_before {
+    let mut datapath_drops = verdicts(&running)?;
+    for (reason, n) in verdicts_before {
         if let Some(v) = datapath_drops.get_mut(&reason) {
             *v = v.saturating_sub(n);
         }
     }
+    let before_handshake = datapath_drops
+        .remove(StatReason::ForwardedBeforeHandshake.name())
+        .unwrap_or(0);
+    datapath_drops.retain(|_, n| *n > 0);
     drop(running);
     Ok(Sample {
         peer,
@@ -208,6 +225,7 @@ pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
         client_syn_retrans: after.0.saturating_sub(before.0),
         task_paws: after.1.saturating_sub(before.1),
         datapath_drops,
+        before_handshake,
     })
 }
 
@@ -222,89 +240,6 @@ pub fn run(rounds: usize, seconds: u64, client_ports: u16) -> Result<Vec<Sample>
         }
     }
     Ok(samples)
-}
-
-fn row(s: &Sample) -> String {
-    let drops: Vec<String> = s
-        .datapath_drops
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    format!(
-        "| {} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
-        s.peer.name(),
-        s.rate(),
-        s.slowest_second(),
-        s.connects.percentile_ms(0.5),
-        s.connects.percentile_ms(0.99),
-        s.connects.stalled,
-        s.connects.failed,
-        s.client_syn_retrans,
-        s.task_paws,
-        if drops.is_empty() {
-            "–".to_string()
-        } else {
-            drops.join(", ")
-        },
-    )
-}
-
-const HEADER: &str = "| peer | conn/s | slowest second | connect p50 ms (≤) | connect p99 ms (≤) | \
-connects ≥ 0.9 s | failed | client SYN retransmits | task PAWS rejects | datapath drops |\n\
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
-
-/// The median round of each peer (by conn/s), then the targets judged on it.
-pub fn report(samples: &[Sample]) -> String {
-    let mut out = format!("Median round per peer (by conn/s):\n\n{HEADER}\n");
-    let mut medians: BTreeMap<Peer, &Sample> = BTreeMap::new();
-    for peer in Peer::ALL {
-        let mut of: Vec<&Sample> = samples.iter().filter(|s| s.peer == peer).collect();
-        of.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-        if let Some(m) = of.get(of.len() / 2) {
-            medians.insert(peer, m);
-            out.push_str(&row(m));
-            out.push('\n');
-        }
-    }
-    if let (Some(c), Some(n), Some(d)) = (
-        medians.get(&Peer::Ceiling),
-        medians.get(&Peer::Nftables),
-        medians.get(&Peer::Datapath),
-    ) {
-        let rates = |p: Peer| {
-            median(
-                samples
-                    .iter()
-                    .filter(|s| s.peer == p)
-                    .map(Sample::rate)
-                    .collect(),
-            )
-        };
-        let ratio = rates(Peer::Datapath) / rates(Peer::Ceiling);
-        let slowest = d.slowest_second() as f64 / c.rate();
-        let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
-        out.push_str(&format!(
-            "\nTargets:\n\n- {} conn/s ≥ 0.95× the ceiling: {ratio:.2}× (median conn/s)\n\
-             - {} throughout: the slowest second {slowest:.2}× the ceiling's mean\n\
-             - {} no SYN retransmit from a tuple the task holds in TIME_WAIT: {} task PAWS \
-             rejects, {} client SYN retransmits\n\
-             - {} better than nftables: {} vs {} stalled connects\n",
-            mark(ratio >= 0.95),
-            mark(slowest >= 0.95),
-            mark(d.task_paws == 0 && d.client_syn_retrans == 0),
-            d.task_paws,
-            d.client_syn_retrans,
-            mark(d.connects.stalled < n.connects.stalled.max(1)),
-            d.connects.stalled,
-            n.connects.stalled,
-        ));
-    }
-    out.push_str(&format!("\nRaw rounds:\n\n{HEADER}\n"));
-    for s in samples {
-        out.push_str(&row(s));
-        out.push('\n');
-    }
-    out
 }
 
 /// `datapath-bench churn [--rounds N] [--seconds S] [--client-ports P]`: runs the section,

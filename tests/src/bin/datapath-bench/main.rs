@@ -7,6 +7,7 @@
 //! side; `datapath-bench churn` has many clients churn short connections to one task. Each prints a Markdown table and writes JSON with the raw rounds.
 
 mod churn;
+mod churn_report;
 mod costs;
 mod hostile;
 mod hostile_report;

@@ -1,0 +1,160 @@
+//! The `churn` section's report: each peer's median round, the conn/s of every 5 s window, the
+//! targets judged on them, and the raw rounds.
+//!
+//! "Throughout" is judged on windows of [`WINDOW_SECONDS`], pooled over a peer's rounds: the
+//! datapath's slowest window against the ceiling's median window (the target, ≥ 0.95×), and
+//! against the ceiling's own slowest window, so that dips of the shared machine, which the
+//! ceiling meets too, are visible as such.
+
+use crate::churn::{Peer, Sample};
+use crate::throughput::median;
+use std::collections::BTreeMap;
+
+/// The window "throughout" is judged on, in seconds.
+pub const WINDOW_SECONDS: usize = 5;
+
+/// A peer's windows pooled over its rounds: (slowest, median, fastest) conn/s.
+fn window_spread(samples: &[Sample], peer: Peer) -> (f64, f64, f64) {
+    let mut all: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.peer == peer)
+        .flat_map(|s| s.windows(WINDOW_SECONDS))
+        .collect();
+    all.sort_by(f64::total_cmp);
+    match (all.first(), all.last()) {
+        (Some(lo), Some(hi)) => (*lo, median(all.clone()), *hi),
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    }
+}
+
+fn slowest_window(s: &Sample) -> f64 {
+    s.windows(WINDOW_SECONDS)
+        .into_iter()
+        .fold(f64::NAN, f64::min)
+}
+
+fn row(s: &Sample) -> String {
+    let drops: Vec<String> = s
+        .datapath_drops
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let windows: Vec<String> = s
+        .windows(WINDOW_SECONDS)
+        .iter()
+        .map(|w| format!("{w:.0}"))
+        .collect();
+    format!(
+        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+        s.peer.name(),
+        s.rate(),
+        slowest_window(s),
+        windows.join(" · "),
+        s.connects.percentile_ms(0.5),
+        s.connects.percentile_ms(0.99),
+        s.connects.stalled,
+        s.connects.failed,
+        s.client_syn_retrans,
+        s.task_paws,
+        if s.peer == Peer::Datapath {
+            s.before_handshake.to_string()
+        } else {
+            "–".to_string()
+        },
+        if drops.is_empty() {
+            "–".to_string()
+        } else {
+            drops.join(", ")
+        },
+    )
+}
+
+const HEADER: &str = "| peer | conn/s | slowest 5 s window | conn/s per 5 s window | \
+connect p50 ms (≤) | connect p99 ms (≤) | connects ≥ 0.9 s | failed | client SYN retransmits | \
+task PAWS rejects | backend packets to a client in SYN_SENT | datapath drops |\n\
+|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|";
+
+/// A peer's figure summed over its rounds, with the rounds' own: "total (a, b, c)".
+fn over_rounds(samples: &[Sample], peer: Peer, f: fn(&Sample) -> u64) -> (u64, String) {
+    let each: Vec<u64> = samples.iter().filter(|s| s.peer == peer).map(f).collect();
+    let list: Vec<String> = each.iter().map(u64::to_string).collect();
+    (
+        each.iter().sum(),
+        format!("{} (rounds: {})", each.iter().sum::<u64>(), list.join(", ")),
+    )
+}
+
+/// The median round of each peer (by conn/s), the windows, then the targets judged on them.
+pub fn report(samples: &[Sample]) -> String {
+    let mut out = format!("Median round per peer (by conn/s):\n\n{HEADER}\n");
+    let mut medians: BTreeMap<Peer, &Sample> = BTreeMap::new();
+    for peer in Peer::ALL {
+        let mut of: Vec<&Sample> = samples.iter().filter(|s| s.peer == peer).collect();
+        of.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        if let Some(m) = of.get(of.len() / 2) {
+            medians.insert(peer, m);
+            out.push_str(&row(m));
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!(
+        "\n{WINDOW_SECONDS} s windows pooled over each peer's rounds (conn/s):\n\n\
+         | peer | slowest | median | fastest |\n|---|---:|---:|---:|\n"
+    ));
+    for peer in Peer::ALL {
+        let (lo, mid, hi) = window_spread(samples, peer);
+        out.push_str(&format!(
+            "| {} | {lo:.0} | {mid:.0} | {hi:.0} |\n",
+            peer.name()
+        ));
+    }
+    if let (Some(n), Some(d)) = (medians.get(&Peer::Nftables), medians.get(&Peer::Datapath)) {
+        out.push_str(&targets(samples, n, d));
+    }
+    out.push_str(&format!("\nRaw rounds:\n\n{HEADER}\n"));
+    for s in samples {
+        out.push_str(&row(s));
+        out.push('\n');
+    }
+    out
+}
+
+/// The issue's targets, judged on medians and pooled windows (`n`, `d`: the median rounds of
+/// nftables and the datapath).
+fn targets(samples: &[Sample], n: &Sample, d: &Sample) -> String {
+    let rates = |p: Peer| {
+        median(
+            samples
+                .iter()
+                .filter(|s| s.peer == p)
+                .map(Sample::rate)
+                .collect(),
+        )
+    };
+    let ratio = rates(Peer::Datapath) / rates(Peer::Ceiling);
+    let (dp_slowest, _, _) = window_spread(samples, Peer::Datapath);
+    let (c_slowest, c_median, _) = window_spread(samples, Peer::Ceiling);
+    let (retrans, retrans_list) = over_rounds(samples, Peer::Datapath, |s| s.client_syn_retrans);
+    let (paws, paws_list) = over_rounds(samples, Peer::Datapath, |s| s.task_paws);
+    let (_, before_list) = over_rounds(samples, Peer::Datapath, |s| s.before_handshake);
+    let (nft_retrans, _) = over_rounds(samples, Peer::Nftables, |s| s.client_syn_retrans);
+    let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
+    format!(
+        "\nTargets:\n\n- {} conn/s ≥ 0.95× the ceiling: {ratio:.2}× (median conn/s)\n\
+         - {} throughout: the datapath's slowest {WINDOW_SECONDS} s window {:.2}× the \
+         ceiling's median window ({:.2}× the ceiling's own slowest window)\n\
+         - {} no SYN retransmit from a tuple the task holds in TIME_WAIT: client SYN \
+         retransmits {retrans_list}, task PAWS rejects {paws_list}, backend packets forwarded \
+         to a client in SYN_SENT {before_list}, over the datapath's rounds\n\
+         - {} better than nftables: {} vs {} stalled connects (median rounds), {retrans} vs \
+         {nft_retrans} client SYN retransmits (all rounds)\n",
+        mark(ratio >= 0.95),
+        mark(dp_slowest / c_median >= 0.95),
+        dp_slowest / c_median,
+        dp_slowest / c_slowest,
+        mark(paws == 0 && retrans == 0),
+        mark(d.connects.stalled < n.connects.stalled.max(1) && retrans <= nft_retrans),
+        d.connects.stalled,
+        n.connects.stalled,
+    )
+}
