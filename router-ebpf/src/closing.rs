@@ -14,7 +14,9 @@ use router_common::conntrack::{
 
 use crate::conntrack;
 use crate::ctx::Packet;
-use crate::parse::{ETH_LEN, IP_LEN, IP_TOT_LEN, TCP_ACK_SEQ, TCP_DOFF, TCP_SEQ, load8, load16, load32};
+use crate::parse::{
+    ETH_LEN, IP_LEN, IP_TOT_LEN, TCP_ACK_SEQ, TCP_DOFF, TCP_SEQ, load8, load16, load32,
+};
 
 /// Whether a packet with TCP flags `flags` on entry `v` has closing to note: it carries a FIN,
 /// or the entry awaits the acknowledgment of its partner's FIN. One test of flags already read

@@ -98,6 +98,16 @@ fn to_first_client(net: &Net) -> Fields {
     }
 }
 
+/// What reaches the backend on the tuple.
+fn to_backend(net: &Net) -> Fields {
+    Fields {
+        addrs: Some((net.nat_source, net.backend)),
+        ports: Some((TUPLE_PORT, BACKEND_PORT)),
+        checksums: Checksums::Tcp,
+        ..Fields::default()
+    }
+}
+
 /// A third client's SYN once the tuple is free: it takes it over; a late backend packet on the
 /// tuple now goes to that client, counted as reaching a client in SYN_SENT.
 fn taken_over(net: &Net) -> Vec<Case> {
@@ -108,12 +118,7 @@ fn taken_over(net: &Net) -> Vec<Case> {
             syn(net, THIRD_CLIENT, 1),
             Verdict::Redirect,
         )
-        .fields(Fields {
-            addrs: Some((net.nat_source, net.backend)),
-            ports: Some((TUPLE_PORT, BACKEND_PORT)),
-            checksums: Checksums::Tcp,
-            ..Fields::default()
-        })
+        .fields(to_backend(net))
         .counted(StatReason::NewConnection)
         .tracked(TUPLE_PORT, PORT, false),
         Case::new(
@@ -203,12 +208,7 @@ pub fn the_client_closing_first_keeps_its_tuple_until_its_last_ack(net: &Net) ->
             client(net, TCP_ACK, CLIENT_FIN + 1, BACKEND_FIN + 1),
             Verdict::Redirect,
         )
-        .fields(Fields {
-            addrs: Some((net.nat_source, net.backend)),
-            ports: Some((TUPLE_PORT, BACKEND_PORT)),
-            checksums: Checksums::Tcp,
-            ..Fields::default()
-        })
+        .fields(to_backend(net))
         .counted(StatReason::Forwarded),
     ]);
     cases.extend(taken_over(net));
