@@ -65,6 +65,9 @@ pub struct Sample {
     pub client_syn_retrans: u64,
     /// The task namespace's `TcpExt.PAWS*` counters, summed.
     pub task_paws: u64,
+    /// The task namespace's `TcpExt.ListenDrops`: SYNs its listener dropped (a full queue when
+    /// the accepting threads fall behind on the shared CPUs), each a 1 s SYN retransmission.
+    pub task_listen_drops: u64,
     /// The datapath's drops by reason (`drop_*` verdicts).
     pub datapath_drops: BTreeMap<String, u64>,
     /// The datapath's `forwarded_before_handshake` verdicts: backend packets on a half-open
@@ -154,8 +157,8 @@ impl Setup {
         }
     }
 
-    /// (client SYN retransmissions, task PAWS counters summed).
-    fn counters(&self) -> Result<(u64, u64)> {
+    /// (client SYN retransmissions, task PAWS counters summed, task listen-queue drops).
+    fn counters(&self) -> Result<(u64, u64, u64)> {
         let client = self.t.client.tcp_counters()?;
         let task = self.t.backend.tcp_counters()?;
         let paws = task
@@ -166,6 +169,7 @@ impl Setup {
         Ok((
             client.get("TcpExt.TCPSynRetrans").copied().unwrap_or(0),
             paws,
+            task.get("TcpExt.ListenDrops").copied().unwrap_or(0),
         ))
     }
 }
@@ -224,6 +228,7 @@ pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
         per_second,
         client_syn_retrans: after.0.saturating_sub(before.0),
         task_paws: after.1.saturating_sub(before.1),
+        task_listen_drops: after.2.saturating_sub(before.2),
         datapath_drops,
         before_handshake,
     })

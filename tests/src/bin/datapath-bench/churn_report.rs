@@ -4,7 +4,8 @@
 //! "Throughout" is judged on windows of [`WINDOW_SECONDS`], pooled over a peer's rounds: the
 //! datapath's slowest window against the ceiling's median window (the target, ≥ 0.95×), and
 //! against the ceiling's own slowest window, so that dips of the shared machine, which the
-//! ceiling meets too, are visible as such.
+//! ceiling meets too, are visible as such; and per round, the datapath's slowest window against
+//! that round's ceiling median window (peers of one round ran minutes apart, not further).
 
 use crate::churn::{Peer, Sample};
 use crate::throughput::median;
@@ -45,7 +46,7 @@ fn row(s: &Sample) -> String {
         .map(|w| format!("{w:.0}"))
         .collect();
     format!(
-        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
         s.peer.name(),
         s.rate(),
         slowest_window(s),
@@ -56,6 +57,7 @@ fn row(s: &Sample) -> String {
         s.connects.failed,
         s.client_syn_retrans,
         s.task_paws,
+        s.task_listen_drops,
         if s.peer == Peer::Datapath {
             s.before_handshake.to_string()
         } else {
@@ -71,8 +73,8 @@ fn row(s: &Sample) -> String {
 
 const HEADER: &str = "| peer | conn/s | slowest 5 s window | conn/s per 5 s window | \
 connect p50 ms (≤) | connect p99 ms (≤) | connects ≥ 0.9 s | failed | client SYN retransmits | \
-task PAWS rejects | backend packets to a client in SYN_SENT | datapath drops |\n\
-|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|";
+task PAWS rejects | task listen drops | backend packets to a client in SYN_SENT | \
+datapath drops |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 /// A peer's figure summed over its rounds, with the rounds' own: "total (a, b, c)".
 fn over_rounds(samples: &[Sample], peer: Peer, f: fn(&Sample) -> u64) -> (u64, String) {
@@ -137,21 +139,33 @@ fn targets(samples: &[Sample], n: &Sample, d: &Sample) -> String {
     let (retrans, retrans_list) = over_rounds(samples, Peer::Datapath, |s| s.client_syn_retrans);
     let (paws, paws_list) = over_rounds(samples, Peer::Datapath, |s| s.task_paws);
     let (_, before_list) = over_rounds(samples, Peer::Datapath, |s| s.before_handshake);
+    let (_, listen_list) = over_rounds(samples, Peer::Datapath, |s| s.task_listen_drops);
     let (nft_retrans, _) = over_rounds(samples, Peer::Nftables, |s| s.client_syn_retrans);
+    let per_round: Vec<String> = samples
+        .chunks(Peer::ALL.len())
+        .filter_map(|round| {
+            let (_, c_median, _) = window_spread(round, Peer::Ceiling);
+            let d = round.iter().find(|s| s.peer == Peer::Datapath)?;
+            Some(format!("{:.2}", slowest_window(d) / c_median))
+        })
+        .collect();
     let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
     format!(
         "\nTargets:\n\n- {} conn/s ≥ 0.95× the ceiling: {ratio:.2}× (median conn/s)\n\
          - {} throughout: the datapath's slowest {WINDOW_SECONDS} s window {:.2}× the \
-         ceiling's median window ({:.2}× the ceiling's own slowest window)\n\
+         ceiling's median window ({:.2}× the ceiling's own slowest window; per round, against \
+         that round's ceiling median window: {})\n\
          - {} no SYN retransmit from a tuple the task holds in TIME_WAIT: client SYN \
          retransmits {retrans_list}, task PAWS rejects {paws_list}, backend packets forwarded \
-         to a client in SYN_SENT {before_list}, over the datapath's rounds\n\
+         to a client in SYN_SENT {before_list}, over the datapath's rounds (task listen \
+         drops, not the datapath's: {listen_list})\n\
          - {} better than nftables: {} vs {} stalled connects (median rounds), {retrans} vs \
          {nft_retrans} client SYN retransmits (all rounds)\n",
         mark(ratio >= 0.95),
         mark(dp_slowest / c_median >= 0.95),
         dp_slowest / c_median,
         dp_slowest / c_slowest,
+        per_round.join(", "),
         mark(paws == 0 && retrans == 0),
         mark(d.connects.stalled < n.connects.stalled.max(1) && retrans <= nft_retrans),
         d.connects.stalled,
