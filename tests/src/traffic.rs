@@ -88,6 +88,29 @@ impl Drop for EchoServer {
     }
 }
 
+/// A TCP connection from `from` (bound with `SO_REUSEADDR`) to `to`; the connect gives up
+/// after 5 s (the send timeout bounds a blocking connect).
+fn connect_bound(from: SocketAddrV4, to: SocketAddrV4) -> Result<TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+        sockopt::ReuseAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket")?;
+    setsockopt(&fd, ReuseAddr, &true).context("SO_REUSEADDR")?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(from)).with_context(|| format!("bind {from}"))?;
+    let stream = TcpStream::from(fd);
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    connect(stream.as_raw_fd(), &SockaddrIn::from(to)).context("connect")?;
+    Ok(stream)
+}
+
 fn echo(mut conn: TcpStream, banner: [u8; BANNER_LEN]) {
     let _ = conn.set_nonblocking(false);
     if conn.write_all(&banner).is_err() {
@@ -115,9 +138,35 @@ pub struct Client {
 
 impl Client {
     pub fn connect(ns: &Netns, to: SocketAddrV4) -> Result<Client> {
-        let mut stream = ns
+        let stream = ns
             .enter(move || TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(5)))?
             .with_context(|| format!("connect to {to} through the router"))?;
+        Client::greeted(stream)
+    }
+
+    /// As [`Client::connect`], from source address and port `from` (a client reusing its port).
+    pub fn connect_from(ns: &Netns, from: SocketAddrV4, to: SocketAddrV4) -> Result<Client> {
+        let stream = ns
+            .enter(move || connect_bound(from, to))?
+            .with_context(|| format!("connect from {from} to {to} through the router"))?;
+        Client::greeted(stream)
+    }
+
+    /// Ends the connection with a RST (`SO_LINGER` 0): no TIME_WAIT here, so the source port
+    /// is free for the next connection at once.
+    pub fn abort(self) -> Result<()> {
+        use nix::sys::socket::{setsockopt, sockopt::Linger};
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        setsockopt(&self.stream, Linger, &linger).context("SO_LINGER 0")?;
+        drop(self.stream);
+        Ok(())
+    }
+
+    /// The client of `stream`, its timeouts set and the server's banner read.
+    fn greeted(mut stream: TcpStream) -> Result<Client> {
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         stream.set_write_timeout(Some(Duration::from_secs(20)))?;
         let mut banner = [0u8; BANNER_LEN];

@@ -1,8 +1,9 @@
 //! Destination-only NAT through namespaces (issue 19, "who connected"): a backend behind a
 //! veth whose way back runs through the router sees the client's real address and a transfer
 //! works both ways; a backend reached through a gateway keeps full NAT under `auto`; a route
-//! switched between modes keeps its connections transferring; the daemon shows the choice and
-//! its reason in `status` and `/metrics`.
+//! switched between modes keeps its connections transferring, and a client reusing its source
+//! port across a switch connects in the route's new mode; the daemon shows the choice and its
+//! reason in `status` and `/metrics`.
 
 use router_tests::metrics::{sample, scrape};
 use router_tests::require_root;
@@ -11,7 +12,7 @@ use router_tests::scenario::DaemonSetup;
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_userspace::config::{DatapathConfig, DatapathKind};
-use router_userspace::datapath::{AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath};
+use router_userspace::datapath::{AttachMode, ConnState, DEFAULT_NAT_SOURCE_PORTS, Datapath};
 use router_userspace::routes::PreserveClientIp;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -177,6 +178,47 @@ fn a_route_switched_between_modes_keeps_its_connections_transferring() {
     );
     for c in [full_nat, preserved, again] {
         c.finish().expect("close");
+    }
+}
+
+/// A client that ends its connection (RST: no TIME_WAIT at the client) and connects again from
+/// the same source port after the route switched mode: while the ended pair is still tracked,
+/// the new SYN opens a connection in the route's new mode (the task sees the client's address,
+/// then the router's again) and transfers both ways.
+#[test]
+fn a_client_reusing_its_port_across_a_switch_connects_in_the_new_mode() {
+    let (t, server) = local_backend();
+    let mut dp = open(&t, &[&t.router_client.dev, &t.router_backend.dev]);
+    let routes = [(PORT, t.backend_end.addr, BACKEND_PORT)];
+    let from = SocketAddrV4::new(t.client_end.addr, 40000);
+    let (router, client) = (t.router_backend.addr, t.client_end.addr);
+    let modes = [
+        (PreserveClientIp::Off, router),
+        (PreserveClientIp::On, client),
+        (PreserveClientIp::Off, router),
+    ];
+    for (i, (mode, seen)) in modes.into_iter().enumerate() {
+        dp.apply_routes(&tcp_routes_in(&routes, mode))
+            .expect("switch the route's mode");
+        let mut c = Client::connect_from(&t.client, from, router_port(&t)).expect("connect");
+        c.echo_random(MIB, 64 * 1024, |_| {})
+            .expect("echo both ways");
+        assert_eq!(peer_ip(&server, i), seen, "connection {i} ({mode:?})");
+        let conns = dp.connections().expect("connections");
+        assert_eq!(conns.len(), 1, "the ended pair went: {conns:?}");
+        assert_eq!(
+            (conns[0].client, conns[0].client_ip_preserved),
+            (from, seen == client),
+            "{conns:?}"
+        );
+        c.abort().expect("RST");
+        router_tests::wait::until("the datapath sees the RST", Duration::from_secs(5), || {
+            let conns = dp.connections().ok()?;
+            conns
+                .iter()
+                .all(|c| c.state == ConnState::Closing)
+                .then_some(())
+        });
     }
 }
 

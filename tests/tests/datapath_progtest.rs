@@ -460,6 +460,8 @@ both_hooks!(
     established_connections_are_never_evicted_by_syns,
     destination_only_nat_keeps_the_client_address_both_ways,
     a_route_switched_between_modes_keeps_its_connections,
+    a_reused_tuple_after_a_switch_to_destination_only_keeps_the_client_address,
+    a_reused_tuple_after_a_switch_to_full_nat_takes_the_nat_source,
     client_allow_is_asked_only_when_a_connection_opens,
     timestamps_are_translated_and_a_closed_tuple_is_taken_over,
     the_task_closing_first_keeps_its_tuple_until_its_last_ack,
@@ -582,6 +584,53 @@ fn a_route_switched_between_modes_keeps_its_connections(program: Program) {
                 "{conns:?}"
             );
         },
+    );
+}
+
+fn a_reused_tuple_after_a_switch_to_destination_only_keeps_the_client_address(program: Program) {
+    with_env(
+        program,
+        client_ip::a_reused_tuple_after_a_switch_to_destination_only_keeps_the_client_address,
+        |env, table| {
+            env.run_cases(&table.cases);
+            let client = env.net.client;
+            assert_reused_tuple_in_mode(env, true, client);
+        },
+    );
+}
+
+fn a_reused_tuple_after_a_switch_to_full_nat_takes_the_nat_source(program: Program) {
+    with_env(
+        program,
+        client_ip::a_reused_tuple_after_a_switch_to_full_nat_takes_the_nat_source,
+        |env, table| {
+            env.run_cases(&table.cases);
+            let nat = env.net.nat_source;
+            assert_reused_tuple_in_mode(env, false, nat);
+        },
+    );
+}
+
+/// After a reused client port opened a connection across a mode switch: one connection, listed
+/// in the route's current mode with that source toward the backend, and the client's tuple's
+/// entries are its (the ended pair's are gone).
+fn assert_reused_tuple_in_mode(env: &mut Env, preserved: bool, source: Ipv4Addr) {
+    let conns = env.dp.connections().expect("connections");
+    let listed: Vec<(u16, bool, Ipv4Addr)> = conns
+        .iter()
+        .map(|c| (c.client.port(), c.client_ip_preserved, *c.nat_source.ip()))
+        .collect();
+    assert_eq!(listed, [(40000, preserved, source)], "{conns:?}");
+    let fwd = env.entry(&env.forward_key(40000));
+    assert_eq!(fwd.preserves_client(), preserved);
+    assert_eq!(fwd.saddr, raw(source));
+    let reply = env.entry(&CtKey4::partner_of(&fwd));
+    assert_eq!(reply.preserves_client(), preserved);
+    let entries = env.dp.conntrack_table().expect("table");
+    assert_eq!(
+        entries.len(),
+        2,
+        "no entry of the ended pair left: {entries:?}"
     );
 }
 

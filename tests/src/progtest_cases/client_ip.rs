@@ -7,7 +7,7 @@ use super::{
     Case, Checksums, Fields, Net, RouteChange, Setup, Side, Table, Verdict, client_opens,
     frag_needed_at_client,
 };
-use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN};
+use crate::packet::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use router_common::stats::StatReason;
 use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
@@ -135,16 +135,21 @@ pub fn destination_only_nat_keeps_the_client_address_both_ways(net: &Net) -> Tab
     )
 }
 
-/// The open connection (port 40000, full NAT) keeps its tuple after its route switched to
-/// destination-only; the next one (40001) keeps the client's address, and keeps it after the
-/// route switched back; the one after that (40002) is full NAT again.
-pub fn a_route_switched_between_modes_keeps_its_connections(net: &Net) -> Table {
-    let switch = |client_ip| RouteChange {
+/// The table's routes programmed again in mode `client_ip` (both change).
+fn switch(net: &Net, client_ip: PreserveClientIp) -> RouteChange {
+    RouteChange {
         routes: net.routes(),
         report: (0, 2, 0),
         client_ip,
         allow: Vec::new(),
-    };
+    }
+}
+
+/// The open connection (port 40000, full NAT) keeps its tuple after its route switched to
+/// destination-only; the next one (40001) keeps the client's address, and keeps it after the
+/// route switched back; the one after that (40002) is full NAT again.
+pub fn a_route_switched_between_modes_keeps_its_connections(net: &Net) -> Table {
+    let switch = |client_ip| switch(net, client_ip);
     Table::new(vec![
         client_opens(net, 40000).fields(toward_backend(net, net.nat_source, 40000)),
         Case::new(
@@ -220,4 +225,169 @@ pub fn a_route_switched_between_modes_keeps_its_connections(net: &Net) -> Table 
         .fields(toward_client(net, 40000)),
         client_opens(net, 40002).fields(toward_backend(net, net.nat_source, 40002)),
     ])
+}
+
+/// How a connection in one mode or the other looks from both ends: the source address its
+/// packets carry toward the backend (the NAT source or the client's), and the backend's
+/// packet to that address.
+struct Mode {
+    name: &'static str,
+    source: Ipv4Addr,
+    setting: PreserveClientIp,
+}
+
+impl Mode {
+    fn full(net: &Net) -> Mode {
+        Mode {
+            name: "full-NAT",
+            source: net.nat_source,
+            setting: PreserveClientIp::Off,
+        }
+    }
+
+    fn destination_only(net: &Net) -> Mode {
+        Mode {
+            name: "destination-only",
+            source: net.client,
+            setting: PreserveClientIp::On,
+        }
+    }
+
+    /// The backend's packet from its port to this mode's source address and port `dport`.
+    fn backend_packet(&self, net: &Net, dport: u16, flags: u8) -> Vec<u8> {
+        let mut p = net.backend_packet(dport, flags);
+        p.daddr = self.source;
+        p.build()
+    }
+}
+
+/// A client reusing its port 40000 after the connection on it ended (FIN both ways, the pair
+/// still tracked while closing) and its route switched from mode `old` to mode `new`: the SYN
+/// opens a connection in `new` (its source toward the backend is `new`'s) instead of restarting
+/// the ended pair in place (`restart_in_place` refuses a pair of the other mode); the old pair
+/// is gone with it, so the backend's packets to the old tuple are not translated; the new
+/// connection completes its handshake and carries data.
+fn a_reused_tuple_opens_in_the_routes_current_mode(net: &Net, old: Mode, new: Mode) -> Table {
+    let data = payload(300);
+    Table::with_setup(
+        Setup {
+            client_ip: old.setting,
+            ..Setup::default()
+        },
+        vec![
+            client_opens(net, 40000).fields(toward_backend(net, old.source, 40000)),
+            Case::new(
+                format!("backend SYN-ACK of the {} connection", old.name),
+                Side::Backend,
+                old.backend_packet(net, 40000, TCP_SYN | TCP_ACK),
+                Verdict::Redirect,
+            )
+            .fields(toward_client(net, 40000)),
+            Case::new(
+                format!("client ACK completes the {} handshake", old.name),
+                Side::Client,
+                net.client_packet(40000, TCP_ACK).build(),
+                Verdict::Redirect,
+            )
+            .counted(StatReason::HandshakeConfirmed),
+            Case::new(
+                "client FIN",
+                Side::Client,
+                net.client_packet(40000, TCP_FIN | TCP_ACK).build(),
+                Verdict::Redirect,
+            )
+            .fields(toward_backend(net, old.source, 40000)),
+            Case::new(
+                "backend FIN",
+                Side::Backend,
+                old.backend_packet(net, 40000, TCP_FIN | TCP_ACK),
+                Verdict::Redirect,
+            )
+            .fields(toward_client(net, 40000))
+            .connections(1),
+            Case::new(
+                format!(
+                    "the client reuses its port after the route switched to {}",
+                    new.name
+                ),
+                Side::Client,
+                net.client_packet(40000, TCP_SYN).build(),
+                Verdict::Redirect,
+            )
+            .after_routes(switch(net, new.setting))
+            .fields(Fields {
+                flags: Some(TCP_SYN),
+                ..toward_backend(net, new.source, 40000)
+            })
+            .counted(StatReason::NewConnection)
+            .connections(1)
+            .half_open_entries(2),
+            Case::new(
+                format!("the backend's segment to the ended {} tuple", old.name),
+                Side::Backend,
+                old.backend_packet(net, 40000, TCP_ACK),
+                Verdict::Pass,
+            )
+            .untouched(),
+            Case::new(
+                format!("backend SYN-ACK of the {} connection", new.name),
+                Side::Backend,
+                new.backend_packet(net, 40000, TCP_SYN | TCP_ACK),
+                Verdict::Redirect,
+            )
+            .fields(Fields {
+                flags: Some(TCP_SYN | TCP_ACK),
+                ..toward_client(net, 40000)
+            }),
+            Case::new(
+                format!("client ACK completes the {} handshake", new.name),
+                Side::Client,
+                net.client_packet(40000, TCP_ACK).build(),
+                Verdict::Redirect,
+            )
+            .fields(toward_backend(net, new.source, 40000))
+            .counted(StatReason::HandshakeConfirmed)
+            .connections(1)
+            .half_open_entries(0),
+            Case::new(
+                format!("client data on the {} connection", new.name),
+                Side::Client,
+                net.client_packet(40000, TCP_ACK | TCP_PSH)
+                    .payload(&data)
+                    .build(),
+                Verdict::Redirect,
+            )
+            .fields(Fields {
+                payload: Some(data.clone()),
+                ..toward_backend(net, new.source, 40000)
+            }),
+            Case::new(
+                format!("backend data on the {} connection", new.name),
+                Side::Backend,
+                new.backend_packet(net, 40000, TCP_ACK | TCP_PSH),
+                Verdict::Redirect,
+            )
+            .fields(toward_client(net, 40000)),
+        ],
+    )
+}
+
+/// [`a_reused_tuple_opens_in_the_routes_current_mode`] from full NAT to destination-only.
+pub fn a_reused_tuple_after_a_switch_to_destination_only_keeps_the_client_address(
+    net: &Net,
+) -> Table {
+    a_reused_tuple_opens_in_the_routes_current_mode(
+        net,
+        Mode::full(net),
+        Mode::destination_only(net),
+    )
+}
+
+/// [`a_reused_tuple_opens_in_the_routes_current_mode`] from destination-only back to full NAT.
+pub fn a_reused_tuple_after_a_switch_to_full_nat_takes_the_nat_source(net: &Net) -> Table {
+    a_reused_tuple_opens_in_the_routes_current_mode(
+        net,
+        Mode::destination_only(net),
+        Mode::full(net),
+    )
 }

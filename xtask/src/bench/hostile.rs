@@ -1,7 +1,9 @@
 //! `cargo xtask bench hostile`: a spoofed SYN flood (sources in 10.250.0.0/16, inside the
 //! benchmark's namespaces) on one routed port at 10 000 and 50 000 SYN/s and as fast as one
 //! generator thread goes, while a legitimate client connects in a loop and a long connection
-//! streams; the datapath, nftables DNAT + masquerade and nginx `stream` side by side, fresh
+//! streams; the datapath (full NAT, and with the client's address kept: the backend's
+//! SYN-ACKs to the spoofed sources go back through the router), nftables DNAT + masquerade and
+//! nginx `stream` side by side, fresh
 //! namespaces per measurement, each flood lasting 2 × `--seconds` (10 s at the default: at
 //! 10 000 SYN/s, past the ~64 500 tuples of a backend port); then the datapath alone at
 //! 10 000 SYN/s for 24 × `--seconds`.
@@ -38,7 +40,10 @@ pub fn run(object: &Path, opts: &BenchOptions) -> Result<()> {
          are drawn from 10.250.0.0/16, routed back into the client namespace where nothing \
          answers; the legitimate client connects in a loop (3 s timeout, 10 ms apart) and reads \
          the backend's banner; a long connection streams random data and checks every echoed \
-         byte. Medians over interleaved rounds; the machine is shared, so CPU figures are \
+         byte. The datapath runs in full NAT and, as its own row, with the client's address \
+         kept (the route in destination-only mode, the backend's default route via the router: \
+         its SYN-ACKs to the spoofed sources go back through the router into the client \
+         namespace). Medians over interleaved rounds; the machine is shared, so CPU figures are \
          noisy.\n\n{table}",
         opts.rounds,
         opts.seconds,

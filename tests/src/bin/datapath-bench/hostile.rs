@@ -1,23 +1,25 @@
 //! The `hostile` section: a spoofed SYN flood on one routed port, peers side by side. Each
 //! measurement builds a fresh veth topology (client ns — router ns — backend ns; the spoofed
 //! subnet 10.250.0.0/16 routed back into the client ns, where nothing answers), starts a peer
-//! (this datapath as the daemon runs it, with its sweeper; nftables DNAT + masquerade; nginx
-//! `stream`), opens a long connection that streams and checks every echoed byte, starts a
+//! (this datapath as the daemon runs it, with its sweeper, in full NAT and with the client's
+//! address kept; nftables DNAT + masquerade; nginx `stream`), opens a long connection that streams and checks every echoed byte, starts a
 //! legitimate client connecting in a loop (3 s timeout), measures a quiet window, then floods
 //! the port at one rate (`None`: as fast as one generator thread goes) and records per attempt
 //! whether and how fast it connected, the fill of the table that holds the flood, the bytes the
 //! long connection lost, and the machine's busy CPU time above the quiet window per flood SYN.
 
 use crate::throughput::{Proc, backlog_drops, machine_busy, tempdir, wait_listening};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use router_tests::connect_loop::{Attempt, ConnectLoop};
 use router_tests::flood_setup;
 use router_tests::nft_nat;
+use router_tests::routes::tcp_routes_in;
 use router_tests::syn_flood::{Flood, FloodReport, Target, mac_of};
 use router_tests::topology::Topology;
 use router_tests::traffic::{Client, EchoServer};
 use router_userspace::datapath::SharedDatapath;
 use router_userspace::datapath::sweeper::Sweeper;
+use router_userspace::routes::PreserveClientIp;
 use std::net::SocketAddrV4;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -39,19 +41,34 @@ const MAX_CONNECTIONS: u32 = 262_144;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum Peer {
     Datapath,
+    /// The datapath with its route in destination-only mode (`preserve_client_ip = on`): the
+    /// backend answers the spoofed sources themselves, through the router (its default route,
+    /// as a container's), and the router sends those SYN-ACKs on toward the spoofed subnet.
+    DatapathKeepingClient,
     Nftables,
     NginxStream,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 3] = [Peer::Datapath, Peer::Nftables, Peer::NginxStream];
+    pub const ALL: [Peer; 4] = [
+        Peer::Datapath,
+        Peer::DatapathKeepingClient,
+        Peer::Nftables,
+        Peer::NginxStream,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Datapath => "datapath (TC)",
+            Peer::DatapathKeepingClient => "datapath (TC), client address kept",
             Peer::Nftables => "nftables DNAT + masquerade",
             Peer::NginxStream => "nginx stream",
         }
+    }
+
+    /// Whether this is the datapath (in either mode).
+    pub fn is_datapath(self) -> bool {
+        matches!(self, Peer::Datapath | Peer::DatapathKeepingClient)
     }
 }
 
@@ -137,7 +154,7 @@ impl Setup {
     fn start(&self, peer: Peer) -> Result<Running> {
         let (r, b) = (self.t.router_addr(), self.t.backend_end.addr);
         match peer {
-            Peer::Datapath => {
+            Peer::Datapath | Peer::DatapathKeepingClient => {
                 let (dp, sweeper) = flood_setup::run_datapath(
                     &self.t,
                     MAX_CONNECTIONS,
@@ -145,6 +162,9 @@ impl Setup {
                     PORT,
                     SocketAddrV4::new(b, BACKEND_PORT),
                 )?;
+                if peer == Peer::DatapathKeepingClient {
+                    self.keep_client_address(&dp)?;
+                }
                 Ok(Running::Datapath(dp, sweeper))
             }
             Peer::Nftables => {
@@ -187,6 +207,25 @@ impl Setup {
                 Ok(Running::Nginx(proc))
             }
         }
+    }
+
+    /// Routes the backend's answers through the router (a container's default route is its
+    /// host's veth address) and switches the datapath's route to destination-only mode.
+    fn keep_client_address(&self, dp: &SharedDatapath) -> Result<()> {
+        let via = self.t.router_backend.addr.to_string();
+        self.t
+            .backend
+            .ip(&["route", "add", "default", "via", &via])
+            .context("the backend's default route via the router")?;
+        let route = [(PORT, self.t.backend_end.addr, BACKEND_PORT)];
+        let mut dp = dp.lock()?;
+        dp.apply_routes(&tcp_routes_in(&route, PreserveClientIp::On))
+            .context("switch the route to destination-only")?;
+        let choice = &dp.routes()[&PORT].client_ip;
+        if !choice.preserved {
+            bail!("the route does not keep the client's address: {choice:?}");
+        }
+        Ok(())
     }
 
     /// The fill of the table that holds the flood, and the datapath's connection count.
