@@ -15,7 +15,7 @@ pub mod stats;
 
 /// Bumped whenever a map key or value layout changes incompatibly; the daemon refuses to adopt
 /// pinned maps of another version.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Asserts a type's size and alignment at compile time.
 #[macro_export]
