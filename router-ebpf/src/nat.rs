@@ -377,8 +377,8 @@ fn source_toward_backend(route: &RouteValue, client: u32, router_src: u32) -> (u
 }
 
 /// Reserves a source port for the connection's side toward the backend (`out`): the client's
-/// own port `client_port` when it lies outside the router host's ephemeral range and is free
-/// there, else independent random tries among the NAT source ports (sequential probing from
+/// own port `client_port` when it is free there and, in full NAT, outside the router host's
+/// ephemeral range, else independent random tries among the NAT source ports (sequential probing from
 /// one random start would walk into the clusters earlier allocations leave, and fail long
 /// before the range is full). A port the host's stack may pick for its own connections to the
 /// task (nginx, health checks) is never given to a client: the task may still hold that tuple
@@ -391,7 +391,11 @@ fn allocate_source_port(
     settings: &router_common::config::Settings,
 ) -> bool {
     let own = u16::from_be(client_port);
-    let host_may_pick = own >= settings.host_ephemeral_min && own <= settings.host_ephemeral_max;
+    // Only the router's address is the host's too: with the client's address kept toward the
+    // backend (destination-only NAT) its port is never one of the host's tuples.
+    let host_may_pick = pair.mode & F_PRESERVE_CLIENT == 0
+        && own >= settings.host_ephemeral_min
+        && own <= settings.host_ephemeral_max;
     if !host_may_pick && reserve_reply(out, pair, client_port) {
         return true;
     }

@@ -6,9 +6,10 @@ use crate::syn_flood::SPOOFED_SUBNET;
 use crate::topology::Topology;
 use anyhow::{Context, Result};
 use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
 use router_userspace::datapath::{
-    AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, NatSourcePorts, Pressure, SharedDatapath,
+    AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure, SharedDatapath,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;

@@ -12,7 +12,7 @@ use router_tests::churn::{CloseFirstServer, STALLED, connect_and_read};
 use router_tests::flood_setup;
 use router_tests::require_root;
 use router_tests::topology::Topology;
-use router_userspace::datapath::NatSourcePorts;
+use router_userspace::datapath::options::NatSourcePorts;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 const PORT: u16 = 20600;

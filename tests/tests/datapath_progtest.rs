@@ -486,6 +486,7 @@ both_hooks!(
     client_allow_is_asked_only_when_a_connection_opens,
     timestamps_are_translated_and_a_closed_tuple_is_taken_over,
     a_client_port_the_host_may_pick_is_never_used_toward_the_task,
+    destination_only_nat_keeps_a_client_port_inside_the_host_range,
 );
 
 /// The host's range is followed: the cases after [`host_ports::BEFORE_THE_CHANGE`] run with
@@ -602,6 +603,7 @@ tables!(
     handshake_mss_is_clamped_to_the_links in translation,
     destination_only_nat_keeps_the_client_address_both_ways in client_ip,
     client_allow_is_asked_only_when_a_connection_opens in client_allow,
+    destination_only_nat_keeps_a_client_port_inside_the_host_range in host_ports,
 );
 
 /// The connections list the mode each was opened in, whatever the route's is now.

@@ -29,6 +29,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod half_open;
 pub mod half_open_sizes;
+mod host_range;
 pub mod kernel_log;
 mod key_set;
 pub mod nat_ports;
@@ -53,8 +54,7 @@ pub use attach::{Attached, LinkChange, ResolvedMode};
 pub use conntrack::{ConnState, Connection, Counters, RouteCounters, SweepReport, Timeouts};
 pub use object::{DatapathError, load};
 pub use options::{
-    AttachMode, DEFAULT_MIN_IDLE, DEFAULT_NAT_SOURCE_PORTS, DatapathConfig, DatapathKind,
-    NatSourcePorts, Pressure,
+    AttachMode, DEFAULT_MIN_IDLE, DEFAULT_NAT_SOURCE_PORTS, DatapathConfig, DatapathKind, Pressure,
 };
 pub use route_map::Programmed;
 pub use test_run::{Program, RunOutput};

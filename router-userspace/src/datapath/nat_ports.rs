@@ -1,6 +1,6 @@
 //! Which source ports toward tasks the kernel may draw when it does not keep a client's own:
 //! the configured set ([`NatSourcePorts`]) less the router host's ephemeral range, which the
-//! datapath follows while it runs (a change applies to the next connection at once).
+//! datapath follows while it runs (`host_range`; a change applies to the next connection).
 //!
 //! Why: the host's own connections to tasks (nginx proxying HTTP routes, health checks, the
 //! SDK) leave from the same router address with ports from that range. A client given such a
@@ -10,8 +10,7 @@
 //! ranges rule out both.
 
 use super::options::NatSourcePorts;
-use super::{Datapath, DatapathError};
-use crate::host_ephemeral::{self, PortRange};
+use crate::host_ephemeral::PortRange;
 use router_common::config::{NAT_PORT_SPANS, PortSpan};
 
 /// The lowest port `auto` draws (below are the well-known ports).
@@ -46,44 +45,6 @@ pub fn spans(nat: NatSourcePorts, host: PortRange) -> [PortSpan; NAT_PORT_SPANS]
 /// Ports in all of `spans`.
 pub fn count(spans: &[PortSpan]) -> u32 {
     spans.iter().map(PortSpan::len).sum()
-}
-
-impl Datapath {
-    /// The router host's ephemeral range the kernel keeps clients' own ports out of.
-    pub fn host_ephemeral(&self) -> PortRange {
-        self.settings.host_ephemeral()
-    }
-
-    /// Times the host's range changed since the datapath was opened.
-    pub fn host_ephemeral_changes(&self) -> u64 {
-        self.settings.host_ephemeral_changes()
-    }
-
-    /// Re-reads the host's range (in the namespace of the calling thread, the datapath's: the
-    /// sweeper calls this each sweep) and applies a change at once; a failed read keeps the
-    /// last range.
-    pub(super) fn follow_host_ephemeral(&mut self) -> Result<(), DatapathError> {
-        let host = match host_ephemeral::read() {
-            Ok(host) => host,
-            Err(e) => {
-                tracing::warn!(error = %crate::error::error_chain(&e), "keeping the last ephemeral range");
-                return Ok(());
-            }
-        };
-        let before = self.host_ephemeral();
-        if self.settings.set_host_ephemeral(host)? {
-            let nat_ports = count(&self.settings.current().nat_ports);
-            tracing::warn!(
-                before = %before,
-                now = %host,
-                nat_ports,
-                "{} changed: clients' own ports inside it and NAT source ports inside it are no \
-                 longer used toward tasks",
-                host_ephemeral::SYSCTL
-            );
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! The router host's own ephemeral ports (issue 19, section 2): a client whose port lies in
 //! the host's `net.ipv4.ip_local_port_range` gets a NAT source port toward the task, since the
 //! host's own connections to the task (nginx, health checks) may hold that tuple; a client
-//! outside it keeps its own; a change of the host's range applies to the next SYN.
+//! outside it keeps its own; a change of the host's range applies to the next SYN. Only full
+//! NAT is concerned: destination-only NAT keeps the client's address, never the host's.
 
 use super::net::BACKEND_PORT;
 use super::{Checksums, Fields, Net, Setup, Table, client_opens};
-use router_userspace::datapath::NatSourcePorts;
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::host_ephemeral::PortRange;
+use router_userspace::routes::PreserveClientIp;
 
 /// Linux's default ephemeral range.
 pub const LINUX_EPHEMERAL: PortRange = PortRange {
@@ -60,5 +62,24 @@ pub fn a_client_port_the_host_may_pick_is_never_used_toward_the_task(net: &Net) 
             redirected(20001, nat_port(net)),
             redirected(40001, own_port(net, 40001)),
         ],
+    )
+}
+
+/// Destination-only NAT keeps the client's address toward the task, so no tuple of the
+/// router host's is at stake: a client port inside the host's range is kept.
+pub fn destination_only_nat_keeps_a_client_port_inside_the_host_range(net: &Net) -> Table {
+    Table::with_setup(
+        Setup {
+            nat_source_ports: NatSourcePorts::Range(NAT_PORTS.0, NAT_PORTS.1),
+            host_ephemeral: LINUX_EPHEMERAL,
+            client_ip: PreserveClientIp::On,
+            ..Setup::default()
+        },
+        vec![client_opens(net, 40000).fields(Fields {
+            addrs: Some((net.client, net.backend)),
+            ports: Some((40000, BACKEND_PORT)),
+            checksums: Checksums::Tcp,
+            ..Fields::default()
+        })],
     )
 }

@@ -16,7 +16,7 @@ pub mod translation;
 
 use crate::packet::Mac;
 use router_common::stats::StatReason;
-use router_userspace::datapath::NatSourcePorts;
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::host_ephemeral::PortRange;
 use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;

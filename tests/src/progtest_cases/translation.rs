@@ -9,7 +9,7 @@ use super::{
 };
 use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
-use router_userspace::datapath::NatSourcePorts;
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 
