@@ -381,9 +381,12 @@ fn source_toward_backend(route: &RouteValue, client: u32, router_src: u32) -> (u
 }
 
 /// Reserves a source port for the connection's side toward the backend (`out`): the client's
-/// own port `client_port` when free there, else independent random tries in the NAT source
-/// range (sequential probing from one random start would walk into the clusters earlier
-/// allocations leave, and fail long before the range is full). False: none found.
+/// own port `client_port` when it is free there and, in full NAT, outside the router host's
+/// ephemeral range, else independent random tries among the NAT source ports (sequential probing from
+/// one random start would walk into the clusters earlier allocations leave, and fail long
+/// before the range is full). A port the host's stack may pick for its own connections to the
+/// task (nginx, health checks) is never given to a client: the task may still hold that tuple
+/// in TIME_WAIT with unrelated timestamps, or the host may be using it now. False: none found.
 #[inline(always)]
 fn allocate_source_port(
     out: &mut CtKey4,
@@ -391,21 +394,43 @@ fn allocate_source_port(
     client_port: u16,
     settings: &router_common::config::Settings,
 ) -> bool {
-    if reserve_reply(out, pair, client_port) {
+    let own = u16::from_be(client_port);
+    // Only the router's address is the host's too: with the client's address kept toward the
+    // backend (destination-only NAT) its port is never one of the host's tuples.
+    let host_may_pick = pair.mode & F_PRESERVE_CLIENT == 0
+        && own >= settings.host_ephemeral_min
+        && own <= settings.host_ephemeral_max;
+    if !host_may_pick && reserve_reply(out, pair, client_port) {
         return true;
     }
-    let (min, max) = (settings.nat_port_min as u32, settings.nat_port_max as u32);
-    let span = if max >= min { max - min + 1 } else { 1 };
+    let count = settings.nat_port_count;
+    if count == 0 {
+        return false;
+    }
     let mut i = 0;
     while i < NAT_PORT_PROBES {
         // SAFETY: a helper without arguments.
-        let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
+        let port = nat_port(settings, unsafe { bpf_get_prandom_u32() } % count);
         if reserve_reply(out, pair, port.to_be()) {
             return true;
         }
         i += 1;
     }
     false
+}
+
+/// The `n`th NAT source port (`n` below `nat_port_count`), counting through the spans in order.
+#[inline(always)]
+fn nat_port(settings: &router_common::config::Settings, n: u32) -> u16 {
+    let mut rest = n;
+    for span in settings.nat_ports.iter() {
+        let len = span.len();
+        if rest < len {
+            return span.first + rest as u16;
+        }
+        rest -= len;
+    }
+    settings.nat_ports[0].first
 }
 
 /// What the two entries of a connection being opened share.

@@ -8,8 +8,8 @@
 //! traits), `ports` (allocator), `routes_file`, `validate` (untrusted input), `admin`
 //! (health/status), `metrics` (`/metrics`), `daemon` (wiring) and `instance_lock` (one daemon
 //! per router instance). `endpoint` (the identity of a task endpoint), `error`, `fsutil`, `time`,
-//! `backoff` and `port_holder` (who holds a port, for start-up errors) sit one floor below them
-//! all. `docs/architecture.md` maps the rooms.
+//! `backoff`, `port_holder` (who holds a port, for start-up errors) and `host_ephemeral` (the
+//! host's ephemeral port range) sit one floor below them all. `docs/architecture.md` maps the rooms.
 
 pub mod admin;
 pub mod auth;
@@ -24,6 +24,7 @@ pub mod datapath;
 pub mod endpoint;
 pub mod error;
 pub mod fsutil;
+pub mod host_ephemeral;
 pub mod instance_lock;
 pub mod logging;
 pub mod metrics;

@@ -550,6 +550,22 @@ fn encode_conntrack(encoder: &mut DescriptorEncoder, dp: &Datapath) -> Result<()
         MetricType::Counter,
         dp.evicted_total() as f64,
     )?;
+    single(
+        encoder,
+        "task_router_host_ephemeral_range_changes",
+        "changes of the host's net.ipv4.ip_local_port_range the datapath followed (client ports \
+         and NAT source ports inside it are not used toward tasks)",
+        MetricType::Counter,
+        dp.host_ephemeral_changes() as f64,
+    )?;
+    single(
+        encoder,
+        "task_router_nat_source_ports",
+        "NAT source ports toward tasks outside the host's ephemeral range (tuples per task port \
+         for clients whose own port is inside it or taken)",
+        MetricType::Gauge,
+        crate::datapath::nat_ports::count(&dp.settings().nat_ports) as f64,
+    )?;
     if let Some(sweep) = dp.last_sweep() {
         single(
             encoder,

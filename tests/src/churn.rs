@@ -228,6 +228,42 @@ pub fn connect_and_read(source: SocketAddrV4, to: SocketAddrV4) -> Option<Durati
     (answer == ANSWER).then_some(took)
 }
 
+/// SYN retransmissions of the clients in `client` and PAWS rejects at the task in `task` so far
+/// (`nstat`'s `TcpExt.TCPSynRetrans` and `TcpExt.PAWS*`): a test compares them before and
+/// after its connections.
+pub fn syn_retransmits_and_paws(client: &Netns, task: &Netns) -> Result<(u64, u64)> {
+    let sum = |ns: &Netns, prefix: &str| -> Result<u64> {
+        Ok(ns
+            .tcp_counters()?
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum())
+    };
+    Ok((
+        sum(client, "TcpExt.TCPSynRetrans")?,
+        sum(task, "TcpExt.PAWS")?,
+    ))
+}
+
+/// One [`connect_and_read`] from `source` in `ns` to `to`; panics unless it completed without
+/// waiting for a SYN retransmission ([`STALLED`]).
+pub fn connect_without_stalling(ns: &Netns, source: SocketAddrV4, to: SocketAddrV4) {
+    let took = ns
+        .enter(move || connect_and_read(source, to))
+        .expect("enter the client namespace")
+        .unwrap_or_else(|| panic!("{source}: no connection"));
+    assert!(took < STALLED, "{source}: connect took {took:?}");
+}
+
+/// A connection from `source` to `to` made by the calling thread (in its namespace), with the
+/// timeouts of [`connect_and_read`]; the caller reads and writes.
+pub fn connect_from(source: SocketAddrV4, to: SocketAddrV4) -> Result<TcpStream> {
+    let stream = bound_socket(source)?;
+    connect(&stream, to)?;
+    Ok(stream)
+}
+
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,

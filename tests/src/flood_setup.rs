@@ -6,6 +6,7 @@ use crate::syn_flood::SPOOFED_SUBNET;
 use crate::topology::Topology;
 use anyhow::{Context, Result};
 use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::datapath::sweeper::{DEFAULT_INTERVAL, Sweeper};
 use router_userspace::datapath::{
     AttachMode, DEFAULT_NAT_SOURCE_PORTS, Datapath, Pressure, SharedDatapath,
@@ -61,14 +62,14 @@ pub fn run_datapath(
     Ok((dp, sweeper))
 }
 
-/// [`open_datapath`] with the NAT source port range `nat_source_ports`.
+/// [`open_datapath`] with the NAT source ports `nat_source_ports`.
 pub fn open_datapath_with_nat_ports(
     t: &Topology,
     max_connections: u32,
     bpffs: &Path,
     port: u16,
     backend: SocketAddrV4,
-    nat_source_ports: (u16, u16),
+    nat_source_ports: NatSourcePorts,
 ) -> Result<Datapath> {
     let cfg = DatapathConfig {
         kind: DatapathKind::Ebpf(AttachMode::Auto),

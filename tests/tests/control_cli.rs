@@ -125,6 +125,33 @@ fn bad_values_are_refused_naming_variable_value_and_expectation() {
 }
 
 #[test]
+fn nat_source_ports_the_host_may_pick_are_refused_naming_both_ranges() {
+    // The top 64 ports of this host's ephemeral range (the daemon reads the same sysctl).
+    let host = router_userspace::host_ephemeral::read().expect("the host's ephemeral range");
+    assert!(
+        host.last - host.first >= 63,
+        "{host} is too small to test with"
+    );
+    let nat = format!("{}-{}", host.last - 63, host.last);
+    for args in [&["check-config"][..], &["run", "--interface", "lo"][..]] {
+        let out = task_router(args)
+            .env("ROUTER_NAT_SOURCE_PORTS", &nat)
+            .output()
+            .expect("run task-router");
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let needle = format!(
+            "ROUTER_NAT_SOURCE_PORTS={nat} overlaps the router host's ephemeral port range \
+             {host} (sysctl net.ipv4.ip_local_port_range)"
+        );
+        assert!(
+            stderr.contains(&needle),
+            "{args:?}: {needle:?} missing:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn help_explains_every_variable() {
     let out = task_router(&["check-config", "--help"])
         .output()

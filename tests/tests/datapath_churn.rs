@@ -12,6 +12,7 @@ use router_tests::churn::{CloseFirstServer, STALLED, connect_and_read};
 use router_tests::flood_setup;
 use router_tests::require_root;
 use router_tests::topology::Topology;
+use router_userspace::datapath::options::NatSourcePorts;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 const PORT: u16 = 20600;
@@ -41,7 +42,7 @@ fn clients_taking_turns_on_one_tuple_are_accepted_without_retransmissions() {
         &std::env::temp_dir(),
         PORT,
         backend,
-        (61000, 61000),
+        NatSourcePorts::Range(61000, 61000),
     )
     .expect("datapath");
     let counter = |ns: &router_tests::netns::Netns, prefix: &str| -> u64 {

@@ -32,6 +32,7 @@ use router_tests::routes::tcp_routes;
 use router_tests::topology::ProgTestNet;
 use router_tests::{require_root, workspace_root};
 use router_userspace::config::{DatapathConfig, DatapathKind};
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::datapath::{AttachMode, Datapath, Program, Timeouts};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -47,7 +48,7 @@ const DEFAULT_SEED: u64 = 0x7a5c_2026_1130;
 /// count, which random frames make rarely.
 const MAX_CONNECTIONS: u32 = 4;
 /// Eight NAT source ports: the client ports of the generator collide often.
-const NAT_PORTS: (u16, u16) = (61000, 61007);
+const NAT_PORTS: NatSourcePorts = NatSourcePorts::Range(61000, 61007);
 /// A sweep with the default timeouts every this many cases; every fourth one expires
 /// everything (closed connections become tombstones).
 const SWEEP_EVERY: usize = 500;
@@ -518,6 +519,13 @@ fn fuzz(program: Program) {
     };
     let (client_dev, backend_dev) = (t.client_dev.clone(), t.backend_dev.clone());
     let (router, backend, unresolved) = (t.router, t.backend, t.backend_unresolved);
+    // The clients' ports (40000-40002, 12345) keep their own outside the host's range.
+    let host = router_tests::progtest_cases::CASES_HOST_EPHEMERAL;
+    t.ns.sysctl(&format!(
+        "net.ipv4.ip_local_port_range={} {}",
+        host.first, host.last
+    ))
+    .expect("the namespace's ephemeral range");
     let result = t.ns.enter(move || {
         let cfg = DatapathConfig {
             kind: DatapathKind::Ebpf(AttachMode::Tc),

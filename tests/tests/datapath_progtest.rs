@@ -20,13 +20,14 @@ use router_tests::progtest_cases::net::{
 };
 use router_tests::progtest_cases::{
     Case, Checksums, Fields, Hooks, Net, Output, Setup, Side, Table, Verdict, client_allow,
-    client_ip, limits, passing, split_after, takeover, translation,
+    client_ip, host_ports, limits, passing, split_after, takeover, translation,
 };
 use router_tests::require_root;
 use router_tests::routes::{tcp_routes, tcp_routes_in, tcp_routes_with};
 use router_tests::topology::ProgTestNet;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, ConnState, Datapath, Program, RunOutput, Timeouts};
+use router_userspace::host_ephemeral::PortRange;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -54,6 +55,7 @@ fn with_env(
     let backend_if = t.ifindex(&t.backend_dev).expect("ifindex");
     let net = Net::of(&t);
     let table = make(&net);
+    set_host_ephemeral(&t.ns, table.setup.host_ephemeral);
     let result = t.ns.enter(move || {
         let setup = &table.setup;
         let cfg = DatapathConfig {
@@ -101,6 +103,18 @@ fn with_env(
     result.expect("the test body failed (see the panic above)");
 }
 
+/// Sets `ns`'s `net.ipv4.ip_local_port_range` (the datapath reads it when it opens and at each
+/// sweep).
+fn set_host_ephemeral(ns: &Netns, range: PortRange) {
+    ns.sysctl(&format!(
+        "{}={} {}",
+        router_userspace::host_ephemeral::SYSCTL,
+        range.first,
+        range.last
+    ))
+    .expect("set the namespace's ephemeral range");
+}
+
 /// Runs every case of the table `make` builds.
 fn run_table(program: Program, make: fn(&Net) -> Table) {
     with_env(program, make, |env, table| env.run_cases(&table.cases));
@@ -112,6 +126,15 @@ fn no_cases(_: &Net) -> Table {
 }
 
 impl Env {
+    /// Whether `port` is one of the NAT source ports the kernel draws from now.
+    fn is_nat_source_port(&self, port: u16) -> bool {
+        self.dp
+            .settings()
+            .nat_ports
+            .iter()
+            .any(|span| !span.is_empty() && (span.first..=span.last).contains(&port))
+    }
+
     fn hook(&self) -> Hook {
         match self.program {
             Program::Xdp => Hook::Xdp,
@@ -466,7 +489,34 @@ both_hooks!(
     timestamps_are_translated_and_a_closed_tuple_is_taken_over,
     the_task_closing_first_keeps_its_tuple_until_its_last_ack,
     the_client_closing_first_keeps_its_tuple_until_its_last_ack,
+    a_client_port_the_host_may_pick_is_never_used_toward_the_task,
+    destination_only_nat_keeps_a_client_port_inside_the_host_range,
 );
+
+/// The host's range is followed: the cases after [`host_ports::BEFORE_THE_CHANGE`] run with
+/// the range changed, and a client port is judged by the new one at once.
+fn a_client_port_the_host_may_pick_is_never_used_toward_the_task(program: Program) {
+    with_env(
+        program,
+        host_ports::a_client_port_the_host_may_pick_is_never_used_toward_the_task,
+        |env, table| {
+            let (before, after) = table.split_after(host_ports::BEFORE_THE_CHANGE);
+            env.run_cases(before);
+            let changes = env.dp.host_ephemeral_changes();
+            // This thread is in the router's namespace: the sysctl written is that one's.
+            let changed = host_ports::CHANGED_EPHEMERAL;
+            std::fs::write(
+                router_userspace::host_ephemeral::PROC_PATH,
+                format!("{} {}", changed.first, changed.last),
+            )
+            .expect("change the host's range");
+            env.dp.sweep().expect("sweep");
+            assert_eq!(env.dp.host_ephemeral_changes(), changes + 1);
+            assert_eq!(env.dp.host_ephemeral(), changed);
+            env.run_cases(after);
+        },
+    );
+}
 
 // ------------------------------------------------------------------------------------------
 // Tables of cases, with what the connection table says in between.
@@ -559,6 +609,7 @@ tables!(
     client_allow_is_asked_only_when_a_connection_opens in client_allow,
     the_task_closing_first_keeps_its_tuple_until_its_last_ack in takeover,
     the_client_closing_first_keeps_its_tuple_until_its_last_ack in takeover,
+    destination_only_nat_keeps_a_client_port_inside_the_host_range in host_ports,
 );
 
 /// The connections list the mode each was opened in, whatever the route's is now.
@@ -809,7 +860,7 @@ fn closed_connections_keep_their_tuple_through_time_wait(program: Program) {
         assert_eq!(out.retval, env.redirected());
         let sport = parse(&out.frame).expect("parses").sport;
         assert!(
-            (61000..=65535).contains(&sport),
+            sport != 40000 && env.is_nat_source_port(sport),
             "another client: port {sport}"
         );
         // ... while the same client reusing its port for the same router port takes its tuple
@@ -1149,7 +1200,10 @@ fn a_full_half_open_table_evicts_the_oldest_and_frees_its_tuple(program: Program
         let out = env.run(&syn, true);
         assert_eq!(out.retval, env.redirected());
         let sport = parse(&out.frame).expect("parses").sport;
-        assert!((61000..=65535).contains(&sport), "probed: {sport}");
+        assert!(
+            sport != 1024 + share as u16 && env.is_nat_source_port(sport),
+            "probed: {sport}"
+        );
         assert_eq!(env.count(StatReason::NewConnectionEvicting), 3);
         // Nothing reached the connection table.
         assert_eq!(env.dp.fill().expect("fill").0, 0);

@@ -4,6 +4,8 @@
 use super::error::ConfigError;
 use super::reader::Read;
 use super::sections::Config;
+use crate::datapath::options::{DatapathKind, NatSourcePorts};
+use crate::host_ephemeral::{self, PortRange};
 use crate::routes::HttpMode;
 
 /// Every variable required by another and every conflict between values, in the order an
@@ -82,8 +84,10 @@ fn port_conflicts(cfg: &Config) -> Vec<String> {
     }
     // A NAT source port inside the router's range would make a task's replies look like
     // new connections to a router port.
-    let (first, last) = cfg.datapath.nat_source_ports;
-    if first <= end && start <= last {
+    if let NatSourcePorts::Range(first, last) = cfg.datapath.nat_source_ports
+        && first <= end
+        && start <= last
+    {
         conflicts.push(format!(
             "ROUTER_NAT_SOURCE_PORTS={first}-{last} overlaps the TCP range \
              TCP_PORT_START-TCP_PORT_END={start}-{end}"
@@ -96,4 +100,28 @@ fn port_conflicts(cfg: &Config) -> Vec<String> {
         ));
     }
     conflicts
+}
+
+/// NAT source ports the router host's own stack may pick for its connections (`host`, its
+/// `net.ipv4.ip_local_port_range`): refused, since a client given such a tuple may meet the
+/// task's TIME_WAIT of a host connection, or a host connection in progress. Only the eBPF
+/// datapath translates; `auto` keeps out of the range by itself.
+pub(super) fn nat_ports_outside_host_ephemeral(
+    cfg: &Config,
+    host: PortRange,
+) -> Option<ConfigError> {
+    let NatSourcePorts::Range(first, last) = cfg.datapath.nat_source_ports else {
+        return None;
+    };
+    if matches!(cfg.datapath.kind, DatapathKind::Nginx) || !host.overlaps((first, last)) {
+        return None;
+    }
+    Some(ConfigError::Conflict {
+        what: format!(
+            "ROUTER_NAT_SOURCE_PORTS={first}-{last} overlaps the router host's ephemeral port \
+             range {host} (sysctl {}): the host's own connections to tasks take their source \
+             ports from there; use ports outside it, `auto`, or narrow the sysctl",
+            host_ephemeral::SYSCTL
+        ),
+    })
 }

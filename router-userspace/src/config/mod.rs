@@ -52,6 +52,7 @@ impl Config {
     ) -> Result<(Config, Sources), ConfigErrors> {
         let sources = Sources::from_process(flags, env_file)?;
         let config = Config::from_sources(&sources)?;
+        config.check_host_ephemeral(crate::host_ephemeral::read())?;
         Ok((config, sources))
     }
 
@@ -66,6 +67,23 @@ impl Config {
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
+        }
+    }
+}
+
+impl Config {
+    /// The checks against the host this runs on: NAT source ports outside its ephemeral range
+    /// (`host`, as read; unreadable, the datapath names the failure when it opens).
+    pub fn check_host_ephemeral(
+        &self,
+        host: Result<crate::host_ephemeral::PortRange, crate::host_ephemeral::HostEphemeralError>,
+    ) -> Result<(), ConfigErrors> {
+        let Ok(host) = host else {
+            return Ok(());
+        };
+        match check::nat_ports_outside_host_ephemeral(self, host) {
+            Some(conflict) => Err(ConfigErrors(vec![conflict])),
+            None => Ok(()),
         }
     }
 }

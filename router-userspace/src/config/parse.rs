@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::datapath::options::{AttachMode, DatapathKind, parse_attach_mode};
+use crate::datapath::options::{AttachMode, DatapathKind, NatSourcePorts, parse_attach_mode};
 use crate::logging::LogFormat;
 use crate::routes::{HttpMode, PreserveClientIp};
 
@@ -125,12 +125,16 @@ pub fn pressure(s: &str) -> Parsed<(u8, u8)> {
     Ok((high, low))
 }
 
+/// `auto` (its router ports are filled in from the TCP range once that is read), or
 /// `first-last`, both 1024-65535, at least 64 ports (the kernel probes a bounded number of
 /// random ports; a tiny range would fail connections long before it is in use).
-pub fn nat_ports(s: &str) -> Parsed<(u16, u16)> {
+pub fn nat_ports(s: &str) -> Parsed<NatSourcePorts> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(NatSourcePorts::Auto { router_ports: None });
+    }
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("{s:?} has no `-`"))?;
+        .ok_or_else(|| format!("{s:?} is not `auto` and has no `-`"))?;
     let port = |p: &str| match p.trim().parse::<u32>() {
         Ok(n @ 1024..=65535) => Ok(n as u16),
         _ => Err(format!("{:?} is not a port 1024-65535", p.trim())),
@@ -139,7 +143,7 @@ pub fn nat_ports(s: &str) -> Parsed<(u16, u16)> {
     if last < first || last - first < 63 {
         return Err(format!("{first}-{last} holds fewer than 64 ports"));
     }
-    Ok((first, last))
+    Ok(NatSourcePorts::Range(first, last))
 }
 
 /// Items separated by commas and/or whitespace.

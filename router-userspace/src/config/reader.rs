@@ -17,7 +17,9 @@ use super::show::mask;
 use super::sources::Sources;
 use super::spec::EnvVar;
 use super::vars::ENV_VARS;
-use crate::datapath::options::{AttachMode, DatapathConfig, DatapathKind, Pressure};
+use crate::datapath::options::{
+    AttachMode, DatapathConfig, DatapathKind, NatSourcePorts, Pressure,
+};
 use crate::logging::LogFormat;
 use crate::routes::{HttpMode, PreserveClientIp};
 
@@ -75,6 +77,9 @@ pub(super) fn read(sources: &Sources) -> (Config, Read) {
     }
     if cfg.router.url.is_empty() {
         cfg.router.url = RouterConfig::default_url(&cfg.tcp.router_address, cfg.http.server_port);
+    }
+    if let NatSourcePorts::Auto { router_ports } = &mut cfg.datapath.nat_source_ports {
+        *router_ports = Some((cfg.tcp.port_start, cfg.tcp.port_end));
     }
     (cfg, read)
 }
@@ -144,7 +149,7 @@ fn unread() -> Config {
                 min_idle: Duration::ZERO,
             },
             router_addresses: Vec::new(),
-            nat_source_ports: (0, 0),
+            nat_source_ports: NatSourcePorts::Range(0, 0),
         },
         http: HttpConfig {
             server_port: 0,

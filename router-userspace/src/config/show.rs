@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::client_allow::ClientAllow;
-use crate::datapath::options::{AttachMode, DatapathKind, attach_mode_name};
+use crate::datapath::options::{AttachMode, DatapathKind, NatSourcePorts, attach_mode_name};
 use crate::logging::LogFormat;
 use crate::routes::{HttpMode, PreserveClientIp};
 
@@ -30,7 +30,16 @@ macro_rules! shown_as_displayed {
     };
 }
 
-shown_as_displayed!(bool, u16, u32, SocketAddr, DatapathKind, Ipv4Net, Ipv4Addr);
+shown_as_displayed!(
+    bool,
+    u16,
+    u32,
+    SocketAddr,
+    DatapathKind,
+    Ipv4Net,
+    Ipv4Addr,
+    NatSourcePorts
+);
 
 /// Everyone is the empty list.
 impl Shown for ClientAllow {
@@ -113,11 +122,6 @@ impl<T: Shown> Shown for Vec<T> {
     fn shown(&self) -> String {
         self.iter().map(Shown::shown).collect::<Vec<_>>().join(",")
     }
-}
-
-/// `first-last`.
-pub fn port_range((first, last): &(u16, u16)) -> String {
-    format!("{first}-{last}")
 }
 
 /// Two numbers separated by a comma.

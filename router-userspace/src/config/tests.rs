@@ -1,5 +1,6 @@
 use super::*;
-use crate::datapath::options::{AttachMode, Pressure};
+use crate::datapath::options::{AttachMode, NatSourcePorts, Pressure};
+use crate::host_ephemeral::PortRange;
 use crate::routes::HttpMode;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -97,9 +98,16 @@ fn typed_defaults_outside_config_are_the_declared_ones() {
     // The datapath and the route planner have typed defaults for callers that read no
     // variables (tests, benchmarks); they must be what the declarations say.
     let c = Config::default();
+    // `auto` both; the configuration adds its TCP range as the router ports to avoid.
+    assert_eq!(
+        crate::datapath::options::DEFAULT_NAT_SOURCE_PORTS,
+        NatSourcePorts::Auto { router_ports: None }
+    );
     assert_eq!(
         c.datapath.nat_source_ports,
-        crate::datapath::options::DEFAULT_NAT_SOURCE_PORTS
+        NatSourcePorts::Auto {
+            router_ports: Some((c.tcp.port_start, c.tcp.port_end))
+        }
     );
     assert_eq!(c.datapath.conntrack_pressure, Pressure::default());
     assert_eq!(
@@ -423,7 +431,11 @@ fn bad_values_name_variable_value_and_expectation() {
         ("ROUTER_CONNTRACK_MIN_IDLE", "100ms", "between 1s and 1h"),
         ("ROUTER_CONNTRACK_MIN_IDLE", "soon", "duration"),
         ("ROUTER_ADDRESSES", "10.0.0.300", "IPv4 addresses"),
-        ("ROUTER_NAT_SOURCE_PORTS", "61000", "has no `-`"),
+        (
+            "ROUTER_NAT_SOURCE_PORTS",
+            "61000",
+            "is not `auto` and has no `-`",
+        ),
         (
             "ROUTER_NAT_SOURCE_PORTS",
             "80-2000",
@@ -576,14 +588,61 @@ fn several_cookie_names_are_read() {
 #[test]
 fn nat_source_ports_default_set_and_kept_out_of_the_tcp_range() {
     let c = ok(&[]);
-    assert_eq!(c.datapath.nat_source_ports, (61000, 65535));
+    assert_eq!(
+        c.datapath.nat_source_ports,
+        NatSourcePorts::Auto {
+            router_ports: Some((30000, 30999))
+        }
+    );
+    let c = ok(&[("TCP_PORT_START", "20000"), ("TCP_PORT_END", "20099")]);
+    assert_eq!(
+        c.datapath.nat_source_ports,
+        NatSourcePorts::Auto {
+            router_ports: Some((20000, 20099))
+        }
+    );
+    assert_eq!(c.datapath.nat_source_ports.to_string(), "auto");
     let c = ok(&[("ROUTER_NAT_SOURCE_PORTS", "40000 - 40999")]);
-    assert_eq!(c.datapath.nat_source_ports, (40000, 40999));
+    assert_eq!(
+        c.datapath.nat_source_ports,
+        NatSourcePorts::Range(40000, 40999)
+    );
     let e = err(&[("ROUTER_NAT_SOURCE_PORTS", "30900-31100")]);
     assert!(
         e.contains("ROUTER_NAT_SOURCE_PORTS=30900-31100 overlaps the TCP range"),
         "{e}"
     );
+}
+
+#[test]
+fn nat_source_ports_inside_the_host_ephemeral_range_are_refused_naming_both() {
+    let linux = || {
+        Ok(PortRange {
+            first: 32768,
+            last: 60999,
+        })
+    };
+    let c = ok(&[("ROUTER_NAT_SOURCE_PORTS", "60000-61999")]);
+    let e = c.check_host_ephemeral(linux()).unwrap_err().to_string();
+    assert!(
+        e.contains("ROUTER_NAT_SOURCE_PORTS=60000-61999 overlaps the router host's ephemeral port range 32768-60999 (sysctl net.ipv4.ip_local_port_range)"),
+        "{e}"
+    );
+    // Outside it, `auto`, the nginx datapath (nothing translated) and an unreadable sysctl
+    // (the datapath names that failure when it opens) pass.
+    let passing = [
+        ok(&[("ROUTER_NAT_SOURCE_PORTS", "61000-65535")]),
+        ok(&[]),
+        ok(&[
+            ("ROUTER_NAT_SOURCE_PORTS", "60000-61999"),
+            ("ROUTER_DATAPATH", "nginx"),
+        ]),
+    ];
+    for c in passing {
+        c.check_host_ephemeral(linux()).expect("no conflict");
+    }
+    let unreadable = crate::host_ephemeral::read_from(std::path::Path::new("/nonexistent"));
+    c.check_host_ephemeral(unreadable).expect("not checked");
 }
 
 #[test]

@@ -333,16 +333,14 @@ pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
         section: Datapath,
         name: "ROUTER_NAT_SOURCE_PORTS",
-        default: "61000-65535",
-        help: "source ports toward tasks when a client's own port is taken; outside the TCP range",
+        default: "auto",
+        help: "source ports toward tasks when a client's own port is taken or inside the host's \
+               ephemeral range (net.ipv4.ip_local_port_range); `auto` = every port from 1024 \
+               outside that range and the TCP range; a range must lie outside both",
         secret: false,
         alias: None,
-        expected: "a port range `first-last` of at least 64 ports, 1024-65535",
-        field: field!(
-            datapath.nat_source_ports,
-            parse::nat_ports,
-            show::port_range
-        ),
+        expected: "`auto`, or a port range `first-last` of at least 64 ports, 1024-65535",
+        field: field!(datapath.nat_source_ports, parse::nat_ports),
     },
     EnvVar {
         section: Http,

@@ -18,8 +18,8 @@
 //! `pass_no_route`; established connections keep their backend when a route changes or goes;
 //! the NAT source toward a task is the address the kernel would use to reach it
 //! (`bpf_fib_lookup` with `BPF_FIB_LOOKUP_SRC`, kernel 6.7+), the source port the client's own
-//! when free there, else one of `nat_source_ports`; forwarding must be enabled
-//! (`net.ipv4.ip_forward=1`) for the kernel's next-hop look-ups to answer.
+//! when free there and outside the host's ephemeral range, else one of `nat_source_ports`
+//! ([`nat_ports`]); forwarding must be on (`net.ipv4.ip_forward=1`) for next-hop look-ups.
 
 pub mod addresses;
 pub mod attach;
@@ -29,8 +29,10 @@ pub mod clock;
 pub mod conntrack;
 pub mod half_open;
 pub mod half_open_sizes;
+mod host_range;
 pub mod kernel_log;
 mod key_set;
+pub mod nat_ports;
 mod netlink;
 mod netns;
 pub mod object;
@@ -239,6 +241,7 @@ impl Datapath {
             take(&mut ebpf, maps::CONFIG)?,
             cfg.max_connections,
             cfg.nat_source_ports,
+            crate::host_ephemeral::read().map_err(DatapathError::HostEphemeral)?,
         )?;
         // Taken with what it holds (a pinned map's lists stay enforced until the first apply).
         let client_allow = client_allow::ClientAllowMap::new(take(&mut ebpf, maps::CLIENT_ALLOW)?)?;
@@ -523,6 +526,7 @@ impl Datapath {
         self.evicted_total += report.evicted;
         // The epoch bump below makes every connection re-read its next hop, with these sets.
         self.refresh_interfaces();
+        self.follow_host_ephemeral()?;
         self.settings.bump_epoch()?;
         self.lingering_router_ports
             .retain(|_, removed| started < *removed + PORT_LINGER);

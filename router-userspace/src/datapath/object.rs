@@ -114,6 +114,8 @@ pub enum DatapathError {
     Netns(#[source] std::io::Error),
     #[error("invalid datapath configuration: {0}")]
     Config(String),
+    #[error("reading the router host's ephemeral port range")]
+    HostEphemeral(#[source] crate::host_ephemeral::HostEphemeralError),
     #[error("{operation} {} failed", path.display())]
     Pin {
         operation: &'static str,

@@ -82,14 +82,36 @@ pub struct DatapathConfig {
     /// connections; discovered from the interfaces when empty. (The NAT source toward a task is
     /// the address the kernel picks for that task's route.)
     pub router_addresses: Vec<Ipv4Addr>,
-    /// `ROUTER_NAT_SOURCE_PORTS` (default `61000-65535`, [`DEFAULT_NAT_SOURCE_PORTS`]): source
-    /// ports toward tasks, probed when a client's own port is taken toward the same task.
-    pub nat_source_ports: (u16, u16),
+    /// `ROUTER_NAT_SOURCE_PORTS` (default `auto`, [`DEFAULT_NAT_SOURCE_PORTS`]): source ports
+    /// toward tasks when a client's own port is taken there or one the router host's stack
+    /// may pick for itself.
+    pub nat_source_ports: NatSourcePorts,
 }
 
-/// NAT source ports probed when a client's own port is taken toward a backend. Above Linux's
-/// default ephemeral range (32768-60999), so they rarely meet the router host's own connections.
-pub const DEFAULT_NAT_SOURCE_PORTS: (u16, u16) = (61000, 65535);
+/// The source ports toward tasks the kernel draws from when it does not keep the client's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatSourcePorts {
+    /// Every port from 1024 up outside the router host's ephemeral range (followed while the
+    /// datapath runs) and outside `router_ports` (the TCP range: a task's SYN from a NAT source
+    /// port there would look like a connection to a router port). With Linux's default
+    /// ephemeral range and the default TCP range, 35 280 ports per task address and port.
+    Auto { router_ports: Option<(u16, u16)> },
+    /// `first-last` as configured (kept outside both at start-up; should the host's range
+    /// later grow over it, the shared ports are left out).
+    Range(u16, u16),
+}
+
+impl std::fmt::Display for NatSourcePorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatSourcePorts::Auto { .. } => f.write_str("auto"),
+            NatSourcePorts::Range(first, last) => write!(f, "{first}-{last}"),
+        }
+    }
+}
+
+/// `auto` with no router port range to avoid (the daemon's configuration puts its TCP range).
+pub const DEFAULT_NAT_SOURCE_PORTS: NatSourcePorts = NatSourcePorts::Auto { router_ports: None };
 
 /// Early expiry when the table is nearly full (as Linux conntrack's early drop): a full table
 /// refuses new connections, so idle ones must not hold it for the whole established timeout.

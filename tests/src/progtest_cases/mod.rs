@@ -8,6 +8,7 @@
 
 pub mod client_allow;
 pub mod client_ip;
+pub mod host_ports;
 pub mod limits;
 pub mod net;
 pub mod passing;
@@ -16,17 +17,29 @@ pub mod translation;
 
 use crate::packet::Mac;
 use router_common::stats::StatReason;
+use router_userspace::datapath::options::NatSourcePorts;
+use router_userspace::host_ephemeral::PortRange;
 use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
 pub use net::Net;
 
+/// The router host's ephemeral range unless a table says otherwise: above the ports the cases'
+/// clients use (40000-40004), which keep their own port toward the backend outside it.
+pub const CASES_HOST_EPHEMERAL: PortRange = PortRange {
+    first: 50000,
+    last: 60999,
+};
+
 /// How the datapath is opened before the first case (the routes are [`Net::routes`]).
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub max_connections: u32,
-    pub nat_source_ports: (u16, u16),
+    pub nat_source_ports: NatSourcePorts,
+    /// The router host's ephemeral range the kernel is given (a client's own port inside it is
+    /// not used toward the task).
+    pub host_ephemeral: PortRange,
     /// Whether both interfaces are XDP redirect targets.
     pub xdp_targets: bool,
     /// The MTU of the backend link, when not the default 1500.
@@ -40,6 +53,7 @@ impl Default for Setup {
         Setup {
             max_connections: 1024,
             nat_source_ports: router_userspace::datapath::DEFAULT_NAT_SOURCE_PORTS,
+            host_ephemeral: CASES_HOST_EPHEMERAL,
             xdp_targets: true,
             client_ip: PreserveClientIp::Off,
             backend_mtu: None,

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::packet::{self, TCP_ACK, TCP_PSH, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::routes::PreserveClientIp;
 use std::net::Ipv4Addr;
 
@@ -254,7 +255,7 @@ pub fn handshake_mss_is_clamped_to_the_links(net: &Net) -> Table {
 pub fn taken_source_port_is_probed_and_exhaustion_counted(net: &Net) -> Table {
     Table::with_setup(
         Setup {
-            nat_source_ports: (61000, 61000),
+            nat_source_ports: NatSourcePorts::Range(61000, 61000),
             ..Setup::default()
         },
         vec![
