@@ -9,6 +9,7 @@ use super::net::{BACKEND_PORT, PORT, handshake_timestamps};
 use super::{Case, Checksums, Fields, Hooks, Net, Setup, Side, Table, Verdict};
 use crate::packet::{TCP_ACK, TCP_FIN, TCP_SYN, Tcp4};
 use router_common::stats::StatReason;
+use router_userspace::datapath::options::NatSourcePorts;
 use std::net::Ipv4Addr;
 
 /// The only NAT source port, and every client's port.
@@ -24,7 +25,7 @@ const BACKEND_FIN: u32 = 5000;
 
 fn setup() -> Setup {
     Setup {
-        nat_source_ports: (TUPLE_PORT, TUPLE_PORT),
+        nat_source_ports: NatSourcePorts::Range(TUPLE_PORT, TUPLE_PORT),
         ..Setup::default()
     }
 }
