@@ -204,8 +204,10 @@ pub fn raw_table(samples: &[Sample], seconds: u64) -> String {
     out
 }
 
-/// The tuples one backend address and port offer from one router address.
-const BACKEND_TUPLES: u64 = 64_500;
+/// The tuples one backend address and port offer from one router address: every source port
+/// from 1024 outside the host's ephemeral range (Linux's default 32768-60999, which the
+/// datapath leaves to the host's own connections).
+const BACKEND_TUPLES: u64 = 65_536 - 1_024 - (60_999 - 32_768 + 1);
 
 /// The targets, judged on the medians.
 pub fn targets(samples: &[Sample], seconds: u64) -> String {
