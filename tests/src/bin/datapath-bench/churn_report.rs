@@ -14,14 +14,20 @@ use std::collections::BTreeMap;
 /// The window "throughout" is judged on, in seconds.
 pub const WINDOW_SECONDS: usize = 5;
 
-/// A peer's windows pooled over its rounds: (slowest, median, fastest) conn/s.
-fn window_spread(samples: &[Sample], peer: Peer) -> (f64, f64, f64) {
+/// A peer's windows pooled over its rounds, slowest first (conn/s).
+fn pooled_windows(samples: &[Sample], peer: Peer) -> Vec<f64> {
     let mut all: Vec<f64> = samples
         .iter()
         .filter(|s| s.peer == peer)
         .flat_map(|s| s.windows(WINDOW_SECONDS))
         .collect();
     all.sort_by(f64::total_cmp);
+    all
+}
+
+/// A peer's windows pooled over its rounds: (slowest, median, fastest) conn/s.
+fn window_spread(samples: &[Sample], peer: Peer) -> (f64, f64, f64) {
+    let all = pooled_windows(samples, peer);
     match (all.first(), all.last()) {
         (Some(lo), Some(hi)) => (*lo, median(all.clone()), *hi),
         _ => (f64::NAN, f64::NAN, f64::NAN),
@@ -33,16 +39,10 @@ fn window_spread(samples: &[Sample], peer: Peer) -> (f64, f64, f64) {
 /// without charging the machine's own slow seconds to the datapath, which the ceiling has too
 /// (its slowest window is often 0.8x its median here).
 fn lowest_ranked_ratio(samples: &[Sample], peer: Peer) -> f64 {
-    let sorted = |p: Peer| {
-        let mut all: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.peer == p)
-            .flat_map(|s| s.windows(WINDOW_SECONDS))
-            .collect();
-        all.sort_by(f64::total_cmp);
-        all
-    };
-    ranked_ratio(&sorted(peer), &sorted(Peer::Ceiling))
+    ranked_ratio(
+        &pooled_windows(samples, peer),
+        &pooled_windows(samples, Peer::Ceiling),
+    )
 }
 
 /// The lowest `a[i] / b[j]` over ranks, `j` the same quantile of `b` as `i` of `a` (both
