@@ -8,7 +8,7 @@ use crate::netns::Netns;
 use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -23,6 +23,7 @@ pub const STALLED: Duration = Duration::from_millis(900);
 /// A server in a namespace that answers [`ANSWER`] and closes first; stops on drop.
 pub struct CloseFirstServer {
     pub addr: SocketAddrV4,
+    listener: Arc<TcpListener>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -33,8 +34,7 @@ impl CloseFirstServer {
         let listener = ns
             .enter(move || TcpListener::bind((ip, port)))?
             .with_context(|| format!("bind the close-first server on {ip}:{port}"))?;
-        // Accepting threads poll a stop flag between short waits for a connection.
-        listener.set_nonblocking(true)?;
+        // Accepting threads block in accept(); the drop shuts the listener down to wake them.
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..acceptors.max(1))
@@ -45,6 +45,7 @@ impl CloseFirstServer {
             .collect();
         Ok(CloseFirstServer {
             addr: SocketAddrV4::new(ip, port),
+            listener,
             stop,
             threads,
         })
@@ -53,16 +54,11 @@ impl CloseFirstServer {
 
 fn serve(listener: &TcpListener, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut conn, _)) => {
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.write_all(ANSWER);
-                // Dropped here: the server's FIN goes first.
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        // An accept error is a connection aborted before it was taken, or the drop's
+        // shutdown (then `stop` is set).
+        if let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.write_all(ANSWER);
+            // Dropped here: the server's FIN goes first.
         }
     }
 }
@@ -70,6 +66,11 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
 impl Drop for CloseFirstServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Linux wakes every accept() blocked on a listener shut down for reading (EINVAL).
+        // SAFETY: shutdown(2) on a descriptor this server owns; no memory is passed.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RD);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

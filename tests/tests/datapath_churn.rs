@@ -8,7 +8,7 @@
 //! (`cargo xtask bench churn`), not this test's.
 
 use router_common::stats::StatReason;
-use router_tests::churn::{CloseFirstServer, STALLED, connect_and_read};
+use router_tests::churn::{CloseFirstServer, connect_without_stalling, syn_retransmits_and_paws};
 use router_tests::flood_setup;
 use router_tests::require_root;
 use router_tests::topology::Topology;
@@ -45,38 +45,15 @@ fn clients_taking_turns_on_one_tuple_are_accepted_without_retransmissions() {
         NatSourcePorts::Range(61000, 61000),
     )
     .expect("datapath");
-    let counter = |ns: &router_tests::netns::Netns, prefix: &str| -> u64 {
-        ns.tcp_counters()
-            .expect("counters")
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, v)| v)
-            .sum()
-    };
-    let (retrans_before, paws_before) = (
-        counter(&t.client, "TcpExt.TCPSynRetrans"),
-        counter(&t.backend, "TcpExt.PAWS"),
-    );
+    let counters = || syn_retransmits_and_paws(&t.client, &t.backend).expect("counters");
+    let (retrans_before, paws_before) = counters();
     let target = SocketAddrV4::new(t.router_addr(), PORT);
     for a in clients {
-        let source = SocketAddrV4::new(a, CLIENT_PORT);
-        let took = t
-            .client
-            .enter(move || connect_and_read(source, target))
-            .expect("enter the client namespace")
-            .unwrap_or_else(|| panic!("{source}: no connection"));
-        assert!(took < STALLED, "{source}: connect took {took:?}");
+        connect_without_stalling(&t.client, SocketAddrV4::new(a, CLIENT_PORT), target);
     }
-    assert_eq!(
-        counter(&t.client, "TcpExt.TCPSynRetrans") - retrans_before,
-        0,
-        "SYN retransmissions"
-    );
-    assert_eq!(
-        counter(&t.backend, "TcpExt.PAWS") - paws_before,
-        0,
-        "PAWS rejects at the task"
-    );
+    let (retrans_after, paws_after) = counters();
+    assert_eq!(retrans_after - retrans_before, 0, "SYN retransmissions");
+    assert_eq!(paws_after - paws_before, 0, "PAWS rejects at the task");
     let no_port: u64 = dp
         .stats()
         .expect("stats")

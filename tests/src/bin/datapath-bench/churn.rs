@@ -16,7 +16,7 @@ use crate::churn_report::report;
 use crate::throughput::tempdir;
 use anyhow::Result;
 use router_common::stats::StatReason;
-use router_tests::churn::{Churn, CloseFirstServer, ConnectTimes};
+use router_tests::churn::{self, Churn, CloseFirstServer, ConnectTimes};
 use router_tests::flood_setup;
 use router_tests::nft_nat;
 use router_tests::topology::Topology;
@@ -159,15 +159,10 @@ impl Setup {
 
     /// (client SYN retransmissions, task PAWS counters summed, task listen-queue drops).
     fn counters(&self) -> Result<(u64, u64, u64)> {
-        let client = self.t.client.tcp_counters()?;
+        let (retrans, paws) = churn::syn_retransmits_and_paws(&self.t.client, &self.t.backend)?;
         let task = self.t.backend.tcp_counters()?;
-        let paws = task
-            .iter()
-            .filter(|(name, _)| name.starts_with("TcpExt.PAWS"))
-            .map(|(_, v)| v)
-            .sum();
         Ok((
-            client.get("TcpExt.TCPSynRetrans").copied().unwrap_or(0),
+            retrans,
             paws,
             task.get("TcpExt.ListenDrops").copied().unwrap_or(0),
         ))
