@@ -5,6 +5,7 @@
 //! (`progtest_cases`), and waiting on conditions instead of sleeping.
 
 pub mod attached;
+pub mod bpf_run_time;
 pub mod churn;
 pub mod clearml_server;
 pub mod connect_loop;

@@ -14,13 +14,15 @@
 
 use crate::churn_report::report;
 use crate::throughput::tempdir;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use router_common::stats::StatReason;
+use router_tests::bpf_run_time::RunTimeAccounting;
 use router_tests::churn::{self, Churn, CloseFirstServer, ConnectTimes};
 use router_tests::flood_setup;
 use router_tests::nft_nat;
 use router_tests::topology::Topology;
 use router_userspace::datapath::SharedDatapath;
+use router_userspace::datapath::options::NatSourcePorts;
 use router_userspace::datapath::sweeper::Sweeper;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -34,22 +36,78 @@ pub const CLIENTS: u8 = 16;
 const WORKERS: usize = 2 * CLIENTS as usize;
 const MAX_CONNECTIONS: u32 = 262_144;
 
+/// The datapath's NAT source ports in [`Peer::DatapathNarrowNat`]: 1 024 ports outside the
+/// router host's ephemeral range (Linux's default 32768-60999) and the task port.
+const NARROW_NAT_PORTS: (u16, u16) = (61_000, 62_023);
+/// The router host's ephemeral range in [`Peer::DatapathClientPorts`]: above the clients'
+/// ports (40000 up), so the datapath keeps each client's own port toward the task.
+const ROUTER_RANGE_ABOVE_CLIENTS: &str = "50000 60999";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum Peer {
     Ceiling,
     Nftables,
     Datapath,
+    /// The datapath with its NAT source ports narrowed to [`NARROW_NAT_PORTS`]: how much of
+    /// its cost is the spread of tuples over the default 35 280 ports.
+    DatapathNarrowNat,
+    /// The datapath on a router whose own ephemeral range leaves the clients' ports out, so
+    /// each client keeps its own port toward the task where it is free there.
+    DatapathClientPorts,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 3] = [Peer::Ceiling, Peer::Nftables, Peer::Datapath];
+    /// What a run measures unless `--peers` says otherwise.
+    pub const DEFAULT: [Peer; 3] = [Peer::Ceiling, Peer::Nftables, Peer::Datapath];
+    pub const ALL: [Peer; 5] = [
+        Peer::Ceiling,
+        Peer::Nftables,
+        Peer::Datapath,
+        Peer::DatapathNarrowNat,
+        Peer::DatapathClientPorts,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Ceiling => "ceiling (no NAT)",
             Peer::Nftables => "nftables DNAT + masquerade",
             Peer::Datapath => "datapath (TC)",
+            Peer::DatapathNarrowNat => "datapath (TC), NAT ports 61000-62023",
+            Peer::DatapathClientPorts => "datapath (TC), clients' own ports kept",
         }
+    }
+
+    /// The name `--peers` takes.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Peer::Ceiling => "ceiling",
+            Peer::Nftables => "nftables",
+            Peer::Datapath => "datapath",
+            Peer::DatapathNarrowNat => "datapath-narrow-nat",
+            Peer::DatapathClientPorts => "datapath-client-ports",
+        }
+    }
+
+    pub fn is_datapath(self) -> bool {
+        matches!(
+            self,
+            Peer::Datapath | Peer::DatapathNarrowNat | Peer::DatapathClientPorts
+        )
+    }
+
+    /// A comma-separated list of [`Peer::flag`] names.
+    pub fn parse_list(list: &str) -> Result<Vec<Peer>> {
+        list.split(',')
+            .map(|name| {
+                Peer::ALL
+                    .into_iter()
+                    .find(|p| p.flag() == name.trim())
+                    .with_context(|| {
+                        let known: Vec<&str> = Peer::ALL.iter().map(|p| p.flag()).collect();
+                        format!("unknown churn peer {name:?}: expected one of {}", known.join(", "))
+                    })
+            })
+            .collect()
     }
 }
 
@@ -73,11 +131,23 @@ pub struct Sample {
     /// The datapath's `forwarded_before_handshake` verdicts: backend packets on a half-open
     /// connection that were neither its SYN-ACK nor a RST.
     pub before_handshake: u64,
+    /// CPU time the datapath's programs spent in the run, in nanoseconds (0 for the others).
+    pub datapath_cpu_ns: u64,
 }
 
 impl Sample {
     pub fn rate(&self) -> f64 {
         self.connects.completed as f64 / self.seconds
+    }
+
+    /// The datapath programs' CPU time per second of the run, in milliseconds.
+    pub fn datapath_cpu_ms_per_s(&self) -> f64 {
+        self.datapath_cpu_ns as f64 / 1e6 / self.seconds
+    }
+
+    /// The datapath programs' CPU time per finished connection, in nanoseconds.
+    pub fn datapath_ns_per_connection(&self) -> f64 {
+        self.datapath_cpu_ns as f64 / self.connects.completed.max(1) as f64
     }
 
     /// Connections per second in each whole window of `seconds` seconds, in order.
@@ -144,13 +214,26 @@ impl Setup {
                 )?;
                 Ok((Running::Plain, routed))
             }
-            Peer::Datapath => {
-                let (dp, sweeper) = flood_setup::run_datapath(
+            Peer::Datapath | Peer::DatapathNarrowNat | Peer::DatapathClientPorts => {
+                let nat_ports = match peer {
+                    Peer::DatapathNarrowNat => {
+                        NatSourcePorts::Range(NARROW_NAT_PORTS.0, NARROW_NAT_PORTS.1)
+                    }
+                    _ => router_userspace::datapath::DEFAULT_NAT_SOURCE_PORTS,
+                };
+                if peer == Peer::DatapathClientPorts {
+                    // Read by the datapath when it opens.
+                    self.t.router.sysctl(&format!(
+                        "net.ipv4.ip_local_port_range={ROUTER_RANGE_ABOVE_CLIENTS}"
+                    ))?;
+                }
+                let (dp, sweeper) = flood_setup::run_datapath_with_nat_ports(
                     &self.t,
                     MAX_CONNECTIONS,
                     self.dir.path(),
                     PORT,
                     SocketAddrV4::new(b, BACKEND_PORT),
+                    nat_ports,
                 )?;
                 Ok((Running::Datapath(dp, sweeper), routed))
             }
@@ -185,11 +268,17 @@ fn verdicts(running: &Running) -> Result<BTreeMap<String, u64>> {
 }
 
 /// Churns `peer` for `seconds` in a fresh topology.
-pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
+pub fn measure(
+    peer: Peer,
+    seconds: u64,
+    client_ports: u16,
+    accounting: &RunTimeAccounting,
+) -> Result<Sample> {
     let setup = Setup::new(client_ports)?;
     let (running, target) = setup.start(peer)?;
     let before = setup.counters()?;
     let verdicts_before = verdicts(&running)?;
+    let cpu_before = accounting.datapath()?;
     let churn = Churn::start(&setup.t.client, &setup.sources, target, WORKERS)?;
     let started = Instant::now();
     let mut per_second = Vec::new();
@@ -204,6 +293,7 @@ pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
     }
     let connects = churn.stop()?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = accounting.datapath()?.since(cpu_before);
     let after = setup.counters()?;
     let mut datapath_drops = verdicts(&running)?;
     for (reason, n) in verdicts_before {
@@ -226,30 +316,36 @@ pub fn measure(peer: Peer, seconds: u64, client_ports: u16) -> Result<Sample> {
         task_listen_drops: after.2.saturating_sub(before.2),
         datapath_drops,
         before_handshake,
+        datapath_cpu_ns: u64::try_from(cpu.time.as_nanos()).unwrap_or(u64::MAX),
     })
 }
 
-/// Every peer `rounds` times, interleaved (the order rotates per round).
-pub fn run(rounds: usize, seconds: u64, client_ports: u16) -> Result<Vec<Sample>> {
+/// Every one of `peers` `rounds` times, interleaved (the order rotates per round).
+pub fn run(peers: &[Peer], rounds: usize, seconds: u64, client_ports: u16) -> Result<Vec<Sample>> {
+    let accounting = RunTimeAccounting::enable()?;
     let mut samples = Vec::new();
     for round in 0..rounds {
-        for i in 0..Peer::ALL.len() {
-            let peer = Peer::ALL[(i + round) % Peer::ALL.len()];
+        for i in 0..peers.len() {
+            let peer = peers[(i + round) % peers.len()];
             eprintln!("churn: round {}/{rounds}, {}", round + 1, peer.name());
-            samples.push(measure(peer, seconds, client_ports)?);
+            samples.push(measure(peer, seconds, client_ports, &accounting)?);
         }
     }
     Ok(samples)
 }
 
-/// `datapath-bench churn [--rounds N] [--seconds S] [--client-ports P]`: runs the section,
-/// prints the Markdown report and writes the raw rounds as JSON.
+/// `datapath-bench churn [--rounds N] [--seconds S] [--client-ports P] [--peers a,b]`: runs
+/// the section, prints the Markdown report and writes the raw rounds as JSON.
 pub fn section(args: &[String]) -> Result<()> {
     let number = |flag: &str| crate::arg(args, flag);
     let rounds = number("--rounds").unwrap_or(3) as usize;
     let seconds = number("--seconds").unwrap_or(60);
     let client_ports = number("--client-ports").unwrap_or(1000) as u16;
-    let samples = run(rounds, seconds, client_ports)?;
+    let peers = match args.iter().position(|a| a == "--peers") {
+        Some(i) => Peer::parse_list(args.get(i + 1).context("--peers needs a comma-separated list")?)?,
+        None => Peer::DEFAULT.to_vec(),
+    };
+    let samples = run(&peers, rounds, seconds, client_ports)?;
     let dir = crate::throughput::output_path();
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("churn.json");

@@ -82,7 +82,7 @@ fn row(s: &Sample) -> String {
         .map(|w| format!("{w:.0}"))
         .collect();
     format!(
-        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
         s.peer.name(),
         s.rate(),
         slowest_window(s),
@@ -94,8 +94,17 @@ fn row(s: &Sample) -> String {
         s.client_syn_retrans,
         s.task_paws,
         s.task_listen_drops,
-        if s.peer == Peer::Datapath {
+        if s.peer.is_datapath() {
             s.before_handshake.to_string()
+        } else {
+            "–".to_string()
+        },
+        if s.peer.is_datapath() {
+            format!(
+                "{:.0} ({:.0} ns/conn)",
+                s.datapath_cpu_ms_per_s(),
+                s.datapath_ns_per_connection()
+            )
         } else {
             "–".to_string()
         },
@@ -110,7 +119,7 @@ fn row(s: &Sample) -> String {
 const HEADER: &str = "| peer | conn/s | slowest 5 s window | conn/s per 5 s window | \
 connect p50 ms (≤) | connect p99 ms (≤) | connects ≥ 0.9 s | failed | client SYN retransmits | \
 task PAWS rejects | task listen drops | backend packets to a client in SYN_SENT | \
-datapath drops |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+datapath CPU ms/s | datapath drops |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 /// A peer's figure summed over its rounds, with the rounds' own: "total (a, b, c)".
 fn over_rounds(samples: &[Sample], peer: Peer, f: fn(&Sample) -> u64) -> (u64, String) {
@@ -124,9 +133,10 @@ fn over_rounds(samples: &[Sample], peer: Peer, f: fn(&Sample) -> u64) -> (u64, S
 
 /// The median round of each peer (by conn/s), the windows, then the targets judged on them.
 pub fn report(samples: &[Sample]) -> String {
+    let peers = peers_of(samples);
     let mut out = format!("Median round per peer (by conn/s):\n\n{HEADER}\n");
     let mut medians: BTreeMap<Peer, &Sample> = BTreeMap::new();
-    for peer in Peer::ALL {
+    for &peer in &peers {
         let mut of: Vec<&Sample> = samples.iter().filter(|s| s.peer == peer).collect();
         of.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
         if let Some(m) = of.get(of.len() / 2) {
@@ -139,7 +149,7 @@ pub fn report(samples: &[Sample]) -> String {
         "\n{WINDOW_SECONDS} s windows pooled over each peer's rounds (conn/s):\n\n\
          | peer | slowest | median | fastest |\n|---|---:|---:|---:|\n"
     ));
-    for peer in Peer::ALL {
+    for &peer in &peers {
         let (lo, mid, hi) = window_spread(samples, peer);
         out.push_str(&format!(
             "| {} | {lo:.0} | {mid:.0} | {hi:.0} |\n",
@@ -147,8 +157,9 @@ pub fn report(samples: &[Sample]) -> String {
         ));
     }
     if let (Some(n), Some(d)) = (medians.get(&Peer::Nftables), medians.get(&Peer::Datapath)) {
-        out.push_str(&targets(samples, n, d));
+        out.push_str(&targets(samples, &peers, n, d));
     }
+    out.push_str(&against_ceiling(samples, &peers));
     out.push_str(&format!("\nRaw rounds:\n\n{HEADER}\n"));
     for s in samples {
         out.push_str(&row(s));
@@ -159,17 +170,8 @@ pub fn report(samples: &[Sample]) -> String {
 
 /// The issue's targets, judged on medians and pooled windows (`n`, `d`: the median rounds of
 /// nftables and the datapath).
-fn targets(samples: &[Sample], n: &Sample, d: &Sample) -> String {
-    let rates = |p: Peer| {
-        median(
-            samples
-                .iter()
-                .filter(|s| s.peer == p)
-                .map(Sample::rate)
-                .collect(),
-        )
-    };
-    let ratio = rates(Peer::Datapath) / rates(Peer::Ceiling);
+fn targets(samples: &[Sample], peers: &[Peer], n: &Sample, d: &Sample) -> String {
+    let ratio = median_rate(samples, Peer::Datapath) / median_rate(samples, Peer::Ceiling);
     let ranked = lowest_ranked_ratio(samples, Peer::Datapath);
     let (dp_slowest, _, _) = window_spread(samples, Peer::Datapath);
     let (c_slowest, c_median, _) = window_spread(samples, Peer::Ceiling);
@@ -179,7 +181,7 @@ fn targets(samples: &[Sample], n: &Sample, d: &Sample) -> String {
     let (_, listen_list) = over_rounds(samples, Peer::Datapath, |s| s.task_listen_drops);
     let (nft_retrans, _) = over_rounds(samples, Peer::Nftables, |s| s.client_syn_retrans);
     let per_round: Vec<String> = samples
-        .chunks(Peer::ALL.len())
+        .chunks(peers.len())
         .filter_map(|round| {
             let (_, c_median, _) = window_spread(round, Peer::Ceiling);
             let d = round.iter().find(|s| s.peer == Peer::Datapath)?;
@@ -211,6 +213,62 @@ fn targets(samples: &[Sample], n: &Sample, d: &Sample) -> String {
         d.connects.stalled,
         n.connects.stalled,
     )
+}
+
+/// The peers of a run, in the order they first ran.
+fn peers_of(samples: &[Sample]) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for s in samples {
+        if !peers.contains(&s.peer) {
+            peers.push(s.peer);
+        }
+    }
+    peers
+}
+
+/// A peer's median conn/s over its rounds.
+fn median_rate(samples: &[Sample], peer: Peer) -> f64 {
+    median(
+        samples
+            .iter()
+            .filter(|s| s.peer == peer)
+            .map(Sample::rate)
+            .collect(),
+    )
+}
+
+/// Every peer but the ceiling against the ceiling of the same run: median conn/s, the lowest
+/// rank-by-rank window ratio, and (the datapath's) CPU per connection, so that variants of the
+/// datapath run side by side compare on the same minutes of the machine.
+fn against_ceiling(samples: &[Sample], peers: &[Peer]) -> String {
+    let ceiling = median_rate(samples, Peer::Ceiling);
+    let mut out = String::from(
+        "\nAgainst the ceiling of this run:\n\n| peer | median conn/s ÷ ceiling | lowest \
+         window ratio (rank by rank) | median datapath ns per connection |\n|---|---:|---:|---:|\n",
+    );
+    for &peer in peers.iter().filter(|p| **p != Peer::Ceiling) {
+        let cost = if peer.is_datapath() {
+            format!(
+                "{:.0}",
+                median(
+                    samples
+                        .iter()
+                        .filter(|s| s.peer == peer)
+                        .map(Sample::datapath_ns_per_connection)
+                        .collect()
+                )
+            )
+        } else {
+            "–".to_string()
+        };
+        out.push_str(&format!(
+            "| {} | {:.3} | {:.3} | {cost} |\n",
+            peer.name(),
+            median_rate(samples, peer) / ceiling,
+            lowest_ranked_ratio(samples, peer),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
