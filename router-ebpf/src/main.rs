@@ -235,7 +235,7 @@ fn handle_tcp<P: Packet>(p: &P, ip: usize, tcp: usize) -> Verdict {
             found = Some((entry, StatReason::Forwarded));
         } else if to_router
             && client_allow::admits(key.saddr, router_port)
-            && nat::restart_in_place(&key, router_port, entry)
+            && nat::restart_in_place(p, tcp, &key, router_port, entry)
         {
             // A new SYN on a connection that ended (the client reuses its port), on the same
             // route: the pair starts afresh.

@@ -201,10 +201,24 @@ pub fn forward<P: Packet>(
 /// toward the backend `reserve_reply` would give this client once the pair were gone,
 /// without the two deletes and two inserts of removing it and opening it again (in a large
 /// table those LRU operations are most of what a new connection costs). The counters carry
-/// on, so per-route totals never go back. Fields are read through the pointers, not copied:
-/// the program's stack is small.
+/// on, so per-route totals never go back. The timestamp offset is taken afresh from the SYN
+/// (`tcp`: its TCP header), as a new pair's is: the backend then sees a TSval from the
+/// router's clock, above every one the last connection on the tuple sent (those ran from an
+/// earlier reading at the client's slower clock), even when the client reuses its port within
+/// one tick of its own clock. With the old offset, such a SYN's TSval would equal the last
+/// one the backend holds in TIME_WAIT: neither newer nor a PAWS reject, it is accepted only if
+/// its sequence number lies above the last connection's (true of clients whose initial
+/// sequence numbers rise per tuple, as RFC 6528's and Linux's do; not of those that draw them
+/// at random), else answered with an ACK, and the client resets and retransmits after 1 s.
+/// Fields are read through the pointers, not copied: the program's stack is small.
 #[inline(always)]
-pub fn restart_in_place(key: &CtKey4, port: u16, entry: *mut CtValue4) -> bool {
+pub fn restart_in_place<P: Packet>(
+    p: &P,
+    tcp: usize,
+    key: &CtKey4,
+    port: u16,
+    entry: *mut CtValue4,
+) -> bool {
     let Some(route) = ROUTES.get_ptr(RouteKey::tcp(port)) else {
         return false;
     };
@@ -238,6 +252,9 @@ pub fn restart_in_place(key: &CtKey4, port: u16, entry: *mut CtValue4) -> bool {
     {
         return false;
     }
+    let ts_off = timestamps::offset_for_syn(p, tcp);
+    fwd.ts_off = ts_off;
+    reply.ts_off = ts_off;
     fwd.tcp_flags = 0;
     reply.tcp_flags = 0;
     reply.last_seen = clock::now();

@@ -487,6 +487,7 @@ both_hooks!(
     a_reused_tuple_after_a_switch_to_full_nat_takes_the_nat_source,
     client_allow_is_asked_only_when_a_connection_opens,
     timestamps_are_translated_and_a_closed_tuple_is_taken_over,
+    a_restarted_pair_sends_the_backend_newer_timestamps,
     the_task_closing_first_keeps_its_tuple_until_its_last_ack,
     the_client_closing_first_keeps_its_tuple_until_its_last_ack,
     a_client_port_the_host_may_pick_is_never_used_toward_the_task,
@@ -1248,6 +1249,71 @@ fn syn_with_timestamps(env: &Env, from: Ipv4Addr, sport: u16, tsval: u32) -> Vec
     let mut syn = env.net.packet_from(from, sport, TCP_SYN);
     syn.tcp_options = handshake_timestamps(tsval, 0);
     syn.build()
+}
+
+/// A client reusing its port on an ended pair within one tick of its own timestamp clock: its
+/// SYN carries the TSval of its last segment, which the backend still holds for the tuple in
+/// TIME_WAIT (equal: not newer, so unless its initial sequence number lies above the last
+/// connection's, the backend answers with an ACK and the client resets and retransmits). The
+/// restarted pair takes its timestamp offset afresh, so the backend sees the router's clock,
+/// newer than anything the last connection sent.
+fn a_restarted_pair_sends_the_backend_newer_timestamps(program: Program) {
+    with_env(program, no_cases, |env, _| {
+        const CLIENT_TS: u32 = 5000;
+        let out = env.run(
+            &syn_with_timestamps(env, env.net.client, 40000, CLIENT_TS),
+            true,
+        );
+        let (first, _) = timestamps_of(&out.frame).expect("timestamps");
+        let mut synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK);
+        synack.tcp_options = handshake_timestamps(777, first);
+        assert_eq!(env.run(&synack.build(), false).retval, env.redirected());
+        // The whole connection within one tick of the client's clock: every TSval the same.
+        let mut ack = env.net.client_packet(40000, TCP_ACK);
+        ack.tcp_options = segment_timestamps(CLIENT_TS, 777);
+        assert_eq!(env.run(&ack.build(), true).retval, env.redirected());
+        let mut fin = env.net.backend_packet(40000, FIN | TCP_ACK);
+        fin.tcp_options = segment_timestamps(778, first);
+        assert_eq!(env.run(&fin.build(), false).retval, env.redirected());
+        let mut fin = env.net.client_packet(40000, FIN | TCP_ACK);
+        fin.tcp_options = segment_timestamps(CLIENT_TS, 778);
+        let out = env.run(&fin.build(), true);
+        let (last, _) = timestamps_of(&out.frame).expect("timestamps");
+        let mut last_ack = env.net.backend_packet(40000, TCP_ACK);
+        last_ack.tcp_options = segment_timestamps(779, last);
+        assert_eq!(env.run(&last_ack.build(), false).retval, env.redirected());
+        // Real time passes between the two connections (the router's clock ticks every
+        // 65.5 µs): not a wait for readiness, the time the reuse takes at the least.
+        std::thread::sleep(Duration::from_micros(200));
+        let out = env.run(
+            &syn_with_timestamps(env, env.net.client, 40000, CLIENT_TS),
+            true,
+        );
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        let seg = parse(&out.frame).expect("parses");
+        assert_eq!(
+            (seg.saddr, seg.sport),
+            (env.net.nat_source, 40000),
+            "restarted in place"
+        );
+        let (again, _) = timestamps_of(&out.frame).expect("timestamps");
+        assert!(
+            again.wrapping_sub(last) as i32 > 0,
+            "the backend's TIME_WAIT needs a newer TSval: {again} after {last}"
+        );
+        // The replies are translated back by the new offset.
+        let mut synack = env.net.backend_packet(40000, TCP_SYN | TCP_ACK);
+        synack.tcp_options = handshake_timestamps(780, again);
+        let out = env.run(&synack.build(), false);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        assert_eq!(
+            timestamps_of(&out.frame),
+            Some((780, CLIENT_TS)),
+            "echo as sent"
+        );
+    });
 }
 
 /// Timestamps toward the backend start at the router's clock and come back as the client sent

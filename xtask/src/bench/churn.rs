@@ -34,7 +34,10 @@ pub fn run(object: &Path, opts: &BenchOptions) -> Result<()> {
          range narrowed to {CLIENT_PORTS} ports (40000-{}), so each client's ports wrap while \
          the task still holds their tuples in TIME_WAIT; 32 workers connect, read the task's \
          3-byte answer (the task closes first) and close, as fast as they go. Peers \
-         interleaved per round.\n\n{table}",
+         interleaved per round. The datapath CPU column stays empty here: \
+         `target/release/datapath-bench churn --cpu` fills it from the kernel's run-time \
+         accounting of BPF programs, which costs two clock reads per program run, so this \
+         run leaves it off.\n\n{table}",
         opts.rounds,
         opts.seconds,
         40_000 + CLIENT_PORTS - 1

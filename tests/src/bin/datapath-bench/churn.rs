@@ -13,10 +13,10 @@
 //! its SYN), and the datapath's drops by reason.
 
 use crate::churn_report::report;
-use crate::throughput::tempdir;
+use crate::throughput::{backlog_drops, tempdir};
 use anyhow::{Context, Result};
 use router_common::stats::StatReason;
-use router_tests::bpf_run_time::RunTimeAccounting;
+use router_tests::bpf_run_time::{RunTime, RunTimeAccounting};
 use router_tests::churn::{self, Churn, CloseFirstServer, ConnectTimes};
 use router_tests::flood_setup;
 use router_tests::nft_nat;
@@ -104,7 +104,10 @@ impl Peer {
                     .find(|p| p.flag() == name.trim())
                     .with_context(|| {
                         let known: Vec<&str> = Peer::ALL.iter().map(|p| p.flag()).collect();
-                        format!("unknown churn peer {name:?}: expected one of {}", known.join(", "))
+                        format!(
+                            "unknown churn peer {name:?}: expected one of {}",
+                            known.join(", ")
+                        )
                     })
             })
             .collect()
@@ -126,13 +129,20 @@ pub struct Sample {
     /// The task namespace's `TcpExt.ListenDrops`: SYNs its listener dropped (a full queue when
     /// the accepting threads fall behind on the shared CPUs), each a 1 s SYN retransmission.
     pub task_listen_drops: u64,
-    /// The datapath's drops by reason (`drop_*` verdicts).
+    /// The datapath's drops by reason (`drop_*` verdicts), and its passes of packets whose
+    /// tuple it did not know (`pass_no_connection` and the like: the router's own stack gets
+    /// them and resets the connection).
     pub datapath_drops: BTreeMap<String, u64>,
+    /// Packets the kernel dropped at a CPU's input backlog (`/proc/net/softnet_stat`, the whole
+    /// machine): a SYN or SYN-ACK lost there is retransmitted after 1 s on any path.
+    pub backlog_drops: u64,
     /// The datapath's `forwarded_before_handshake` verdicts: backend packets on a half-open
     /// connection that were neither its SYN-ACK nor a RST.
     pub before_handshake: u64,
     /// CPU time the datapath's programs spent in the run, in nanoseconds (0 for the others).
     pub datapath_cpu_ns: u64,
+    /// Runs of the datapath's programs in the run (packets they saw).
+    pub datapath_runs: u64,
 }
 
 impl Sample {
@@ -148,6 +158,11 @@ impl Sample {
     /// The datapath programs' CPU time per finished connection, in nanoseconds.
     pub fn datapath_ns_per_connection(&self) -> f64 {
         self.datapath_cpu_ns as f64 / self.connects.completed.max(1) as f64
+    }
+
+    /// The datapath programs' runs per finished connection.
+    pub fn datapath_runs_per_connection(&self) -> f64 {
+        self.datapath_runs as f64 / self.connects.completed.max(1) as f64
     }
 
     /// Connections per second in each whole window of `seconds` seconds, in order.
@@ -252,13 +267,19 @@ impl Setup {
     }
 }
 
-/// The datapath's verdicts that tell about churn: drops by reason, and
-/// `forwarded_before_handshake` under its own name. Empty for the other peers.
+/// The datapath's verdicts that tell about churn: drops by reason, passes of packets it should
+/// have known, and `forwarded_before_handshake` under its own name. Empty for the other peers.
 fn verdicts(running: &Running) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     if let Running::Datapath(dp, _) = running {
         for (_, reason, value) in dp.lock()?.stats()? {
-            let wanted = reason.is_drop() || reason == StatReason::ForwardedBeforeHandshake;
+            // A pass of a churn packet (a tuple the datapath does not know) hands it to the
+            // router's own stack, which answers a connection it does not have with a RST.
+            let lost = matches!(
+                reason,
+                StatReason::PassNoConnection | StatReason::PassNoRoute | StatReason::PassFibFailed
+            );
+            let wanted = reason.is_drop() || lost || reason == StatReason::ForwardedBeforeHandshake;
             if wanted && value.packets > 0 {
                 *out.entry(reason.name().to_string()).or_default() += value.packets;
             }
@@ -272,13 +293,14 @@ pub fn measure(
     peer: Peer,
     seconds: u64,
     client_ports: u16,
-    accounting: &RunTimeAccounting,
+    accounting: Option<&RunTimeAccounting>,
 ) -> Result<Sample> {
     let setup = Setup::new(client_ports)?;
     let (running, target) = setup.start(peer)?;
     let before = setup.counters()?;
     let verdicts_before = verdicts(&running)?;
-    let cpu_before = accounting.datapath()?;
+    let cpu_before = cpu_so_far(accounting)?;
+    let backlog_before = backlog_drops()?;
     let churn = Churn::start(&setup.t.client, &setup.sources, target, WORKERS)?;
     let started = Instant::now();
     let mut per_second = Vec::new();
@@ -293,7 +315,8 @@ pub fn measure(
     }
     let connects = churn.stop()?;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = accounting.datapath()?.since(cpu_before);
+    let cpu = cpu_so_far(accounting)?.since(cpu_before);
+    let backlog = backlog_drops()?.saturating_sub(backlog_before);
     let after = setup.counters()?;
     let mut datapath_drops = verdicts(&running)?;
     for (reason, n) in verdicts_before {
@@ -315,37 +338,74 @@ pub fn measure(
         task_paws: after.1.saturating_sub(before.1),
         task_listen_drops: after.2.saturating_sub(before.2),
         datapath_drops,
+        backlog_drops: backlog,
         before_handshake,
         datapath_cpu_ns: u64::try_from(cpu.time.as_nanos()).unwrap_or(u64::MAX),
+        datapath_runs: cpu.runs,
     })
 }
 
-/// Every one of `peers` `rounds` times, interleaved (the order rotates per round).
-pub fn run(peers: &[Peer], rounds: usize, seconds: u64, client_ports: u16) -> Result<Vec<Sample>> {
-    let accounting = RunTimeAccounting::enable()?;
+/// The datapath programs' run time so far; nothing without accounting.
+fn cpu_so_far(accounting: Option<&RunTimeAccounting>) -> Result<RunTime> {
+    accounting.map_or(Ok(RunTime::default()), RunTimeAccounting::datapath)
+}
+
+/// What a run measures.
+pub struct Options {
+    pub peers: Vec<Peer>,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub client_ports: u16,
+    /// The kernel's run-time accounting of BPF programs on during the run: the datapath's CPU
+    /// per connection, at the price of two clock reads per program run (the datapath's rate
+    /// then understates what it does without them).
+    pub cpu: bool,
+}
+
+/// Every one of the peers `rounds` times, interleaved (the order rotates per round).
+pub fn run(o: &Options) -> Result<Vec<Sample>> {
+    let accounting = if o.cpu {
+        Some(RunTimeAccounting::enable()?)
+    } else {
+        None
+    };
     let mut samples = Vec::new();
-    for round in 0..rounds {
-        for i in 0..peers.len() {
-            let peer = peers[(i + round) % peers.len()];
-            eprintln!("churn: round {}/{rounds}, {}", round + 1, peer.name());
-            samples.push(measure(peer, seconds, client_ports, &accounting)?);
+    for round in 0..o.rounds {
+        for i in 0..o.peers.len() {
+            let peer = o.peers[(i + round) % o.peers.len()];
+            eprintln!("churn: round {}/{}, {}", round + 1, o.rounds, peer.name());
+            samples.push(measure(
+                peer,
+                o.seconds,
+                o.client_ports,
+                accounting.as_ref(),
+            )?);
         }
     }
     Ok(samples)
 }
 
-/// `datapath-bench churn [--rounds N] [--seconds S] [--client-ports P] [--peers a,b]`: runs
-/// the section, prints the Markdown report and writes the raw rounds as JSON.
+/// `datapath-bench churn [--rounds N] [--seconds S] [--client-ports P] [--peers a,b] [--cpu]`:
+/// runs the section, prints the Markdown report and writes the raw rounds as JSON.
 pub fn section(args: &[String]) -> Result<()> {
     let number = |flag: &str| crate::arg(args, flag);
     let rounds = number("--rounds").unwrap_or(3) as usize;
     let seconds = number("--seconds").unwrap_or(60);
     let client_ports = number("--client-ports").unwrap_or(1000) as u16;
     let peers = match args.iter().position(|a| a == "--peers") {
-        Some(i) => Peer::parse_list(args.get(i + 1).context("--peers needs a comma-separated list")?)?,
+        Some(i) => Peer::parse_list(
+            args.get(i + 1)
+                .context("--peers needs a comma-separated list")?,
+        )?,
         None => Peer::DEFAULT.to_vec(),
     };
-    let samples = run(&peers, rounds, seconds, client_ports)?;
+    let samples = run(&Options {
+        peers,
+        rounds,
+        seconds,
+        client_ports,
+        cpu: args.iter().any(|a| a == "--cpu"),
+    })?;
     let dir = crate::throughput::output_path();
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("churn.json");

@@ -82,7 +82,7 @@ fn row(s: &Sample) -> String {
         .map(|w| format!("{w:.0}"))
         .collect();
     format!(
-        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         s.peer.name(),
         s.rate(),
         slowest_window(s),
@@ -94,16 +94,18 @@ fn row(s: &Sample) -> String {
         s.client_syn_retrans,
         s.task_paws,
         s.task_listen_drops,
+        s.backlog_drops,
         if s.peer.is_datapath() {
             s.before_handshake.to_string()
         } else {
             "–".to_string()
         },
-        if s.peer.is_datapath() {
+        if s.peer.is_datapath() && s.datapath_runs > 0 {
             format!(
-                "{:.0} ({:.0} ns/conn)",
+                "{:.0} ({:.0} ns/conn, {:.1} runs/conn)",
                 s.datapath_cpu_ms_per_s(),
-                s.datapath_ns_per_connection()
+                s.datapath_ns_per_connection(),
+                s.datapath_runs_per_connection()
             )
         } else {
             "–".to_string()
@@ -118,8 +120,9 @@ fn row(s: &Sample) -> String {
 
 const HEADER: &str = "| peer | conn/s | slowest 5 s window | conn/s per 5 s window | \
 connect p50 ms (≤) | connect p99 ms (≤) | connects ≥ 0.9 s | failed | client SYN retransmits | \
-task PAWS rejects | task listen drops | backend packets to a client in SYN_SENT | \
-datapath CPU ms/s | datapath drops |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+task PAWS rejects | task listen drops | input backlog drops | backend packets to a client in \
+SYN_SENT | datapath CPU ms/s | datapath drops, passes of unknown tuples |\n\
+|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 /// A peer's figure summed over its rounds, with the rounds' own: "total (a, b, c)".
 fn over_rounds(samples: &[Sample], peer: Peer, f: fn(&Sample) -> u64) -> (u64, String) {
@@ -247,7 +250,10 @@ fn against_ceiling(samples: &[Sample], peers: &[Peer]) -> String {
          window ratio (rank by rank) | median datapath ns per connection |\n|---|---:|---:|---:|\n",
     );
     for &peer in peers.iter().filter(|p| **p != Peer::Ceiling) {
-        let cost = if peer.is_datapath() {
+        let measured = samples
+            .iter()
+            .any(|s| s.peer == peer && s.datapath_runs > 0);
+        let cost = if measured {
             format!(
                 "{:.0}",
                 median(
