@@ -143,6 +143,11 @@ pub struct Sample {
     pub datapath_cpu_ns: u64,
     /// Runs of the datapath's programs in the run (packets they saw).
     pub datapath_runs: u64,
+    /// Every TCP counter of the client namespace that moved in the run (`/proc/net/snmp` and
+    /// `netstat`), by how much: in the raw rounds only, for tracing a rare stall to its kind.
+    pub client_counters: BTreeMap<String, u64>,
+    /// The same for the task namespace.
+    pub task_counters: BTreeMap<String, u64>,
 }
 
 impl Sample {
@@ -298,6 +303,10 @@ pub fn measure(
     let setup = Setup::new(client_ports)?;
     let (running, target) = setup.start(peer)?;
     let before = setup.counters()?;
+    let all_before = (
+        setup.t.client.tcp_counters()?,
+        setup.t.backend.tcp_counters()?,
+    );
     let verdicts_before = verdicts(&running)?;
     let cpu_before = cpu_so_far(accounting)?;
     let backlog_before = backlog_drops()?;
@@ -318,6 +327,8 @@ pub fn measure(
     let cpu = cpu_so_far(accounting)?.since(cpu_before);
     let backlog = backlog_drops()?.saturating_sub(backlog_before);
     let after = setup.counters()?;
+    let client_counters = moved(&all_before.0, &setup.t.client.tcp_counters()?);
+    let task_counters = moved(&all_before.1, &setup.t.backend.tcp_counters()?);
     let mut datapath_drops = verdicts(&running)?;
     for (reason, n) in verdicts_before {
         if let Some(v) = datapath_drops.get_mut(&reason) {
@@ -342,7 +353,20 @@ pub fn measure(
         before_handshake,
         datapath_cpu_ns: u64::try_from(cpu.time.as_nanos()).unwrap_or(u64::MAX),
         datapath_runs: cpu.runs,
+        client_counters,
+        task_counters,
     })
+}
+
+/// The counters of `after` that differ from `before`, by how much they grew.
+fn moved(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(name, v)| {
+            let grew = v.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (grew > 0).then(|| (name.clone(), grew))
+        })
+        .collect()
 }
 
 /// The datapath programs' run time so far; nothing without accounting.
