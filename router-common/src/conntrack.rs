@@ -69,6 +69,10 @@ pub const TCP_PEER_FIN: u8 = 0x40;
 /// (a packet carrying `awaited_ack` or later passed). A tuple is handed to another client only
 /// once both FINs are acknowledged: until then a last ACK may still be on its way through it.
 pub const TCP_PEER_FIN_ACKED: u8 = 0x80;
+/// `CtValue4::tcp_flags` of a reply entry, not a packet's flag: a SYN of another connection is
+/// taking the closed pair's tuple over (set and tested atomically with the restart of the pair
+/// by its own client, so exactly one of the two gets the tuple).
+pub const TCP_TAKEN: u8 = 0x20;
 
 /// One direction of a connection: one cache line of what every packet reads, then the
 /// timestamp offset (read only by connections that have one).

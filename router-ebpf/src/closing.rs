@@ -8,8 +8,10 @@
 //! ACK passed would receive it on its half-open entry, and its client, in SYN_SENT, would answer
 //! with a RST and send its SYN again (and the old client, in LAST_ACK, would never get the ACK).
 
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
+
 use router_common::conntrack::{
-    CtKey4, CtValue4, TCP_ACK, TCP_FIN, TCP_PEER_FIN, TCP_PEER_FIN_ACKED, TCP_RST,
+    CtKey4, CtValue4, TCP_ACK, TCP_FIN, TCP_PEER_FIN, TCP_PEER_FIN_ACKED, TCP_RST, TCP_TAKEN,
 };
 
 use crate::conntrack;
@@ -81,13 +83,69 @@ pub fn has_ended(value: &CtValue4) -> bool {
     }
 }
 
-/// Whether the connection of entry `value` is over in both directions: a RST either way, or a
-/// FIN each way with both acknowledged (a missing partner counts as over).
+/// Takes the tuple of the connection of reply entry `reply` for a SYN of another connection:
+/// true when the connection is over in both directions (`has_closed`) and its own client is
+/// not restarting it; the caller then removes the pair. The tuple's two claimants meet on one
+/// atomic word: this sets `TCP_TAKEN` in `reply`'s TCP flags and reads what they were, while
+/// [`reopen`] (the own client's SYN restarting the pair in place) clears them and reads what
+/// they were, so exactly one of the two gets the tuple. Without it, a restart on one CPU and a
+/// take-over on the other both sent a SYN on the tuple: the task answered one, and the other
+/// client reset that answer and retransmitted after 1 s (about once per 5-10 million
+/// connections under churn; every few seconds with a narrow NAT range).
 #[inline(always)]
-pub fn has_closed(value: *const CtValue4) -> bool {
+pub fn take_closed(reply: *mut CtValue4) -> bool {
+    let word = tcp_flags_word(reply);
+    // SAFETY: an aligned word inside a map value; atomic, as another CPU may update it.
+    let before = unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(word, TAKEN_BIT) };
+    let flags = (before >> TCP_FLAGS_SHIFT) as u8;
+    if flags & TCP_TAKEN != 0 {
+        // Another SYN is taking it at this moment.
+        return false;
+    }
+    if has_closed(flags, reply) {
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(word, !TAKEN_BIT) };
+    false
+}
+
+/// Clears the TCP flags of reply entry `reply` for a new connection of its own client on the
+/// pair (a restart in place); false when a SYN of another connection has taken the tuple
+/// ([`take_closed`]): the pair is going, and the client's SYN must open a new one.
+#[inline(always)]
+pub fn reopen(reply: *mut CtValue4) -> bool {
+    // SAFETY: as in `take_closed`.
+    let before = unsafe {
+        atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(
+            tcp_flags_word(reply),
+            !(0xff_u64 << TCP_FLAGS_SHIFT),
+        )
+    };
+    (before >> TCP_FLAGS_SHIFT) as u8 & TCP_TAKEN == 0
+}
+
+/// `CtValue4::tcp_flags` is the top byte of the aligned little-endian 64-bit word at this
+/// offset (the BPF target of the build has atomic read-modify-writes of 64 bits only).
+const TCP_FLAGS_WORD: usize = 32;
+const TCP_FLAGS_SHIFT: u32 = 56;
+const TAKEN_BIT: u64 = (TCP_TAKEN as u64) << TCP_FLAGS_SHIFT;
+const _: () = assert!(core::mem::offset_of!(CtValue4, tcp_flags) == TCP_FLAGS_WORD + 7);
+const _: () = assert!(TCP_FLAGS_WORD % core::mem::align_of::<u64>() == 0);
+
+#[inline(always)]
+fn tcp_flags_word(v: *mut CtValue4) -> *mut u64 {
+    (v as *mut u8).wrapping_add(TCP_FLAGS_WORD) as *mut u64
+}
+
+/// Whether the connection of entry `value`, whose TCP flags are `flags`, is over in both
+/// directions: a RST either way, or a FIN each way with both acknowledged (a missing partner
+/// counts as over).
+#[inline(always)]
+fn has_closed(flags: u8, value: *const CtValue4) -> bool {
     const CLOSED: u8 = TCP_FIN | TCP_PEER_FIN_ACKED;
-    // SAFETY: a map value pointer from `lookup`, single fields read.
-    let (flags, partner) = unsafe { ((*value).tcp_flags, CtKey4::partner_of(&*value)) };
+    // SAFETY: a map value pointer from `lookup`, one field read.
+    let partner = CtKey4::partner_of(unsafe { &*value });
     let partner_flags = match conntrack::lookup(&partner) {
         // SAFETY: as above.
         Some(p) => unsafe { (*p).tcp_flags },

@@ -252,11 +252,13 @@ pub fn restart_in_place<P: Packet>(
     {
         return false;
     }
+    if !closing::reopen(reply as *mut CtValue4) {
+        return false;
+    }
     let ts_off = timestamps::offset_for_syn(p, tcp);
     fwd.ts_off = ts_off;
     reply.ts_off = ts_off;
     fwd.tcp_flags = 0;
-    reply.tcp_flags = 0;
     reply.last_seen = clock::now();
     true
 }
@@ -507,7 +509,7 @@ fn reserve_reply(out: &mut CtKey4, pair: &Pair, sport: u16) -> bool {
     let both_translated = ts_off != 0 && pair.ts_off != 0;
     let reusable = if tombstone {
         client == *pair.client_side || both_translated
-    } else if both_translated && closing::has_closed(existing) {
+    } else if both_translated && closing::take_closed(existing) {
         // The last connection closed both ways, both FINs acknowledged (or was reset) a moment
         // ago: its pair goes now, so the backend's answers on the tuple find this connection's
         // half-open entry (its last ACK has passed: `closing`). The

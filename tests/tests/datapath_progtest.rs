@@ -8,7 +8,9 @@
 //! table, TIME_WAIT, a reused port, the peer hand-off, the half-open table under a flood) stays
 //! a function.
 
-use router_common::conntrack::{CtKey4, CtValue4, HalfOpen4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN};
+use router_common::conntrack::{
+    CtKey4, CtValue4, HalfOpen4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN, TCP_TAKEN,
+};
 use router_common::stats::{Hook, StatReason};
 use router_tests::netns::Netns;
 use router_tests::packet::{
@@ -475,6 +477,7 @@ both_hooks!(
     oversized_frames_are_not_forwarded_blindly,
     closed_connections_keep_their_tuple_through_time_wait,
     a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_route,
+    a_pair_being_taken_over_is_not_restarted_by_its_client,
     handshake_mss_is_clamped_to_the_links,
     lengths_that_do_not_hold_the_headers_pass_untouched,
     the_peer_hand_off_follows_where_the_egress_peer_lives,
@@ -976,6 +979,37 @@ fn a_port_reused_on_an_ended_connection_restarts_the_pair_or_follows_a_moved_rou
         let conns = env.dp.connections().expect("connections");
         assert_eq!(conns.len(), 1, "the old pair went: {conns:?}");
         assert_eq!(conns[0].backend.port(), MOVED_BACKEND_PORT, "{conns:?}");
+    });
+}
+
+/// A closed pair whose tuple a SYN of another client is taking over on another CPU (the reply
+/// entry marked `TCP_TAKEN` by `closing::take_closed`, written here as that CPU would have)
+/// is not restarted by its own client's SYN: the client opens a new pair instead, so the tuple
+/// never carries two connections' SYNs at once.
+fn a_pair_being_taken_over_is_not_restarted_by_its_client(program: Program) {
+    with_env(program, no_cases, |env, _| {
+        env.open(40000);
+        env.handshake_and_close(40000);
+        let fwd_key = env.forward_key(40000);
+        let reply_key = CtKey4::partner_of(&env.entry(&fwd_key));
+        let mut reply = env.entry(&reply_key);
+        reply.tcp_flags |= TCP_TAKEN;
+        env.dp
+            .insert_conntrack_entry(reply_key, reply)
+            .expect("mark the reply entry");
+
+        let again = env.net.client_packet(40000, TCP_SYN).build();
+        let out = env.run(&again, true);
+        assert_eq!(out.retval, env.redirected());
+        assert_checksums(&out.frame);
+        assert!(
+            env.dp.conntrack_entry(&fwd_key).is_none(),
+            "not restarted in place: the pair went"
+        );
+        assert!(
+            env.dp.half_open_entry(&fwd_key).is_some(),
+            "a new pair, half-open"
+        );
     });
 }
 

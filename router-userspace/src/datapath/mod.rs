@@ -647,7 +647,8 @@ impl Datapath {
     }
 
     /// Writes a connection-table entry directly. Only for BPF_PROG_TEST_RUN benchmarks that
-    /// need a looping pair of entries; the kernel creates real connections itself.
+    /// need a looping pair of entries, and tests that write what another CPU would have; the
+    /// kernel creates real connections itself.
     pub fn insert_conntrack_entry(
         &mut self,
         key: CtKey4,
