@@ -646,9 +646,8 @@ impl Datapath {
         self.conntrack.scan()
     }
 
-    /// Writes a connection-table entry directly. Only for BPF_PROG_TEST_RUN benchmarks that
-    /// need a looping pair of entries, and tests that write what another CPU would have; the
-    /// kernel creates real connections itself.
+    /// Writes a connection-table entry directly: for benchmarks (a looping pair) and tests (what
+    /// another CPU would have written); the kernel creates real connections itself.
     pub fn insert_conntrack_entry(
         &mut self,
         key: CtKey4,
