@@ -57,33 +57,12 @@ pub fn run_datapath(
     port: u16,
     backend: SocketAddrV4,
 ) -> Result<(SharedDatapath, Sweeper)> {
-    run_datapath_with_nat_ports(
-        t,
-        max_connections,
-        bpffs,
-        port,
-        backend,
-        DEFAULT_NAT_SOURCE_PORTS,
-    )
+    share_and_sweep(open_datapath(t, max_connections, bpffs, port, backend)?)
 }
 
-/// [`run_datapath`] with the NAT source ports `nat_source_ports`.
-pub fn run_datapath_with_nat_ports(
-    t: &Topology,
-    max_connections: u32,
-    bpffs: &Path,
-    port: u16,
-    backend: SocketAddrV4,
-    nat_source_ports: NatSourcePorts,
-) -> Result<(SharedDatapath, Sweeper)> {
-    let dp = SharedDatapath::new(open_datapath_with_nat_ports(
-        t,
-        max_connections,
-        bpffs,
-        port,
-        backend,
-        nat_source_ports,
-    )?);
+/// An opened datapath as the daemon runs it: shared, with its sweeper at the default interval.
+pub fn share_and_sweep(dp: Datapath) -> Result<(SharedDatapath, Sweeper)> {
+    let dp = SharedDatapath::new(dp);
     let sweeper = Sweeper::spawn(dp.clone(), DEFAULT_INTERVAL, |_| {})?;
     Ok((dp, sweeper))
 }

@@ -247,14 +247,15 @@ impl Setup {
                         "net.ipv4.ip_local_port_range={ROUTER_RANGE_ABOVE_CLIENTS}"
                     ))?;
                 }
-                let (dp, sweeper) = flood_setup::run_datapath_with_nat_ports(
-                    &self.t,
-                    MAX_CONNECTIONS,
-                    self.dir.path(),
-                    PORT,
-                    SocketAddrV4::new(b, BACKEND_PORT),
-                    nat_ports,
-                )?;
+                let (dp, sweeper) =
+                    flood_setup::share_and_sweep(flood_setup::open_datapath_with_nat_ports(
+                        &self.t,
+                        MAX_CONNECTIONS,
+                        self.dir.path(),
+                        PORT,
+                        SocketAddrV4::new(b, BACKEND_PORT),
+                        nat_ports,
+                    )?)?;
                 Ok((Running::Datapath(dp, sweeper), routed))
             }
         }
