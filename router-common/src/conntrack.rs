@@ -123,6 +123,11 @@ pub struct CtValue4 {
 }
 crate::assert_layout!(CtValue4, size = 72, align = 8);
 
+/// The router's TCP timestamp clock, which `CtValue4::ts_off` starts a connection's TSvals
+/// from: the kernel's monotonic clock (`bpf_ktime_get_ns`) in nanoseconds shifted right by
+/// this (2^16 ns: a 65.5 µs tick), low 32 bits.
+pub const TS_TICK_SHIFT: u32 = 16;
+
 impl CtValue4 {
     /// An entry that rewrites packets arriving as `from` into `to`, with its checksum deltas;
     /// `flags` are `F_*` bits. Next hop, state and counters start empty.

@@ -13,7 +13,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use router_common::{
-    conntrack::{CtValue4, F_TO_CLIENT},
+    conntrack::{CtValue4, F_TO_CLIENT, TS_TICK_SHIFT},
     csum,
 };
 
@@ -108,9 +108,6 @@ fn store_be32<P: Packet>(p: &P, off: usize, old: u32, value: u32) -> Option<u16>
     Some(delta)
 }
 
-/// Nanoseconds per tick of the router's timestamp clock (2^16: 65.5 µs).
-const TICK_SHIFT: u32 = 16;
-
 /// The offset that makes the SYN's TSval the router's timestamp clock, or 0 when the SYN
 /// (TCP header at `tcp`) carries no timestamp.
 #[inline(always)]
@@ -122,7 +119,7 @@ pub fn offset_for_syn<P: Packet>(p: &P, tcp: usize) -> u32 {
         return 0;
     };
     // SAFETY: a helper without arguments.
-    let now = (unsafe { bpf_ktime_get_ns() } >> TICK_SHIFT) as u32;
+    let now = (unsafe { bpf_ktime_get_ns() } >> TS_TICK_SHIFT) as u32;
     // 0 means "no translation": one tick later instead.
     match now.wrapping_sub(tsval) {
         0 => 1,

@@ -6,6 +6,7 @@
 
 use crate::netns::Netns;
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
@@ -233,18 +234,29 @@ pub fn connect_and_read(source: SocketAddrV4, to: SocketAddrV4) -> Option<Durati
 /// (`nstat`'s `TcpExt.TCPSynRetrans` and `TcpExt.PAWS*`): a test compares them before and
 /// after its connections.
 pub fn syn_retransmits_and_paws(client: &Netns, task: &Netns) -> Result<(u64, u64)> {
-    let sum = |ns: &Netns, prefix: &str| -> Result<u64> {
-        Ok(ns
-            .tcp_counters()?
+    Ok(syn_retransmits_and_paws_in(
+        &client.tcp_counters()?,
+        &task.tcp_counters()?,
+    ))
+}
+
+/// [`syn_retransmits_and_paws`] read from counters already taken ([`Netns::tcp_counters`] of
+/// the client and the task namespace, or their growth over a run).
+pub fn syn_retransmits_and_paws_in(
+    client: &BTreeMap<String, u64>,
+    task: &BTreeMap<String, u64>,
+) -> (u64, u64) {
+    let sum = |counters: &BTreeMap<String, u64>, prefix: &str| -> u64 {
+        counters
             .iter()
             .filter(|(name, _)| name.starts_with(prefix))
             .map(|(_, v)| v)
-            .sum())
+            .sum()
     };
-    Ok((
-        sum(client, "TcpExt.TCPSynRetrans")?,
-        sum(task, "TcpExt.PAWS")?,
-    ))
+    (
+        sum(client, "TcpExt.TCPSynRetrans"),
+        sum(task, "TcpExt.PAWS"),
+    )
 }
 
 /// One [`connect_and_read`] from `source` in `ns` to `to`; panics unless it completed without

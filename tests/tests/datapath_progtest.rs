@@ -9,7 +9,7 @@
 //! a function.
 
 use router_common::conntrack::{
-    CtKey4, CtValue4, HalfOpen4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN, TCP_TAKEN,
+    CtKey4, CtValue4, HalfOpen4, NH_PEER, TCP_FIN, TCP_SYN as CT_SYN, TCP_TAKEN, TS_TICK_SHIFT,
 };
 use router_common::stats::{Hook, StatReason};
 use router_tests::netns::Netns;
@@ -27,6 +27,7 @@ use router_tests::progtest_cases::{
 use router_tests::require_root;
 use router_tests::routes::{tcp_routes, tcp_routes_in, tcp_routes_with};
 use router_tests::topology::ProgTestNet;
+use router_tests::wait;
 use router_userspace::config::{DatapathConfig, DatapathKind};
 use router_userspace::datapath::{AttachMode, ConnState, Datapath, Program, RunOutput, Timeouts};
 use router_userspace::host_ephemeral::PortRange;
@@ -1285,6 +1286,19 @@ fn syn_with_timestamps(env: &Env, from: Ipv4Addr, sport: u16, tsval: u32) -> Vec
     syn.build()
 }
 
+/// The router's TCP timestamp clock now, as the programs read it (`bpf_ktime_get_ns` is the
+/// kernel's monotonic clock).
+fn router_ts_clock() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec passed to it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (ns >> TS_TICK_SHIFT) as u32
+}
+
 /// A client reusing its port on an ended pair within one tick of its own timestamp clock: its
 /// SYN carries the TSval of its last segment, which the backend still holds for the tuple in
 /// TIME_WAIT (equal: not newer, so unless its initial sequence number lies above the last
@@ -1316,9 +1330,13 @@ fn a_restarted_pair_sends_the_backend_newer_timestamps(program: Program) {
         let mut last_ack = env.net.backend_packet(40000, TCP_ACK);
         last_ack.tcp_options = segment_timestamps(779, last);
         assert_eq!(env.run(&last_ack.build(), false).retval, env.redirected());
-        // Real time passes between the two connections (the router's clock ticks every
-        // 65.5 µs): not a wait for readiness, the time the reuse takes at the least.
-        std::thread::sleep(Duration::from_micros(200));
+        // The reuse comes later in real time than the last segment: the router's timestamp
+        // clock has moved past the TSval the backend holds.
+        wait::until(
+            "the router's timestamp clock to pass the last TSval",
+            Duration::from_secs(1),
+            || (router_ts_clock().wrapping_sub(last) as i32 > 0).then_some(()),
+        );
         let out = env.run(
             &syn_with_timestamps(env, env.net.client, 40000, CLIENT_TS),
             true,

@@ -132,7 +132,7 @@ pub struct Sample {
     /// The datapath's drops by reason (`drop_*` verdicts), and its passes of packets whose
     /// tuple it did not know (`pass_no_connection` and the like: the router's own stack gets
     /// them and resets the connection).
-    pub datapath_drops: BTreeMap<String, u64>,
+    pub datapath_drops_and_passes: BTreeMap<String, u64>,
     /// Packets the kernel dropped at a CPU's input backlog (`/proc/net/softnet_stat`, the whole
     /// machine): a SYN or SYN-ACK lost there is retransmitted after 1 s on any path.
     pub backlog_drops: u64,
@@ -261,14 +261,11 @@ impl Setup {
         }
     }
 
-    /// (client SYN retransmissions, task PAWS counters summed, task listen-queue drops).
-    fn counters(&self) -> Result<(u64, u64, u64)> {
-        let (retrans, paws) = churn::syn_retransmits_and_paws(&self.t.client, &self.t.backend)?;
-        let task = self.t.backend.tcp_counters()?;
+    /// Every TCP counter of the client and the task namespace.
+    fn counters(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
         Ok((
-            retrans,
-            paws,
-            task.get("TcpExt.ListenDrops").copied().unwrap_or(0),
+            self.t.client.tcp_counters()?,
+            self.t.backend.tcp_counters()?,
         ))
     }
 }
@@ -304,10 +301,6 @@ pub fn measure(
     let setup = Setup::new(client_ports)?;
     let (running, target) = setup.start(peer)?;
     let before = setup.counters()?;
-    let all_before = (
-        setup.t.client.tcp_counters()?,
-        setup.t.backend.tcp_counters()?,
-    );
     let verdicts_before = verdicts(&running)?;
     let cpu_before = cpu_so_far(accounting)?;
     let backlog_before = backlog_drops()?;
@@ -328,28 +321,33 @@ pub fn measure(
     let cpu = cpu_so_far(accounting)?.since(cpu_before);
     let backlog = backlog_drops()?.saturating_sub(backlog_before);
     let after = setup.counters()?;
-    let client_counters = moved(&all_before.0, &setup.t.client.tcp_counters()?);
-    let task_counters = moved(&all_before.1, &setup.t.backend.tcp_counters()?);
-    let mut datapath_drops = verdicts(&running)?;
+    let client_counters = moved(&before.0, &after.0);
+    let task_counters = moved(&before.1, &after.1);
+    let (client_syn_retrans, task_paws) =
+        churn::syn_retransmits_and_paws_in(&client_counters, &task_counters);
+    let mut datapath_drops_and_passes = verdicts(&running)?;
     for (reason, n) in verdicts_before {
-        if let Some(v) = datapath_drops.get_mut(&reason) {
+        if let Some(v) = datapath_drops_and_passes.get_mut(&reason) {
             *v = v.saturating_sub(n);
         }
     }
-    let before_handshake = datapath_drops
+    let before_handshake = datapath_drops_and_passes
         .remove(StatReason::ForwardedBeforeHandshake.name())
         .unwrap_or(0);
-    datapath_drops.retain(|_, n| *n > 0);
+    datapath_drops_and_passes.retain(|_, n| *n > 0);
     drop(running);
     Ok(Sample {
         peer,
         seconds: elapsed,
         connects,
         per_second,
-        client_syn_retrans: after.0.saturating_sub(before.0),
-        task_paws: after.1.saturating_sub(before.1),
-        task_listen_drops: after.2.saturating_sub(before.2),
-        datapath_drops,
+        client_syn_retrans,
+        task_paws,
+        task_listen_drops: task_counters
+            .get("TcpExt.ListenDrops")
+            .copied()
+            .unwrap_or(0),
+        datapath_drops_and_passes,
         backlog_drops: backlog,
         before_handshake,
         datapath_cpu_ns: u64::try_from(cpu.time.as_nanos()).unwrap_or(u64::MAX),

@@ -72,7 +72,7 @@ fn slowest_window(s: &Sample) -> f64 {
 
 fn row(s: &Sample) -> String {
     let drops: Vec<String> = s
-        .datapath_drops
+        .datapath_drops_and_passes
         .iter()
         .map(|(r, n)| format!("{r} {n}"))
         .collect();
@@ -229,15 +229,20 @@ fn peers_of(samples: &[Sample]) -> Vec<Peer> {
     peers
 }
 
-/// A peer's median conn/s over its rounds.
-fn median_rate(samples: &[Sample], peer: Peer) -> f64 {
+/// The median of `figure` over a peer's rounds.
+fn median_of(samples: &[Sample], peer: Peer, figure: fn(&Sample) -> f64) -> f64 {
     median(
         samples
             .iter()
             .filter(|s| s.peer == peer)
-            .map(Sample::rate)
+            .map(figure)
             .collect(),
     )
+}
+
+/// A peer's median conn/s over its rounds.
+fn median_rate(samples: &[Sample], peer: Peer) -> f64 {
+    median_of(samples, peer, Sample::rate)
 }
 
 /// Every peer but the ceiling against the ceiling of the same run: median conn/s, the lowest
@@ -256,13 +261,7 @@ fn against_ceiling(samples: &[Sample], peers: &[Peer]) -> String {
         let cost = if measured {
             format!(
                 "{:.0}",
-                median(
-                    samples
-                        .iter()
-                        .filter(|s| s.peer == peer)
-                        .map(Sample::datapath_ns_per_connection)
-                        .collect()
-                )
+                median_of(samples, peer, Sample::datapath_ns_per_connection)
             )
         } else {
             "–".to_string()
